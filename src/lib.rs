@@ -1,0 +1,43 @@
+//! TEJ v1 — a full-duplex binary framing over TCP for messages and large files — and `tej-hub`,
+//! a pub/sub relay built on it.
+//!
+//! # Layout
+//! - [`frame`]: the frame model ([`Frame`], [`File`], [`Status`]) and its builder.
+//! - [`codec`]: [`TejCodec`], the bounded, incremental, zero-copy tokio-util codec; [`Limits`];
+//!   [`CodecError`]; [`FrameBuf`], the zero-copy outbound queue.
+//! - [`handler`]: the [`Handler`] callbacks (`connected`, `received`, `ping_received`,
+//!   `disconnected`), the reference implementation's callback style.
+//! - [`connection`]: one connection's reader loop, single writer and [`Sender`] handle.
+//! - [`client`] and [`server`]: [`Client`] and [`Server`] over TCP.
+//!
+//! The wire format, limits, errors and interop notes are in `docs/protocol.md`.
+//!
+//! # Examples
+//! ```no_run
+//! use tej_hub::{Client, Frame, Status};
+//! use futures_util::{SinkExt, StreamExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The plain Stream/Sink path.
+//! let mut framed = Client::connect("127.0.0.1:8000").await?.into_framed();
+//! framed.send(Frame::message(Status::new(5).unwrap(), "hello")).await?;
+//! if let Some(reply) = framed.next().await {
+//!     println!("{:?}", reply?);
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod codec;
+pub mod connection;
+pub mod frame;
+pub mod handler;
+pub mod server;
+
+pub use client::Client;
+pub use codec::{CodecError, FrameBuf, Limits, TejCodec};
+pub use connection::{Connection, ConnectionConfig, Disconnect, SendError, Sender};
+pub use frame::{File, Frame, FrameBuilder, Status, StatusOutOfRange, PROTOCOL_VERSION};
+pub use handler::Handler;
+pub use server::Server;

@@ -80,8 +80,12 @@ impl Client {
 
     /// Runs `handler` on the current task until the connection ends, and says why it ended.
     pub async fn run<H: Handler>(self, handler: H) -> Disconnect {
-        let (driver, _sender) =
-            Driver::new(self.stream, self.peer, self.config, CancellationToken::new());
+        let (driver, _sender) = Driver::new(
+            self.stream,
+            self.peer,
+            self.config,
+            CancellationToken::new(),
+        );
         driver.run(handler).await
     }
 }

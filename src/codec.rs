@@ -5,11 +5,14 @@
 //! stopped (a frame arriving one byte at a time costs linear work), checks every announced length
 //! against [`Limits`] before waiting for the body, and never reserves memory from an announced
 //! length: it grows the read buffer at most by what has already arrived (plus 64 KiB), so a header
-//! announcing 2^64-1 bytes costs nothing until the bytes are really sent. File data and message are
-//! split off the read buffer as [`Bytes`]: decoding copies no payload byte.
+//! announcing 2^64-1 bytes costs nothing until the bytes are really sent. A frame's bytes stay in
+//! the read buffer until it is complete; then the whole frame is split off as one [`Bytes`] and the
+//! file data and message are slices of it: decoding copies no payload byte, and a relay can
+//! forward the frame's exact wire bytes ([`WireFrame`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::ops::Range;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -62,7 +65,11 @@ impl Limits {
                 max: self.max_files,
             });
         }
-        if let Some(file) = frame.files.iter().find(|f| f.name.len() > usize::from(u16::MAX)) {
+        if let Some(file) = frame
+            .files
+            .iter()
+            .find(|f| f.name.len() > usize::from(u16::MAX))
+        {
             return Err(CodecError::FileNameTooLong {
                 len: file.name.len(),
             });
@@ -167,22 +174,36 @@ enum DecodeState {
     Message { len: u64 },
 }
 
-/// The frame being decoded, as far as it has arrived.
+/// The frame being decoded, as far as it has been parsed. Its bytes stay in the read buffer
+/// until the frame is complete; `parsed` says how far they have been checked, so each call resumes
+/// there instead of parsing the frame again from its first byte.
 #[derive(Debug)]
 struct PartialFrame {
     status: Status,
     version: u8,
     files_left: u64,
-    files: Vec<File>,
-    name: String,
+    /// Name and data position (from the frame's first byte) of each file parsed.
+    files: Vec<(String, Range<usize>)>,
     /// Lower bound of the frame's encoded length from what the headers announced so far.
     announced: u64,
-    /// Bytes of this frame consumed from the buffer so far.
-    consumed: u64,
+    /// Bytes of this frame parsed so far; they are the first `parsed` bytes of the buffer.
+    parsed: usize,
 }
 
 /// Growth allowed beyond what has arrived when waiting for a body.
 const READ_AHEAD: usize = 64 * 1024;
+
+/// A decoded frame together with its exact bytes on the wire.
+///
+/// The frame's payloads are slices of `wire` (no copy), so a relay can forward `wire` unchanged
+/// — byte-identical, one reference count per receiver — and still read the frame's fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireFrame {
+    /// The decoded frame.
+    pub frame: Frame,
+    /// The frame as it was received, header included.
+    pub wire: Bytes,
+}
 
 /// A tokio-util codec for TEJ v1 frames, bounded by [`Limits`].
 ///
@@ -231,19 +252,42 @@ impl TejCodec {
         self.limits
     }
 
-    /// Whether the decoder is inside a frame (some of its bytes have been consumed).
+    /// Whether the decoder is inside a frame (some of its bytes have been parsed).
     pub fn is_mid_frame(&self) -> bool {
         self.partial.is_some()
     }
 
-    fn check_frame_len(&self, len: u64) -> Result<(), CodecError> {
-        if len > self.limits.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge {
-                len,
-                max: self.limits.max_frame_bytes,
-            });
+    /// Decodes the next frame in `src` together with its wire bytes, like
+    /// [`Decoder::decode`](tokio_util::codec::Decoder::decode).
+    ///
+    /// # Errors
+    /// Any decode [`CodecError`]; the decoder then starts afresh, but the stream is out of step.
+    pub fn decode_wire(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
+        let result = self.decode_step(src);
+        if result.is_err() {
+            self.state = DecodeState::Head;
+            self.partial = None;
         }
-        Ok(())
+        result
+    }
+
+    /// [`decode_wire`](TejCodec::decode_wire) at the end of the stream: a frame cut short is
+    /// [`CodecError::Truncated`].
+    ///
+    /// # Errors
+    /// Any decode [`CodecError`].
+    pub fn decode_wire_eof(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
+        match self.decode_wire(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                let received = src.len() as u64;
+                self.state = DecodeState::Head;
+                self.partial = None;
+                src.clear();
+                Err(CodecError::Truncated { received })
+            }
+        }
     }
 
     /// Grows `src` towards `total` buffered bytes, never by more than has arrived plus
@@ -257,12 +301,25 @@ impl TejCodec {
         }
     }
 
-    fn decode_head(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
+    fn frame_too_large(&self, len: u64) -> Result<(), CodecError> {
+        if len > self.limits.max_frame_bytes {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.limits.max_frame_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn decode_head(&mut self, src: &BytesMut) -> Result<bool, CodecError> {
+        let Some(&byte) = src.first() else {
+            return Ok(false);
+        };
+        // Refused from its first byte: a peer that does not speak TEJ may never send ten.
+        let status = Status::from_byte(byte).ok_or(CodecError::InvalidStatusByte { byte })?;
         if src.len() < HEAD_LEN as usize {
             return Ok(false);
         }
-        let byte = src[0];
-        let status = Status::from_byte(byte).ok_or(CodecError::InvalidStatusByte { byte })?;
         let version = src[1];
         let files = read_u64(src, 2);
         if files > self.limits.max_files {
@@ -275,17 +332,15 @@ impl TejCodec {
             .checked_mul(FILE_FIXED_LEN)
             .and_then(|f| f.checked_add(HEAD_LEN + MESSAGE_LEN_FIELD))
             .unwrap_or(u64::MAX);
-        self.check_frame_len(announced)?;
-        src.advance(HEAD_LEN as usize);
+        self.frame_too_large(announced)?;
         self.partial = Some(PartialFrame {
             status,
             version,
             files_left: files,
             // Capacity follows the files that arrive, never the announced count.
             files: Vec::new(),
-            name: String::new(),
             announced,
-            consumed: HEAD_LEN,
+            parsed: HEAD_LEN as usize,
         });
         self.state = if files > 0 {
             DecodeState::FileHead
@@ -296,24 +351,25 @@ impl TejCodec {
     }
 
     fn decode_file_head(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
-        if src.len() < 2 {
-            return Ok(false);
-        }
-        let name_len = usize::from(u16::from_be_bytes([src[0], src[1]]));
-        let head_len = 2 + name_len + 8;
-        if src.len() < head_len {
-            // At most 65,545 bytes: bounded by the field width, not by the peer.
-            src.reserve(head_len - src.len());
-            return Ok(false);
-        }
         let limits = self.limits;
         let Some(partial) = self.partial.as_mut() else {
             return Ok(false);
         };
+        let at = partial.parsed;
+        if src.len() < at + 2 {
+            return Ok(false);
+        }
+        let name_len = usize::from(u16::from_be_bytes([src[at], src[at + 1]]));
+        let head_len = 2 + name_len + 8;
+        if src.len() < at + head_len {
+            // At most 65,545 bytes: bounded by the field width, not by the peer.
+            src.reserve(at + head_len - src.len());
+            return Ok(false);
+        }
         let index = partial.files.len() as u64;
-        let name = std::str::from_utf8(&src[2..2 + name_len])
+        let name = std::str::from_utf8(&src[at + 2..at + 2 + name_len])
             .map_err(|_| CodecError::FileNameNotUtf8 { index })?;
-        let data_len = read_u64(src, 2 + name_len);
+        let data_len = read_u64(src, at + 2 + name_len);
         let announced = partial
             .announced
             .saturating_add(name_len as u64)
@@ -325,28 +381,29 @@ impl TejCodec {
             });
         }
         partial.announced = announced;
-        partial.name = name.to_owned();
-        partial.consumed += head_len as u64;
-        src.advance(head_len);
+        partial.parsed += head_len;
+        // The data's place is known now; its bytes are checked for arrival in FileData.
+        let start = partial.parsed;
+        partial.files.push((name.to_owned(), start..start));
         self.state = DecodeState::FileData { len: data_len };
         Ok(true)
     }
 
     fn decode_file_data(&mut self, src: &mut BytesMut, len: u64) -> bool {
-        if (src.len() as u64) < len {
-            Self::reserve_towards(src, len);
-            return false;
-        }
         let Some(partial) = self.partial.as_mut() else {
             return false;
         };
-        // `len <= src.len()`, so it fits in usize.
-        let data = src.split_to(len as usize).freeze();
-        partial.files.push(File {
-            name: std::mem::take(&mut partial.name),
-            data,
-        });
-        partial.consumed += len;
+        let end = partial.parsed as u64 + len;
+        if (src.len() as u64) < end {
+            Self::reserve_towards(src, end);
+            return false;
+        }
+        // `end <= src.len()`, so it fits in usize.
+        let end = end as usize;
+        if let Some((_, range)) = partial.files.last_mut() {
+            range.end = end;
+        }
+        partial.parsed = end;
         partial.files_left -= 1;
         self.state = if partial.files_left > 0 {
             DecodeState::FileHead
@@ -356,21 +413,22 @@ impl TejCodec {
         true
     }
 
-    fn decode_message_len(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
-        if src.len() < MESSAGE_LEN_FIELD as usize {
-            return Ok(false);
-        }
-        let len = read_u64(src, 0);
-        if len > self.limits.max_message_bytes {
-            return Err(CodecError::MessageTooLarge {
-                len,
-                max: self.limits.max_message_bytes,
-            });
-        }
+    fn decode_message_len(&mut self, src: &BytesMut) -> Result<bool, CodecError> {
         let limits = self.limits;
         let Some(partial) = self.partial.as_mut() else {
             return Ok(false);
         };
+        let at = partial.parsed;
+        if src.len() < at + MESSAGE_LEN_FIELD as usize {
+            return Ok(false);
+        }
+        let len = read_u64(src, at);
+        if len > limits.max_message_bytes {
+            return Err(CodecError::MessageTooLarge {
+                len,
+                max: limits.max_message_bytes,
+            });
+        }
         let announced = partial.announced.saturating_add(len);
         if announced > limits.max_frame_bytes {
             return Err(CodecError::FrameTooLarge {
@@ -379,65 +437,42 @@ impl TejCodec {
             });
         }
         partial.announced = announced;
-        partial.consumed += MESSAGE_LEN_FIELD;
-        src.advance(MESSAGE_LEN_FIELD as usize);
+        partial.parsed += MESSAGE_LEN_FIELD as usize;
         self.state = DecodeState::Message { len };
         Ok(true)
     }
 
-    fn decode_message(&mut self, src: &mut BytesMut, len: u64) -> Option<Frame> {
-        if (src.len() as u64) < len {
-            Self::reserve_towards(src, len);
+    fn decode_message(&mut self, src: &mut BytesMut, len: u64) -> Option<WireFrame> {
+        let partial = self.partial.as_ref()?;
+        let end = partial.parsed as u64 + len;
+        if (src.len() as u64) < end {
+            Self::reserve_towards(src, end);
             return None;
         }
         let partial = self.partial.take()?;
-        let message = src.split_to(len as usize).freeze();
+        let message = partial.parsed..end as usize;
+        let wire = src.split_to(end as usize).freeze();
         self.state = DecodeState::Head;
-        Some(Frame {
-            status: partial.status,
-            version: partial.version,
-            files: partial.files,
-            message,
+        let files = partial
+            .files
+            .into_iter()
+            .map(|(name, data)| File {
+                name,
+                data: wire.slice(data),
+            })
+            .collect();
+        Some(WireFrame {
+            frame: Frame {
+                status: partial.status,
+                version: partial.version,
+                files,
+                message: wire.slice(message),
+            },
+            wire,
         })
     }
 
-    /// Bytes of the unfinished frame received so far: consumed plus still buffered.
-    fn received_of_partial(&self, buffered: usize) -> u64 {
-        self.partial.as_ref().map_or(0, |p| p.consumed) + buffered as u64
-    }
-}
-
-impl Decoder for TejCodec {
-    type Item = Frame;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        let result = self.decode_step(src);
-        if result.is_err() {
-            // The stream is out of step; a caller that goes on starts from a clean state.
-            self.state = DecodeState::Head;
-            self.partial = None;
-        }
-        result
-    }
-
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        match self.decode(buf)? {
-            Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() && !self.is_mid_frame() => Ok(None),
-            None => {
-                let received = self.received_of_partial(buf.len());
-                self.state = DecodeState::Head;
-                self.partial = None;
-                buf.clear();
-                Err(CodecError::Truncated { received })
-            }
-        }
-    }
-}
-
-impl TejCodec {
-    fn decode_step(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    fn decode_step(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
         loop {
             let progressed = match self.state {
                 DecodeState::Head => self.decode_head(src)?,
@@ -450,6 +485,36 @@ impl TejCodec {
                 return Ok(None);
             }
         }
+    }
+}
+
+impl Decoder for TejCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        Ok(self.decode_wire(src)?.map(|decoded| decoded.frame))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        Ok(self.decode_wire_eof(src)?.map(|decoded| decoded.frame))
+    }
+}
+
+/// [`TejCodec`] decoding to [`WireFrame`]s: for relays that forward frames unchanged.
+#[derive(Debug, Default)]
+pub struct WireCodec(pub TejCodec);
+
+impl Decoder for WireCodec {
+    type Item = WireFrame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
+        self.0.decode_wire(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
+        self.0.decode_wire_eof(src)
     }
 }
 

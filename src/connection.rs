@@ -181,7 +181,12 @@ pub struct Connection {
 
 impl Connection {
     /// Runs `handler` over `stream` in a new task.
-    pub(crate) fn spawn<S, H>(stream: S, peer: SocketAddr, config: ConnectionConfig, handler: H) -> Connection
+    pub(crate) fn spawn<S, H>(
+        stream: S,
+        peer: SocketAddr,
+        config: ConnectionConfig,
+        handler: H,
+    ) -> Connection
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
         H: Handler,

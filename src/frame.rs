@@ -79,6 +79,13 @@ impl From<Status> for u8 {
     }
 }
 
+/// Status 0, the reference's `BytesBuilder` default.
+impl Default for Status {
+    fn default() -> Self {
+        Status(0)
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -165,6 +172,18 @@ impl Frame {
             .map(|f| FILE_FIXED_LEN + f.name.len() as u64 + f.data.len() as u64)
             .sum();
         HEAD_LEN + files + MESSAGE_LEN_FIELD + self.message.len() as u64
+    }
+}
+
+/// Plain text for people: the status, each file's name and size, and the message (invalid
+/// UTF-8 shown as U+FFFD), one per line.
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "status: {}", self.status)?;
+        for file in &self.files {
+            writeln!(f, "file: {} ({} bytes)", file.name, file.data.len())?;
+        }
+        write!(f, "message: {}", String::from_utf8_lossy(&self.message))
     }
 }
 

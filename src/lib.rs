@@ -36,7 +36,7 @@ pub mod handler;
 pub mod server;
 
 pub use client::Client;
-pub use codec::{CodecError, FrameBuf, Limits, TejCodec};
+pub use codec::{CodecError, FrameBuf, Limits, TejCodec, WireCodec, WireFrame};
 pub use connection::{Connection, ConnectionConfig, Disconnect, SendError, Sender};
 pub use frame::{File, Frame, FrameBuilder, Status, StatusOutOfRange, PROTOCOL_VERSION};
 pub use handler::Handler;

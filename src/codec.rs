@@ -603,6 +603,13 @@ impl FrameBuf {
         Ok(())
     }
 
+    /// Appends bytes that are already whole encoded frames, such as a relayed frame's
+    /// [`WireFrame::wire`]; large ones are queued by reference.
+    pub fn push_wire(&mut self, wire: &Bytes) {
+        self.push_payload(wire);
+        self.remaining += wire.len();
+    }
+
     fn push_payload(&mut self, payload: &Bytes) {
         if payload.len() < COPY_THRESHOLD {
             self.tail.extend_from_slice(payload);

@@ -30,9 +30,11 @@
 
 pub mod client;
 pub mod codec;
+pub mod config;
 pub mod connection;
 pub mod frame;
 pub mod handler;
+pub mod hub;
 pub mod server;
 
 pub use client::Client;

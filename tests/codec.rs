@@ -184,11 +184,11 @@ fn golden_bytes_encode_and_decode() {
     assert_eq!(&owned[..], GOLDEN, "Encoder<Frame>");
 
     assert_eq!(
-        drain_by_chunks(frame_buf_of(&[frame.clone()])),
+        drain_by_chunks(frame_buf_of(std::slice::from_ref(&frame))),
         GOLDEN,
         "FrameBuf chunks"
     );
-    let mut queue = frame_buf_of(&[frame.clone()]);
+    let mut queue = frame_buf_of(std::slice::from_ref(&frame));
     assert_eq!(queue.remaining(), GOLDEN.len());
     assert_eq!(
         queue.copy_to_bytes(GOLDEN.len()),
@@ -214,7 +214,10 @@ fn golden_bytes_of_an_empty_frame() {
     #[rustfmt::skip]
     let golden: &[u8] = &[0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     assert_eq!(&encode(&frame)[..], golden);
-    assert_eq!(drain_by_chunks(frame_buf_of(&[frame.clone()])), golden);
+    assert_eq!(
+        drain_by_chunks(frame_buf_of(std::slice::from_ref(&frame))),
+        golden
+    );
     let decoded = TejCodec::default()
         .decode(&mut BytesMut::from(golden))
         .expect("decodes");
@@ -757,7 +760,7 @@ proptest! {
     fn round_trip(frame in arb_frame(), split in any::<prop::sample::Index>()) {
         let wire = encode(&frame);
         prop_assert_eq!(wire.len() as u64, frame.encoded_len());
-        prop_assert_eq!(&drain_by_chunks(frame_buf_of(&[frame.clone()]))[..], &wire[..]);
+        prop_assert_eq!(&drain_by_chunks(frame_buf_of(std::slice::from_ref(&frame)))[..], &wire[..]);
 
         let mut buf = wire.clone();
         let decoded = TejCodec::default().decode(&mut buf);

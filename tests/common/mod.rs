@@ -7,9 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tej_hub::{
-    CodecError, ConnectionConfig, Disconnect, Frame, Handler, Sender, Server, Status,
-};
+use tej_hub::{CodecError, ConnectionConfig, Disconnect, Frame, Handler, Sender, Server, Status};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -112,6 +110,24 @@ fn copy_codec_error(error: &CodecError) -> CodecError {
         CodecError::Io(error) => CodecError::Io(io::Error::new(error.kind(), error.to_string())),
         other => CodecError::Io(io::Error::other(other.to_string())),
     }
+}
+
+/// A [`Forward`] handler for a client connected to `server`, and the receiver of its events.
+pub fn forwarder(
+    server: SocketAddr,
+    echo: bool,
+) -> (Forward, mpsc::UnboundedReceiver<(SocketAddr, Event)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Forward::new(server, tx, echo), rx)
+}
+
+/// The next event a [`forwarder`] reported, or `None` once its handler is gone.
+pub async fn next_client_event(
+    events: &mut mpsc::UnboundedReceiver<(SocketAddr, Event)>,
+) -> Option<Event> {
+    within(PATIENCE, "a client event", events.recv())
+        .await
+        .map(|(_, event)| event)
 }
 
 /// A server running [`Forward`] handlers in a background task.

@@ -1,0 +1,163 @@
+//! [`HubConfig`]: every setting of the hub, with its default, read from a TOML file whose keys
+//! are the `serve` flags' names (`max-frame-bytes = 1048576`); flags override the file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Limits;
+use crate::hub::control::SlowPolicy;
+
+/// How the hub writes its logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The hub's settings. `Default` gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Address to listen on. Default `127.0.0.1:8000`, the reference examples' port.
+    pub listen: SocketAddr,
+    /// Worker threads (actix arbiters) that sessions are spread over. Default: the number of
+    /// cores.
+    pub workers: usize,
+    /// Largest frame accepted, header included. Default 64 MiB.
+    pub max_frame_bytes: u64,
+    /// Bytes that may wait in one session's outbound queue behind the frame being written.
+    /// Default 64 MiB.
+    pub max_pending_bytes: u64,
+    /// What happens to a subscriber whose queue is full.
+    pub slow_consumer: SlowPolicy,
+    /// Seconds without any byte from a connection before it is closed; 0 (default) is off.
+    pub idle_timeout: u64,
+    /// Seconds a connection may stay silent in the middle of a frame before it is closed.
+    /// Default 30; 0 is off.
+    pub stall_timeout: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_frame_bytes: Limits::DEFAULT_MAX_FRAME_BYTES,
+            max_pending_bytes: 64 * 1024 * 1024,
+            slow_consumer: SlowPolicy::Disconnect,
+            idle_timeout: 0,
+            stall_timeout: 30,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("invalid configuration in {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(&'static str),
+}
+
+impl HubConfig {
+    /// Reads a TOML file; keys it does not name keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] (unknown keys are an error).
+    pub fn from_file(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        HubConfig::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Parses TOML text; keys it does not name keep their defaults.
+    ///
+    /// # Errors
+    /// The TOML error (unknown keys are an error).
+    pub fn from_toml(text: &str) -> Result<HubConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks the settings that have no meaningful value at zero.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1"));
+        }
+        // The smallest frame (no files, no message) is 18 bytes.
+        if self.max_frame_bytes < 18 {
+            return Err(ConfigError::Invalid("max-frame-bytes must be at least 18"));
+        }
+        Ok(())
+    }
+
+    /// The codec limits of a hub connection: only the whole frame is bounded.
+    pub fn limits(&self) -> Limits {
+        Limits::frame_only(self.max_frame_bytes)
+    }
+
+    /// The idle timeout, `None` when off.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+
+    /// The stall timeout, `None` when off.
+    pub fn stall_timeout(&self) -> Option<Duration> {
+        (self.stall_timeout > 0).then(|| Duration::from_secs(self.stall_timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_keys_are_the_flag_names() {
+        let config = HubConfig::from_toml(
+            "listen = \"127.0.0.1:9000\"\nmax-frame-bytes = 1024\nslow-consumer = \"disconnect\"\nidle-timeout = 5\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(config.max_frame_bytes, 1024);
+        assert_eq!(config.idle_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(config.stall_timeout, 30);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(HubConfig::from_toml("max-frames = 3").is_err());
+    }
+}

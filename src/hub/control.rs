@@ -1,0 +1,1219 @@
+//! The hub's control protocol: frames with status 127 ([`CONTROL`]) whose message is one ASCII
+//! command. Parsing ([`Command::parse`], [`parse_frame`]) and the replies ([`ok_reply`],
+//! [`err_reply`], [`Command::ack`]) live side by side, in the style of mini-redis `cmd/`.
+//!
+//! This module owns the command grammar, the code-set type [`CodeSet`] every subscription is made
+//! of, and [`ControlError`], whose `Display` is the reason sent back after `ERR `. It faces
+//! untrusted input: nothing here panics or allocates more than a few dozen bytes per error,
+//! whatever the peer sends.
+//!
+//! # Grammar
+//! ```text
+//! command  = ws* word (ws+ args)? ws*        ; words case-insensitive, ws = ASCII whitespace
+//! SUB   <codes>                              ; subscribe
+//! UNSUB <codes>                              ; unsubscribe
+//! ECHO  on | off                             ; receive own publications (if subscribed)
+//! INFO                                       ; no arguments
+//! SLOW  block | drop | disconnect            ; slow-consumer policy
+//!
+//! codes    = sep* item (sep+ item)* sep*     ; sep = ASCII whitespace or ','
+//! item     = number | number '-' number | '*'
+//! number   = digit+                          ; decimal, leading zeros allowed
+//! ```
+//! - A range `a-b` is inclusive and has no spaces inside it (`1 - 3` is three tokens, and `-` is
+//!   a bad code).
+//! - `*` stands for every relayable code, `0..=127` except 2 (PING) and 127 (CONTROL). It may be
+//!   mixed with other items; the list is their union, so `* 5` is `*`.
+//! - The reserved codes 2 and 127 are an error whether named, covered by a range or combined with
+//!   `*`: a list with any error applies nothing.
+//! - Any run of separators counts as one (`5,,6` and `5 , 6` are `5,6`); a list made only of
+//!   separators is [`ControlError::EmptyList`], a command with no argument at all is
+//!   [`ControlError::MissingArgument`].
+//! - Items are checked in order and the first fault is reported. Within a range: a number above
+//!   127, then a reversed range, then a reserved code.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::frame::{Frame, Status};
+
+/// The status of control frames: 127.
+pub const CONTROL: Status = match Status::new(127) {
+    Some(status) => status,
+    // Evaluated at compile time; 127 is in range, so this arm can never be taken.
+    None => panic!("127 is a valid custom status"),
+};
+
+/// Bits of the codes that are never relayed: 2 (PING) and 127 (CONTROL).
+const RESERVED_BITS: u128 = (1 << 2) | (1 << 127);
+
+/// The longest user-supplied text an error stores, in characters.
+const MAX_ECHOED: usize = 32;
+
+/// A set of custom status codes `0..=127`; bit `i` stands for code `i`.
+///
+/// `Display` gives the normalized list: sorted, runs of two or more consecutive codes collapsed to
+/// `a-b`, comma-separated (`5,7-9`; the empty set is the empty string). `FromStr` parses the code
+/// list grammar of the [module docs](self) and rejects the reserved codes 2 and 127, so any set it
+/// returns is non-empty and relayable.
+///
+/// # Examples
+/// ```
+/// use tej_hub::hub::control::CodeSet;
+/// let set: CodeSet = "9 5, 8,7".parse().unwrap();
+/// assert_eq!(set.to_string(), "5,7-9");
+/// assert_eq!(CodeSet::relayable().to_string(), "0-1,3-126");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CodeSet(u128);
+
+impl CodeSet {
+    /// The set with no code.
+    pub const fn empty() -> CodeSet {
+        CodeSet(0)
+    }
+
+    /// Every code a hub relays: `0..=127` except 2 (PING) and 127 (CONTROL).
+    pub const fn relayable() -> CodeSet {
+        CodeSet(!RESERVED_BITS)
+    }
+
+    /// The set whose members are the set bits of `bits` (bit `i` = code `i`).
+    pub const fn from_bits(bits: u128) -> CodeSet {
+        CodeSet(bits)
+    }
+
+    /// The set as bits (bit `i` = code `i`).
+    pub const fn bits(self) -> u128 {
+        self.0
+    }
+
+    /// Adds `status`; returns whether it was absent before.
+    pub fn insert(&mut self, status: Status) -> bool {
+        let absent = !self.contains(status);
+        self.0 |= bit(status);
+        absent
+    }
+
+    /// Removes `status`; returns whether it was present.
+    pub fn remove(&mut self, status: Status) -> bool {
+        let present = self.contains(status);
+        self.0 &= !bit(status);
+        present
+    }
+
+    /// Whether `status` is in the set.
+    pub const fn contains(self, status: Status) -> bool {
+        self.0 & bit(status) != 0
+    }
+
+    /// Whether the set has no code.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The number of codes in the set.
+    pub const fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The codes in either set.
+    #[must_use]
+    pub const fn union(self, other: CodeSet) -> CodeSet {
+        CodeSet(self.0 | other.0)
+    }
+
+    /// The codes in `self` but not in `other`.
+    #[must_use]
+    pub const fn difference(self, other: CodeSet) -> CodeSet {
+        CodeSet(self.0 & !other.0)
+    }
+
+    /// The codes in both sets.
+    #[must_use]
+    pub const fn intersection(self, other: CodeSet) -> CodeSet {
+        CodeSet(self.0 & other.0)
+    }
+
+    /// The codes in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = Status> {
+        Codes(self.0)
+    }
+
+    /// Adds the codes `start..=end` (both at most 127, `start <= end`).
+    fn insert_range(&mut self, start: u8, end: u8) {
+        for code in start..=end {
+            if let Some(status) = Status::new(code) {
+                self.insert(status);
+            }
+        }
+    }
+}
+
+/// The bit standing for `status`.
+const fn bit(status: Status) -> u128 {
+    1 << status.code()
+}
+
+/// Iterator over a [`CodeSet`]'s codes, lowest first.
+struct Codes(u128);
+
+impl Iterator for Codes {
+    type Item = Status;
+
+    fn next(&mut self) -> Option<Status> {
+        if self.0 == 0 {
+            return None;
+        }
+        let code = self.0.trailing_zeros();
+        self.0 &= self.0 - 1;
+        u8::try_from(code).ok().and_then(Status::new)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let len = self.0.count_ones() as usize;
+        (len, Some(len))
+    }
+}
+
+impl FromIterator<Status> for CodeSet {
+    fn from_iter<I: IntoIterator<Item = Status>>(iter: I) -> CodeSet {
+        let mut set = CodeSet::empty();
+        set.extend(iter);
+        set
+    }
+}
+
+impl Extend<Status> for CodeSet {
+    fn extend<I: IntoIterator<Item = Status>>(&mut self, iter: I) {
+        for status in iter {
+            self.insert(status);
+        }
+    }
+}
+
+/// The normalized list: `0-1,3-126`, `5,7-9`; empty for the empty set.
+impl fmt::Display for CodeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut codes = self.iter().map(Status::code).peekable();
+        let mut first = true;
+        while let Some(start) = codes.next() {
+            let mut end = start;
+            while codes.peek() == Some(&end.wrapping_add(1)) {
+                codes.next();
+                end = end.wrapping_add(1);
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if start == end {
+                write!(f, "{start}")?;
+            } else {
+                write!(f, "{start}-{end}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a code list (see the [module docs](self) for the grammar).
+///
+/// # Errors
+/// [`ControlError::EmptyList`] when there is no item, and [`ControlError::BadCode`],
+/// [`ControlError::CodeOutOfRange`], [`ControlError::ReversedRange`] or
+/// [`ControlError::ReservedCode`] for the first faulty item.
+impl FromStr for CodeSet {
+    type Err = ControlError;
+
+    fn from_str(list: &str) -> Result<CodeSet, ControlError> {
+        let mut set = CodeSet::empty();
+        let mut items = 0usize;
+        for token in list
+            .split(|c: char| c == ',' || c.is_ascii_whitespace())
+            .filter(|token| !token.is_empty())
+        {
+            items += 1;
+            set = set.union(parse_item(token)?);
+        }
+        if items == 0 {
+            Err(ControlError::EmptyList)
+        } else {
+            Ok(set)
+        }
+    }
+}
+
+/// One list item: `*`, `n` or `a-b`.
+fn parse_item(token: &str) -> Result<CodeSet, ControlError> {
+    if token == "*" {
+        return Ok(CodeSet::relayable());
+    }
+    let bad = || ControlError::BadCode { token: clip(token) };
+    let (start, end) = match token.split_once('-') {
+        Some((start, end)) => (
+            parse_code(start).ok_or_else(bad)?,
+            parse_code(end).ok_or_else(bad)?,
+        ),
+        None => {
+            let code = parse_code(token).ok_or_else(bad)?;
+            (code, code)
+        }
+    };
+    let start = to_code(start)?;
+    let end = to_code(end)?;
+    if start > end {
+        return Err(ControlError::ReversedRange { start, end });
+    }
+    let mut set = CodeSet::empty();
+    set.insert_range(start, end);
+    match set.intersection(CodeSet(RESERVED_BITS)).iter().next() {
+        Some(reserved) => Err(ControlError::ReservedCode {
+            code: reserved.code(),
+        }),
+        None => Ok(set),
+    }
+}
+
+/// A non-empty run of ASCII digits as a number, saturating at `u64::MAX`; `None` for anything else.
+fn parse_code(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.bytes().fold(0u64, |acc, b| {
+        acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
+}
+
+/// `code` as a custom status code, or [`ControlError::CodeOutOfRange`].
+fn to_code(code: u64) -> Result<u8, ControlError> {
+    u8::try_from(code)
+        .ok()
+        .filter(|c| *c <= Status::MAX)
+        .ok_or(ControlError::CodeOutOfRange { code })
+}
+
+/// At most [`MAX_ECHOED`] characters of `text`, marked with `...` when cut.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHOED) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// What the hub does with a subscriber that cannot keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowPolicy {
+    /// Pause the publisher until the subscriber has room (`block`).
+    Block,
+    /// Drop frames the subscriber has no room for (`drop`).
+    Drop,
+    /// Disconnect the subscriber (`disconnect`).
+    Disconnect,
+}
+
+impl SlowPolicy {
+    /// The policy's lowercase name: `block`, `drop` or `disconnect`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SlowPolicy::Block => "block",
+            SlowPolicy::Drop => "drop",
+            SlowPolicy::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// The lowercase name: `block`, `drop` or `disconnect`.
+impl fmt::Display for SlowPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses `block`, `drop` or `disconnect`, in any case.
+///
+/// # Errors
+/// [`ControlError::BadSlowArgument`] for anything else.
+impl FromStr for SlowPolicy {
+    type Err = ControlError;
+
+    fn from_str(name: &str) -> Result<SlowPolicy, ControlError> {
+        [SlowPolicy::Block, SlowPolicy::Drop, SlowPolicy::Disconnect]
+            .into_iter()
+            .find(|policy| name.eq_ignore_ascii_case(policy.as_str()))
+            .ok_or_else(|| ControlError::BadSlowArgument {
+                argument: clip(name),
+            })
+    }
+}
+
+/// One control command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `SUB <codes>`: add the codes to the session's subscriptions.
+    Sub(CodeSet),
+    /// `UNSUB <codes>`: remove the codes from the session's subscriptions.
+    Unsub(CodeSet),
+    /// `ECHO on|off`: whether the session receives its own publications on codes it subscribes to.
+    Echo(bool),
+    /// `INFO`: ask the hub about the session; the hub builds the reply.
+    Info,
+    /// `SLOW block|drop|disconnect`: the session's slow-consumer policy.
+    Slow(SlowPolicy),
+}
+
+impl Command {
+    /// Parses one control message (see the [module docs](self) for the grammar).
+    ///
+    /// # Errors
+    /// [`ControlError::NotText`] when `message` is not ASCII, [`ControlError::Empty`] when it is
+    /// blank, [`ControlError::Unknown`] for an unknown command word, and the argument errors
+    /// ([`ControlError::MissingArgument`], [`ControlError::UnexpectedArgument`], the code list
+    /// errors, [`ControlError::BadEchoArgument`], [`ControlError::BadSlowArgument`]).
+    ///
+    /// # Examples
+    /// ```
+    /// use tej_hub::hub::control::{CodeSet, Command, ControlError};
+    /// let cmd = Command::parse(b"sub 5, 6 8-9\n").unwrap();
+    /// assert_eq!(cmd, Command::Sub("5-6,8-9".parse().unwrap()));
+    /// assert_eq!(cmd.to_string(), "SUB 5-6,8-9");
+    /// assert_eq!(Command::parse(b"SUB 5 2"), Err(ControlError::ReservedCode { code: 2 }));
+    /// ```
+    pub fn parse(message: &[u8]) -> Result<Command, ControlError> {
+        if !message.is_ascii() {
+            return Err(ControlError::NotText);
+        }
+        let text = std::str::from_utf8(message)
+            .map_err(|_| ControlError::NotText)?
+            .trim_matches(|c: char| c.is_ascii_whitespace());
+        if text.is_empty() {
+            return Err(ControlError::Empty);
+        }
+        let (word, rest) = text
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .unwrap_or((text, ""));
+        let is = |name: &str| word.eq_ignore_ascii_case(name);
+        if is("SUB") {
+            codes_argument("SUB", rest).map(Command::Sub)
+        } else if is("UNSUB") {
+            codes_argument("UNSUB", rest).map(Command::Unsub)
+        } else if is("ECHO") {
+            let argument = single_argument("ECHO", rest)?;
+            if argument.eq_ignore_ascii_case("on") {
+                Ok(Command::Echo(true))
+            } else if argument.eq_ignore_ascii_case("off") {
+                Ok(Command::Echo(false))
+            } else {
+                Err(ControlError::BadEchoArgument {
+                    argument: clip(argument),
+                })
+            }
+        } else if is("INFO") {
+            match rest.split_ascii_whitespace().next() {
+                Some(argument) => Err(ControlError::UnexpectedArgument {
+                    command: "INFO",
+                    argument: clip(argument),
+                }),
+                None => Ok(Command::Info),
+            }
+        } else if is("SLOW") {
+            single_argument("SLOW", rest)?.parse().map(Command::Slow)
+        } else {
+            Err(ControlError::Unknown {
+                command: clip(word),
+            })
+        }
+    }
+
+    /// The command word, upper case: `SUB`, `UNSUB`, `ECHO`, `INFO` or `SLOW`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Command::Sub(_) => "SUB",
+            Command::Unsub(_) => "UNSUB",
+            Command::Echo(_) => "ECHO",
+            Command::Info => "INFO",
+            Command::Slow(_) => "SLOW",
+        }
+    }
+
+    /// The `OK` reply acknowledging this command: `OK SUB <list>`, `OK UNSUB <list>`,
+    /// `OK ECHO on|off` or `OK SLOW <policy>`, the list normalized (see [`CodeSet`]). `None` for
+    /// [`Command::Info`], whose reply text the hub builds.
+    ///
+    /// The list is the command's own set; a hub that answers with the session's whole set after
+    /// the change acknowledges `Command::Sub(whole_set)` instead.
+    pub fn ack(&self) -> Option<Frame> {
+        match self {
+            Command::Info => None,
+            _ => Some(ok_reply(self)),
+        }
+    }
+}
+
+/// The canonical form: `SUB 5,7-9`, `UNSUB 3`, `ECHO on`, `INFO`, `SLOW drop` (an empty set shows
+/// as the bare command word). It parses back to the same command when the set is non-empty and
+/// relayable.
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Command::Sub(set) | Command::Unsub(set) if !set.is_empty() => write!(f, " {set}"),
+            Command::Sub(_) | Command::Unsub(_) | Command::Info => Ok(()),
+            Command::Echo(on) => f.write_str(if *on { " on" } else { " off" }),
+            Command::Slow(policy) => write!(f, " {policy}"),
+        }
+    }
+}
+
+/// Parses one control message with [`Command::parse`].
+impl FromStr for Command {
+    type Err = ControlError;
+
+    fn from_str(message: &str) -> Result<Command, ControlError> {
+        Command::parse(message.as_bytes())
+    }
+}
+
+/// The code list after `command`, which must be there.
+fn codes_argument(command: &'static str, rest: &str) -> Result<CodeSet, ControlError> {
+    if rest.is_empty() {
+        return Err(ControlError::MissingArgument { command });
+    }
+    rest.parse()
+}
+
+/// The one whitespace-free argument after `command`.
+fn single_argument<'a>(command: &'static str, rest: &'a str) -> Result<&'a str, ControlError> {
+    let mut arguments = rest.split_ascii_whitespace();
+    let argument = arguments
+        .next()
+        .ok_or(ControlError::MissingArgument { command })?;
+    match arguments.next() {
+        Some(extra) => Err(ControlError::UnexpectedArgument {
+            command,
+            argument: clip(extra),
+        }),
+        None => Ok(argument),
+    }
+}
+
+/// Parses a control frame: it must carry no files, and its message is one command.
+///
+/// The frame's status is not checked; the caller routes status-127 frames here.
+///
+/// # Errors
+/// [`ControlError::CarriesFiles`] when the frame has files, otherwise as [`Command::parse`].
+pub fn parse_frame(frame: &Frame) -> Result<Command, ControlError> {
+    if !frame.files.is_empty() {
+        return Err(ControlError::CarriesFiles {
+            count: frame.files.len(),
+        });
+    }
+    Command::parse(&frame.message)
+}
+
+/// A control frame (status 127, no files) with message `OK <text>`, or `OK` when `text` is empty.
+pub fn ok_reply(text: impl fmt::Display) -> Frame {
+    reply("OK", text)
+}
+
+/// A control frame (status 127, no files) with message `ERR <reason>`, or `ERR` when `reason` is
+/// empty.
+///
+/// # Examples
+/// ```
+/// use tej_hub::hub::control::{err_reply, Command};
+/// let error = Command::parse(b"SUB 1-3").unwrap_err();
+/// assert_eq!(err_reply(error).message, "ERR reserved code 2");
+/// ```
+pub fn err_reply(reason: impl fmt::Display) -> Frame {
+    reply("ERR", reason)
+}
+
+/// A control frame with message `<head> <text>`, or `<head>` when `text` is empty.
+fn reply(head: &str, text: impl fmt::Display) -> Frame {
+    let text = text.to_string();
+    let message = if text.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head} {text}")
+    };
+    Frame::message(CONTROL, message)
+}
+
+/// Why a control frame was refused. `Display` is a short lowercase reason, sent after `ERR `.
+///
+/// Strings taken from the peer are cut to 32 characters and shown quoted and escaped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The message is not ASCII text (not UTF-8, or UTF-8 beyond ASCII).
+    #[error("command is not ascii text")]
+    NotText,
+    /// The message is empty or only whitespace.
+    #[error("empty command")]
+    Empty,
+    /// The command word is none of `SUB`, `UNSUB`, `ECHO`, `INFO`, `SLOW`.
+    #[error("unknown command {command:?}")]
+    Unknown {
+        /// The command word as sent, cut to 32 characters.
+        command: String,
+    },
+    /// The command needs an argument and has none.
+    #[error("missing argument to {command}")]
+    MissingArgument {
+        /// The command word, upper case.
+        command: &'static str,
+    },
+    /// The command takes fewer arguments than were sent.
+    #[error("unexpected argument {argument:?} to {command}")]
+    UnexpectedArgument {
+        /// The command word, upper case.
+        command: &'static str,
+        /// The first argument too many, cut to 32 characters.
+        argument: String,
+    },
+    /// A code list item is neither a number, a range `a-b` nor `*`.
+    #[error("bad code {token:?}")]
+    BadCode {
+        /// The item as sent, cut to 32 characters.
+        token: String,
+    },
+    /// A code list names or covers code 2 (PING) or 127 (CONTROL), which are never relayed.
+    #[error("reserved code {code}")]
+    ReservedCode {
+        /// The reserved code, 2 or 127.
+        code: u8,
+    },
+    /// A code list has a number above 127 (numbers beyond `u64` show as `u64::MAX`).
+    #[error("code {code} out of range 0-127")]
+    CodeOutOfRange {
+        /// The number, saturated at `u64::MAX`.
+        code: u64,
+    },
+    /// A code list has a range whose start is above its end.
+    #[error("reversed range {start}-{end}")]
+    ReversedRange {
+        /// The range start.
+        start: u8,
+        /// The range end, below `start`.
+        end: u8,
+    },
+    /// A code list has no item at all.
+    #[error("empty code list")]
+    EmptyList,
+    /// `ECHO` got something other than `on` or `off`.
+    #[error("echo takes on or off, not {argument:?}")]
+    BadEchoArgument {
+        /// The argument as sent, cut to 32 characters.
+        argument: String,
+    },
+    /// `SLOW` got something other than `block`, `drop` or `disconnect`.
+    #[error("slow takes block, drop or disconnect, not {argument:?}")]
+    BadSlowArgument {
+        /// The argument as sent, cut to 32 characters.
+        argument: String,
+    },
+    /// The control frame carries files.
+    #[error("control frame carries {count} files")]
+    CarriesFiles {
+        /// How many files it carries.
+        count: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    fn status(code: u8) -> Status {
+        Status::new(code).unwrap_or_default()
+    }
+
+    fn set(codes: &[u8]) -> CodeSet {
+        codes.iter().map(|&c| status(c)).collect()
+    }
+
+    fn parse(text: &str) -> Result<Command, ControlError> {
+        Command::parse(text.as_bytes())
+    }
+
+    #[test]
+    fn control_status_is_127() {
+        assert_eq!(CONTROL.code(), 127);
+    }
+
+    #[test]
+    fn code_set_basics() {
+        let mut s = CodeSet::empty();
+        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
+        assert!(s.insert(status(5)));
+        assert!(!s.insert(status(5)));
+        assert!(s.insert(status(127)));
+        assert!(s.insert(status(0)));
+        assert!(s.contains(status(5)) && s.contains(status(0)) && s.contains(status(127)));
+        assert!(!s.contains(status(6)));
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s.iter().map(Status::code).collect::<Vec<_>>(),
+            vec![0, 5, 127]
+        );
+        assert!(s.remove(status(127)));
+        assert!(!s.remove(status(127)));
+        assert_eq!(s, set(&[0, 5]));
+        assert_eq!(CodeSet::from_bits(s.bits()), s);
+    }
+
+    #[test]
+    fn code_set_algebra() {
+        let a = set(&[1, 2, 3]);
+        let b = set(&[3, 4]);
+        assert_eq!(a.union(b), set(&[1, 2, 3, 4]));
+        assert_eq!(a.difference(b), set(&[1, 2]));
+        assert_eq!(b.difference(a), set(&[4]));
+        assert_eq!(a.intersection(b), set(&[3]));
+        assert_eq!(a.difference(a), CodeSet::empty());
+    }
+
+    #[test]
+    fn relayable_is_all_but_2_and_127() {
+        let r = CodeSet::relayable();
+        assert_eq!(r.len(), 126);
+        assert!(!r.contains(Status::PING));
+        assert!(!r.contains(CONTROL));
+        assert!(r.contains(status(0)) && r.contains(status(126)));
+        assert_eq!(r.to_string(), "0-1,3-126");
+    }
+
+    #[test]
+    fn display_normalizes() {
+        assert_eq!(CodeSet::empty().to_string(), "");
+        assert_eq!(set(&[5]).to_string(), "5");
+        assert_eq!(set(&[9, 7, 5, 8]).to_string(), "5,7-9");
+        assert_eq!(set(&[0, 1]).to_string(), "0-1");
+        assert_eq!(set(&[0, 2, 4]).to_string(), "0,2,4");
+        assert_eq!(set(&[126, 127]).to_string(), "126-127");
+        assert_eq!(set(&[127]).to_string(), "127");
+        assert_eq!(CodeSet::from_bits(u128::MAX).to_string(), "0-127");
+    }
+
+    #[test]
+    fn list_separators() {
+        for list in [
+            "5,6", "5 6", "5, 6", "5 ,6", "5 , 6", "5,,6", " 5\t6 ", ",5,6,", "6 5",
+        ] {
+            assert_eq!(list.parse::<CodeSet>(), Ok(set(&[5, 6])), "{list:?}");
+        }
+        assert_eq!(
+            "1,2 3-4".parse::<CodeSet>(),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
+        assert_eq!("1,3 4-6".parse::<CodeSet>(), Ok(set(&[1, 3, 4, 5, 6])));
+    }
+
+    #[test]
+    fn list_ranges() {
+        assert_eq!("7-9".parse::<CodeSet>(), Ok(set(&[7, 8, 9])));
+        assert_eq!("7-7".parse::<CodeSet>(), Ok(set(&[7])));
+        assert_eq!("0-1".parse::<CodeSet>(), Ok(set(&[0, 1])));
+        assert_eq!(
+            "3-126".parse::<CodeSet>(),
+            Ok(CodeSet::relayable().difference(set(&[0, 1])))
+        );
+        assert_eq!("007".parse::<CodeSet>(), Ok(set(&[7])));
+        assert_eq!(
+            "7-5".parse::<CodeSet>(),
+            Err(ControlError::ReversedRange { start: 7, end: 5 })
+        );
+    }
+
+    #[test]
+    fn list_reserved_codes() {
+        for (list, code) in [
+            ("2", 2),
+            ("127", 127),
+            ("1-3", 2),
+            ("2-2", 2),
+            ("0-127", 2),
+            ("100-127", 127),
+            ("5 2", 2),
+            ("* 2", 2),
+            ("127,2", 127),
+        ] {
+            assert_eq!(
+                list.parse::<CodeSet>(),
+                Err(ControlError::ReservedCode { code }),
+                "{list:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_out_of_range() {
+        assert_eq!(
+            "128".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange { code: 128 })
+        );
+        assert_eq!(
+            "5-300".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange { code: 300 })
+        );
+        // Out of range is reported before reversed.
+        assert_eq!(
+            "300-5".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange { code: 300 })
+        );
+        assert_eq!(
+            "99999999999999999999999999999999".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange { code: u64::MAX })
+        );
+        assert_eq!(
+            "18446744073709551615".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange { code: u64::MAX })
+        );
+    }
+
+    #[test]
+    fn list_garbage() {
+        for token in [
+            "x", "-", "-5", "5-", "1-2-3", "+5", "5a", "0x10", "**", "*-5", "1.5",
+        ] {
+            assert_eq!(
+                format!("1 {token}").parse::<CodeSet>(),
+                Err(ControlError::BadCode {
+                    token: token.to_owned()
+                }),
+                "{token:?}"
+            );
+        }
+        assert_eq!(
+            "1 - 3".parse::<CodeSet>(),
+            Err(ControlError::BadCode {
+                token: "-".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn list_empty() {
+        for list in ["", " ", ",", " , ,\t"] {
+            assert_eq!(
+                list.parse::<CodeSet>(),
+                Err(ControlError::EmptyList),
+                "{list:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn star_is_every_relayable_code() {
+        assert_eq!("*".parse::<CodeSet>(), Ok(CodeSet::relayable()));
+        assert_eq!("* 5".parse::<CodeSet>(), Ok(CodeSet::relayable()));
+        assert_eq!("0,*,126".parse::<CodeSet>(), Ok(CodeSet::relayable()));
+        assert_eq!(
+            parse("SUB *").map(|c| c.to_string()),
+            Ok("SUB 0-1,3-126".to_owned())
+        );
+        assert_eq!(
+            "* 128".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange { code: 128 })
+        );
+    }
+
+    #[test]
+    fn sub_and_unsub() {
+        assert_eq!(parse("SUB 5"), Ok(Command::Sub(set(&[5]))));
+        assert_eq!(parse("sub 5"), Ok(Command::Sub(set(&[5]))));
+        assert_eq!(parse("Sub 5, 6"), Ok(Command::Sub(set(&[5, 6]))));
+        assert_eq!(
+            parse("SUB 1,3 4-6"),
+            Ok(Command::Sub(set(&[1, 3, 4, 5, 6])))
+        );
+        assert_eq!(parse("UNSUB 7-9"), Ok(Command::Unsub(set(&[7, 8, 9]))));
+        assert_eq!(parse("unsub *"), Ok(Command::Unsub(CodeSet::relayable())));
+        assert_eq!(
+            parse("SUB 5 2"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
+        assert_eq!(
+            parse("SUB 1,2 3-4"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
+        assert_eq!(
+            parse("UNSUB 127"),
+            Err(ControlError::ReservedCode { code: 127 })
+        );
+        assert_eq!(
+            parse("SUB 1-3"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
+        assert_eq!(
+            parse("SUB 0-127"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
+        assert_eq!(
+            parse("SUB 128"),
+            Err(ControlError::CodeOutOfRange { code: 128 })
+        );
+        assert_eq!(
+            parse("SUB 7-5"),
+            Err(ControlError::ReversedRange { start: 7, end: 5 })
+        );
+        assert_eq!(parse("SUB ,"), Err(ControlError::EmptyList));
+        assert_eq!(
+            parse("SUB five"),
+            Err(ControlError::BadCode {
+                token: "five".to_owned()
+            })
+        );
+        assert_eq!(
+            parse("SUB"),
+            Err(ControlError::MissingArgument { command: "SUB" })
+        );
+        assert_eq!(
+            parse("  unsub  \n"),
+            Err(ControlError::MissingArgument { command: "UNSUB" })
+        );
+    }
+
+    #[test]
+    fn echo() {
+        assert_eq!(parse("ECHO on"), Ok(Command::Echo(true)));
+        assert_eq!(parse("echo OFF"), Ok(Command::Echo(false)));
+        assert_eq!(parse("EcHo On\r\n"), Ok(Command::Echo(true)));
+        assert_eq!(
+            parse("ECHO"),
+            Err(ControlError::MissingArgument { command: "ECHO" })
+        );
+        assert_eq!(
+            parse("ECHO yes"),
+            Err(ControlError::BadEchoArgument {
+                argument: "yes".to_owned()
+            })
+        );
+        assert_eq!(
+            parse("ECHO on off"),
+            Err(ControlError::UnexpectedArgument {
+                command: "ECHO",
+                argument: "off".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn info() {
+        assert_eq!(parse("INFO"), Ok(Command::Info));
+        assert_eq!(parse(" info \n"), Ok(Command::Info));
+        assert_eq!(
+            parse("INFO me"),
+            Err(ControlError::UnexpectedArgument {
+                command: "INFO",
+                argument: "me".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn slow() {
+        assert_eq!(parse("SLOW block"), Ok(Command::Slow(SlowPolicy::Block)));
+        assert_eq!(parse("slow DROP"), Ok(Command::Slow(SlowPolicy::Drop)));
+        assert_eq!(
+            parse("Slow Disconnect\n"),
+            Ok(Command::Slow(SlowPolicy::Disconnect))
+        );
+        assert_eq!(
+            parse("SLOW"),
+            Err(ControlError::MissingArgument { command: "SLOW" })
+        );
+        assert_eq!(
+            parse("SLOW fast"),
+            Err(ControlError::BadSlowArgument {
+                argument: "fast".to_owned()
+            })
+        );
+        assert_eq!(
+            parse("SLOW drop block"),
+            Err(ControlError::UnexpectedArgument {
+                command: "SLOW",
+                argument: "block".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn slow_policy_names() {
+        for policy in [SlowPolicy::Block, SlowPolicy::Drop, SlowPolicy::Disconnect] {
+            assert_eq!(policy.to_string().parse::<SlowPolicy>(), Ok(policy));
+            assert_eq!(policy.to_string(), policy.to_string().to_lowercase());
+        }
+        assert_eq!("BLOCK".parse::<SlowPolicy>(), Ok(SlowPolicy::Block));
+        assert!("".parse::<SlowPolicy>().is_err());
+    }
+
+    #[test]
+    fn unknown_empty_and_not_text() {
+        assert_eq!(
+            parse("PUB 5"),
+            Err(ControlError::Unknown {
+                command: "PUB".to_owned()
+            })
+        );
+        assert_eq!(
+            parse("SUB,5"),
+            Err(ControlError::Unknown {
+                command: "SUB,5".to_owned()
+            })
+        );
+        assert_eq!(parse(""), Err(ControlError::Empty));
+        assert_eq!(parse(" \r\n\t"), Err(ControlError::Empty));
+        assert_eq!(Command::parse(b"SUB \xff"), Err(ControlError::NotText));
+        assert_eq!(Command::parse(b"\xc3"), Err(ControlError::NotText));
+        assert_eq!(parse("SUB 5\u{e9}"), Err(ControlError::NotText));
+        assert_eq!(parse("ÉCHO on"), Err(ControlError::NotText));
+    }
+
+    #[test]
+    fn long_input_is_clipped() {
+        let word = "X".repeat(1000);
+        let Err(ControlError::Unknown { command }) = parse(&word) else {
+            panic!("expected Unknown");
+        };
+        assert_eq!(command, format!("{}...", "X".repeat(32)));
+        let exact = "Y".repeat(32);
+        assert_eq!(
+            parse(&exact),
+            Err(ControlError::Unknown {
+                command: exact.clone()
+            })
+        );
+        let Err(ControlError::BadCode { token }) = parse(&format!("SUB {word}")) else {
+            panic!("expected BadCode");
+        };
+        assert_eq!(token.len(), 35);
+        let long = format!("ECHO {word}");
+        assert!(err_reply(parse(&long).unwrap_err()).message.len() < 100);
+    }
+
+    #[test]
+    fn frames() {
+        let ok = Frame::message(CONTROL, "SUB 5");
+        assert_eq!(parse_frame(&ok), Ok(Command::Sub(set(&[5]))));
+        let with_files = Frame::builder(CONTROL)
+            .file("a", &b"x"[..])
+            .file("b", &b""[..])
+            .message("SUB 5")
+            .build();
+        assert_eq!(
+            parse_frame(&with_files),
+            Err(ControlError::CarriesFiles { count: 2 })
+        );
+        assert_eq!(
+            parse_frame(&Frame::message(CONTROL, "")),
+            Err(ControlError::Empty)
+        );
+    }
+
+    #[test]
+    fn replies() {
+        let ok = ok_reply("SUB 5");
+        assert_eq!(ok.status, CONTROL);
+        assert!(ok.files.is_empty());
+        assert_eq!(ok.message, "OK SUB 5");
+        assert_eq!(ok_reply("").message, "OK");
+        let err = err_reply(ControlError::ReservedCode { code: 2 });
+        assert_eq!(err.status, CONTROL);
+        assert_eq!(err.message, "ERR reserved code 2");
+        assert_eq!(err_reply("").message, "ERR");
+    }
+
+    #[test]
+    fn acks() {
+        let ack = |text: &str| {
+            parse(text)
+                .ok()
+                .and_then(|c| c.ack())
+                .map(|frame| frame.message)
+        };
+        assert_eq!(ack("sub 9 8 7, 5"), Some("OK SUB 5,7-9".into()));
+        assert_eq!(ack("SUB *"), Some("OK SUB 0-1,3-126".into()));
+        assert_eq!(ack("unsub 3"), Some("OK UNSUB 3".into()));
+        assert_eq!(ack("echo ON"), Some("OK ECHO on".into()));
+        assert_eq!(ack("echo off"), Some("OK ECHO off".into()));
+        assert_eq!(ack("slow DROP"), Some("OK SLOW drop".into()));
+        assert_eq!(ack("info"), None);
+        assert_eq!(
+            Command::Unsub(CodeSet::empty()).ack().map(|f| f.message),
+            Some("OK UNSUB".into())
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Command::Sub(CodeSet::empty()).name(), "SUB");
+        assert_eq!(Command::Unsub(CodeSet::empty()).name(), "UNSUB");
+        assert_eq!(Command::Echo(true).name(), "ECHO");
+        assert_eq!(Command::Info.name(), "INFO");
+        assert_eq!(Command::Slow(SlowPolicy::Block).name(), "SLOW");
+    }
+
+    #[test]
+    fn error_reasons() {
+        let cases: [(ControlError, &str); 13] = [
+            (ControlError::NotText, "command is not ascii text"),
+            (ControlError::Empty, "empty command"),
+            (
+                ControlError::Unknown {
+                    command: "PUB".into(),
+                },
+                "unknown command \"PUB\"",
+            ),
+            (
+                ControlError::MissingArgument { command: "SUB" },
+                "missing argument to SUB",
+            ),
+            (
+                ControlError::UnexpectedArgument {
+                    command: "INFO",
+                    argument: "x".into(),
+                },
+                "unexpected argument \"x\" to INFO",
+            ),
+            (
+                ControlError::BadCode {
+                    token: "x\u{1}".into(),
+                },
+                "bad code \"x\\u{1}\"",
+            ),
+            (ControlError::ReservedCode { code: 2 }, "reserved code 2"),
+            (
+                ControlError::CodeOutOfRange { code: 300 },
+                "code 300 out of range 0-127",
+            ),
+            (
+                ControlError::ReversedRange { start: 7, end: 5 },
+                "reversed range 7-5",
+            ),
+            (ControlError::EmptyList, "empty code list"),
+            (
+                ControlError::BadEchoArgument {
+                    argument: "yes".into(),
+                },
+                "echo takes on or off, not \"yes\"",
+            ),
+            (
+                ControlError::BadSlowArgument {
+                    argument: "fast".into(),
+                },
+                "slow takes block, drop or disconnect, not \"fast\"",
+            ),
+            (
+                ControlError::CarriesFiles { count: 1 },
+                "control frame carries 1 files",
+            ),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.to_string(), reason);
+        }
+    }
+
+    /// Tokens close to the grammar, so random lists reach deep into the parser.
+    fn near_grammar() -> impl Strategy<Value = String> {
+        let token = prop::sample::select(vec![
+            "SUB",
+            "unsub",
+            "ECHO",
+            "on",
+            "OFF",
+            "INFO",
+            "SLOW",
+            "drop",
+            "*",
+            "-",
+            ",",
+            " ",
+            "\n",
+            "0",
+            "1",
+            "2",
+            "5",
+            "126",
+            "127",
+            "128",
+            "1-3",
+            "7-5",
+            "4-9",
+            "x",
+            "99999999999999999999",
+        ]);
+        prop::collection::vec(token, 0..8).prop_map(|tokens| tokens.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Err(error) = Command::parse(&bytes) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_ascii_never_panics(bytes in prop::collection::vec(0u8..128, 0..64)) {
+            if let Err(error) = Command::parse(&bytes) {
+                prop_assert!(err_reply(error).message.len() < 128);
+            }
+        }
+
+        #[test]
+        fn near_grammar_never_panics(text in near_grammar()) {
+            match parse(&text) {
+                Ok(command) => {
+                    let ack = command.ack();
+                    prop_assert_eq!(ack.is_some(), command != Command::Info);
+                }
+                Err(error) => prop_assert!(err_reply(error).message.starts_with(b"ERR ")),
+            }
+        }
+
+        #[test]
+        fn display_round_trips(bits in any::<u128>()) {
+            let set = CodeSet::from_bits(bits).intersection(CodeSet::relayable());
+            prop_assume!(!set.is_empty());
+            prop_assert_eq!(set.to_string().parse::<CodeSet>(), Ok(set));
+            prop_assert_eq!(parse(&Command::Sub(set).to_string()), Ok(Command::Sub(set)));
+            prop_assert_eq!(set.iter().count(), set.len());
+        }
+
+        #[test]
+        fn display_is_normalized(bits in any::<u128>()) {
+            let set = CodeSet::from_bits(bits);
+            let text = set.to_string();
+            // Every item's neighbours are absent: runs are maximal and items ascend.
+            let mut last_end: Option<u8> = None;
+            for item in text.split(',').filter(|item| !item.is_empty()) {
+                let (start, end) = match item.split_once('-') {
+                    Some((a, b)) => (a.parse::<u8>(), b.parse::<u8>()),
+                    None => (item.parse::<u8>(), item.parse::<u8>()),
+                };
+                let (start, end) = (start.unwrap_or(255), end.unwrap_or(255));
+                prop_assert!(start <= end && end <= 127);
+                if let Some(last) = last_end {
+                    prop_assert!(start > last.saturating_add(1));
+                }
+                last_end = Some(end);
+            }
+            let reparsed: CodeSet = text
+                .split(',')
+                .filter(|item| !item.is_empty())
+                .flat_map(|item| {
+                    let (a, b) = item.split_once('-').unwrap_or((item, item));
+                    let (a, b) = (a.parse::<u8>().unwrap_or(0), b.parse::<u8>().unwrap_or(0));
+                    (a..=b).filter_map(Status::new)
+                })
+                .collect();
+            prop_assert_eq!(reparsed, set);
+        }
+    }
+}

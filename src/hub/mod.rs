@@ -1,0 +1,188 @@
+//! tej-hub: the pub/sub relay. Every TCP connection is a [`session`] actor wrapping the TEJ codec;
+//! sessions register with the [`router`] actor, which relays frames between them by custom status
+//! code. Status 2 is answered (ping), status 127 is the [`control`] channel (`SUB`, `UNSUB`,
+//! `ECHO`, `INFO`, `SLOW`), every other status is a publication.
+//!
+//! - [`run`] serves a bound listener inside an actix `System` until a shutdown future completes;
+//!   [`spawn`] does the same on a thread of its own (tests, embedding).
+//! - Sessions are spread over `workers` arbiters (threads); the router runs on the arbiter that
+//!   calls [`run`]. docs/architecture.md draws the whole path.
+
+pub mod control;
+mod outbox;
+pub mod registry;
+mod router;
+mod session;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::config::{ConfigError, HubConfig};
+use registry::SessionId;
+pub use router::HubCounters;
+use router::{OpenConnection, Router, Shutdown};
+use session::Session;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long shutdown waits for sessions to flush what they have queued.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// TCP keepalive: probe a silent peer after this long, so dead peers are found.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves `listener` with `config` until `shutdown` completes; then stops accepting, lets every
+/// session flush what it has queued (at most a few seconds) and returns.
+///
+/// Must run inside an actix `System` (e.g. `actix_rt::System::new().block_on(..)`).
+///
+/// # Errors
+/// An invalid configuration, or a listener that cannot be used.
+pub async fn run(
+    listener: std::net::TcpListener,
+    config: HubConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    config.validate().map_err(invalid)?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let config = Arc::new(config);
+    let counters = Arc::new(HubCounters::default());
+    let router = Router::new(counters.clone()).start();
+    let workers: Vec<Arbiter> = (0..config.workers).map(|_| Arbiter::new()).collect();
+    info!(listen = %listener.local_addr()?, workers = workers.len(), "hub started");
+
+    let mut next_id = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_id += 1;
+                    let worker = &workers[(next_id as usize) % workers.len()];
+                    hand_over(stream, peer, SessionId::new(next_id), worker, &router, &config, &counters);
+                }
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let sessions = router.send(Shutdown).await.unwrap_or(0);
+    info!(sessions, "hub shutting down");
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while counters.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for worker in &workers {
+        worker.stop();
+    }
+    Ok(())
+}
+
+fn invalid(error: ConfigError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, error)
+}
+
+/// Moves an accepted connection to `worker` and starts its session there.
+fn hand_over(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    id: SessionId,
+    worker: &Arbiter,
+    router: &Addr<Router>,
+    config: &Arc<HubConfig>,
+    counters: &Arc<HubCounters>,
+) {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    let socket = SockRef::from(&stream);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        debug!(%peer, %error, "cannot enable TCP keepalive");
+    }
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "cannot disable Nagle");
+    }
+    // A tokio socket belongs to the runtime that registered it: move it as a std socket.
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => return warn!(%peer, %error, "cannot hand over connection"),
+    };
+    let open = OpenConnection::new(counters.clone());
+    let (router, config, counters) = (router.clone(), config.clone(), counters.clone());
+    worker.spawn(async move {
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => Session::start(id, stream, peer, router, config, counters, open),
+            Err(error) => warn!(%peer, %error, "cannot register connection"),
+        }
+    });
+}
+
+/// A hub running on a thread of its own.
+#[derive(Debug)]
+pub struct HubHandle {
+    local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl HubHandle {
+    /// The address the hub listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shuts the hub down (as on SIGTERM) and waits for its thread.
+    ///
+    /// # Errors
+    /// What [`run`] returned, or an error if the hub's thread panicked.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop.take().map(|stop| stop.send(()));
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("hub thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HubHandle {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): stop the hub, don't wait for it.
+        self.stop.take().map(|stop| stop.send(()));
+    }
+}
+
+/// Starts a hub serving `listener` on a new thread with its own actix `System`.
+///
+/// # Errors
+/// When the listener's address cannot be read or the thread cannot be started.
+pub fn spawn(listener: std::net::TcpListener, config: HubConfig) -> io::Result<HubHandle> {
+    let local_addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("tej-hub".into())
+        .spawn(move || {
+            actix_rt::System::new().block_on(run(listener, config, async {
+                let _ = stopped.await;
+            }))
+        })?;
+    Ok(HubHandle {
+        local_addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}

@@ -328,6 +328,9 @@ impl<S: AsyncRead> ReadSide<S> {
                     Some(Ok(frame)) if frame.is_ping() => handler.ping_received(frame, &self.sender).await,
                     Some(Ok(frame)) => handler.received(frame, &self.sender).await,
                     Some(Err(error)) => return error.into(),
+                    // The writer stops us before it sends our FIN: an EOF after that is the
+                    // peer answering our close.
+                    None if self.stop.is_cancelled() => return Disconnect::Closed,
                     None => return Disconnect::PeerClosed,
                 },
                 () = tokio::time::sleep_until(idle_check), if idle.is_some() => {
@@ -409,6 +412,9 @@ async fn write_loop<W: AsyncWrite>(
             let _ = done.send(Ok(()));
         }
         if closing {
+            // Stop the reader before the peer can see our FIN and hang up in turn: the
+            // connection ends because this side closed it, not because the peer did.
+            stop.cancel();
             break write.shutdown().await.map_err(Arc::new);
         }
     };

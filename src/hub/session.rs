@@ -197,22 +197,24 @@ impl Session {
             }
         };
         let id = self.id;
+        let ack = command.ack();
         match command {
             Command::Sub(codes) => {
                 let done = self.router.send(Subscribe { id, codes });
-                self.after_router(done, format!("SUB {codes}"), ctx);
+                self.after_router(done, ack, ctx);
             }
             Command::Unsub(codes) => {
                 let done = self.router.send(Unsubscribe { id, codes });
-                self.after_router(done, format!("UNSUB {codes}"), ctx);
+                self.after_router(done, ack, ctx);
             }
             Command::Echo(on) => {
                 let done = self.router.send(SetEcho { id, on });
-                let state = if on { "on" } else { "off" };
-                self.after_router(done, format!("ECHO {state}"), ctx);
+                self.after_router(done, ack, ctx);
             }
             Command::Slow(SlowPolicy::Disconnect) => {
-                self.reply(&control::ok_reply("SLOW disconnect"));
+                if let Some(ack) = &ack {
+                    self.reply(ack);
+                }
             }
             Command::Slow(policy) => {
                 self.reply(&control::err_reply(format!(
@@ -234,16 +236,18 @@ impl Session {
         }
     }
 
-    /// Queues `OK <text>` once the router has applied a change (`ERR` if it is gone). No other
-    /// frame of this session is handled before, so replies keep the order of the commands.
-    fn after_router<M>(&mut self, request: Request<Router, M>, text: String, ctx: &mut Context<Self>)
+    /// Queues the command's `ack` once the router has applied it (`ERR` if the router is gone).
+    /// No other frame of this session is handled before, so replies keep the order of the
+    /// commands.
+    fn after_router<M>(&mut self, request: Request<Router, M>, ack: Option<Frame>, ctx: &mut Context<Self>)
     where
         M: actix::Message<Result = ()> + Send + 'static,
         Router: Handler<M>,
     {
-        ctx.wait(request.into_actor(self).map(move |done, session, _| match done {
-            Ok(()) => session.reply(&control::ok_reply(text)),
-            Err(_) => session.reply(&control::err_reply("hub is shutting down")),
+        ctx.wait(request.into_actor(self).map(move |done, session, _| match (done, ack) {
+            (Ok(()), Some(ack)) => session.reply(&ack),
+            (Ok(()), None) => {}
+            (Err(_), _) => session.reply(&control::err_reply("hub is shutting down")),
         }));
     }
 

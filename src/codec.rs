@@ -258,7 +258,7 @@ impl TejCodec {
     }
 
     /// Decodes the next frame in `src` together with its wire bytes, like
-    /// [`Decoder::decode`](tokio_util::codec::Decoder::decode).
+    /// [`Decoder::decode`].
     ///
     /// # Errors
     /// Any decode [`CodecError`]; the decoder then starts afresh, but the stream is out of step.

@@ -121,6 +121,11 @@ impl HubConfig {
         if self.max_frame_bytes < 18 {
             return Err(ConfigError::Invalid("max-frame-bytes must be at least 18"));
         }
+        if self.slow_consumer != SlowPolicy::Disconnect {
+            return Err(ConfigError::Invalid(
+                "slow-consumer: only disconnect is available in this version",
+            ));
+        }
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! tej-hub: the pub/sub relay. Every TCP connection is a [`session`] actor wrapping the TEJ codec;
-//! sessions register with the [`router`] actor, which relays frames between them by custom status
+//! tej-hub: the pub/sub relay. Every TCP connection is a session actor wrapping the TEJ codec;
+//! sessions register with the router actor, which relays frames between them by custom status
 //! code. Status 2 is answered (ping), status 127 is the [`control`] channel (`SUB`, `UNSUB`,
 //! `ECHO`, `INFO`, `SLOW`), every other status is a publication.
 //!
@@ -8,6 +8,7 @@
 //! - Sessions are spread over `workers` arbiters (threads); the router runs on the arbiter that
 //!   calls [`run`]. docs/architecture.md draws the whole path.
 
+mod client;
 pub mod control;
 mod outbox;
 pub mod registry;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, HubConfig};
+pub use client::{HubClient, HubError};
 use registry::SessionId;
 pub use router::HubCounters;
 use router::{OpenConnection, Router, Shutdown};

@@ -3,12 +3,14 @@
 //!
 //! The queue is a channel of [`Bytes`] (each one whole frame, shared with every other receiver
 //! of that frame). Its memory is bounded by counting: [`Outbox::pending`] is the number of bytes
-//! queued and not yet written, and the session refuses to queue past its limit. Neither actix's
-//! mailbox nor `actix::io::FramedWrite` bound memory by themselves, so the count is ours.
+//! queued and not yet written, [`Outbox::waiting`] the part of them behind the frame being written,
+//! and the session refuses to let that part grow past its limit. Neither actix's mailbox nor
+//! `actix::io::FramedWrite` bound memory by themselves, so the count is ours.
 //!
 //! Session and writer run on the same arbiter thread, hence `Rc`/`Cell`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 pub(crate) struct OutboxCounters {
     /// Bytes queued and not yet written.
     pending: Cell<u64>,
+    /// The length of each frame queued and not yet written, oldest (the one being written) first.
+    unwritten: RefCell<VecDeque<u64>>,
     /// Frames written to the socket.
     frames_out: Cell<u64>,
     /// Bytes written to the socket.
@@ -77,6 +81,19 @@ impl Outbox {
         self.counters.pending.get()
     }
 
+    /// Bytes queued behind the frame being written (the oldest unwritten one): what the
+    /// session's pending limit bounds.
+    pub(crate) fn waiting(&self) -> u64 {
+        let head = self
+            .counters
+            .unwritten
+            .borrow()
+            .front()
+            .copied()
+            .unwrap_or(0);
+        self.pending().saturating_sub(head)
+    }
+
     /// Frames written so far.
     pub(crate) fn frames_out(&self) -> u64 {
         self.counters.frames_out.get()
@@ -97,6 +114,7 @@ impl Outbox {
             return false;
         }
         self.counters.pending.set(self.counters.pending.get() + len);
+        self.counters.unwritten.borrow_mut().push_back(len);
         true
     }
 
@@ -167,6 +185,12 @@ async fn write_loop(
         counters
             .pending
             .set(counters.pending.get().saturating_sub(batch_bytes));
+        {
+            let mut unwritten = counters.unwritten.borrow_mut();
+            for _ in 0..batch_frames {
+                unwritten.pop_front();
+            }
+        }
         counters
             .frames_out
             .set(counters.frames_out.get() + batch_frames);

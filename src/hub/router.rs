@@ -255,7 +255,9 @@ impl Handler<Publish> for Router {
             delivered += 1;
         }
         if delivered == 0 {
-            self.counters.unrouted_frames.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .unrouted_frames
+                .fetch_add(1, Ordering::Relaxed);
             trace!(session = %msg.from, status = %msg.status, "publication without subscribers");
         }
     }

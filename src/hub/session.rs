@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use actix::dev::Request;
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler,
-    StreamHandler, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
+    WrapFuture,
 };
 use bytes::BytesMut;
 use futures_util::Stream;
@@ -31,8 +31,8 @@ use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::SessionId;
 use crate::hub::router::{
-    Deliver, HubCounters, Kick, KickReason, OpenConnection, Publish, Query, Register, Router, SessionHandle,
-    SetEcho, Subscribe, Unregister, Unsubscribe,
+    Deliver, HubCounters, Kick, KickReason, OpenConnection, Publish, Query, Register, Router,
+    SessionHandle, SetEcho, Subscribe, Unregister, Unsubscribe,
 };
 
 /// How long a closing session may take to flush what it has queued.
@@ -239,16 +239,24 @@ impl Session {
     /// Queues the command's `ack` once the router has applied it (`ERR` if the router is gone).
     /// No other frame of this session is handled before, so replies keep the order of the
     /// commands.
-    fn after_router<M>(&mut self, request: Request<Router, M>, ack: Option<Frame>, ctx: &mut Context<Self>)
-    where
+    fn after_router<M>(
+        &mut self,
+        request: Request<Router, M>,
+        ack: Option<Frame>,
+        ctx: &mut Context<Self>,
+    ) where
         M: actix::Message<Result = ()> + Send + 'static,
         Router: Handler<M>,
     {
-        ctx.wait(request.into_actor(self).map(move |done, session, _| match (done, ack) {
-            (Ok(()), Some(ack)) => session.reply(&ack),
-            (Ok(()), None) => {}
-            (Err(_), _) => session.reply(&control::err_reply("hub is shutting down")),
-        }));
+        ctx.wait(
+            request
+                .into_actor(self)
+                .map(move |done, session, _| match (done, ack) {
+                    (Ok(()), Some(ack)) => session.reply(&ack),
+                    (Ok(()), None) => {}
+                    (Err(_), _) => session.reply(&control::err_reply("hub is shutting down")),
+                }),
+        );
     }
 
     fn info(&self, codes: impl Iterator<Item = u8>, echo: bool) -> String {
@@ -358,11 +366,18 @@ impl Handler<Deliver> for Session {
         if self.ending.is_some() {
             return;
         }
-        let pending = self.outbox.pending();
+        let waiting = self.outbox.waiting();
         // An empty queue takes any frame; the limit bounds what waits behind the one in flight.
-        if pending > 0 && pending + msg.wire.len() as u64 > self.config.max_pending_bytes {
+        if waiting > 0 && waiting + msg.wire.len() as u64 > self.config.max_pending_bytes {
             self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            warn!(session = %self.id, peer = %self.peer, pending, "slow consumer disconnected");
+            let pending = self.outbox.pending();
+            warn!(
+                session = %self.id,
+                peer = %self.peer,
+                pending,
+                waiting,
+                "slow consumer disconnected"
+            );
             // Unregistered at once; what is queued (bounded) and the ERR get a short deadline.
             return self.end(Ending::SlowConsumer, Some("slow consumer".into()), ctx);
         }
@@ -375,7 +390,9 @@ impl Handler<Kick> for Session {
 
     fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
         match msg.reason {
-            KickReason::Shutdown => self.end(Ending::Shutdown, None, ctx),
+            KickReason::Shutdown => {
+                self.end(Ending::Shutdown, Some("hub shutting down".into()), ctx);
+            }
         }
     }
 }

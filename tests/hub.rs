@@ -372,6 +372,17 @@ async fn control_commands_and_their_errors() {
     let reply = control(&mut fresh, "SUB 5 2").await;
     assert_eq!(reply, "ERR reserved code 2");
     assert_eq!(subscriptions(&mut fresh).await, Vec::<u64>::new());
+
+    // The default limits: 64 MiB frames and queues, no idle timeout, a 30 s stall timeout.
+    assert_eq!(
+        info(&mut fresh).await["limits"],
+        serde_json::json!({
+            "max_frame_bytes": 64 * 1024 * 1024,
+            "max_pending_bytes": 64 * 1024 * 1024,
+            "idle_timeout": 0,
+            "stall_timeout": 30,
+        })
+    );
     stop_hub(hub).await;
 }
 

@@ -1,8 +1,9 @@
 //! tej-hub under pressure, over real sockets on `127.0.0.1`: hostile peers (mid-frame hang-ups,
 //! MSB-0 status bytes, oversized and absurd announced lengths, non-UTF-8 file names, garbage)
-//! while a publisher → subscriber stream runs, the frame limit at its exact edge, slow consumers,
-//! the idle and stall timeouts, SIGTERM, and the binary's peak memory under hundreds of hostile
-//! connections.
+//! while a publisher → subscriber stream runs, the frame limit at its exact edge (and as the only
+//! per-frame limit), slow consumers and the pending limit (it bounds what waits behind the frame
+//! being written), the idle and stall timeouts, SIGTERM and SIGINT, and the binary's peak memory
+//! under hundreds of hostile connections.
 
 #[path = "common/hub.rs"]
 mod hub_common;
@@ -212,6 +213,28 @@ async fn frame_limit_counts_the_whole_frame() {
         "frame at the limit changed"
     );
 
+    // The frame limit is the only one: 3,000 files (past a default client's 1,024) are fine.
+    let lenient = |stream| {
+        tokio_util::codec::Framed::new(
+            stream,
+            tej_hub::TejCodec::new(tej_hub::Limits::frame_only(LIMIT)),
+        )
+    };
+    let mut lenient_sub = lenient(connect_raw(addr).await);
+    subscribe(&mut lenient_sub, "6", "6").await;
+    let mut lenient_pub = lenient(connect_raw(addr).await);
+    let many = (0..3000)
+        .fold(Frame::builder(status(6)), |builder, n| {
+            builder.file(format!("{n}"), pattern(n % 7, n as u64))
+        })
+        .message("many files")
+        .build();
+    send(&mut lenient_pub, many.clone()).await;
+    assert!(
+        recv(&mut lenient_sub).await == many,
+        "the 3,000-file frame changed"
+    );
+
     // One byte more: ERR, closed, and not relayed.
     let mut raw = connect_raw(addr).await;
     let over = Frame::builder(status(5))
@@ -346,6 +369,90 @@ async fn slow_consumer_is_disconnected_and_nobody_else_suffers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_limit_bounds_what_waits_behind_the_frame_in_flight() {
+    // Frames larger than the kernel's socket buffers: the first stays in flight while its
+    // subscriber does not read.
+    const SIZE: usize = 6 * MIB;
+    let hub = start_hub(HubConfig {
+        max_frame_bytes: 16 * LIMIT,
+        max_pending_bytes: 8 * LIMIT,
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    let frames: Vec<Frame> = (0..3)
+        .map(|n| Frame::message(status(30), pattern(SIZE, 100 + n)))
+        .collect();
+    let mut pausing = tokio_util::codec::Framed::new(
+        connect_small_window(addr).await,
+        tej_hub::TejCodec::default(),
+    );
+    subscribe(&mut pausing, "30", "30").await;
+    let mut stuck = tokio_util::codec::Framed::new(
+        connect_small_window(addr).await,
+        tej_hub::TejCodec::default(),
+    );
+    subscribe(&mut stuck, "30", "30").await;
+    let mut publisher = connect(addr).await;
+
+    // Two frames back to back: one in flight, 6 MiB waiting behind it, within the 8 MiB limit.
+    send(&mut publisher, frames[0].clone()).await;
+    send(&mut publisher, frames[1].clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (n, frame) in frames[..2].iter().enumerate() {
+        let got = recv(&mut pausing).await;
+        assert!(
+            got == *frame,
+            "frame {n}: got {} {:?}",
+            got.status,
+            String::from_utf8_lossy(&got.message[..got.message.len().min(40)])
+        );
+    }
+
+    // A third while the other subscriber still has one in flight and one waiting: 12 MiB would
+    // wait, over the limit, so that one is disconnected; the reader gets it.
+    send(&mut publisher, frames[2].clone()).await;
+    assert!(recv(&mut pausing).await == frames[2], "frame 2 changed");
+    let mut got = 0;
+    let mut err = None;
+    within(PATIENCE, "the stuck subscriber to be closed", async {
+        while let Some(Ok(frame)) = stuck.next().await {
+            if frame.status.code() == 127 {
+                err = Some(String::from_utf8_lossy(&frame.message).into_owned());
+            } else {
+                assert!(
+                    frame == frames[got],
+                    "stuck subscriber: frame {got} changed"
+                );
+                got += 1;
+            }
+        }
+    })
+    .await;
+    assert!(got < 3, "the stuck subscriber got all three frames");
+    if let Some(err) = err {
+        assert_eq!(err, "ERR slow consumer");
+    }
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_pending_limit_enters_an_empty_queue() {
+    let hub = start_hub(HubConfig {
+        max_pending_bytes: 1024,
+        ..test_config()
+    });
+    let mut subscriber = connect(hub.local_addr()).await;
+    subscribe(&mut subscriber, "31", "31").await;
+    let mut publisher = connect(hub.local_addr()).await;
+    for n in 0..5 {
+        let frame = Frame::message(status(31), pattern(100_000, n));
+        send(&mut publisher, frame.clone()).await;
+        assert!(recv(&mut subscriber).await == frame, "frame {n} changed");
+    }
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_silent_connections_and_pings_keep_them() {
     let hub = start_hub(HubConfig {
         idle_timeout: 1,
@@ -435,18 +542,54 @@ async fn sigterm_exits_zero_promptly_with_idle_clients() {
     let mut raw = connect_raw(hub.addr).await;
     // Half a frame in flight is no reason to wait.
     write(&mut raw, &[0x85, 1, 0]).await;
+    // Frames queued for a subscriber that has not read them yet are flushed before the end. The
+    // reader's copies show they have all been routed to the lagging one too.
+    let mut lagging = connect(hub.addr).await;
+    subscribe(&mut lagging, "20", "20").await;
+    let mut reader = connect(hub.addr).await;
+    subscribe(&mut reader, "20", "20").await;
+    let mut publisher = connect(hub.addr).await;
+    let queued: Vec<Frame> = (0..20)
+        .map(|n| Frame::message(status(20), pattern(100_000, n)))
+        .collect();
+    for frame in &queued {
+        send(&mut publisher, frame.clone()).await;
+    }
+    for frame in &queued {
+        assert!(recv(&mut reader).await == *frame);
+    }
 
     let started = std::time::Instant::now();
     hub.signal("TERM");
+    let flushed = tokio::spawn(async move {
+        for (n, frame) in queued.iter().enumerate() {
+            assert!(
+                recv(&mut lagging).await == *frame,
+                "queued frame {n} lost at shutdown"
+            );
+        }
+        lagging
+    });
     let exit = tokio::task::block_in_place(|| hub.wait_exit(Duration::from_secs(5)))
         .unwrap_or_else(|| panic!("tej-hub still running 5 s after SIGTERM: {:?}", hub.logs()));
     assert_eq!(exit.code(), Some(0), "exit status {exit}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    // Every client sees the end of the stream, and nobody is listening any more.
+    // Every client sees the end of the stream (after an `ERR`, if any), and nobody is listening
+    // any more.
+    clients.push(flushed.await.expect("the queued frames were flushed"));
+    clients.extend([reader, publisher]);
     for mut conn in clients {
-        match within(PATIENCE, "the end of the stream", conn.next()).await {
-            None | Some(Err(_)) => {}
-            Some(Ok(frame)) => panic!("unexpected frame at shutdown: {frame:?}"),
+        loop {
+            match within(PATIENCE, "the end of the stream", conn.next()).await {
+                None | Some(Err(_)) => break,
+                Some(Ok(frame)) => {
+                    let text = hub_common::reply_text(&frame, "shutdown");
+                    assert!(
+                        text.starts_with("ERR "),
+                        "unexpected frame at shutdown: {text:?}"
+                    );
+                }
+            }
         }
     }
     read_until_closed(&mut raw).await;
@@ -454,6 +597,17 @@ async fn sigterm_exits_zero_promptly_with_idle_clients() {
         TcpStream::connect(hub.addr).await.is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_zero_too() {
+    let mut hub = BinHub::start(&[]);
+    let mut conn = connect(hub.addr).await;
+    subscribe(&mut conn, "5", "5").await;
+    hub.signal("INT");
+    let exit = tokio::task::block_in_place(|| hub.wait_exit(Duration::from_secs(5)))
+        .unwrap_or_else(|| panic!("tej-hub still running 5 s after SIGINT: {:?}", hub.logs()));
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
 }
 
 /// One hostile connection of the memory test, by kind.
@@ -489,9 +643,11 @@ async fn memory_stays_bounded_under_hostile_connections() {
         let _ = peer.write_all(&hostile_bytes(n % 6, n)).await;
         peers.push(peer);
     }
-    // The hub serves while they hang on.
+    // The hub serves while they hang on, with the limit it was given.
     let mut subscriber = connect(hub.addr).await;
     subscribe(&mut subscriber, "5", "5").await;
+    let info = hub_common::info(&mut subscriber).await;
+    assert_eq!(info["limits"]["max_frame_bytes"], serde_json::json!(LIMIT));
     let mut publisher = connect(hub.addr).await;
     let frame = Frame::builder(status(5))
         .file("ok", pattern(512 * 1024, 5))

@@ -6,14 +6,24 @@
 //! - `file_16mib`: `tej_hub::Client` → `tej_hub::Server`, frames each carrying one 16 MiB file,
 //!   queued with `Sender::feed`, then `flush`; timed until the server's handler has counted every
 //!   byte. Compared with `raw_tcp`.
+//! - `file_16mib_held`: the same, but the server's handler keeps each frame until the next one
+//!   has arrived, as a relay whose subscribers still hold it would.
 //! - `msg_128b`: the same pair, frames with a 128-byte message fed from one task.
 //! - `python`: the reference implementation (tej-protoc 0.2.4) on both ends, via
 //!   `tests/interop/bench_reference.py`; skipped with a note when the script, Python or
 //!   tej-protoc is missing. Rust ÷ Python ratios are printed when both sides ran.
 //!
-//! `cargo bench --bench throughput` runs them all; `cargo bench --bench throughput -- raw msg`
-//! runs the workloads whose names contain one of the words. Without `--bench` (as under
-//! `cargo test --benches`) a small smoke run of the Rust workloads is made instead.
+//! By default the receiving side (TCP reader, TEJ server) runs on its own single-threaded tokio
+//! runtime and thread, and the sending side (TCP writer, TEJ client) on another: two threads, like
+//! two processes (the Python reference also runs its two ends in two processes). Loopback TCP
+//! on this 2-core machine swings by 3x from run to run when both sides share one multi-threaded
+//! runtime, depending on where the tasks land; `--shared` measures that way anyway (one runtime,
+//! 2 workers).
+//!
+//! `cargo bench --bench throughput` runs everything, three rounds of each Rust workload,
+//! interleaved, and reports the median round. `cargo bench --bench throughput -- raw_tcp msg`
+//! runs only the workloads named, or whose names contain a word given. Without `--bench` (as
+//! under `cargo test --benches`) a small smoke run of the Rust workloads is made instead.
 //!
 //! Each result is printed as a table row and as one JSON line starting with `{"bench":`.
 //! MB and GB are 10^6 and 10^9 bytes; byte counts are payload (file data and message).
@@ -31,6 +41,7 @@ use bytes::Bytes;
 use tej_hub::{Client, Frame, Handler, Sender, Server, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{oneshot, Notify};
 
 const MIB: usize = 1024 * 1024;
@@ -55,6 +66,7 @@ struct Scale {
     messages: u64,
     messages_time: Duration,
     python: bool,
+    rounds: usize,
 }
 
 impl Scale {
@@ -66,6 +78,7 @@ impl Scale {
         messages: 2_000_000,
         messages_time: Duration::from_secs(5),
         python: true,
+        rounds: 3,
     };
 
     const SMOKE: Scale = Scale {
@@ -76,6 +89,7 @@ impl Scale {
         messages: 10_000,
         messages_time: Duration::from_secs(1),
         python: false,
+        rounds: 1,
     };
 }
 
@@ -137,18 +151,27 @@ impl Tally {
     }
 }
 
-/// The server's handler: counts frames and payload bytes, drops the frames.
-struct Counting(Arc<Tally>);
+/// The server's handler: counts frames and payload bytes, and drops each frame, or with
+/// `Some(_)` in `held`, keeps it until the next one has arrived (as a relay whose subscribers
+/// still hold the previous frame would).
+struct Counting {
+    tally: Arc<Tally>,
+    held: Option<Option<Frame>>,
+}
 
 impl Handler for Counting {
     async fn received(&mut self, frame: Frame, _: &Sender) {
         let files: u64 = frame.files.iter().map(|f| f.data.len() as u64).sum();
-        self.0
+        let tally = &self.tally;
+        tally
             .bytes
             .fetch_add(files + frame.message.len() as u64, Ordering::Relaxed);
-        let frames = self.0.frames.fetch_add(1, Ordering::SeqCst) + 1;
-        if frames == self.0.target.load(Ordering::SeqCst) {
-            self.0.reached.notify_one();
+        let frames = tally.frames.fetch_add(1, Ordering::SeqCst) + 1;
+        if frames == tally.target.load(Ordering::SeqCst) {
+            tally.reached.notify_one();
+        }
+        if let Some(held) = &mut self.held {
+            *held = Some(frame);
         }
     }
 }
@@ -164,22 +187,45 @@ fn status() -> Status {
     Status::new(5).expect("5 is a valid status")
 }
 
+/// Spawns `task` on the receiving side's runtime and waits for it to say where it listens.
+async fn spawn_receiver<F, T>(
+    receiver: &Handle,
+    task: impl FnOnce(oneshot::Sender<std::net::SocketAddr>) -> F,
+) -> io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<io::Result<T>>)>
+where
+    F: Future<Output = io::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (listening, addr) = oneshot::channel();
+    let task = receiver.spawn(task(listening));
+    match addr.await {
+        Ok(addr) => Ok((addr, task)),
+        // The task ended before listening: its error says why.
+        Err(_) => Err(match task.await {
+            Ok(Err(error)) => error,
+            Ok(Ok(_)) => io::Error::other("the receiver ended before listening"),
+            Err(join) => io::Error::other(join),
+        }),
+    }
+}
+
 /// The yardstick: plain TCP, 1 MiB writes, 1 MiB reads.
-async fn raw_tcp(scale: Scale) -> io::Result<Outcome> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let reader = tokio::spawn(async move {
+async fn raw_tcp(scale: Scale, receiver: Handle) -> io::Result<Outcome> {
+    let (addr, reader) = spawn_receiver(&receiver, |listening| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let _ = listening.send(listener.local_addr()?);
         let (mut stream, _) = listener.accept().await?;
         let mut buf = vec![0u8; MIB];
         let mut received = 0u64;
         loop {
             let n = stream.read(&mut buf).await?;
             if n == 0 {
-                return Ok::<_, io::Error>((received, Instant::now()));
+                return Ok((received, Instant::now()));
             }
             received += n as u64;
         }
-    });
+    })
+    .await?;
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let writer = tokio::spawn(async move {
@@ -210,24 +256,34 @@ async fn raw_tcp(scale: Scale) -> io::Result<Outcome> {
 }
 
 /// Sends `frame` up to `count` times (stopping after `limit`) from a Rust client to a Rust
-/// server, and times it until the server's handler has counted every frame.
+/// server on the receiving side, and times it until the server's handler has counted every
+/// frame.
 async fn rust_pair(
     workload: &'static str,
     frame: Frame,
     count: u64,
     limit: Duration,
+    hold: bool,
+    receiver: Handle,
 ) -> io::Result<Outcome> {
-    let server = Server::bind("127.0.0.1:0").await?;
-    let addr = server.local_addr()?;
     let tally = Tally::new();
-    let (stop, stopped) = oneshot::channel::<()>();
     let server_tally = tally.clone();
-    let server = tokio::spawn(server.serve_until(
-        move |_peer| Counting(server_tally.clone()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (addr, server) = spawn_receiver(&receiver, move |listening| async move {
+        let server = Server::bind("127.0.0.1:0").await?;
+        let _ = listening.send(server.local_addr()?);
+        let factory = move |_peer| Counting {
+            tally: server_tally.clone(),
+            held: hold.then_some(None),
+        };
+        server
+            .serve_until(factory, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        Ok(())
+    })
+    .await?;
 
     let connection = Client::connect(addr).await?.spawn(Ignore);
     let sender = connection.sender().clone();
@@ -257,7 +313,7 @@ async fn rust_pair(
     sender.close().await;
     connection.join().await;
     let _ = stop.send(());
-    server.await.map_err(io::Error::other)?;
+    server.await.map_err(io::Error::other)??;
     Ok(Outcome {
         workload,
         implementation: "rust",
@@ -267,16 +323,34 @@ async fn rust_pair(
     })
 }
 
-async fn rust_files(scale: Scale) -> io::Result<Outcome> {
-    let frame = Frame::builder(status())
+fn file_frame() -> Frame {
+    Frame::builder(status())
         .file("blob.bin", Bytes::from(vec![0xa5; FILE_LEN]))
-        .build();
-    rust_pair("file_16mib", frame, scale.files, scale.files_time).await
+        .build()
 }
 
-async fn rust_messages(scale: Scale) -> io::Result<Outcome> {
+async fn rust_files(scale: Scale, receiver: Handle) -> io::Result<Outcome> {
+    let (count, limit) = (scale.files, scale.files_time);
+    rust_pair("file_16mib", file_frame(), count, limit, false, receiver).await
+}
+
+async fn rust_files_held(scale: Scale, receiver: Handle) -> io::Result<Outcome> {
+    let (count, limit) = (scale.files, scale.files_time);
+    rust_pair(
+        "file_16mib_held",
+        file_frame(),
+        count,
+        limit,
+        true,
+        receiver,
+    )
+    .await
+}
+
+async fn rust_messages(scale: Scale, receiver: Handle) -> io::Result<Outcome> {
     let frame = Frame::message(status(), Bytes::from(vec![b'm'; MESSAGE_LEN]));
-    rust_pair("msg_128b", frame, scale.messages, scale.messages_time).await
+    let (count, limit) = (scale.messages, scale.messages_time);
+    rust_pair("msg_128b", frame, count, limit, false, receiver).await
 }
 
 /// The value of `"key":` in a flat JSON object line, as written by `bench_reference.py`.
@@ -366,21 +440,23 @@ fn python_reference() -> Result<Vec<Outcome>, String> {
 
 fn print_header() {
     println!(
-        "{:<12} {:<7} {:>10} {:>15} {:>9} {:>12} {:>14}",
-        "workload", "impl", "frames", "bytes", "seconds", "MB/s", "frames/s"
+        "{:<16} {:<7} {:<7} {:>10} {:>15} {:>9} {:>11} {:>12}",
+        "workload", "impl", "run", "frames", "bytes", "seconds", "MB/s", "frames/s"
     );
 }
 
-fn report(outcome: &Outcome) {
+/// Prints `outcome` as a table row and a JSON line; `run` is the round number or a statistic.
+fn report(outcome: &Outcome, run: &str) {
     let frames_per_s = if outcome.frames > 0 {
         format!("{:.0}", outcome.frames_per_s())
     } else {
         "-".to_owned()
     };
     println!(
-        "{:<12} {:<7} {:>10} {:>15} {:>9.3} {:>12.1} {:>14}",
+        "{:<16} {:<7} {:<7} {:>10} {:>15} {:>9.3} {:>11.1} {:>12}",
         outcome.workload,
         outcome.implementation,
+        run,
         outcome.frames,
         outcome.bytes,
         outcome.seconds,
@@ -388,8 +464,9 @@ fn report(outcome: &Outcome) {
         frames_per_s
     );
     println!(
-        "{{\"bench\":\"throughput\",\"workload\":\"{}\",\"impl\":\"{}\",\"frames\":{},\"bytes\":{},\
-         \"seconds\":{:.4},\"mb_per_s\":{:.1},\"gb_per_s\":{:.3},\"frames_per_s\":{:.0}}}",
+        "{{\"bench\":\"throughput\",\"workload\":\"{}\",\"impl\":\"{}\",\"run\":\"{run}\",\
+         \"frames\":{},\"bytes\":{},\"seconds\":{:.4},\"mb_per_s\":{:.1},\"gb_per_s\":{:.3},\
+         \"frames_per_s\":{:.0}}}",
         outcome.workload,
         outcome.implementation,
         outcome.frames,
@@ -421,16 +498,107 @@ fn report_ratio(name: &str, value: f64, target: Option<f64>) {
     }
 }
 
-fn find<'a>(results: &'a [Outcome], workload: &str, implementation: &str) -> Option<&'a Outcome> {
-    results
+/// The run of `workload` by `implementation` with the median rate.
+fn median<'a>(runs: &'a [Outcome], workload: &str, implementation: &str) -> Option<&'a Outcome> {
+    let mut matching: Vec<&Outcome> = runs
         .iter()
-        .find(|o| o.workload == workload && o.implementation == implementation)
+        .filter(|o| o.workload == workload && o.implementation == implementation)
+        .collect();
+    matching.sort_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()));
+    matching.get(matching.len() / 2).copied()
 }
 
-/// A Rust workload, boxed so the three fit one table.
-type Workload = fn(Scale) -> Pin<Box<dyn Future<Output = io::Result<Outcome>> + Send>>;
+/// Where the two sides of a workload run.
+enum Runtimes {
+    /// Sending side on `send` (driven by the main thread), receiving side on a single-threaded
+    /// runtime driven by its own thread until `stop`.
+    Split {
+        send: Runtime,
+        receiver: Handle,
+        stop: oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    },
+    /// Both sides on one multi-threaded runtime.
+    Shared(Runtime),
+}
 
-const WORKLOADS: [&str; 4] = ["raw_tcp", "file_16mib", "msg_128b", "python"];
+impl Runtimes {
+    fn new(shared: bool) -> io::Result<Runtimes> {
+        if shared {
+            return Ok(Runtimes::Shared(
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?,
+            ));
+        }
+        let single = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        };
+        let receiving = single()?;
+        let receiver = receiving.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("receiver".to_owned())
+            .spawn(move || {
+                receiving.block_on(async move {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Runtimes::Split {
+            send: single()?,
+            receiver,
+            stop,
+            thread,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Runtimes::Split { .. } => {
+                "sender and receiver on two single-threaded runtimes, one thread each".to_owned()
+            }
+            Runtimes::Shared(runtime) => format!(
+                "sender and receiver on one multi-threaded runtime, {} workers",
+                runtime.metrics().num_workers()
+            ),
+        }
+    }
+
+    fn run(&self, workload: Workload, scale: Scale) -> io::Result<Outcome> {
+        match self {
+            Runtimes::Split { send, receiver, .. } => {
+                send.block_on(workload(scale, receiver.clone()))
+            }
+            Runtimes::Shared(runtime) => {
+                let receiver = runtime.handle().clone();
+                // Spawned, so that every side of the workload runs on the worker threads.
+                runtime
+                    .block_on(runtime.spawn(workload(scale, receiver)))
+                    .map_err(io::Error::other)?
+            }
+        }
+    }
+
+    fn shut_down(self) {
+        if let Runtimes::Split { stop, thread, .. } = self {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A Rust workload, boxed so that they fit one table.
+type Workload = fn(Scale, Handle) -> Pin<Box<dyn Future<Output = io::Result<Outcome>> + Send>>;
+
+const WORKLOADS: [&str; 5] = [
+    "raw_tcp",
+    "file_16mib",
+    "file_16mib_held",
+    "msg_128b",
+    "python",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -440,56 +608,61 @@ fn main() {
     } else {
         Scale::SMOKE
     };
+    // Flags (`--bench` and the like) are ignored; a word naming a workload selects exactly
+    // that one, any other word selects the workloads whose names contain it.
     let filters: Vec<&str> = args
         .iter()
         .map(String::as_str)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let selected = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f));
+    let selected = |name: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| name == *f || (!WORKLOADS.contains(f) && name.contains(f)))
+    };
     if !WORKLOADS.iter().any(|w| selected(w)) {
         eprintln!("no workload matches {filters:?}; workloads: {WORKLOADS:?}");
         std::process::exit(2);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtimes = Runtimes::new(args.iter().any(|a| a == "--shared")).expect("tokio runtimes");
     println!(
-        "tej-hub throughput on 127.0.0.1 ({} scale, {} tokio workers)",
+        "tej-hub throughput on 127.0.0.1: {} scale, {} round(s), {}",
         if scale.python { "full" } else { "smoke" },
-        runtime.metrics().num_workers()
+        scale.rounds,
+        runtimes.describe()
     );
     print_header();
 
-    let mut results: Vec<Outcome> = Vec::new();
+    let mut runs: Vec<Outcome> = Vec::new();
     let mut failed = false;
-    let rust: [(&str, Workload); 3] = [
-        ("raw_tcp", |s| Box::pin(raw_tcp(s))),
-        ("file_16mib", |s| Box::pin(rust_files(s))),
-        ("msg_128b", |s| Box::pin(rust_messages(s))),
+    let rust: [(&str, Workload); 4] = [
+        ("raw_tcp", |s, r| Box::pin(raw_tcp(s, r))),
+        ("file_16mib", |s, r| Box::pin(rust_files(s, r))),
+        ("file_16mib_held", |s, r| Box::pin(rust_files_held(s, r))),
+        ("msg_128b", |s, r| Box::pin(rust_messages(s, r))),
     ];
-    for (name, run) in rust {
-        if !selected(name) {
-            continue;
-        }
-        // Spawned, so that every side of the workload runs on the runtime's worker threads.
-        match runtime.block_on(async move { tokio::spawn(run(scale)).await }) {
-            Ok(Ok(outcome)) => {
-                report(&outcome);
-                results.push(outcome);
+    // Rounds interleave the workloads, so that a disturbance (the machine is shared) hits one
+    // round of each rather than every round of one.
+    for round in 1..=scale.rounds {
+        for (name, run) in rust {
+            if !selected(name) {
+                continue;
             }
-            Ok(Err(error)) => {
-                eprintln!("{name}: failed: {error}");
-                failed = true;
-            }
-            Err(error) => {
-                eprintln!("{name}: panicked: {error}");
-                failed = true;
+            match runtimes.run(run, scale) {
+                Ok(outcome) => {
+                    report(&outcome, &round.to_string());
+                    runs.push(outcome);
+                }
+                Err(error) => {
+                    eprintln!("{name}: failed: {error}");
+                    failed = true;
+                }
             }
         }
     }
-    drop(runtime);
+    runtimes.shut_down();
 
     if selected("python") {
         if !scale.python {
@@ -498,8 +671,8 @@ fn main() {
             match python_reference() {
                 Ok(outcomes) => {
                     for outcome in outcomes {
-                        report(&outcome);
-                        results.push(outcome);
+                        report(&outcome, "1");
+                        runs.push(outcome);
                     }
                 }
                 Err(why) => println!("python reference: skipped: {why}"),
@@ -507,9 +680,19 @@ fn main() {
         }
     }
 
+    println!();
+    println!("summary: the median round of each workload");
+    print_header();
+    for workload in WORKLOADS {
+        for implementation in ["tokio", "rust", "python"] {
+            if let Some(outcome) = median(&runs, workload, implementation) {
+                report(outcome, "median");
+            }
+        }
+    }
     if let (Some(file), Some(raw)) = (
-        find(&results, "file_16mib", "rust"),
-        find(&results, "raw_tcp", "tokio"),
+        median(&runs, "file_16mib", "rust"),
+        median(&runs, "raw_tcp", "tokio"),
     ) {
         report_ratio(
             "file_16mib_rust/raw_tcp",
@@ -517,9 +700,19 @@ fn main() {
             Some(TARGET_FILE_VS_RAW),
         );
     }
+    if let (Some(held), Some(raw)) = (
+        median(&runs, "file_16mib_held", "rust"),
+        median(&runs, "raw_tcp", "tokio"),
+    ) {
+        report_ratio(
+            "file_16mib_held_rust/raw_tcp",
+            held.mb_per_s() / raw.mb_per_s(),
+            None,
+        );
+    }
     if let (Some(rust), Some(python)) = (
-        find(&results, "file_16mib", "rust"),
-        find(&results, "file_16mib", "python"),
+        median(&runs, "file_16mib", "rust"),
+        median(&runs, "file_16mib", "python"),
     ) {
         report_ratio(
             "file_16mib_rust/python",
@@ -528,8 +721,8 @@ fn main() {
         );
     }
     if let (Some(rust), Some(python)) = (
-        find(&results, "msg_128b", "rust"),
-        find(&results, "msg_128b", "python"),
+        median(&runs, "msg_128b", "rust"),
+        median(&runs, "msg_128b", "python"),
     ) {
         report_ratio(
             "msg_128b_rust/python",

@@ -496,12 +496,14 @@ async fn cli_sub_saves_only_safe_names() {
 }
 
 #[tokio::test]
-async fn cli_sub_exits_0_when_the_hub_shuts_down() {
+async fn cli_sub_reports_a_hub_shutdown() {
     let hub = start_hub(small_config());
     let sub = RunningSub::start(hub.local_addr(), &["*"]).await;
     stop(hub).await;
+    // The hub says why it closes (`ERR hub shutting down`); sub ends early and says so.
     let (code, stdout, stderr) = sub.finish().await;
-    assert_eq!(code, Some(0), "stdout {stdout:?}, stderr {stderr:?}");
+    assert_eq!(code, Some(1), "stdout {stdout:?}, stderr {stderr:?}");
+    assert!(stderr.contains("hub shutting down"), "{stderr}");
     assert!(stdout.is_empty());
 }
 

@@ -5,29 +5,19 @@
 //! tests/interop/requirements.txt` (the README's test command does it). Without it these tests
 //! fail and say so: they never skip.
 
-use std::process::Stdio;
+#[path = "common/python.rs"]
+mod python;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::json;
 use tej_hub::{Client, Disconnect, Frame, Handler, Sender, Server, Status};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/peer.py");
-const INSTALL: &str = "python3 -m pip install -r tests/interop/requirements.txt";
-/// Upper bound on any single wait; a 32 MiB frame through the reference takes well under it.
-const WAIT: Duration = Duration::from_secs(60);
-const BIG: usize = 32 * 1024 * 1024;
+use python::{digest, digest_of_record, PyPeer, WAIT};
 
-fn hex_sha256(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+const BIG: usize = 32 * 1024 * 1024;
 
 /// Deterministic pseudo-random bytes (xorshift), so a corrupted byte anywhere changes the hash.
 fn pattern(len: usize, seed: u64) -> Bytes {
@@ -45,87 +35,6 @@ fn pattern(len: usize, seed: u64) -> Bytes {
 
 fn status(code: u8) -> Status {
     Status::new(code).unwrap_or_else(|| panic!("{code} is not a status"))
-}
-
-/// What a frame looks like in the peer's JSON records: status, version, files and message by
-/// SHA-256.
-fn digest(frame: &Frame) -> Value {
-    json!({
-        "status": frame.status.code(),
-        "version": frame.version,
-        "files": frame.files.iter().map(|f| json!({
-            "name": f.name,
-            "size": f.data.len(),
-            "sha256": hex_sha256(&f.data),
-        })).collect::<Vec<_>>(),
-        "message_len": frame.message.len(),
-        "message_sha256": hex_sha256(&frame.message),
-    })
-}
-
-/// The same fields of a peer record.
-fn digest_of_record(record: &Value) -> Value {
-    json!({
-        "status": record["status"],
-        "version": record["version"],
-        "files": record["files"],
-        "message_len": record["message_len"],
-        "message_sha256": record["message_sha256"],
-    })
-}
-
-/// A running `peer.py`, read line by line.
-struct PyPeer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl PyPeer {
-    async fn start(args: &[&str]) -> PyPeer {
-        let check = std::process::Command::new("python3")
-            .args(["-c", "import tej_protoc"])
-            .stderr(Stdio::null())
-            .status();
-        assert!(
-            matches!(check, Ok(s) if s.success()),
-            "the Python reference tej-protoc==0.2.4 is not installed for python3: run `{INSTALL}`"
-        );
-        let mut child = Command::new("python3")
-            .arg(PEER)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start python3 {PEER}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        PyPeer {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    /// The next JSON record from the peer.
-    async fn next(&mut self) -> Value {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("python peer said nothing in time")
-            .expect("reading the python peer")
-            .expect("python peer closed its output");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad record {line:?}: {e}"))
-    }
-
-    /// The next record whose event is `event`, skipping connection notices.
-    async fn next_event(&mut self, event: &str) -> Value {
-        loop {
-            let record = self.next().await;
-            match record["event"].as_str() {
-                Some(e) if e == event => return record,
-                Some("connected" | "disconnected") => continue,
-                _ => panic!("expected a {event:?} record, got {record}"),
-            }
-        }
-    }
 }
 
 /// What a test's handler saw.
@@ -193,7 +102,7 @@ fn rust_frames() -> Vec<Frame> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_client_to_python_server() {
-    let mut python = PyPeer::start(&["server", "--echo", "--greet", "Hello"]).await;
+    let mut python = PyPeer::start(&["server", "--echo", "--greet", "Hello"]);
     let listening = python.next_event("listening").await;
     let port = listening["port"].as_u64().expect("port") as u16;
 
@@ -311,8 +220,7 @@ async fn python_client_to_rust_server() {
         "0.2",
         "--wait",
         "60",
-    ])
-    .await;
+    ]);
 
     // The client prints what it sent and what came back, in whatever order the two interleave.
     let mut sent = Vec::new();
@@ -389,8 +297,7 @@ async fn python_non_ascii_file_name_is_a_protocol_error() {
         &spec,
         "--wait",
         "5",
-    ])
-    .await;
+    ]);
     match next_event(&mut seen).await {
         Event::Gone(reason) => assert!(reason.starts_with("protocol:"), "reason: {reason}"),
         other => panic!("expected the connection to end with a protocol error, got {other:?}"),

@@ -12,8 +12,10 @@ use actix::{Actor, Addr, Arbiter, Context, Handler, Message, Recipient};
 use bytes::Bytes;
 use dashmap::DashMap;
 
-/// Frames published per run; bounded further by `TIME_CAP`.
+/// Frames published per run under `cargo bench`; bounded further by `TIME_CAP`.
 const FRAMES: u64 = 1_000_000;
+/// Frames per run as a smoke test (`cargo test --benches`, where cargo passes no `--bench`).
+const SMOKE_FRAMES: u64 = 10_000;
 const TIME_CAP: Duration = Duration::from_secs(20);
 
 #[derive(Message, Clone)]
@@ -98,11 +100,16 @@ fn report(variant: &str, subscribers: usize, delivered: u64, elapsed: Duration) 
 }
 
 fn main() {
+    let frames = if std::env::args().any(|arg| arg == "--bench") {
+        FRAMES
+    } else {
+        SMOKE_FRAMES
+    };
     let payload = Bytes::from(vec![7u8; 128]);
     actix_rt::System::new().block_on(async move {
         let workers: Vec<Arbiter> = (0..2).map(|_| Arbiter::new()).collect();
         for subscribers in [1usize, 10] {
-            let expected = FRAMES * subscribers as u64;
+            let expected = frames * subscribers as u64;
 
             // Router hop: publisher → router mailbox → subscribers.
             let delivered = Arc::new(AtomicU64::new(0));
@@ -114,7 +121,7 @@ fn main() {
             let publisher = {
                 let (router, payload) = (router.clone(), payload.clone());
                 move || {
-                    for _ in 0..FRAMES {
+                    for _ in 0..frames {
                         router.do_send(Publish(5, payload.clone()));
                     }
                 }
@@ -130,7 +137,7 @@ fn main() {
             let started = Instant::now();
             let (shared, payload2) = (table.clone(), payload.clone());
             workers[0].spawn(async move {
-                for _ in 0..FRAMES {
+                for _ in 0..frames {
                     if let Some(targets) = shared.get(&5) {
                         for target in targets.iter() {
                             target.do_send(Deliver(payload2.clone()));

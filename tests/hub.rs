@@ -480,6 +480,26 @@ async fn info_reports_the_session() {
     grew("bytes_in", 4 * 18);
     grew("frames_out", 4);
     grew("bytes_out", 4 * 18);
+
+    // Hub-wide counters: three connections, and a publication nobody listens to is counted.
+    assert_eq!(
+        second["hub"]["connections"],
+        serde_json::json!(3),
+        "{second}"
+    );
+    assert_eq!(second["hub"]["open_connections"], serde_json::json!(3));
+    let unrouted = second["hub"]["unrouted_frames"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    send(&mut third, Frame::message(status(42), "nobody")).await;
+    // The router handles the publication before the INFO that follows it on the same session.
+    let third_info = info(&mut third).await;
+    assert_eq!(
+        third_info["hub"]["unrouted_frames"],
+        serde_json::json!(unrouted + 1),
+        "{third_info}"
+    );
+    assert_eq!(third_info["hub"]["slow_consumers"], serde_json::json!(0));
     stop_hub(hub).await;
 }
 

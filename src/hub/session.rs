@@ -260,7 +260,7 @@ impl Session {
     }
 
     fn info(&self, codes: impl Iterator<Item = u8>, echo: bool) -> String {
-        let config = &self.config;
+        let (config, hub) = (&self.config, &self.counters);
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "session": self.id.get(),
@@ -281,6 +281,12 @@ impl Session {
                 "bytes_in": self.bytes_in,
                 "frames_out": self.outbox.frames_out(),
                 "bytes_out": self.outbox.bytes_out(),
+            },
+            "hub": {
+                "connections": hub.connections.load(Ordering::Relaxed),
+                "open_connections": hub.open.load(Ordering::Relaxed),
+                "unrouted_frames": hub.unrouted_frames.load(Ordering::Relaxed),
+                "slow_consumers": hub.slow_consumers.load(Ordering::Relaxed),
             },
         })
         .to_string()

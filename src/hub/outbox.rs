@@ -3,14 +3,14 @@
 //!
 //! The queue is a channel of [`Bytes`] (each one whole frame, shared with every other receiver
 //! of that frame). Its memory is bounded by counting: [`Outbox::pending`] is the number of bytes
-//! queued and not yet written, [`Outbox::waiting`] the part of them behind the batch being written
-//! (one frame, or small frames up to 256 KiB),
+//! queued and not yet written, [`Outbox::waiting`] the part of them behind the frame being written,
 //! and the session refuses to let that part grow past its limit. Neither actix's mailbox nor
 //! `actix::io::FramedWrite` bound memory by themselves, so the count is ours.
 //!
 //! Session and writer run on the same arbiter thread, hence `Rc`/`Cell`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -32,8 +32,8 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 pub(crate) struct OutboxCounters {
     /// Bytes queued and not yet written.
     pending: Cell<u64>,
-    /// Bytes of the batch the writer is writing now (0 between batches).
-    in_flight: Cell<u64>,
+    /// The length of each frame queued and not yet written, oldest (the one being written) first.
+    unwritten: RefCell<VecDeque<u64>>,
     /// Frames written to the socket.
     frames_out: Cell<u64>,
     /// Bytes written to the socket.
@@ -81,10 +81,17 @@ impl Outbox {
         self.counters.pending.get()
     }
 
-    /// Bytes queued behind the batch being written: what the session's pending limit bounds.
-    /// A batch is one frame, or small frames up to 256 KiB.
+    /// Bytes queued behind the frame being written (the oldest unwritten one): what the
+    /// session's pending limit bounds.
     pub(crate) fn waiting(&self) -> u64 {
-        self.pending().saturating_sub(self.counters.in_flight.get())
+        let head = self
+            .counters
+            .unwritten
+            .borrow()
+            .front()
+            .copied()
+            .unwrap_or(0);
+        self.pending().saturating_sub(head)
     }
 
     /// Frames written so far.
@@ -107,6 +114,7 @@ impl Outbox {
             return false;
         }
         self.counters.pending.set(self.counters.pending.get() + len);
+        self.counters.unwritten.borrow_mut().push_back(len);
         true
     }
 
@@ -166,7 +174,6 @@ async fn write_loop(
             }
         }
         let batch_bytes = buf.remaining() as u64;
-        counters.in_flight.set(batch_bytes);
         let written = tokio::select! {
             written = write.write_all_buf(&mut buf) => written,
             () = abort.cancelled() => break,
@@ -175,10 +182,15 @@ async fn write_loop(
             debug!(%error, "write failed");
             break;
         }
-        counters.in_flight.set(0);
         counters
             .pending
             .set(counters.pending.get().saturating_sub(batch_bytes));
+        {
+            let mut unwritten = counters.unwritten.borrow_mut();
+            for _ in 0..batch_frames {
+                unwritten.pop_front();
+            }
+        }
         counters
             .frames_out
             .set(counters.frames_out.get() + batch_frames);

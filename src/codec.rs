@@ -597,6 +597,19 @@ impl Encoder<&Frame> for TejCodec {
     }
 }
 
+impl Frame {
+    /// This frame's bytes on the wire, checked only against what the format itself can carry (a
+    /// file name of at most 65,535 bytes): for a program's own frames, such as a hub's replies.
+    ///
+    /// # Errors
+    /// [`CodecError::FileNameTooLong`].
+    pub fn to_wire(&self) -> Result<Bytes, CodecError> {
+        let mut wire = BytesMut::new();
+        TejCodec::new(Limits::frame_only(u64::MAX)).encode(self, &mut wire)?;
+        Ok(wire.freeze())
+    }
+}
+
 impl Encoder<Frame> for TejCodec {
     type Error = CodecError;
 

@@ -10,13 +10,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tej_hub::{
-    Client, CodecError, ConnectionConfig, Disconnect, Frame, Limits, SendError, TejCodec,
-};
+use tej_hub::{Client, CodecError, ConnectionConfig, Disconnect, Frame, Limits, SendError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_util::codec::Encoder;
 
 use common::{
     expect_closed, forwarder, next_client_event, start_server, status, within, Event, TestServer,
@@ -33,12 +30,8 @@ fn pattern(len: usize, seed: u8) -> Bytes {
         .into()
 }
 
-fn encode(frame: &Frame) -> BytesMut {
-    let mut wire = BytesMut::new();
-    TejCodec::default()
-        .encode(frame, &mut wire)
-        .expect("frame within the default limits");
-    wire
+fn encode(frame: &Frame) -> Bytes {
+    frame.to_wire().expect("test frames encode")
 }
 
 /// A raw socket to `addr` and its local address (the server's name for it).

@@ -30,8 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::{ConfigError, HubConfig};
 pub use client::{HubClient, HubError};
 use registry::SessionId;
-pub use router::HubCounters;
-use router::{OpenConnection, Router, Shutdown};
+use router::{HubCounters, OpenConnection, Router, Shutdown};
 use session::Session;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.

@@ -137,9 +137,9 @@ pub(crate) struct Publish {
 pub(crate) struct Shutdown;
 
 /// Hub-wide counters, updated from every arbiter without a hop (atomics), read by `INFO` and
-/// the logs.
+/// by shutdown.
 #[derive(Debug, Default)]
-pub struct HubCounters {
+pub(crate) struct HubCounters {
     /// Publications that had no subscriber.
     pub unrouted_frames: AtomicU64,
     /// Sessions disconnected as slow consumers.

@@ -16,12 +16,11 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
     WrapFuture,
 };
-use bytes::BytesMut;
 use futures_util::Stream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use crate::codec::{CodecError, TejCodec, WireCodec, WireFrame};
@@ -149,11 +148,9 @@ impl Session {
 
     /// Queues one of the hub's own frames (a reply, a ping answer, an error).
     fn reply(&self, frame: &Frame) {
-        let mut wire = BytesMut::with_capacity(frame.encoded_len() as usize);
-        // The hub's own small frames are far inside any limit the hub accepts.
-        let mut codec = TejCodec::new(crate::codec::Limits::frame_only(u64::MAX));
-        if codec.encode(frame, &mut wire).is_ok() {
-            self.outbox.push(wire.freeze());
+        // The hub's own frames carry no file names, so encoding cannot fail.
+        if let Ok(wire) = frame.to_wire() {
+            self.outbox.push(wire);
         }
     }
 

@@ -20,7 +20,7 @@ use tej_hub::hub::HubHandle;
 use tej_hub::{Client, Frame, Status, TejCodec};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::{Decoder, Framed};
 
 /// How long any single wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -185,11 +185,7 @@ pub async fn subscriptions(conn: &mut Conn) -> Vec<u64> {
 
 /// `frame` as the bytes our codec puts on the wire.
 pub fn encode(frame: &Frame) -> Bytes {
-    let mut wire = BytesMut::new();
-    TejCodec::new(tej_hub::Limits::frame_only(u64::MAX))
-        .encode(frame, &mut wire)
-        .expect("test frames encode");
-    wire.freeze()
+    frame.to_wire().expect("test frames encode")
 }
 
 /// A frame head: status byte as given (MSB included or not), version, file count.

@@ -35,6 +35,7 @@ pub mod connection;
 pub mod frame;
 pub mod handler;
 pub mod hub;
+mod scan;
 pub mod server;
 
 pub use client::Client;

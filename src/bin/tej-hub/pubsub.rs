@@ -1,160 +1,15 @@
-//! The `tej-hub` command: `serve` runs the hub; `pub` and `sub` try it from a shell.
+//! `tej-hub pub` and `tej-hub sub`: publish and receive frames from a shell.
 
 use std::fs::OpenOptions;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use tej_hub::config::{HubConfig, LogFormat};
-use tej_hub::hub::control::SlowPolicy;
+use clap::Args;
 use tej_hub::hub::{HubClient, HubError};
 use tej_hub::{Frame, Limits, Status};
-use tracing_subscriber::EnvFilter;
 
-/// tej-hub: a pub/sub relay for TEJ v1 frames.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the hub.
-    Serve(Serve),
-    /// Publish one frame to a hub.
-    ///
-    /// Waits until the hub has read the frame (it closes the connection after our half-close).
-    /// Exit status: 0 on success; 1 when connecting, reading a file or sending fails, or the hub
-    /// refuses the frame (its reason is printed); 2 for bad usage.
-    Pub(Pub),
-    /// Subscribe to codes on a hub and print (and save) the frames it relays.
-    ///
-    /// Prints each frame's status, files (name and size) and message on stdout, a blank line
-    /// between frames; notes (subscribed, saved, skipped) go to stderr. Exit status: 0 after
-    /// --count frames or when the hub closes the connection; 1 on errors (a refused SUB, the
-    /// hub's reason for closing, a file that cannot be saved); 2 for bad usage.
-    Sub(Sub),
-}
-
-/// `serve` flags; each overrides the same key of the `--config` file.
-#[derive(Args)]
-struct Serve {
-    /// Address to listen on [default: 127.0.0.1:8000].
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
-    /// TOML file with the same keys as these flags (e.g. `max-frame-bytes = 1048576`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Worker threads [default: number of cores].
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Largest frame accepted, header included [default: 67108864].
-    #[arg(long)]
-    max_frame_bytes: Option<u64>,
-    /// Bytes that may wait in a subscriber's queue [default: 67108864].
-    #[arg(long)]
-    max_pending_bytes: Option<u64>,
-    /// What happens to a subscriber that cannot keep up [default: disconnect].
-    #[arg(long, value_enum)]
-    slow_consumer: Option<SlowPolicy>,
-    /// Close a connection silent for this many seconds; 0 is off [default: 0].
-    #[arg(long)]
-    idle_timeout: Option<u64>,
-    /// Close a connection silent this long in the middle of a frame; 0 is off [default: 30].
-    #[arg(long)]
-    stall_timeout: Option<u64>,
-    /// Log format [default: text].
-    #[arg(long, value_enum)]
-    log_format: Option<LogFormat>,
-}
-
-impl Serve {
-    /// The file's settings (or the defaults) with the flags applied on top.
-    fn config(&self) -> Result<HubConfig, tej_hub::config::ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => HubConfig::from_file(path)?,
-            None => HubConfig::default(),
-        };
-        macro_rules! apply {
-            ($($field:ident),*) => {$(
-                if let Some(value) = self.$field { config.$field = value; }
-            )*};
-        }
-        apply!(
-            listen,
-            workers,
-            max_frame_bytes,
-            max_pending_bytes,
-            slow_consumer,
-            idle_timeout,
-            stall_timeout,
-            log_format
-        );
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for signals; stop the hub with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
-    }
-}
-
-fn serve(args: &Serve) -> ExitCode {
-    let config = match args.config() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("tej-hub: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logs(config.log_format);
-    let listener = match std::net::TcpListener::bind(config.listen) {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("tej-hub: cannot listen on {}: {error}", config.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Ok(addr) = listener.local_addr() {
-        // Scripts and tests read the real port from this line (with --listen ...:0).
-        println!("tej-hub listening on {addr}");
-    }
-    match actix_rt::System::new().block_on(tej_hub::hub::run(listener, config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tej-hub: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
+use crate::Failure;
 
 /// The hub `pub` and `sub` talk to unless told otherwise.
 const DEFAULT_HUB: &str = "127.0.0.1:8000";
@@ -172,7 +27,7 @@ const MAX_NAME_BYTES: usize = 250;
 
 /// `pub` flags.
 #[derive(Args)]
-struct Pub {
+pub(crate) struct Pub {
     /// Custom status code: 0-126 except 2 (ping); 127 is the hub's control channel.
     #[arg(value_parser = publishable_status)]
     status: Status,
@@ -189,7 +44,7 @@ struct Pub {
 
 /// `sub` flags.
 #[derive(Args)]
-struct Sub {
+pub(crate) struct Sub {
     /// Codes: numbers, ranges a-b, separated by spaces or commas, or '*' for all.
     #[arg(required = true, value_name = "CODES")]
     codes: Vec<String>,
@@ -203,28 +58,6 @@ struct Sub {
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
-}
-
-/// Why `pub` or `sub` failed.
-enum Failure {
-    /// Bad arguments: exit status 2.
-    Usage(String),
-    /// Anything else: exit status 1.
-    Failed(String),
-}
-
-fn exit(result: Result<(), Failure>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(message)) => {
-            eprintln!("tej-hub: {message}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Failed(message)) => {
-            eprintln!("tej-hub: {message}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// A status `pub` may send: 0..=126 except 2.
@@ -256,7 +89,7 @@ async fn connect(hub: &str) -> Result<HubClient, Failure> {
 
 /// `pub`: sends one frame, then half-closes and waits for the hub to close its side, which it does
 /// after reading the frame (or after refusing it, saying why).
-fn publish(args: &Pub) -> Result<(), Failure> {
+pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
     let frame = pub_frame(args)?;
     Limits::default()
         .check(&frame)
@@ -303,7 +136,7 @@ fn pub_frame(args: &Pub) -> Result<Frame, Failure> {
 }
 
 /// `sub`: subscribes, then prints (and saves) frames until `--count` or the end of the connection.
-fn subscribe(args: &Sub) -> Result<(), Failure> {
+pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|error| {
             Failure::Failed(format!("cannot create {}: {error}", dir.display()))
@@ -437,14 +270,6 @@ fn save_new(dir: &Path, name: &str, data: &[u8]) -> io::Result<PathBuf> {
         io::ErrorKind::AlreadyExists,
         format!("{name} and {MAX_SUFFIX} suffixed names are taken"),
     ))
-}
-
-fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve(args) => serve(&args),
-        Command::Pub(args) => exit(publish(&args)),
-        Command::Sub(args) => exit(subscribe(&args)),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,125 @@
+//! `tej-hub serve`: the hub's flags, logs and signals.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tej_hub::config::{HubConfig, LogFormat};
+use tej_hub::hub::control::SlowPolicy;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Args)]
+pub(crate) struct Serve {
+    /// Address to listen on [default: 127.0.0.1:8000].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// TOML file with the same keys as these flags (e.g. `max-frame-bytes = 1048576`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Worker threads [default: number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest frame accepted, header included [default: 67108864].
+    #[arg(long)]
+    max_frame_bytes: Option<u64>,
+    /// Bytes that may wait in a subscriber's queue [default: 67108864].
+    #[arg(long)]
+    max_pending_bytes: Option<u64>,
+    /// What happens to a subscriber that cannot keep up [default: disconnect].
+    #[arg(long, value_enum)]
+    slow_consumer: Option<SlowPolicy>,
+    /// Close a connection silent for this many seconds; 0 is off [default: 0].
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Close a connection silent this long in the middle of a frame; 0 is off [default: 30].
+    #[arg(long)]
+    stall_timeout: Option<u64>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl Serve {
+    /// The file's settings (or the defaults) with the flags applied on top.
+    fn config(&self) -> Result<HubConfig, tej_hub::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => HubConfig::from_file(path)?,
+            None => HubConfig::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field { config.$field = value; }
+            )*};
+        }
+        apply!(
+            listen,
+            workers,
+            max_frame_bytes,
+            max_pending_bytes,
+            slow_consumer,
+            idle_timeout,
+            stall_timeout,
+            log_format
+        );
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop the hub with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+pub(crate) fn serve(args: &Serve) -> ExitCode {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tej-hub: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format);
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("tej-hub: cannot listen on {}: {error}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        // Scripts and tests read the real port from this line (with --listen ...:0).
+        println!("tej-hub listening on {addr}");
+    }
+    match actix_rt::System::new().block_on(tej_hub::hub::run(listener, config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tej-hub: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

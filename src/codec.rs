@@ -296,7 +296,7 @@ impl TejCodec {
     /// Grows `src` towards `total` buffered bytes by at most what has arrived plus
     /// [`READ_AHEAD`] per step (doubling at most, never past `total`), so memory follows the bytes
     /// received, not the bytes announced.
-    fn reserve_towards(src: &mut BytesMut, total: u64) {
+    pub(crate) fn reserve_towards(src: &mut BytesMut, total: u64) {
         let missing = total.saturating_sub(src.len() as u64);
         let step = src.len().max(READ_AHEAD) as u64;
         let additional = missing.min(step) as usize;

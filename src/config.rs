@@ -30,13 +30,26 @@ pub struct HubConfig {
     /// Worker threads (actix arbiters) that sessions are spread over. Default: the number of
     /// cores.
     pub workers: usize,
-    /// Largest frame accepted, header included. Default 64 MiB.
+    /// Largest frame accepted, header included. Default 16 GiB: frames larger than
+    /// `cut_through_bytes` are relayed in chunks as they arrive, so the hub never holds one whole.
     pub max_frame_bytes: u64,
-    /// Bytes that may wait in one session's outbound queue behind the frame being written.
-    /// Default 64 MiB.
+    /// Frames up to this size are relayed whole, once complete; larger ones are streamed
+    /// (cut-through). Default 1 MiB.
+    pub cut_through_bytes: u64,
+    /// A subscriber's outbound queue high-water mark, in bytes: what its slow-consumer policy
+    /// acts on. Default 16 MiB; the low-water mark (where blocked publishers resume) is half.
     pub max_pending_bytes: u64,
-    /// What happens to a subscriber whose queue is full.
+    /// The slow-consumer policy a session starts with (`SLOW` changes it). Default `block`.
     pub slow_consumer: SlowPolicy,
+    /// Seconds a subscriber with queued bytes may go without writing any before it is
+    /// disconnected as a slow consumer (policy `block`); 0 is off. Default 30.
+    pub slow_consumer_timeout: u64,
+    /// Slowest rate, in bytes per second over `min_rate_window`, at which a publisher may send the
+    /// rest of a frame it has started; slower ones are closed like stalled ones. 0 (default) is
+    /// off.
+    pub min_rate_bytes: u64,
+    /// Seconds over which `min_rate_bytes` is measured. Default 10.
+    pub min_rate_window: u64,
     /// Seconds without any byte from a connection before it is closed; 0 (default) is off.
     pub idle_timeout: u64,
     /// Seconds a connection may stay silent in the middle of a frame before it is closed.
@@ -51,9 +64,13 @@ impl Default for HubConfig {
         HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_frame_bytes: Limits::DEFAULT_MAX_FRAME_BYTES,
-            max_pending_bytes: 64 * 1024 * 1024,
-            slow_consumer: SlowPolicy::Disconnect,
+            max_frame_bytes: HubConfig::DEFAULT_MAX_FRAME_BYTES,
+            cut_through_bytes: 1024 * 1024,
+            max_pending_bytes: 16 * 1024 * 1024,
+            slow_consumer: SlowPolicy::Block,
+            slow_consumer_timeout: 30,
+            min_rate_bytes: 0,
+            min_rate_window: 10,
             idle_timeout: 0,
             stall_timeout: 30,
             log_format: LogFormat::Text,
@@ -86,6 +103,9 @@ pub enum ConfigError {
 }
 
 impl HubConfig {
+    /// The default largest frame: 16 GiB.
+    pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
     /// Reads a TOML file; keys it does not name keep their defaults.
     ///
     /// # Errors
@@ -121,9 +141,17 @@ impl HubConfig {
         if self.max_frame_bytes < 18 {
             return Err(ConfigError::Invalid("max-frame-bytes must be at least 18"));
         }
-        if self.slow_consumer != SlowPolicy::Disconnect {
+        if self.cut_through_bytes < 18 {
             return Err(ConfigError::Invalid(
-                "slow-consumer: only disconnect is available in this version",
+                "cut-through-bytes must be at least 18",
+            ));
+        }
+        if self.max_pending_bytes == 0 {
+            return Err(ConfigError::Invalid("max-pending-bytes must be at least 1"));
+        }
+        if self.min_rate_bytes > 0 && self.min_rate_window == 0 {
+            return Err(ConfigError::Invalid(
+                "min-rate-window must be at least 1 when min-rate-bytes is on",
             ));
         }
         Ok(())
@@ -139,6 +167,21 @@ impl HubConfig {
         (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
     }
 
+    /// The slow-consumer timeout, `None` when off.
+    pub fn slow_consumer_timeout(&self) -> Option<Duration> {
+        (self.slow_consumer_timeout > 0).then(|| Duration::from_secs(self.slow_consumer_timeout))
+    }
+
+    /// The minimum publishing rate mid-frame and its window, `None` when off.
+    pub fn min_rate(&self) -> Option<(u64, Duration)> {
+        (self.min_rate_bytes > 0 && self.min_rate_window > 0).then(|| {
+            (
+                self.min_rate_bytes,
+                Duration::from_secs(self.min_rate_window),
+            )
+        })
+    }
+
     /// The stall timeout, `None` when off.
     pub fn stall_timeout(&self) -> Option<Duration> {
         (self.stall_timeout > 0).then(|| Duration::from_secs(self.stall_timeout))
@@ -152,7 +195,7 @@ mod tests {
     #[test]
     fn toml_keys_are_the_flag_names() {
         let config = HubConfig::from_toml(
-            "listen = \"127.0.0.1:9000\"\nmax-frame-bytes = 1024\nslow-consumer = \"disconnect\"\nidle-timeout = 5\n",
+            "listen = \"127.0.0.1:9000\"\nmax-frame-bytes = 1024\nslow-consumer = \"drop\"\nidle-timeout = 5\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));

@@ -373,16 +373,25 @@ async fn control_commands_and_their_errors() {
     assert_eq!(reply, "ERR reserved code 2");
     assert_eq!(subscriptions(&mut fresh).await, Vec::<u64>::new());
 
-    // The default limits: 64 MiB frames and queues, no idle timeout, a 30 s stall timeout.
+    // The default limits: 16 GiB frames streamed past 1 MiB, 16 MiB queues, 30 s for a stuck
+    // subscriber or a stalled frame, no idle timeout, no minimum rate.
+    let info = info(&mut fresh).await;
     assert_eq!(
-        info(&mut fresh).await["limits"],
+        info["limits"],
         serde_json::json!({
-            "max_frame_bytes": 64 * 1024 * 1024,
-            "max_pending_bytes": 64 * 1024 * 1024,
+            "max_frame_bytes": 16u64 << 30,
+            "cut_through_bytes": 1 << 20,
+            "max_pending_bytes": 16 << 20,
+            "slow_consumer_timeout": 30,
             "idle_timeout": 0,
             "stall_timeout": 30,
+            "min_rate_bytes": 0,
+            "min_rate_window": 10,
         })
     );
+    assert_eq!(info["slow_consumer"], "block");
+    assert_eq!(info["dropped_frames"], 0);
+    assert_eq!(info["pending_bytes"], 0);
     stop_hub(hub).await;
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::BufMut;
 use futures_util::{SinkExt, StreamExt};
 use tej_hub::config::HubConfig;
+use tej_hub::hub::control::SlowPolicy;
 use tej_hub::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -267,7 +268,14 @@ async fn connect_small_window(addr: std::net::SocketAddr) -> TcpStream {
 async fn slow_consumer_is_disconnected_and_nobody_else_suffers() {
     const FRAMES: usize = 64;
     const SIZE: usize = 256 * 1024;
-    let hub = BinHub::start(&["--max-pending-bytes", "1048576", "--workers", "2"]);
+    let hub = BinHub::start(&[
+        "--max-pending-bytes",
+        "1048576",
+        "--slow-consumer",
+        "disconnect",
+        "--workers",
+        "2",
+    ]);
     let frames: Arc<Vec<Frame>> = Arc::new(
         (0..FRAMES)
             .map(|seq| {
@@ -369,69 +377,48 @@ async fn slow_consumer_is_disconnected_and_nobody_else_suffers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_limit_bounds_what_waits_behind_the_frame_in_flight() {
-    // Frames larger than the kernel's socket buffers: the first stays in flight while its
-    // subscriber does not read.
+async fn disconnect_policy_bounds_the_queue_of_streamed_frames() {
+    // Frames larger than the cut-through size and the kernel's socket buffers: they are streamed,
+    // and a subscriber that reads nothing is cut in the middle of one.
     const SIZE: usize = 6 * MIB;
     let hub = start_hub(HubConfig {
-        max_frame_bytes: 16 * LIMIT,
-        max_pending_bytes: 8 * LIMIT,
+        max_pending_bytes: 8 * MIB as u64,
+        slow_consumer: SlowPolicy::Disconnect,
         ..test_config()
     });
     let addr = hub.local_addr();
     let frames: Vec<Frame> = (0..3)
         .map(|n| Frame::message(status(30), pattern(SIZE, 100 + n)))
         .collect();
-    let mut pausing = tokio_util::codec::Framed::new(
-        connect_small_window(addr).await,
-        tej_hub::TejCodec::default(),
-    );
-    subscribe(&mut pausing, "30", "30").await;
+    let mut reader = connect(addr).await;
+    subscribe(&mut reader, "30", "30").await;
     let mut stuck = tokio_util::codec::Framed::new(
         connect_small_window(addr).await,
         tej_hub::TejCodec::default(),
     );
     subscribe(&mut stuck, "30", "30").await;
     let mut publisher = connect(addr).await;
-
-    // Two frames back to back: one in flight, 6 MiB waiting behind it, within the 8 MiB limit.
-    send(&mut publisher, frames[0].clone()).await;
-    send(&mut publisher, frames[1].clone()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for (n, frame) in frames[..2].iter().enumerate() {
-        let got = recv(&mut pausing).await;
-        assert!(
-            got == *frame,
-            "frame {n}: got {} {:?}",
-            got.status,
-            String::from_utf8_lossy(&got.message[..got.message.len().min(40)])
-        );
+    for frame in &frames {
+        send(&mut publisher, frame.clone()).await;
+        let got = recv(&mut reader).await;
+        assert!(got == *frame, "the reading subscriber got a changed frame");
     }
-
-    // A third while the other subscriber still has one in flight and one waiting: 12 MiB would
-    // wait, over the limit, so that one is disconnected; the reader gets it.
-    send(&mut publisher, frames[2].clone()).await;
-    assert!(recv(&mut pausing).await == frames[2], "frame 2 changed");
+    // The stuck one: at most what the kernel held before the hub cut it, never a whole frame
+    // more than fits, then the end of the connection (no ERR: it is in the middle of a frame).
     let mut got = 0;
-    let mut err = None;
     within(PATIENCE, "the stuck subscriber to be closed", async {
         while let Some(Ok(frame)) = stuck.next().await {
-            if frame.status.code() == 127 {
-                err = Some(String::from_utf8_lossy(&frame.message).into_owned());
-            } else {
-                assert!(
-                    frame == frames[got],
-                    "stuck subscriber: frame {got} changed"
-                );
-                got += 1;
-            }
+            assert!(
+                frame == frames[got],
+                "stuck subscriber: frame {got} changed"
+            );
+            got += 1;
         }
     })
     .await;
-    assert!(got < 3, "the stuck subscriber got all three frames");
-    if let Some(err) = err {
-        assert_eq!(err, "ERR slow consumer");
-    }
+    assert!(got < 2, "the stuck subscriber got {got} frames");
+    let info = hub_common::info(&mut publisher).await;
+    assert_eq!(info["hub"]["slow_consumers"], serde_json::json!(1));
     stop_hub(hub).await;
 }
 

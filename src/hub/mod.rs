@@ -10,8 +10,10 @@
 
 mod client;
 pub mod control;
+mod flow;
 mod outbox;
 pub mod registry;
+mod relay;
 mod router;
 mod session;
 
@@ -58,7 +60,7 @@ pub async fn run(
     let listener = TcpListener::from_std(listener)?;
     let config = Arc::new(config);
     let counters = Arc::new(HubCounters::default());
-    let router = Router::new(counters.clone()).start();
+    let router = Router::new(counters.clone(), config.slow_consumer).start();
     let workers: Vec<Arbiter> = (0..config.workers).map(|_| Arbiter::new()).collect();
     info!(listen = %listener.local_addr()?, workers = workers.len(), "hub started");
 

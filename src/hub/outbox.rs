@@ -1,128 +1,206 @@
-//! A session's outbound path: a queue of encoded frames drained by one writer task that owns the
+//! A session's outbound path: a queue of wire bytes drained by one writer task that owns the
 //! socket's write half.
 //!
-//! The queue is a channel of [`Bytes`] (each one whole frame, shared with every other receiver
-//! of that frame). Its memory is bounded by counting: [`Outbox::pending`] is the number of bytes
-//! queued and not yet written, [`Outbox::waiting`] the part of them behind the frame being written,
-//! and the session refuses to let that part grow past its limit. Neither actix's mailbox nor
-//! `actix::io::FramedWrite` bound memory by themselves, so the count is ours.
+//! The queue holds pieces of frames ([`Bytes`] shared with every other receiver of the frame) and
+//! the session's own replies. Its size is counted in the session's [`Backlog`]: the router charges
+//! relayed pieces before sending them, [`Outbox::reply`] charges replies, and the writer
+//! discharges every byte it writes — which is also where blocked publishers are let go again.
+//! Neither actix's mailbox nor `actix::io::FramedWrite` bound memory by themselves, so the count
+//! is ours.
+//!
+//! A streamed frame may be on the wire for a long time; the session's own replies (control
+//! answers, pings) wait for its end rather than land in the middle of it.
 //!
 //! Session and writer run on the same arbiter thread, hence `Rc`/`Cell`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::codec::FrameBuf;
+use crate::hub::flow::Backlog;
+use crate::hub::relay::PieceKind;
 use crate::hub::router::OpenConnection;
 
-/// Largest batch of queued frames handed to one vectored write.
+/// Largest batch of queued pieces handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
-/// Counters shared by a session and its writer.
-#[derive(Debug, Default)]
-pub(crate) struct OutboxCounters {
-    /// Bytes queued and not yet written.
-    pending: Cell<u64>,
-    /// The length of each frame queued and not yet written, oldest (the one being written) first.
-    unwritten: RefCell<VecDeque<u64>>,
+/// Most bytes of replies that may wait for the end of a streamed frame; a peer that sends more
+/// commands than that meanwhile is closed.
+pub(crate) const MAX_HELD_REPLY_BYTES: u64 = 1024 * 1024;
+
+/// What the session and its writer share.
+#[derive(Debug)]
+struct Shared {
+    /// Bytes to write, each with whether it ends a frame.
+    queue: RefCell<VecDeque<(Bytes, bool)>>,
+    /// Wakes the writer when the queue gets bytes or the outbox closes.
+    wake: Notify,
+    /// Set when the session will queue nothing more.
+    closed: Cell<bool>,
     /// Frames written to the socket.
     frames_out: Cell<u64>,
     /// Bytes written to the socket.
     bytes_out: Cell<u64>,
+    /// When the writer last wrote a byte, or the queue last went from empty to busy.
+    progress: Cell<Instant>,
 }
 
 /// The session's end of its outbound queue.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    /// `None` once closed: the writer then finishes what is queued and shuts the socket down.
-    queue: Option<mpsc::UnboundedSender<Bytes>>,
-    counters: Rc<OutboxCounters>,
-    /// Cancelled to stop writing at once (slow consumer, flush deadline, shutdown deadline).
+    shared: Rc<Shared>,
+    backlog: Arc<Backlog>,
+    /// Whether a streamed frame has started on the wire and not ended.
+    mid_frame: bool,
+    /// Replies waiting for the streamed frame to end.
+    held_replies: Vec<Bytes>,
+    held_bytes: u64,
+    /// Cancelled to stop writing at once (flush deadline, a frame that cannot be completed).
     abort: CancellationToken,
     /// Cancelled by the writer when it has ended, however it ended.
     done: CancellationToken,
 }
 
+/// Why a reply could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyRefused {
+    /// More than [`MAX_HELD_REPLY_BYTES`] wait for a streamed frame to end.
+    TooManyHeld,
+}
+
 impl Outbox {
-    /// Starts the writer task for `write` on the current arbiter.
-    /// `open` is dropped, and so counted closed, when the writer ends.
-    pub(crate) fn start(write: OwnedWriteHalf, open: OpenConnection) -> Outbox {
-        let (queue, frames) = mpsc::unbounded_channel();
-        let counters = Rc::new(OutboxCounters::default());
+    /// Starts the writer task for `write` on the current arbiter. `open` is dropped, and so
+    /// counted closed, when the writer ends.
+    pub(crate) fn start(
+        write: OwnedWriteHalf,
+        backlog: Arc<Backlog>,
+        open: OpenConnection,
+    ) -> Outbox {
+        let shared = Rc::new(Shared {
+            queue: RefCell::new(VecDeque::new()),
+            wake: Notify::new(),
+            closed: Cell::new(false),
+            frames_out: Cell::new(0),
+            bytes_out: Cell::new(0),
+            progress: Cell::new(Instant::now()),
+        });
         let abort = CancellationToken::new();
         let done = CancellationToken::new();
         actix_rt::spawn(write_loop(
             write,
-            frames,
-            counters.clone(),
+            shared.clone(),
+            backlog.clone(),
             abort.clone(),
             done.clone(),
             open,
         ));
         Outbox {
-            queue: Some(queue),
-            counters,
+            shared,
+            backlog,
+            mid_frame: false,
+            held_replies: Vec::new(),
+            held_bytes: 0,
             abort,
             done,
         }
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued (or on their way from the router) and not yet written.
     pub(crate) fn pending(&self) -> u64 {
-        self.counters.pending.get()
-    }
-
-    /// Bytes queued behind the frame being written (the oldest unwritten one): what the
-    /// session's pending limit bounds.
-    pub(crate) fn waiting(&self) -> u64 {
-        let head = self
-            .counters
-            .unwritten
-            .borrow()
-            .front()
-            .copied()
-            .unwrap_or(0);
-        self.pending().saturating_sub(head)
+        self.backlog.pending()
     }
 
     /// Frames written so far.
     pub(crate) fn frames_out(&self) -> u64 {
-        self.counters.frames_out.get()
+        self.shared.frames_out.get()
     }
 
     /// Bytes written so far.
     pub(crate) fn bytes_out(&self) -> u64 {
-        self.counters.bytes_out.get()
+        self.shared.bytes_out.get()
     }
 
-    /// Queues one whole encoded frame. Returns false when the outbox is closed.
-    pub(crate) fn push(&self, wire: Bytes) -> bool {
-        let Some(queue) = &self.queue else {
-            return false;
-        };
-        let len = wire.len() as u64;
-        if queue.send(wire).is_err() {
-            return false;
+    /// Whether a streamed frame is partly written: nothing else may be written until it ends.
+    pub(crate) fn is_mid_frame(&self) -> bool {
+        self.mid_frame
+    }
+
+    /// How long the queue has had bytes without the writer writing any; zero when it is empty.
+    pub(crate) fn stuck_for(&self) -> Duration {
+        if self.pending() == 0 {
+            return Duration::ZERO;
         }
-        self.counters.pending.set(self.counters.pending.get() + len);
-        self.counters.unwritten.borrow_mut().push_back(len);
-        true
+        self.shared.progress.get().elapsed()
+    }
+
+    /// Queues a piece the router delivered (and charged).
+    pub(crate) fn deliver(&mut self, bytes: Bytes, kind: PieceKind) {
+        if self.shared.closed.get() {
+            self.backlog.discharge(bytes.len() as u64);
+            return;
+        }
+        self.enqueue(bytes, kind.ends_frame());
+        match kind {
+            PieceKind::First => self.mid_frame = true,
+            PieceKind::Last => {
+                self.mid_frame = false;
+                self.held_bytes = 0;
+                for reply in std::mem::take(&mut self.held_replies) {
+                    self.enqueue(reply, true);
+                }
+            }
+            PieceKind::Whole | PieceKind::Middle => {}
+        }
+    }
+
+    /// Queues one of the session's own frames, after the streamed frame on the wire if any.
+    ///
+    /// # Errors
+    /// [`ReplyRefused::TooManyHeld`] when too many replies wait for a streamed frame to end.
+    pub(crate) fn reply(&mut self, wire: Bytes) -> Result<(), ReplyRefused> {
+        if self.shared.closed.get() {
+            return Ok(());
+        }
+        let len = wire.len() as u64;
+        self.backlog.charge(len);
+        if self.mid_frame {
+            self.held_bytes += len;
+            self.held_replies.push(wire);
+            if self.held_bytes > MAX_HELD_REPLY_BYTES {
+                return Err(ReplyRefused::TooManyHeld);
+            }
+        } else {
+            self.enqueue(wire, true);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, bytes: Bytes, ends_frame: bool) {
+        let mut queue = self.shared.queue.borrow_mut();
+        if queue.is_empty() {
+            self.shared.progress.set(Instant::now());
+            self.shared.wake.notify_one();
+        }
+        queue.push_back((bytes, ends_frame));
     }
 
     /// Lets the writer finish what is queued, within `deadline`, then close the socket.
     pub(crate) fn close(&mut self, deadline: Duration) {
-        if self.queue.take().is_none() {
+        if self.shared.closed.replace(true) {
             return;
         }
+        self.shared.wake.notify_one();
         let abort = self.abort.clone();
         let done = self.done.clone();
         actix_rt::spawn(async move {
@@ -131,6 +209,12 @@ impl Outbox {
                 () = done.cancelled() => {}
             }
         });
+    }
+
+    /// Stops writing at once and closes the socket.
+    pub(crate) fn abort(&mut self) {
+        self.shared.closed.set(true);
+        self.abort.cancel();
     }
 
     /// A token cancelled when the writer has ended (socket closed or failed).
@@ -142,62 +226,61 @@ impl Outbox {
 /// The one owner of a session's write half.
 async fn write_loop(
     mut write: OwnedWriteHalf,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
-    counters: Rc<OutboxCounters>,
+    shared: Rc<Shared>,
+    backlog: Arc<Backlog>,
     abort: CancellationToken,
     done: CancellationToken,
     open: OpenConnection,
 ) {
     let mut buf = FrameBuf::new();
-    loop {
-        let first = tokio::select! {
-            first = frames.recv() => first,
-            () = abort.cancelled() => break,
-        };
-        let Some(first) = first else {
-            // Closed: everything queued has been written.
-            tokio::select! {
-                _ = write.shutdown() => {}
-                () = abort.cancelled() => {}
-            }
-            break;
-        };
-        buf.push_wire(&first);
-        let mut batch_frames = 1;
-        while buf.remaining() < WRITE_BATCH_BYTES {
-            match frames.try_recv() {
-                Ok(wire) => {
-                    buf.push_wire(&wire);
-                    batch_frames += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        let batch_bytes = buf.remaining() as u64;
-        let written = tokio::select! {
-            written = write.write_all_buf(&mut buf) => written,
-            () = abort.cancelled() => break,
-        };
-        if let Err(error) = written {
-            debug!(%error, "write failed");
-            break;
-        }
-        counters
-            .pending
-            .set(counters.pending.get().saturating_sub(batch_bytes));
+    'writing: loop {
+        let mut frames = 0;
         {
-            let mut unwritten = counters.unwritten.borrow_mut();
-            for _ in 0..batch_frames {
-                unwritten.pop_front();
+            let mut queue = shared.queue.borrow_mut();
+            while buf.remaining() < WRITE_BATCH_BYTES {
+                let Some((bytes, ends_frame)) = queue.pop_front() else {
+                    break;
+                };
+                buf.push_wire(&bytes);
+                frames += u64::from(ends_frame);
             }
         }
-        counters
-            .frames_out
-            .set(counters.frames_out.get() + batch_frames);
-        counters
-            .bytes_out
-            .set(counters.bytes_out.get() + batch_bytes);
+        if buf.is_empty() {
+            if shared.closed.get() {
+                // Everything queued has been written.
+                tokio::select! {
+                    _ = write.shutdown() => {}
+                    () = abort.cancelled() => {}
+                }
+                break;
+            }
+            tokio::select! {
+                () = shared.wake.notified() => continue,
+                () = abort.cancelled() => break,
+            }
+        }
+        while buf.has_remaining() {
+            let written = tokio::select! {
+                written = write.write_buf(&mut buf) => written,
+                () = abort.cancelled() => break 'writing,
+            };
+            match written {
+                Ok(0) => break 'writing,
+                Ok(n) => {
+                    backlog.discharge(n as u64);
+                    shared.progress.set(Instant::now());
+                    shared.bytes_out.set(shared.bytes_out.get() + n as u64);
+                }
+                Err(error) => {
+                    debug!(%error, "write failed");
+                    break 'writing;
+                }
+            }
+        }
+        shared.frames_out.set(shared.frames_out.get() + frames);
     }
+    // Nothing more will be written: whoever this subscriber held back goes on.
+    backlog.release(true);
     drop(write);
     drop(open);
     done.cancel();

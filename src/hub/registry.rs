@@ -192,6 +192,11 @@ impl<T> Registry<T> {
         self.sessions.get(&id).map(|entry| &entry.handle)
     }
 
+    /// Session `id`'s delivery handle, to change it.
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut T> {
+        self.sessions.get_mut(&id).map(|entry| &mut entry.handle)
+    }
+
     /// Whether session `id` is registered.
     pub fn contains(&self, id: SessionId) -> bool {
         self.sessions.contains_key(&id)
@@ -226,6 +231,21 @@ impl<T> Registry<T> {
         self.subscribers(status)
             .filter(move |(id, _)| *id != publisher || echo)
             .map(|(_, handle)| handle)
+    }
+
+    /// The ids of [`Registry::targets`], in the same order.
+    pub fn target_ids(
+        &self,
+        publisher: SessionId,
+        status: Status,
+    ) -> impl Iterator<Item = SessionId> + '_ {
+        let echo = self.echo(publisher);
+        self.by_code
+            .get(usize::from(status.code()))
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .copied()
+            .filter(move |id| *id != publisher || echo)
     }
 
     /// The number of registered sessions.

@@ -16,55 +16,107 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
     WrapFuture,
 };
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
-use crate::codec::{CodecError, TejCodec, WireCodec, WireFrame};
+use crate::codec::{CodecError, Limits, TejCodec};
 use crate::config::HubConfig;
 use crate::frame::{Frame, Status};
 use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
+use crate::hub::flow::{Backlog, Gate};
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::SessionId;
+use crate::hub::relay::{Piece, RelayCodec, CHUNK};
 use crate::hub::router::{
     Deliver, HubCounters, Kick, KickReason, OpenConnection, Publish, Query, Register, Router,
-    SessionHandle, SetEcho, Subscribe, Unregister, Unsubscribe,
+    SessionHandle, SetEcho, SetSlow, Subscribe, Unregister, Unsubscribe,
 };
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 
-/// What the read side has seen, for the idle and stall timeouts.
+/// What the read side has seen, for the idle, stall and minimum-rate checks.
 #[derive(Debug)]
 struct ReadActivity {
-    /// When the last byte arrived (or the connection opened).
+    /// When the last byte arrived (or the connection opened, or reading resumed).
     last_read: Cell<Instant>,
-    /// Whether part of a frame is buffered.
+    /// Whether part of a frame has been read.
     mid_frame: Cell<bool>,
+    /// Whether the hub has stopped reading (a subscriber this session feeds is full).
+    paused: Cell<bool>,
+    /// Start of the current minimum-rate window, and the bytes read in it.
+    window_start: Cell<Instant>,
+    window_bytes: Cell<u64>,
 }
 
-/// The session's stream of frames: a `FramedRead` that records read activity after each poll.
-struct FrameStream {
-    frames: FramedRead<OwnedReadHalf, WireCodec>,
+impl ReadActivity {
+    fn new() -> ReadActivity {
+        let now = Instant::now();
+        ReadActivity {
+            last_read: Cell::new(now),
+            mid_frame: Cell::new(false),
+            paused: Cell::new(false),
+            window_start: Cell::new(now),
+            window_bytes: Cell::new(0),
+        }
+    }
+
+    /// Starts the clocks afresh: a publisher the hub did not read is neither idle nor slow.
+    fn restart_clocks(&self) {
+        let now = Instant::now();
+        self.last_read.set(now);
+        self.window_start.set(now);
+        self.window_bytes.set(0);
+    }
+}
+
+/// The session's stream of pieces: a `FramedRead` behind the session's read gate, recording read
+/// activity after each poll.
+struct PieceStream {
+    pieces: FramedRead<OwnedReadHalf, RelayCodec>,
+    gate: Arc<Gate>,
     activity: Rc<ReadActivity>,
 }
 
-impl Stream for FrameStream {
-    type Item = Result<WireFrame, CodecError>;
+impl Stream for PieceStream {
+    type Item = Result<Piece, CodecError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let before = this.frames.read_buffer().len();
-        let polled = Pin::new(&mut this.frames).poll_next(cx);
-        let buffered = this.frames.read_buffer().len();
-        // New bytes either grew the buffer or completed a frame that left it.
-        if buffered != before || matches!(polled, Poll::Ready(Some(Ok(_)))) {
-            this.activity.last_read.set(Instant::now());
+        let activity = &this.activity;
+        if this.gate.poll_open(cx).is_pending() {
+            activity.paused.set(true);
+            return Poll::Pending;
         }
-        this.activity.mid_frame.set(buffered > 0);
+        if activity.paused.replace(false) {
+            activity.restart_clocks();
+        }
+        let before = this.pieces.read_buffer().len();
+        let polled = Pin::new(&mut this.pieces).poll_next(cx);
+        let buffered = this.pieces.read_buffer().len();
+        let emitted = match &polled {
+            Poll::Ready(Some(Ok(piece))) => piece.bytes.len(),
+            _ => 0,
+        };
+        let read = (buffered + emitted).saturating_sub(before) as u64;
+        if read > 0 {
+            activity.last_read.set(Instant::now());
+            activity
+                .window_bytes
+                .set(activity.window_bytes.get() + read);
+        }
+        let mid_frame = this.pieces.decoder().is_mid_frame(buffered);
+        if mid_frame && !activity.mid_frame.get() {
+            // A frame starts: so does its rate window.
+            activity.window_start.set(Instant::now());
+            activity.window_bytes.set(read);
+        }
+        activity.mid_frame.set(mid_frame);
         polled
     }
 }
@@ -76,7 +128,10 @@ enum Ending {
     Protocol(String),
     IdleTimeout,
     StallTimeout,
+    TooSlowSender { rate: u64 },
     SlowConsumer,
+    PublisherGone,
+    TooManyReplies,
     Shutdown,
     WriteFailed,
 }
@@ -88,7 +143,15 @@ impl std::fmt::Display for Ending {
             Ending::Protocol(error) => write!(f, "protocol violation: {error}"),
             Ending::IdleTimeout => f.write_str("idle timeout"),
             Ending::StallTimeout => f.write_str("stall timeout"),
+            Ending::TooSlowSender { rate } => {
+                write!(
+                    f,
+                    "sending a frame at {rate} bytes/s, below the minimum rate"
+                )
+            }
             Ending::SlowConsumer => f.write_str("slow consumer"),
+            Ending::PublisherGone => f.write_str("publisher of the frame in progress went away"),
+            Ending::TooManyReplies => f.write_str("too many commands while a frame was streamed"),
             Ending::Shutdown => f.write_str("hub shutting down"),
             Ending::WriteFailed => f.write_str("write failed"),
         }
@@ -103,6 +166,9 @@ pub(crate) struct Session {
     config: Arc<HubConfig>,
     counters: Arc<HubCounters>,
     outbox: Outbox,
+    gate: Arc<Gate>,
+    backlog: Arc<Backlog>,
+    policy: SlowPolicy,
     activity: Rc<ReadActivity>,
     frames_in: u64,
     bytes_in: u64,
@@ -121,23 +187,27 @@ impl Session {
         open: OpenConnection,
     ) {
         let (read, write) = stream.into_split();
-        let activity = Rc::new(ReadActivity {
-            last_read: Cell::new(Instant::now()),
-            mid_frame: Cell::new(false),
-        });
-        let frames = FrameStream {
-            frames: FramedRead::new(read, WireCodec(TejCodec::new(config.limits()))),
+        let activity = Rc::new(ReadActivity::new());
+        let gate = Gate::new();
+        let backlog = Backlog::new(config.max_pending_bytes);
+        let codec = RelayCodec::new(config.limits(), config.cut_through_bytes);
+        let pieces = PieceStream {
+            pieces: FramedRead::with_capacity(read, codec, CHUNK),
+            gate: gate.clone(),
             activity: activity.clone(),
         };
         Session::create(move |ctx| {
-            ctx.add_stream(frames);
+            ctx.add_stream(pieces);
             Session {
                 id,
                 peer,
                 router,
+                policy: config.slow_consumer,
+                outbox: Outbox::start(write, backlog.clone(), open),
                 config,
                 counters,
-                outbox: Outbox::start(write, open),
+                gate,
+                backlog,
                 activity,
                 frames_in: 0,
                 bytes_in: 0,
@@ -146,51 +216,70 @@ impl Session {
         });
     }
 
-    /// Queues one of the hub's own frames (a reply, a ping answer, an error).
-    fn reply(&self, frame: &Frame) {
+    /// Queues one of the hub's own frames (a reply, a ping answer).
+    fn reply(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
         // The hub's own frames carry no file names, so encoding cannot fail.
-        if let Ok(wire) = frame.to_wire() {
-            self.outbox.push(wire);
+        let Ok(wire) = frame.to_wire() else {
+            return;
+        };
+        if self.outbox.reply(wire).is_err() {
+            self.end(Ending::TooManyReplies, None, ctx);
         }
     }
 
-    /// Ends the session: sends `ERR <reason>` when given (best effort), flushes, closes.
+    /// Ends the session: sends `ERR <reason>` when given and the stream is between frames (an
+    /// `ERR` inside a frame would be read as its bytes), flushes, closes.
     fn end(&mut self, ending: Ending, err: Option<String>, ctx: &mut Context<Self>) {
         if self.ending.is_some() {
             return;
         }
-        if let Some(reason) = err {
-            self.reply(&control::err_reply(reason));
+        if let Some(reason) = err.filter(|_| !self.outbox.is_mid_frame()) {
+            if let Ok(wire) = control::err_reply(reason).to_wire() {
+                // Best effort: a refusal only means the session was closing anyway.
+                let _ = self.outbox.reply(wire);
+            }
+        }
+        if self.outbox.is_mid_frame() {
+            // The frame on the wire cannot be completed: what follows it is of no use.
+            self.outbox.abort();
+        } else {
+            self.outbox.close(FLUSH_DEADLINE);
         }
         self.ending = Some(ending);
-        self.outbox.close(FLUSH_DEADLINE);
         ctx.stop();
     }
 
-    fn on_frame(&mut self, decoded: WireFrame, ctx: &mut Context<Self>) {
-        self.frames_in += 1;
-        self.bytes_in += decoded.wire.len() as u64;
-        let status = decoded.frame.status;
-        if status == Status::PING {
-            self.reply(&Frame::ping());
-        } else if status == CONTROL {
-            self.on_control(&decoded.frame, ctx);
+    fn on_piece(&mut self, piece: Piece, ctx: &mut Context<Self>) {
+        self.bytes_in += piece.bytes.len() as u64;
+        if piece.kind.ends_frame() {
+            self.frames_in += 1;
+        }
+        // Pings and control frames are always whole (the relay codec refuses larger ones).
+        if piece.status == Status::PING {
+            self.reply(&Frame::ping(), ctx);
+        } else if piece.status == CONTROL {
+            self.on_control(piece.bytes, ctx);
         } else {
             self.router.do_send(Publish {
                 from: self.id,
-                status,
-                wire: decoded.wire,
+                piece,
             });
         }
     }
 
-    fn on_control(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
-        let command = match control::parse_frame(frame) {
+    fn on_control(&mut self, wire: Bytes, ctx: &mut Context<Self>) {
+        let frame =
+            TejCodec::new(Limits::frame_only(u64::MAX)).decode(&mut BytesMut::from(&wire[..]));
+        let command = match frame {
+            Ok(Some(frame)) => control::parse_frame(&frame),
+            // The relay codec has checked the frame already.
+            _ => return,
+        };
+        let command = match command {
             Ok(command) => command,
             Err(error) => {
                 debug!(session = %self.id, %error, "control command refused");
-                self.reply(&control::err_reply(error));
-                return;
+                return self.reply(&control::err_reply(error), ctx);
             }
         };
         let id = self.id;
@@ -208,26 +297,24 @@ impl Session {
                 let done = self.router.send(SetEcho { id, on });
                 self.after_router(done, ack, ctx);
             }
-            Command::Slow(SlowPolicy::Disconnect) => {
-                if let Some(ack) = &ack {
-                    self.reply(ack);
-                }
-            }
             Command::Slow(policy) => {
-                self.reply(&control::err_reply(format!(
-                    "slow-consumer policy {policy} is not available"
-                )));
+                self.policy = policy;
+                let done = self.router.send(SetSlow { id, policy });
+                self.after_router(done, ack, ctx);
             }
             Command::Info => {
                 let query = self.router.send(Query { id });
                 // Wait: no other frame of this session is handled before the answer is queued,
                 // so replies keep the order of the commands.
-                ctx.wait(query.into_actor(self).map(|state, session, _| match state {
-                    Ok(state) => {
-                        let info = session.info(state.codes.iter().map(Status::code), state.echo);
-                        session.reply(&control::ok_reply(format!("INFO {info}")));
-                    }
-                    Err(_) => session.reply(&control::err_reply("hub is shutting down")),
+                ctx.wait(query.into_actor(self).map(|state, session, ctx| {
+                    let reply = match state {
+                        Ok(state) => control::ok_reply(format!(
+                            "INFO {}",
+                            session.info(state.codes.iter().map(Status::code), state.echo)
+                        )),
+                        Err(_) => control::err_reply("hub is shutting down"),
+                    };
+                    session.reply(&reply, ctx);
                 }));
             }
         }
@@ -248,10 +335,10 @@ impl Session {
         ctx.wait(
             request
                 .into_actor(self)
-                .map(move |done, session, _| match (done, ack) {
-                    (Ok(()), Some(ack)) => session.reply(&ack),
+                .map(move |done, session, ctx| match (done, ack) {
+                    (Ok(()), Some(ack)) => session.reply(&ack, ctx),
                     (Ok(()), None) => {}
-                    (Err(_), _) => session.reply(&control::err_reply("hub is shutting down")),
+                    (Err(_), _) => session.reply(&control::err_reply("hub is shutting down"), ctx),
                 }),
         );
     }
@@ -264,14 +351,18 @@ impl Session {
             "peer": self.peer.to_string(),
             "subscriptions": codes.collect::<Vec<_>>(),
             "echo": echo,
-            "slow_consumer": config.slow_consumer.to_string(),
+            "slow_consumer": self.policy.to_string(),
             "pending_bytes": self.outbox.pending(),
-            "dropped_frames": 0,
+            "dropped_frames": self.backlog.dropped(),
             "limits": {
                 "max_frame_bytes": config.max_frame_bytes,
+                "cut_through_bytes": config.cut_through_bytes,
                 "max_pending_bytes": config.max_pending_bytes,
+                "slow_consumer_timeout": config.slow_consumer_timeout,
                 "idle_timeout": config.idle_timeout,
                 "stall_timeout": config.stall_timeout,
+                "min_rate_bytes": config.min_rate_bytes,
+                "min_rate_window": config.min_rate_window,
             },
             "counters": {
                 "frames_in": self.frames_in,
@@ -284,21 +375,55 @@ impl Session {
                 "open_connections": hub.open.load(Ordering::Relaxed),
                 "unrouted_frames": hub.unrouted_frames.load(Ordering::Relaxed),
                 "slow_consumers": hub.slow_consumers.load(Ordering::Relaxed),
+                "dropped_frames": hub.dropped_frames.load(Ordering::Relaxed),
             },
         })
         .to_string()
     }
 
+    /// The read-side clocks (idle, stall, minimum rate: never while the hub itself holds the
+    /// publisher back) and the write side's (a subscriber under `block` that writes nothing).
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
-        let silent = self.activity.last_read.get().elapsed();
+        if let Some(timeout) = self.config.slow_consumer_timeout() {
+            if self.policy == SlowPolicy::Block && self.outbox.stuck_for() >= timeout {
+                self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    session = %self.id,
+                    peer = %self.peer,
+                    pending = self.outbox.pending(),
+                    "slow consumer disconnected: no progress"
+                );
+                return self.end(Ending::SlowConsumer, Some("slow consumer".into()), ctx);
+            }
+        }
+        let activity = &self.activity;
+        if activity.paused.get() || self.gate.is_closed() {
+            return;
+        }
+        let silent = activity.last_read.get().elapsed();
         if let Some(idle) = self.config.idle_timeout() {
             if silent >= idle {
                 return self.end(Ending::IdleTimeout, Some("idle timeout".into()), ctx);
             }
         }
+        if !activity.mid_frame.get() {
+            return;
+        }
         if let Some(stall) = self.config.stall_timeout() {
-            if self.activity.mid_frame.get() && silent >= stall {
-                self.end(Ending::StallTimeout, Some("stall timeout".into()), ctx);
+            if silent >= stall {
+                return self.end(Ending::StallTimeout, Some("stall timeout".into()), ctx);
+            }
+        }
+        if let Some((min_rate, window)) = self.config.min_rate() {
+            let elapsed = activity.window_start.get().elapsed();
+            if elapsed >= window {
+                let rate = activity.window_bytes.get() * 1000 / (elapsed.as_millis().max(1) as u64);
+                if rate < min_rate {
+                    warn!(session = %self.id, peer = %self.peer, rate, min_rate, "sender too slow");
+                    let reason = format!("sending below the minimum rate of {min_rate} bytes/s");
+                    return self.end(Ending::TooSlowSender { rate }, Some(reason), ctx);
+                }
+                activity.restart_clocks();
             }
         }
     }
@@ -311,17 +436,25 @@ impl Actor for Session {
         let handle = SessionHandle {
             deliver: ctx.address().recipient(),
             kick: ctx.address().recipient(),
+            backlog: self.backlog.clone(),
+            gate: self.gate.clone(),
         };
         self.router.do_send(Register {
             id: self.id,
             handle,
         });
         info!(session = %self.id, peer = %self.peer, "connected");
-        let tick = [self.config.idle_timeout(), self.config.stall_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+        let config = &self.config;
+        let tick = [
+            config.idle_timeout(),
+            config.stall_timeout(),
+            config.slow_consumer_timeout(),
+            config.min_rate().map(|(_, window)| window),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
         if let Some(tick) = tick {
             ctx.run_interval(tick, Session::check_timeouts);
         }
@@ -341,10 +474,10 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<WireFrame, CodecError>> for Session {
-    fn handle(&mut self, item: Result<WireFrame, CodecError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Piece, CodecError>> for Session {
+    fn handle(&mut self, item: Result<Piece, CodecError>, ctx: &mut Context<Self>) {
         match item {
-            Ok(decoded) => self.on_frame(decoded, ctx),
+            Ok(piece) => self.on_piece(piece, ctx),
             Err(CodecError::Io(error)) => {
                 debug!(session = %self.id, %error, "read failed");
                 self.end(Ending::PeerClosed, None, ctx);
@@ -365,26 +498,8 @@ impl StreamHandler<Result<WireFrame, CodecError>> for Session {
 impl Handler<Deliver> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if self.ending.is_some() {
-            return;
-        }
-        let waiting = self.outbox.waiting();
-        // An empty queue takes any frame; the limit bounds what waits behind the one in flight.
-        if waiting > 0 && waiting + msg.wire.len() as u64 > self.config.max_pending_bytes {
-            self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            let pending = self.outbox.pending();
-            warn!(
-                session = %self.id,
-                peer = %self.peer,
-                pending,
-                waiting,
-                "slow consumer disconnected"
-            );
-            // Unregistered at once; what is queued (bounded) and the ERR get a short deadline.
-            return self.end(Ending::SlowConsumer, Some("slow consumer".into()), ctx);
-        }
-        self.outbox.push(msg.wire);
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+        self.outbox.deliver(msg.bytes, msg.kind);
     }
 }
 
@@ -396,6 +511,10 @@ impl Handler<Kick> for Session {
             KickReason::Shutdown => {
                 self.end(Ending::Shutdown, Some("hub shutting down".into()), ctx);
             }
+            KickReason::SlowConsumer => {
+                self.end(Ending::SlowConsumer, Some("slow consumer".into()), ctx);
+            }
+            KickReason::PublisherGone => self.end(Ending::PublisherGone, None, ctx),
         }
     }
 }

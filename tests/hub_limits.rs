@@ -22,9 +22,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use hub_common::{
-    connect, connect_raw, control, encode, expect_err_and_close, expect_silence, feed, flush, head,
-    pattern, read_until_closed, recv, send, start_hub, status, stop_hub, subscribe, test_config,
-    within, BinHub, MIB, PATIENCE,
+    connect, connect_raw, connect_small_window, control, encode, expect_err_and_close,
+    expect_silence, feed, flush, head, pattern, read_until_closed, recv, send, start_hub, status,
+    stop_hub, subscribe, test_config, within, BinHub, MIB, PATIENCE,
 };
 
 /// The frame limit of the hostile-peer tests: 1 MiB.
@@ -256,14 +256,6 @@ async fn frame_limit_counts_the_whole_frame() {
 }
 
 /// A connection whose receive buffer is tiny, so the kernel absorbs almost nothing for it.
-async fn connect_small_window(addr: std::net::SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    within(PATIENCE, "connect", socket.connect(addr))
-        .await
-        .expect("connect to the hub")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_and_nobody_else_suffers() {
     const FRAMES: usize = 64;

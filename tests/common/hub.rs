@@ -100,6 +100,16 @@ pub async fn connect_raw(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A raw socket connected to `addr` with a 4 KiB receive buffer: a subscriber that stops reading
+/// fills it at once.
+pub async fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    within(PATIENCE, "connect", socket.connect(addr))
+        .await
+        .expect("connect to the hub")
+}
+
 /// Sends `frame`.
 pub async fn send(conn: &mut Conn, frame: Frame) {
     within(PATIENCE, "a send", conn.send(frame))

@@ -164,6 +164,27 @@ impl Scanner {
         }
     }
 
+    /// The common case in one step: at a frame boundary, a frame without files whole at the
+    /// front of `buf` and within the limits. Returns its status, version and length; anything
+    /// else (or anything wrong) is left to [`Scanner::step`], which reports the errors.
+    pub(crate) fn whole_message_frame(&self, buf: &[u8]) -> Option<(Status, u8, usize)> {
+        const SMALL_HEAD: usize = (HEAD_LEN + MESSAGE_LEN_FIELD) as usize;
+        if self.state != State::Head || buf.len() < SMALL_HEAD || read_u64(buf, 2) != 0 {
+            return None;
+        }
+        let status = Status::from_byte(buf[0])?;
+        let len = read_u64(buf, HEAD_LEN as usize);
+        let total = (SMALL_HEAD as u64).checked_add(len)?;
+        if len > self.limits.max_message_bytes
+            || total > self.limits.max_frame_bytes
+            || (buf.len() as u64) < total
+        {
+            return None;
+        }
+        // `total <= buf.len()`, so it fits in usize.
+        Some((status, buf[1], total as usize))
+    }
+
     fn try_step<'a>(&mut self, buf: &'a [u8]) -> Result<Option<Step<'a>>, CodecError> {
         match self.state {
             State::Head => self.head(buf),

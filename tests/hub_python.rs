@@ -102,3 +102,39 @@ async fn hub_answers_python_pings() {
     python.succeeds().await;
     stop_hub(hub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_subscriber_gets_a_64_mib_file_relayed_by_cut_through() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let hub = start_hub(test_config());
+    let port = hub.local_addr().port();
+    let spec = json!([{"status": 127, "files": [], "message": {"text": "SUB 6"}}]).to_string();
+    let mut python_sub = PyPeer::client(
+        port,
+        &[
+            "--spec",
+            &spec,
+            "--expect",
+            "2",
+            "--ignore-pings",
+            "--wait",
+            "60",
+        ],
+    );
+    let ok = python_sub.next_event("received").await;
+    assert_eq!(ok["message_text"], json!("OK SUB 6"));
+
+    // 64 times the cut-through size: the hub forwards it while it arrives.
+    let frame = Frame::builder(status(6))
+        .file("big.bin", pattern(SIZE, 64))
+        .message("sixty-four")
+        .build();
+    let mut publisher = hub_common::connect_raw(hub.local_addr()).await;
+    tokio::io::AsyncWriteExt::write_all(&mut publisher, &hub_common::encode(&frame))
+        .await
+        .expect("publish the frame");
+    let received = python_sub.next_event("received").await;
+    assert_eq!(digest_of_record(&received), digest(&frame));
+    python_sub.succeeds().await;
+    stop_hub(hub).await;
+}

@@ -168,6 +168,14 @@ impl Decoder for RelayCodec {
 
 impl RelayCodec {
     fn decode_piece(&mut self, src: &mut BytesMut) -> Result<Option<Piece>, CodecError> {
+        if self.scanned == 0 {
+            if let Some((status, _, len)) = self.scanner.whole_message_frame(src) {
+                if len as u64 <= self.cut_through {
+                    self.scanned = len;
+                    return Ok(Some(self.piece(src, PieceKind::Whole, status)));
+                }
+            }
+        }
         loop {
             let step = self.scanner.step(&src[self.scanned..])?;
             let Some(step) = step else {

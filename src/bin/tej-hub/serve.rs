@@ -20,15 +20,32 @@ pub(crate) struct Serve {
     /// Worker threads [default: number of cores].
     #[arg(long)]
     workers: Option<usize>,
-    /// Largest frame accepted, header included [default: 67108864].
+    /// Largest frame accepted, header included [default: 17179869184 (16 GiB)].
     #[arg(long)]
     max_frame_bytes: Option<u64>,
-    /// Bytes that may wait in a subscriber's queue [default: 67108864].
+    /// Frames up to this size are relayed whole; larger ones are streamed as they arrive
+    /// [default: 1048576].
+    #[arg(long)]
+    cut_through_bytes: Option<u64>,
+    /// A subscriber's queue high-water mark in bytes; its slow-consumer policy acts past it
+    /// [default: 16777216].
     #[arg(long)]
     max_pending_bytes: Option<u64>,
-    /// What happens to a subscriber that cannot keep up [default: disconnect].
+    /// What happens to a subscriber that cannot keep up, until it says otherwise with `SLOW`
+    /// [default: block].
     #[arg(long, value_enum)]
     slow_consumer: Option<SlowPolicy>,
+    /// Disconnect a subscriber (policy block) that writes nothing for this many seconds while
+    /// bytes wait for it; 0 is off [default: 30].
+    #[arg(long)]
+    slow_consumer_timeout: Option<u64>,
+    /// Close a publisher sending the rest of a frame slower than this many bytes/s over
+    /// --min-rate-window; 0 is off [default: 0].
+    #[arg(long)]
+    min_rate_bytes: Option<u64>,
+    /// Seconds over which --min-rate-bytes is measured [default: 10].
+    #[arg(long)]
+    min_rate_window: Option<u64>,
     /// Close a connection silent for this many seconds; 0 is off [default: 0].
     #[arg(long)]
     idle_timeout: Option<u64>,
@@ -56,8 +73,12 @@ impl Serve {
             listen,
             workers,
             max_frame_bytes,
+            cut_through_bytes,
             max_pending_bytes,
             slow_consumer,
+            slow_consumer_timeout,
+            min_rate_bytes,
+            min_rate_window,
             idle_timeout,
             stall_timeout,
             log_format

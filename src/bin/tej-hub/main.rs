@@ -1,5 +1,7 @@
-//! The `tej-hub` command: `serve` runs the hub; `pub` and `sub` try it from a shell.
+//! The `tej-hub` command: `serve` runs the hub; `pub` and `sub` try it from a shell; `bench`
+//! measures it.
 
+mod bench;
 mod pubsub;
 mod serve;
 
@@ -32,6 +34,8 @@ enum Command {
     /// --count frames or when the hub closes the connection; 1 on errors (a refused SUB, the
     /// hub's reason for closing, a file that cannot be saved); 2 for bad usage.
     Sub(pubsub::Sub),
+    /// Measure a hub over loopback TCP (workloads: big-file).
+    Bench(bench::Bench),
 }
 
 /// Why a client command failed.
@@ -61,5 +65,6 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Pub(args) => exit(pubsub::publish(&args)),
         Command::Sub(args) => exit(pubsub::subscribe(&args)),
+        Command::Bench(args) => exit(bench::run(&args)),
     }
 }

@@ -1,0 +1,214 @@
+//! `tej-hub bench`: measurements of a hub over loopback TCP, one workload per subcommand.
+//!
+//! This module owns what every workload shares: the subcommand group, the hub to measure (a child
+//! `tej-hub serve` spawned from this binary, or a running one given by address), byte-size
+//! arguments, the runtime and the units. The workloads live beside it:
+//! - [`big_file`]: one frame carrying one large file, relayed to a few subscribers.
+//!
+//! Helpers: [`hub`] starts and samples the hub process, [`wire`] reads and writes TEJ v1 frames
+//! step by step without holding a payload in memory.
+
+mod big_file;
+mod hub;
+mod wire;
+
+use std::net::SocketAddr;
+
+use clap::{Args, Subcommand};
+
+use crate::Failure;
+
+/// A kibibyte.
+const KIB: u64 = 1024;
+/// A mebibyte.
+const MIB: u64 = 1024 * KIB;
+/// A gibibyte.
+const GIB: u64 = 1024 * MIB;
+
+/// `bench` flags: the workload to run.
+#[derive(Args)]
+pub(crate) struct Bench {
+    /// The workload to run.
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+/// The workloads `bench` can run.
+#[derive(Subcommand)]
+enum Workload {
+    /// Relay one frame carrying one large file from 1 publisher to S subscribers.
+    ///
+    /// The file is generated on the fly (no disk), hashed (xxh3) by the publisher as it is sent
+    /// and by every subscriber as it arrives; no side holds the frame in memory. Also measures
+    /// plain loopback TCP of the same size as a yardstick, and samples the hub's resident memory
+    /// (VmRSS, VmHWM) when its process id is known. Prints a table, or one JSON object with
+    /// --json. Exit status: 0 when every subscriber got the file intact; 1 on a hash mismatch,
+    /// a failure or the --timeout; 2 for bad usage.
+    BigFile(big_file::BigFile),
+}
+
+/// Flags every workload takes: which hub, how long at most, how to print.
+#[derive(Args)]
+struct Common {
+    /// Measure the hub already listening on ADDR (loopback only) instead of spawning
+    /// `tej-hub serve --listen 127.0.0.1:0` with default settings as a child process.
+    #[arg(long, value_name = "ADDR", value_parser = loopback_addr)]
+    hub: Option<SocketAddr>,
+    /// With --hub: the hub's process id, so its memory (/proc/PID/status) can be reported.
+    #[arg(long, value_name = "PID", requires = "hub")]
+    hub_pid: Option<u32>,
+    /// An extra flag for the spawned hub's `serve` (repeatable), e.g.
+    /// --serve-arg=--max-frame-bytes=1000000000. The default measures the default settings.
+    #[arg(
+        long = "serve-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "hub"
+    )]
+    serve_args: Vec<String>,
+    /// Give up (exit 1) when the whole run, hub start included, takes longer than this.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    timeout: u64,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the workload `args` names.
+pub(crate) fn run(args: &Bench) -> Result<(), Failure> {
+    match &args.workload {
+        Workload::BigFile(workload) => big_file::run(workload),
+    }
+}
+
+/// The runtime the workloads run their sockets on: multi-threaded, one worker per core.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::Failed(format!("cannot start the runtime: {error}")))
+}
+
+/// A socket address on the loopback interface (the bench sends traffic nowhere else).
+fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8000"))?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address; the bench only talks to this machine"
+        ))
+    }
+}
+
+/// A byte count: a whole number with an optional unit, case-insensitive: `B`; `K`, `KiB`, `M`,
+/// `MiB`, `G`, `GiB`, `T`, `TiB` (powers of 1024); `KB`, `MB`, `GB`, `TB` (powers of 1000).
+/// At least 1.
+fn byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 4GiB, 256MiB or 1048576"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => KIB,
+        "m" | "mib" => MIB,
+        "g" | "gib" => GIB,
+        "t" | "tib" => 1024 * GIB,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("unknown unit {other:?} in {text:?}")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err("a size must be at least 1 byte".to_owned()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+/// `bytes` for people: `4.00 GiB`, `256.00 MiB`, `512 B`.
+fn human_bytes(bytes: u64) -> String {
+    // Display only: the precision lost converting to f64 does not show.
+    let value = bytes as f64;
+    if bytes >= GIB {
+        format!("{:.2} GiB", value / GIB as f64)
+    } else if bytes >= MIB {
+        format!("{:.2} MiB", value / MIB as f64)
+    } else if bytes >= KIB {
+        format!("{:.2} KiB", value / KIB as f64)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Throughput in MB/s (10^6 bytes per second, as docs/benchmarks.md counts); 0 for no time.
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / 1e6 / seconds
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(byte_size("1"), Ok(1));
+        assert_eq!(byte_size("1048576"), Ok(MIB));
+        assert_eq!(byte_size("256MiB"), Ok(256 * MIB));
+        assert_eq!(byte_size("4GiB"), Ok(4 * GIB));
+        assert_eq!(byte_size("4gib"), Ok(4 * GIB));
+        assert_eq!(byte_size("16G"), Ok(16 * GIB));
+        assert_eq!(byte_size("64 MiB"), Ok(64 * MIB));
+        assert_eq!(byte_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(byte_size("1_000kb"), Ok(1_000_000));
+        assert_eq!(byte_size("3B"), Ok(3));
+        assert_eq!(byte_size("1TiB"), Ok(1024 * GIB));
+        for bad in [
+            "",
+            "0",
+            "0GiB",
+            "GiB",
+            "-1",
+            "1.5GiB",
+            "4XB",
+            "99999999999TiB",
+        ] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_only() {
+        assert!(loopback_addr("127.0.0.1:8000").is_ok());
+        assert!(loopback_addr("[::1]:8000").is_ok());
+        assert!(loopback_addr("10.0.0.1:8000").is_err());
+        assert!(loopback_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(human_bytes(4 * GIB), "4.00 GiB");
+        assert_eq!(human_bytes(256 * MIB), "256.00 MiB");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(mb_per_s(2_000_000, 2.0), 1.0);
+        assert_eq!(mb_per_s(1, 0.0), 0.0);
+    }
+}

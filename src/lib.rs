@@ -9,6 +9,9 @@
 //!   `disconnected`), the reference implementation's callback style.
 //! - [`connection`]: one connection's reader loop, single writer and [`Sender`] handle.
 //! - [`client`] and [`server`]: [`Client`] and [`Server`] over TCP.
+//! - [`stream`]: frames in bounded memory — [`stream::PartCodec`] decodes a frame as
+//!   [`stream::Part`]s (file data handed out as it arrives), [`stream::FileFrame`] and
+//!   [`stream::write_frame_from_files`] send files from disk without loading them.
 //!
 //! The wire format, limits, errors and interop notes are in `docs/protocol.md`.
 //!
@@ -37,6 +40,7 @@ pub mod handler;
 pub mod hub;
 mod scan;
 pub mod server;
+pub mod stream;
 
 pub use client::Client;
 pub use codec::{CodecError, FrameBuf, Limits, TejCodec, WireCodec, WireFrame};

@@ -5,18 +5,26 @@
 //! The hub answers control commands (status 127) in the order they were sent, but its replies and
 //! the frames it relays share one socket: a relayed frame may arrive before the reply a command is
 //! waiting for. The client keeps such frames, in order, and hands them out from
-//! [`HubClient::next_frame`] before reading the socket again.
+//! [`HubClient::next_frame`] (or [`HubClient::next_part`]) before reading the socket again.
+//!
+//! Large frames stream: [`HubClient::next_part`] hands a relayed frame out as
+//! [`Part`]s while it arrives (memory bounded by a chunk, not by the frame), and
+//! [`HubClient::publish_files`] sends files from disk without loading them.
 
 use std::collections::VecDeque;
 use std::io;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
-use crate::codec::{CodecError, TejCodec};
+use crate::codec::{CodecError, Limits, TejCodec};
+use crate::connection::ConnectionConfig;
 use crate::frame::{Frame, Status};
 use crate::hub::control::{CodeSet, CONTROL};
+use crate::stream::{FileFrame, FileSource, Part, PartCodec, StreamError};
 
 /// What went wrong talking to a hub.
 ///
@@ -60,6 +68,16 @@ pub enum HubError {
     /// relays.
     #[error("status {0} is reserved by the hub and cannot be published")]
     ReservedStatus(Status),
+    /// A relayed frame is being read part by part ([`HubClient::next_part`]) and has not reached
+    /// [`Part::End`]: [`HubClient::next_frame`] and commands must wait until it has. Nothing was
+    /// sent or read; the connection stays usable.
+    #[error("a relayed frame is being read by parts; read it up to its end first")]
+    InsideFrame,
+    /// A file to publish could not be read, or changed size while being sent
+    /// ([`HubClient::publish_files`]). Never [`StreamError::Io`] or [`StreamError::Codec`]: those
+    /// are [`HubError::Io`] and [`HubError::Codec`].
+    #[error(transparent)]
+    File(StreamError),
 }
 
 fn reason_suffix(reason: &Option<String>) -> String {
@@ -78,6 +96,17 @@ impl From<CodecError> for HubError {
     }
 }
 
+/// Socket failures become [`HubError::Io`], limits [`HubError::Codec`], files [`HubError::File`].
+impl From<StreamError> for HubError {
+    fn from(error: StreamError) -> HubError {
+        match error {
+            StreamError::Io(error) => HubError::Io(error),
+            StreamError::Codec(error) => error.into(),
+            error => HubError::File(error),
+        }
+    }
+}
+
 /// One connection to a tej-hub: subscribe, publish, and read what the hub relays.
 ///
 /// Commands ([`subscribe`](Self::subscribe), [`unsubscribe`](Self::unsubscribe),
@@ -90,8 +119,17 @@ impl From<CodecError> for HubError {
 ///
 /// Cancelling a call (dropping its future, e.g. in `select!` or `timeout`) leaves the client
 /// usable: a command that was cancelled may or may not have been sent, and if it was, its reply is
-/// recognised as stale and skipped. [`next_frame`](Self::next_frame) is cancel safe: no frame is
-/// lost.
+/// recognised as stale and skipped. [`next_frame`](Self::next_frame) and
+/// [`next_part`](Self::next_part) are cancel safe: nothing is lost.
+///
+/// # Streaming
+/// [`next_part`](Self::next_part) returns relayed frames as [`Part`]s, file data in chunks as it
+/// arrives, so a subscriber can write a large file to disk holding only a chunk at a time. The two
+/// ways of reading mix at frame boundaries: a frame kept while a command waited is handed out by
+/// `next_part` as parts too; while a frame read by `next_part` has not reached [`Part::End`],
+/// `next_frame` and commands fail with [`HubError::InsideFrame`]. The hub's replies and pings
+/// between frames are handled as with `next_frame`. [`publish_files`](Self::publish_files) sends
+/// files from disk through a bounded buffer.
 ///
 /// # Examples
 /// ```no_run
@@ -114,9 +152,11 @@ impl From<CodecError> for HubError {
 /// ```
 #[derive(Debug)]
 pub struct HubClient {
-    framed: Framed<TcpStream, TejCodec>,
+    framed: Framed<TcpStream, ClientCodec>,
     /// Relayed frames read while a command waited for its reply, oldest first.
     relayed: VecDeque<Frame>,
+    /// The parts of a kept frame that [`HubClient::next_part`] has started to hand out.
+    replay: VecDeque<Part>,
     /// Replies the hub still owes: commands handed to the codec whose reply has not been read.
     /// More than one only after a command call was cancelled while waiting.
     owed: usize,
@@ -129,7 +169,27 @@ impl HubClient {
     /// # Errors
     /// [`HubError::Io`]: the connect error.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<HubClient, HubError> {
-        let framed = crate::client::Client::connect(addr).await?.into_framed();
+        HubClient::connect_with_limits(addr, Limits::default()).await
+    }
+
+    /// Connects to the hub at `addr` with `limits` for what it receives and publishes (e.g. a
+    /// larger `max_frame_bytes` for files that are streamed with
+    /// [`next_part`](Self::next_part) and [`publish_files`](Self::publish_files)).
+    ///
+    /// # Errors
+    /// [`HubError::Io`]: the connect error.
+    pub async fn connect_with_limits(
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+    ) -> Result<HubClient, HubError> {
+        let config = ConnectionConfig {
+            limits,
+            ..ConnectionConfig::default()
+        };
+        let framed = crate::client::Client::connect(addr)
+            .await?
+            .with_config(config)
+            .into_framed();
         Ok(HubClient::from_framed(framed))
     }
 
@@ -138,13 +198,20 @@ impl HubClient {
     /// been sent on it that the hub still answers.
     pub fn from_framed(framed: Framed<TcpStream, TejCodec>) -> HubClient {
         HubClient {
-            framed,
+            framed: framed.map_codec(ClientCodec::new),
             relayed: VecDeque::new(),
+            replay: VecDeque::new(),
             owed: 0,
         }
     }
 
-    /// Relayed frames received and not yet returned by [`next_frame`](Self::next_frame).
+    /// The limits this client enforces on what it receives and publishes.
+    pub fn limits(&self) -> Limits {
+        self.framed.codec().frames.limits()
+    }
+
+    /// Relayed frames received while commands waited and not yet returned by
+    /// [`next_frame`](Self::next_frame) or started by [`next_part`](Self::next_part).
     pub fn buffered(&self) -> usize {
         self.relayed.len()
     }
@@ -209,7 +276,12 @@ impl HubClient {
     /// - [`HubError::Closed`]: the connection ended before the reply.
     /// - [`HubError::UnexpectedReply`]: the reply is neither `OK ...` nor `ERR ...`.
     /// - [`HubError::Io`], [`HubError::Codec`]: the socket failed or the hub broke the protocol.
+    /// - [`HubError::InsideFrame`]: a relayed frame is being read by parts; nothing was sent.
     pub async fn command(&mut self, text: &str) -> Result<String, HubError> {
+        if self.framed.codec().relayed_mid_frame() {
+            return Err(HubError::InsideFrame);
+        }
+        self.framed.codec_mut().mode = Mode::Frames;
         self.framed
             .feed(Frame::message(CONTROL, text.to_owned()))
             .await?;
@@ -218,8 +290,12 @@ impl HubClient {
         self.owed += 1;
         SinkExt::<Frame>::flush(&mut self.framed).await?;
         loop {
-            let Some(frame) = self.framed.next().await.transpose()? else {
+            let Some(incoming) = self.framed.next().await.transpose()? else {
                 return Err(HubError::Closed { reason: None });
+            };
+            // Parts only come while a relayed frame is read by parts, which was ruled out above.
+            let Incoming::Frame(frame) = incoming else {
+                return Err(HubError::InsideFrame);
             };
             if frame.status == CONTROL {
                 self.owed = self.owed.saturating_sub(1);
@@ -265,33 +341,190 @@ impl HubClient {
     /// - [`HubError::UnexpectedReply`]: an `OK` no command asked for.
     /// - [`HubError::Io`], [`HubError::Codec`]: the socket failed or the hub broke the protocol.
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, HubError> {
+        if !self.replay.is_empty() || self.framed.codec().relayed_mid_frame() {
+            return Err(HubError::InsideFrame);
+        }
         if let Some(frame) = self.relayed.pop_front() {
             return Ok(Some(frame));
         }
-        // A command cancelled between handing its frame to the codec and flushing it.
+        self.flush_cancelled_command().await?;
+        self.framed.codec_mut().mode = Mode::Frames;
+        loop {
+            let Some(incoming) = self.framed.next().await.transpose()? else {
+                return Ok(None);
+            };
+            match incoming {
+                Incoming::Frame(frame) => {
+                    if let Some(frame) = self.unsolicited(frame)? {
+                        return Ok(Some(frame));
+                    }
+                }
+                // Only while a frame is read by parts, which was ruled out above.
+                Incoming::Part(_) => return Err(HubError::InsideFrame),
+            }
+        }
+    }
+
+    /// The next part of a relayed frame: first the parts of frames kept while commands waited,
+    /// then from the socket as the bytes arrive. `Ok(None)` once the hub has closed the connection
+    /// between frames. The hub's ping answers are skipped; its control frames are handled as by
+    /// [`next_frame`](Self::next_frame).
+    ///
+    /// Memory stays bounded by a chunk (see [`PartCodec`]) whatever the frame's size; a
+    /// [`Part::FileData`] chunk is a slice of the read buffer.
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no part is lost.
+    ///
+    /// # Errors
+    /// - [`HubError::Codec`] with [`CodecError::Truncated`]: the connection ended inside a frame
+    ///   (e.g. the hub relays a frame as it arrives and its publisher died); the parts that did
+    ///   arrive have been returned, the frame is incomplete.
+    /// - Otherwise as [`next_frame`](Self::next_frame).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use tej_hub::hub::{HubClient, HubError};
+    /// use tej_hub::stream::Part;
+    ///
+    /// # async fn run() -> Result<(), HubError> {
+    /// let mut client = HubClient::connect("127.0.0.1:8000").await?;
+    /// client.subscribe("5").await?;
+    /// let mut received = 0u64;
+    /// while let Some(part) = client.next_part().await? {
+    ///     match part {
+    ///         Part::FileStart { name, len, .. } => println!("{name}: {len} bytes"),
+    ///         Part::FileData(chunk) => received += chunk.len() as u64,
+    ///         Part::End => break,
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn next_part(&mut self) -> Result<Option<Part>, HubError> {
+        if let Some(part) = self.replay.pop_front() {
+            return Ok(Some(part));
+        }
+        if let Some(frame) = self.relayed.pop_front() {
+            self.replay = Part::of_frame(&frame).into();
+            return Ok(self.replay.pop_front());
+        }
+        self.flush_cancelled_command().await?;
+        self.framed.codec_mut().mode = Mode::Parts;
+        loop {
+            let Some(incoming) = self.framed.next().await.transpose()? else {
+                return Ok(None);
+            };
+            match incoming {
+                Incoming::Part(part) => return Ok(Some(part)),
+                // A control or ping frame, collected whole by the codec.
+                Incoming::Frame(frame) => {
+                    if let Some(frame) = self.unsolicited(frame)? {
+                        self.replay = Part::of_frame(&frame).into();
+                        return Ok(self.replay.pop_front());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a command whose call was cancelled between handing its frame to the codec and
+    /// flushing it.
+    async fn flush_cancelled_command(&mut self) -> Result<(), HubError> {
         if !self.framed.write_buffer().is_empty() {
             SinkExt::<Frame>::flush(&mut self.framed).await?;
         }
-        loop {
-            let Some(frame) = self.framed.next().await.transpose()? else {
+        Ok(())
+    }
+
+    /// A frame read outside a command: `Some` for a relayed frame, `None` for what is skipped (a
+    /// ping answer, the reply to a cancelled command), or the error a control frame stands for.
+    fn unsolicited(&mut self, frame: Frame) -> Result<Option<Frame>, HubError> {
+        if frame.status == CONTROL {
+            if self.owed > 0 {
+                // The reply to a command whose call was cancelled.
+                self.owed -= 1;
                 return Ok(None);
-            };
-            if frame.status == CONTROL {
-                if self.owed > 0 {
-                    // The reply to a command whose call was cancelled.
-                    self.owed -= 1;
-                    continue;
-                }
-                return Err(match parse_reply(&frame.message) {
-                    Err(HubError::Refused(reason)) => HubError::Closed {
-                        reason: Some(reason),
-                    },
-                    Ok(text) => HubError::UnexpectedReply(format!("OK {text}")),
-                    Err(error) => error,
-                });
             }
-            if frame.status != Status::PING {
-                return Ok(Some(frame));
+            return Err(match parse_reply(&frame.message) {
+                Err(HubError::Refused(reason)) => HubError::Closed {
+                    reason: Some(reason),
+                },
+                Ok(text) => HubError::UnexpectedReply(format!("OK {text}")),
+                Err(error) => error,
+            });
+        }
+        Ok((frame.status != Status::PING).then_some(frame))
+    }
+
+    /// Publishes a frame whose files are read from disk as they are sent, through a bounded
+    /// buffer ([`FileFrame`]): `files` are opened and measured first, checked against this
+    /// client's [limits](Self::limits), then streamed. `progress` is called with the frame's
+    /// bytes written so far. Returns the frame's length.
+    ///
+    /// As with [`publish`](Self::publish), this returns once the frame is written.
+    ///
+    /// # Errors
+    /// - Before anything is sent: [`HubError::ReservedStatus`]; [`HubError::File`] with
+    ///   [`StreamError::Open`] or [`StreamError::NotAFile`]; [`HubError::Codec`] for a frame
+    ///   over the limits or a name over 65,535 bytes.
+    /// - While sending: [`HubError::File`] ([`StreamError::Read`], [`StreamError::FileShrank`],
+    ///   [`StreamError::FileGrew`]) or [`HubError::Io`]. The frame is then unfinished, so the
+    ///   client shuts its sending side: the hub sees the frame cut short and closes the
+    ///   connection. Only reading (e.g. the hub's reason) is still possible.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use tej_hub::hub::{HubClient, HubError};
+    /// use tej_hub::stream::FileSource;
+    /// use tej_hub::{Limits, Status};
+    ///
+    /// # async fn run() -> Result<(), HubError> {
+    /// let limits = Limits { max_frame_bytes: 1 << 32, ..Limits::default() };
+    /// let mut client = HubClient::connect_with_limits("127.0.0.1:8000", limits).await?;
+    /// let files = [FileSource::new("disk.img", "/tmp/disk.img")];
+    /// let status = Status::new(5).expect("5 is a custom status");
+    /// client.publish_files(status, &files, "nightly", |sent| eprintln!("{sent} bytes")).await?;
+    /// client.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_files(
+        &mut self,
+        status: Status,
+        files: &[FileSource],
+        message: impl Into<Bytes>,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, HubError> {
+        if status == CONTROL || status == Status::PING {
+            return Err(HubError::ReservedStatus(status));
+        }
+        let frame = FileFrame::open(status, files, message).await?;
+        self.publish_file_frame(frame, progress).await
+    }
+
+    /// [`publish_files`](Self::publish_files) for a frame already opened, e.g. to size a progress
+    /// display from [`FileFrame::encoded_len`] first.
+    ///
+    /// # Errors
+    /// As [`publish_files`](Self::publish_files).
+    pub async fn publish_file_frame(
+        &mut self,
+        frame: FileFrame,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, HubError> {
+        let status = frame.status();
+        if status == CONTROL || status == Status::PING {
+            return Err(HubError::ReservedStatus(status));
+        }
+        frame.check(&self.limits())?;
+        // What the codec holds goes first (a cancelled command): frames never interleave.
+        SinkExt::<Frame>::flush(&mut self.framed).await?;
+        match frame.write_to(self.framed.get_mut(), progress).await {
+            Ok(len) => Ok(len),
+            Err(error) => {
+                // The frame is unfinished: nothing more may be sent on this connection, and the
+                // hub must see it end (a truncated frame) rather than wait for the rest.
+                let _ = self.framed.get_mut().shutdown().await;
+                Err(error.into())
             }
         }
     }
@@ -311,7 +544,8 @@ impl HubClient {
         loop {
             let frame = match self.framed.next().await {
                 None => return shut.map_err(HubError::from),
-                Some(Ok(frame)) => frame,
+                Some(Ok(Incoming::Frame(frame))) => frame,
+                Some(Ok(Incoming::Part(_))) => continue,
                 Some(Err(error)) => return Err(shut.err().unwrap_or(error).into()),
             };
             if frame.status != CONTROL {
@@ -325,6 +559,157 @@ impl HubClient {
                 });
             }
         }
+    }
+}
+
+/// How [`ClientCodec`] reads the next frame that begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Whole frames ([`TejCodec`]): commands and [`HubClient::next_frame`].
+    Frames,
+    /// Parts ([`PartCodec`]): [`HubClient::next_part`].
+    Parts,
+}
+
+/// What [`ClientCodec`] decodes.
+#[derive(Debug)]
+enum Incoming {
+    /// A whole frame: any frame in [`Mode::Frames`], a control or ping frame in [`Mode::Parts`].
+    Frame(Frame),
+    /// A part of a relayed frame.
+    Part(Part),
+}
+
+/// A control or ping frame met while reading parts, collected whole for the client to handle.
+#[derive(Debug)]
+struct Collecting {
+    status: Status,
+    version: u8,
+    /// Its message so far (bounded by the limits' `max_message_bytes`, checked by the decoder).
+    message: BytesMut,
+}
+
+/// The client's codec: whole frames or parts, switched only between frames.
+///
+/// Both decoders share the connection's one read buffer. A frame started by one decoder is
+/// finished by it: the part decoder's progress lives in the decoder, so a frame it started is
+/// always read to its end as parts (and a control frame among them collected whole). A frame the
+/// frame decoder started is still whole in the read buffer ([`TejCodec`] splits a frame off only
+/// once complete), so switching to parts restarts it there with a fresh frame decoder.
+#[derive(Debug)]
+struct ClientCodec {
+    frames: TejCodec,
+    parts: PartCodec,
+    mode: Mode,
+    collecting: Option<Collecting>,
+}
+
+impl ClientCodec {
+    fn new(frames: TejCodec) -> ClientCodec {
+        ClientCodec {
+            parts: PartCodec::new(frames.limits()),
+            frames,
+            mode: Mode::Frames,
+            collecting: None,
+        }
+    }
+
+    /// Whether a relayed frame has been started as parts and not finished.
+    fn relayed_mid_frame(&self) -> bool {
+        self.parts.is_mid_frame() && self.collecting.is_none()
+    }
+
+    fn decode_any(
+        &mut self,
+        src: &mut BytesMut,
+        eof: bool,
+    ) -> Result<Option<Incoming>, CodecError> {
+        if self.mode == Mode::Parts || self.parts.is_mid_frame() {
+            return self.decode_parts(src, eof);
+        }
+        let frame = if eof {
+            self.frames.decode_eof(src)?
+        } else {
+            self.frames.decode(src)?
+        };
+        Ok(frame.map(Incoming::Frame))
+    }
+
+    fn decode_parts(
+        &mut self,
+        src: &mut BytesMut,
+        eof: bool,
+    ) -> Result<Option<Incoming>, CodecError> {
+        if !self.parts.is_mid_frame() && self.frames.is_mid_frame() {
+            self.frames = TejCodec::new(self.frames.limits());
+        }
+        loop {
+            let part = if eof {
+                self.parts.decode_eof(src)
+            } else {
+                self.parts.decode(src)
+            };
+            let part = match part {
+                Ok(Some(part)) => part,
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    self.collecting = None;
+                    return Err(error);
+                }
+            };
+            if let Some(collecting) = &mut self.collecting {
+                match part {
+                    Part::MessageData(chunk) => collecting.message.extend_from_slice(&chunk),
+                    Part::End => {
+                        let Some(done) = self.collecting.take() else {
+                            continue;
+                        };
+                        return Ok(Some(Incoming::Frame(Frame {
+                            status: done.status,
+                            version: done.version,
+                            // The hub's replies and pings carry none; any are dropped.
+                            files: Vec::new(),
+                            message: done.message.freeze(),
+                        })));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match part {
+                Part::Head {
+                    status, version, ..
+                } if status == CONTROL || status == Status::PING => {
+                    self.collecting = Some(Collecting {
+                        status,
+                        version,
+                        message: BytesMut::new(),
+                    });
+                }
+                part => return Ok(Some(Incoming::Part(part))),
+            }
+        }
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Incoming;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        self.decode_any(src, false)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        self.decode_any(src, true)
+    }
+}
+
+impl Encoder<Frame> for ClientCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.frames.encode(&frame, dst)
     }
 }
 
@@ -391,6 +776,86 @@ mod tests {
             ack_codes("SUB", "SUB 2"),
             Err(HubError::UnexpectedReply(_))
         ));
+    }
+
+    /// Decodes everything `codec` yields from `buf`.
+    fn drain(codec: &mut ClientCodec, buf: &mut BytesMut) -> Vec<Incoming> {
+        let mut out = Vec::new();
+        while let Ok(Some(item)) = codec.decode(buf) {
+            out.push(item);
+        }
+        out
+    }
+
+    #[test]
+    fn a_frame_started_whole_is_restarted_as_parts() {
+        let status = Status::new(5).unwrap_or(Status::PING);
+        let frame = Frame::builder(status)
+            .file("f", vec![7u8; 1000])
+            .message("m")
+            .build();
+        let wire = frame.to_wire().unwrap_or_default();
+        let mut codec = ClientCodec::new(TejCodec::default());
+        let mut buf = BytesMut::from(&wire[..500]);
+        assert!(drain(&mut codec, &mut buf).is_empty());
+        assert!(codec.frames.is_mid_frame());
+
+        codec.mode = Mode::Parts;
+        buf.extend_from_slice(&wire[500..]);
+        let parts: Vec<Part> = drain(&mut codec, &mut buf)
+            .into_iter()
+            .filter_map(|item| match item {
+                Incoming::Part(part) => Some(part),
+                Incoming::Frame(_) => None,
+            })
+            .collect();
+        let data: usize = parts
+            .iter()
+            .map(|part| match part {
+                Part::FileData(chunk) => chunk.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(matches!(parts.first(), Some(Part::Head { files: 1, .. })));
+        assert_eq!(parts.last(), Some(&Part::End));
+        assert_eq!(data, 1000);
+        assert!(!codec.relayed_mid_frame());
+    }
+
+    #[test]
+    fn control_frames_among_parts_come_out_whole() {
+        let status = Status::new(5).unwrap_or(Status::PING);
+        let mut buf = BytesMut::new();
+        for frame in [
+            Frame::message(status, "a"),
+            Frame::ping(),
+            Frame::message(CONTROL, "ERR bye"),
+        ] {
+            buf.extend_from_slice(&frame.to_wire().unwrap_or_default());
+        }
+        let mut codec = ClientCodec::new(TejCodec::default());
+        codec.mode = Mode::Parts;
+        // Fed one byte at a time: the control frame is collected across calls.
+        let mut fed = BytesMut::new();
+        let mut items = Vec::new();
+        for byte in buf.iter() {
+            fed.extend_from_slice(&[*byte]);
+            items.extend(drain(&mut codec, &mut fed));
+        }
+        let frames: Vec<&Frame> = items
+            .iter()
+            .filter_map(|item| match item {
+                Incoming::Frame(frame) => Some(frame),
+                Incoming::Part(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [&Frame::ping(), &Frame::message(CONTROL, "ERR bye")]
+        );
+        let parts = items.len() - frames.len();
+        // Head, MessageStart, MessageData("a"), End.
+        assert_eq!(parts, 4);
     }
 
     #[test]

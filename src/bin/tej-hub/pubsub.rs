@@ -1,13 +1,19 @@
 //! `tej-hub pub` and `tej-hub sub`: publish and receive frames from a shell.
+//!
+//! Both stream: `pub` sends files from disk through a bounded buffer, `sub` prints and saves a
+//! frame's files while their bytes arrive, so neither holds a file in memory. Progress bars go to
+//! stderr when it is a terminal.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tej_hub::hub::{HubClient, HubError};
-use tej_hub::{Frame, Limits, Status};
+use tej_hub::stream::{FileFrame, FileSource, Part};
+use tej_hub::{Limits, Status};
 
 use crate::Failure;
 
@@ -24,6 +30,14 @@ const MAX_SUFFIX: u32 = 9999;
 /// Longest file name `sub --out` writes, in bytes: the usual 255-byte limit, minus room for the
 /// longest suffix (`.9999`).
 const MAX_NAME_BYTES: usize = 250;
+/// The limits `pub` and `sub` apply: no bound on the frame's size (files stream, so size costs
+/// neither end memory; the hub enforces its own `--max-frame-bytes` and says so), the defaults
+/// for the number of files and the message, which are held in memory.
+const CLI_LIMITS: Limits = Limits {
+    max_frame_bytes: u64::MAX,
+    max_files: Limits::DEFAULT_MAX_FILES,
+    max_message_bytes: Limits::DEFAULT_MAX_MESSAGE_BYTES,
+};
 
 /// `pub` flags.
 #[derive(Args)]
@@ -34,7 +48,8 @@ pub(crate) struct Pub {
     /// The frame's message.
     #[arg(long, short, value_name = "TEXT")]
     message: Option<String>,
-    /// A file to attach (read whole; its final path component is the name sent). Repeatable.
+    /// A file to attach (streamed from disk; its final path component is the name sent; its size
+    /// must not change while it is sent). Repeatable.
     #[arg(long = "file", short, value_name = "PATH")]
     files: Vec<PathBuf>,
     /// The hub's address.
@@ -77,7 +92,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 async fn connect(hub: &str) -> Result<HubClient, Failure> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, HubClient::connect(hub)).await {
+    let connecting = HubClient::connect_with_limits(hub, CLI_LIMITS);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(Failure::Failed(format!("cannot connect to {hub}: {error}"))),
         Err(_) => Err(Failure::Failed(format!(
@@ -87,20 +103,39 @@ async fn connect(hub: &str) -> Result<HubClient, Failure> {
     }
 }
 
-/// `pub`: sends one frame, then half-closes and waits for the hub to close its side, which it does
-/// after reading the frame (or after refusing it, saying why).
+/// `pub`: sends one frame, its files streamed from disk, then half-closes and waits for the hub to
+/// close its side, which it does after reading the frame (or after refusing it, saying why).
 pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
-    let frame = pub_frame(args)?;
-    Limits::default()
-        .check(&frame)
-        .map_err(|error| Failure::Failed(format!("cannot publish: {error}")))?;
+    let sources = pub_sources(args)?;
+    let message = args.message.clone().unwrap_or_default();
     runtime()?.block_on(async {
+        let frame = FileFrame::open(args.status, &sources, message)
+            .await
+            .map_err(|error| Failure::Failed(format!("cannot publish: {error}")))?;
+        frame
+            .check(&CLI_LIMITS)
+            .map_err(|error| Failure::Failed(format!("cannot publish: {error}")))?;
         let mut client = connect(&args.hub).await?;
-        if let Err(error) = client.publish(frame).await {
-            // The hub may have said why it stopped reading (e.g. a frame over its limit).
-            let error = match tokio::time::timeout(REASON_TIMEOUT, client.next_frame()).await {
-                Ok(Err(closed @ HubError::Closed { reason: Some(_) })) => closed,
-                _ => error,
+        let bar = if frame.file_count() > 0 {
+            progress_bar(frame.encoded_len(), "sending")
+        } else {
+            ProgressBar::hidden()
+        };
+        let sent = client
+            .publish_file_frame(frame, |sent| bar.set_position(sent))
+            .await;
+        bar.finish_and_clear();
+        if let Err(error) = sent {
+            // A failed write: the hub may have said why it stopped reading (e.g. a frame over its
+            // limit).
+            let error = match error {
+                HubError::Io(_) => {
+                    match tokio::time::timeout(REASON_TIMEOUT, client.next_frame()).await {
+                        Ok(Err(closed @ HubError::Closed { reason: Some(_) })) => closed,
+                        _ => error,
+                    }
+                }
+                error => error,
             };
             return Err(Failure::Failed(format!("cannot publish: {error}")));
         }
@@ -115,24 +150,42 @@ pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
     })
 }
 
-/// The frame `pub` sends: status, the files read whole, the message.
-fn pub_frame(args: &Pub) -> Result<Frame, Failure> {
-    let mut frame = Frame::builder(args.status);
-    if let Some(message) = &args.message {
-        frame = frame.message(message.clone());
+/// The files `pub` sends: each path under its final component's name.
+fn pub_sources(args: &Pub) -> Result<Vec<FileSource>, Failure> {
+    args.files
+        .iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .ok_or_else(|| {
+                    Failure::Usage(format!("{}: no UTF-8 file name to send", path.display()))
+                })?;
+            Ok(FileSource::new(name, path))
+        })
+        .collect()
+}
+
+/// A progress bar of `len` bytes on stderr when it is a terminal; hidden otherwise, so scripts
+/// and logs see only the final lines.
+fn progress_bar(len: u64, label: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
     }
-    for path in &args.files {
-        let name = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .ok_or_else(|| {
-                Failure::Usage(format!("{}: no UTF-8 file name to send", path.display()))
-            })?;
-        let data = std::fs::read(path)
-            .map_err(|error| Failure::Failed(format!("cannot read {}: {error}", path.display())))?;
-        frame = frame.file(name, data);
-    }
-    Ok(frame.build())
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    // A received file's name is the peer's choice: no control characters reach the terminal.
+    let shown: String = label
+        .chars()
+        .take(40)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_message(shown)
 }
 
 /// `sub`: subscribes, then prints (and saves) frames until `--count` or the end of the connection.
@@ -163,53 +216,151 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
         };
         // Scripts and tests wait for this line before publishing.
         eprintln!("tej-hub: subscribed to {subscribed} on {}", args.hub);
-        let mut received = 0u64;
-        while args.count.map_or(true, |count| received < count) {
-            match client.next_frame().await {
-                Ok(Some(frame)) => {
-                    show(&frame, received == 0)?;
-                    if let Some(dir) = &args.out {
-                        save_files(dir, &frame)?;
-                    }
-                    received += 1;
-                }
+        let mut receiver = Receiver::new(args.out.as_deref());
+        while args.count.map_or(true, |count| receiver.frames < count) {
+            let part = match client.next_part().await {
+                Ok(Some(part)) => part,
                 Ok(None) => {
                     eprintln!("tej-hub: the hub closed the connection");
                     return Ok(());
                 }
-                Err(error) => return Err(Failure::Failed(error.to_string())),
+                Err(error) => {
+                    receiver.abort();
+                    return Err(Failure::Failed(error.to_string()));
+                }
+            };
+            if let Err(failure) = receiver.part(part) {
+                receiver.abort();
+                return Err(failure);
             }
         }
         Ok(())
     })
 }
 
-/// Prints `frame` on stdout (after a blank line unless it is the first) and flushes.
-fn show(frame: &Frame, first: bool) -> Result<(), Failure> {
-    let mut out = io::stdout().lock();
-    let separator = if first { "" } else { "\n" };
-    writeln!(out, "{separator}{frame}")
-        .and_then(|()| out.flush())
-        .map_err(|error| Failure::Failed(format!("cannot write to stdout: {error}")))
+/// What `sub` does with a relayed frame's parts as they arrive: file data goes straight to disk
+/// (with `--out`) and is otherwise dropped; the frame's text (status, file names and sizes,
+/// message) is printed on stdout once the frame is complete, as `Frame`'s `Display` shows it.
+struct Receiver<'a> {
+    out: Option<&'a Path>,
+    /// Complete frames so far.
+    frames: u64,
+    /// The current frame's text so far.
+    text: String,
+    /// The current frame's message so far (bounded by the limits' `max_message_bytes`).
+    message: Vec<u8>,
+    /// The file being saved.
+    saving: Option<Saving>,
+    /// The current file's progress bar.
+    bar: Option<ProgressBar>,
 }
 
-/// Saves `frame`'s files under `dir`; files whose names are unsafe are skipped with a warning.
-fn save_files(dir: &Path, frame: &Frame) -> Result<(), Failure> {
-    for file in &frame.files {
-        match safe_file_name(&file.name) {
-            Ok(name) => {
-                let path = save_new(dir, name, &file.data).map_err(|error| {
-                    Failure::Failed(format!("cannot save {name} in {}: {error}", dir.display()))
-                })?;
-                eprintln!("tej-hub: saved {}", path.display());
+/// A received file being written under `--out`.
+struct Saving {
+    /// The name it is saved under, for messages.
+    name: String,
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(out: Option<&'a Path>) -> Receiver<'a> {
+        Receiver {
+            out,
+            frames: 0,
+            text: String::new(),
+            message: Vec::new(),
+            saving: None,
+            bar: None,
+        }
+    }
+
+    fn part(&mut self, part: Part) -> Result<(), Failure> {
+        match part {
+            Part::Head { status, .. } => {
+                self.text = format!("status: {status}\n");
+                self.message.clear();
             }
-            Err(why) => {
-                let shown: String = file.name.chars().take(64).collect();
-                eprintln!("tej-hub: not saving file {shown:?}: {why}");
+            Part::FileStart { name, len, .. } => {
+                self.text.push_str(&format!("file: {name} ({len} bytes)\n"));
+                if let Some(dir) = self.out {
+                    self.saving = start_saving(dir, &name)?;
+                }
+                self.bar = Some(progress_bar(len, &name));
+            }
+            Part::FileData(chunk) => {
+                if let Some(saving) = &mut self.saving {
+                    // Blocking writes on the one-task runtime: the socket simply waits meanwhile.
+                    saving.file.write_all(&chunk).map_err(|error| {
+                        Failure::Failed(format!("cannot save {}: {error}", saving.name))
+                    })?;
+                }
+                if let Some(bar) = &self.bar {
+                    bar.inc(chunk.len() as u64);
+                }
+            }
+            Part::FileEnd { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                if let Some(saving) = self.saving.take() {
+                    eprintln!("tej-hub: saved {}", saving.path.display());
+                }
+            }
+            Part::MessageStart { .. } => {}
+            Part::MessageData(chunk) => self.message.extend_from_slice(&chunk),
+            Part::End => {
+                let text = std::mem::take(&mut self.text);
+                let message = String::from_utf8_lossy(&self.message);
+                let separator = if self.frames == 0 { "" } else { "\n" };
+                let mut out = io::stdout().lock();
+                writeln!(out, "{separator}{text}message: {message}")
+                    .and_then(|()| out.flush())
+                    .map_err(|error| Failure::Failed(format!("cannot write to stdout: {error}")))?;
+                self.frames += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame will not complete: removes the partial file, if any.
+    fn abort(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+        if let Some(saving) = self.saving.take() {
+            drop(saving.file);
+            match std::fs::remove_file(&saving.path) {
+                Ok(()) => eprintln!("tej-hub: removed partial {}", saving.path.display()),
+                Err(error) => eprintln!(
+                    "tej-hub: cannot remove partial {}: {error}",
+                    saving.path.display()
+                ),
             }
         }
     }
-    Ok(())
+}
+
+/// Opens a new file under `dir` for a received file named `name` (see [`create_new`]), or `None`
+/// with a note when the name is not safe to save.
+fn start_saving(dir: &Path, name: &str) -> Result<Option<Saving>, Failure> {
+    match safe_file_name(name) {
+        Ok(safe) => {
+            let (path, file) = create_new(dir, safe).map_err(|error| {
+                Failure::Failed(format!("cannot save {safe} in {}: {error}", dir.display()))
+            })?;
+            Ok(Some(Saving {
+                name: safe.to_owned(),
+                path,
+                file,
+            }))
+        }
+        Err(why) => {
+            let shown: String = name.chars().take(64).collect();
+            eprintln!("tej-hub: not saving file {shown:?}: {why}");
+            Ok(None)
+        }
+    }
 }
 
 /// The name to save a received file under: the final component of the name the peer chose.
@@ -243,9 +394,9 @@ fn safe_file_name(name: &str) -> Result<&str, &'static str> {
     Ok(last)
 }
 
-/// Writes `data` to a new file `dir/name`, or `dir/name.1`, `dir/name.2`, ... when taken; never
-/// overwrites a file and never follows a symbolic link. Returns the path written.
-fn save_new(dir: &Path, name: &str, data: &[u8]) -> io::Result<PathBuf> {
+/// Creates a new file `dir/name`, or `dir/name.1`, `dir/name.2`, ... when taken; never opens an
+/// existing file and never follows a symbolic link. Returns the path and the open file.
+fn create_new(dir: &Path, name: &str) -> io::Result<(PathBuf, std::fs::File)> {
     for suffix in 0..=MAX_SUFFIX {
         let path = match suffix {
             0 => dir.join(name),
@@ -253,15 +404,7 @@ fn save_new(dir: &Path, name: &str, data: &[u8]) -> io::Result<PathBuf> {
         };
         // create_new is O_CREAT|O_EXCL: it fails on any existing entry, symbolic links included.
         match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut file) => {
-                return match file.write_all(data) {
-                    Ok(()) => Ok(path),
-                    Err(error) => {
-                        let _ = std::fs::remove_file(&path);
-                        Err(error)
-                    }
-                };
-            }
+            Ok(file) => return Ok((path, file)),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
             Err(error) => return Err(error),
         }

@@ -17,7 +17,7 @@ use tej_hub::config::HubConfig;
 use tej_hub::hub::control::SlowPolicy;
 use tej_hub::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

@@ -22,7 +22,7 @@ use crate::hub::control::CONTROL;
 use crate::scan::{Scanner, Step};
 
 /// The read buffer's size while streaming, and the largest streamed piece.
-pub(crate) const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 
 /// Where a piece sits in its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 mod hub_common;
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,53 +99,60 @@ impl Assembler {
             }
             Part::FileStart { index, name, len } => {
                 let frame = self.current.as_mut().expect("FileStart outside a frame");
-                assert!(!self.in_file && !self.in_message);
                 assert_eq!(index, frame.files.len() as u64);
                 assert!(index < self.announced_files);
                 frame.files.push(tej_hub::File::new(name, Bytes::new()));
-                self.expected = len;
-                self.data.clear();
+                self.begin_data(len);
                 self.in_file = true;
             }
-            Part::FileData(chunk) => {
-                assert!(self.in_file, "FileData outside a file");
-                assert!(!chunk.is_empty(), "empty chunk");
-                self.data.extend_from_slice(&chunk);
-                assert!(self.data.len() as u64 <= self.expected);
-            }
+            Part::FileData(chunk) => self.add_data(self.in_file, &chunk),
             Part::FileEnd { index } => {
-                assert!(self.in_file);
-                assert_eq!(self.data.len() as u64, self.expected);
+                assert!(self.in_file, "FileEnd outside a file");
+                let data = self.end_data();
                 let frame = self.current.as_mut().expect("FileEnd outside a frame");
                 assert_eq!(index + 1, frame.files.len() as u64);
                 if let Some(file) = frame.files.last_mut() {
-                    file.data = self.data.split().freeze();
+                    file.data = data;
                 }
                 self.in_file = false;
             }
             Part::MessageStart { len } => {
                 let frame = self.current.as_ref().expect("MessageStart outside a frame");
-                assert!(!self.in_file && !self.in_message);
                 assert_eq!(frame.files.len() as u64, self.announced_files);
-                self.expected = len;
-                self.data.clear();
+                self.begin_data(len);
                 self.in_message = true;
             }
-            Part::MessageData(chunk) => {
-                assert!(self.in_message, "MessageData outside the message");
-                assert!(!chunk.is_empty(), "empty chunk");
-                self.data.extend_from_slice(&chunk);
-                assert!(self.data.len() as u64 <= self.expected);
-            }
+            Part::MessageData(chunk) => self.add_data(self.in_message, &chunk),
             Part::End => {
-                assert!(self.in_message);
-                assert_eq!(self.data.len() as u64, self.expected);
+                assert!(self.in_message, "End before the message");
+                let message = self.end_data();
                 let mut frame = self.current.take().expect("End outside a frame");
-                frame.message = self.data.split().freeze();
+                frame.message = message;
                 self.in_message = false;
                 self.frames.push(frame);
             }
         }
+    }
+
+    /// A file's data or the message begins, `len` bytes announced.
+    fn begin_data(&mut self, len: u64) {
+        assert!(!self.in_file && !self.in_message, "data inside data");
+        self.expected = len;
+        self.data.clear();
+    }
+
+    /// A chunk of data; `open` says whether a file (or the message, as the part claims) is open.
+    fn add_data(&mut self, open: bool, chunk: &[u8]) {
+        assert!(open, "data outside a file or the message");
+        assert!(!chunk.is_empty(), "empty chunk");
+        self.data.extend_from_slice(chunk);
+        assert!(self.data.len() as u64 <= self.expected);
+    }
+
+    /// The data of the file or message that ends: exactly as long as announced.
+    fn end_data(&mut self) -> Bytes {
+        assert_eq!(self.data.len() as u64, self.expected);
+        self.data.split().freeze()
     }
 
     fn mid_frame(&self) -> bool {
@@ -278,6 +286,13 @@ proptest! {
     }
 }
 
+/// Appends a file's head: name length, `name`, data length `len`.
+fn put_file_head(buf: &mut BytesMut, name: &[u8], len: u64) {
+    buf.put_u16(u16::try_from(name.len()).expect("a short name"));
+    buf.put_slice(name);
+    buf.put_u64(len);
+}
+
 #[test]
 fn errors_are_typed() {
     let limits = Limits {
@@ -298,21 +313,15 @@ fn errors_are_typed() {
     ));
 
     head = hub_common::head(0x85, 1, 1);
-    head.put_u16(1);
-    head.put_u8(b'a');
-    head.put_u64(5000);
+    put_file_head(&mut head, b"a", 5000);
     assert!(matches!(
         decode(&head),
         Err(CodecError::FrameTooLarge { max: 1000, .. })
     ));
 
     head = hub_common::head(0x85, 1, 2);
-    head.put_u16(1);
-    head.put_u8(b'a');
-    head.put_u64(0);
-    head.put_u16(2);
-    head.put_slice(&[0xff, 0xfe]);
-    head.put_u64(0);
+    put_file_head(&mut head, b"a", 0);
+    put_file_head(&mut head, &[0xff, 0xfe], 0);
     assert!(matches!(
         decode(&head),
         Err(CodecError::FileNameNotUtf8 { index: 1 })
@@ -621,6 +630,16 @@ async fn send_and_decode(frame: FileFrame) -> (Result<u64, StreamError>, Vec<u8>
     (within(PATIENCE, "sender", sender).await.unwrap(), bytes)
 }
 
+/// Asserts that `bytes` are a frame of `full` bytes cut short: fewer bytes, decoded as truncated.
+fn assert_cut_short(bytes: &[u8], full: u64) {
+    assert!((bytes.len() as u64) < full);
+    let decoded = decode_chunked(Limits::default(), bytes, [usize::MAX]);
+    assert!(
+        matches!(decoded, Err(CodecError::Truncated { .. })),
+        "{decoded:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_file_that_changes_size_fails_the_send_before_the_frame_completes() {
     let dir = TempDir::new("change");
@@ -645,12 +664,7 @@ async fn a_file_that_changes_size_fails_the_send_before_the_frame_completes() {
         ),
         "{result:?}"
     );
-    assert!((bytes.len() as u64) < full);
-    let decoded = decode_chunked(Limits::default(), &bytes, [usize::MAX]);
-    assert!(
-        matches!(decoded, Err(CodecError::Truncated { .. })),
-        "{decoded:?}"
-    );
+    assert_cut_short(&bytes, full);
 
     // Grown after it was measured.
     std::fs::write(&path, pattern(len, 10)).unwrap();
@@ -661,12 +675,7 @@ async fn a_file_that_changes_size_fails_the_send_before_the_frame_completes() {
         matches!(&result, Err(StreamError::FileGrew { announced, .. }) if *announced == len as u64),
         "{result:?}"
     );
-    assert!((bytes.len() as u64) < full);
-    let decoded = decode_chunked(Limits::default(), &bytes, [usize::MAX]);
-    assert!(
-        matches!(decoded, Err(CodecError::Truncated { .. })),
-        "{decoded:?}"
-    );
+    assert_cut_short(&bytes, full);
 
     // An empty file that is no longer empty: refused before its head is written.
     let empty = dir.file("empty", b"");
@@ -683,20 +692,58 @@ async fn a_file_that_changes_size_fails_the_send_before_the_frame_completes() {
 
 // ---- HubClient ----
 
-/// Reads parts until a frame is complete (at most `max_parts`).
-async fn next_frame_by_parts(client: &mut HubClient, max_parts: usize) -> Frame {
-    let mut assembler = Assembler::default();
+/// A subscriber to code 5 and a publisher, both connected to the hub at `addr`.
+async fn subscriber_and_publisher(addr: SocketAddr) -> (HubClient, HubClient) {
+    let mut subscriber = within(PATIENCE, "connect", HubClient::connect(addr))
+        .await
+        .unwrap();
+    within(PATIENCE, "SUB", subscriber.subscribe("5"))
+        .await
+        .unwrap();
+    let publisher = within(PATIENCE, "connect", HubClient::connect(addr))
+        .await
+        .unwrap();
+    (subscriber, publisher)
+}
+
+/// The next part from `client`; panics on an error or the end of the connection.
+async fn next_part(client: &mut HubClient) -> Part {
+    within(PATIENCE, "next_part", client.next_part())
+        .await
+        .expect("next_part")
+        .expect("hub still open")
+}
+
+/// Reads parts into `assembler` until the frame it has started is complete (at most `max_parts`).
+async fn finish_frame(client: &mut HubClient, mut assembler: Assembler, max_parts: usize) -> Frame {
     for _ in 0..max_parts {
-        let part = within(PATIENCE, "next_part", client.next_part())
-            .await
-            .expect("next_part")
-            .expect("hub still open");
-        assembler.push(part);
         if let Some(frame) = assembler.frames.pop() {
             return frame;
         }
+        assembler.push(next_part(client).await);
     }
-    panic!("no complete frame within {max_parts} parts");
+    assembler
+        .frames
+        .pop()
+        .unwrap_or_else(|| panic!("no complete frame within {max_parts} parts"))
+}
+
+/// Reads parts until a frame is complete (at most `max_parts`).
+async fn next_frame_by_parts(client: &mut HubClient, max_parts: usize) -> Frame {
+    finish_frame(client, Assembler::default(), max_parts).await
+}
+
+/// Reads the next part, which must be the head of a frame announcing `files` files, into a new
+/// [`Assembler`].
+async fn frame_started(client: &mut HubClient, files: u64) -> Assembler {
+    let head = next_part(client).await;
+    assert!(
+        matches!(head, Part::Head { files: got, .. } if got == files),
+        "{head:?}"
+    );
+    let mut assembler = Assembler::default();
+    assembler.push(head);
+    assembler
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,15 +752,7 @@ async fn publish_files_reaches_next_part() {
     let dir = TempDir::new("hubclient");
     let data = pattern(5 << 20, 11);
     let path = dir.file("five.bin", &data);
-    let mut subscriber = within(PATIENCE, "connect", HubClient::connect(hub.local_addr()))
-        .await
-        .unwrap();
-    within(PATIENCE, "SUB", subscriber.subscribe("5"))
-        .await
-        .unwrap();
-    let mut publisher = within(PATIENCE, "connect", HubClient::connect(hub.local_addr()))
-        .await
-        .unwrap();
+    let (mut subscriber, mut publisher) = subscriber_and_publisher(hub.local_addr()).await;
     let files = [FileSource::new("five.bin", &path)];
     let mut last = 0;
     let sent = within(
@@ -761,15 +800,7 @@ async fn publish_files_reaches_next_part() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_kept_during_commands_come_out_as_parts_and_modes_mix_at_boundaries() {
     let hub = start_hub(test_config());
-    let mut subscriber = within(PATIENCE, "connect", HubClient::connect(hub.local_addr()))
-        .await
-        .unwrap();
-    within(PATIENCE, "SUB", subscriber.subscribe("5"))
-        .await
-        .unwrap();
-    let mut publisher = within(PATIENCE, "connect", HubClient::connect(hub.local_addr()))
-        .await
-        .unwrap();
+    let (mut subscriber, mut publisher) = subscriber_and_publisher(hub.local_addr()).await;
     let first = sample_frame();
     let second = Frame::builder(status(5))
         .file("b", pattern(100_000, 12))
@@ -787,30 +818,12 @@ async fn frames_kept_during_commands_come_out_as_parts_and_modes_mix_at_boundari
     assert_eq!(subscriber.buffered(), 2);
 
     // A kept frame, handed out as parts: commands and next_frame wait for its end.
-    let head = within(PATIENCE, "next_part", subscriber.next_part())
-        .await
-        .unwrap();
-    assert!(
-        matches!(head, Some(Part::Head { files: 3, .. })),
-        "{head:?}"
-    );
-    let mut assembler = Assembler::default();
-    assembler.push(head.unwrap_or(Part::End));
+    let started = frame_started(&mut subscriber, 3).await;
     assert!(matches!(
         subscriber.next_frame().await,
         Err(HubError::InsideFrame)
     ));
-    for _ in 0..100 {
-        if !assembler.mid_frame() {
-            break;
-        }
-        let part = within(PATIENCE, "next_part", subscriber.next_part())
-            .await
-            .unwrap()
-            .expect("open");
-        assembler.push(part);
-    }
-    assert_eq!(assembler.frames, [first]);
+    assert_eq!(finish_frame(&mut subscriber, started, 100).await, first);
 
     // Between frames, next_frame takes the next kept frame whole.
     let got = within(PATIENCE, "next_frame", subscriber.next_frame())
@@ -822,30 +835,12 @@ async fn frames_kept_during_commands_come_out_as_parts_and_modes_mix_at_boundari
     within(PATIENCE, "publish", publisher.publish(third.clone()))
         .await
         .unwrap();
-    let head = within(PATIENCE, "next_part", subscriber.next_part())
-        .await
-        .unwrap();
-    assert!(
-        matches!(head, Some(Part::Head { files: 0, .. })),
-        "{head:?}"
-    );
+    let started = frame_started(&mut subscriber, 0).await;
     assert!(matches!(
         subscriber.info().await,
         Err(HubError::InsideFrame)
     ));
-    let mut assembler = Assembler::default();
-    assembler.push(head.unwrap_or(Part::End));
-    for _ in 0..100 {
-        if !assembler.mid_frame() {
-            break;
-        }
-        let part = within(PATIENCE, "next_part", subscriber.next_part())
-            .await
-            .unwrap()
-            .expect("open");
-        assembler.push(part);
-    }
-    assert_eq!(assembler.frames, [third]);
+    assert_eq!(finish_frame(&mut subscriber, started, 100).await, third);
     within(PATIENCE, "INFO", subscriber.info()).await.unwrap();
 
     drop((subscriber, publisher));
@@ -1060,15 +1055,21 @@ fn sha256_file(path: &Path) -> Vec<u8> {
     }
 }
 
-/// Starts `tej-hub sub ARGS`, waits for its "subscribed" line on stderr, and watches it.
-fn start_sub(hub: &str, args: &[&str]) -> Watched {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .arg("sub")
+/// `tej-hub ARGS --hub HUB`, with no stdin and its stdout and stderr piped.
+fn tej_hub(args: &[&str], hub: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tej-hub"));
+    command
         .args(args)
         .args(["--hub", hub])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts `tej-hub sub ARGS`, waits for its "subscribed" line on stderr, and watches it.
+fn start_sub(hub: &str, args: &[&str]) -> Watched {
+    let mut child = tej_hub(&[&["sub"], args].concat(), hub)
         .spawn()
         .expect("run tej-hub sub");
     let pipe = child.stderr.take().expect("piped stderr");
@@ -1117,15 +1118,13 @@ fn cli_streams_a_64_mib_file_in_bounded_memory() {
         &addr,
         &["5", "--count", "1", "--out", out_dir.to_str().unwrap()],
     );
-    let publisher = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .args(["pub", "5", "--message", "big one", "--file"])
-        .arg(&source)
-        .args(["--hub", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tej-hub pub");
+    let source_arg = source.to_str().expect("a UTF-8 temp path");
+    let publisher = tej_hub(
+        &["pub", "5", "--message", "big one", "--file", source_arg],
+        &addr,
+    )
+    .spawn()
+    .expect("run tej-hub pub");
     let mut publisher = Watched::new("pub", publisher);
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -1190,12 +1189,11 @@ async fn cli_sub_removes_a_partial_file_when_the_frame_is_cut() {
     });
     let dir = TempDir::new("cli-cut");
     let out_dir = dir.path().join("inbox");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .args(["sub", "5", "--out", out_dir.to_str().unwrap()])
-        .args(["--hub", &addr.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let sub = tej_hub(
+        &["sub", "5", "--out", out_dir.to_str().unwrap()],
+        &addr.to_string(),
+    );
+    let child = tokio::process::Command::from(sub)
         .kill_on_drop(true)
         .spawn()
         .expect("run tej-hub sub");

@@ -5,12 +5,10 @@
 //! arguments, the runtime and the units. The workloads live beside it:
 //! - [`big_file`]: one frame carrying one large file, relayed to a few subscribers.
 //!
-//! Helpers: [`hub`] starts and samples the hub process, [`wire`] reads and writes TEJ v1 frames
-//! step by step without holding a payload in memory.
+//! Helper: [`hub`] starts and samples the hub process.
 
 mod big_file;
 mod hub;
-mod wire;
 
 use std::net::SocketAddr;
 

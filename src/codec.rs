@@ -1,14 +1,15 @@
 //! The TEJ v1 codec: [`TejCodec`] (a tokio-util [`Decoder`]/[`Encoder`]), its [`Limits`] and
 //! [`CodecError`], and [`FrameBuf`], the zero-copy outbound buffer used by the connections.
 //!
-//! The decoder faces untrusted input. It is a state machine that resumes where the previous call
-//! stopped (a frame arriving one byte at a time costs linear work), checks every announced length
-//! against [`Limits`] before waiting for the body, and never reserves memory from an announced
-//! length: it grows the read buffer at most by what has already arrived (plus 64 KiB), so a header
-//! announcing 2^64-1 bytes costs nothing until the bytes are really sent. A frame's bytes stay in
-//! the read buffer until it is complete; then the whole frame is split off as one [`Bytes`] and the
-//! file data and message are slices of it: decoding copies no payload byte, and a relay can
-//! forward the frame's exact wire bytes ([`WireFrame`]).
+//! The decoder faces untrusted input. It walks a frame with the crate's step-wise scanner of the
+//! frame grammar, resuming where the previous call stopped (a frame arriving one byte at a time
+//! costs linear work); the scanner checks every announced length against [`Limits`] before the
+//! body is waited for. The decoder never reserves memory from an announced length: it grows the
+//! read buffer at most by what has already arrived (plus 64 KiB), so a header announcing 2^64-1
+//! bytes costs nothing until the bytes are really sent. A frame's bytes stay in the read buffer
+//! until it is complete; then the whole frame is split off as one [`Bytes`] and the file data and
+//! message are slices of it: decoding copies no payload byte, and a relay can forward the frame's
+//! exact wire bytes ([`WireFrame`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -17,7 +18,8 @@ use std::ops::Range;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::frame::{File, Frame, Status, FILE_FIXED_LEN, HEAD_LEN, MESSAGE_LEN_FIELD};
+use crate::frame::{File, Frame, Status, HEAD_LEN, MESSAGE_LEN_FIELD};
+use crate::scan::{read_u64, Scanner, Step};
 
 /// Size limits a [`TejCodec`] enforces, on decode (what a peer may send) and on encode (what we
 /// send, so a peer with the same limits accepts it).
@@ -159,35 +161,16 @@ pub enum CodecError {
     Io(#[from] io::Error),
 }
 
-/// Where the decoder stands inside the current frame.
-#[derive(Debug, Clone, Copy)]
-enum DecodeState {
-    /// Waiting for status, version and file count.
-    Head,
-    /// Waiting for a file's name length, name and data length.
-    FileHead,
-    /// Waiting for `len` bytes of file data.
-    FileData { len: u64 },
-    /// Waiting for the message length.
-    MessageLen,
-    /// Waiting for `len` bytes of message.
-    Message { len: u64 },
-}
-
-/// The frame being decoded, as far as it has been parsed. Its bytes stay in the read buffer
-/// until the frame is complete; `parsed` says how far they have been checked, so each call resumes
-/// there instead of parsing the frame again from its first byte.
-#[derive(Debug)]
+/// The frame being decoded, as far as its headers have been parsed; its bytes stay in the read
+/// buffer until it is complete.
+#[derive(Debug, Default)]
 struct PartialFrame {
     status: Status,
     version: u8,
-    files_left: u64,
     /// Name and data position (from the frame's first byte) of each file parsed.
     files: Vec<(String, Range<usize>)>,
-    /// Lower bound of the frame's encoded length from what the headers announced so far.
-    announced: u64,
-    /// Bytes of this frame parsed so far; they are the first `parsed` bytes of the buffer.
-    parsed: usize,
+    /// Where the message starts, once its length field is parsed.
+    message: usize,
 }
 
 /// Head, file count and message length of a frame without files.
@@ -229,9 +212,13 @@ pub struct WireFrame {
 /// ```
 #[derive(Debug)]
 pub struct TejCodec {
-    limits: Limits,
-    state: DecodeState,
-    partial: Option<PartialFrame>,
+    /// The frame grammar and its checks; it stands where `parsed` ends.
+    scanner: Scanner,
+    /// Bytes of the current frame parsed so far: the first `parsed` bytes of the read buffer.
+    /// Each call resumes there instead of parsing the frame again from its first byte.
+    parsed: usize,
+    /// What the current frame's headers said so far.
+    partial: PartialFrame,
 }
 
 impl Default for TejCodec {
@@ -244,20 +231,20 @@ impl TejCodec {
     /// A codec enforcing `limits`.
     pub fn new(limits: Limits) -> TejCodec {
         TejCodec {
-            limits,
-            state: DecodeState::Head,
-            partial: None,
+            scanner: Scanner::new(limits),
+            parsed: 0,
+            partial: PartialFrame::default(),
         }
     }
 
     /// The limits in force.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.scanner.limits()
     }
 
     /// Whether the decoder is inside a frame (some of its bytes have been parsed).
     pub fn is_mid_frame(&self) -> bool {
-        self.partial.is_some()
+        !self.scanner.at_boundary()
     }
 
     /// Decodes the next frame in `src` together with its wire bytes, like
@@ -266,12 +253,20 @@ impl TejCodec {
     /// # Errors
     /// Any decode [`CodecError`]; the decoder then starts afresh, but the stream is out of step.
     pub fn decode_wire(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
-        let result = self.decode_step(src);
-        if result.is_err() {
-            self.state = DecodeState::Head;
-            self.partial = None;
+        if let Some((status, version, total)) = self.whole_message_frame(src) {
+            let wire = src.split_to(total).freeze();
+            let message = wire.slice(SMALL_HEAD..);
+            return Ok(Some(WireFrame {
+                frame: Frame {
+                    status,
+                    version,
+                    files: Vec::new(),
+                    message,
+                },
+                wire,
+            }));
         }
-        result
+        self.decode_scanned(src)
     }
 
     /// [`decode_wire`](TejCodec::decode_wire) at the end of the stream: a frame cut short is
@@ -285,12 +280,18 @@ impl TejCodec {
             None if src.is_empty() => Ok(None),
             None => {
                 let received = src.len() as u64;
-                self.state = DecodeState::Head;
-                self.partial = None;
+                self.reset();
                 src.clear();
                 Err(CodecError::Truncated { received })
             }
         }
+    }
+
+    /// Forgets the current frame.
+    fn reset(&mut self) {
+        self.scanner.reset();
+        self.parsed = 0;
+        self.partial = PartialFrame::default();
     }
 
     /// Grows `src` towards `total` buffered bytes by at most what has arrived plus
@@ -313,193 +314,78 @@ impl TejCodec {
         }
     }
 
-    fn frame_too_large(&self, len: u64) -> Result<(), CodecError> {
-        if len > self.limits.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge {
-                len,
-                max: self.limits.max_frame_bytes,
-            });
+    /// Makes room for what the scanner waits for, once it has taken every step `src` holds.
+    fn reserve_for_next_step(&self, src: &mut BytesMut) {
+        if self.scanner.at_boundary() {
+            // A head is 10 bytes: nothing to make room for.
+            return;
         }
-        Ok(())
+        let left = self.scanner.payload_left();
+        if left > 0 {
+            // A payload step takes all there is, so `src` ends at `parsed`. Grow towards the
+            // payload's end and the message length field that follows a file's data, never past
+            // the frame's announced length (for the message, exactly the frame's end).
+            let end = (self.parsed as u64)
+                .saturating_add(left)
+                .saturating_add(MESSAGE_LEN_FIELD)
+                .min(self.scanner.announced());
+            Self::reserve_towards(src, end);
+        } else {
+            let buffered = src.len() - self.parsed;
+            let needed = self.scanner.header_bytes_needed(&src[self.parsed..]);
+            if buffered < needed {
+                // At most 65,545 bytes (a file head): bounded by the field widths, not by the
+                // peer.
+                src.reserve(needed - buffered);
+            }
+        }
     }
 
-    fn decode_head(&mut self, src: &BytesMut) -> Result<bool, CodecError> {
-        let Some(&byte) = src.first() else {
-            return Ok(false);
-        };
-        // Refused from its first byte: a peer that does not speak TEJ may never send ten.
-        let status = Status::from_byte(byte).ok_or(CodecError::InvalidStatusByte { byte })?;
-        if src.len() < HEAD_LEN as usize {
-            return Ok(false);
-        }
-        let version = src[1];
-        let files = read_u64(src, 2);
-        if files > self.limits.max_files {
-            return Err(CodecError::TooManyFiles {
-                count: files,
-                max: self.limits.max_files,
-            });
-        }
-        let announced = files
-            .checked_mul(FILE_FIXED_LEN)
-            .and_then(|f| f.checked_add(HEAD_LEN + MESSAGE_LEN_FIELD))
-            .unwrap_or(u64::MAX);
-        self.frame_too_large(announced)?;
-        self.partial = Some(PartialFrame {
+    /// Splits the frame the scanner has just finished off `src`; its payloads are slices of it.
+    fn split_frame(&mut self, src: &mut BytesMut) -> WireFrame {
+        // The next frame's list starts empty: capacity follows the files that arrive, never an
+        // announced count.
+        let files = std::mem::take(&mut self.partial.files);
+        let PartialFrame {
             status,
             version,
-            files_left: files,
-            // Capacity follows the files that arrive, never the announced count.
-            files: Vec::new(),
-            announced,
-            parsed: HEAD_LEN as usize,
-        });
-        self.state = if files > 0 {
-            DecodeState::FileHead
-        } else {
-            DecodeState::MessageLen
-        };
-        Ok(true)
-    }
-
-    fn decode_file_head(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
-        let limits = self.limits;
-        let Some(partial) = self.partial.as_mut() else {
-            return Ok(false);
-        };
-        let at = partial.parsed;
-        if src.len() < at + 2 {
-            return Ok(false);
-        }
-        let name_len = usize::from(u16::from_be_bytes([src[at], src[at + 1]]));
-        let head_len = 2 + name_len + 8;
-        if src.len() < at + head_len {
-            // At most 65,545 bytes: bounded by the field width, not by the peer.
-            src.reserve(at + head_len - src.len());
-            return Ok(false);
-        }
-        let index = partial.files.len() as u64;
-        let name = std::str::from_utf8(&src[at + 2..at + 2 + name_len])
-            .map_err(|_| CodecError::FileNameNotUtf8 { index })?;
-        let data_len = read_u64(src, at + 2 + name_len);
-        let announced = partial
-            .announced
-            .saturating_add(name_len as u64)
-            .saturating_add(data_len);
-        if announced > limits.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge {
-                len: announced,
-                max: limits.max_frame_bytes,
-            });
-        }
-        partial.announced = announced;
-        partial.parsed += head_len;
-        // The data's place is known now; its bytes are checked for arrival in FileData.
-        let start = partial.parsed;
-        partial.files.push((name.to_owned(), start..start));
-        self.state = DecodeState::FileData { len: data_len };
-        Ok(true)
-    }
-
-    fn decode_file_data(&mut self, src: &mut BytesMut, len: u64) -> bool {
-        let Some(partial) = self.partial.as_mut() else {
-            return false;
-        };
-        let end = partial.parsed as u64 + len;
-        if (src.len() as u64) < end {
-            // A message length field follows every file's data.
-            Self::reserve_towards(src, end + MESSAGE_LEN_FIELD);
-            return false;
-        }
-        // `end <= src.len()`, so it fits in usize.
-        let end = end as usize;
-        if let Some((_, range)) = partial.files.last_mut() {
-            range.end = end;
-        }
-        partial.parsed = end;
-        partial.files_left -= 1;
-        self.state = if partial.files_left > 0 {
-            DecodeState::FileHead
-        } else {
-            DecodeState::MessageLen
-        };
-        true
-    }
-
-    fn decode_message_len(&mut self, src: &BytesMut) -> Result<bool, CodecError> {
-        let limits = self.limits;
-        let Some(partial) = self.partial.as_mut() else {
-            return Ok(false);
-        };
-        let at = partial.parsed;
-        if src.len() < at + MESSAGE_LEN_FIELD as usize {
-            return Ok(false);
-        }
-        let len = read_u64(src, at);
-        if len > limits.max_message_bytes {
-            return Err(CodecError::MessageTooLarge {
-                len,
-                max: limits.max_message_bytes,
-            });
-        }
-        let announced = partial.announced.saturating_add(len);
-        if announced > limits.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge {
-                len: announced,
-                max: limits.max_frame_bytes,
-            });
-        }
-        partial.announced = announced;
-        partial.parsed += MESSAGE_LEN_FIELD as usize;
-        self.state = DecodeState::Message { len };
-        Ok(true)
-    }
-
-    fn decode_message(&mut self, src: &mut BytesMut, len: u64) -> Option<WireFrame> {
-        let partial = self.partial.as_ref()?;
-        let end = partial.parsed as u64 + len;
-        if (src.len() as u64) < end {
-            Self::reserve_towards(src, end);
-            return None;
-        }
-        let partial = self.partial.take()?;
-        let message = partial.parsed..end as usize;
-        let wire = src.split_to(end as usize).freeze();
-        self.state = DecodeState::Head;
-        let files = partial
-            .files
+            message,
+            ..
+        } = self.partial;
+        let wire = src.split_to(self.parsed).freeze();
+        let message = wire.slice(message..self.parsed);
+        self.parsed = 0;
+        let files = files
             .into_iter()
             .map(|(name, data)| File {
                 name,
                 data: wire.slice(data),
             })
             .collect();
-        Some(WireFrame {
+        WireFrame {
             frame: Frame {
-                status: partial.status,
-                version: partial.version,
+                status,
+                version,
                 files,
-                message: wire.slice(message),
+                message,
             },
             wire,
-        })
+        }
     }
 
     /// The common case in one step: a frame without files, whole in `src`, within the limits.
     /// Returns its status, version and length; anything else (or anything wrong) is left to the
-    /// state machine, which reports the errors.
+    /// scanner, which reports the errors.
     fn whole_message_frame(&self, src: &BytesMut) -> Option<(Status, u8, usize)> {
-        if !matches!(self.state, DecodeState::Head)
-            || src.len() < SMALL_HEAD
-            || read_u64(src, 2) != 0
-        {
+        if !self.scanner.at_boundary() || src.len() < SMALL_HEAD || read_u64(src, 2) != 0 {
             return None;
         }
         let status = Status::from_byte(src[0])?;
         let len = read_u64(src, HEAD_LEN as usize);
         let total = (SMALL_HEAD as u64).checked_add(len)?;
-        if len > self.limits.max_message_bytes
-            || total > self.limits.max_frame_bytes
+        let limits = self.limits();
+        if len > limits.max_message_bytes
+            || total > limits.max_frame_bytes
             || (src.len() as u64) < total
         {
             return None;
@@ -508,32 +394,56 @@ impl TejCodec {
         Some((status, src[1], total as usize))
     }
 
-    fn decode_step(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
-        if let Some((status, version, total)) = self.whole_message_frame(src) {
-            let wire = src.split_to(total).freeze();
-            let message = wire.slice(SMALL_HEAD..);
-            return Ok(Some(WireFrame {
-                frame: Frame {
-                    status,
-                    version,
-                    files: Vec::new(),
-                    message,
-                },
-                wire,
-            }));
-        }
+    /// Resumes the current frame where the previous call stopped, one scanner step at a time,
+    /// and splits it off `src` once the scanner is back at a frame boundary.
+    fn decode_scanned(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
         loop {
-            let progressed = match self.state {
-                DecodeState::Head => self.decode_head(src)?,
-                DecodeState::FileHead => self.decode_file_head(src)?,
-                DecodeState::FileData { len } => self.decode_file_data(src, len),
-                DecodeState::MessageLen => self.decode_message_len(src)?,
-                DecodeState::Message { len } => return Ok(self.decode_message(src, len)),
+            let step = match self.scanner.step(&src[self.parsed..]) {
+                Ok(Some(step)) => step,
+                Ok(None) => break,
+                Err(error) => {
+                    self.reset();
+                    return Err(error);
+                }
             };
-            if !progressed {
-                return Ok(None);
+            self.parsed += step.wire_len();
+            let at = self.parsed;
+            let ended = match step {
+                Step::Head {
+                    status, version, ..
+                } => {
+                    // `files` is empty between frames.
+                    self.partial.status = status;
+                    self.partial.version = version;
+                    false
+                }
+                Step::FileHead { name, .. } => {
+                    self.partial.files.push((name.to_owned(), at..at));
+                    false
+                }
+                Step::FileData(_) => {
+                    if let Some((_, data)) = self.partial.files.last_mut() {
+                        data.end = at;
+                    }
+                    false
+                }
+                // A frame ends with its message.
+                Step::MessageHead { .. } => {
+                    self.partial.message = at;
+                    self.scanner.at_boundary()
+                }
+                Step::MessageData(_) => self.scanner.at_boundary(),
+            };
+            if ended {
+                return Ok(Some(self.split_frame(src)));
+            }
+            if at == src.len() {
+                // Every step waits for at least one more byte.
+                break;
             }
         }
+        self.reserve_for_next_step(src);
+        Ok(None)
     }
 }
 
@@ -554,7 +464,7 @@ impl Decoder for TejCodec {
                 message,
             }));
         }
-        Ok(self.decode_wire(src)?.map(|decoded| decoded.frame))
+        Ok(self.decode_scanned(src)?.map(|decoded| decoded.frame))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
@@ -583,7 +493,7 @@ impl Encoder<&Frame> for TejCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        self.limits.check(frame)?;
+        self.limits().check(frame)?;
         // Our own frame, checked against the limits: its length is trusted.
         dst.reserve(frame.encoded_len() as usize);
         put_head(frame, dst);
@@ -616,13 +526,6 @@ impl Encoder<Frame> for TejCodec {
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         self.encode(&frame, dst)
     }
-}
-
-/// The big-endian u64 at `at`; the caller has checked that 8 bytes are there.
-fn read_u64(src: &[u8], at: usize) -> u64 {
-    let mut field = [0u8; 8];
-    field.copy_from_slice(&src[at..at + 8]);
-    u64::from_be_bytes(field)
 }
 
 fn put_head(frame: &Frame, dst: &mut BytesMut) {
@@ -665,7 +568,7 @@ impl FrameBuf {
     /// [`CodecError`] when the frame exceeds the limits or a file name is too long; the queue is
     /// then unchanged.
     pub fn push(&mut self, codec: &TejCodec, frame: &Frame) -> Result<(), CodecError> {
-        codec.limits.check(frame)?;
+        codec.limits().check(frame)?;
         put_head(frame, &mut self.tail);
         for file in &frame.files {
             put_file_head(file, &mut self.tail);

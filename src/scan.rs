@@ -107,7 +107,7 @@ impl Scanner {
 
     /// Whether the scanner is between frames.
     pub(crate) fn at_boundary(&self) -> bool {
-        self.state == State::Head
+        matches!(self.state, State::Head)
     }
 
     /// The current frame's length as far as its headers have announced it (a lower bound until

@@ -793,9 +793,9 @@ proptest! {
 
     /// Garbage never panics the decoder, and the buffer stays bounded by what arrived.
     ///
-    /// The bound, from codec.rs: the decoder reserves in two places only. Waiting for a file
-    /// head, it reserves up to the whole head, at most 2 + 65,535 + 8 = 65,545 bytes (the u16
-    /// name length bounds it). Waiting for a body, `reserve_towards` asks for at most
+    /// The bound, from codec.rs: the decoder reserves in two places only. Waiting for a header
+    /// field inside a frame, it reserves up to the whole field, at most a file head's
+    /// 2 + 65,535 + 8 = 65,545 bytes (the u16 name length bounds it). Waiting for a body, `reserve_towards` asks for at most
     /// max(buffered, 64 KiB) more. `BytesMut::reserve` may round up to twice the underlying
     /// allocation, which for garbage of at most 16 KiB (all fed at once, so one reserve) stays
     /// below garbage length + 64 KiB. Hence: capacity <= garbage + 64 KiB + 65,545.

@@ -18,8 +18,8 @@ use std::ops::Range;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::frame::{File, Frame, Status, HEAD_LEN, MESSAGE_LEN_FIELD};
-use crate::scan::{read_u64, Scanner, Step};
+use crate::frame::{File, Frame, Status, MESSAGE_LEN_FIELD};
+use crate::scan::{Scanner, Step, SMALL_HEAD};
 
 /// Size limits a [`TejCodec`] enforces, on decode (what a peer may send) and on encode (what we
 /// send, so a peer with the same limits accepts it).
@@ -173,9 +173,6 @@ struct PartialFrame {
     message: usize,
 }
 
-/// Head, file count and message length of a frame without files.
-const SMALL_HEAD: usize = (HEAD_LEN + MESSAGE_LEN_FIELD) as usize;
-
 /// Growth allowed beyond what has arrived when waiting for a body.
 const READ_AHEAD: usize = 64 * 1024;
 
@@ -253,7 +250,7 @@ impl TejCodec {
     /// # Errors
     /// Any decode [`CodecError`]; the decoder then starts afresh, but the stream is out of step.
     pub fn decode_wire(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
-        if let Some((status, version, total)) = self.whole_message_frame(src) {
+        if let Some((status, version, total)) = self.scanner.whole_message_frame(src) {
             let wire = src.split_to(total).freeze();
             let message = wire.slice(SMALL_HEAD..);
             return Ok(Some(WireFrame {
@@ -373,27 +370,6 @@ impl TejCodec {
         }
     }
 
-    /// The common case in one step: a frame without files, whole in `src`, within the limits.
-    /// Returns its status, version and length; anything else (or anything wrong) is left to the
-    /// scanner, which reports the errors.
-    fn whole_message_frame(&self, src: &BytesMut) -> Option<(Status, u8, usize)> {
-        if !self.scanner.at_boundary() || src.len() < SMALL_HEAD || read_u64(src, 2) != 0 {
-            return None;
-        }
-        let status = Status::from_byte(src[0])?;
-        let len = read_u64(src, HEAD_LEN as usize);
-        let total = (SMALL_HEAD as u64).checked_add(len)?;
-        let limits = self.limits();
-        if len > limits.max_message_bytes
-            || total > limits.max_frame_bytes
-            || (src.len() as u64) < total
-        {
-            return None;
-        }
-        // `total <= src.len()`, so it fits in usize.
-        Some((status, src[1], total as usize))
-    }
-
     /// Resumes the current frame where the previous call stopped, one scanner step at a time,
     /// and splits it off `src` once the scanner is back at a frame boundary.
     fn decode_scanned(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, CodecError> {
@@ -452,7 +428,7 @@ impl Decoder for TejCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        if let Some((status, version, total)) = self.whole_message_frame(src) {
+        if let Some((status, version, total)) = self.scanner.whole_message_frame(src) {
             // No `wire` handle to make and drop: two atomic reference-count updates per frame
             // fewer, which halves the cost of decoding a small frame.
             let mut message = src.split_to(total).freeze();

@@ -12,6 +12,9 @@
 use crate::codec::{CodecError, Limits};
 use crate::frame::{Status, FILE_FIXED_LEN, HEAD_LEN, MESSAGE_LEN_FIELD};
 
+/// Head, file count and message length of a frame without files.
+pub(crate) const SMALL_HEAD: usize = (HEAD_LEN + MESSAGE_LEN_FIELD) as usize;
+
 /// Where the scanner stands inside the current frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -168,7 +171,6 @@ impl Scanner {
     /// front of `buf` and within the limits. Returns its status, version and length; anything
     /// else (or anything wrong) is left to [`Scanner::step`], which reports the errors.
     pub(crate) fn whole_message_frame(&self, buf: &[u8]) -> Option<(Status, u8, usize)> {
-        const SMALL_HEAD: usize = (HEAD_LEN + MESSAGE_LEN_FIELD) as usize;
         if self.state != State::Head || buf.len() < SMALL_HEAD || read_u64(buf, 2) != 0 {
             return None;
         }
@@ -313,7 +315,7 @@ impl Scanner {
 }
 
 /// The big-endian u64 at `at`; the caller has checked that 8 bytes are there.
-pub(crate) fn read_u64(src: &[u8], at: usize) -> u64 {
+fn read_u64(src: &[u8], at: usize) -> u64 {
     let mut field = [0u8; 8];
     field.copy_from_slice(&src[at..at + 8]);
     u64::from_be_bytes(field)

@@ -127,9 +127,9 @@ impl Backlog {
         }
     }
 
-    /// Counts a frame skipped under `drop`; returns the new total.
-    pub(crate) fn count_drop(&self) -> u64 {
-        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+    /// Counts `frames` skipped under `drop`; returns the count before.
+    pub(crate) fn count_drops(&self, frames: u64) -> u64 {
+        self.dropped.fetch_add(frames, Ordering::Relaxed)
     }
 
     /// Frames skipped under `drop` so far.

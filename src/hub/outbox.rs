@@ -42,8 +42,8 @@ pub(crate) const MAX_HELD_REPLY_BYTES: u64 = 1024 * 1024;
 /// What the session and its writer share.
 #[derive(Debug)]
 struct Shared {
-    /// Bytes to write, each with whether it ends a frame.
-    queue: RefCell<VecDeque<(Bytes, bool)>>,
+    /// Bytes to write, each with how many frames end in it.
+    queue: RefCell<VecDeque<(Bytes, u32)>>,
     /// Wakes the writer when the queue gets bytes or the outbox closes.
     wake: Notify,
     /// Set when the session will queue nothing more.
@@ -145,19 +145,19 @@ impl Outbox {
     }
 
     /// Queues a piece the router delivered (and charged).
-    pub(crate) fn deliver(&mut self, bytes: Bytes, kind: PieceKind) {
+    pub(crate) fn deliver(&mut self, bytes: Bytes, kind: PieceKind, frames: u32) {
         if self.shared.closed.get() {
             self.backlog.discharge(bytes.len() as u64);
             return;
         }
-        self.enqueue(bytes, kind.ends_frame());
+        self.enqueue(bytes, frames);
         match kind {
             PieceKind::First => self.mid_frame = true,
             PieceKind::Last => {
                 self.mid_frame = false;
                 self.held_bytes = 0;
                 for reply in std::mem::take(&mut self.held_replies) {
-                    self.enqueue(reply, true);
+                    self.enqueue(reply, 1);
                 }
             }
             PieceKind::Whole | PieceKind::Middle => {}
@@ -181,18 +181,18 @@ impl Outbox {
                 return Err(ReplyRefused::TooManyHeld);
             }
         } else {
-            self.enqueue(wire, true);
+            self.enqueue(wire, 1);
         }
         Ok(())
     }
 
-    fn enqueue(&self, bytes: Bytes, ends_frame: bool) {
+    fn enqueue(&self, bytes: Bytes, frames: u32) {
         let mut queue = self.shared.queue.borrow_mut();
         if queue.is_empty() {
             self.shared.progress.set(Instant::now());
             self.shared.wake.notify_one();
         }
-        queue.push_back((bytes, ends_frame));
+        queue.push_back((bytes, frames));
     }
 
     /// Lets the writer finish what is queued, within `deadline`, then close the socket.
@@ -238,11 +238,11 @@ async fn write_loop(
         {
             let mut queue = shared.queue.borrow_mut();
             while buf.remaining() < WRITE_BATCH_BYTES {
-                let Some((bytes, ends_frame)) = queue.pop_front() else {
+                let Some((bytes, ended)) = queue.pop_front() else {
                     break;
                 };
                 buf.push_wire(&bytes);
-                frames += u64::from(ends_frame);
+                frames += u64::from(ended);
             }
         }
         if buf.is_empty() {

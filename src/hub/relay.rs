@@ -8,6 +8,11 @@
 //! [`PieceKind::Last`] piece ending exactly at the frame's end. Ping and control frames are never
 //! streamed: the hub must read them whole, so they are held to `cut_through_bytes`.
 //!
+//! Consecutive small frames of one status that arrive together travel as one `Whole` piece (a
+//! *run*, up to [`CHUNK`] bytes): the hub then routes, queues and writes a read's worth of small
+//! frames at the cost of one, as a plain byte forwarder would. Pings and control frames are never
+//! part of a run: the session answers each.
+//!
 //! Pieces are right-sized: streamed pieces are cut from a read buffer of [`CHUNK`] bytes, and the
 //! larger buffer grown for a whole frame holds that frame only (what was read past its end is
 //! moved to a fresh buffer), so a small frame never pins a large allocation in a subscriber's
@@ -27,7 +32,7 @@ pub(crate) const CHUNK: usize = 256 * 1024;
 /// Where a piece sits in its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PieceKind {
-    /// A whole frame.
+    /// One or more whole frames.
     Whole,
     /// The start of a streamed frame.
     First,
@@ -49,13 +54,15 @@ impl PieceKind {
     }
 }
 
-/// Consecutive wire bytes of one frame.
+/// Consecutive wire bytes of one frame, or of a run of whole frames with the same status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Piece {
-    /// The frame's status.
+    /// The frames' status.
     pub status: Status,
-    /// Where the bytes sit in the frame.
+    /// Where the bytes sit in their frame.
     pub kind: PieceKind,
+    /// How many frames end in this piece: the run's length for `Whole`, 1 for `Last`, else 0.
+    pub frames: u32,
     /// The bytes, exactly as received.
     pub bytes: Bytes,
 }
@@ -94,6 +101,17 @@ impl RelayCodec {
     }
 
     fn piece(&mut self, src: &mut BytesMut, kind: PieceKind, status: Status) -> Piece {
+        let frames = u32::from(kind.ends_frame());
+        self.piece_of(src, kind, status, frames)
+    }
+
+    fn piece_of(
+        &mut self,
+        src: &mut BytesMut,
+        kind: PieceKind,
+        status: Status,
+        frames: u32,
+    ) -> Piece {
         let bytes = src.split_to(self.scanned).freeze();
         self.scanned = 0;
         if kind.ends_frame() {
@@ -109,6 +127,7 @@ impl RelayCodec {
         Piece {
             status,
             kind,
+            frames,
             bytes,
         }
     }
@@ -167,13 +186,33 @@ impl Decoder for RelayCodec {
 }
 
 impl RelayCodec {
+    /// The whole message-only frames at the front of `src` that share the first one's status, as
+    /// one piece of at most [`CHUNK`] bytes (or one frame, if larger); `None` when the first frame
+    /// is not such a frame, leaving it to the scanner.
+    fn run(&mut self, src: &mut BytesMut) -> Option<Piece> {
+        let (status, _, first) = self.scanner.whole_message_frame(src)?;
+        if first as u64 > self.cut_through {
+            return None;
+        }
+        let mut end = first;
+        let mut frames = 1u32;
+        if status != Status::PING && status != CONTROL {
+            while let Some((next, _, len)) = self.scanner.whole_message_frame(&src[end..]) {
+                if next != status || end + len > CHUNK || len as u64 > self.cut_through {
+                    break;
+                }
+                end += len;
+                frames += 1;
+            }
+        }
+        self.scanned = end;
+        Some(self.piece_of(src, PieceKind::Whole, status, frames))
+    }
+
     fn decode_piece(&mut self, src: &mut BytesMut) -> Result<Option<Piece>, CodecError> {
         if self.scanned == 0 {
-            if let Some((status, _, len)) = self.scanner.whole_message_frame(src) {
-                if len as u64 <= self.cut_through {
-                    self.scanned = len;
-                    return Ok(Some(self.piece(src, PieceKind::Whole, status)));
-                }
+            if let Some(run) = self.run(src) {
+                return Ok(Some(run));
             }
         }
         loop {
@@ -271,6 +310,27 @@ mod tests {
             }
             assert!(got[1..got.len() - 1].iter().all(|p| p.status == status(6)));
         }
+    }
+
+    #[test]
+    fn small_frames_of_one_status_travel_as_runs() {
+        let mut wire = Vec::new();
+        let mut push = |code: u8, n: usize| {
+            for i in 0..n {
+                let frame = Frame::message(status(code), format!("{code}:{i}"));
+                wire.extend_from_slice(&frame.to_wire().unwrap_or_default());
+            }
+        };
+        push(5, 100);
+        push(6, 1);
+        push(2, 3);
+        push(5, 2);
+        let got = pieces(&wire, wire.len(), 1 << 20);
+        let runs: Vec<(u8, u32)> = got.iter().map(|p| (p.status.code(), p.frames)).collect();
+        // Pings are answered one by one, never merged.
+        assert_eq!(runs, [(5, 100), (6, 1), (2, 1), (2, 1), (2, 1), (5, 2)]);
+        assert!(got.iter().all(|p| p.kind == PieceKind::Whole));
+        assert_eq!(concat(&got), wire);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub(crate) struct Deliver {
     pub bytes: Bytes,
     /// Where they sit in their frame.
     pub kind: PieceKind,
+    /// How many frames end in them (see [`Piece::frames`]).
+    pub frames: u32,
 }
 
 /// Router → session: close the connection.
@@ -215,8 +217,10 @@ struct Peer {
 #[derive(Debug)]
 struct Held {
     from: SessionId,
-    pieces: Vec<(Bytes, PieceKind)>,
+    pieces: Vec<(Bytes, PieceKind, u32)>,
     bytes: u64,
+    /// Frames ending in it (a run of whole frames counts each).
+    frames: u32,
     /// Whether its last piece has arrived.
     complete: bool,
     /// Whether it holds its publisher's gate shut (it grew past the subscriber's high-water mark).
@@ -273,7 +277,7 @@ impl Router {
             match peer.policy {
                 SlowPolicy::Block => {}
                 SlowPolicy::Drop if piece.kind.starts_frame() => {
-                    self.count_drop(to, from);
+                    self.count_drop(to, from, piece.frames.max(1));
                     return Offer::Skipped;
                 }
                 // A frame begun on the wire cannot be dropped in part.
@@ -286,7 +290,7 @@ impl Router {
         let Some(peer) = self.registry.get_mut(to) else {
             return Offer::Skipped;
         };
-        send(&peer.handle, piece.bytes.clone(), piece.kind);
+        send(&peer.handle, piece.bytes.clone(), piece.kind, piece.frames);
         match piece.kind {
             PieceKind::First => peer.current = Some(from),
             PieceKind::Last => {
@@ -309,6 +313,7 @@ impl Router {
                 from,
                 pieces: Vec::new(),
                 bytes: 0,
+                frames: 0,
                 complete: false,
                 blocking: false,
             });
@@ -324,8 +329,10 @@ impl Router {
         let high = peer.handle.backlog.high();
         let policy = peer.policy;
         let held = &mut peer.held[at];
-        held.pieces.push((piece.bytes.clone(), piece.kind));
+        held.pieces
+            .push((piece.bytes.clone(), piece.kind, piece.frames));
         held.bytes += piece.bytes.len() as u64;
+        held.frames += piece.frames;
         held.complete = piece.kind.ends_frame();
         if held.bytes <= high || held.blocking {
             return Offer::Taken;
@@ -340,8 +347,8 @@ impl Router {
             }
             // Nothing of a held frame is on the wire yet: drop all of it.
             SlowPolicy::Drop => {
-                peer.held.remove(at);
-                self.count_drop(to, from);
+                let frames = peer.held.remove(at).map_or(1, |held| held.frames.max(1));
+                self.count_drop(to, from, frames);
                 Offer::Skipped
             }
             SlowPolicy::Disconnect => {
@@ -364,8 +371,8 @@ impl Router {
             let Some(held) = peer.held.pop_front() else {
                 return;
             };
-            for (bytes, kind) in held.pieces {
-                send(&peer.handle, bytes, kind);
+            for (bytes, kind, frames) in held.pieces {
+                send(&peer.handle, bytes, kind, frames);
             }
             if !held.complete {
                 peer.current = Some(held.from);
@@ -395,14 +402,18 @@ impl Router {
         }
     }
 
-    fn count_drop(&self, to: SessionId, from: SessionId) {
+    fn count_drop(&self, to: SessionId, from: SessionId, frames: u32) {
         let Some(peer) = self.registry.get(to) else {
             return;
         };
-        let dropped = peer.handle.backlog.count_drop();
-        self.counters.dropped_frames.fetch_add(1, Ordering::Relaxed);
-        // The first drop of a run is worth a line; the rest are counted (INFO) and traced.
-        if dropped == 1 || dropped.is_power_of_two() {
+        let before = peer.handle.backlog.count_drops(u64::from(frames));
+        let dropped = before + u64::from(frames);
+        self.counters
+            .dropped_frames
+            .fetch_add(u64::from(frames), Ordering::Relaxed);
+        // The first drop is worth a line, then one each time the count doubles; every drop is
+        // counted (INFO) and traced.
+        if (before + 1..=dropped).any(u64::is_power_of_two) {
             warn!(session = %to, publisher = %from, dropped, "slow consumer: frame dropped");
         } else {
             debug!(session = %to, publisher = %from, dropped, "slow consumer: frame dropped");
@@ -456,9 +467,13 @@ impl Router {
 }
 
 /// Charges `bytes` to the session's backlog and sends them.
-fn send(handle: &SessionHandle, bytes: Bytes, kind: PieceKind) {
+fn send(handle: &SessionHandle, bytes: Bytes, kind: PieceKind, frames: u32) {
     handle.backlog.charge(bytes.len() as u64);
-    handle.deliver.do_send(Deliver { bytes, kind });
+    handle.deliver.do_send(Deliver {
+        bytes,
+        kind,
+        frames,
+    });
 }
 
 // Publications and deliveries use `do_send`, which queues past the mailbox capacity: memory is

@@ -251,9 +251,7 @@ impl Session {
 
     fn on_piece(&mut self, piece: Piece, ctx: &mut Context<Self>) {
         self.bytes_in += piece.bytes.len() as u64;
-        if piece.kind.ends_frame() {
-            self.frames_in += 1;
-        }
+        self.frames_in += u64::from(piece.frames);
         // Pings and control frames are always whole (the relay codec refuses larger ones).
         if piece.status == Status::PING {
             self.reply(&Frame::ping(), ctx);
@@ -499,7 +497,7 @@ impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.outbox.deliver(msg.bytes, msg.kind);
+        self.outbox.deliver(msg.bytes, msg.kind, msg.frames);
     }
 }
 

@@ -1,7 +1,8 @@
 //! A large file through the `tej-hub` binary with its default settings: one frame carrying a
 //! 256 MiB file, relayed from one publisher to two subscribers that read their sockets as a
 //! stream and hash the file (SHA-256) as it arrives, never holding the frame; the hub's peak
-//! resident memory must stay far below the file size. And `tej-hub bench big-file` end to end.
+//! resident memory must stay far below the file size. And `tej-hub bench big-file` end to end,
+//! with a stuck and with a slow extra subscriber.
 //!
 //! Both need a hub that relays a frame larger than its memory bound by cut-through: with a hub
 //! that holds whole frames (and refuses frames over 64 MiB by default) they fail.
@@ -190,26 +191,18 @@ async fn relays_a_256_mib_file_to_two_streaming_subscribers_in_bounded_memory() 
     drop(publisher);
 }
 
-#[test]
-fn bench_big_file_prints_json_with_every_figure() {
-    let mut args = vec![
-        "bench",
-        "big-file",
-        "--size",
-        "64MiB",
-        "--subscribers",
-        "2",
-        "--json",
-        "--timeout",
-        "240",
-    ];
+/// Runs `tej-hub bench big-file <args> --json --timeout 240` against a spawned hub with
+/// [`HUB_FLAGS`]; it must succeed and print one JSON object, which is returned.
+fn bench_big_file(args: &[&str]) -> serde_json::Value {
     let serve_args: Vec<String> = HUB_FLAGS
         .iter()
         .map(|flag| format!("--serve-arg={flag}"))
         .collect();
-    args.extend(serve_args.iter().map(String::as_str));
     let command = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .args(&args)
+        .args(["bench", "big-file"])
+        .args(args)
+        .args(["--json", "--timeout", "240"])
+        .args(&serve_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -228,11 +221,27 @@ fn bench_big_file_prints_json_with_every_figure() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "tej-hub bench failed ({}): {stderr}\nstdout: {stdout}",
+        "tej-hub bench {args:?} failed ({}): {stderr}\nstdout: {stdout}",
         output.status
     );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {stdout}"));
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {stdout}"))
+}
+
+/// Checks that every regular subscriber of `report` received the file intact.
+fn assert_regular_subscribers_intact(report: &serde_json::Value, count: usize) {
+    assert_eq!(report["hashes_match"], true, "{report}");
+    let subscribers = report["per_subscriber"].as_array().expect("an array");
+    assert_eq!(subscribers.len(), count, "{report}");
+    for subscriber in subscribers {
+        assert_eq!(subscriber["hash_ok"], true, "{report}");
+        assert!(subscriber["mb_per_s"].as_f64() > Some(0.0), "{report}");
+    }
+}
+
+#[test]
+fn bench_big_file_prints_json_with_every_figure() {
+    let report = bench_big_file(&["--size", "64MiB", "--subscribers", "2"]);
     for key in [
         "bench",
         "size_bytes",
@@ -253,23 +262,71 @@ fn bench_big_file_prints_json_with_every_figure() {
         "hub_rss_max_sampled_mib",
         "hash",
         "hashes_match",
+        "slow_subscriber",
+        "stuck_subscriber",
+        "hub_counters",
+        "compare",
     ] {
         assert!(report.get(key).is_some(), "no {key:?} in {report}");
     }
     assert_eq!(report["bench"], "big-file");
     assert_eq!(report["size_bytes"], 64 * MIB as u64);
     assert_eq!(report["subscribers"], 2);
-    assert_eq!(report["hashes_match"], true);
     assert_eq!(report["hub"]["spawned"], true);
-    let subscribers = report["per_subscriber"].as_array().expect("an array");
-    assert_eq!(subscribers.len(), 2, "{report}");
-    for subscriber in subscribers {
-        assert_eq!(subscriber["hash_ok"], true, "{report}");
-        assert!(subscriber["mb_per_s"].as_f64() > Some(0.0), "{report}");
+    assert_regular_subscribers_intact(&report, 2);
+    for key in ["slow_subscriber", "stuck_subscriber", "compare"] {
+        assert_eq!(report[key], serde_json::Value::Null, "{key} in {report}");
     }
     assert_eq!(report["ttfb_ms"].as_array().map(Vec::len), Some(2));
     for key in ["relay_mb_per_s", "raw_loopback_mb_per_s", "ratio"] {
         assert!(report[key].as_f64() > Some(0.0), "{key} in {report}");
     }
     assert!(report["hub_peak_rss_mib"].as_f64() > Some(0.0), "{report}");
+}
+
+/// Under `drop`, a subscriber that reads nothing while a 64 MiB frame streams past overflows its
+/// queue in the middle of the frame: the hub disconnects it (no reason can follow part of a
+/// frame) and counts it as a slow consumer, while the regular subscriber gets the whole file.
+/// `--compare` relays once without it first.
+#[test]
+fn bench_big_file_reports_what_became_of_a_stuck_subscriber() {
+    let report = bench_big_file(&[
+        "--size",
+        "64MiB",
+        "--subscribers",
+        "1",
+        "--stuck",
+        "drop",
+        "--compare",
+    ]);
+    assert_regular_subscribers_intact(&report, 1);
+    let stuck = &report["stuck_subscriber"];
+    assert_eq!(stuck["policy"], "drop", "{report}");
+    assert_eq!(stuck["outcome"], "closed", "{report}");
+    assert_eq!(stuck["mid_frame"], true, "{report}");
+    assert_eq!(stuck["frames_read"], 0, "{report}");
+    assert!(
+        stuck["file_bytes_read"].as_u64() < Some(64 * MIB as u64),
+        "{report}"
+    );
+    assert_eq!(report["hub_counters"]["slow_consumers"], 1, "{report}");
+    assert_eq!(report["slow_subscriber"], serde_json::Value::Null);
+    let compare = &report["compare"];
+    for key in ["baseline_relay_mb_per_s", "relay_mb_per_s_ratio"] {
+        assert!(compare[key].as_f64() > Some(0.0), "{key} in {report}");
+    }
+}
+
+/// A subscriber reading at 40 MB/s under `block` gets every byte, no faster than its pace.
+#[test]
+fn bench_big_file_paces_a_slow_subscriber() {
+    let report = bench_big_file(&["--size", "32MiB", "--subscribers", "1", "--slow-rate", "40"]);
+    assert_regular_subscribers_intact(&report, 1);
+    let slow = &report["slow_subscriber"];
+    assert_eq!(slow["hash_ok"], true, "{report}");
+    assert_eq!(slow["rate_mb_per_s"], 40.0, "{report}");
+    let rate = slow["mb_per_s"].as_f64().expect("a rate");
+    assert!(rate > 0.0 && rate <= 40.1, "{report}");
+    assert_eq!(report["hub_counters"]["slow_consumers"], 0, "{report}");
+    assert_eq!(report["stuck_subscriber"], serde_json::Value::Null);
 }

@@ -39,9 +39,11 @@ enum Workload {
     /// The file is generated on the fly (no disk), hashed (xxh3) by the publisher as it is sent
     /// and by every subscriber as it arrives; no side holds the frame in memory. Also measures
     /// plain loopback TCP of the same size as a yardstick, and samples the hub's resident memory
-    /// (VmRSS, VmHWM) when its process id is known. Prints a table, or one JSON object with
-    /// --json. Exit status: 0 when every subscriber got the file intact; 1 on a hash mismatch,
-    /// a failure or the --timeout; 2 for bad usage.
+    /// (VmRSS, VmHWM) when its process id is known. --slow-rate and --stuck add a subscriber
+    /// that reads slowly or not at all, to measure the hub's slow-consumer policies. Prints a
+    /// table, or one JSON object with --json. Exit status: 0 when every subscriber (but a stuck
+    /// one) got the file intact; 1 on a hash mismatch, a failure or the --timeout; 2 for bad
+    /// usage.
     BigFile(big_file::BigFile),
 }
 

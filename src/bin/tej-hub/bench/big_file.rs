@@ -1,7 +1,7 @@
 //! `tej-hub bench big-file`: one frame carrying one large file, relayed by the hub from one
 //! publisher to S subscribers, against plain loopback TCP of the same size.
 //!
-//! This module owns the flags, the run and the relay's two ends. The file is generated while it is
+//! This module owns the flags, the run and the publisher's end. The file is generated while it is
 //! sent ([`Pattern`]); the publisher hashes what it writes, and every subscriber is a
 //! [`HubClient`] reading its socket with `--io-size` reads and hashing the file data as
 //! [`HubClient::next_part`] hands it out: no side ever holds the frame, so the only memory that
@@ -9,33 +9,38 @@
 //! where SHA-256 (about 0.5 GB/s without SHA extensions) would be what limits the throughput on a
 //! two-core machine instead of the hub.
 //!
-//! Beside it: [`tcp`] (connections, the pattern, the raw loopback yardstick) and [`report`] (the
-//! figures, as a table or JSON).
+//! Two extra subscribers measure the hub's slow-consumer policies: a slow one that reads at most
+//! `--slow-rate` MB/s (policy `block`, so it paces the relay), and a stuck one that sets
+//! `--stuck POLICY` and reads nothing during the relay; what became of it is examined after.
+//! `--compare` relays once without them first.
+//!
+//! Beside it: [`subscriber`] (the receiving ends), [`tcp`] (connections, the pattern, the raw
+//! loopback yardstick) and [`report`] (the figures, as a table or JSON).
 
 mod report;
+mod subscriber;
 mod tcp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use clap::Args;
+use clap::{ArgGroup, Args};
 use futures_util::StreamExt;
-use tej_hub::hub::control::CONTROL;
+use tej_hub::hub::control::{SlowPolicy, CONTROL};
 use tej_hub::hub::HubClient;
-use tej_hub::stream::Part;
 use tej_hub::{Limits, Status, TejCodec, PROTOCOL_VERSION};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio_util::codec::{Framed, FramedRead};
-use xxhash_rust::xxh3::Xxh3Default;
+use tokio_util::codec::FramedRead;
 
 use super::hub::{HubProcess, RssSampler, RssStats};
 use super::{byte_size, human_bytes, Common, KIB, MIB};
 use crate::Failure;
 use report::{HubInfo, Report};
-use tcp::{before, connect, connect_limit, raw_loopback, write, Pattern, Raw};
+use subscriber::{examine, hub_counters, receive, subscribe, HubCounters, Pace, Stuck};
+use tcp::{connect, raw_loopback, write, Pattern, Raw};
 
 /// The name of the file in the frame.
 const FILE_NAME: &str = "big-file.bin";
@@ -45,18 +50,12 @@ const MESSAGE: &[u8] = b"tej-hub bench big-file";
 const REASON_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest frame the publisher's watcher reads (the hub should send it nothing).
 const MAX_WATCHED: u64 = 64 * 1024;
-/// What a subscriber accepts: a frame of any size with at most one file, and messages (the
-/// frame's, the hub's replies) of at most 64 KiB.
-const SUBSCRIBER_LIMITS: Limits = Limits {
-    max_frame_bytes: u64::MAX,
-    max_files: 1,
-    max_message_bytes: 64 * 1024,
-};
 /// Most subscribers.
 const MAX_SUBSCRIBERS: u64 = 64;
 
 /// `bench big-file` flags.
 #[derive(Args)]
+#[command(group(ArgGroup::new("extra").args(["slow_rate", "stuck"]).multiple(true)))]
 pub(crate) struct BigFile {
     /// Size of the file: a number of bytes, or with a unit (256MiB, 4GiB, 2GB).
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = byte_size)]
@@ -78,6 +77,18 @@ pub(crate) struct BigFile {
     /// Bytes sent over plain loopback TCP as the yardstick [default: --size].
     #[arg(long, value_name = "SIZE", value_parser = byte_size)]
     raw_size: Option<u64>,
+    /// Add a subscriber that reads at most MBPS MB/s (10^6 bytes/s) with the hub's default policy
+    /// (block: it paces the whole relay); its figures are reported apart.
+    #[arg(long, value_name = "MBPS", value_parser = slow_rate)]
+    slow_rate: Option<f64>,
+    /// Add a subscriber that sets `SLOW POLICY`, subscribes and reads nothing during the relay;
+    /// what became of it (closed by the hub, or its INFO) is reported after.
+    #[arg(long, value_name = "POLICY", value_enum, ignore_case = true)]
+    stuck: Option<SlowPolicy>,
+    /// Relay twice: first without the --slow-rate and --stuck subscribers, then with them; report
+    /// the regular subscribers' throughput of both runs and its ratio.
+    #[arg(long, requires = "extra")]
+    compare: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -98,6 +109,14 @@ fn io_size(text: &str) -> Result<usize, String> {
         usize::try_from(bytes).map_err(|_| format!("{bytes} does not fit in memory"))
     } else {
         Err("the write and read size must be between 4KiB and 64MiB".to_owned())
+    }
+}
+
+/// A reading rate in MB/s: a decimal number from 0.001 to 1,000,000.
+fn slow_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.001..=1e6).contains(&rate) => Ok(rate),
+        _ => Err("the rate is in MB/s, from 0.001 to 1000000 (e.g. 40 or 2.5)".to_owned()),
     }
 }
 
@@ -129,6 +148,12 @@ pub(crate) fn run(args: &BigFile) -> Result<(), Failure> {
         human_bytes(args.size),
         args.subscribers
     );
+    if let Some(rate) = args.slow_rate {
+        eprintln!("tej-hub bench: plus a subscriber reading at most {rate} MB/s");
+    }
+    if let Some(policy) = args.stuck {
+        eprintln!("tej-hub bench: plus a subscriber that reads nothing (SLOW {policy})");
+    }
     let runtime = super::runtime()?;
     let measured = runtime.block_on(async {
         let measuring = measure(args, hub.addr, hub.pid, deadline);
@@ -160,49 +185,69 @@ pub(crate) fn run(args: &BigFile) -> Result<(), Failure> {
 
 /// What one run measured.
 struct Measured {
-    /// The publisher's side.
-    published: Published,
-    /// Each subscriber's side, in connection order.
-    received: Vec<Received>,
-    /// The hub's memory, when its process id is known.
-    rss: Option<RssStats>,
+    /// With --compare: the relay without the extra subscribers, first.
+    baseline: Option<Relayed>,
+    /// The relay, with the extra subscribers asked for.
+    relayed: Relayed,
     /// The yardstick.
     raw: Raw,
 }
 
 impl Measured {
-    /// Whether every subscriber hashed what the publisher hashed, and the yardstick's two ends
-    /// agree.
+    /// Whether every subscriber but the stuck one hashed what the publisher hashed, in every
+    /// relay, and the yardstick's two ends agree.
     fn hashes_match(&self) -> bool {
         self.raw.sent_hash == self.raw.received_hash
-            && self
-                .received
-                .iter()
-                .all(|received| received.hash == self.published.hash)
+            && self.relayed.hashes_match()
+            && self.baseline.as_ref().map_or(true, Relayed::hashes_match)
     }
 }
 
-/// Subscribes, relays one frame, then runs the yardstick.
+/// One relay of the frame.
+struct Relayed {
+    /// The publisher's side.
+    published: Published,
+    /// Each regular subscriber's side, in connection order.
+    received: Vec<Received>,
+    /// The --slow-rate subscriber's side.
+    slow: Option<Received>,
+    /// What became of the --stuck subscriber.
+    stuck: Option<Stuck>,
+    /// The hub's memory, when its process id is known.
+    rss: Option<RssStats>,
+    /// The hub's slow-consumer counters after the relay, when it answered.
+    counters: Option<HubCounters>,
+}
+
+impl Relayed {
+    /// Whether every subscriber that read the frame (the slow one too) hashed what the publisher
+    /// hashed.
+    fn hashes_match(&self) -> bool {
+        self.received
+            .iter()
+            .chain(&self.slow)
+            .all(|received| received.hash == self.published.hash)
+    }
+}
+
+/// Relays (twice with --compare), then runs the yardstick.
 async fn measure(
     args: &BigFile,
     addr: SocketAddr,
     pid: Option<u32>,
     deadline: Instant,
 ) -> Result<Measured, String> {
-    let mut subscribers = Vec::new();
-    for index in 1..=args.subscribers {
-        let subscriber = subscribe(addr, args.code, args.io_size, deadline)
-            .await
-            .map_err(|error| format!("subscriber {index}: {error}"))?;
-        subscribers.push(subscriber);
+    let baseline = if args.compare {
+        eprintln!("tej-hub bench: first relay, without the extra subscriber(s)");
+        let baseline = relay_once(args, addr, pid, false, deadline).await;
+        Some(baseline.map_err(|error| format!("the relay without extras: {error}"))?)
+    } else {
+        None
+    };
+    if args.compare {
+        eprintln!("tej-hub bench: second relay, with them");
     }
-    let publisher = connect(addr, deadline)
-        .await
-        .map_err(|error| format!("publisher: {error}"))?;
-    let sampler = pid.map(|pid| RssSampler::start(pid, deadline));
-    let relayed = relay(publisher, subscribers, args, deadline).await;
-    let rss = sampler.map(RssSampler::finish);
-    let (published, received) = relayed?;
+    let relayed = relay_once(args, addr, pid, true, deadline).await?;
     let raw_size = args.raw_size.unwrap_or(args.size);
     eprintln!(
         "tej-hub bench: measuring plain loopback TCP ({})",
@@ -212,10 +257,62 @@ async fn measure(
         .await
         .map_err(|error| format!("raw loopback: {error}"))?;
     Ok(Measured {
+        baseline,
+        relayed,
+        raw,
+    })
+}
+
+/// Subscribes (with the extra subscribers asked for when `extras`), relays one frame, then
+/// examines the stuck subscriber and asks the hub for its counters.
+async fn relay_once(
+    args: &BigFile,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    extras: bool,
+    deadline: Instant,
+) -> Result<Relayed, String> {
+    let (status, io_size) = (args.code, args.io_size);
+    let mut subscribers = Vec::new();
+    for index in 1..=args.subscribers {
+        let subscriber = subscribe(addr, status, io_size, None, deadline)
+            .await
+            .map_err(|error| format!("subscriber {index}: {error}"))?;
+        subscribers.push((subscriber, None));
+    }
+    let slow_rate = args.slow_rate.filter(|_| extras);
+    if let Some(rate) = slow_rate {
+        let subscriber = subscribe(addr, status, io_size, None, deadline)
+            .await
+            .map_err(|error| format!("the slow subscriber: {error}"))?;
+        subscribers.push((subscriber, Some(Pace::new(rate))));
+    }
+    let mut stuck = None;
+    if let Some(policy) = args.stuck.filter(|_| extras) {
+        let subscriber = subscribe(addr, status, io_size, Some(policy), deadline)
+            .await
+            .map_err(|error| format!("the stuck subscriber: {error}"))?;
+        stuck = Some((subscriber, policy));
+    }
+    let publisher = connect(addr, deadline)
+        .await
+        .map_err(|error| format!("publisher: {error}"))?;
+    let sampler = pid.map(|pid| RssSampler::start(pid, deadline));
+    let relayed = relay(publisher, subscribers, args, deadline).await;
+    let rss = sampler.map(RssSampler::finish);
+    let (published, mut received) = relayed?;
+    let slow = slow_rate.and_then(|_| received.pop());
+    let stuck = match stuck {
+        Some((client, policy)) => Some(examine(client, policy, status, args.size, deadline).await),
+        None => None,
+    };
+    Ok(Relayed {
         published,
         received,
+        slow,
+        stuck,
         rss,
-        raw,
+        counters: hub_counters(addr, deadline).await,
     })
 }
 
@@ -252,10 +349,11 @@ enum Outcome {
     PublisherClosed(Option<String>),
 }
 
-/// Publishes the frame while every subscriber reads it; fails at the first failure of any side.
+/// Publishes the frame while every subscriber reads it (those with a [`Pace`] no faster than
+/// it); fails at the first failure of any side. The results are in the subscribers' order.
 async fn relay(
     publisher: TcpStream,
-    subscribers: Vec<HubClient>,
+    subscribers: Vec<(HubClient, Option<Pace>)>,
     args: &BigFile,
     deadline: Instant,
 ) -> Result<(Published, Vec<Received>), String> {
@@ -263,8 +361,17 @@ async fn relay(
     let mut tasks = JoinSet::new();
     let count = subscribers.len();
     let (status, size, io_size) = (args.code, args.size, args.io_size);
-    for (index, client) in subscribers.into_iter().enumerate() {
-        tasks.spawn(async move { Outcome::Received(index, receive(client, status, size).await) });
+    let names: Vec<String> = (1..=count)
+        .zip(&subscribers)
+        .map(|(number, (_, pace))| match pace {
+            Some(_) => "the slow subscriber".to_owned(),
+            None => format!("subscriber {number}"),
+        })
+        .collect();
+    for (index, (client, pace)) in subscribers.into_iter().enumerate() {
+        tasks.spawn(
+            async move { Outcome::Received(index, receive(client, status, size, pace).await) },
+        );
     }
     let (reader, writer) = publisher.into_split();
     tasks.spawn(async move { Outcome::PublisherClosed(watch(reader).await) });
@@ -298,7 +405,7 @@ async fn relay(
             }
             Outcome::Received(index, Ok(done)) => received[index] = Some(done),
             Outcome::Received(index, Err(error)) => {
-                return Err(format!("subscriber {}: {error}", index + 1))
+                return Err(format!("{}: {error}", names[index]))
             }
             Outcome::PublisherClosed(Some(reason)) => {
                 let reason = reason.strip_prefix("ERR ").unwrap_or(&reason);
@@ -368,81 +475,6 @@ async fn watch(reader: OwnedReadHalf) -> Option<String> {
     None
 }
 
-/// A subscriber to `status`, reading with `io_size` reads, whose `SUB` the hub acknowledged.
-async fn subscribe(
-    addr: SocketAddr,
-    status: Status,
-    io_size: usize,
-    deadline: Instant,
-) -> Result<HubClient, String> {
-    let stream = connect(addr, deadline).await?;
-    let framed = Framed::with_capacity(stream, TejCodec::new(SUBSCRIBER_LIMITS), io_size);
-    let mut client = HubClient::from_framed(framed);
-    let code = status.to_string();
-    let subscribing = client.subscribe(&code);
-    let codes = before(connect_limit(deadline), "waiting for the hub", subscribing)
-        .await?
-        .map_err(|error| format!("SUB {code}: {error}"))?;
-    if codes.to_string() == code {
-        Ok(client)
-    } else {
-        Err(format!("the hub acknowledged SUB {code} with {codes}"))
-    }
-}
-
-/// The next part the hub relays to `client`.
-async fn next_part(client: &mut HubClient) -> Result<Part, String> {
-    match client.next_part().await {
-        Ok(Some(part)) => Ok(part),
-        Ok(None) => Err("the hub closed the connection".to_owned()),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
-/// Reads the frame relayed to `client`, checks it is the one published on `status` with a file
-/// of `size` bytes, and hashes the file data as it arrives.
-async fn receive(mut client: HubClient, status: Status, size: u64) -> Result<Received, String> {
-    let first_byte = match next_part(&mut client).await? {
-        Part::Head {
-            status: got,
-            version,
-            files,
-        } if (got, version, files) != (status, PROTOCOL_VERSION, 1) => {
-            return Err(format!(
-                "expected a frame on status {status}, version {PROTOCOL_VERSION}, with 1 file; \
-                 got status {got}, version {version}, {files} files"
-            ))
-        }
-        Part::Head { .. } => Instant::now(),
-        other => return Err(format!("expected a frame head, got {other:?}")),
-    };
-    let mut hasher = Xxh3Default::new();
-    let mut message = Vec::new();
-    loop {
-        match next_part(&mut client).await? {
-            Part::FileStart { len, .. } if len != size => {
-                return Err(format!("the file announces {len} bytes, {size} were sent"))
-            }
-            Part::FileData(chunk) => hasher.update(&chunk),
-            Part::MessageData(chunk) => message.extend_from_slice(&chunk),
-            Part::End => break,
-            _ => {}
-        }
-    }
-    let end = Instant::now();
-    if message != MESSAGE {
-        return Err(format!(
-            "the message differs: {:?}",
-            String::from_utf8_lossy(&message)
-        ));
-    }
-    Ok(Received {
-        first_byte,
-        end,
-        hash: hasher.digest128(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +504,32 @@ mod tests {
         assert_eq!(io_size("4KiB"), Ok(4096));
         assert!(io_size("4095").is_err());
         assert!(io_size("65MiB").is_err());
+    }
+
+    #[test]
+    fn slow_rates() {
+        assert_eq!(slow_rate("40"), Ok(40.0));
+        assert_eq!(slow_rate("2.5"), Ok(2.5));
+        for bad in ["0", "-1", "NaN", "inf", "x", "1e7", ""] {
+            assert!(slow_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn compare_needs_an_extra_subscriber() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            big_file: BigFile,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(["big-file"].iter().chain(args));
+        assert!(parse(&["--compare"]).is_err());
+        assert!(parse(&["--stuck", "fast"]).is_err());
+        let cli = parse(&["--compare", "--stuck", "DROP", "--slow-rate", "60"]).expect("valid");
+        assert_eq!(cli.big_file.stuck, Some(SlowPolicy::Drop));
+        assert_eq!(cli.big_file.slow_rate, Some(60.0));
+        assert!(parse(&["--compare", "--slow-rate", "60"]).is_ok());
     }
 }

@@ -25,10 +25,16 @@ pub(super) async fn before<T>(
         .map_err(|_| format!("timed out {what}"))
 }
 
+/// When a step started now that may take `wait` must be done: `wait` from now, at the latest at
+/// `deadline`.
+pub(super) fn limit(deadline: Instant, wait: Duration) -> Instant {
+    deadline.min(Instant::now() + wait)
+}
+
 /// When a connection step started now must be done: [`CONNECT_TIMEOUT`] from now, at the latest
 /// at `deadline`.
 pub(super) fn connect_limit(deadline: Instant) -> Instant {
-    deadline.min(Instant::now() + CONNECT_TIMEOUT)
+    limit(deadline, CONNECT_TIMEOUT)
 }
 
 /// A loopback connection to `addr`, with `TCP_NODELAY`.

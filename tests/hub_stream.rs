@@ -421,3 +421,54 @@ async fn block_paces_a_large_frame_to_a_slow_reader_in_bounded_memory() {
         SIZE / MIB
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_dropped_while_held_never_reaches_the_wire_in_part() {
+    // A streams a frame to the subscriber; B's streamed frame waits behind it, outgrows the
+    // subscriber's queue and is dropped (policy drop); A's frame ends while B's is still
+    // arriving: the rest of B's frame must not follow on the subscriber's stream.
+    let hub = start_hub(HubConfig {
+        max_pending_bytes: 4 * MIB as u64,
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    let mut subscriber = connect_large(addr).await;
+    assert_eq!(control(&mut subscriber, "SLOW drop").await, "OK SLOW drop");
+    subscribe(&mut subscriber, "48", "48").await;
+    let frame_a = file_frame(48, "a", 3 * MIB, 1);
+    let wire_a = hub_common::encode(&frame_a);
+    let frame_b = file_frame(48, "b", 8 * MIB, 2);
+    let wire_b = hub_common::encode(&frame_b);
+    let mut a = connect_raw(addr).await;
+    let mut b = connect_raw(addr).await;
+
+    let reader = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            frames.push(recv(&mut subscriber).await);
+        }
+        (frames, subscriber)
+    });
+    a.write_all(&wire_a[..MIB]).await.expect("A's first part");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.write_all(&wire_b[..6 * MIB])
+        .await
+        .expect("B's first part");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.write_all(&wire_a[MIB..]).await.expect("A's rest");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.write_all(&wire_b[6 * MIB..]).await.expect("B's rest");
+    let after = Frame::message(status(48), "after");
+    b.write_all(&hub_common::encode(&after))
+        .await
+        .expect("B's next frame");
+
+    let (frames, mut subscriber) = within(PATIENCE, "the subscriber's frames", reader)
+        .await
+        .expect("reader task");
+    assert!(frames[0] == frame_a, "A's frame changed");
+    assert_eq!(frames[1], after, "B's next frame");
+    let info = info(&mut subscriber).await;
+    assert_eq!(info["dropped_frames"], serde_json::json!(1));
+    stop_hub(hub).await;
+}

@@ -266,12 +266,12 @@ impl Router {
         let Some(peer) = self.registry.get(to) else {
             return Offer::Skipped;
         };
-        let on_wire_now = match peer.current {
-            None => true,
-            Some(current) => current == from && !piece.kind.starts_frame(),
-        };
-        if !on_wire_now {
-            return self.hold(from, to, piece);
+        match (peer.current, piece.kind.starts_frame()) {
+            (None, true) => {}
+            // The rest of a frame this subscriber is not taking (it was dropped while held).
+            (None, false) => return Offer::Skipped,
+            (Some(current), false) if current == from => {}
+            (Some(_), _) => return self.hold(from, to, piece),
         }
         if !peer.handle.backlog.has_room(piece.bytes.len() as u64) {
             match peer.policy {

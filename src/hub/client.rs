@@ -163,8 +163,10 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    /// Connects to the hub at `addr`, with the default codec [`Limits`](crate::Limits) (64 MiB
-    /// frames, as the hub's default).
+    /// Connects to the hub at `addr`, with the default codec [`Limits`](crate::Limits): frames of
+    /// up to 64 MiB for [`next_frame`](Self::next_frame), which holds a frame whole (the hub
+    /// relays up to 16 GiB by default; read larger ones with [`next_part`](Self::next_part) and
+    /// [`connect_with_limits`](Self::connect_with_limits)).
     ///
     /// # Errors
     /// [`HubError::Io`]: the connect error.

@@ -4,11 +4,14 @@
 //! `tej-hub serve` spawned from this binary, or a running one given by address), byte-size
 //! arguments, the runtime and the units. The workloads live beside it:
 //! - [`big_file`]: one frame carrying one large file, relayed to a few subscribers.
+//! - [`load`]: many messages from P publishers to S subscribers (`throughput`, `latency`,
+//!   `matrix`), against a plain forwarder as the yardstick.
 //!
 //! Helper: [`hub`] starts and samples the hub process.
 
 mod big_file;
 mod hub;
+mod load;
 
 use std::net::SocketAddr;
 
@@ -45,6 +48,27 @@ enum Workload {
     /// one) got the file intact; 1 on a hash mismatch, a failure or the --timeout; 2 for bad
     /// usage.
     BigFile(big_file::BigFile),
+    /// P publishers send frames as fast as they can to S subscribers: delivered frames/s and
+    /// MB/s, publish rate, loss and reordering.
+    ///
+    /// Every frame is a message-only TEJ frame whose message carries a sequence number, the
+    /// publisher's id and a send time. With --yardstick the same load also runs through a plain
+    /// forwarder and the hub's figures are given as a ratio of its. Prints a table, or one JSON
+    /// object with --json. Exit status: 0 when nothing was lost or reordered; 1 on loss,
+    /// reordering, a failure or the --timeout; 2 for bad usage.
+    Throughput(load::Throughput),
+    /// Publishes at a fixed rate for a while: one-way latency p50/p90/p99/p99.9/max.
+    ///
+    /// Output, --yardstick and exit status as for `throughput`.
+    Latency(load::Latency),
+    /// The reference cells of `throughput` and `latency`, as Markdown tables.
+    ///
+    /// Five throughput cells (1→1, 1→10 and 10→10 with 128 B; 1→1 with 1 MiB; 1→10 with 64 KiB)
+    /// and latency 1→1 with 128 B at --rate, each on a fresh hub and, with --yardstick, on the
+    /// forwarder: every figure with its ratio, or one JSON object per cell with --json. The
+    /// reference run is `bench matrix --embedded --yardstick`. Exit status: 0 when no cell lost
+    /// or reordered a frame; 1 otherwise or on a failure; 2 for bad usage.
+    Matrix(load::Matrix),
 }
 
 /// Flags every workload takes: which hub, how long at most, how to print.
@@ -83,6 +107,9 @@ struct Common {
 pub(crate) fn run(args: &Bench) -> Result<(), Failure> {
     match &args.workload {
         Workload::BigFile(workload) => big_file::run(workload),
+        Workload::Throughput(workload) => load::throughput(workload),
+        Workload::Latency(workload) => load::latency(workload),
+        Workload::Matrix(workload) => load::matrix(workload),
     }
 }
 

@@ -1,0 +1,706 @@
+//! `tej-hub bench throughput`, `bench latency` and `bench matrix`: many small or large messages
+//! from P publishers to S subscribers through a hub, in the spirit of `nats bench`, and the same
+//! bytes through a plain forwarder as the yardstick (`--yardstick`).
+//!
+//! This module owns the flags, the hub being measured ([`RunningHub`]: in-process with
+//! `--embedded`, a running one with `--hub`, else a spawned `tej-hub serve`), the run of one
+//! workload against the hub and then the forwarder ([`run_workload`]), and the matrix of reference
+//! cells. Beside it:
+//! - [`wire`]: the frames and their stamps, the boundary finder, the subscribers' parser;
+//! - [`generator`]: publishers and subscribers (the load), on a runtime of their own;
+//! - [`forwarder`]: the yardstick, on a runtime of its own;
+//! - [`report`]: the figures, as tables or JSON.
+
+mod forwarder;
+mod generator;
+mod report;
+mod wire;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tej_hub::config::HubConfig;
+use tej_hub::hub::control::CONTROL;
+use tej_hub::hub::HubHandle;
+use tej_hub::Status;
+
+use super::hub::HubProcess;
+use super::{byte_size, human_bytes, Common, KIB, MIB};
+use crate::Failure;
+use forwarder::Forwarder;
+use generator::{measure, Endpoint, Measured};
+use report::{grouped, matrix_table, Figures, HubInfo, Report};
+use wire::{WireError, MAX_MESSAGE, STAMP_LEN};
+
+/// Most publishers, and most subscribers.
+const MAX_PEERS: u64 = 256;
+/// What the default `--frames` aims to deliver in all (frames, and bytes), shared among
+/// publishers × subscribers: a few seconds on a two-core machine.
+const DEFAULT_DELIVERIES: u64 = 8_000_000;
+const DEFAULT_DELIVERED_BYTES: u64 = 8 * 1024 * MIB;
+
+/// `bench throughput` flags.
+#[derive(Args)]
+pub(crate) struct Throughput {
+    #[command(flatten)]
+    peers: Peers,
+    /// Frames each publisher sends [default: 8,000,000 deliveries or 8 GiB delivered in all,
+    /// whichever is fewer, shared among publishers × subscribers].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    frames: Option<u64>,
+    /// Stop publishing after this many seconds even if --frames are not all sent.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    seconds: u64,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `bench latency` flags.
+#[derive(Args)]
+pub(crate) struct Latency {
+    #[command(flatten)]
+    peers: Peers,
+    #[command(flatten)]
+    paced: Paced,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `bench matrix` flags: the reference cells' sizes and peers are fixed.
+#[derive(Args)]
+pub(crate) struct Matrix {
+    #[command(flatten)]
+    paced: Paced,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// A paced load: `bench latency`, and the matrix's latency cell.
+#[derive(Args)]
+struct Paced {
+    /// Frames per second, all publishers together (each sends its share).
+    #[arg(
+        long,
+        value_name = "FRAMES",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000)
+    )]
+    rate: u64,
+    /// How long to publish (`matrix`: also how long each throughput cell may publish, on the hub
+    /// and on the forwarder each).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    seconds: u64,
+}
+
+/// Who publishes and subscribes, with what.
+#[derive(Args)]
+struct Peers {
+    /// Publishers (1-256).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_PEERS)
+    )]
+    publishers: u64,
+    /// Subscribers (1-256); each receives every publisher's frames.
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_PEERS)
+    )]
+    subscribers: u64,
+    /// Message size: bytes, or with a unit (128, 64KiB, 1MiB); 20 B (the stamp) to 64 MiB.
+    #[arg(long, value_name = "SIZE", default_value = "128", value_parser = message_size)]
+    size: usize,
+    /// The status code the frames are published on (0-126 except 2).
+    #[arg(long, value_name = "CODE", default_value = "5", value_parser = relay_code)]
+    code: Status,
+}
+
+/// What to measure: the hub (in-process, running, or spawned) and, with --yardstick, the
+/// forwarder.
+#[derive(Args)]
+struct Target {
+    /// Run the hub in this process (`tej_hub::hub::spawn` on 127.0.0.1:0, default settings)
+    /// instead of spawning `tej-hub serve`.
+    #[arg(long, conflicts_with_all = ["hub", "serve_args"])]
+    embedded: bool,
+    /// Also run the same workload through a plain forwarder (built into the bench) and print
+    /// the hub's figures as a ratio of its.
+    #[arg(long)]
+    yardstick: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// A message size: 20 B to 64 MiB.
+fn message_size(text: &str) -> Result<usize, String> {
+    let bytes = byte_size(text)?;
+    if (STAMP_LEN as u64..=MAX_MESSAGE).contains(&bytes) {
+        usize::try_from(bytes).map_err(|_| format!("{bytes} does not fit in memory"))
+    } else {
+        Err(format!(
+            "the message size must be between {STAMP_LEN} B (the stamp) and 64MiB"
+        ))
+    }
+}
+
+/// A code the hub relays: 0..=126 except 2 (ping).
+fn relay_code(text: &str) -> Result<Status, String> {
+    text.parse()
+        .ok()
+        .and_then(Status::new)
+        .filter(|status| *status != CONTROL && *status != Status::PING)
+        .ok_or_else(|| "relayed codes are 0-126 except 2".to_owned())
+}
+
+/// What went wrong measuring.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    /// A connection could not be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Where to.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// A socket or the runtime failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// A step took too long.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The whole run took longer than --timeout.
+    #[error("gave up after --timeout {seconds}s")]
+    GaveUp {
+        /// The --timeout.
+        seconds: u64,
+    },
+    /// The peer sent what the bench never sends.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The hub answered `SUB` with `ERR`.
+    #[error("the hub refused SUB {code}: {reason}")]
+    Refused {
+        /// The code.
+        code: u8,
+        /// The hub's reason.
+        reason: String,
+    },
+    /// The hub answered `SUB` with something else.
+    #[error("the hub answered SUB {code} with {reply:?}")]
+    UnexpectedReply {
+        /// The code.
+        code: u8,
+        /// The reply.
+        reply: String,
+    },
+    /// The peer closed the connection, after saying why (the hub's `ERR <reason>`) or not.
+    #[error("the connection was closed{}", .reason.as_ref().map_or_else(String::new, |r| format!(": {r}")))]
+    Closed {
+        /// The hub's reason.
+        reason: Option<String>,
+    },
+    /// A frame stamped by a publisher that is not part of the run.
+    #[error(
+        "a frame from publisher {id} but only {publishers} publish: another client publishes \
+         on this code (try --code)"
+    )]
+    UnknownPublisher {
+        /// The stamp's publisher id.
+        id: u32,
+        /// Publishers in the run.
+        publishers: usize,
+    },
+    /// A publication arrived before `OK SUB`, when none of the run's publishers had started.
+    #[error(
+        "a frame on code {code} arrived before OK SUB: another client publishes on it (try --code)"
+    )]
+    Foreign {
+        /// The code.
+        code: u8,
+    },
+    /// Something the run waits for went away.
+    #[error("{0} ended early")]
+    Gone(&'static str),
+    /// A task of the run panicked or was cancelled.
+    #[error("a bench task failed: {0}")]
+    Task(String),
+    /// Which peer failed (numbered from 1).
+    #[error("{role} {number}: {source}")]
+    At {
+        /// `publisher` or `subscriber`.
+        role: &'static str,
+        /// Its number, from 1.
+        number: usize,
+        /// What happened to it.
+        source: Box<LoadError>,
+    },
+}
+
+impl LoadError {
+    /// [`LoadError::Io`].
+    pub(super) fn io(what: &'static str, source: io::Error) -> LoadError {
+        LoadError::Io { what, source }
+    }
+
+    /// This error, as what happened to the `role` with 0-based `index`.
+    pub(super) fn at(self, role: &'static str, index: usize) -> LoadError {
+        LoadError::At {
+            role,
+            number: index + 1,
+            source: Box::new(self),
+        }
+    }
+}
+
+/// How publishers pace themselves.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Pace {
+    /// `throughput`: this many frames each, as fast as the socket takes them.
+    Frames(u64),
+    /// `latency`: this many frames per second, all publishers together.
+    Rate(f64),
+}
+
+/// One run's load.
+#[derive(Debug, Clone)]
+pub(super) struct Workload {
+    /// Publishers.
+    pub(super) publishers: usize,
+    /// Subscribers.
+    pub(super) subscribers: usize,
+    /// Message bytes per frame.
+    pub(super) size: usize,
+    /// The code published on.
+    pub(super) status: Status,
+    /// How publishers pace themselves.
+    pub(super) pace: Pace,
+    /// The cap on publishing (`throughput`) or how long to publish (`latency`).
+    pub(super) seconds: Duration,
+}
+
+impl Workload {
+    /// The subcommand's name.
+    fn name(&self) -> &'static str {
+        match self.pace {
+            Pace::Frames(_) => "throughput",
+            Pace::Rate(_) => "latency",
+        }
+    }
+
+    /// `throughput` with `frames` per publisher, or the default count.
+    fn throughput(peers: &Peers, frames: Option<u64>, seconds: u64) -> Workload {
+        let (publishers, subscribers) = (peers.publishers, peers.subscribers);
+        let frames = frames.unwrap_or_else(|| {
+            let deliveries = DEFAULT_DELIVERIES.min(DEFAULT_DELIVERED_BYTES / peers.size as u64);
+            (deliveries / (publishers * subscribers)).max(1)
+        });
+        Workload::new(peers, Pace::Frames(frames), seconds)
+    }
+
+    /// `latency` at `rate` frames per second in all.
+    fn latency(peers: &Peers, rate: u64, seconds: u64) -> Workload {
+        Workload::new(peers, Pace::Rate(rate as f64), seconds)
+    }
+
+    fn new(peers: &Peers, pace: Pace, seconds: u64) -> Workload {
+        // Both are at most MAX_PEERS.
+        Workload {
+            publishers: peers.publishers as usize,
+            subscribers: peers.subscribers as usize,
+            size: peers.size,
+            status: peers.code,
+            pace,
+            seconds: Duration::from_secs(seconds),
+        }
+    }
+
+    /// A line for people: `1 publisher(s) -> 10 subscriber(s), 128 B messages`.
+    fn describe(&self) -> String {
+        format!(
+            "{} publisher(s) -> {} subscriber(s), {} messages",
+            self.publishers,
+            self.subscribers,
+            human_bytes(self.size as u64)
+        )
+    }
+}
+
+/// Which hub to measure.
+#[derive(Debug, Clone)]
+enum HubChoice {
+    /// In this process, default settings.
+    Embedded,
+    /// A `tej-hub serve` child with these extra flags.
+    Spawned(Vec<String>),
+    /// Already running there (with its pid, when given).
+    Given(SocketAddr, Option<u32>),
+}
+
+impl HubChoice {
+    fn new(target: &Target) -> HubChoice {
+        match (target.embedded, target.common.hub) {
+            (true, _) => HubChoice::Embedded,
+            (false, Some(addr)) => HubChoice::Given(addr, target.common.hub_pid),
+            (false, None) => HubChoice::Spawned(target.common.serve_args.clone()),
+        }
+    }
+}
+
+/// The hub a run measures.
+enum RunningHub {
+    /// In this process, on a thread of its own.
+    Embedded(HubHandle),
+    /// A child process.
+    Spawned(HubProcess),
+    /// Someone else's.
+    Given(SocketAddr, Option<u32>),
+}
+
+impl RunningHub {
+    /// Starts (or finds) the hub `choice` names.
+    fn start(choice: &HubChoice, deadline: Instant) -> Result<RunningHub, Failure> {
+        match choice {
+            HubChoice::Embedded => {
+                let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| {
+                    Failure::Failed(format!("cannot listen on 127.0.0.1:0: {error}"))
+                })?;
+                let listen = listener.local_addr().map_err(|error| {
+                    Failure::Failed(format!("no address for the hub's listener: {error}"))
+                })?;
+                let config = HubConfig {
+                    listen,
+                    ..HubConfig::default()
+                };
+                tej_hub::hub::spawn(listener, config)
+                    .map(RunningHub::Embedded)
+                    .map_err(|error| Failure::Failed(format!("cannot start the hub: {error}")))
+            }
+            HubChoice::Spawned(extra) => {
+                HubProcess::start(extra, deadline).map(RunningHub::Spawned)
+            }
+            HubChoice::Given(addr, pid) => Ok(RunningHub::Given(*addr, *pid)),
+        }
+    }
+
+    /// Where it is and where it came from.
+    fn info(&self) -> HubInfo {
+        match self {
+            RunningHub::Embedded(handle) => HubInfo {
+                addr: handle.local_addr(),
+                origin: "embedded",
+                pid: Some(std::process::id()),
+            },
+            RunningHub::Spawned(child) => HubInfo {
+                addr: child.addr(),
+                origin: "spawned",
+                pid: Some(child.pid()),
+            },
+            RunningHub::Given(addr, pid) => HubInfo {
+                addr: *addr,
+                origin: "given",
+                pid: *pid,
+            },
+        }
+    }
+
+    /// What a spawned hub's exit and last log lines say, for an error message.
+    fn explain(&mut self) -> String {
+        match self {
+            RunningHub::Spawned(child) => child.explain(),
+            RunningHub::Embedded(_) | RunningHub::Given(..) => String::new(),
+        }
+    }
+
+    /// Stops a hub this run started (an embedded one waits for its sessions to close).
+    fn stop(self) {
+        match self {
+            RunningHub::Embedded(handle) => {
+                // It was measured already; a failure to stop cleanly changes no figure.
+                let _ = handle.shutdown();
+            }
+            RunningHub::Spawned(child) => drop(child),
+            RunningHub::Given(..) => {}
+        }
+    }
+}
+
+/// Cores on this machine: the forwarder's workers, as the hub's default.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Runs `measure` against `endpoint` on `runtime`, giving up at `deadline`.
+fn run_on(
+    runtime: &tokio::runtime::Runtime,
+    workload: &Workload,
+    endpoint: &Endpoint,
+    deadline: Instant,
+    timeout: u64,
+) -> Result<Measured, LoadError> {
+    runtime.block_on(async {
+        tokio::time::timeout_at(deadline.into(), measure(workload, endpoint))
+            .await
+            .unwrap_or(Err(LoadError::GaveUp { seconds: timeout }))
+    })
+}
+
+/// Runs `workload` against the hub `choice` names, then (with `yardstick`) the forwarder.
+fn run_workload(
+    workload: &Workload,
+    choice: &HubChoice,
+    yardstick: bool,
+    deadline: Instant,
+    timeout: u64,
+) -> Result<Report, Failure> {
+    let name = workload.name();
+    let failed = |what: &str, error: LoadError, explain: String| {
+        Failure::Failed(format!("bench {name}: {what}: {error}{explain}"))
+    };
+    let runtime = super::runtime()?;
+    let mut hub = RunningHub::start(choice, deadline)?;
+    let info = hub.info();
+    eprintln!(
+        "tej-hub bench {name}: hub at {} ({}); {}",
+        info.addr,
+        info.origin,
+        workload.describe()
+    );
+    let measured = run_on(
+        &runtime,
+        workload,
+        &Endpoint::Hub(info.addr),
+        deadline,
+        timeout,
+    );
+    let measured = measured.map_err(|error| failed("hub", error, hub.explain()))?;
+    hub.stop();
+    let hub_figures = Figures::new(workload, &measured);
+    let forwarder_figures = if yardstick {
+        eprintln!("tej-hub bench {name}: the same through the plain forwarder");
+        let forwarder =
+            Forwarder::start(cores()).map_err(|error| failed("forwarder", error, String::new()))?;
+        let endpoint = Endpoint::Forwarder(forwarder.ports());
+        let measured = run_on(&runtime, workload, &endpoint, deadline, timeout);
+        // Aborted tasks let go of their sockets before the forwarder's runtime goes.
+        drop(runtime);
+        drop(forwarder);
+        let measured = measured.map_err(|error| failed("forwarder", error, String::new()))?;
+        Some(Figures::new(workload, &measured))
+    } else {
+        None
+    };
+    Ok(Report::new(
+        workload.clone(),
+        info,
+        hub_figures,
+        forwarder_figures,
+    ))
+}
+
+/// Prints `report` and fails when it saw loss, reordering or duplicates.
+fn finish(report: &Report, json: bool) -> Result<(), Failure> {
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    match report.problem() {
+        None => Ok(()),
+        Some(problem) => Err(Failure::Failed(format!(
+            "bench {}: {problem}",
+            report.name()
+        ))),
+    }
+}
+
+/// `bench throughput`.
+pub(crate) fn throughput(args: &Throughput) -> Result<(), Failure> {
+    let workload = Workload::throughput(&args.peers, args.frames, args.seconds);
+    run_one(&workload, &args.target)
+}
+
+/// `bench latency`.
+pub(crate) fn latency(args: &Latency) -> Result<(), Failure> {
+    let workload = Workload::latency(&args.peers, args.paced.rate, args.paced.seconds);
+    run_one(&workload, &args.target)
+}
+
+/// Runs one workload as `target` says and prints it.
+fn run_one(workload: &Workload, target: &Target) -> Result<(), Failure> {
+    let timeout = target.common.timeout;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let choice = HubChoice::new(target);
+    let report = run_workload(workload, &choice, target.yardstick, deadline, timeout)?;
+    finish(&report, target.common.json)
+}
+
+/// What a matrix cell reads off its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Figure {
+    /// Delivered frames per second (higher is better).
+    FramesPerSecond,
+    /// Delivered MB per second (higher is better).
+    MegabytesPerSecond,
+    /// 99th percentile one-way latency (lower is better).
+    P99,
+}
+
+/// One cell of the reference matrix.
+pub(super) struct Cell {
+    /// `1→10, 128 B`.
+    pub(super) label: String,
+    /// The figure it is judged by.
+    pub(super) figure: Figure,
+    /// The hub ÷ forwarder ratio it aims for: at least (throughput), at most (latency).
+    pub(super) target: f64,
+}
+
+/// The reference cells: the five throughput cells and the latency cell.
+fn cells(seconds: u64, rate: u64) -> Vec<(Cell, Workload)> {
+    let peers = |publishers, subscribers, size: u64| Peers {
+        publishers,
+        subscribers,
+        size: size as usize,
+        code: Status::new(5).unwrap_or_default(),
+    };
+    let throughput = |publishers, subscribers, size: u64, figure, target| {
+        let label = format!(
+            "{publishers}→{subscribers}, {}",
+            human_bytes(size).replace(".00", "")
+        );
+        let workload = Workload::throughput(&peers(publishers, subscribers, size), None, seconds);
+        (
+            Cell {
+                label,
+                figure,
+                target,
+            },
+            workload,
+        )
+    };
+    let latency = Workload::latency(&peers(1, 1, 128), rate, seconds);
+    vec![
+        throughput(1, 1, 128, Figure::FramesPerSecond, 0.70),
+        throughput(1, 10, 128, Figure::FramesPerSecond, 0.70),
+        throughput(10, 10, 128, Figure::FramesPerSecond, 0.70),
+        throughput(1, 1, MIB, Figure::MegabytesPerSecond, 0.95),
+        throughput(1, 10, 64 * KIB, Figure::MegabytesPerSecond, 0.95),
+        (
+            Cell {
+                label: format!("latency 1→1, 128 B at {} frames/s", grouped(rate as f64)),
+                figure: Figure::P99,
+                target: 1.5,
+            },
+            latency,
+        ),
+    ]
+}
+
+/// `bench matrix`: every reference cell on the hub `--embedded` or `--hub` name (a fresh one per
+/// cell unless given), and with `--yardstick` on the forwarder.
+pub(crate) fn matrix(args: &Matrix) -> Result<(), Failure> {
+    let (target, common) = (&args.target, &args.target.common);
+    let deadline = Instant::now() + Duration::from_secs(common.timeout);
+    let choice = HubChoice::new(target);
+    let cells = cells(args.paced.seconds, args.paced.rate);
+    let count = cells.len();
+    let mut done = Vec::new();
+    let mut problems = Vec::new();
+    for (number, (cell, workload)) in cells.into_iter().enumerate() {
+        eprintln!(
+            "tej-hub bench matrix: cell {}/{count}: {}",
+            number + 1,
+            cell.label
+        );
+        let report = run_workload(
+            &workload,
+            &choice,
+            target.yardstick,
+            deadline,
+            common.timeout,
+        )?;
+        if common.json {
+            println!("{}", report.json());
+        }
+        if let Some(problem) = report.problem() {
+            problems.push(format!("{}: {problem}", cell.label));
+        }
+        done.push((cell, report));
+    }
+    if !common.json {
+        print!("{}", matrix_table(&done));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!(
+            "bench matrix: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_codes() {
+        assert_eq!(message_size("128"), Ok(128));
+        assert_eq!(message_size("20"), Ok(20));
+        assert_eq!(message_size("64MiB"), Ok(64 * 1024 * 1024));
+        assert!(message_size("19").is_err());
+        assert!(message_size("65MiB").is_err());
+        assert_eq!(relay_code("5"), Ok(Status::new(5).expect("5")));
+        for bad in ["2", "127", "128", "x"] {
+            assert!(relay_code(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_frames_share_the_budget() {
+        let peers = |publishers, subscribers, size| Peers {
+            publishers,
+            subscribers,
+            size,
+            code: Status::new(5).expect("5"),
+        };
+        let frames = |peers: &Peers| match Workload::throughput(peers, None, 5).pace {
+            Pace::Frames(frames) => frames,
+            Pace::Rate(_) => 0,
+        };
+        assert_eq!(frames(&peers(1, 1, 128)), 8_000_000);
+        assert_eq!(frames(&peers(1, 10, 128)), 800_000);
+        assert_eq!(frames(&peers(10, 10, 128)), 80_000);
+        assert_eq!(frames(&peers(1, 1, 1 << 20)), 8192);
+        assert_eq!(frames(&peers(1, 10, 64 << 10)), 13_107);
+        assert_eq!(frames(&peers(256, 256, 64 << 20)), 1);
+        let cells = cells(5, 10_000);
+        assert_eq!(cells.len(), 6);
+        assert_eq!(cells[0].0.label, "1→1, 128 B");
+        assert_eq!(cells[3].0.label, "1→1, 1 MiB");
+        assert_eq!(cells[4].0.label, "1→10, 64 KiB");
+    }
+}

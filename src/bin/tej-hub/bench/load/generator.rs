@@ -1,0 +1,623 @@
+//! The load generator: S subscribers and P publishers over loopback TCP, against the hub or the
+//! forwarder ([`Endpoint`]), with the same bytes for both.
+//!
+//! [`measure`] connects the subscribers first and waits until each is in place (the hub's
+//! `OK SUB`, or the forwarder's count of accepted subscribers), then connects the publishers and
+//! starts them together. A publisher writes its [`Batch`] about 256 KiB per `write_all`, either as
+//! fast as the socket takes it (`throughput`) or at a fixed rate (`latency`). Subscribers read
+//! 256 KiB at a time, parse with [`Reader`] and keep a [`Tally`]: frames per publisher, sequence
+//! numbers going backwards, and (for `latency`) one-way latency samples. Once every publisher is
+//! done, each subscriber reads until it has every frame sent, or gives up after [`DRAIN`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tej_hub::hub::control::CONTROL;
+use tej_hub::Status;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::forwarder::Ports;
+use super::wire::{frame, Batch, Event, Reader, Stamp};
+use super::{LoadError, Pace, Workload};
+
+/// Bytes per `write_all` a publisher aims for, and per read of a subscriber.
+pub(super) const IO_BYTES: usize = 256 * 1024;
+/// How long subscribers keep reading after the last publisher is done before they count what
+/// has not arrived as lost.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How long one connect or one `SUB` handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Latency samples a subscriber keeps at most (8 bytes each); later frames are counted but not
+/// sampled.
+const MAX_SAMPLES: usize = 16_000_000;
+
+/// What the load runs against.
+pub(super) enum Endpoint {
+    /// A hub: everyone connects to this address; subscribers send `SUB <code>`.
+    Hub(SocketAddr),
+    /// The forwarder.
+    Forwarder(Ports),
+}
+
+impl Endpoint {
+    /// Where publishers connect.
+    fn publishers(&self) -> SocketAddr {
+        match self {
+            Endpoint::Hub(addr) => *addr,
+            Endpoint::Forwarder(ports) => ports.publishers,
+        }
+    }
+
+    /// A subscriber ready to receive: connected, and subscribed to `status` on a hub.
+    async fn subscriber(&self, status: Status) -> Result<Subscriber, LoadError> {
+        let addr = match self {
+            Endpoint::Hub(addr) => *addr,
+            Endpoint::Forwarder(ports) => ports.subscribers,
+        };
+        let mut subscriber = Subscriber {
+            stream: connect(addr).await?,
+            reader: Reader::new(status),
+            buf: vec![0; IO_BYTES],
+        };
+        if let Endpoint::Hub(_) = self {
+            within(
+                CONNECT_TIMEOUT,
+                "waiting for OK SUB",
+                subscriber.subscribe(status),
+            )
+            .await??;
+        }
+        Ok(subscriber)
+    }
+
+    /// Waits until the forwarder has accepted `count` subscribers (a hub's have all been
+    /// answered already).
+    async fn ready(&self, count: usize) -> Result<(), LoadError> {
+        if let Endpoint::Forwarder(ports) = self {
+            let mut joined = ports.joined.clone();
+            within(
+                CONNECT_TIMEOUT,
+                "waiting for the forwarder to accept the subscribers",
+                joined.wait_for(|subscribers| subscribers.len() >= count),
+            )
+            .await?
+            .map_err(|_| LoadError::Gone("the forwarder"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `future`'s output, or [`LoadError::Timeout`] after `limit`.
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, LoadError> {
+    tokio::time::timeout(limit, future)
+        .await
+        .map_err(|_| LoadError::Timeout(what))
+}
+
+/// A loopback connection to `addr` with `TCP_NODELAY`.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, LoadError> {
+    let connected = within(CONNECT_TIMEOUT, "connecting", TcpStream::connect(addr)).await?;
+    let stream = connected.map_err(|source| LoadError::Connect { addr, source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| LoadError::io("cannot set TCP_NODELAY", source))?;
+    Ok(stream)
+}
+
+/// Nanoseconds from `epoch` until now.
+fn since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What one run measured, before any figure is derived.
+pub(super) struct Measured {
+    /// When the publishers were started.
+    pub(super) start: Instant,
+    /// Frames each publisher sent, by publisher id.
+    pub(super) sent: Vec<u64>,
+    /// When the last publisher had written its last frame.
+    pub(super) published: Instant,
+    /// Whether `--seconds` stopped a `throughput` publisher before its `--frames`.
+    pub(super) capped: bool,
+    /// Each subscriber's tally, in connection order.
+    pub(super) tallies: Vec<Tally>,
+}
+
+/// What one subscriber received.
+pub(super) struct Tally {
+    /// Per publisher: frames received, the next sequence number expected, and how many went
+    /// backwards.
+    pub(super) tracks: Vec<Track>,
+    /// Frames received in all.
+    pub(super) frames: u64,
+    /// When the last frame was read.
+    pub(super) last: Option<Instant>,
+    /// One-way latencies in ns (receive time of the read minus the stamp's send time), when
+    /// sampled.
+    pub(super) latencies: Option<Vec<u64>>,
+    /// Whether it had every frame sent before [`DRAIN`] ran out.
+    pub(super) drained: bool,
+}
+
+/// One publisher's frames as one subscriber received them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Track {
+    /// Frames received.
+    pub(super) received: u64,
+    /// One past the highest sequence number seen.
+    pub(super) next: u64,
+    /// Frames whose sequence number was below one already seen.
+    pub(super) reordered: u64,
+}
+
+impl Tally {
+    /// A tally for `publishers` publishers; samples latencies when `sample`.
+    pub(super) fn new(publishers: usize, sample: bool) -> Tally {
+        Tally {
+            tracks: vec![Track::default(); publishers],
+            frames: 0,
+            last: None,
+            latencies: sample.then(Vec::new),
+            drained: false,
+        }
+    }
+
+    /// Counts one frame, read at `now_ns`.
+    pub(super) fn add(&mut self, stamp: Stamp, now_ns: u64) -> Result<(), LoadError> {
+        let publishers = self.tracks.len();
+        let track = usize::try_from(stamp.publisher)
+            .ok()
+            .and_then(|id| self.tracks.get_mut(id))
+            .ok_or(LoadError::UnknownPublisher {
+                id: stamp.publisher,
+                publishers,
+            })?;
+        track.received += 1;
+        if stamp.seq >= track.next {
+            track.next = stamp.seq + 1;
+        } else {
+            track.reordered += 1;
+        }
+        self.frames += 1;
+        if let Some(latencies) = &mut self.latencies {
+            if latencies.len() < MAX_SAMPLES {
+                latencies.push(now_ns.saturating_sub(stamp.sent_ns));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A subscriber's connection and parser.
+struct Subscriber {
+    stream: TcpStream,
+    reader: Reader,
+    /// The read buffer.
+    buf: Vec<u8>,
+}
+
+impl Subscriber {
+    /// Sends `SUB <code>` and reads until the hub answers it.
+    async fn subscribe(&mut self, status: Status) -> Result<(), LoadError> {
+        let code = status.code();
+        let command = frame(CONTROL, format!("SUB {code}").as_bytes());
+        self.stream
+            .write_all(&command)
+            .await
+            .map_err(|source| LoadError::io("cannot send SUB", source))?;
+        let mut reply = None;
+        while reply.is_none() {
+            let n = self.read().await?;
+            self.reader.feed(&self.buf[..n], |event| match event {
+                Event::Control(text) => {
+                    reply = Some(String::from_utf8_lossy(text).into_owned());
+                    Ok(())
+                }
+                Event::Message(_) => Err(LoadError::Foreign { code }),
+            })?;
+        }
+        match reply {
+            Some(reply) if reply == format!("OK SUB {code}") => Ok(()),
+            Some(reply) => match reply.strip_prefix("ERR ") {
+                Some(reason) => Err(LoadError::Refused {
+                    code,
+                    reason: reason.to_owned(),
+                }),
+                None => Err(LoadError::UnexpectedReply { code, reply }),
+            },
+            None => Err(LoadError::Gone("the hub's reply")),
+        }
+    }
+
+    /// Reads into the buffer; an error when the peer closed.
+    async fn read(&mut self) -> Result<usize, LoadError> {
+        match self.stream.read(&mut self.buf).await {
+            Ok(0) => Err(LoadError::Closed { reason: None }),
+            Ok(n) => Ok(n),
+            Err(source) => Err(LoadError::io("read failed", source)),
+        }
+    }
+
+    /// Reads and tallies until it has `finish.total` frames, or `finish.drain_until` passes once
+    /// that total is known.
+    async fn receive(
+        mut self,
+        mut tally: Tally,
+        epoch: Instant,
+        mut finish: watch::Receiver<Option<Finish>>,
+    ) -> Result<Tally, LoadError> {
+        let sample = tally.latencies.is_some();
+        loop {
+            let known = *finish.borrow_and_update();
+            if let Some(finish) = known {
+                if tally.frames >= finish.total {
+                    tally.drained = true;
+                    return Ok(tally);
+                }
+            }
+            let n = tokio::select! {
+                biased;
+                read = self.read() => read?,
+                changed = finish.changed(), if known.is_none() => {
+                    changed.map_err(|_| LoadError::Gone("the publishers"))?;
+                    continue;
+                }
+                () = drain(known) => return Ok(tally),
+            };
+            let now_ns = if sample { since(epoch) } else { 0 };
+            let before = tally.frames;
+            self.reader.feed(&self.buf[..n], |event| match event {
+                Event::Message(stamp) => tally.add(stamp, now_ns),
+                Event::Control(text) => Err(closing(text)),
+            })?;
+            if tally.frames > before {
+                tally.last = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Completes when the drain time of `finish` has passed; never while it is unknown.
+async fn drain(finish: Option<Finish>) {
+    match finish {
+        Some(finish) => tokio::time::sleep_until(finish.drain_until.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A control frame in the middle of the relay: the hub's `ERR <reason>` before it closes.
+fn closing(text: &[u8]) -> LoadError {
+    let text = String::from_utf8_lossy(text);
+    LoadError::Closed {
+        reason: Some(text.strip_prefix("ERR ").unwrap_or(&text).to_owned()),
+    }
+}
+
+/// What subscribers learn once every publisher is done.
+#[derive(Debug, Clone, Copy)]
+struct Finish {
+    /// Frames sent by all publishers: what each subscriber should receive.
+    total: u64,
+    /// When to stop waiting for the rest.
+    drain_until: Instant,
+}
+
+/// What a publisher did.
+struct Sent {
+    /// Frames written.
+    frames: u64,
+    /// When its last write returned.
+    end: Instant,
+    /// Whether `--seconds` cut it short.
+    capped: bool,
+    /// Its connection, kept open until the subscribers are done.
+    stream: TcpStream,
+}
+
+/// Writes `bytes` in pieces of about [`IO_BYTES`] (equal pieces when larger).
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoadError> {
+    let pieces = bytes.len().div_ceil(IO_BYTES + IO_BYTES / 4).max(1);
+    for piece in bytes.chunks(bytes.len().div_ceil(pieces).max(1)) {
+        stream
+            .write_all(piece)
+            .await
+            .map_err(|source| LoadError::io("write failed", source))?;
+    }
+    Ok(())
+}
+
+/// Publishes `batch`'s frames as `pace` says (a rate here is this publisher's share), for at
+/// most `seconds` from `start`.
+async fn publish(
+    mut stream: TcpStream,
+    mut batch: Batch,
+    pace: Pace,
+    seconds: Duration,
+    start: Instant,
+    epoch: Instant,
+) -> Result<Sent, LoadError> {
+    let stop = start + seconds;
+    let mut seq = 0u64;
+    let mut capped = false;
+    match pace {
+        Pace::Frames(frames) => {
+            while seq < frames {
+                if Instant::now() >= stop {
+                    capped = true;
+                    break;
+                }
+                let count = usize::try_from(frames - seq)
+                    .map_or(batch.frames(), |left| left.min(batch.frames()));
+                write(&mut stream, batch.stamp(count, seq, since(epoch))).await?;
+                seq += count as u64;
+            }
+        }
+        Pace::Rate(rate) => {
+            // Frame k is due at start + k / rate; what is due is written at once (tokio's timer
+            // ticks every millisecond, so frames leave in bursts of rate / 1000).
+            let total = (rate * seconds.as_secs_f64()).round() as u64;
+            let rate = rate.max(f64::MIN_POSITIVE);
+            while seq < total {
+                let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+                if due > seq {
+                    let count = usize::try_from(due - seq)
+                        .map_or(batch.frames(), |due| due.min(batch.frames()));
+                    write(&mut stream, batch.stamp(count, seq, since(epoch))).await?;
+                    seq += count as u64;
+                } else {
+                    let next = start + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }
+        }
+    }
+    Ok(Sent {
+        frames: seq,
+        end: Instant::now(),
+        capped,
+        stream,
+    })
+}
+
+/// How one task of a run ended.
+enum Outcome {
+    /// Publisher `index` is done, or failed.
+    Published(usize, Result<Sent, LoadError>),
+    /// Subscriber `index` is done, or failed.
+    Received(usize, Result<Tally, LoadError>),
+}
+
+/// Runs `workload` once against `endpoint`; fails at the first failure of any side.
+pub(super) async fn measure(
+    workload: &Workload,
+    endpoint: &Endpoint,
+) -> Result<Measured, LoadError> {
+    let epoch = Instant::now();
+    let mut subscribers = Vec::new();
+    for index in 0..workload.subscribers {
+        let subscriber = endpoint.subscriber(workload.status).await;
+        subscribers.push(subscriber.map_err(|error| error.at("subscriber", index))?);
+    }
+    endpoint.ready(workload.subscribers).await?;
+    let mut publishers = Vec::new();
+    for index in 0..workload.publishers {
+        let publisher = connect(endpoint.publishers()).await;
+        publishers.push(publisher.map_err(|error| error.at("publisher", index))?);
+    }
+
+    let (finished, finish) = watch::channel(None);
+    let sample = matches!(workload.pace, Pace::Rate(_));
+    // Dropping the set (an early return) aborts every task still running.
+    let mut tasks = JoinSet::new();
+    for (index, subscriber) in subscribers.into_iter().enumerate() {
+        let tally = Tally::new(workload.publishers, sample);
+        let receiving = subscriber.receive(tally, epoch, finish.clone());
+        tasks.spawn(async move { Outcome::Received(index, receiving.await) });
+    }
+    let start = Instant::now();
+    for (index, stream) in publishers.into_iter().enumerate() {
+        let id = u32::try_from(index).map_err(|_| LoadError::Gone("publisher ids"))?;
+        let batch = Batch::new(workload.status, workload.size, id, IO_BYTES);
+        let pace = match workload.pace {
+            Pace::Rate(rate) => Pace::Rate(rate / workload.publishers as f64),
+            frames => frames,
+        };
+        let publishing = publish(stream, batch, pace, workload.seconds, start, epoch);
+        tasks.spawn(async move { Outcome::Published(index, publishing.await) });
+    }
+
+    let mut sent: Vec<Option<u64>> = vec![None; workload.publishers];
+    let mut tallies: Vec<Option<Tally>> = (0..workload.subscribers).map(|_| None).collect();
+    let (mut published, mut capped, mut open) = (start, false, Vec::new());
+    while sent.iter().any(Option::is_none) || tallies.iter().any(Option::is_none) {
+        let outcome = match tasks.join_next().await {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(error)) => return Err(LoadError::Task(error.to_string())),
+            None => return Err(LoadError::Gone("every bench task")),
+        };
+        match outcome {
+            Outcome::Published(index, Ok(done)) => {
+                sent[index] = Some(done.frames);
+                published = published.max(done.end);
+                capped |= done.capped;
+                open.push(done.stream);
+                if sent.iter().all(Option::is_some) {
+                    let total = sent.iter().flatten().sum();
+                    let drain_until = Instant::now() + DRAIN;
+                    finished.send_replace(Some(Finish { total, drain_until }));
+                }
+            }
+            Outcome::Received(index, Ok(tally)) => tallies[index] = Some(tally),
+            Outcome::Published(index, Err(error)) => return Err(error.at("publisher", index)),
+            Outcome::Received(index, Err(error)) => return Err(error.at("subscriber", index)),
+        }
+    }
+    drop(open);
+    Ok(Measured {
+        start,
+        sent: sent.into_iter().flatten().collect(),
+        published,
+        capped,
+        tallies: tallies.into_iter().flatten().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::super::forwarder::Forwarder;
+    use super::*;
+
+    fn stamp(publisher: u32, seq: u64, sent_ns: u64) -> Stamp {
+        Stamp {
+            seq,
+            publisher,
+            sent_ns,
+        }
+    }
+
+    #[test]
+    fn tallies_count_gaps_reordering_and_strangers() {
+        let mut tally = Tally::new(2, true);
+        for (publisher, seq) in [(0, 0), (0, 1), (1, 0), (0, 3), (0, 2), (1, 1)] {
+            tally.add(stamp(publisher, seq, 100), 350).expect("known");
+        }
+        assert_eq!(tally.frames, 6);
+        assert_eq!(
+            tally.tracks[0],
+            Track {
+                received: 4,
+                next: 4,
+                reordered: 1
+            }
+        );
+        assert_eq!(tally.tracks[1].reordered, 0);
+        assert_eq!(tally.latencies, Some(vec![250; 6]));
+        assert!(matches!(
+            tally.add(stamp(2, 0, 0), 0),
+            Err(LoadError::UnknownPublisher {
+                id: 2,
+                publishers: 2
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn writes_about_256_kib_at_a_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let reading = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accepts");
+            let mut all = Vec::new();
+            stream.read_to_end(&mut all).await.expect("reads");
+            all
+        });
+        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        let bytes: Vec<u8> = (0..1_100_000u32).map(|i| i as u8).collect();
+        write(&mut stream, &bytes).await.expect("writes");
+        drop(stream);
+        assert_eq!(reading.await.expect("the reader"), bytes);
+    }
+
+    /// The whole generator against the forwarder: nothing lost, nothing reordered.
+    #[test]
+    fn a_run_through_the_forwarder_is_lossless() {
+        let forwarder = Forwarder::start(2).expect("starts");
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        for pace in [Pace::Frames(3_000), Pace::Rate(2_000.0)] {
+            let workload = Workload {
+                publishers: 2,
+                subscribers: 3,
+                size: 64,
+                status: Status::new(9).expect("9"),
+                pace,
+                seconds: Duration::from_millis(500),
+            };
+            let measured = runtime
+                .block_on(measure(&workload, &Endpoint::Forwarder(forwarder.ports())))
+                .expect("measures");
+            let per_publisher = match pace {
+                Pace::Frames(frames) => frames,
+                Pace::Rate(_) => 500,
+            };
+            assert_eq!(measured.sent, vec![per_publisher; 2]);
+            assert_eq!(measured.tallies.len(), 3);
+            for tally in &measured.tallies {
+                assert!(tally.drained);
+                assert_eq!(tally.frames, 2 * per_publisher);
+                for track in &tally.tracks {
+                    assert_eq!((track.received, track.reordered), (per_publisher, 0));
+                }
+                let samples = tally.latencies.as_ref().map(Vec::len);
+                assert_eq!(samples.is_some(), matches!(pace, Pace::Rate(_)));
+            }
+        }
+        drop(runtime);
+        drop(forwarder);
+    }
+
+    /// One publisher straight into one subscriber over loopback, nothing in between: what the
+    /// load generator itself can do, which must stay above what the hub and the forwarder
+    /// deliver (`cargo test --release --bin tej-hub -- --ignored direct_rate --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn direct_rate() {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let status = Status::new(5).expect("5");
+        for (size, frames) in [(128, 20_000_000), (64 * 1024, 40_000), (1 << 20, 2_500)] {
+            runtime.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+                let addr = listener.local_addr().expect("an address");
+                let publisher = connect(addr).await.expect("connects");
+                let (stream, _) = listener.accept().await.expect("accepts");
+                let subscriber = Subscriber {
+                    stream,
+                    reader: Reader::new(status),
+                    buf: vec![0; IO_BYTES],
+                };
+                let epoch = Instant::now();
+                let (finished, finish) = watch::channel(None);
+                let receiving =
+                    tokio::spawn(subscriber.receive(Tally::new(1, false), epoch, finish));
+                let start = Instant::now();
+                let batch = Batch::new(status, size, 0, IO_BYTES);
+                let pace = Pace::Frames(frames);
+                let sent = publish(
+                    publisher,
+                    batch,
+                    pace,
+                    Duration::from_secs(10),
+                    start,
+                    epoch,
+                )
+                .await
+                .expect("publishes");
+                let drain_until = Instant::now() + DRAIN;
+                finished.send_replace(Some(Finish {
+                    total: sent.frames,
+                    drain_until,
+                }));
+                let tally = receiving.await.expect("joins").expect("receives");
+                assert_eq!(tally.frames, sent.frames);
+                let seconds = tally
+                    .last
+                    .expect("frames")
+                    .duration_since(start)
+                    .as_secs_f64();
+                println!(
+                    "direct, {size} B: {:.0} frames/s, {:.0} MB/s",
+                    tally.frames as f64 / seconds,
+                    tally.frames as f64 * size as f64 / seconds / 1e6
+                );
+            });
+        }
+    }
+}

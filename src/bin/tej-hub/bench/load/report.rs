@@ -1,0 +1,582 @@
+//! What `bench throughput`, `bench latency` and `bench matrix` print: the figures derived once
+//! from a run ([`Figures::new`]), the hub's beside the forwarder's with their ratio
+//! ([`Report`]), as a table for people or one JSON object; and the matrix's Markdown table
+//! ([`matrix_table`]).
+//!
+//! Definitions: a run starts when the publishers are started. *Delivered frames/s* is the frames
+//! received by all subscribers together over the time from the start until the last subscriber
+//! read its last frame; *MB/s* the same for message bytes (10^6 bytes); *published frames/s* the
+//! frames sent over the time until the last publisher's last write returned. *Lost* counts, per
+//! subscriber and publisher, frames sent and never received; *reordered* frames whose sequence
+//! number was below one already received from the same publisher; *duplicated* frames received
+//! beyond those sent. Latency is one-way: the time a subscriber's read returned minus the send
+//! time in the stamp (taken just before the publisher's write), in µs, nearest-rank percentiles.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+
+use super::generator::Measured;
+use super::{Cell, Figure, Pace, Workload};
+use crate::bench::mb_per_s;
+
+/// Where the measured hub was.
+pub(super) struct HubInfo {
+    /// Its address.
+    pub(super) addr: SocketAddr,
+    /// `embedded`, `spawned` or `given`.
+    pub(super) origin: &'static str,
+    /// Its process id, when known (this process for an embedded hub).
+    pub(super) pid: Option<u32>,
+}
+
+/// One-way latency percentiles, in µs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Latency {
+    /// Samples (every frame received, up to a bound per subscriber).
+    samples: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p99_9: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Latency {
+    /// The percentiles of `samples` (in ns; sorted here); `None` without samples.
+    fn new(mut samples: Vec<u64>) -> Option<Latency> {
+        samples.sort_unstable();
+        let max = *samples.last()?;
+        let us = |ns: u64| ns as f64 / 1e3;
+        let sum: u128 = samples.iter().map(|&ns| u128::from(ns)).sum();
+        Some(Latency {
+            samples: samples.len() as u64,
+            p50: us(percentile(&samples, 500)),
+            p90: us(percentile(&samples, 900)),
+            p99: us(percentile(&samples, 990)),
+            p99_9: us(percentile(&samples, 999)),
+            max: us(max),
+            mean: sum as f64 / samples.len() as f64 / 1e3,
+        })
+    }
+
+    /// `(name, value)` for each percentile, in the order printed.
+    fn rows(&self) -> [(&'static str, f64); 6] {
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p99.9", self.p99_9),
+            ("max", self.max),
+            ("mean", self.mean),
+        ]
+    }
+}
+
+/// The nearest-rank percentile of `sorted` (not empty), given in per mille (990 for p99), in
+/// whole numbers so that p99.9 of 1,000 samples is the 999th, not the 1,000th.
+fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
+    let rank = (sorted.len() * per_mille).div_ceil(1000);
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One run's figures.
+#[derive(Debug, Clone)]
+pub(super) struct Figures {
+    /// Frames all publishers sent.
+    sent: u64,
+    /// Frames all subscribers received.
+    delivered: u64,
+    /// Frames sent and never received, summed over subscribers.
+    lost: u64,
+    /// Frames received out of their publisher's order.
+    reordered: u64,
+    /// Frames received beyond those sent.
+    duplicated: u64,
+    /// From the start until the last delivery.
+    seconds: f64,
+    /// From the start until the last publisher was done.
+    publish_seconds: f64,
+    frames_per_s: f64,
+    mb_per_s: f64,
+    publish_frames_per_s: f64,
+    /// Whether --seconds stopped a publisher early.
+    capped: bool,
+    /// Whether every subscriber received every frame before the drain time ran out.
+    drained: bool,
+    /// Latency, when sampled (`latency`).
+    latency: Option<Latency>,
+}
+
+impl Figures {
+    /// The figures of `measured`, a run of `workload`.
+    pub(super) fn new(workload: &Workload, measured: &Measured) -> Figures {
+        let mut figures = Figures {
+            sent: measured.sent.iter().sum(),
+            delivered: 0,
+            lost: 0,
+            reordered: 0,
+            duplicated: 0,
+            seconds: 0.0,
+            publish_seconds: measured
+                .published
+                .saturating_duration_since(measured.start)
+                .as_secs_f64(),
+            frames_per_s: 0.0,
+            mb_per_s: 0.0,
+            publish_frames_per_s: 0.0,
+            capped: measured.capped,
+            drained: measured.tallies.iter().all(|tally| tally.drained),
+            latency: None,
+        };
+        let mut samples = Vec::new();
+        for tally in &measured.tallies {
+            figures.delivered += tally.frames;
+            for (track, &sent) in tally.tracks.iter().zip(&measured.sent) {
+                figures.lost += sent.saturating_sub(track.received);
+                figures.duplicated += track.received.saturating_sub(sent);
+                figures.reordered += track.reordered;
+            }
+            if let Some(last) = tally.last {
+                let seconds = last.saturating_duration_since(measured.start).as_secs_f64();
+                figures.seconds = figures.seconds.max(seconds);
+            }
+            if let Some(latencies) = &tally.latencies {
+                samples.extend_from_slice(latencies);
+            }
+        }
+        let per_second = |count: u64, seconds: f64| {
+            if seconds > 0.0 {
+                count as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        figures.frames_per_s = per_second(figures.delivered, figures.seconds);
+        figures.mb_per_s = mb_per_s(figures.delivered * workload.size as u64, figures.seconds);
+        figures.publish_frames_per_s = per_second(figures.sent, figures.publish_seconds);
+        if matches!(workload.pace, Pace::Rate(_)) {
+            figures.latency = Latency::new(samples);
+        }
+        figures
+    }
+
+    /// What went wrong, if anything: loss, reordering, duplicates.
+    fn problem(&self) -> Option<String> {
+        (self.lost + self.reordered + self.duplicated > 0).then(|| {
+            format!(
+                "{} lost, {} reordered, {} duplicated of {} frames",
+                self.lost, self.reordered, self.duplicated, self.sent
+            )
+        })
+    }
+
+    /// The figures as a JSON object.
+    fn json(&self) -> Value {
+        json!({
+            "frames_sent": self.sent,
+            "frames_delivered": self.delivered,
+            "lost": self.lost,
+            "reordered": self.reordered,
+            "duplicated": self.duplicated,
+            "seconds": round(self.seconds, 4),
+            "publish_seconds": round(self.publish_seconds, 4),
+            "frames_per_s": round(self.frames_per_s, 0),
+            "mb_per_s": round(self.mb_per_s, 1),
+            "publish_frames_per_s": round(self.publish_frames_per_s, 0),
+            "capped": self.capped,
+            "drained": self.drained,
+            "latency_us": self.latency.map(|latency| {
+                let mut object = json!({ "samples": latency.samples });
+                for (name, value) in latency.rows() {
+                    object[name.replace('.', "_")] = json!(round(value, 1));
+                }
+                object
+            }),
+        })
+    }
+
+    /// The figure a matrix cell is judged by.
+    fn figure(&self, figure: Figure) -> Option<f64> {
+        match figure {
+            Figure::FramesPerSecond => Some(self.frames_per_s),
+            Figure::MegabytesPerSecond => Some(self.mb_per_s),
+            Figure::P99 => self.latency.map(|latency| latency.p99),
+        }
+    }
+}
+
+/// `value` rounded to `places` decimals, for JSON.
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// `hub ÷ forwarder`; `None` when the forwarder's figure is 0.
+fn ratio(hub: f64, forwarder: f64) -> Option<f64> {
+    (forwarder > 0.0).then(|| hub / forwarder)
+}
+
+/// A whole number with thousands separators: `1,234,567`.
+pub(super) fn grouped(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// A finished run: the hub's figures and the forwarder's, ready to print.
+pub(super) struct Report {
+    /// What ran.
+    workload: Workload,
+    /// The hub measured.
+    hub: HubInfo,
+    /// The hub's figures.
+    measured: Figures,
+    /// The forwarder's, with --yardstick.
+    forwarder: Option<Figures>,
+}
+
+impl Report {
+    /// The report of a run of `workload`.
+    pub(super) fn new(
+        workload: Workload,
+        hub: HubInfo,
+        measured: Figures,
+        forwarder: Option<Figures>,
+    ) -> Report {
+        Report {
+            workload,
+            hub,
+            measured,
+            forwarder,
+        }
+    }
+
+    /// `throughput` or `latency`.
+    pub(super) fn name(&self) -> &'static str {
+        self.workload.name()
+    }
+
+    /// Loss, reordering or duplicates, on the hub or on the forwarder.
+    pub(super) fn problem(&self) -> Option<String> {
+        let hub = self.measured.problem().map(|text| format!("hub: {text}"));
+        let forwarder = self.forwarder.as_ref().and_then(Figures::problem);
+        let forwarder = forwarder.map(|text| format!("forwarder: {text}"));
+        match (hub, forwarder) {
+            (Some(hub), Some(forwarder)) => Some(format!("{hub}; {forwarder}")),
+            (one, other) => one.or(other),
+        }
+    }
+
+    /// The figures to compare, with whether a higher value is better: `(name, hub, forwarder)`.
+    fn rows(&self) -> Vec<(String, f64, Option<f64>)> {
+        let forwarder = self.forwarder.as_ref();
+        let (hub, fwd) = (&self.measured, forwarder);
+        let mut rows = vec![
+            (
+                "delivered frames/s".to_owned(),
+                hub.frames_per_s,
+                fwd.map(|f| f.frames_per_s),
+            ),
+            (
+                "delivered MB/s".to_owned(),
+                hub.mb_per_s,
+                fwd.map(|f| f.mb_per_s),
+            ),
+            (
+                "published frames/s".to_owned(),
+                hub.publish_frames_per_s,
+                fwd.map(|f| f.publish_frames_per_s),
+            ),
+        ];
+        if let Some(latency) = hub.latency {
+            let theirs = fwd.and_then(|f| f.latency);
+            for (index, (name, value)) in latency.rows().into_iter().enumerate() {
+                let other = theirs.map(|theirs| theirs.rows()[index].1);
+                rows.push((format!("latency {name} µs"), value, other));
+            }
+        }
+        rows
+    }
+
+    /// The ratios hub ÷ forwarder as a JSON object (`null` without --yardstick).
+    fn ratios(&self) -> Value {
+        let Some(forwarder) = &self.forwarder else {
+            return Value::Null;
+        };
+        let hub = &self.measured;
+        let mut object = json!({
+            "frames_per_s": ratio(hub.frames_per_s, forwarder.frames_per_s).map(|r| round(r, 3)),
+            "mb_per_s": ratio(hub.mb_per_s, forwarder.mb_per_s).map(|r| round(r, 3)),
+            "publish_frames_per_s":
+                ratio(hub.publish_frames_per_s, forwarder.publish_frames_per_s).map(|r| round(r, 3)),
+        });
+        if let (Some(ours), Some(theirs)) = (hub.latency, forwarder.latency) {
+            for ((name, value), (_, other)) in ours.rows().into_iter().zip(theirs.rows()) {
+                object[format!("latency_{}", name.replace('.', "_"))] =
+                    json!(ratio(value, other).map(|r| round(r, 3)));
+            }
+        }
+        object
+    }
+
+    /// The report as one JSON object.
+    pub(super) fn json(&self) -> Value {
+        let workload = &self.workload;
+        let (frames, rate) = match workload.pace {
+            Pace::Frames(frames) => (Some(frames), None),
+            Pace::Rate(rate) => (None, Some(rate)),
+        };
+        json!({
+            "bench": self.name(),
+            "publishers": workload.publishers,
+            "subscribers": workload.subscribers,
+            "size_bytes": workload.size,
+            "code": workload.status.code(),
+            "frames_per_publisher": frames,
+            "rate": rate,
+            "seconds": workload.seconds.as_secs(),
+            "hub": {
+                "addr": self.hub.addr.to_string(),
+                "origin": self.hub.origin,
+                "pid": self.hub.pid,
+            },
+            "measured": {
+                "hub": self.measured.json(),
+                "forwarder": self.forwarder.as_ref().map(Figures::json),
+            },
+            "ratio": self.ratios(),
+            "ok": self.problem().is_none(),
+        })
+    }
+
+    /// The report as a table for people.
+    pub(super) fn table(&self) -> String {
+        let workload = &self.workload;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tej-hub bench {}: {} on code {}",
+            self.name(),
+            workload.describe(),
+            workload.status
+        );
+        let _ = writeln!(
+            out,
+            "  hub        {} ({}{})",
+            self.hub.addr,
+            self.hub.origin,
+            self.hub
+                .pid
+                .map_or_else(String::new, |pid| format!(", pid {pid}"))
+        );
+        let load = match workload.pace {
+            Pace::Frames(frames) => format!(
+                "{} frames per publisher, publishing for at most {} s",
+                grouped(frames as f64),
+                workload.seconds.as_secs()
+            ),
+            Pace::Rate(rate) => format!(
+                "{} frames/s in all for {} s",
+                grouped(rate),
+                workload.seconds.as_secs()
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  load       {load}; writes of about {} KiB",
+            super::generator::IO_BYTES / 1024
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>14} {:>14} {:>9}",
+            "", "hub", "forwarder", "hub/fwd"
+        );
+        let shown = |value: f64| {
+            if value >= 1000.0 {
+                grouped(value)
+            } else {
+                format!("{value:.1}")
+            }
+        };
+        for (name, hub, forwarder) in self.rows() {
+            let ratio = forwarder
+                .and_then(|forwarder| ratio(hub, forwarder))
+                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
+            let forwarder = forwarder.map_or_else(|| "-".to_owned(), shown);
+            let _ = writeln!(
+                out,
+                "  {name:<22} {:>14} {forwarder:>14} {ratio:>9}",
+                shown(hub)
+            );
+        }
+        let counts = |figures: &Figures| {
+            [
+                figures.sent,
+                figures.delivered,
+                figures.lost,
+                figures.reordered,
+                figures.duplicated,
+            ]
+        };
+        let hub = counts(&self.measured);
+        let forwarder = self.forwarder.as_ref().map(counts);
+        let names = [
+            "frames sent",
+            "frames delivered",
+            "lost",
+            "reordered",
+            "duplicated",
+        ];
+        for (index, name) in names.into_iter().enumerate() {
+            let theirs = forwarder.map_or_else(|| "-".to_owned(), |f| grouped(f[index] as f64));
+            let _ = writeln!(
+                out,
+                "  {name:<22} {:>14} {theirs:>14}",
+                grouped(hub[index] as f64)
+            );
+        }
+        let seconds = |figures: &Figures| {
+            let note = match (figures.capped, figures.drained) {
+                (_, false) => " (drain timed out)",
+                (true, true) => " (capped)",
+                (false, true) => "",
+            };
+            format!("{:.3}{note}", figures.seconds)
+        };
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>14} {:>14}",
+            "seconds",
+            seconds(&self.measured),
+            self.forwarder
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), seconds)
+        );
+        let verdict = self.problem().unwrap_or_else(|| "none".to_owned());
+        let _ = writeln!(out, "  loss or reordering: {verdict}");
+        out
+    }
+}
+
+/// The matrix as Markdown for docs/benchmarks.md: one row per cell with the figure it is judged
+/// by, then every figure of every cell with its ratio.
+pub(super) fn matrix_table(cells: &[(Cell, Report)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| cell | figure | hub | forwarder | hub ÷ forwarder | target | met | lost / reordered (hub, forwarder) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for (cell, report) in cells {
+        let hub = report.measured.figure(cell.figure);
+        let forwarder = report
+            .forwarder
+            .as_ref()
+            .and_then(|f| f.figure(cell.figure));
+        let ratio = hub.zip(forwarder).and_then(|(hub, fwd)| ratio(hub, fwd));
+        let (name, target, met) = match cell.figure {
+            Figure::FramesPerSecond => (
+                "frames/s",
+                format!("≥ {:.2}", cell.target),
+                ratio.map(|r| r >= cell.target),
+            ),
+            Figure::MegabytesPerSecond => (
+                "MB/s",
+                format!("≥ {:.2}", cell.target),
+                ratio.map(|r| r >= cell.target),
+            ),
+            Figure::P99 => (
+                "p99 µs",
+                format!("≤ {:.1}", cell.target),
+                ratio.map(|r| r <= cell.target),
+            ),
+        };
+        let shown = |value: Option<f64>| match (value, cell.figure) {
+            (None, _) => "-".to_owned(),
+            (Some(value), Figure::FramesPerSecond) => grouped(value),
+            (Some(value), _) => format!("{value:.1}"),
+        };
+        let loss = |figures: Option<&Figures>| {
+            figures.map_or_else(
+                || "-".to_owned(),
+                |f| format!("{} / {}", f.lost, f.reordered + f.duplicated),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {name} | {} | {} | {} | {target} | {} | {}, {} |",
+            cell.label,
+            shown(hub),
+            shown(forwarder),
+            ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            met.map_or("-", |met| if met { "yes" } else { "no" }),
+            loss(Some(&report.measured)),
+            loss(report.forwarder.as_ref()),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| cell | figure | hub | forwarder | hub ÷ forwarder |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (cell, report) in cells {
+        for (name, hub, forwarder) in report.rows() {
+            let shown = |value: f64| {
+                if name.contains("frames/s") {
+                    grouped(value)
+                } else {
+                    format!("{value:.1}")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {name} | {} | {} | {} |",
+                cell.label,
+                shown(hub),
+                forwarder.map_or_else(|| "-".to_owned(), shown),
+                forwarder
+                    .and_then(|forwarder| ratio(hub, forwarder))
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<u64> = (1..=1000).rev().map(|n| n * 1000).collect();
+        let latency = Latency::new(samples).expect("samples");
+        assert_eq!(latency.samples, 1000);
+        assert_eq!(latency.p50, 500.0);
+        assert_eq!(latency.p90, 900.0);
+        assert_eq!(latency.p99, 990.0);
+        assert_eq!(latency.p99_9, 999.0);
+        assert_eq!(latency.max, 1000.0);
+        assert_eq!(latency.mean, 500.5);
+        assert_eq!(Latency::new(Vec::new()), None);
+        assert_eq!(percentile(&[7], 999), 7);
+    }
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(grouped(0.0), "0");
+        assert_eq!(grouped(999.4), "999");
+        assert_eq!(grouped(1000.0), "1,000");
+        assert_eq!(grouped(1_234_567.0), "1,234,567");
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert_eq!(ratio(1.0, 4.0), Some(0.25));
+    }
+}

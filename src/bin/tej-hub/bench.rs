@@ -4,10 +4,12 @@
 //! `tej-hub serve` spawned from this binary, or a running one given by address), byte-size
 //! arguments, the runtime and the units. The workloads live beside it:
 //! - [`big_file`]: one frame carrying one large file, relayed to a few subscribers.
+//! - [`connections`]: the hub's memory per idle subscriber, and one publication's fan-out.
 //!
 //! Helper: [`hub`] starts and samples the hub process.
 
 mod big_file;
+mod connections;
 mod hub;
 
 use std::net::SocketAddr;
@@ -43,6 +45,16 @@ enum Workload {
     /// --json. Exit status: 0 when every subscriber got the file intact; 1 on a hash mismatch,
     /// a failure or the --timeout; 2 for bad usage.
     BigFile(big_file::BigFile),
+    /// Open N idle connections subscribed to one code; measure the hub's memory per connection
+    /// and one publication's fan-out to all of them.
+    ///
+    /// Each connection sends `SUB <code>` and waits for `OK SUB <code>`; the hub's VmRSS is read
+    /// before the first and after the last (from /proc/PID/status). Then one frame is published on
+    /// the code and every connection must receive it. Raises this process's open-files limit
+    /// first. Prints a table, or one JSON object with --json. Exit status: 0 when every
+    /// connection received the publication; 1 otherwise, on a failure or the --timeout; 2 for
+    /// bad usage.
+    Connections(connections::Connections),
 }
 
 /// Flags every workload takes: which hub, how long at most, how to print.
@@ -81,6 +93,7 @@ struct Common {
 pub(crate) fn run(args: &Bench) -> Result<(), Failure> {
     match &args.workload {
         Workload::BigFile(workload) => big_file::run(workload),
+        Workload::Connections(workload) => connections::run(workload),
     }
 }
 

@@ -14,6 +14,7 @@
 mod client;
 pub mod control;
 mod flow;
+mod idle;
 mod outbox;
 pub mod registry;
 mod relay;

@@ -7,13 +7,18 @@
 //!   [`spawn`] does the same on a thread of its own (tests, embedding).
 //! - Sessions are spread over `workers` arbiters (threads); the router runs on the arbiter that
 //!   calls [`run`]. docs/architecture.md draws the whole path.
+//! - Every connection holds a file descriptor: [`raise_open_files_limit`] lifts the process's soft
+//!   limit to its hard one (`tej-hub serve` calls it at start; [`run`] leaves process-wide limits
+//!   alone).
 
 mod client;
 pub mod control;
 mod flow;
+mod idle;
 mod outbox;
 pub mod registry;
 mod relay;
+mod rlimit;
 mod router;
 mod session;
 
@@ -32,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::config::{ConfigError, HubConfig};
 pub use client::{HubClient, HubError};
 use registry::SessionId;
+pub use rlimit::raise_open_files_limit;
 use router::{HubCounters, OpenConnection, Router, Shutdown};
 use session::Session;
 

@@ -29,11 +29,15 @@ use tracing::debug;
 
 use crate::codec::FrameBuf;
 use crate::hub::flow::Backlog;
+use crate::hub::idle::{IdleTimer, SMALL_BUFFER};
 use crate::hub::relay::PieceKind;
 use crate::hub::router::OpenConnection;
 
 /// Largest batch of queued pieces handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Slots the queue keeps once idle (a burst may have grown it far beyond).
+const IDLE_QUEUE_SLOTS: usize = 4;
 
 /// Most bytes of replies that may wait for the end of a streamed frame; a peer that sends more
 /// commands than that meanwhile is closed.
@@ -223,6 +227,12 @@ impl Outbox {
     }
 }
 
+/// Gives back what the last bursts left in the writer's buffer and queue.
+fn release(buf: &mut FrameBuf, shared: &Shared) {
+    *buf = FrameBuf::new();
+    shared.queue.borrow_mut().shrink_to(IDLE_QUEUE_SLOTS);
+}
+
 /// The one owner of a session's write half.
 async fn write_loop(
     mut write: OwnedWriteHalf,
@@ -233,6 +243,8 @@ async fn write_loop(
     open: OpenConnection,
 ) {
     let mut buf = FrameBuf::new();
+    // The largest batch since the buffers were last given back (`crate::hub::idle`).
+    let (mut largest, mut idle) = (0, IdleTimer::default());
     'writing: loop {
         let mut frames = 0;
         {
@@ -254,11 +266,24 @@ async fn write_loop(
                 }
                 break;
             }
+            // Paused: small buffers go now, large ones if the pause lasts.
+            if largest > SMALL_BUFFER {
+                idle.arm();
+            } else if largest > 0 {
+                release(&mut buf, &shared);
+                largest = 0;
+            }
             tokio::select! {
                 () = shared.wake.notified() => continue,
+                () = idle.fired() => {
+                    release(&mut buf, &shared);
+                    largest = 0;
+                    continue;
+                }
                 () = abort.cancelled() => break,
             }
         }
+        largest = largest.max(buf.remaining());
         while buf.has_remaining() {
             let written = tokio::select! {
                 written = write.write_buf(&mut buf) => written,

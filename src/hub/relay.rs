@@ -141,6 +141,11 @@ impl RelayCodec {
             }
             return;
         }
+        if src.is_empty() && self.scanner.at_boundary() {
+            // Between frames with nothing buffered: the session reads into what it has (an idle
+            // one gives its buffer back), and grows it once a frame is under way.
+            return;
+        }
         let header = (self.scanned + self.scanner.header_bytes_needed(&src[self.scanned..])) as u64;
         let frame = if self.scanner.at_boundary() {
             header

@@ -29,9 +29,10 @@ use crate::config::HubConfig;
 use crate::frame::{Frame, Status};
 use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};
+use crate::hub::idle::{IdleTimer, SMALL_BUFFER};
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, RelayCodec, CHUNK};
+use crate::hub::relay::{Piece, RelayCodec};
 use crate::hub::router::{
     Deliver, HubCounters, Kick, KickReason, OpenConnection, Publish, Query, Register, Router,
     SessionHandle, SetEcho, SetSlow, Subscribe, Unregister, Unsubscribe,
@@ -81,6 +82,16 @@ struct PieceStream {
     pieces: FramedRead<OwnedReadHalf, RelayCodec>,
     gate: Arc<Gate>,
     activity: Rc<ReadActivity>,
+    /// Armed when reading pauses between frames with a large read buffer: when it fires there,
+    /// the buffer is given back (a small one is given back at the pause).
+    idle: IdleTimer,
+}
+
+/// Gives the read buffer back if the connection is between frames with nothing buffered.
+fn release_if_idle(pieces: &mut FramedRead<OwnedReadHalf, RelayCodec>) {
+    if !pieces.decoder().is_mid_frame(pieces.read_buffer().len()) {
+        *pieces.read_buffer_mut() = BytesMut::new();
+    }
 }
 
 impl Stream for PieceStream {
@@ -95,6 +106,18 @@ impl Stream for PieceStream {
         }
         if activity.paused.replace(false) {
             activity.restart_clocks();
+        }
+        if this.idle.poll_fired(cx).is_ready() {
+            release_if_idle(&mut this.pieces);
+        }
+        if this.pieces.read_buffer().capacity() == 0 {
+            // No buffer: take a small one when there are bytes (or the end) to read; the relay
+            // codec grows it while data flows, up to a chunk while streaming.
+            let socket: &TcpStream = this.pieces.get_ref().as_ref();
+            if socket.poll_read_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pieces.read_buffer_mut().reserve(SMALL_BUFFER);
         }
         let before = this.pieces.read_buffer().len();
         let polled = Pin::new(&mut this.pieces).poll_next(cx);
@@ -117,6 +140,17 @@ impl Stream for PieceStream {
             activity.window_bytes.set(read);
         }
         activity.mid_frame.set(mid_frame);
+        if polled.is_pending() && !mid_frame {
+            // Between frames, nothing buffered, nothing to read: perhaps going idle.
+            if this.pieces.read_buffer().capacity() <= SMALL_BUFFER {
+                release_if_idle(&mut this.pieces);
+            } else {
+                this.idle.arm();
+                if this.idle.poll_fired(cx).is_ready() {
+                    release_if_idle(&mut this.pieces);
+                }
+            }
+        }
         polled
     }
 }
@@ -192,9 +226,11 @@ impl Session {
         let backlog = Backlog::new(config.max_pending_bytes);
         let codec = RelayCodec::new(config.limits(), config.cut_through_bytes);
         let pieces = PieceStream {
-            pieces: FramedRead::with_capacity(read, codec, CHUNK),
+            // No read buffer until the peer sends something.
+            pieces: FramedRead::with_capacity(read, codec, 0),
             gate: gate.clone(),
             activity: activity.clone(),
+            idle: IdleTimer::default(),
         };
         Session::create(move |ctx| {
             ctx.add_stream(pieces);

@@ -274,9 +274,28 @@ pub struct BinHub {
 impl BinHub {
     /// Starts `tej-hub serve --listen 127.0.0.1:0 <flags>` with info logs on stderr.
     pub fn start(flags: &[&str]) -> BinHub {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tej-hub"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(flags)
+            .args(flags);
+        BinHub::spawn(command)
+    }
+
+    /// As [`start`](Self::start), with the soft limit on open files lowered to `soft` (through
+    /// `sh -c 'ulimit -S -n SOFT; exec tej-hub ...'`, so the process id is the hub's).
+    pub fn start_with_open_files(soft: u64, flags: &[&str]) -> BinHub {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -S -n {soft} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_tej-hub"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(flags);
+        BinHub::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> BinHub {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -329,6 +348,17 @@ impl BinHub {
             .find_map(|line| line.strip_prefix("VmHWM:"))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// The hub's resident set size now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status of the hub");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Sends `signal` (e.g. `TERM`) to the hub with `kill`.

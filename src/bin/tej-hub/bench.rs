@@ -6,10 +6,12 @@
 //! - [`big_file`]: one frame carrying one large file, relayed to a few subscribers.
 //! - [`load`]: many messages from P publishers to S subscribers (`throughput`, `latency`,
 //!   `matrix`), against a plain forwarder as the yardstick.
+//! - [`connections`]: the hub's memory per idle subscriber, and one publication's fan-out.
 //!
 //! Helper: [`hub`] starts and samples the hub process.
 
 mod big_file;
+mod connections;
 mod hub;
 mod load;
 
@@ -69,6 +71,16 @@ enum Workload {
     /// reference run is `bench matrix --embedded --yardstick`. Exit status: 0 when no cell lost
     /// or reordered a frame; 1 otherwise or on a failure; 2 for bad usage.
     Matrix(load::Matrix),
+    /// Open N idle connections subscribed to one code; measure the hub's memory per connection
+    /// and one publication's fan-out to all of them.
+    ///
+    /// Each connection sends `SUB <code>` and waits for `OK SUB <code>`; the hub's VmRSS is read
+    /// before the first and after the last (from /proc/PID/status). Then one frame is published on
+    /// the code and every connection must receive it. Raises this process's open-files limit
+    /// first. Prints a table, or one JSON object with --json. Exit status: 0 when every
+    /// connection received the publication; 1 otherwise, on a failure or the --timeout; 2 for
+    /// bad usage.
+    Connections(connections::Connections),
 }
 
 /// Flags every workload takes: which hub, how long at most, how to print.
@@ -110,6 +122,7 @@ pub(crate) fn run(args: &Bench) -> Result<(), Failure> {
         Workload::Throughput(workload) => load::throughput(workload),
         Workload::Latency(workload) => load::latency(workload),
         Workload::Matrix(workload) => load::matrix(workload),
+        Workload::Connections(workload) => connections::run(workload),
     }
 }
 

@@ -34,7 +34,8 @@ enum Command {
     /// --count frames or when the hub closes the connection; 1 on errors (a refused SUB, the
     /// hub's reason for closing, a file that cannot be saved); 2 for bad usage.
     Sub(pubsub::Sub),
-    /// Measure a hub over loopback TCP (workloads: big-file, throughput, latency, matrix).
+    /// Measure a hub over loopback TCP (workloads: big-file, throughput, latency, matrix,
+    /// connections).
     Bench(bench::Bench),
 }
 

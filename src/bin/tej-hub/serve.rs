@@ -125,6 +125,11 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
         }
     };
     init_logs(config.log_format);
+    // One descriptor per connection: the usual soft limit (often 1024) would cap the hub there.
+    match tej_hub::hub::raise_open_files_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
     let listener = match std::net::TcpListener::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {

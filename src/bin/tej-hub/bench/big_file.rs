@@ -94,7 +94,7 @@ pub(crate) struct BigFile {
 }
 
 /// A status `big-file` may publish on: 0..=126 except 2 (ping).
-fn publishable_status(text: &str) -> Result<Status, String> {
+pub(super) fn publishable_status(text: &str) -> Result<Status, String> {
     text.parse()
         .ok()
         .and_then(Status::new)

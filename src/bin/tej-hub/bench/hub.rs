@@ -182,6 +182,12 @@ impl RssStats {
     }
 }
 
+/// Field `name` (e.g. `VmRSS:`) of process `pid`'s `/proc/PID/status` now, in KiB.
+pub(super) fn status_kib(pid: u32, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    field_kib(&status, name)
+}
+
 /// A `/proc/PID/status` field given in kB (`VmHWM:    1234 kB`).
 fn field_kib(status: &str, name: &str) -> Option<u64> {
     status

@@ -1,0 +1,453 @@
+//! `tej-hub bench connections`: what idle subscribers cost the hub, and one publication's fan-out
+//! to all of them.
+//!
+//! N connections each subscribe to one code (`SUB 5`, waiting for `OK SUB 5`) and then stay idle.
+//! The hub's resident memory (`VmRSS` in /proc/PID/status) before the first connection, and once
+//! the last has been idle for a few seconds, gives the cost of one idle connection. Then one frame is published on the code and
+//! every connection must receive it; the time from the publish until the last one has read it is
+//! the fan-out time.
+//!
+//! This process holds one descriptor per connection too, so it raises its own open-files limit
+//! first (as the hub does at start) and refuses to run when that is still not enough.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::json;
+use tej_hub::hub::HubClient;
+use tej_hub::{Frame, Status};
+use tokio::task::JoinSet;
+
+use super::big_file::publishable_status;
+use super::hub::{status_kib, HubProcess};
+use super::{human_bytes, Common, KIB};
+use crate::Failure;
+
+/// Most connections.
+const MAX_CONNECTIONS: u64 = 100_000;
+/// Descriptors this process needs besides its connections (publisher, pipes, runtime).
+const SPARE_FILES: u64 = 64;
+/// How long the hub is left alone after it starts, and the receivers before the publication.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How long the connections stay idle before the hub's memory is read: the hub gives an idle
+/// connection's buffers back about a second after its last byte.
+const IDLE: Duration = Duration::from_secs(3);
+/// How long one connect-and-subscribe may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the publication may take to reach every connection.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The published frame's message.
+const MESSAGE: &str = "tej-hub bench connections";
+
+/// `bench connections` flags.
+#[derive(Args)]
+pub(crate) struct Connections {
+    /// Number of idle subscriber connections (1-100000).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS)
+    )]
+    count: u64,
+    /// The status code subscribed to and published on (0-126 except 2).
+    #[arg(long, value_name = "CODE", default_value = "5", value_parser = publishable_status)]
+    code: Status,
+    /// Connections being set up at a time (1-1024).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    parallel: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `bench connections`: starts (or finds) the hub, measures, prints the report.
+pub(crate) fn run(args: &Connections) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(args.common.timeout);
+    let open_files = enough_open_files(args.count)?;
+    let mut child = match args.common.hub {
+        Some(_) => None,
+        None => Some(HubProcess::start(&args.common.serve_args, deadline)?),
+    };
+    let (addr, pid) = match (&child, args.common.hub) {
+        (Some(child), _) => (child.addr(), Some(child.pid())),
+        (None, Some(addr)) => (addr, args.common.hub_pid),
+        (None, None) => return Err(Failure::Failed("no hub to measure".to_owned())),
+    };
+    eprintln!(
+        "tej-hub bench: hub at {addr}{}; {} idle connections on code {}",
+        pid.map_or_else(String::new, |pid| format!(" (pid {pid})")),
+        args.count,
+        args.code
+    );
+    let runtime = super::runtime()?;
+    let measured = runtime.block_on(async {
+        let measuring = measure(args, addr, pid, deadline);
+        tokio::time::timeout_at(deadline.into(), measuring)
+            .await
+            .unwrap_or_else(|_| Err(format!("gave up after --timeout {}s", args.common.timeout)))
+    });
+    // Closes every connection before the hub goes.
+    drop(runtime);
+    let measured = measured.map_err(|error| {
+        let explain = child.as_mut().map(HubProcess::explain).unwrap_or_default();
+        Failure::Failed(format!("bench connections: {error}{explain}"))
+    })?;
+    let report = Report {
+        args,
+        addr,
+        pid,
+        spawned: child.is_some(),
+        open_files,
+        measured,
+    };
+    if args.common.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    if report.measured.all_received() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!(
+            "bench connections: {} of {} connections received the publication{}",
+            report.measured.received,
+            args.count,
+            report
+                .measured
+                .failure
+                .as_ref()
+                .map_or_else(String::new, |error| format!("; first failure: {error}"))
+        )))
+    }
+}
+
+/// Raises this process's open-files limit; fails when it cannot hold `count` connections.
+/// Returns the soft limit.
+fn enough_open_files(count: u64) -> Result<u64, Failure> {
+    let (soft, hard) = tej_hub::hub::raise_open_files_limit()
+        .map_err(|error| Failure::Failed(format!("cannot raise the open files limit: {error}")))?;
+    let needed = count + SPARE_FILES;
+    if soft < needed {
+        return Err(Failure::Failed(format!(
+            "{count} connections need {needed} open files; the limit is {soft} (hard {hard})"
+        )));
+    }
+    Ok(soft)
+}
+
+/// What one run measured.
+struct Measured {
+    /// How long setting up every connection took.
+    setup: Duration,
+    /// The hub's `VmRSS` before the first connection, in KiB.
+    rss_before_kib: Option<u64>,
+    /// The hub's `VmRSS` with every connection subscribed and idle, in KiB.
+    rss_after_kib: Option<u64>,
+    /// The hub's `VmHWM` at the end, in KiB.
+    peak_kib: Option<u64>,
+    /// Connections that received the publication.
+    received: u64,
+    /// From the publish until the last connection had read the frame.
+    fanout: Duration,
+    /// The first connection that failed to receive it, and why.
+    failure: Option<String>,
+    /// How many connections there were.
+    count: u64,
+}
+
+impl Measured {
+    /// Whether every connection received the publication.
+    fn all_received(&self) -> bool {
+        self.received == self.count
+    }
+
+    /// The hub's memory per idle connection, in bytes.
+    fn per_connection_bytes(&self) -> Option<u64> {
+        let grown = self.rss_after_kib?.saturating_sub(self.rss_before_kib?);
+        Some(grown * KIB / self.count.max(1))
+    }
+}
+
+/// Subscribes every connection, reads the hub's memory, publishes, counts the receipts.
+async fn measure(
+    args: &Connections,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    deadline: Instant,
+) -> Result<Measured, String> {
+    let rss = |pid: Option<u32>| pid.and_then(|pid| status_kib(pid, "VmRSS:"));
+    tokio::time::sleep(SETTLE).await;
+    let rss_before_kib = rss(pid);
+
+    let started = Instant::now();
+    let code = args.code;
+    let mut opening = futures_util::stream::iter(0..args.count)
+        .map(|_| subscribe(addr, code, deadline))
+        .buffer_unordered(args.parallel as usize);
+    let mut subscribers = Vec::new();
+    while let Some(subscribed) = opening.next().await {
+        let client =
+            subscribed.map_err(|error| format!("connection {}: {error}", subscribers.len() + 1))?;
+        subscribers.push(client);
+    }
+    let setup = started.elapsed();
+    eprintln!(
+        "tej-hub bench: {} connections subscribed in {:.2} s",
+        subscribers.len(),
+        setup.as_secs_f64()
+    );
+    tokio::time::sleep(IDLE).await;
+    let rss_after_kib = rss(pid);
+
+    let mut publisher = within(
+        connect_limit(deadline),
+        "connecting",
+        HubClient::connect(addr),
+    )
+    .await?
+    .map_err(|error| format!("publisher: cannot connect: {error}"))?;
+    let mut receivers = JoinSet::new();
+    for client in subscribers {
+        receivers.spawn(receive(client, code));
+    }
+    // Every receiver is waiting on its socket before the frame goes out.
+    tokio::time::sleep(SETTLE).await;
+    let published = Instant::now();
+    within(
+        connect_limit(deadline),
+        "publishing",
+        publisher.publish(Frame::message(code, MESSAGE)),
+    )
+    .await?
+    .map_err(|error| format!("publisher: {error}"))?;
+    let limit = deadline.min(published + FANOUT_TIMEOUT);
+    let (mut received, mut last, mut failure) = (0, published, None);
+    loop {
+        match tokio::time::timeout_at(limit.into(), receivers.join_next()).await {
+            Ok(Some(Ok(Ok(at)))) => {
+                received += 1;
+                last = last.max(at);
+            }
+            Ok(Some(Ok(Err(error)))) => {
+                failure.get_or_insert(error);
+            }
+            Ok(Some(Err(error))) => {
+                failure.get_or_insert(format!("a receiving task failed: {error}"));
+            }
+            Ok(None) => break,
+            Err(_) => {
+                failure.get_or_insert(format!(
+                    "{} connections had nothing after {} s",
+                    receivers.len(),
+                    limit.saturating_duration_since(published).as_secs()
+                ));
+                break;
+            }
+        }
+    }
+    Ok(Measured {
+        setup,
+        rss_before_kib,
+        rss_after_kib,
+        peak_kib: pid.and_then(|pid| status_kib(pid, "VmHWM:")),
+        received,
+        fanout: last.saturating_duration_since(published),
+        failure,
+        count: args.count,
+    })
+}
+
+/// `future`'s output, or the error `timed out <what>` once `limit` has passed.
+async fn within<T>(
+    limit: Instant,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout_at(limit.into(), future)
+        .await
+        .map_err(|_| format!("timed out {what}"))
+}
+
+/// When a step started now must be done: [`SUBSCRIBE_TIMEOUT`] from now, at the latest at
+/// `deadline`.
+fn connect_limit(deadline: Instant) -> Instant {
+    deadline.min(Instant::now() + SUBSCRIBE_TIMEOUT)
+}
+
+/// A connection whose `SUB <code>` the hub acknowledged.
+async fn subscribe(addr: SocketAddr, code: Status, deadline: Instant) -> Result<HubClient, String> {
+    let limit = connect_limit(deadline);
+    let mut client = within(limit, "connecting", HubClient::connect(addr))
+        .await?
+        .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
+    let code = code.to_string();
+    let codes = within(limit, "waiting for OK SUB", client.subscribe(&code))
+        .await?
+        .map_err(|error| format!("SUB {code}: {error}"))?;
+    if codes.to_string() == code {
+        Ok(client)
+    } else {
+        Err(format!("the hub acknowledged SUB {code} with {codes}"))
+    }
+}
+
+/// Waits for the publication on `client`; returns when it was read.
+async fn receive(mut client: HubClient, code: Status) -> Result<Instant, String> {
+    match client.next_frame().await {
+        Ok(Some(frame)) if frame.status == code && frame.message == MESSAGE.as_bytes() => {
+            Ok(Instant::now())
+        }
+        Ok(Some(frame)) => Err(format!("an unexpected frame: {frame}")),
+        Ok(None) => Err("the hub closed the connection".to_owned()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A finished run, ready to print.
+struct Report<'a> {
+    /// What was asked for.
+    args: &'a Connections,
+    /// The hub's address.
+    addr: SocketAddr,
+    /// The hub's process id, when known.
+    pid: Option<u32>,
+    /// Whether the bench spawned the hub.
+    spawned: bool,
+    /// This process's soft limit on open files.
+    open_files: u64,
+    /// What was measured.
+    measured: Measured,
+}
+
+/// `duration` in milliseconds, rounded to 0.01.
+fn ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e5).round() / 100.0
+}
+
+impl Report<'_> {
+    /// The report as one JSON object.
+    fn json(&self) -> serde_json::Value {
+        let measured = &self.measured;
+        json!({
+            "bench": "connections",
+            "connections": measured.count,
+            "code": self.args.code.code(),
+            "hub": {"addr": self.addr.to_string(), "pid": self.pid, "spawned": self.spawned},
+            "setup_seconds": (measured.setup.as_secs_f64() * 1e3).round() / 1e3,
+            "rss_before_kib": measured.rss_before_kib,
+            "rss_after_kib": measured.rss_after_kib,
+            "per_connection_bytes": measured.per_connection_bytes(),
+            "hub_peak_rss_kib": measured.peak_kib,
+            "publish_fanout_ms": ms(measured.fanout),
+            "received": measured.received,
+            "all_received": measured.all_received(),
+            "open_files_limit": self.open_files,
+        })
+    }
+
+    /// The report as a table for people.
+    fn table(&self) -> String {
+        let measured = &self.measured;
+        let kib = |value: Option<u64>| {
+            value.map_or_else(
+                || "unknown".to_owned(),
+                |kib| format!("{kib} KiB ({})", human_bytes(kib * KIB)),
+            )
+        };
+        let origin = if self.spawned {
+            "spawned: serve --listen 127.0.0.1:0"
+        } else {
+            "given with --hub"
+        };
+        let pid = self.pid.map(|pid| format!(", pid {pid}"));
+        let per_connection = measured.per_connection_bytes().map_or_else(
+            || "not measured (--hub without --hub-pid)".to_owned(),
+            |bytes| format!("{bytes} bytes ({})", human_bytes(bytes)),
+        );
+        let verdict = if measured.all_received() {
+            "all"
+        } else {
+            "MISSING"
+        };
+        let rows = [
+            (
+                "hub",
+                format!("{}{} ({origin})", self.addr, pid.unwrap_or_default()),
+            ),
+            (
+                "connections",
+                format!(
+                    "{} on code {}, set up in {:.2} s ({} at a time)",
+                    measured.count,
+                    self.args.code,
+                    measured.setup.as_secs_f64(),
+                    self.args.parallel
+                ),
+            ),
+            ("hub VmRSS before", kib(measured.rss_before_kib)),
+            ("hub VmRSS after", kib(measured.rss_after_kib)),
+            ("per connection", per_connection),
+            ("hub peak RSS (VmHWM)", kib(measured.peak_kib)),
+            (
+                "publish fan-out",
+                format!(
+                    "{:.2} ms (publish until the last connection read it)",
+                    ms(measured.fanout)
+                ),
+            ),
+            (
+                "received",
+                format!("{} of {} ({verdict})", measured.received, measured.count),
+            ),
+        ];
+        let mut out = format!(
+            "tej-hub bench connections: {} idle subscribers, one publication\n",
+            measured.count
+        );
+        for (label, value) in rows {
+            out.push_str(&format!("  {label:<22}{value}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(before: Option<u64>, after: Option<u64>, received: u64) -> Measured {
+        Measured {
+            setup: Duration::from_secs(1),
+            rss_before_kib: before,
+            rss_after_kib: after,
+            peak_kib: after,
+            received,
+            fanout: Duration::from_micros(12_345),
+            failure: None,
+            count: 1000,
+        }
+    }
+
+    #[test]
+    fn per_connection_figures() {
+        assert_eq!(
+            measured(Some(10_000), Some(20_000), 1000).per_connection_bytes(),
+            Some(10_240)
+        );
+        assert_eq!(
+            measured(Some(10_000), Some(9_000), 1000).per_connection_bytes(),
+            Some(0)
+        );
+        assert_eq!(measured(None, Some(1), 1000).per_connection_bytes(), None);
+        assert!(measured(None, None, 1000).all_received());
+        assert!(!measured(None, None, 999).all_received());
+        assert_eq!(ms(Duration::from_micros(12_345)), 12.35);
+    }
+}

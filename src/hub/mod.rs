@@ -5,8 +5,8 @@
 //!
 //! - [`run`] serves a bound listener inside an actix `System` until a shutdown future completes;
 //!   [`spawn`] does the same on a thread of its own (tests, embedding).
-//! - Sessions are spread over `workers` arbiters (threads); the router runs on the arbiter that
-//!   calls [`run`]. docs/architecture.md draws the whole path.
+//! - Sessions are spread over `workers` arbiters (threads); the router shares the first one; the
+//!   thread that calls [`run`] only accepts. docs/architecture.md draws the whole path.
 //! - Every connection holds a file descriptor: [`raise_open_files_limit`] lifts the process's soft
 //!   limit to its hard one (`tej-hub serve` calls it at start; [`run`] leaves process-wide limits
 //!   alone).
@@ -66,8 +66,14 @@ pub async fn run(
     let listener = TcpListener::from_std(listener)?;
     let config = Arc::new(config);
     let counters = Arc::new(HubCounters::default());
-    let router = Router::new(counters.clone(), config.slow_consumer).start();
     let workers: Vec<Arbiter> = (0..config.workers).map(|_| Arbiter::new()).collect();
+    // The router shares the first worker's thread: a publication from a session there reaches
+    // it without waking another thread (a wake-up costs tens of microseconds on a busy machine).
+    let policy = config.slow_consumer;
+    let router_counters = counters.clone();
+    let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
+        Router::new(router_counters, policy)
+    });
     info!(listen = %listener.local_addr()?, workers = workers.len(), "hub started");
 
     let mut next_id = 0u64;

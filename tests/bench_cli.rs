@@ -2,42 +2,34 @@
 //! forwarder (`--yardstick`): the JSON report has every key, and nothing was lost or reordered.
 //! No timing is asserted: the figures only have to exist.
 
-use std::process::{Command, Stdio};
+#[path = "common/bench.rs"]
+mod bench_common;
+
 use std::time::Duration;
 
 use serde_json::Value;
 
+use bench_common::bench_json;
+
 /// The test's own bound on one bench run (it also passes `--timeout`).
 const PATIENCE: Duration = Duration::from_secs(240);
 
-/// Runs `tej-hub bench <args> --json` and returns its one JSON object.
-fn bench(args: &[&str]) -> Value {
-    let child = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .arg("bench")
-        .args(args)
-        .args(["--json", "--timeout", "200"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tej-hub bench");
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    let output = finished
-        .recv_timeout(PATIENCE)
-        .expect("tej-hub bench finished in time")
-        .expect("tej-hub bench ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tej-hub bench {args:?} failed ({}): {stderr}\nstdout: {stdout}",
-        output.status
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {stdout}"))
+/// The two sides of a `--yardstick` report.
+const SIDES: [&str; 2] = ["hub", "forwarder"];
+
+/// Runs `tej-hub bench <workload> --embedded --yardstick <args> --json`, checks the keys at the
+/// top of its report and that each side delivered all `sent` frames, and returns the report.
+fn bench_both_sides(workload: &str, args: &[&str], sent: u64) -> Value {
+    let all: Vec<&str> = [workload, "--embedded", "--yardstick"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let report = bench_json(&all, 200, PATIENCE);
+    check_top(&report, workload);
+    for side in SIDES {
+        check_figures(&report, side, sent);
+    }
+    report
 }
 
 /// Checks the keys every report has, and that `side` lost and reordered nothing.
@@ -97,18 +89,10 @@ fn check_top(report: &Value, bench: &str) {
 
 #[test]
 fn throughput_on_an_embedded_hub_and_the_forwarder() {
-    let report = bench(&[
-        "throughput",
-        "--embedded",
-        "--yardstick",
-        "--frames",
-        "20000",
-    ]);
-    check_top(&report, "throughput");
+    let report = bench_both_sides("throughput", &["--frames", "20000"], 20_000);
     assert_eq!(report["frames_per_publisher"], 20_000);
     assert_eq!(report["size_bytes"], 128);
-    for side in ["hub", "forwarder"] {
-        check_figures(&report, side, 20_000);
+    for side in SIDES {
         assert_eq!(report["measured"][side]["latency_us"], Value::Null);
     }
     for key in ["frames_per_s", "mb_per_s", "publish_frames_per_s"] {
@@ -118,19 +102,9 @@ fn throughput_on_an_embedded_hub_and_the_forwarder() {
 
 #[test]
 fn latency_on_an_embedded_hub_and_the_forwarder() {
-    let report = bench(&[
-        "latency",
-        "--embedded",
-        "--yardstick",
-        "--seconds",
-        "1",
-        "--rate",
-        "2000",
-    ]);
-    check_top(&report, "latency");
+    let report = bench_both_sides("latency", &["--seconds", "1", "--rate", "2000"], 2000);
     assert_eq!(report["rate"], 2000.0);
-    for side in ["hub", "forwarder"] {
-        check_figures(&report, side, 2000);
+    for side in SIDES {
         let latency = &report["measured"][side]["latency_us"];
         assert_eq!(latency["samples"], 2000, "{report}");
         for key in ["p50", "p90", "p99", "p99_9", "max", "mean"] {

@@ -7,17 +7,19 @@
 //! Both need a hub that relays a frame larger than its memory bound by cut-through: with a hub
 //! that holds whole frames (and refuses frames over 64 MiB by default) they fail.
 
+#[path = "common/bench.rs"]
+mod bench_common;
 #[path = "common/hub.rs"]
 mod hub_common;
 
 use std::io;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use bench_common::bench_json;
 use hub_common::{connect_raw, control_frame, encode, pattern, within, BinHub, MIB};
 
 /// The size of the relayed file.
@@ -198,34 +200,12 @@ fn bench_big_file(args: &[&str]) -> serde_json::Value {
         .iter()
         .map(|flag| format!("--serve-arg={flag}"))
         .collect();
-    let command = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .args(["bench", "big-file"])
-        .args(args)
-        .args(["--json", "--timeout", "240"])
-        .args(&serve_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tej-hub bench");
-    // The bench gives up by itself after --timeout; this is the test's own bound on top.
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(command.wait_with_output());
-    });
-    let output = finished
-        .recv_timeout(Duration::from_secs(300))
-        .expect("tej-hub bench finished in time")
-        .expect("tej-hub bench ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tej-hub bench {args:?} failed ({}): {stderr}\nstdout: {stdout}",
-        output.status
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {stdout}"))
+    let all: Vec<&str> = ["big-file"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(serve_args.iter().map(String::as_str))
+        .collect();
+    bench_json(&all, 240, Duration::from_secs(300))
 }
 
 /// Checks that every regular subscriber of `report` received the file intact.

@@ -3,6 +3,8 @@
 //! it at most 10 KiB each; one publication reaches every one of them. (`tej-hub bench connections`
 //! measures the same at 10,000 connections: docs/benchmarks.md.)
 
+#[path = "common/bench.rs"]
+mod bench_common;
 #[path = "common/hub.rs"]
 mod hub_common;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tej_hub::Frame;
 
+use bench_common::bench_json;
 use hub_common::{connect, recv, send, status, subscribe, within, BinHub, Conn, PATIENCE};
 
 /// Idle subscribers in the memory test: enough that the hub's fixed costs fade, few enough for CI.
@@ -121,32 +124,11 @@ async fn idle_subscribers_cost_at_most_10_kib_each_and_all_get_a_publication() {
 
 #[test]
 fn bench_connections_prints_json_with_every_figure() {
-    let command = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .args(["bench", "connections", "--count", "200", "--json"])
-        .args(["--timeout", "60"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start tej-hub bench");
-    // The bench gives up by itself after --timeout; this is the test's own bound on top.
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(command.wait_with_output());
-    });
-    let output = finished
-        .recv_timeout(Duration::from_secs(90))
-        .expect("tej-hub bench finished in time")
-        .expect("tej-hub bench ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tej-hub bench failed ({}): {stderr}\nstdout: {stdout}",
-        output.status
+    let report = bench_json(
+        &["connections", "--count", "200"],
+        60,
+        Duration::from_secs(90),
     );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {stdout}"));
     assert_eq!(report["bench"], "connections");
     assert_eq!(report["connections"], 200);
     assert_eq!(report["all_received"], true);

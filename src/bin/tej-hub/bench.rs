@@ -1,25 +1,33 @@
 //! `tej-hub bench`: measurements of a hub over loopback TCP, one workload per subcommand.
 //!
-//! This module owns what every workload shares: the subcommand group, the hub to measure (a child
-//! `tej-hub serve` spawned from this binary, or a running one given by address), byte-size
-//! arguments, the runtime and the units. The workloads live beside it:
+//! This module owns what every workload shares: the subcommand group, the flags naming the hub to
+//! measure ([`Common`]: a child `tej-hub serve` spawned from this binary, or a running one given
+//! by address), byte-size and count arguments, the runtime and the run on it ([`measure_on`]),
+//! bounded waits ([`before`]), subscribing ([`confirm_sub`]) and the units. The workloads live
+//! beside it:
 //! - [`big_file`]: one frame carrying one large file, relayed to a few subscribers.
 //! - [`load`]: many messages from P publishers to S subscribers (`throughput`, `latency`,
 //!   `matrix`), against a plain forwarder as the yardstick.
 //! - [`connections`]: the hub's memory per idle subscriber, and one publication's fan-out.
 //!
-//! Helper: [`hub`] starts and samples the hub process.
+//! Helper: [`hub`] starts (or finds) the hub and samples its memory.
 
 mod big_file;
 mod connections;
 mod hub;
 mod load;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Subcommand};
+use tej_hub::hub::HubClient;
+use tej_hub::Status;
 
 use crate::Failure;
+use hub::RunningHub;
 
 /// A kibibyte.
 const KIB: u64 = 1024;
@@ -103,12 +111,7 @@ struct Common {
     )]
     serve_args: Vec<String>,
     /// Give up (exit 1) when the whole run, hub start included, takes longer than this.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 600,
-        value_parser = clap::value_parser!(u64).range(1..=86_400)
-    )]
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = one_to(86_400))]
     timeout: u64,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
@@ -132,6 +135,61 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|error| Failure::Failed(format!("cannot start the runtime: {error}")))
+}
+
+/// Runs `measuring` on a fresh [`runtime`] until it ends or `deadline` (`--timeout`) passes. The
+/// runtime, with every socket the run left open, is gone before `hub` is. A failure reads
+/// `bench <name>: <error>` followed by what a spawned hub's exit and last log lines say.
+fn measure_on<T>(
+    name: &str,
+    hub: &mut RunningHub,
+    common: &Common,
+    deadline: Instant,
+    measuring: impl Future<Output = Result<T, String>>,
+) -> Result<T, Failure> {
+    let runtime = runtime()?;
+    let measured = runtime.block_on(async {
+        tokio::time::timeout_at(deadline.into(), measuring)
+            .await
+            .unwrap_or_else(|_| Err(format!("gave up after --timeout {}s", common.timeout)))
+    });
+    drop(runtime);
+    measured.map_err(|error| Failure::Failed(format!("bench {name}: {error}{}", hub.explain())))
+}
+
+/// `future`'s output, or the error `timed out <what>` once `limit` has passed.
+async fn before<T>(
+    limit: Instant,
+    what: &str,
+    future: impl Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout_at(limit.into(), future)
+        .await
+        .map_err(|_| format!("timed out {what}"))
+}
+
+/// When a step started now that may take `wait` must be done: `wait` from now, at the latest at
+/// `deadline`.
+fn limit(deadline: Instant, wait: Duration) -> Instant {
+    deadline.min(Instant::now() + wait)
+}
+
+/// Sends `SUB <code>` on `client` and waits until `limit` for the hub's `OK SUB <code>`.
+async fn confirm_sub(client: &mut HubClient, code: Status, limit: Instant) -> Result<(), String> {
+    let code = code.to_string();
+    let codes = before(limit, "waiting for OK SUB", client.subscribe(&code))
+        .await?
+        .map_err(|error| format!("SUB {code}: {error}"))?;
+    if codes.to_string() == code {
+        Ok(())
+    } else {
+        Err(format!("the hub acknowledged SUB {code} with {codes}"))
+    }
+}
+
+/// A whole number from 1 to `max`, for a count or a number of seconds.
+fn one_to(max: u64) -> RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=max)
 }
 
 /// A socket address on the loopback interface (the bench sends traffic nowhere else).

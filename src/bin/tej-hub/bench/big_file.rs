@@ -35,10 +35,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
-use super::hub::{HubProcess, RssSampler, RssStats};
-use super::{byte_size, human_bytes, Common, KIB, MIB};
+use super::hub::{HubChoice, RssSampler, RssStats, RunningHub};
+use super::{byte_size, human_bytes, measure_on, one_to, Common, KIB, MIB};
 use crate::Failure;
-use report::{HubInfo, Report};
+use report::Report;
 use subscriber::{examine, hub_counters, receive, subscribe, HubCounters, Pace, Stuck};
 use tcp::{connect, raw_loopback, write, Pattern, Raw};
 
@@ -61,12 +61,7 @@ pub(crate) struct BigFile {
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = byte_size)]
     size: u64,
     /// Number of subscribers (1-64).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 3,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_SUBSCRIBERS)
-    )]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = one_to(MAX_SUBSCRIBERS))]
     subscribers: u64,
     /// The status code the frame is published on (0-126 except 2).
     #[arg(long, value_name = "CODE", default_value = "5", value_parser = publishable_status)]
@@ -123,28 +118,10 @@ fn slow_rate(text: &str) -> Result<f64, String> {
 /// `bench big-file`: starts (or finds) the hub, measures, prints the report.
 pub(crate) fn run(args: &BigFile) -> Result<(), Failure> {
     let deadline = Instant::now() + Duration::from_secs(args.common.timeout);
-    let mut child = match args.common.hub {
-        Some(_) => None,
-        None => Some(HubProcess::start(&args.common.serve_args, deadline)?),
-    };
-    let hub = match (&child, args.common.hub) {
-        (Some(child), _) => HubInfo {
-            addr: child.addr(),
-            pid: Some(child.pid()),
-            spawned: true,
-        },
-        (None, Some(addr)) => HubInfo {
-            addr,
-            pid: args.common.hub_pid,
-            spawned: false,
-        },
-        (None, None) => return Err(Failure::Failed("no hub to measure".to_owned())),
-    };
+    let mut running = RunningHub::start(&HubChoice::new(&args.common, false), deadline)?;
+    let hub = running.info();
     eprintln!(
-        "tej-hub bench: hub at {}{}; relaying {} to {} subscriber(s)",
-        hub.addr,
-        hub.pid
-            .map_or_else(String::new, |pid| format!(" (pid {pid})")),
+        "tej-hub bench: hub at {hub}; relaying {} to {} subscriber(s)",
         human_bytes(args.size),
         args.subscribers
     );
@@ -154,19 +131,8 @@ pub(crate) fn run(args: &BigFile) -> Result<(), Failure> {
     if let Some(policy) = args.stuck {
         eprintln!("tej-hub bench: plus a subscriber that reads nothing (SLOW {policy})");
     }
-    let runtime = super::runtime()?;
-    let measured = runtime.block_on(async {
-        let measuring = measure(args, hub.addr, hub.pid, deadline);
-        tokio::time::timeout_at(deadline.into(), measuring)
-            .await
-            .unwrap_or_else(|_| Err(format!("gave up after --timeout {}s", args.common.timeout)))
-    });
-    // Ends what a failed run left waiting before the hub goes.
-    drop(runtime);
-    let measured = measured.map_err(|error| {
-        let explain = child.as_mut().map(HubProcess::explain).unwrap_or_default();
-        Failure::Failed(format!("bench big-file: {error}{explain}"))
-    })?;
+    let measuring = measure(args, hub.addr, hub.pid, deadline);
+    let measured = measure_on("big-file", &mut running, &args.common, deadline, measuring)?;
     let report = Report::new(args, hub, measured);
     if args.common.json {
         println!("{}", report.json());

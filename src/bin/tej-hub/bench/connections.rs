@@ -21,8 +21,8 @@ use tej_hub::{Frame, Status};
 use tokio::task::JoinSet;
 
 use super::big_file::publishable_status;
-use super::hub::{status_kib, HubProcess};
-use super::{human_bytes, Common, KIB};
+use super::hub::{status_kib, HubChoice, HubInfo, RunningHub};
+use super::{before, confirm_sub, human_bytes, limit, measure_on, one_to, Common, KIB};
 use crate::Failure;
 
 /// Most connections.
@@ -45,23 +45,13 @@ const MESSAGE: &str = "tej-hub bench connections";
 #[derive(Args)]
 pub(crate) struct Connections {
     /// Number of idle subscriber connections (1-100000).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 10_000,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS)
-    )]
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = one_to(MAX_CONNECTIONS))]
     count: u64,
     /// The status code subscribed to and published on (0-126 except 2).
     #[arg(long, value_name = "CODE", default_value = "5", value_parser = publishable_status)]
     code: Status,
     /// Connections being set up at a time (1-1024).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 128,
-        value_parser = clap::value_parser!(u64).range(1..=1024)
-    )]
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = one_to(1024))]
     parallel: u64,
     #[command(flatten)]
     common: Common,
@@ -71,39 +61,24 @@ pub(crate) struct Connections {
 pub(crate) fn run(args: &Connections) -> Result<(), Failure> {
     let deadline = Instant::now() + Duration::from_secs(args.common.timeout);
     let open_files = enough_open_files(args.count)?;
-    let mut child = match args.common.hub {
-        Some(_) => None,
-        None => Some(HubProcess::start(&args.common.serve_args, deadline)?),
-    };
-    let (addr, pid) = match (&child, args.common.hub) {
-        (Some(child), _) => (child.addr(), Some(child.pid())),
-        (None, Some(addr)) => (addr, args.common.hub_pid),
-        (None, None) => return Err(Failure::Failed("no hub to measure".to_owned())),
-    };
+    let mut running = RunningHub::start(&HubChoice::new(&args.common, false), deadline)?;
+    let hub = running.info();
     eprintln!(
-        "tej-hub bench: hub at {addr}{}; {} idle connections on code {}",
-        pid.map_or_else(String::new, |pid| format!(" (pid {pid})")),
-        args.count,
-        args.code
+        "tej-hub bench: hub at {hub}; {} idle connections on code {}",
+        args.count, args.code
     );
-    let runtime = super::runtime()?;
-    let measured = runtime.block_on(async {
-        let measuring = measure(args, addr, pid, deadline);
-        tokio::time::timeout_at(deadline.into(), measuring)
-            .await
-            .unwrap_or_else(|_| Err(format!("gave up after --timeout {}s", args.common.timeout)))
-    });
-    // Closes every connection before the hub goes.
-    drop(runtime);
-    let measured = measured.map_err(|error| {
-        let explain = child.as_mut().map(HubProcess::explain).unwrap_or_default();
-        Failure::Failed(format!("bench connections: {error}{explain}"))
-    })?;
+    // The runtime goes first: it closes every connection before the hub goes.
+    let measuring = measure(args, hub.addr, hub.pid, deadline);
+    let measured = measure_on(
+        "connections",
+        &mut running,
+        &args.common,
+        deadline,
+        measuring,
+    )?;
     let report = Report {
         args,
-        addr,
-        pid,
-        spawned: child.is_some(),
+        hub,
         open_files,
         measured,
     };
@@ -206,7 +181,7 @@ async fn measure(
     tokio::time::sleep(IDLE).await;
     let rss_after_kib = rss(pid);
 
-    let mut publisher = within(
+    let mut publisher = before(
         connect_limit(deadline),
         "connecting",
         HubClient::connect(addr),
@@ -220,7 +195,7 @@ async fn measure(
     // Every receiver is waiting on its socket before the frame goes out.
     tokio::time::sleep(SETTLE).await;
     let published = Instant::now();
-    within(
+    before(
         connect_limit(deadline),
         "publishing",
         publisher.publish(Frame::message(code, MESSAGE)),
@@ -264,38 +239,20 @@ async fn measure(
     })
 }
 
-/// `future`'s output, or the error `timed out <what>` once `limit` has passed.
-async fn within<T>(
-    limit: Instant,
-    what: &str,
-    future: impl std::future::Future<Output = T>,
-) -> Result<T, String> {
-    tokio::time::timeout_at(limit.into(), future)
-        .await
-        .map_err(|_| format!("timed out {what}"))
-}
-
 /// When a step started now must be done: [`SUBSCRIBE_TIMEOUT`] from now, at the latest at
 /// `deadline`.
 fn connect_limit(deadline: Instant) -> Instant {
-    deadline.min(Instant::now() + SUBSCRIBE_TIMEOUT)
+    limit(deadline, SUBSCRIBE_TIMEOUT)
 }
 
 /// A connection whose `SUB <code>` the hub acknowledged.
 async fn subscribe(addr: SocketAddr, code: Status, deadline: Instant) -> Result<HubClient, String> {
     let limit = connect_limit(deadline);
-    let mut client = within(limit, "connecting", HubClient::connect(addr))
+    let mut client = before(limit, "connecting", HubClient::connect(addr))
         .await?
         .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
-    let code = code.to_string();
-    let codes = within(limit, "waiting for OK SUB", client.subscribe(&code))
-        .await?
-        .map_err(|error| format!("SUB {code}: {error}"))?;
-    if codes.to_string() == code {
-        Ok(client)
-    } else {
-        Err(format!("the hub acknowledged SUB {code} with {codes}"))
-    }
+    confirm_sub(&mut client, code, limit).await?;
+    Ok(client)
 }
 
 /// Waits for the publication on `client`; returns when it was read.
@@ -314,12 +271,8 @@ async fn receive(mut client: HubClient, code: Status) -> Result<Instant, String>
 struct Report<'a> {
     /// What was asked for.
     args: &'a Connections,
-    /// The hub's address.
-    addr: SocketAddr,
-    /// The hub's process id, when known.
-    pid: Option<u32>,
-    /// Whether the bench spawned the hub.
-    spawned: bool,
+    /// The hub measured.
+    hub: HubInfo,
     /// This process's soft limit on open files.
     open_files: u64,
     /// What was measured.
@@ -339,7 +292,11 @@ impl Report<'_> {
             "bench": "connections",
             "connections": measured.count,
             "code": self.args.code.code(),
-            "hub": {"addr": self.addr.to_string(), "pid": self.pid, "spawned": self.spawned},
+            "hub": {
+                "addr": self.hub.addr.to_string(),
+                "pid": self.hub.pid,
+                "spawned": self.hub.spawned()
+            },
             "setup_seconds": (measured.setup.as_secs_f64() * 1e3).round() / 1e3,
             "rss_before_kib": measured.rss_before_kib,
             "rss_after_kib": measured.rss_after_kib,
@@ -361,12 +318,6 @@ impl Report<'_> {
                 |kib| format!("{kib} KiB ({})", human_bytes(kib * KIB)),
             )
         };
-        let origin = if self.spawned {
-            "spawned: serve --listen 127.0.0.1:0"
-        } else {
-            "given with --hub"
-        };
-        let pid = self.pid.map(|pid| format!(", pid {pid}"));
         let per_connection = measured.per_connection_bytes().map_or_else(
             || "not measured (--hub without --hub-pid)".to_owned(),
             |bytes| format!("{bytes} bytes ({})", human_bytes(bytes)),
@@ -377,10 +328,7 @@ impl Report<'_> {
             "MISSING"
         };
         let rows = [
-            (
-                "hub",
-                format!("{}{} ({origin})", self.addr, pid.unwrap_or_default()),
-            ),
+            ("hub", self.hub.described()),
             (
                 "connections",
                 format!(

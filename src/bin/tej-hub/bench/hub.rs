@@ -1,14 +1,20 @@
-//! The hub a workload measures: a `tej-hub serve` child started from this very binary
-//! ([`HubProcess`]), and the sampling of a hub's memory from `/proc/PID/status` ([`RssSampler`]).
+//! The hub a workload measures: which one the flags name ([`HubChoice`]), that hub started or
+//! found ([`RunningHub`]: in this process, a `tej-hub serve` child started from this very binary
+//! ([`HubProcess`]), or someone else's), where it is ([`HubInfo`]), and the sampling of a hub's
+//! memory from `/proc/PID/status` ([`RssSampler`]).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tej_hub::config::HubConfig;
+use tej_hub::hub::HubHandle;
+
+use super::Common;
 use crate::Failure;
 
 /// How long the child may take to print its address.
@@ -17,6 +23,169 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const KEPT_LOG_LINES: usize = 20;
 /// How often [`RssSampler`] reads `/proc/PID/status`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Which hub to measure.
+#[derive(Debug, Clone)]
+pub(super) enum HubChoice {
+    /// In this process, default settings.
+    Embedded,
+    /// A `tej-hub serve` child with these extra flags.
+    Spawned(Vec<String>),
+    /// Already running there (with its pid, when given).
+    Given(SocketAddr, Option<u32>),
+}
+
+impl HubChoice {
+    /// The hub `common` names; `embedded` (`--embedded`, which conflicts with `--hub` and
+    /// `--serve-arg`) runs it in this process.
+    pub(super) fn new(common: &Common, embedded: bool) -> HubChoice {
+        match (embedded, common.hub) {
+            (true, _) => HubChoice::Embedded,
+            (false, Some(addr)) => HubChoice::Given(addr, common.hub_pid),
+            (false, None) => HubChoice::Spawned(common.serve_args.clone()),
+        }
+    }
+}
+
+/// Where the measured hub was.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HubInfo {
+    /// Its address.
+    pub(super) addr: SocketAddr,
+    /// Where it came from.
+    pub(super) origin: Origin,
+    /// Its process id, when known (this process for an embedded hub).
+    pub(super) pid: Option<u32>,
+}
+
+/// `127.0.0.1:4000 (pid 12)`.
+impl std::fmt::Display for HubInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)?;
+        match self.pid {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where the measured hub came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Run in this process (`--embedded`).
+    Embedded,
+    /// Spawned as a child process.
+    Spawned,
+    /// Given with `--hub`.
+    Given,
+}
+
+impl Origin {
+    /// `embedded`, `spawned` or `given`.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Origin::Embedded => "embedded",
+            Origin::Spawned => "spawned",
+            Origin::Given => "given",
+        }
+    }
+}
+
+impl HubInfo {
+    /// Whether the bench spawned it.
+    pub(super) fn spawned(&self) -> bool {
+        self.origin == Origin::Spawned
+    }
+
+    /// For a table: `127.0.0.1:4000, pid 12 (spawned: serve --listen 127.0.0.1:0)`.
+    pub(super) fn described(&self) -> String {
+        let origin = match self.origin {
+            Origin::Embedded => "embedded",
+            Origin::Spawned => "spawned: serve --listen 127.0.0.1:0",
+            Origin::Given => "given with --hub",
+        };
+        let pid = self.pid.map(|pid| format!(", pid {pid}"));
+        format!("{}{} ({origin})", self.addr, pid.unwrap_or_default())
+    }
+}
+
+/// The hub a run measures.
+pub(super) enum RunningHub {
+    /// In this process, on a thread of its own.
+    Embedded(HubHandle),
+    /// A child process.
+    Spawned(HubProcess),
+    /// Someone else's.
+    Given(SocketAddr, Option<u32>),
+}
+
+impl RunningHub {
+    /// Starts (or finds) the hub `choice` names.
+    pub(super) fn start(choice: &HubChoice, deadline: Instant) -> Result<RunningHub, Failure> {
+        match choice {
+            HubChoice::Embedded => {
+                let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| {
+                    Failure::Failed(format!("cannot listen on 127.0.0.1:0: {error}"))
+                })?;
+                let listen = listener.local_addr().map_err(|error| {
+                    Failure::Failed(format!("no address for the hub's listener: {error}"))
+                })?;
+                let config = HubConfig {
+                    listen,
+                    ..HubConfig::default()
+                };
+                tej_hub::hub::spawn(listener, config)
+                    .map(RunningHub::Embedded)
+                    .map_err(|error| Failure::Failed(format!("cannot start the hub: {error}")))
+            }
+            HubChoice::Spawned(extra) => {
+                HubProcess::start(extra, deadline).map(RunningHub::Spawned)
+            }
+            HubChoice::Given(addr, pid) => Ok(RunningHub::Given(*addr, *pid)),
+        }
+    }
+
+    /// Where it is and where it came from.
+    pub(super) fn info(&self) -> HubInfo {
+        match self {
+            RunningHub::Embedded(handle) => HubInfo {
+                addr: handle.local_addr(),
+                origin: Origin::Embedded,
+                pid: Some(std::process::id()),
+            },
+            RunningHub::Spawned(child) => HubInfo {
+                addr: child.addr(),
+                origin: Origin::Spawned,
+                pid: Some(child.pid()),
+            },
+            RunningHub::Given(addr, pid) => HubInfo {
+                addr: *addr,
+                origin: Origin::Given,
+                pid: *pid,
+            },
+        }
+    }
+
+    /// What a spawned hub's exit and last log lines say, for an error message.
+    pub(super) fn explain(&mut self) -> String {
+        match self {
+            RunningHub::Spawned(child) => child.explain(),
+            RunningHub::Embedded(_) | RunningHub::Given(..) => String::new(),
+        }
+    }
+
+    /// Stops a hub this run started (an embedded one waits for its sessions to close).
+    pub(super) fn stop(self) {
+        match self {
+            RunningHub::Embedded(handle) => {
+                // It was measured already; a failure to stop cleanly changes no figure.
+                let _ = handle.shutdown();
+            }
+            RunningHub::Spawned(child) => drop(child),
+            RunningHub::Given(..) => {}
+        }
+    }
+}
 
 /// A `tej-hub serve --listen 127.0.0.1:0` child process; killed when dropped.
 pub(super) struct HubProcess {

@@ -17,21 +17,19 @@ mod report;
 mod wire;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tej_hub::config::HubConfig;
 use tej_hub::hub::control::CONTROL;
-use tej_hub::hub::HubHandle;
 use tej_hub::Status;
 
-use super::hub::HubProcess;
-use super::{byte_size, human_bytes, Common, KIB, MIB};
+use super::hub::{HubChoice, RunningHub};
+use super::{byte_size, human_bytes, one_to, Common, KIB, MIB};
 use crate::Failure;
 use forwarder::Forwarder;
 use generator::{measure, Endpoint, Measured};
-use report::{grouped, matrix_table, Figures, HubInfo, Report};
+use report::{grouped, matrix_table, Figures, Report};
 use wire::{WireError, MAX_MESSAGE, STAMP_LEN};
 
 /// Most publishers, and most subscribers.
@@ -51,12 +49,7 @@ pub(crate) struct Throughput {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     frames: Option<u64>,
     /// Stop publishing after this many seconds even if --frames are not all sent.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..=3_600)
-    )]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = one_to(3_600))]
     seconds: u64,
     #[command(flatten)]
     target: Target,
@@ -86,21 +79,11 @@ pub(crate) struct Matrix {
 #[derive(Args)]
 struct Paced {
     /// Frames per second, all publishers together (each sends its share).
-    #[arg(
-        long,
-        value_name = "FRAMES",
-        default_value_t = 10_000,
-        value_parser = clap::value_parser!(u64).range(1..=10_000_000)
-    )]
+    #[arg(long, value_name = "FRAMES", default_value_t = 10_000, value_parser = one_to(10_000_000))]
     rate: u64,
     /// How long to publish (`matrix`: also how long each throughput cell may publish, on the hub
     /// and on the forwarder each).
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 5,
-        value_parser = clap::value_parser!(u64).range(1..=3_600)
-    )]
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = one_to(3_600))]
     seconds: u64,
 }
 
@@ -108,20 +91,10 @@ struct Paced {
 #[derive(Args)]
 struct Peers {
     /// Publishers (1-256).
-    #[arg(
-        long,
-        value_name = "P",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_PEERS)
-    )]
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = one_to(MAX_PEERS))]
     publishers: u64,
     /// Subscribers (1-256); each receives every publisher's frames.
-    #[arg(
-        long,
-        value_name = "S",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_PEERS)
-    )]
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = one_to(MAX_PEERS))]
     subscribers: u64,
     /// Message size: bytes, or with a unit (128, 64KiB, 1MiB); 20 B (the stamp) to 64 MiB.
     #[arg(long, value_name = "SIZE", default_value = "128", value_parser = message_size)]
@@ -347,105 +320,6 @@ impl Workload {
     }
 }
 
-/// Which hub to measure.
-#[derive(Debug, Clone)]
-enum HubChoice {
-    /// In this process, default settings.
-    Embedded,
-    /// A `tej-hub serve` child with these extra flags.
-    Spawned(Vec<String>),
-    /// Already running there (with its pid, when given).
-    Given(SocketAddr, Option<u32>),
-}
-
-impl HubChoice {
-    fn new(target: &Target) -> HubChoice {
-        match (target.embedded, target.common.hub) {
-            (true, _) => HubChoice::Embedded,
-            (false, Some(addr)) => HubChoice::Given(addr, target.common.hub_pid),
-            (false, None) => HubChoice::Spawned(target.common.serve_args.clone()),
-        }
-    }
-}
-
-/// The hub a run measures.
-enum RunningHub {
-    /// In this process, on a thread of its own.
-    Embedded(HubHandle),
-    /// A child process.
-    Spawned(HubProcess),
-    /// Someone else's.
-    Given(SocketAddr, Option<u32>),
-}
-
-impl RunningHub {
-    /// Starts (or finds) the hub `choice` names.
-    fn start(choice: &HubChoice, deadline: Instant) -> Result<RunningHub, Failure> {
-        match choice {
-            HubChoice::Embedded => {
-                let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| {
-                    Failure::Failed(format!("cannot listen on 127.0.0.1:0: {error}"))
-                })?;
-                let listen = listener.local_addr().map_err(|error| {
-                    Failure::Failed(format!("no address for the hub's listener: {error}"))
-                })?;
-                let config = HubConfig {
-                    listen,
-                    ..HubConfig::default()
-                };
-                tej_hub::hub::spawn(listener, config)
-                    .map(RunningHub::Embedded)
-                    .map_err(|error| Failure::Failed(format!("cannot start the hub: {error}")))
-            }
-            HubChoice::Spawned(extra) => {
-                HubProcess::start(extra, deadline).map(RunningHub::Spawned)
-            }
-            HubChoice::Given(addr, pid) => Ok(RunningHub::Given(*addr, *pid)),
-        }
-    }
-
-    /// Where it is and where it came from.
-    fn info(&self) -> HubInfo {
-        match self {
-            RunningHub::Embedded(handle) => HubInfo {
-                addr: handle.local_addr(),
-                origin: "embedded",
-                pid: Some(std::process::id()),
-            },
-            RunningHub::Spawned(child) => HubInfo {
-                addr: child.addr(),
-                origin: "spawned",
-                pid: Some(child.pid()),
-            },
-            RunningHub::Given(addr, pid) => HubInfo {
-                addr: *addr,
-                origin: "given",
-                pid: *pid,
-            },
-        }
-    }
-
-    /// What a spawned hub's exit and last log lines say, for an error message.
-    fn explain(&mut self) -> String {
-        match self {
-            RunningHub::Spawned(child) => child.explain(),
-            RunningHub::Embedded(_) | RunningHub::Given(..) => String::new(),
-        }
-    }
-
-    /// Stops a hub this run started (an embedded one waits for its sessions to close).
-    fn stop(self) {
-        match self {
-            RunningHub::Embedded(handle) => {
-                // It was measured already; a failure to stop cleanly changes no figure.
-                let _ = handle.shutdown();
-            }
-            RunningHub::Spawned(child) => drop(child),
-            RunningHub::Given(..) => {}
-        }
-    }
-}
-
 /// Cores on this machine: the forwarder's workers, as the hub's default.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -484,7 +358,7 @@ fn run_workload(
     eprintln!(
         "tej-hub bench {name}: hub at {} ({}); {}",
         info.addr,
-        info.origin,
+        info.origin.name(),
         workload.describe()
     );
     let measured = run_on(
@@ -551,7 +425,7 @@ pub(crate) fn latency(args: &Latency) -> Result<(), Failure> {
 fn run_one(workload: &Workload, target: &Target) -> Result<(), Failure> {
     let timeout = target.common.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    let choice = HubChoice::new(target);
+    let choice = HubChoice::new(&target.common, target.embedded);
     let report = run_workload(workload, &choice, target.yardstick, deadline, timeout)?;
     finish(&report, target.common.json)
 }
@@ -623,7 +497,7 @@ fn cells(seconds: u64, rate: u64) -> Vec<(Cell, Workload)> {
 pub(crate) fn matrix(args: &Matrix) -> Result<(), Failure> {
     let (target, common) = (&args.target, &args.target.common);
     let deadline = Instant::now() + Duration::from_secs(common.timeout);
-    let choice = HubChoice::new(target);
+    let choice = HubChoice::new(&target.common, target.embedded);
     let cells = cells(args.paced.seconds, args.paced.rate);
     let count = cells.len();
     let mut done = Vec::new();

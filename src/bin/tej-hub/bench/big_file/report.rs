@@ -3,25 +3,14 @@
 //! the regular subscribers, the extra ones (slow, stuck) and the hub's counters, the yardstick, the
 //! hub's memory, and with --compare the relay without the extra subscribers.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde_json::json;
 
 use super::subscriber::{HubCounters, Stuck, StuckEnd};
 use super::{BigFile, Measured, Received, Relayed};
-use crate::bench::hub::RssStats;
+use crate::bench::hub::{HubInfo, RssStats};
 use crate::bench::{human_bytes, mb_per_s};
-
-/// Where the measured hub was.
-pub(super) struct HubInfo {
-    /// Its address.
-    pub(super) addr: SocketAddr,
-    /// Its process id, when known.
-    pub(super) pid: Option<u32>,
-    /// Whether the bench spawned it.
-    pub(super) spawned: bool,
-}
 
 /// A finished run with what it ran against and the figures derived from it, ready to print.
 pub(super) struct Report<'a> {
@@ -172,7 +161,7 @@ impl<'a> Report<'a> {
             "hub": {
                 "addr": self.hub.addr.to_string(),
                 "pid": self.hub.pid,
-                "spawned": self.hub.spawned,
+                "spawned": self.hub.spawned(),
             },
             "publisher": {
                 "seconds": round(figures.publish_seconds, 4),
@@ -248,17 +237,7 @@ impl<'a> Report<'a> {
             args.code,
             human_bytes(args.io_size as u64)
         ));
-        let origin = if self.hub.spawned {
-            "spawned: serve --listen 127.0.0.1:0"
-        } else {
-            "given with --hub"
-        };
-        let pid = self.hub.pid.map(|pid| format!(", pid {pid}"));
-        line(format!(
-            "  hub         {}{} ({origin})",
-            self.hub.addr,
-            pid.unwrap_or_default()
-        ));
+        line(format!("  hub         {}", self.hub.described()));
         line(String::new());
         line(format!(
             "  {:<12} {:>10} {:>10} {:>10}  xxh3-128",

@@ -14,8 +14,9 @@ use tej_hub::{CodecError, Limits, Status, TejCodec, PROTOCOL_VERSION};
 use tokio_util::codec::Framed;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::tcp::{before, connect, connect_limit, limit};
+use super::tcp::{connect, connect_limit};
 use super::{Received, MESSAGE};
+use crate::bench::{before, confirm_sub, limit};
 
 /// What a subscriber accepts: a frame of any size with at most one file, and messages (the
 /// frame's, the hub's replies) of at most 64 KiB.
@@ -54,16 +55,8 @@ pub(super) async fn subscribe(
             return Err(format!("the hub acknowledged {asked} with OK {reply}"));
         }
     }
-    let code = status.to_string();
-    let subscribing = client.subscribe(&code);
-    let codes = before(connect_limit(deadline), "waiting for the hub", subscribing)
-        .await?
-        .map_err(|error| format!("SUB {code}: {error}"))?;
-    if codes.to_string() == code {
-        Ok(client)
-    } else {
-        Err(format!("the hub acknowledged SUB {code} with {codes}"))
-    }
+    confirm_sub(&mut client, status, connect_limit(deadline)).await?;
+    Ok(client)
 }
 
 /// Checks a relayed frame part by part against the one the publisher sends (its status, version

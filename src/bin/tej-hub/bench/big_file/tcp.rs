@@ -2,7 +2,6 @@
 //! ([`Pattern`], generated while they are sent), and the yardstick ([`raw_loopback`]): the same
 //! bytes over one loopback connection with nothing in between.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,25 +10,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use crate::bench::{before, limit};
+
 /// How long one connect, one accept or one subscription handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `future`'s output, or the error `timed out <what>` once `limit` has passed.
-pub(super) async fn before<T>(
-    limit: Instant,
-    what: &str,
-    future: impl Future<Output = T>,
-) -> Result<T, String> {
-    tokio::time::timeout_at(limit.into(), future)
-        .await
-        .map_err(|_| format!("timed out {what}"))
-}
-
-/// When a step started now that may take `wait` must be done: `wait` from now, at the latest at
-/// `deadline`.
-pub(super) fn limit(deadline: Instant, wait: Duration) -> Instant {
-    deadline.min(Instant::now() + wait)
-}
 
 /// When a connection step started now must be done: [`CONNECT_TIMEOUT`] from now, at the latest
 /// at `deadline`.

@@ -13,23 +13,13 @@
 //! time in the stamp (taken just before the publisher's write), in µs, nearest-rank percentiles.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
 use super::generator::Measured;
 use super::{Cell, Figure, Pace, Workload};
+use crate::bench::hub::HubInfo;
 use crate::bench::mb_per_s;
-
-/// Where the measured hub was.
-pub(super) struct HubInfo {
-    /// Its address.
-    pub(super) addr: SocketAddr,
-    /// `embedded`, `spawned` or `given`.
-    pub(super) origin: &'static str,
-    /// Its process id, when known (this process for an embedded hub).
-    pub(super) pid: Option<u32>,
-}
 
 /// One-way latency percentiles, in µs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -346,7 +336,7 @@ impl Report {
             "seconds": workload.seconds.as_secs(),
             "hub": {
                 "addr": self.hub.addr.to_string(),
-                "origin": self.hub.origin,
+                "origin": self.hub.origin.name(),
                 "pid": self.hub.pid,
             },
             "measured": {
@@ -373,7 +363,7 @@ impl Report {
             out,
             "  hub        {} ({}{})",
             self.hub.addr,
-            self.hub.origin,
+            self.hub.origin.name(),
             self.hub
                 .pid
                 .map_or_else(String::new, |pid| format!(", pid {pid}"))

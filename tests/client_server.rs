@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use common::{
-    expect_closed, forwarder, next_client_event, start_server, status, within, Event, TestServer,
-    PATIENCE,
+    close_client, expect_client_connected, expect_closed, forwarder, next_client_event,
+    spawn_client, start_server, status, within, Event, TestServer, PATIENCE,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -73,10 +73,7 @@ async fn echo_round_trip_with_callbacks_in_order() {
     let client = Client::connect(server.addr).await.expect("connect");
     assert_eq!(client.peer_addr(), server.addr);
     let connection = client.spawn(handler);
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    expect_client_connected(&mut events).await;
 
     let frame = Frame::builder(status(9))
         .file("é.txt", pattern(5000, 1))
@@ -94,8 +91,7 @@ async fn echo_round_trip_with_callbacks_in_order() {
     }
 
     // Closing: the client ends as `Closed`, the server sees `PeerClosed`, each exactly once.
-    connection.sender().close().await;
-    let reason = within(PATIENCE, "the client to end", connection.join()).await;
+    let reason = close_client(connection).await;
     assert!(matches!(reason, Disconnect::Closed), "{reason:?}");
     assert!(matches!(
         next_client_event(&mut events).await,
@@ -130,11 +126,7 @@ async fn concurrent_senders_never_interleave() {
     };
 
     let mut server = start_server(ConnectionConfig::default(), false).await;
-    let (handler, _client_events) = forwarder(server.addr, false);
-    let connection = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .spawn(handler);
+    let (connection, _client_events) = spawn_client(server.addr, ConnectionConfig::default()).await;
     let peer = expect_connected(&mut server).await;
 
     let mut senders = tokio::task::JoinSet::new();
@@ -197,8 +189,7 @@ async fn concurrent_senders_never_interleave() {
     while let Some(done) = within(PATIENCE, "the senders", senders.join_next()).await {
         done.expect("sender task panicked");
     }
-    connection.sender().close().await;
-    within(PATIENCE, "the client to end", connection.join()).await;
+    close_client(connection).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,20 +200,15 @@ async fn many_peers_at_once() {
     let mut clients = tokio::task::JoinSet::new();
     for id in 0..PEERS {
         clients.spawn(async move {
-            let (handler, mut events) = forwarder(addr, false);
-            let connection = Client::connect(addr).await.expect("connect").spawn(handler);
-            assert!(matches!(
-                next_client_event(&mut events).await,
-                Some(Event::Connected)
-            ));
+            let (connection, mut events) = spawn_client(addr, ConnectionConfig::default()).await;
+            expect_client_connected(&mut events).await;
             // Status 20 and up: status 2 would be a ping, which is not echoed.
             let frame = Frame::builder(status(20 + id as u8))
                 .file(format!("{id}.txt"), pattern(id * 100, id as u8))
                 .message(format!("peer {id}"))
                 .build();
             round_trip(&connection, &mut events, frame).await;
-            connection.sender().close().await;
-            within(PATIENCE, "a client to end", connection.join()).await
+            close_client(connection).await
         });
     }
     let mut ended = 0;
@@ -257,20 +243,8 @@ async fn pings_reach_ping_received_only() {
     let mut server = start_server(ConnectionConfig::default(), true).await;
 
     // Keep-alive pings from the client's timer.
-    let config = ConnectionConfig {
-        ping_interval: Some(Duration::from_millis(50)),
-        ..ConnectionConfig::default()
-    };
-    let (handler, mut events) = forwarder(server.addr, false);
-    let pinging = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .with_config(config)
-        .spawn(handler);
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    let (pinging, mut events) = spawn_client(server.addr, pinging_config()).await;
+    expect_client_connected(&mut events).await;
     let peer = expect_connected(&mut server).await;
     for _ in 0..3 {
         match server.next_event_from(peer).await {
@@ -280,8 +254,7 @@ async fn pings_reach_ping_received_only() {
     }
     // Pings are not echoed (they never reach `received`); a normal frame is.
     round_trip(&pinging, &mut events, Frame::message(status(3), "data")).await;
-    pinging.sender().close().await;
-    within(PATIENCE, "the client to end", pinging.join()).await;
+    close_client(pinging).await;
     loop {
         match server.next_event_from(peer).await {
             Event::Ping(_) => {}
@@ -292,11 +265,7 @@ async fn pings_reach_ping_received_only() {
     }
 
     // Pings sent by hand, one of them with a message: status 2 is a ping whatever it carries.
-    let (handler, mut events) = forwarder(server.addr, false);
-    let manual = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .spawn(handler);
+    let (manual, mut events) = spawn_client(server.addr, ConnectionConfig::default()).await;
     let peer = expect_connected(&mut server).await;
     let with_message = Frame::message(status(2), "still a ping");
     manual.sender().send(Frame::ping()).await.expect("send");
@@ -317,42 +286,34 @@ async fn pings_reach_ping_received_only() {
         other => panic!("expected the frame after the pings, got {other:?}"),
     }
     // The client got the echo of that frame only, nothing for the pings.
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    expect_client_connected(&mut events).await;
     match next_client_event(&mut events).await {
         Some(Event::Received(frame)) => assert_eq!(frame.status, status(4)),
         other => panic!("expected one echo, got {other:?}"),
     }
-    manual.sender().close().await;
-    within(PATIENCE, "the client to end", manual.join()).await;
+    close_client(manual).await;
 }
 
 #[tokio::test]
 async fn server_pings_reach_the_clients_ping_received() {
-    let config = ConnectionConfig {
-        ping_interval: Some(Duration::from_millis(50)),
-        ..ConnectionConfig::default()
-    };
-    let server = start_server(config, false).await;
-    let (handler, mut events) = forwarder(server.addr, false);
-    let connection = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .spawn(handler);
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    let server = start_server(pinging_config(), false).await;
+    let (connection, mut events) = spawn_client(server.addr, ConnectionConfig::default()).await;
+    expect_client_connected(&mut events).await;
     for _ in 0..2 {
         match next_client_event(&mut events).await {
             Some(Event::Ping(frame)) => assert!(frame.is_ping()),
             other => panic!("expected a ping, got {other:?}"),
         }
     }
-    connection.sender().close().await;
-    within(PATIENCE, "the client to end", connection.join()).await;
+    close_client(connection).await;
+}
+
+/// A client or server that pings every 50 ms.
+fn pinging_config() -> ConnectionConfig {
+    ConnectionConfig {
+        ping_interval: Some(Duration::from_millis(50)),
+        ..ConnectionConfig::default()
+    }
 }
 
 fn idle_config() -> ConnectionConfig {
@@ -385,16 +346,7 @@ async fn idle_timeout_closes_a_silent_peer() {
 #[tokio::test]
 async fn idle_timeout_spares_a_pinging_peer() {
     let mut server = start_server(idle_config(), true).await;
-    let config = ConnectionConfig {
-        ping_interval: Some(Duration::from_millis(50)),
-        ..ConnectionConfig::default()
-    };
-    let (handler, mut events) = forwarder(server.addr, false);
-    let connection = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .with_config(config)
-        .spawn(handler);
+    let (connection, mut events) = spawn_client(server.addr, pinging_config()).await;
     let peer = expect_connected(&mut server).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut pings = 0;
@@ -407,13 +359,9 @@ async fn idle_timeout_spares_a_pinging_peer() {
     }
     assert!(pings >= 3, "{pings} pings in 600 ms");
     // Still alive both ways.
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    expect_client_connected(&mut events).await;
     round_trip(&connection, &mut events, Frame::message(status(1), "alive")).await;
-    connection.sender().close().await;
-    within(PATIENCE, "the client to end", connection.join()).await;
+    close_client(connection).await;
 }
 
 #[tokio::test]
@@ -549,15 +497,8 @@ fn bad_peers() -> Vec<BadPeer> {
 async fn protocol_errors_close_only_the_offending_connection() {
     let mut server = start_server(ConnectionConfig::default(), true).await;
     // A well-behaved client that stays connected throughout.
-    let (handler, mut events) = forwarder(server.addr, false);
-    let good = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .spawn(handler);
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    let (good, mut events) = spawn_client(server.addr, ConnectionConfig::default()).await;
+    expect_client_connected(&mut events).await;
     round_trip(&good, &mut events, Frame::message(status(0), "before")).await;
 
     for (n, bad) in bad_peers().into_iter().enumerate() {
@@ -583,8 +524,7 @@ async fn protocol_errors_close_only_the_offending_connection() {
             .build();
         round_trip(&good, &mut events, frame).await;
     }
-    good.sender().close().await;
-    let reason = within(PATIENCE, "the client to end", good.join()).await;
+    let reason = close_client(good).await;
     assert!(matches!(reason, Disconnect::Closed), "{reason:?}");
 }
 
@@ -599,16 +539,8 @@ async fn send_refuses_frames_over_the_limits_and_keeps_the_connection() {
         },
         ..ConnectionConfig::default()
     };
-    let (handler, mut events) = forwarder(server.addr, false);
-    let connection = Client::connect(server.addr)
-        .await
-        .expect("connect")
-        .with_config(config)
-        .spawn(handler);
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    let (connection, mut events) = spawn_client(server.addr, config).await;
+    expect_client_connected(&mut events).await;
     let sender = connection.sender();
 
     let long_message = Frame::message(status(1), pattern(101, 0));
@@ -671,8 +603,7 @@ async fn send_refuses_frames_over_the_limits_and_keeps_the_connection() {
         .build();
     assert_eq!(fits.encoded_len(), 10_000);
     round_trip(&connection, &mut events, fits).await;
-    connection.sender().close().await;
-    let reason = within(PATIENCE, "the client to end", connection.join()).await;
+    let reason = close_client(connection).await;
     assert!(matches!(reason, Disconnect::Closed), "{reason:?}");
 }
 
@@ -680,8 +611,7 @@ async fn send_refuses_frames_over_the_limits_and_keeps_the_connection() {
 async fn send_after_the_peer_left_fails() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let (handler, mut events) = forwarder(addr, false);
-    let connection = Client::connect(addr).await.expect("connect").spawn(handler);
+    let (connection, mut events) = spawn_client(addr, ConnectionConfig::default()).await;
     let (accepted, _) = within(PATIENCE, "accept", listener.accept())
         .await
         .expect("accept");
@@ -721,10 +651,7 @@ async fn send_after_the_peer_left_fails() {
         matches!(reason, Disconnect::PeerClosed | Disconnect::Io(_)),
         "{reason:?}"
     );
-    assert!(matches!(
-        next_client_event(&mut events).await,
-        Some(Event::Connected)
-    ));
+    expect_client_connected(&mut events).await;
     assert!(matches!(
         next_client_event(&mut events).await,
         Some(Event::Disconnected(
@@ -817,8 +744,7 @@ async fn serve_until_returns_on_shutdown_and_closes_connections() {
     let (mut raw, raw_local) = raw_connect(addr).await;
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let (handler, events) = forwarder(addr, false);
-        let connection = Client::connect(addr).await.expect("connect").spawn(handler);
+        let (connection, events) = spawn_client(addr, ConnectionConfig::default()).await;
         clients.push((connection, events));
     }
     let mut peers = HashSet::new();
@@ -843,10 +769,7 @@ async fn serve_until_returns_on_shutdown_and_closes_connections() {
     for (connection, mut events) in clients {
         let reason = within(PATIENCE, "a client to end", connection.join()).await;
         assert!(matches!(reason, Disconnect::PeerClosed), "{reason:?}");
-        assert!(matches!(
-            next_client_event(&mut events).await,
-            Some(Event::Connected)
-        ));
+        expect_client_connected(&mut events).await;
         assert!(matches!(
             next_client_event(&mut events).await,
             Some(Event::Disconnected(Disconnect::PeerClosed))

@@ -148,6 +148,23 @@ fn put_file_head(buf: &mut BytesMut, name: &[u8], data_len: u64) {
     buf.put_u64(data_len);
 }
 
+/// A new decoder fed `wire` in two pieces, split at byte `k`: the decoder, what is left in its
+/// buffer and the frames it decoded.
+fn decode_split(wire: &[u8], k: usize) -> (TejCodec, BytesMut, Vec<Frame>) {
+    let mut codec = TejCodec::default();
+    let mut buf = BytesMut::from(&wire[..k]);
+    let mut decoded = Vec::new();
+    decode_ready(&mut codec, &mut buf, &mut decoded);
+    buf.extend_from_slice(&wire[k..]);
+    decode_ready(&mut codec, &mut buf, &mut decoded);
+    (codec, buf, decoded)
+}
+
+/// What a new decoder with the default limits makes of `buf`.
+fn decode_fresh(mut buf: BytesMut) -> Result<Option<Frame>, CodecError> {
+    TejCodec::default().decode(&mut buf)
+}
+
 /// A byte pattern that differs per position and per seed, so misplaced bytes show.
 fn pattern(len: usize, seed: u8) -> Bytes {
     (0..len)
@@ -273,12 +290,7 @@ fn stream_split_at_every_byte_decodes_the_same_frames() {
     );
 
     for k in 0..=wire.len() {
-        let mut codec = TejCodec::default();
-        let mut buf = BytesMut::from(&wire[..k]);
-        let mut decoded = Vec::new();
-        decode_ready(&mut codec, &mut buf, &mut decoded);
-        buf.extend_from_slice(&wire[k..]);
-        decode_ready(&mut codec, &mut buf, &mut decoded);
+        let (mut codec, mut buf, decoded) = decode_split(&wire, k);
         assert_eq!(decoded, frames, "split at byte {k}");
         assert!(buf.is_empty());
         assert!(
@@ -305,11 +317,10 @@ fn stream_fed_one_byte_at_a_time_decodes_the_same_frames() {
 
 #[test]
 fn invalid_status_byte_is_refused() {
-    let mut codec = TejCodec::default();
     let mut buf = head(0x05, 0);
     buf.put_u64(0);
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::InvalidStatusByte { byte: 0x05 })
     ));
 }
@@ -318,33 +329,27 @@ fn invalid_status_byte_is_refused() {
 fn invalid_status_byte_is_refused_from_the_first_byte() {
     // A peer that is not speaking TEJ is refused as soon as its first byte is in, without
     // waiting for the rest of a head that may never come.
-    let mut codec = TejCodec::default();
-    let mut buf = BytesMut::from(&[0x7f][..]);
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(BytesMut::from(&[0x7f][..])),
         Err(CodecError::InvalidStatusByte { byte: 0x7f })
     ));
-    let mut codec = TejCodec::default();
-    let mut buf = BytesMut::from(&[0x00][..]);
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(BytesMut::from(&[0x00][..])),
         Err(CodecError::InvalidStatusByte { byte: 0x00 })
     ));
 }
 
 #[test]
 fn too_many_files_is_refused_and_the_limit_itself_is_accepted() {
-    let mut codec = TejCodec::default();
     assert!(matches!(
-        codec.decode(&mut head(0x80, 1025)),
+        decode_fresh(head(0x80, 1025)),
         Err(CodecError::TooManyFiles {
             count: 1025,
             max: 1024
         })
     ));
-    let mut codec = TejCodec::default();
     assert!(matches!(
-        codec.decode(&mut head(0x80, u64::MAX)),
+        decode_fresh(head(0x80, u64::MAX)),
         Err(CodecError::TooManyFiles {
             count: u64::MAX,
             max: 1024
@@ -386,9 +391,8 @@ fn frame_too_large_from_a_file_data_length() {
     // Head 10 + file head 2 + 1 + 8 + message length 8 = 29 bytes besides the data.
     let mut buf = head(0x80, 1);
     put_file_head(&mut buf, b"x", max - 28);
-    let mut codec = TejCodec::default();
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::FrameTooLarge { len, max: m }) if len == max + 1 && m == max
     ));
 
@@ -402,9 +406,8 @@ fn frame_too_large_from_a_file_data_length() {
     // 2^63 bytes, far beyond.
     let mut buf = head(0x80, 1);
     put_file_head(&mut buf, b"x", 1 << 63);
-    let mut codec = TejCodec::default();
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::FrameTooLarge { len, max: m }) if len == (1 << 63) + 29 && m == max
     ));
 }
@@ -423,22 +426,20 @@ fn frame_too_large_from_a_message_length() {
     ));
 
     // Default limits: a 64 MiB message is allowed as a message but not inside a 64 MiB frame.
-    let mut codec = TejCodec::default();
     let mut buf = head(0x80, 0);
     buf.put_u64(64 * MIB);
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::FrameTooLarge { len, max }) if len == 64 * MIB + 18 && max == 64 * MIB
     ));
 }
 
 #[test]
 fn message_too_large_is_refused() {
-    let mut codec = TejCodec::default();
     let mut buf = head(0x80, 0);
     buf.put_u64(64 * MIB + 1);
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::MessageTooLarge { len, max }) if len == 64 * MIB + 1 && max == 64 * MIB
     ));
 
@@ -471,17 +472,15 @@ fn file_name_not_utf8_names_the_file() {
     buf.put_u8(b'!');
     // A lone continuation byte and a truncated two-byte sequence.
     put_file_head(&mut buf, &[b'a', 0xa9, 0xc3], 0);
-    let mut codec = TejCodec::default();
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::FileNameNotUtf8 { index: 1 })
     ));
 
     let mut buf = head(0x80, 1);
     put_file_head(&mut buf, &[0xff, 0xfe], 0);
-    let mut codec = TejCodec::default();
     assert!(matches!(
-        codec.decode(&mut buf),
+        decode_fresh(buf),
         Err(CodecError::FileNameNotUtf8 { index: 0 })
     ));
 }
@@ -782,12 +781,7 @@ proptest! {
                               split in any::<prop::sample::Index>()) {
         let wire = encode_all(&frames);
         let k = split.index(wire.len() + 1);
-        let mut codec = TejCodec::default();
-        let mut buf = BytesMut::from(&wire[..k]);
-        let mut decoded = Vec::new();
-        decode_ready(&mut codec, &mut buf, &mut decoded);
-        buf.extend_from_slice(&wire[k..]);
-        decode_ready(&mut codec, &mut buf, &mut decoded);
+        let (_, _, decoded) = decode_split(&wire, k);
         prop_assert_eq!(decoded, frames);
     }
 

@@ -5,6 +5,8 @@
 //! tests/interop/requirements.txt` (the README's test command does it). Without it these tests
 //! fail and say so: they never skip.
 
+#[path = "common/pattern.rs"]
+mod pattern;
 #[path = "common/python.rs"]
 mod python;
 
@@ -15,23 +17,10 @@ use serde_json::json;
 use tej_hub::{Client, Disconnect, Frame, Handler, Sender, Server, Status};
 use tokio::sync::mpsc;
 
+use pattern::pattern;
 use python::{digest, digest_of_record, PyPeer, WAIT};
 
 const BIG: usize = 32 * 1024 * 1024;
-
-/// Deterministic pseudo-random bytes (xorshift), so a corrupted byte anywhere changes the hash.
-fn pattern(len: usize, seed: u64) -> Bytes {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out.into()
-}
 
 fn status(code: u8) -> Status {
     Status::new(code).unwrap_or_else(|| panic!("{code} is not a status"))
@@ -82,6 +71,18 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .expect("event channel closed")
 }
 
+/// Sends `frame` to the python peer and returns its `received` record, checked to match `frame`.
+async fn sent_to_python(sender: &Sender, python: &mut PyPeer, frame: &Frame) -> serde_json::Value {
+    sender.send(frame.clone()).await.expect("send");
+    let received = python.next_event("received").await;
+    assert_eq!(
+        digest_of_record(&received),
+        digest(frame),
+        "what python received"
+    );
+    received
+}
+
 /// The frames both directions exchange: a message only, three files and a message, one 32 MiB
 /// file, and custom status codes 0, 5 and 126.
 fn rust_frames() -> Vec<Frame> {
@@ -123,13 +124,7 @@ async fn rust_client_to_python_server() {
     }
 
     for frame in rust_frames() {
-        connection.sender().send(frame.clone()).await.expect("send");
-        let received = python.next_event("received").await;
-        assert_eq!(
-            digest_of_record(&received),
-            digest(&frame),
-            "what python received"
-        );
+        sent_to_python(connection.sender(), &mut python, &frame).await;
         match next_event(&mut seen).await {
             Event::Frame(echo) => assert!(echo == frame, "python's echo differs from what we sent"),
             other => panic!("expected the echo, got {other:?}"),
@@ -138,14 +133,8 @@ async fn rust_client_to_python_server() {
 
     // An empty message reaches the reference as None (its echo comes back empty).
     let no_message = Frame::builder(status(7)).file("f", pattern(5, 9)).build();
-    connection
-        .sender()
-        .send(no_message.clone())
-        .await
-        .expect("send");
-    let received = python.next_event("received").await;
+    let received = sent_to_python(connection.sender(), &mut python, &no_message).await;
     assert_eq!(received["message_is_none"], json!(true));
-    assert_eq!(digest_of_record(&received), digest(&no_message));
     match next_event(&mut seen).await {
         Event::Frame(echo) => assert!(echo == no_message),
         other => panic!("expected the echo, got {other:?}"),
@@ -161,13 +150,7 @@ async fn rust_client_to_python_server() {
         .file("naïve-é.bin", pattern(300, 7))
         .message("non-ASCII name")
         .build();
-    connection
-        .sender()
-        .send(non_ascii.clone())
-        .await
-        .expect("send");
-    let received = python.next_event("received").await;
-    assert_eq!(digest_of_record(&received), digest(&non_ascii));
+    sent_to_python(connection.sender(), &mut python, &non_ascii).await;
     loop {
         match next_event(&mut seen).await {
             // The peer echoes our ping too.

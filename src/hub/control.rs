@@ -622,19 +622,29 @@ pub enum ControlError {
     },
 }
 
+/// Status codes and code sets from plain numbers, for the hub's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_codes {
+    use super::CodeSet;
+    use crate::frame::Status;
 
-    use proptest::prelude::*;
-
-    fn status(code: u8) -> Status {
+    /// `code` as a status (the default status if `code` is over 127).
+    pub(crate) fn status(code: u8) -> Status {
         Status::new(code).unwrap_or_default()
     }
 
-    fn set(codes: &[u8]) -> CodeSet {
+    /// The set of `codes`.
+    pub(crate) fn set(codes: &[u8]) -> CodeSet {
         codes.iter().map(|&c| status(c)).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_codes::{set, status};
+    use super::*;
+
+    use proptest::prelude::*;
 
     fn parse(text: &str) -> Result<Command, ControlError> {
         Command::parse(text.as_bytes())

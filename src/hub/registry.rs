@@ -268,15 +268,8 @@ impl<T> Registry<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::control::test_codes::{set, status};
     use super::*;
-
-    fn status(code: u8) -> Status {
-        Status::new(code).unwrap_or_default()
-    }
-
-    fn set(codes: &[u8]) -> CodeSet {
-        codes.iter().map(|&c| status(c)).collect()
-    }
 
     fn id(n: u64) -> SessionId {
         SessionId::new(n)

@@ -22,6 +22,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Framed};
 
+#[path = "pattern.rs"]
+mod pattern;
+#[allow(unused_imports)]
+pub use pattern::pattern;
+
 /// How long any single wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A mebibyte.
@@ -41,20 +46,6 @@ pub async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Out
         Ok(output) => output,
         Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift): a corrupted byte anywhere changes them.
-pub fn pattern(len: usize, seed: u64) -> Bytes {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out.into()
 }
 
 /// The settings the in-process tests start from: the defaults, on two workers.

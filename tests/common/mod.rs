@@ -7,7 +7,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tej_hub::{CodecError, ConnectionConfig, Disconnect, Frame, Handler, Sender, Server, Status};
+use tej_hub::{
+    Client, CodecError, Connection, ConnectionConfig, Disconnect, Frame, Handler, Sender, Server,
+    Status,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -128,6 +131,35 @@ pub async fn next_client_event(
     within(PATIENCE, "a client event", events.recv())
         .await
         .map(|(_, event)| event)
+}
+
+/// A client connected to `server` with `config`, running a [`forwarder`] (no echo), and the
+/// receiver of its events.
+pub async fn spawn_client(
+    server: SocketAddr,
+    config: ConnectionConfig,
+) -> (Connection, mpsc::UnboundedReceiver<(SocketAddr, Event)>) {
+    let (handler, events) = forwarder(server, false);
+    let connection = Client::connect(server)
+        .await
+        .expect("connect")
+        .with_config(config)
+        .spawn(handler);
+    (connection, events)
+}
+
+/// Expects the next event of a [`forwarder`] to be `connected`.
+pub async fn expect_client_connected(events: &mut mpsc::UnboundedReceiver<(SocketAddr, Event)>) {
+    assert!(matches!(
+        next_client_event(events).await,
+        Some(Event::Connected)
+    ));
+}
+
+/// Closes a running client and waits for it to end; returns why it ended.
+pub async fn close_client(connection: Connection) -> Disconnect {
+    connection.sender().close().await;
+    within(PATIENCE, "the client to end", connection.join()).await
 }
 
 /// A server running [`Forward`] handlers in a background task.

@@ -95,6 +95,15 @@ impl RelayCodec {
         }
     }
 
+    /// Forgets the current frame (after an error: the stream is out of step anyway).
+    fn reset(&mut self) {
+        self.scanner.reset();
+        self.scanned = 0;
+        self.status = None;
+        self.streaming = false;
+        self.grown = false;
+    }
+
     /// Whether part of a frame has been read.
     pub(crate) fn is_mid_frame(&self, buffered: usize) -> bool {
         self.streaming || buffered > 0
@@ -166,10 +175,7 @@ impl Decoder for RelayCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Piece>, CodecError> {
         let result = self.decode_piece(src);
         if result.is_err() {
-            self.scanner.reset();
-            self.scanned = 0;
-            self.status = None;
-            self.streaming = false;
+            self.reset();
         }
         result
     }
@@ -181,9 +187,7 @@ impl Decoder for RelayCodec {
             None => {
                 let received = src.len() as u64;
                 src.clear();
-                self.scanner.reset();
-                self.scanned = 0;
-                self.streaming = false;
+                self.reset();
                 Err(CodecError::Truncated { received })
             }
         }
@@ -223,8 +227,9 @@ impl RelayCodec {
         loop {
             let step = self.scanner.step(&src[self.scanned..])?;
             let Some(step) = step else {
-                if self.streaming && self.scanned > 0 {
-                    let status = self.status.unwrap_or(Status::PING);
+                // While streaming, what has arrived goes on at once.
+                if let (true, true, Some(status)) = (self.streaming, self.scanned > 0, self.status)
+                {
                     return Ok(Some(self.piece(src, PieceKind::Middle, status)));
                 }
                 self.reserve(src);

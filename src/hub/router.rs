@@ -413,7 +413,8 @@ impl Router {
             .fetch_add(u64::from(frames), Ordering::Relaxed);
         // The first drop is worth a line, then one each time the count doubles; every drop is
         // counted (INFO) and traced.
-        if (before + 1..=dropped).any(u64::is_power_of_two) {
+        // A power of two lies in (before, dropped] exactly when the count gained a binary digit.
+        if before == 0 || dropped.ilog2() > before.ilog2() {
             warn!(session = %to, publisher = %from, dropped, "slow consumer: frame dropped");
         } else {
             debug!(session = %to, publisher = %from, dropped, "slow consumer: frame dropped");

@@ -4,6 +4,11 @@
 //! one costs less than a timer), and a larger one — grown by a burst — when an [`IdleTimer`] fires,
 //! [`IDLE_RELEASE`] after the first pause. A busy connection thus keeps its large buffers, giving
 //! them back at most once per period, when the timer finds it paused.
+//!
+//! Why small buffers go at once rather than by the timer too: freed a second later, after
+//! thousands of other sessions' allocations, they leave holes the allocator keeps resident; 10,000
+//! idle subscribers then cost 7.7 KiB each of RSS instead of 3.7 KiB (measured with `tej-hub bench
+//! connections`), for no measurable gain in throughput or latency.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -18,6 +18,7 @@ use tej_hub::hub::control::SlowPolicy;
 use tej_hub::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use rustix::process::Signal;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -414,6 +415,74 @@ async fn disconnect_policy_bounds_the_queue_of_streamed_frames() {
     stop_hub(hub).await;
 }
 
+/// A subscriber that reads at once is never called slow because one streamed frame is larger
+/// than its small mark, under `disconnect` and under `drop` (it once was, 4 runs in 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_reader_is_never_slow_for_one_streamed_frame() {
+    for policy in ["disconnect", "drop"] {
+        let hub = BinHub::start(&[
+            "--slow-consumer",
+            policy,
+            "--max-pending-bytes",
+            "65536",
+            "--max-frame-bytes",
+            "4194304",
+        ]);
+        for run in 0..20 {
+            let mut subscriber = connect(hub.addr).await;
+            subscribe(&mut subscriber, "9", "9").await;
+            let mut publisher = connect(hub.addr).await;
+            let frame = Frame::message(status(9), pattern(MIB, run));
+            send(&mut publisher, frame.clone()).await;
+            assert!(
+                recv(&mut subscriber).await == frame,
+                "{policy} run {run}: the frame changed"
+            );
+            let info = hub_common::info(&mut subscriber).await;
+            assert_eq!(info["dropped_frames"], serde_json::json!(0), "{policy} run {run}");
+        }
+        let slow: Vec<String> = hub
+            .logs()
+            .into_iter()
+            .filter(|line| line.contains("slow consumer"))
+            .collect();
+        assert!(slow.is_empty(), "{policy}: {slow:#?}");
+    }
+}
+
+/// A subscriber that really stops reading in the middle of a large streamed frame is still cut
+/// under `disconnect`, the reader beside it gets the frame, and the hub's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_is_cut_from_a_large_streamed_frame() {
+    const SIZE: usize = 64 * MIB;
+    let hub = BinHub::start(&["--slow-consumer", "disconnect", "--max-pending-bytes", "65536"]);
+    let mut stuck = tokio_util::codec::Framed::new(
+        connect_small_window(hub.addr).await,
+        tej_hub::TejCodec::default(),
+    );
+    subscribe(&mut stuck, "9", "9").await;
+    let mut reader = tokio_util::codec::Framed::new(
+        connect_raw(hub.addr).await,
+        tej_hub::TejCodec::new(tej_hub::Limits::frame_only(2 * SIZE as u64)),
+    );
+    subscribe(&mut reader, "9", "9").await;
+    let mut publisher = connect(hub.addr).await;
+    let frame = Frame::message(status(9), pattern(SIZE, 9));
+    let (sent, got) = tokio::join!(send(&mut publisher, frame.clone()), async {
+        match within(PATIENCE, "the streamed frame", reader.next()).await {
+            Some(Ok(got)) => got,
+            other => panic!("the reader got {other:?}"),
+        }
+    });
+    let () = sent;
+    assert!(got == frame, "the reader's frame changed");
+    read_until_closed(stuck.get_mut()).await;
+    let info = hub_common::info(&mut publisher).await;
+    assert_eq!(info["hub"]["slow_consumers"], serde_json::json!(1));
+    let peak = hub.peak_rss_kib();
+    assert!(peak < 48 * 1024, "hub peak RSS {peak} KiB for a 64 MiB frame");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_the_pending_limit_enters_an_empty_queue() {
     let hub = start_hub(HubConfig {
@@ -539,7 +608,7 @@ async fn sigterm_exits_zero_promptly_with_idle_clients() {
     }
 
     let started = std::time::Instant::now();
-    hub.signal("TERM");
+    hub.signal(Signal::TERM);
     let flushed = tokio::spawn(async move {
         for (n, frame) in queued.iter().enumerate() {
             assert!(
@@ -583,10 +652,24 @@ async fn sigint_exits_zero_too() {
     let mut hub = BinHub::start(&[]);
     let mut conn = connect(hub.addr).await;
     subscribe(&mut conn, "5", "5").await;
-    hub.signal("INT");
+    hub.signal(Signal::INT);
     let exit = tokio::task::block_in_place(|| hub.wait_exit(Duration::from_secs(5)))
         .unwrap_or_else(|| panic!("tej-hub still running 5 s after SIGINT: {:?}", hub.logs()));
     assert_eq!(exit.code(), Some(0), "exit status {exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_the_moment_the_ready_line_appears_is_graceful() {
+    // Supervisors and scripts stop the hub as soon as they have read its address: the handlers
+    // must already be in place then (they once were not, and SIGTERM killed the process).
+    for run in 0..20 {
+        let signal = if run % 2 == 0 { Signal::TERM } else { Signal::INT };
+        let mut hub = BinHub::start(&[]);
+        hub.signal(signal);
+        let exit = tokio::task::block_in_place(|| hub.wait_exit(Duration::from_secs(5)))
+            .unwrap_or_else(|| panic!("run {run}: still running 5 s after {signal:?}"));
+        assert_eq!(exit.code(), Some(0), "run {run}: {signal:?} gave {exit}");
+    }
 }
 
 /// One hostile connection of the memory test, by kind.

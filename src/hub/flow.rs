@@ -16,6 +16,12 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+use crate::hub::relay::CHUNK;
+
+/// How far a streamed frame already on a subscriber's wire may run ahead of what has been
+/// written, whatever the high-water mark: four relay chunks (1 MiB).
+pub(crate) const STREAM_ALLOWANCE: u64 = 4 * CHUNK as u64;
+
 /// A publisher's read gate: open unless some subscriber (or a held frame) has closed it.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
@@ -106,6 +112,17 @@ impl Backlog {
     pub(crate) fn has_room(&self, len: u64) -> bool {
         let pending = self.pending();
         pending == 0 || pending.saturating_add(len) <= self.high
+    }
+
+    /// Whether `len` more bytes of the streamed frame already on the subscriber's wire fit.
+    ///
+    /// Pieces of a streamed frame arrive one chunk per read, often faster than the subscriber's
+    /// writer gets its turn; judged against the mark alone, a prompt reader with a small mark
+    /// would be called slow for one frame's size. The frame on the wire may therefore run up to
+    /// [`STREAM_ALLOWANCE`] ahead of what has been written when the mark is lower.
+    pub(crate) fn has_room_to_continue(&self, len: u64) -> bool {
+        let pending = self.pending();
+        pending == 0 || pending.saturating_add(len) <= self.high.max(STREAM_ALLOWANCE)
     }
 
     /// Whether the backlog is at or over its high-water mark.
@@ -206,6 +223,17 @@ mod tests {
         assert!(gate.is_closed(), "60 pending is above the low-water mark");
         backlog.discharge(10);
         assert!(!gate.is_closed(), "50 pending is the low-water mark");
+    }
+
+    #[test]
+    fn a_frame_on_the_wire_may_run_ahead_of_a_small_mark() {
+        let backlog = Backlog::new(64 * 1024);
+        let chunk = CHUNK as u64;
+        backlog.charge(chunk);
+        assert!(!backlog.has_room(chunk), "a new frame waits for the mark");
+        assert!(backlog.has_room_to_continue(chunk));
+        backlog.charge(3 * chunk);
+        assert!(!backlog.has_room_to_continue(1), "the allowance is bounded");
     }
 
     #[test]

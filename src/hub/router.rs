@@ -273,7 +273,14 @@ impl Router {
             (Some(current), false) if current == from => {}
             (Some(_), _) => return self.hold(from, to, piece),
         }
-        if !peer.handle.backlog.has_room(piece.bytes.len() as u64) {
+        let len = piece.bytes.len() as u64;
+        let backlog = &peer.handle.backlog;
+        let fits = if piece.kind.starts_frame() {
+            backlog.has_room(len)
+        } else {
+            backlog.has_room_to_continue(len)
+        };
+        if !fits {
             match peer.policy {
                 SlowPolicy::Block => {}
                 SlowPolicy::Drop if piece.kind.starts_frame() => {

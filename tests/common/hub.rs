@@ -352,13 +352,14 @@ impl BinHub {
             .expect("VmRSS in /proc/PID/status")
     }
 
-    /// Sends `signal` (e.g. `TERM`) to the hub with `kill`.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s {signal} failed: {status}");
+    /// Sends `signal` (e.g. `Signal::TERM`) to the hub, at once (no `kill` process in between).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("the hub's process id");
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|error| panic!("signal {signal:?} to the hub: {error}"));
     }
 
     /// Waits up to `limit` for the hub to exit; `None` if it is still running.

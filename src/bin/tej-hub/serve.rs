@@ -100,19 +100,29 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for signals; stop the hub with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+/// SIGINT and SIGTERM, listened for from the moment this is created: a signal that arrives
+/// before [`ShutdownSignals::recv`] is polled is kept, not lost to the default action.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers; needs a tokio runtime.
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Completes on the first SIGINT or SIGTERM.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = self.int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
     }
 }
 
@@ -137,11 +147,16 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Ok(addr) = listener.local_addr() {
+    let served = actix_rt::System::new().block_on(async move {
+        // The handlers go in before the ready line: a supervisor that signals the moment it
+        // reads the line gets the graceful shutdown, never the default action.
+        let signals = ShutdownSignals::install()?;
+        let addr = listener.local_addr()?;
         // Scripts and tests read the real port from this line (with --listen ...:0).
         println!("tej-hub listening on {addr}");
-    }
-    match actix_rt::System::new().block_on(tej_hub::hub::run(listener, config, shutdown_signal())) {
+        tej_hub::hub::run(listener, config, signals.recv()).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tej-hub: {error}");

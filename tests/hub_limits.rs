@@ -451,10 +451,12 @@ async fn a_prompt_reader_is_never_slow_for_one_streamed_frame() {
 }
 
 /// A subscriber that really stops reading in the middle of a large streamed frame is still cut
-/// under `disconnect`, the reader beside it gets the frame, and the hub's memory stays bounded.
+/// under `disconnect`, the reader beside it (under `block`) gets the frame, and the hub's memory
+/// stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_subscriber_is_cut_from_a_large_streamed_frame() {
-    const SIZE: usize = 64 * MIB;
+    // As large as the test client's own frame limit (64 MiB) allows.
+    const SIZE: usize = 60 * MIB;
     let hub = BinHub::start(&["--slow-consumer", "disconnect", "--max-pending-bytes", "65536"]);
     let mut stuck = tokio_util::codec::Framed::new(
         connect_small_window(hub.addr).await,
@@ -466,6 +468,9 @@ async fn a_stuck_subscriber_is_cut_from_a_large_streamed_frame() {
         tej_hub::TejCodec::new(tej_hub::Limits::frame_only(2 * SIZE as u64)),
     );
     subscribe(&mut reader, "9", "9").await;
+    // The reader decodes no faster than the publisher sends: it paces the publisher instead of
+    // being cut itself.
+    assert_eq!(control(&mut reader, "SLOW block").await, "OK SLOW block");
     let mut publisher = connect(hub.addr).await;
     let frame = Frame::message(status(9), pattern(SIZE, 9));
     let (sent, got) = tokio::join!(send(&mut publisher, frame.clone()), async {

@@ -293,12 +293,17 @@ fn to_code(code: u64) -> Result<u8, ControlError> {
         .ok_or(ControlError::CodeOutOfRange { code })
 }
 
-/// At most [`MAX_ECHOED`] characters of `text`, marked with `...` when cut.
+/// As much of `text` as shows in at most [`MAX_ECHOED`] characters once escaped for an error
+/// (a control byte shows as six, `\u{10}`), marked with `...` when cut.
 fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_ECHOED) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
+    let mut shown = 0;
+    for (at, c) in text.char_indices() {
+        shown += c.escape_debug().count();
+        if shown > MAX_ECHOED {
+            return format!("{}...", &text[..at]);
+        }
     }
+    text.to_owned()
 }
 
 /// What the hub does with a subscriber that cannot keep up.
@@ -1159,6 +1164,15 @@ mod tests {
             "99999999999999999999",
         ]);
         prop::collection::vec(token, 0..8).prop_map(|tokens| tokens.concat())
+    }
+
+    #[test]
+    fn control_bytes_are_clipped_by_their_escaped_length() {
+        // Found by `arbitrary_ascii_never_panics`: 32 control bytes escape to 192 characters.
+        let mut bytes = b"x".to_vec();
+        bytes.extend([0x10; 40]);
+        let error = Command::parse(&bytes).unwrap_err();
+        assert!(err_reply(error).message.len() < 128);
     }
 
     proptest! {

@@ -1,6 +1,6 @@
-//! Idle connections give their buffers back, so that thousands of idle subscribers do not each pin
-//! a read buffer and a write batch. A session's read side and its writer pause between bursts of
-//! traffic; at a pause, a buffer of at most [`SMALL_BUFFER`] bytes is dropped at once (taking a new
+//! Idle connections give their read buffers back, so that thousands of idle subscribers do not
+//! each pin one (the outbound side holds no buffer of its own: its queue holds shared pieces and
+//! shrinks when drained). A session's read side pauses between bursts of traffic; at a pause, a buffer of at most [`SMALL_BUFFER`] bytes is dropped at once (taking a new
 //! one costs less than a timer), and a larger one — grown by a burst — when an [`IdleTimer`] fires,
 //! [`IDLE_RELEASE`] after the first pause. A busy connection thus keeps its large buffers, giving
 //! them back at most once per period, when the timer finds it paused.
@@ -50,27 +50,26 @@ impl IdleTimer {
         self.0 = None;
         Poll::Ready(())
     }
-
-    /// Completes when the armed timer fires; never if it is not armed.
-    pub(crate) async fn fired(&mut self) {
-        std::future::poll_fn(|cx| self.poll_fired(cx)).await;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    async fn fired(timer: &mut IdleTimer) {
+        std::future::poll_fn(|cx| timer.poll_fired(cx)).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fires_once_after_being_armed() {
         let mut timer = IdleTimer::default();
-        let unarmed = tokio::time::timeout(IDLE_RELEASE * 3, timer.fired()).await;
+        let unarmed = tokio::time::timeout(IDLE_RELEASE * 3, fired(&mut timer)).await;
         assert!(unarmed.is_err(), "an unarmed timer never fires");
         timer.arm();
         tokio::time::advance(IDLE_RELEASE / 2).await;
         timer.arm(); // Already armed: not pushed back.
         let started = tokio::time::Instant::now();
-        timer.fired().await;
+        fired(&mut timer).await;
         assert_eq!(started.elapsed(), IDLE_RELEASE / 2);
         assert!(timer.0.is_none(), "disarmed once fired");
     }

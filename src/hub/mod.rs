@@ -16,11 +16,13 @@ pub mod control;
 mod flow;
 mod idle;
 mod outbox;
+mod publisher;
 pub mod registry;
 mod relay;
 mod rlimit;
 mod router;
 mod session;
+mod table;
 
 use std::future::Future;
 use std::io;
@@ -29,7 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter};
+use actix::{Actor, Arbiter};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -39,7 +41,8 @@ pub use client::{HubClient, HubError};
 use registry::SessionId;
 pub use rlimit::raise_open_files_limit;
 use router::{HubCounters, OpenConnection, Router, Shutdown};
-use session::Session;
+use session::{Session, SessionContext};
+use table::SubscriptionTable;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -69,11 +72,9 @@ pub async fn run(
     let workers: Vec<Arbiter> = (0..config.workers).map(|_| Arbiter::new()).collect();
     // The router shares the first worker's thread: a publication from a session there reaches
     // it without waking another thread (a wake-up costs tens of microseconds on a busy machine).
-    let policy = config.slow_consumer;
-    let router_counters = counters.clone();
-    let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
-        Router::new(router_counters, policy)
-    });
+    let table = Arc::new(SubscriptionTable::new());
+    let router_table = table.clone();
+    let router = Router::start_in_arbiter(&workers[0].handle(), move |_| Router::new(router_table));
     info!(listen = %listener.local_addr()?, workers = workers.len(), "hub started");
 
     let mut next_id = 0u64;
@@ -84,7 +85,13 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     next_id += 1;
                     let worker = &workers[(next_id as usize) % workers.len()];
-                    hand_over(stream, peer, SessionId::new(next_id), worker, &router, &config, &counters);
+                    let hub = SessionContext {
+                        router: router.clone(),
+                        table: table.clone(),
+                        config: config.clone(),
+                        counters: counters.clone(),
+                    };
+                    hand_over(stream, peer, SessionId::new(next_id), worker, hub);
                 }
                 Err(error) => {
                     warn!(%error, "accept failed");
@@ -117,9 +124,7 @@ fn hand_over(
     peer: SocketAddr,
     id: SessionId,
     worker: &Arbiter,
-    router: &Addr<Router>,
-    config: &Arc<HubConfig>,
-    counters: &Arc<HubCounters>,
+    hub: SessionContext,
 ) {
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
@@ -136,11 +141,10 @@ fn hand_over(
         Ok(stream) => stream,
         Err(error) => return warn!(%peer, %error, "cannot hand over connection"),
     };
-    let open = OpenConnection::new(counters.clone());
-    let (router, config, counters) = (router.clone(), config.clone(), counters.clone());
+    let open = OpenConnection::new(hub.counters.clone());
     worker.spawn(async move {
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => Session::start(id, stream, peer, router, config, counters, open),
+            Ok(stream) => Session::start(id, stream, peer, hub, open),
             Err(error) => warn!(%peer, %error, "cannot register connection"),
         }
     });

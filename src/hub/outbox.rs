@@ -1,79 +1,63 @@
-//! A session's outbound path: a queue of wire bytes drained by one writer task that owns the
-//! socket's write half.
+//! A session's outbound path, shared by every thread that delivers to it: the [`Outbox`].
 //!
-//! The queue holds pieces of frames ([`Bytes`] shared with every other receiver of the frame) and
-//! the session's own replies. Its size is counted in the session's [`Backlog`]: the router charges
-//! relayed pieces before sending them, [`Outbox::reply`] charges replies, and the writer
-//! discharges every byte it writes — which is also where blocked publishers are let go again.
-//! Neither actix's mailbox nor `actix::io::FramedWrite` bound memory by themselves, so the count
-//! is ours.
+//! Publishers deliver without a hop. A publishing session finds its subscribers in the
+//! [`SubscriptionTable`](super::table::SubscriptionTable) and calls [`Outbox::offer`] on each,
+//! on its own thread. One small lock per subscriber guards that subscriber's stream state (the
+//! [`Wire`]): the queue of bytes its socket has not taken yet, the streamed frame on its wire, the
+//! frames held behind that frame, its slow-consumer policy. When nothing is queued the publisher
+//! writes the bytes to the subscriber's socket itself (a non-blocking write under the lock); only
+//! what the socket does not take is queued, and the subscriber's writer task — on the
+//! subscriber's own arbiter — writes the rest when the socket is writable again. Every write
+//! happens under the lock, in queue order, so frames never interleave and each publisher's frames
+//! keep their order.
 //!
-//! A streamed frame may be on the wire for a long time; the session's own replies (control
-//! answers, pings) wait for its end rather than land in the middle of it.
-//!
-//! Session and writer run on the same arbiter thread, hence `Rc`/`Cell`.
+//! The queue's size is counted in the subscriber's [`Backlog`]: bytes are charged when queued and
+//! discharged when written, and the policies act on that count (docs/hub.md). A subscriber's own
+//! replies (control answers, pings) go through the same path, after the streamed frame on the
+//! wire if there is one.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use actix::Recipient;
 use bytes::{Buf, Bytes};
-use tokio::io::AsyncWriteExt;
+use socket2::SockRef;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::codec::FrameBuf;
-use crate::hub::flow::Backlog;
-use crate::hub::idle::{IdleTimer, SMALL_BUFFER};
-use crate::hub::relay::PieceKind;
-use crate::hub::router::OpenConnection;
+use crate::hub::control::SlowPolicy;
+use crate::hub::flow::{Backlog, Gate};
+use crate::hub::registry::SessionId;
+use crate::hub::relay::{Piece, PieceKind};
+use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection};
 
-/// Largest batch of queued pieces handed to one vectored write.
+/// Largest batch of queued bytes handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-
-/// Slots the queue keeps once idle (a burst may have grown it far beyond).
+/// Most queued pieces handed to one vectored write.
+const WRITE_BATCH_SLICES: usize = 64;
+/// Writes the writer task makes before letting other tasks of its arbiter run.
+const WRITES_PER_TURN: usize = 16;
+/// Slots the queue keeps once drained (a burst may have grown it far beyond).
 const IDLE_QUEUE_SLOTS: usize = 4;
 
 /// Most bytes of replies that may wait for the end of a streamed frame; a peer that sends more
 /// commands than that meanwhile is closed.
 pub(crate) const MAX_HELD_REPLY_BYTES: u64 = 1024 * 1024;
 
-/// What the session and its writer share.
-#[derive(Debug)]
-struct Shared {
-    /// Bytes to write, each with how many frames end in it.
-    queue: RefCell<VecDeque<(Bytes, u32)>>,
-    /// Wakes the writer when the queue gets bytes or the outbox closes.
-    wake: Notify,
-    /// Set when the session will queue nothing more.
-    closed: Cell<bool>,
-    /// Frames written to the socket.
-    frames_out: Cell<u64>,
-    /// Bytes written to the socket.
-    bytes_out: Cell<u64>,
-    /// When the writer last wrote a byte, or the queue last went from empty to busy.
-    progress: Cell<Instant>,
-}
-
-/// The session's end of its outbound queue.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    shared: Rc<Shared>,
-    backlog: Arc<Backlog>,
-    /// Whether a streamed frame has started on the wire and not ended.
-    mid_frame: bool,
-    /// Replies waiting for the streamed frame to end.
-    held_replies: Vec<Bytes>,
-    held_bytes: u64,
-    /// Cancelled to stop writing at once (flush deadline, a frame that cannot be completed).
-    abort: CancellationToken,
-    /// Cancelled by the writer when it has ended, however it ended.
-    done: CancellationToken,
+/// What became of a piece offered to a subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Written, queued, or held for it.
+    Taken,
+    /// Not for it: the frame was dropped (`drop`), or the subscriber is going away.
+    Skipped,
 }
 
 /// Why a reply could not be queued.
@@ -83,128 +67,411 @@ pub(crate) enum ReplyRefused {
     TooManyHeld,
 }
 
+/// A frame held for a subscriber while another publisher's streamed frame is on its wire.
+#[derive(Debug)]
+struct Held {
+    from: SessionId,
+    /// The publisher's read gate, closed while this frame is too large to wait (`blocking`).
+    gate: Arc<Gate>,
+    pieces: Vec<(Bytes, u32)>,
+    bytes: u64,
+    /// Frames ending in it (a run of whole frames counts each).
+    frames: u32,
+    /// Whether its last piece has arrived.
+    complete: bool,
+    /// Whether it holds its publisher's gate shut (it grew past the subscriber's high-water mark).
+    blocking: bool,
+}
+
+/// A subscriber's stream state, behind its [`Outbox`]'s lock.
+#[derive(Debug)]
+struct Wire {
+    /// Bytes the socket has not taken yet, each with how many frames end in it.
+    queue: VecDeque<(Bytes, u32)>,
+    policy: SlowPolicy,
+    /// The publisher whose streamed frame is on the wire (started, not ended).
+    current: Option<SessionId>,
+    /// Frames of other publishers waiting for `current`'s frame to end, in arrival order.
+    held: VecDeque<Held>,
+    /// The session's own replies waiting for `current`'s frame to end.
+    replies: Vec<Bytes>,
+    reply_bytes: u64,
+    /// Publishers deliver nothing more (kicked, or closing).
+    refusing: bool,
+    /// The session queues nothing more: the writer flushes, then shuts the socket.
+    closed: bool,
+    /// When the socket last took bytes, or the queue last went from empty to busy.
+    progress: Instant,
+}
+
+/// What one turn of the writer did.
+enum Flush {
+    /// Wrote bytes; the queue may have more.
+    Wrote,
+    /// Nothing queued.
+    Idle,
+    /// Nothing queued, and nothing ever will be.
+    Closed,
+    /// The socket takes nothing now.
+    Blocked,
+    /// The socket failed.
+    Failed,
+}
+
+/// One session's outbound path: its socket's write half, its stream state and its writer task.
+/// Shared (`Arc`) by the session, its writer, the router's registry and publishers.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    id: SessionId,
+    socket: OwnedWriteHalf,
+    wire: Mutex<Wire>,
+    /// Wakes the writer when the queue gets bytes or the outbox closes.
+    wake: Notify,
+    backlog: Arc<Backlog>,
+    /// Tells the session to end (a policy, or a publisher gone mid-frame).
+    kick: Recipient<Kick>,
+    counters: Arc<HubCounters>,
+    frames_out: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Cancelled to stop writing at once (flush deadline, a frame that cannot be completed).
+    abort: CancellationToken,
+    /// Cancelled by the writer when it has ended, however it ended.
+    done: CancellationToken,
+}
+
 impl Outbox {
-    /// Starts the writer task for `write` on the current arbiter. `open` is dropped, and so
-    /// counted closed, when the writer ends.
+    /// The outbox of session `id` writing to `socket`, with its writer task started on the
+    /// current arbiter. `open` is dropped, and so counted closed, when the writer ends.
     pub(crate) fn start(
-        write: OwnedWriteHalf,
+        id: SessionId,
+        socket: OwnedWriteHalf,
+        policy: SlowPolicy,
         backlog: Arc<Backlog>,
+        kick: Recipient<Kick>,
+        counters: Arc<HubCounters>,
         open: OpenConnection,
-    ) -> Outbox {
-        let shared = Rc::new(Shared {
-            queue: RefCell::new(VecDeque::new()),
+    ) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox {
+            id,
+            socket,
+            wire: Mutex::new(Wire {
+                queue: VecDeque::new(),
+                policy,
+                current: None,
+                held: VecDeque::new(),
+                replies: Vec::new(),
+                reply_bytes: 0,
+                refusing: false,
+                closed: false,
+                progress: Instant::now(),
+            }),
             wake: Notify::new(),
-            closed: Cell::new(false),
-            frames_out: Cell::new(0),
-            bytes_out: Cell::new(0),
-            progress: Cell::new(Instant::now()),
-        });
-        let abort = CancellationToken::new();
-        let done = CancellationToken::new();
-        actix_rt::spawn(write_loop(
-            write,
-            shared.clone(),
-            backlog.clone(),
-            abort.clone(),
-            done.clone(),
-            open,
-        ));
-        Outbox {
-            shared,
             backlog,
-            mid_frame: false,
-            held_replies: Vec::new(),
-            held_bytes: 0,
-            abort,
-            done,
-        }
+            kick,
+            counters,
+            frames_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            abort: CancellationToken::new(),
+            done: CancellationToken::new(),
+        });
+        actix_rt::spawn(write_loop(outbox.clone(), open));
+        outbox
     }
 
-    /// Bytes queued (or on their way from the router) and not yet written.
+    /// The session this outbox belongs to.
+    pub(crate) fn id(&self) -> SessionId {
+        self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Wire> {
+        // Nothing under the lock panics; if something did, the state is still consistent
+        // enough to close the connection.
+        self.wire.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> u64 {
         self.backlog.pending()
     }
 
     /// Frames written so far.
     pub(crate) fn frames_out(&self) -> u64 {
-        self.shared.frames_out.get()
+        self.frames_out.load(Ordering::Relaxed)
     }
 
     /// Bytes written so far.
     pub(crate) fn bytes_out(&self) -> u64 {
-        self.shared.bytes_out.get()
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// The slow-consumer policy.
+    pub(crate) fn policy(&self) -> SlowPolicy {
+        self.lock().policy
+    }
+
+    /// Sets the slow-consumer policy; it applies to the next piece offered.
+    pub(crate) fn set_policy(&self, policy: SlowPolicy) {
+        self.lock().policy = policy;
     }
 
     /// Whether a streamed frame is partly written: nothing else may be written until it ends.
     pub(crate) fn is_mid_frame(&self) -> bool {
-        self.mid_frame
+        self.lock().current.is_some()
     }
 
-    /// How long the queue has had bytes without the writer writing any; zero when it is empty.
+    /// How long the queue has had bytes without the socket taking any; zero when it is empty.
     pub(crate) fn stuck_for(&self) -> Duration {
-        if self.pending() == 0 {
+        let wire = self.lock();
+        if wire.queue.is_empty() {
             return Duration::ZERO;
         }
-        self.shared.progress.get().elapsed()
+        wire.progress.elapsed()
     }
 
-    /// Queues a piece the router delivered (and charged).
-    pub(crate) fn deliver(&mut self, bytes: Bytes, kind: PieceKind, frames: u32) {
-        if self.shared.closed.get() {
-            self.backlog.discharge(bytes.len() as u64);
-            return;
+    /// A token cancelled when the writer has ended (socket closed or failed).
+    pub(crate) fn done(&self) -> CancellationToken {
+        self.done.clone()
+    }
+
+    /// Tells the session to end (e.g. at shutdown).
+    pub(crate) fn kick(&self, reason: KickReason) {
+        self.kick.do_send(Kick { reason });
+    }
+
+    /// Offers `piece` from publisher `from` (whose read gate is `gate`): written or queued now,
+    /// or held while another publisher's streamed frame is on the wire, under the subscriber's
+    /// slow-consumer policy.
+    pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> Offer {
+        let mut wire = self.lock();
+        if wire.refusing {
+            return Offer::Skipped;
         }
-        self.enqueue(bytes, frames);
-        match kind {
-            PieceKind::First => self.mid_frame = true,
-            PieceKind::Last => {
-                self.mid_frame = false;
-                self.held_bytes = 0;
-                for reply in std::mem::take(&mut self.held_replies) {
-                    self.enqueue(reply, 1);
+        match (wire.current, piece.kind.starts_frame()) {
+            (None, true) => {}
+            // The rest of a frame this subscriber is not taking (it was dropped while held).
+            (None, false) => return Offer::Skipped,
+            (Some(current), false) if current == from => {}
+            (Some(_), _) => return self.hold(&mut wire, from, gate, piece),
+        }
+        let len = piece.bytes.len() as u64;
+        let fits = if piece.kind.starts_frame() {
+            self.backlog.has_room(len)
+        } else {
+            self.backlog.has_room_to_continue(len)
+        };
+        if !fits {
+            match wire.policy {
+                SlowPolicy::Block => {}
+                SlowPolicy::Drop if piece.kind.starts_frame() => {
+                    self.count_drop(from, piece.frames.max(1));
+                    return Offer::Skipped;
+                }
+                // A frame begun on the wire cannot be dropped in part.
+                SlowPolicy::Drop | SlowPolicy::Disconnect => {
+                    self.refuse(&mut wire, KickReason::SlowConsumer);
+                    return Offer::Skipped;
                 }
             }
+        }
+        self.push(&mut wire, piece.bytes.clone(), piece.frames);
+        match piece.kind {
+            PieceKind::First => wire.current = Some(from),
+            PieceKind::Last => self.end_frame(&mut wire),
             PieceKind::Whole | PieceKind::Middle => {}
         }
+        self.block_if_full(&wire, gate);
+        Offer::Taken
+    }
+
+    /// Holds `piece` behind the streamed frame on the wire.
+    fn hold(&self, wire: &mut Wire, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> Offer {
+        if piece.kind.starts_frame() {
+            wire.held.push_back(Held {
+                from,
+                gate: gate.clone(),
+                pieces: Vec::new(),
+                bytes: 0,
+                frames: 0,
+                complete: false,
+                blocking: false,
+            });
+        }
+        // The publisher's one frame in progress here (earlier complete ones may be held too).
+        let Some(at) = wire
+            .held
+            .iter()
+            .rposition(|held| held.from == from && !held.complete)
+        else {
+            return Offer::Skipped;
+        };
+        let high = self.backlog.high();
+        let held = &mut wire.held[at];
+        held.pieces.push((piece.bytes.clone(), piece.frames));
+        held.bytes += piece.bytes.len() as u64;
+        held.frames += piece.frames;
+        held.complete = piece.kind.ends_frame();
+        if held.bytes <= high || held.blocking {
+            return Offer::Taken;
+        }
+        match wire.policy {
+            SlowPolicy::Block => {
+                held.blocking = true;
+                gate.close();
+                Offer::Taken
+            }
+            // Nothing of a held frame is on the wire yet: drop all of it.
+            SlowPolicy::Drop => {
+                let frames = wire.held.remove(at).map_or(1, |held| held.frames.max(1));
+                self.count_drop(from, frames);
+                Offer::Skipped
+            }
+            SlowPolicy::Disconnect => {
+                self.refuse(wire, KickReason::SlowConsumer);
+                Offer::Skipped
+            }
+        }
+    }
+
+    /// The streamed frame on the wire has ended: the replies waiting for it go out, then the
+    /// frames held behind it, up to the next one still streaming.
+    fn end_frame(&self, wire: &mut Wire) {
+        wire.current = None;
+        wire.reply_bytes = 0;
+        for reply in std::mem::take(&mut wire.replies) {
+            self.push(wire, reply, 1);
+        }
+        while wire.current.is_none() {
+            let Some(held) = wire.held.pop_front() else {
+                return;
+            };
+            for (bytes, frames) in held.pieces {
+                self.push(wire, bytes, frames);
+            }
+            if !held.complete {
+                wire.current = Some(held.from);
+            }
+            if held.blocking {
+                held.gate.open();
+            }
+            self.block_if_full(wire, &held.gate);
+        }
+    }
+
+    /// Under `block`, holds the publisher behind `gate` back while this subscriber is full.
+    fn block_if_full(&self, wire: &Wire, gate: &Arc<Gate>) {
+        if wire.policy == SlowPolicy::Block && self.backlog.is_full() {
+            self.backlog.block(gate);
+        }
+    }
+
+    /// Writes `bytes` through if nothing is queued; queues (and charges) what the socket does not
+    /// take, waking the writer.
+    fn push(&self, wire: &mut Wire, bytes: Bytes, frames: u32) {
+        if !wire.queue.is_empty() {
+            self.backlog.charge(bytes.len() as u64);
+            wire.queue.push_back((bytes, frames));
+            return;
+        }
+        let rest = match self.socket.try_write(&bytes) {
+            Ok(written) => {
+                self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+                if written == bytes.len() {
+                    self.frames_out
+                        .fetch_add(u64::from(frames), Ordering::Relaxed);
+                    return;
+                }
+                bytes.slice(written..)
+            }
+            // Not writable now, or failed: the writer finds out which and acts.
+            Err(_) => bytes,
+        };
+        self.backlog.charge(rest.len() as u64);
+        wire.queue.push_back((rest, frames));
+        wire.progress = Instant::now();
+        self.wake.notify_one();
     }
 
     /// Queues one of the session's own frames, after the streamed frame on the wire if any.
     ///
     /// # Errors
     /// [`ReplyRefused::TooManyHeld`] when too many replies wait for a streamed frame to end.
-    pub(crate) fn reply(&mut self, wire: Bytes) -> Result<(), ReplyRefused> {
-        if self.shared.closed.get() {
+    pub(crate) fn reply(&self, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
+        let mut wire = self.lock();
+        if wire.closed {
             return Ok(());
         }
-        let len = wire.len() as u64;
-        self.backlog.charge(len);
-        if self.mid_frame {
-            self.held_bytes += len;
-            self.held_replies.push(wire);
-            if self.held_bytes > MAX_HELD_REPLY_BYTES {
-                return Err(ReplyRefused::TooManyHeld);
-            }
-        } else {
-            self.enqueue(wire, 1);
+        if wire.current.is_none() {
+            self.push(&mut wire, wire_bytes, 1);
+            return Ok(());
+        }
+        wire.reply_bytes += wire_bytes.len() as u64;
+        wire.replies.push(wire_bytes);
+        if wire.reply_bytes > MAX_HELD_REPLY_BYTES {
+            return Err(ReplyRefused::TooManyHeld);
         }
         Ok(())
     }
 
-    fn enqueue(&self, bytes: Bytes, frames: u32) {
-        let mut queue = self.shared.queue.borrow_mut();
-        if queue.is_empty() {
-            self.shared.progress.set(Instant::now());
-            self.shared.wake.notify_one();
+    /// Publisher `from` went away: if its streamed frame is on this wire the frame cannot be
+    /// completed and the session is told to end; its partial frames held here are discarded.
+    pub(crate) fn publisher_gone(&self, from: SessionId) {
+        let mut wire = self.lock();
+        if wire.current == Some(from) {
+            debug!(session = %self.id, publisher = %from, "publisher gone mid-frame");
+            self.refuse(&mut wire, KickReason::PublisherGone);
+        } else {
+            wire.held.retain(|held| held.from != from || held.complete);
         }
-        queue.push_back((bytes, frames));
     }
 
-    /// Lets the writer finish what is queued, within `deadline`, then close the socket.
-    pub(crate) fn close(&mut self, deadline: Duration) {
-        if self.shared.closed.replace(true) {
+    /// Stops taking deliveries and tells the session to end; the frames held here go, and the
+    /// gates they held open again.
+    fn refuse(&self, wire: &mut Wire, reason: KickReason) {
+        if wire.refusing {
             return;
         }
-        self.shared.wake.notify_one();
+        wire.refusing = true;
+        release_held(wire);
+        if reason == KickReason::SlowConsumer {
+            self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                session = %self.id,
+                policy = %wire.policy,
+                pending = self.backlog.pending(),
+                "slow consumer disconnected"
+            );
+        }
+        self.kick(reason);
+    }
+
+    fn count_drop(&self, from: SessionId, frames: u32) {
+        let before = self.backlog.count_drops(u64::from(frames));
+        let dropped = before + u64::from(frames);
+        self.counters
+            .dropped_frames
+            .fetch_add(u64::from(frames), Ordering::Relaxed);
+        // The first drop is worth a line, then one each time the count doubles; every drop is
+        // counted (INFO) and traced.
+        // A power of two lies in (before, dropped] exactly when the count gained a binary digit.
+        if before == 0 || dropped.ilog2() > before.ilog2() {
+            warn!(session = %self.id, publisher = %from, dropped, "slow consumer: frame dropped");
+        } else {
+            debug!(session = %self.id, publisher = %from, dropped, "slow consumer: frame dropped");
+        }
+    }
+
+    /// Lets the writer finish what is queued, within `deadline`, then shut the socket.
+    pub(crate) fn close(&self, deadline: Duration) {
+        {
+            let mut wire = self.lock();
+            if wire.closed {
+                return;
+            }
+            wire.closed = true;
+            wire.refusing = true;
+            release_held(&mut wire);
+        }
+        self.wake.notify_one();
         let abort = self.abort.clone();
         let done = self.done.clone();
         actix_rt::spawn(async move {
@@ -215,98 +482,130 @@ impl Outbox {
         });
     }
 
-    /// Stops writing at once and closes the socket.
-    pub(crate) fn abort(&mut self) {
-        self.shared.closed.set(true);
+    /// Stops writing at once and shuts the socket.
+    pub(crate) fn abort(&self) {
+        {
+            let mut wire = self.lock();
+            wire.closed = true;
+            wire.refusing = true;
+            release_held(&mut wire);
+        }
         self.abort.cancel();
     }
 
-    /// A token cancelled when the writer has ended (socket closed or failed).
-    pub(crate) fn done(&self) -> CancellationToken {
-        self.done.clone()
-    }
-}
-
-/// Gives back what the last bursts left in the writer's buffer and queue.
-fn release(buf: &mut FrameBuf, shared: &Shared) {
-    *buf = FrameBuf::new();
-    shared.queue.borrow_mut().shrink_to(IDLE_QUEUE_SLOTS);
-}
-
-/// The one owner of a session's write half.
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    shared: Rc<Shared>,
-    backlog: Arc<Backlog>,
-    abort: CancellationToken,
-    done: CancellationToken,
-    open: OpenConnection,
-) {
-    let mut buf = FrameBuf::new();
-    // The largest batch since the buffers were last given back (`crate::hub::idle`).
-    let (mut largest, mut idle) = (0, IdleTimer::default());
-    'writing: loop {
-        let mut frames = 0;
-        {
-            let mut queue = shared.queue.borrow_mut();
-            while buf.remaining() < WRITE_BATCH_BYTES {
-                let Some((bytes, ended)) = queue.pop_front() else {
-                    break;
-                };
-                buf.push_wire(&bytes);
-                frames += u64::from(ended);
-            }
+    /// One turn of the writer: a vectored write of the front of the queue, under the lock.
+    fn flush(&self) -> Flush {
+        if self.abort.is_cancelled() {
+            return Flush::Closed;
         }
-        if buf.is_empty() {
-            if shared.closed.get() {
-                // Everything queued has been written.
-                tokio::select! {
-                    _ = write.shutdown() => {}
-                    () = abort.cancelled() => {}
-                }
+        let mut wire = self.lock();
+        if wire.queue.is_empty() {
+            if wire.queue.capacity() > IDLE_QUEUE_SLOTS {
+                wire.queue.shrink_to(IDLE_QUEUE_SLOTS);
+            }
+            return if wire.closed {
+                Flush::Closed
+            } else {
+                Flush::Idle
+            };
+        }
+        let mut slices = [IoSlice::new(&[]); WRITE_BATCH_SLICES];
+        let (mut count, mut batch) = (0, 0);
+        for (bytes, _) in wire.queue.iter().take(WRITE_BATCH_SLICES) {
+            slices[count] = IoSlice::new(bytes);
+            count += 1;
+            batch += bytes.len();
+            if batch >= WRITE_BATCH_BYTES {
                 break;
             }
-            // Paused: small buffers go now, large ones if the pause lasts.
-            if largest > SMALL_BUFFER {
-                idle.arm();
-            } else if largest > 0 {
-                release(&mut buf, &shared);
-                largest = 0;
-            }
-            tokio::select! {
-                () = shared.wake.notified() => continue,
-                () = idle.fired() => {
-                    release(&mut buf, &shared);
-                    largest = 0;
-                    continue;
-                }
-                () = abort.cancelled() => break,
-            }
         }
-        largest = largest.max(buf.remaining());
-        while buf.has_remaining() {
-            let written = tokio::select! {
-                written = write.write_buf(&mut buf) => written,
-                () = abort.cancelled() => break 'writing,
+        let written = match self.socket.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Flush::Failed,
+            Ok(written) => written,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+            Err(error) => {
+                debug!(session = %self.id, %error, "write failed");
+                return Flush::Failed;
+            }
+        };
+        let (mut left, mut frames) = (written, 0);
+        while left > 0 {
+            let Some((front, ended)) = wire.queue.front_mut() else {
+                break;
             };
-            match written {
-                Ok(0) => break 'writing,
-                Ok(n) => {
-                    backlog.discharge(n as u64);
-                    shared.progress.set(Instant::now());
-                    shared.bytes_out.set(shared.bytes_out.get() + n as u64);
+            if front.len() > left {
+                front.advance(left);
+                break;
+            }
+            left -= front.len();
+            frames += u64::from(*ended);
+            wire.queue.pop_front();
+        }
+        wire.progress = Instant::now();
+        self.backlog.discharge(written as u64);
+        self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+        self.frames_out.fetch_add(frames, Ordering::Relaxed);
+        Flush::Wrote
+    }
+
+    /// After the writer has ended: nothing more is taken, nothing queued stays charged, and
+    /// whoever this subscriber held back goes on.
+    fn finish(&self) {
+        let mut wire = self.lock();
+        wire.closed = true;
+        wire.refusing = true;
+        release_held(&mut wire);
+        let queued: u64 = wire.queue.drain(..).map(|(bytes, _)| bytes.len() as u64).sum();
+        wire.replies.clear();
+        self.backlog.discharge(queued);
+        self.backlog.release(true);
+    }
+}
+
+/// Discards the frames held on `wire`, opening the gates they held shut.
+fn release_held(wire: &mut Wire) {
+    for held in wire.held.drain(..) {
+        if held.blocking {
+            held.gate.open();
+        }
+    }
+}
+
+/// The writer task: writes what publishers and the session queued whenever the socket can take
+/// it, and shuts the socket when the outbox closes.
+async fn write_loop(outbox: Arc<Outbox>, open: OpenConnection) {
+    let mut turn = 0;
+    loop {
+        match outbox.flush() {
+            Flush::Wrote => {
+                turn += 1;
+                if turn % WRITES_PER_TURN == 0 {
+                    tokio::task::yield_now().await;
                 }
-                Err(error) => {
-                    debug!(%error, "write failed");
-                    break 'writing;
+                continue;
+            }
+            Flush::Idle => {
+                tokio::select! {
+                    () = outbox.wake.notified() => {}
+                    () = outbox.abort.cancelled() => break,
                 }
             }
+            Flush::Blocked => {
+                tokio::select! {
+                    ready = outbox.socket.writable() => {
+                        if ready.is_err() {
+                            break;
+                        }
+                    }
+                    () = outbox.abort.cancelled() => break,
+                }
+            }
+            Flush::Closed | Flush::Failed => break,
         }
-        shared.frames_out.set(shared.frames_out.get() + frames);
     }
-    // Nothing more will be written: whoever this subscriber held back goes on.
-    backlog.release(true);
-    drop(write);
+    outbox.finish();
+    // The peer sees the end of the stream now, whoever still holds the outbox.
+    let _ = SockRef::from(outbox.socket.as_ref()).shutdown(Shutdown::Write);
     drop(open);
-    done.cancel();
+    outbox.done.cancel();
 }

@@ -1,6 +1,7 @@
 //! The [`Session`] actor: one per TCP connection. It reads frames through the TEJ codec, answers
-//! pings and control commands, hands publications to the [`Router`], and queues the frames the
-//! router delivers into its bounded [`Outbox`].
+//! pings and control commands (subscriptions through the [`Router`]), and delivers its
+//! publications to their subscribers itself through its [`Publisher`]. What others deliver to it
+//! goes through its [`Outbox`], which publishers write to directly.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -31,12 +32,14 @@ use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};
 use crate::hub::idle::{IdleTimer, SMALL_BUFFER};
 use crate::hub::outbox::Outbox;
+use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, RelayCodec};
 use crate::hub::router::{
-    Deliver, HubCounters, Kick, KickReason, OpenConnection, Publish, Query, Register, Router,
-    SessionHandle, SetEcho, SetSlow, Subscribe, Unregister, Unsubscribe,
+    HubCounters, Kick, KickReason, OpenConnection, Query, Register, Router, Subscribe,
+    Unregister, Unsubscribe,
 };
+use crate::hub::table::SubscriptionTable;
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -199,14 +202,26 @@ pub(crate) struct Session {
     router: Addr<Router>,
     config: Arc<HubConfig>,
     counters: Arc<HubCounters>,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    publisher: Publisher,
     gate: Arc<Gate>,
     backlog: Arc<Backlog>,
-    policy: SlowPolicy,
     activity: Rc<ReadActivity>,
     frames_in: u64,
     bytes_in: u64,
     ending: Option<Ending>,
+}
+
+/// What a session is started with besides its socket.
+pub(crate) struct SessionContext {
+    /// The router, for registration and subscriptions.
+    pub router: Addr<Router>,
+    /// What publishers read to find subscribers.
+    pub table: Arc<SubscriptionTable>,
+    /// The hub's settings.
+    pub config: Arc<HubConfig>,
+    /// The hub's counters.
+    pub counters: Arc<HubCounters>,
 }
 
 impl Session {
@@ -215,11 +230,15 @@ impl Session {
         id: SessionId,
         stream: TcpStream,
         peer: SocketAddr,
-        router: Addr<Router>,
-        config: Arc<HubConfig>,
-        counters: Arc<HubCounters>,
+        hub: SessionContext,
         open: OpenConnection,
     ) {
+        let SessionContext {
+            router,
+            table,
+            config,
+            counters,
+        } = hub;
         let (read, write) = stream.into_split();
         let activity = Rc::new(ReadActivity::new());
         let gate = Gate::new();
@@ -234,12 +253,22 @@ impl Session {
         };
         Session::create(move |ctx| {
             ctx.add_stream(pieces);
+            let outbox = Outbox::start(
+                id,
+                write,
+                config.slow_consumer,
+                backlog.clone(),
+                ctx.address().recipient(),
+                counters.clone(),
+                open,
+            );
+            let publisher = Publisher::new(id, gate.clone(), table, counters.clone());
             Session {
                 id,
                 peer,
                 router,
-                policy: config.slow_consumer,
-                outbox: Outbox::start(write, backlog.clone(), open),
+                outbox,
+                publisher,
                 config,
                 counters,
                 gate,
@@ -294,10 +323,7 @@ impl Session {
         } else if piece.status == CONTROL {
             self.on_control(piece.bytes, ctx);
         } else {
-            self.router.do_send(Publish {
-                from: self.id,
-                piece,
-            });
+            self.publisher.publish(&piece);
         }
     }
 
@@ -328,23 +354,22 @@ impl Session {
                 self.after_router(done, ack, ctx);
             }
             Command::Echo(on) => {
-                let done = self.router.send(SetEcho { id, on });
-                self.after_router(done, ack, ctx);
+                self.publisher.set_echo(on);
+                self.ack(ack, ctx);
             }
             Command::Slow(policy) => {
-                self.policy = policy;
-                let done = self.router.send(SetSlow { id, policy });
-                self.after_router(done, ack, ctx);
+                self.outbox.set_policy(policy);
+                self.ack(ack, ctx);
             }
             Command::Info => {
                 let query = self.router.send(Query { id });
                 // Wait: no other frame of this session is handled before the answer is queued,
                 // so replies keep the order of the commands.
-                ctx.wait(query.into_actor(self).map(|state, session, ctx| {
-                    let reply = match state {
-                        Ok(state) => control::ok_reply(format!(
+                ctx.wait(query.into_actor(self).map(|codes, session, ctx| {
+                    let reply = match codes {
+                        Ok(codes) => control::ok_reply(format!(
                             "INFO {}",
-                            session.info(state.codes.iter().map(Status::code), state.echo)
+                            session.info(codes.iter().map(Status::code))
                         )),
                         Err(_) => control::err_reply("hub is shutting down"),
                     };
@@ -377,15 +402,22 @@ impl Session {
         );
     }
 
-    fn info(&self, codes: impl Iterator<Item = u8>, echo: bool) -> String {
+    /// Queues a command's `ack`, if it has one.
+    fn ack(&mut self, ack: Option<Frame>, ctx: &mut Context<Self>) {
+        if let Some(ack) = ack {
+            self.reply(&ack, ctx);
+        }
+    }
+
+    fn info(&self, codes: impl Iterator<Item = u8>) -> String {
         let (config, hub) = (&self.config, &self.counters);
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "session": self.id.get(),
             "peer": self.peer.to_string(),
             "subscriptions": codes.collect::<Vec<_>>(),
-            "echo": echo,
-            "slow_consumer": self.policy.to_string(),
+            "echo": self.publisher.echo(),
+            "slow_consumer": self.outbox.policy().to_string(),
             "pending_bytes": self.outbox.pending(),
             "dropped_frames": self.backlog.dropped(),
             "limits": {
@@ -419,7 +451,7 @@ impl Session {
     /// publisher back) and the write side's (a subscriber under `block` that writes nothing).
     fn check_timeouts(&mut self, ctx: &mut Context<Self>) {
         if let Some(timeout) = self.config.slow_consumer_timeout() {
-            if self.policy == SlowPolicy::Block && self.outbox.stuck_for() >= timeout {
+            if self.outbox.policy() == SlowPolicy::Block && self.outbox.stuck_for() >= timeout {
                 self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     session = %self.id,
@@ -467,15 +499,9 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let handle = SessionHandle {
-            deliver: ctx.address().recipient(),
-            kick: ctx.address().recipient(),
-            backlog: self.backlog.clone(),
-            gate: self.gate.clone(),
-        };
         self.router.do_send(Register {
             id: self.id,
-            handle,
+            outbox: self.outbox.clone(),
         });
         info!(session = %self.id, peer = %self.peer, "connected");
         let config = &self.config;
@@ -502,6 +528,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.publisher.abandon();
         self.router.do_send(Unregister { id: self.id });
         let reason = self.ending.clone().unwrap_or(Ending::PeerClosed);
         info!(session = %self.id, peer = %self.peer, %reason, "disconnected");
@@ -526,14 +553,6 @@ impl StreamHandler<Result<Piece, CodecError>> for Session {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         self.end(Ending::PeerClosed, None, ctx);
-    }
-}
-
-impl Handler<Deliver> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.outbox.deliver(msg.bytes, msg.kind, msg.frames);
     }
 }
 

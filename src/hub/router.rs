@@ -18,7 +18,7 @@ use actix::{Actor, Context, Handler, Message, MessageResult};
 use crate::hub::control::CodeSet;
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::{Registry, SessionId};
-use crate::hub::table::{Subscribers, SubscriptionTable};
+use crate::hub::table::SubscriptionTable;
 
 /// Router → session: close the connection.
 #[derive(Message, Clone, Copy, Debug)]
@@ -145,15 +145,21 @@ impl Router {
         }
     }
 
-    /// Stores the subscriber lists of `codes` as the registry has them now.
-    fn publish_lists(&self, codes: CodeSet) {
-        for status in codes.iter() {
-            let subscribers: Subscribers = self
-                .registry
-                .subscribers(status)
-                .map(|(_, outbox)| outbox.clone())
-                .collect();
-            self.table.set(status, subscribers);
+    /// Adds session `id` to the publishers' lists of `codes`.
+    fn add_to_lists(&self, id: SessionId, codes: CodeSet) {
+        if let Some(outbox) = self.registry.get(id) {
+            for status in codes.iter() {
+                self.table.add(status, outbox);
+            }
+        }
+    }
+
+    /// Takes session `id` out of the publishers' lists of `codes`.
+    fn remove_from_lists(&self, id: SessionId, codes: CodeSet) {
+        if let Some(outbox) = self.registry.get(id) {
+            for status in codes.iter() {
+                self.table.remove(status, outbox);
+            }
         }
     }
 }
@@ -174,9 +180,8 @@ impl Handler<Unregister> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        let codes = self.registry.codes(msg.id);
+        self.remove_from_lists(msg.id, self.registry.codes(msg.id));
         self.registry.remove(msg.id);
-        self.publish_lists(codes);
     }
 }
 
@@ -186,7 +191,7 @@ impl Handler<Subscribe> for Router {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         let before = self.registry.codes(msg.id);
         let after = self.registry.subscribe(msg.id, &msg.codes);
-        self.publish_lists(after.difference(before));
+        self.add_to_lists(msg.id, after.difference(before));
     }
 }
 
@@ -196,7 +201,7 @@ impl Handler<Unsubscribe> for Router {
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         let before = self.registry.codes(msg.id);
         let after = self.registry.unsubscribe(msg.id, &msg.codes);
-        self.publish_lists(before.difference(after));
+        self.remove_from_lists(msg.id, before.difference(after));
     }
 }
 

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use futures_util::{SinkExt, StreamExt};
+use rustix::process::Signal;
 use tej_hub::config::HubConfig;
 use tej_hub::hub::control::SlowPolicy;
 use tej_hub::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use rustix::process::Signal;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -439,7 +439,11 @@ async fn a_prompt_reader_is_never_slow_for_one_streamed_frame() {
                 "{policy} run {run}: the frame changed"
             );
             let info = hub_common::info(&mut subscriber).await;
-            assert_eq!(info["dropped_frames"], serde_json::json!(0), "{policy} run {run}");
+            assert_eq!(
+                info["dropped_frames"],
+                serde_json::json!(0),
+                "{policy} run {run}"
+            );
         }
         let slow: Vec<String> = hub
             .logs()
@@ -457,7 +461,12 @@ async fn a_prompt_reader_is_never_slow_for_one_streamed_frame() {
 async fn a_stuck_subscriber_is_cut_from_a_large_streamed_frame() {
     // As large as the test client's own frame limit (64 MiB) allows.
     const SIZE: usize = 60 * MIB;
-    let hub = BinHub::start(&["--slow-consumer", "disconnect", "--max-pending-bytes", "65536"]);
+    let hub = BinHub::start(&[
+        "--slow-consumer",
+        "disconnect",
+        "--max-pending-bytes",
+        "65536",
+    ]);
     let mut stuck = tokio_util::codec::Framed::new(
         connect_small_window(hub.addr).await,
         tej_hub::TejCodec::default(),
@@ -485,7 +494,10 @@ async fn a_stuck_subscriber_is_cut_from_a_large_streamed_frame() {
     let info = hub_common::info(&mut publisher).await;
     assert_eq!(info["hub"]["slow_consumers"], serde_json::json!(1));
     let peak = hub.peak_rss_kib();
-    assert!(peak < 48 * 1024, "hub peak RSS {peak} KiB for a 64 MiB frame");
+    assert!(
+        peak < 48 * 1024,
+        "hub peak RSS {peak} KiB for a 64 MiB frame"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,7 +680,11 @@ async fn a_signal_the_moment_the_ready_line_appears_is_graceful() {
     // Supervisors and scripts stop the hub as soon as they have read its address: the handlers
     // must already be in place then (they once were not, and SIGTERM killed the process).
     for run in 0..20 {
-        let signal = if run % 2 == 0 { Signal::TERM } else { Signal::INT };
+        let signal = if run % 2 == 0 {
+            Signal::TERM
+        } else {
+            Signal::INT
+        };
         let mut hub = BinHub::start(&[]);
         hub.signal(signal);
         let exit = tokio::task::block_in_place(|| hub.wait_exit(Duration::from_secs(5)))

@@ -555,7 +555,11 @@ impl Outbox {
         wire.closed = true;
         wire.refusing = true;
         release_held(&mut wire);
-        let queued: u64 = wire.queue.drain(..).map(|(bytes, _)| bytes.len() as u64).sum();
+        let queued: u64 = wire
+            .queue
+            .drain(..)
+            .map(|(bytes, _)| bytes.len() as u64)
+            .sum();
         wire.replies.clear();
         self.backlog.discharge(queued);
         self.backlog.release(true);

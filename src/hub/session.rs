@@ -36,8 +36,8 @@ use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, RelayCodec};
 use crate::hub::router::{
-    HubCounters, Kick, KickReason, OpenConnection, Query, Register, Router, Subscribe,
-    Unregister, Unsubscribe,
+    HubCounters, Kick, KickReason, OpenConnection, Query, Register, Router, Subscribe, Unregister,
+    Unsubscribe,
 };
 use crate::hub::table::SubscriptionTable;
 

@@ -57,6 +57,8 @@ impl SubscriptionTable {
 
     /// Takes `outbox` out of the subscribers of `status`.
     pub(crate) fn remove(&self, status: Status, outbox: &Arc<Outbox>) {
-        self.change(status, |list| list.retain(|other| !Arc::ptr_eq(other, outbox)));
+        self.change(status, |list| {
+            list.retain(|other| !Arc::ptr_eq(other, outbox))
+        });
     }
 }

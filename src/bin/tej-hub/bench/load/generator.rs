@@ -9,11 +9,14 @@
 //! numbers going backwards, and (for `latency`) one-way latency samples. Once every publisher is
 //! done, each subscriber reads until it has every frame sent, or gives up after [`DRAIN`].
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use tej_hub::hub::control::CONTROL;
 use tej_hub::Status;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -360,21 +363,23 @@ async fn publish(
             }
         }
         Pace::Rate(rate) => {
-            // Frame k is due at start + k / rate; what is due is written at once (tokio's timer
-            // ticks every millisecond, so frames leave in bursts of rate / 1000).
+            // Frames leave one at a time, evenly spaced, on a timerfd clock: tokio's timer ticks
+            // every millisecond and would send them in bursts of rate / 1000, measuring the
+            // timer rather than the tail.
             let total = (rate * seconds.as_secs_f64()).round() as u64;
-            let rate = rate.max(f64::MIN_POSITIVE);
+            let period = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
+            let ticker = Ticker::every(period)
+                .map_err(|source| LoadError::io("cannot start the pacing clock", source))?;
             while seq < total {
-                let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
-                if due > seq {
-                    let count = usize::try_from(due - seq)
-                        .map_or(batch.frames(), |due| due.min(batch.frames()));
-                    write(&mut stream, batch.stamp(count, seq, since(epoch))).await?;
-                    seq += count as u64;
-                } else {
-                    let next = start + Duration::from_secs_f64(seq as f64 / rate);
-                    tokio::time::sleep_until(next.into()).await;
-                }
+                let ticks = ticker
+                    .tick()
+                    .await
+                    .map_err(|source| LoadError::io("pacing clock failed", source))?;
+                // Ticks missed while the runtime was busy are caught up at once.
+                let count = usize::try_from(ticks.min(total - seq))
+                    .map_or(batch.frames(), |due| due.min(batch.frames()));
+                write(&mut stream, batch.stamp(count, seq, since(epoch))).await?;
+                seq += count as u64;
             }
         }
     }
@@ -384,6 +389,51 @@ async fn publish(
         capped,
         stream,
     })
+}
+
+/// A clock ticking every `period` to the microsecond: a timerfd behind tokio's `AsyncFd`.
+struct Ticker(AsyncFd<OwnedFd>);
+
+impl Ticker {
+    fn every(period: Duration) -> io::Result<Ticker> {
+        use rustix::time::{
+            timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags,
+            TimerfdTimerFlags, Timespec,
+        };
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        let period = Timespec {
+            tv_sec: i64::try_from(period.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(period.subsec_nanos().max(1)),
+        };
+        let spec = Itimerspec {
+            it_interval: period,
+            it_value: period,
+        };
+        timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
+        // Deprecated because a borrowed descriptor could be closed while registered; this one is
+        // owned by the AsyncFd and closed only after it is deregistered.
+        #[allow(deprecated)]
+        Ok(Ticker(AsyncFd::new(fd)?))
+    }
+
+    /// Waits for the next tick; returns how many periods have passed since the last call.
+    async fn tick(&self) -> io::Result<u64> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            let mut expirations = [0u8; 8];
+            let read = ready.try_io(|fd| {
+                rustix::io::read(fd.get_ref(), &mut expirations).map_err(io::Error::from)
+            });
+            match read {
+                Ok(Ok(_)) => return Ok(u64::from_ne_bytes(expirations)),
+                Ok(Err(error)) => return Err(error),
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 /// How one task of a run ended.

@@ -33,7 +33,6 @@
 
 pub mod client;
 pub mod codec;
-pub mod config;
 pub mod connection;
 pub mod frame;
 pub mod handler;

@@ -425,7 +425,7 @@ async fn unsub_stops_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_reports_the_session() {
-    let config = tej_hub::config::HubConfig {
+    let config = tej_hub::hub::config::HubConfig {
         max_frame_bytes: 1 << 20,
         max_pending_bytes: 3 << 20,
         idle_timeout: 3600,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use tej_hub::config::HubConfig;
+use tej_hub::hub::config::HubConfig;
 use tej_hub::hub::control::CONTROL;
 use tej_hub::hub::{self, HubClient, HubError, HubHandle};
 use tej_hub::{CodecError, Frame, Status};

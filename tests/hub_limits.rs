@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BufMut;
 use futures_util::{SinkExt, StreamExt};
 use rustix::process::Signal;
-use tej_hub::config::HubConfig;
+use tej_hub::hub::config::HubConfig;
 use tej_hub::hub::control::SlowPolicy;
 use tej_hub::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

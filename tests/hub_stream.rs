@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
-use tej_hub::config::HubConfig;
+use tej_hub::hub::config::HubConfig;
 use tej_hub::{Frame, Limits, TejCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

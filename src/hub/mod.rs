@@ -12,6 +12,7 @@
 //!   alone).
 
 mod client;
+pub mod config;
 pub mod control;
 mod flow;
 mod idle;
@@ -36,7 +37,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::config::{ConfigError, HubConfig};
+use crate::hub::config::{ConfigError, HubConfig};
 pub use client::{HubClient, HubError};
 use registry::SessionId;
 pub use rlimit::raise_open_files_limit;

@@ -26,7 +26,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use crate::codec::{CodecError, Limits, TejCodec};
-use crate::config::HubConfig;
+use crate::hub::config::HubConfig;
 use crate::frame::{Frame, Status};
 use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tej_hub::config::HubConfig;
+use tej_hub::hub::config::HubConfig;
 use tej_hub::hub::HubHandle;
 use tej_hub::{Client, Frame, Status, TejCodec};
 use tokio::io::AsyncReadExt;

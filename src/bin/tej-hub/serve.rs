@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use tej_hub::config::{HubConfig, LogFormat};
+use tej_hub::hub::config::{HubConfig, LogFormat};
 use tej_hub::hub::control::SlowPolicy;
 use tracing_subscriber::EnvFilter;
 
@@ -59,7 +59,7 @@ pub(crate) struct Serve {
 
 impl Serve {
     /// The file's settings (or the defaults) with the flags applied on top.
-    fn config(&self) -> Result<HubConfig, tej_hub::config::ConfigError> {
+    fn config(&self) -> Result<HubConfig, tej_hub::hub::config::ConfigError> {
         let mut config = match &self.config {
             Some(path) => HubConfig::from_file(path)?,
             None => HubConfig::default(),

@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tej_hub::config::HubConfig;
+use tej_hub::hub::config::HubConfig;
 use tej_hub::hub::HubHandle;
 
 use super::Common;

@@ -374,7 +374,8 @@ async fn control_commands_and_their_errors() {
     assert_eq!(subscriptions(&mut fresh).await, Vec::<u64>::new());
 
     // The default limits: 16 GiB frames streamed past 1 MiB, 16 MiB queues, 30 s for a stuck
-    // subscriber or a stalled frame, no idle timeout, no minimum rate.
+    // subscriber or a stalled frame, no idle timeout, no minimum rate, 2 s to authenticate, no
+    // connection or ingress limits.
     let info = info(&mut fresh).await;
     assert_eq!(
         info["limits"],
@@ -387,9 +388,15 @@ async fn control_commands_and_their_errors() {
             "stall_timeout": 30,
             "min_rate_bytes": 0,
             "min_rate_window": 10,
+            "auth_timeout": 2,
+            "max_connections": 0,
+            "max_connections_per_ip": 0,
+            "max_ingress_bytes_per_sec": 0,
         })
     );
     assert_eq!(info["slow_consumer"], "block");
+    assert_eq!(info["user"], serde_json::Value::Null);
+    assert_eq!(info["denied_frames"], 0);
     assert_eq!(info["dropped_frames"], 0);
     assert_eq!(info["pending_bytes"], 0);
     stop_hub(hub).await;

@@ -57,6 +57,57 @@ pub struct HubConfig {
     pub stall_timeout: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// Seconds a connection has to authenticate (`AUTH`, or its TLS handshake) before it is
+    /// closed. Default 2, as in NATS.
+    pub auth_timeout: u64,
+    /// Most connections open at once; 0 (default) is no limit.
+    pub max_connections: u64,
+    /// Most connections open at once from one IP address; 0 (default) is no limit.
+    pub max_connections_per_ip: u64,
+    /// Most bytes per second read from one connection; the hub reads no faster (TCP pushes
+    /// back), nothing is lost. 0 (default) is off.
+    pub max_ingress_bytes_per_sec: u64,
+    /// The users who may connect (`[[users]]` tables); none (the default) makes the hub open:
+    /// every connection may do everything.
+    pub users: Vec<UserConfig>,
+    /// What connections that have not authenticated may do when there are users (the
+    /// `[anonymous]` table); absent, they must authenticate.
+    pub anonymous: Option<PermissionsConfig>,
+}
+
+/// One `[[users]]` table.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The name given to `AUTH` (or a client certificate's CN with `tls-map-user`).
+    pub name: String,
+    /// The argon2 PHC hash of the password (`tej-hub passwd` prints one), never the password.
+    pub password: String,
+    /// Codes the user may publish on, in the `SUB` grammar (`"5,10-20"`, `"*"`); absent is none.
+    pub publish: Option<String>,
+    /// Codes the user may subscribe to; absent is none.
+    pub subscribe: Option<String>,
+}
+
+/// The name and permissions only: a password hash is never shown.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("publish", &self.publish)
+            .field("subscribe", &self.subscribe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `[anonymous]` table: what connections that have not authenticated may do.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionsConfig {
+    /// Codes they may publish on, in the `SUB` grammar; absent is none.
+    pub publish: Option<String>,
+    /// Codes they may subscribe to; absent is none.
+    pub subscribe: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -74,6 +125,12 @@ impl Default for HubConfig {
             idle_timeout: 0,
             stall_timeout: 30,
             log_format: LogFormat::Text,
+            auth_timeout: 2,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_ingress_bytes_per_sec: 0,
+            users: Vec::new(),
+            anonymous: None,
         }
     }
 }
@@ -100,6 +157,17 @@ pub enum ConfigError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(&'static str),
+    /// A `[[users]]` table is unusable.
+    #[error("user {name:?}: {problem}")]
+    User {
+        /// The user's name as written.
+        name: String,
+        /// What is wrong (never the password).
+        problem: String,
+    },
+    /// The `[anonymous]` table is unusable.
+    #[error("[anonymous]: {0}")]
+    Anonymous(String),
 }
 
 impl HubConfig {
@@ -154,6 +222,10 @@ impl HubConfig {
                 "min-rate-window must be at least 1 when min-rate-bytes is on",
             ));
         }
+        if self.auth_timeout == 0 {
+            return Err(ConfigError::Invalid("auth-timeout must be at least 1"));
+        }
+        crate::hub::auth::Users::from_config(self)?;
         Ok(())
     }
 
@@ -180,6 +252,11 @@ impl HubConfig {
                 Duration::from_secs(self.min_rate_window),
             )
         })
+    }
+
+    /// The time a connection has to authenticate.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout)
     }
 
     /// The stall timeout, `None` when off.

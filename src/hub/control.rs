@@ -15,6 +15,7 @@
 //! ECHO  on | off                             ; receive own publications (if subscribed)
 //! INFO                                       ; no arguments
 //! SLOW  block | drop | disconnect            ; slow-consumer policy
+//! AUTH  <user> <password>                    ; password = the rest of the line (may hold spaces)
 //!
 //! codes    = sep* item (sep+ item)* sep*     ; sep = ASCII whitespace or ','
 //! item     = number | number '-' number | '*'
@@ -115,6 +116,11 @@ impl CodeSet {
     /// The number of codes in the set.
     pub const fn len(self) -> usize {
         self.0.count_ones() as usize
+    }
+
+    /// The relayable codes not in the set.
+    pub const fn complement(self) -> CodeSet {
+        CodeSet(!self.0 & !RESERVED_BITS)
     }
 
     /// The codes in either set.
@@ -295,7 +301,7 @@ fn to_code(code: u64) -> Result<u8, ControlError> {
 
 /// As much of `text` as shows in at most [`MAX_ECHOED`] characters once escaped for an error
 /// (a control byte shows as six, `\u{10}`), marked with `...` when cut.
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     let mut shown = 0;
     for (at, c) in text.char_indices() {
         shown += c.escape_debug().count();
@@ -353,8 +359,25 @@ impl FromStr for SlowPolicy {
     }
 }
 
+/// A password as sent with `AUTH`: never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// The password.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
 /// One control command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `SUB <codes>`: add the codes to the session's subscriptions.
     Sub(CodeSet),
@@ -366,6 +389,13 @@ pub enum Command {
     Info,
     /// `SLOW block|drop|disconnect`: the session's slow-consumer policy.
     Slow(SlowPolicy),
+    /// `AUTH <user> <password>`: authenticate as `user`.
+    Auth {
+        /// The user name.
+        user: String,
+        /// The password: the rest of the line.
+        password: Password,
+    },
 }
 
 impl Command {
@@ -424,6 +454,20 @@ impl Command {
             }
         } else if is("SLOW") {
             single_argument("SLOW", rest)?.parse().map(Command::Slow)
+        } else if is("AUTH") {
+            let missing = ControlError::MissingArgument { command: "AUTH" };
+            let (user, password) = rest
+                .trim_start_matches(|c: char| c.is_ascii_whitespace())
+                .split_once(|c: char| c.is_ascii_whitespace())
+                .ok_or(missing.clone())?;
+            let password = password.trim_start_matches(|c: char| c.is_ascii_whitespace());
+            if password.is_empty() {
+                return Err(missing);
+            }
+            Ok(Command::Auth {
+                user: user.to_owned(),
+                password: Password(password.to_owned()),
+            })
         } else {
             Err(ControlError::Unknown {
                 command: clip(word),
@@ -439,18 +483,19 @@ impl Command {
             Command::Echo(_) => "ECHO",
             Command::Info => "INFO",
             Command::Slow(_) => "SLOW",
+            Command::Auth { .. } => "AUTH",
         }
     }
 
     /// The `OK` reply acknowledging this command: `OK SUB <list>`, `OK UNSUB <list>`,
     /// `OK ECHO on|off` or `OK SLOW <policy>`, the list normalized (see [`CodeSet`]). `None` for
-    /// [`Command::Info`], whose reply text the hub builds.
+    /// [`Command::Info`] and [`Command::Auth`], whose replies the hub builds.
     ///
     /// The list is the command's own set; a hub that answers with the session's whole set after
     /// the change acknowledges `Command::Sub(whole_set)` instead.
     pub fn ack(&self) -> Option<Frame> {
         match self {
-            Command::Info => None,
+            Command::Info | Command::Auth { .. } => None,
             _ => Some(ok_reply(self)),
         }
     }
@@ -467,6 +512,8 @@ impl fmt::Display for Command {
             Command::Sub(_) | Command::Unsub(_) | Command::Info => Ok(()),
             Command::Echo(on) => f.write_str(if *on { " on" } else { " off" }),
             Command::Slow(policy) => write!(f, " {policy}"),
+            // Never the password.
+            Command::Auth { user, .. } => write!(f, " {}", clip(user)),
         }
     }
 }
@@ -1072,6 +1119,26 @@ mod tests {
         assert_eq!(Command::Echo(true).name(), "ECHO");
         assert_eq!(Command::Info.name(), "INFO");
         assert_eq!(Command::Slow(SlowPolicy::Block).name(), "SLOW");
+    }
+
+    #[test]
+    fn auth_takes_the_rest_of_the_line_as_password_and_never_shows_it() {
+        let command = parse("auth alice  correct horse battery\n").unwrap();
+        let Command::Auth { user, password } = &command else {
+            panic!("not AUTH: {command:?}");
+        };
+        assert_eq!(user, "alice");
+        assert_eq!(password.expose(), "correct horse battery");
+        assert_eq!(command.to_string(), "AUTH alice");
+        assert!(!format!("{command:?}").contains("horse"));
+        assert_eq!(command.ack(), None);
+        for bad in ["AUTH", "AUTH alice", "AUTH alice   "] {
+            assert_eq!(
+                parse(bad),
+                Err(ControlError::MissingArgument { command: "AUTH" }),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

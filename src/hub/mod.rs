@@ -11,11 +11,13 @@
 //!   limit to its hard one (`tej-hub serve` calls it at start; [`run`] leaves process-wide limits
 //!   alone).
 
+pub mod auth;
 mod client;
 pub mod config;
 pub mod control;
 mod flow;
 mod idle;
+mod limits;
 mod outbox;
 mod publisher;
 pub mod registry;
@@ -38,7 +40,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
+use auth::Users;
 pub use client::{HubClient, HubError};
+use limits::{Admission, IpSlot, Refused};
 use registry::SessionId;
 pub use rlimit::raise_open_files_limit;
 use router::{HubCounters, OpenConnection, Router, Shutdown};
@@ -66,6 +70,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     config.validate().map_err(invalid)?;
+    let users = Users::from_config(&config).map_err(invalid)?;
+    let admission = Admission::new(&config);
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let config = Arc::new(config);
@@ -84,6 +90,13 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let slot = match admission.admit(peer.ip(), &counters) {
+                        Ok(slot) => slot,
+                        Err(refused) => {
+                            refuse(&stream, peer, refused, &counters);
+                            continue;
+                        }
+                    };
                     next_id += 1;
                     let worker = &workers[(next_id as usize) % workers.len()];
                     let hub = SessionContext {
@@ -91,8 +104,9 @@ pub async fn run(
                         table: table.clone(),
                         config: config.clone(),
                         counters: counters.clone(),
+                        users: users.clone(),
                     };
-                    hand_over(stream, peer, SessionId::new(next_id), worker, hub);
+                    hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot);
                 }
                 Err(error) => {
                     warn!(%error, "accept failed");
@@ -115,6 +129,25 @@ pub async fn run(
     Ok(())
 }
 
+/// Tells a connection over a limit why (a fresh socket takes a short frame at once) and closes it.
+fn refuse(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    refused: Refused,
+    counters: &HubCounters,
+) {
+    let before = counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+    // The first refusal is worth a line, then one each time the count doubles.
+    if before.is_power_of_two() || before == 0 {
+        warn!(%peer, %refused, refused_connections = before + 1, "connection refused");
+    } else {
+        debug!(%peer, %refused, "connection refused");
+    }
+    if let Ok(wire) = control::err_reply("too many connections").to_wire() {
+        let _ = stream.try_write(&wire);
+    }
+}
+
 fn invalid(error: ConfigError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, error)
 }
@@ -126,6 +159,7 @@ fn hand_over(
     id: SessionId,
     worker: &Arbiter,
     hub: SessionContext,
+    slot: Option<IpSlot>,
 ) {
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
@@ -142,7 +176,7 @@ fn hand_over(
         Ok(stream) => stream,
         Err(error) => return warn!(%peer, %error, "cannot hand over connection"),
     };
-    let open = OpenConnection::new(hub.counters.clone());
+    let open = OpenConnection::new(hub.counters.clone(), slot);
     worker.spawn(async move {
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => Session::start(id, stream, peer, hub, open),

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use tracing::trace;
 
+use crate::frame::Status;
+use crate::hub::control::CodeSet;
 use crate::hub::flow::Gate;
 use crate::hub::outbox::{Offer, Outbox};
 use crate::hub::registry::SessionId;
@@ -30,17 +32,32 @@ pub(crate) struct Publisher {
     counters: Arc<HubCounters>,
     /// Whether the session receives its own publications (if subscribed).
     echo: bool,
+    /// The codes it may publish on.
+    allowed: CodeSet,
+    /// Whether the rest of the streamed frame in progress is denied.
+    denying: bool,
     /// The subscribers taking the streamed frame in progress.
     streaming: Vec<Arc<Outbox>>,
 }
 
+/// A publication on a code the session may not publish on: relayed to nobody (for a streamed
+/// frame, none of its bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Denied {
+    /// The code.
+    pub status: Status,
+    /// Frames denied (a run counts each; a streamed frame counts once, at its first piece).
+    pub frames: u64,
+}
+
 impl Publisher {
-    /// The publishing side of session `id`.
+    /// The publishing side of session `id`, allowed to publish on `allowed`.
     pub(crate) fn new(
         id: SessionId,
         gate: Arc<Gate>,
         table: Arc<SubscriptionTable>,
         counters: Arc<HubCounters>,
+        allowed: CodeSet,
     ) -> Publisher {
         Publisher {
             id,
@@ -48,8 +65,15 @@ impl Publisher {
             table,
             counters,
             echo: false,
+            allowed,
+            denying: false,
             streaming: Vec::new(),
         }
+    }
+
+    /// Sets the codes the session may publish on, from its next frame on.
+    pub(crate) fn allow(&mut self, allowed: CodeSet) {
+        self.allowed = allowed;
     }
 
     /// Whether the session receives its own publications.
@@ -63,8 +87,24 @@ impl Publisher {
     }
 
     /// Delivers `piece` to its subscribers.
-    pub(crate) fn publish(&mut self, piece: &Piece) {
+    ///
+    /// # Errors
+    /// [`Denied`] when the piece starts frames on a code the session may not publish on.
+    pub(crate) fn publish(&mut self, piece: &Piece) -> Result<(), Denied> {
         match piece.kind {
+            PieceKind::Whole | PieceKind::First if !self.allowed.contains(piece.status) => {
+                self.denying = piece.kind == PieceKind::First;
+                self.counters
+                    .denied_frames
+                    .fetch_add(u64::from(piece.frames.max(1)), Ordering::Relaxed);
+                return Err(Denied {
+                    status: piece.status,
+                    frames: u64::from(piece.frames.max(1)),
+                });
+            }
+            PieceKind::Middle | PieceKind::Last if self.denying => {
+                self.denying = piece.kind == PieceKind::Middle;
+            }
             PieceKind::Whole | PieceKind::First => {
                 let subscribers = self.table.subscribers(piece.status);
                 let mut routed = false;
@@ -96,6 +136,7 @@ impl Publisher {
                 }
             }
         }
+        Ok(())
     }
 
     /// The session has ended: subscribers in the middle of its streamed frame cannot get the

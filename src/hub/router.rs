@@ -16,6 +16,7 @@ use std::sync::Arc;
 use actix::{Actor, Context, Handler, Message, MessageResult};
 
 use crate::hub::control::CodeSet;
+use crate::hub::limits::IpSlot;
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::{Registry, SessionId};
 use crate::hub::table::SubscriptionTable;
@@ -107,25 +108,38 @@ pub(crate) struct HubCounters {
     pub connections: AtomicU64,
     /// Connections whose socket is still open (the writer has not ended).
     pub open: AtomicU64,
+    /// Frames published on codes their publisher may not publish on (relayed to nobody).
+    pub denied_frames: AtomicU64,
+    /// `AUTH`s refused for a wrong user or password.
+    pub auth_failures: AtomicU64,
+    /// Connections refused by `max-connections` or `max-connections-per-ip`.
+    pub refused_connections: AtomicU64,
 }
 
-/// Counts one open connection in [`HubCounters`] from accept until its socket is closed (dropped
-/// by the session's writer), so shutdown can wait for flushes to finish.
+/// Counts one open connection in [`HubCounters`] (and in its address's count, under a per-address
+/// limit) from accept until its socket is closed (dropped by the session's writer), so shutdown
+/// can wait for flushes to finish.
 #[derive(Debug)]
-pub(crate) struct OpenConnection(Arc<HubCounters>);
+pub(crate) struct OpenConnection {
+    counters: Arc<HubCounters>,
+    _slot: Option<IpSlot>,
+}
 
 impl OpenConnection {
     /// Counts a newly accepted connection.
-    pub(crate) fn new(counters: Arc<HubCounters>) -> OpenConnection {
+    pub(crate) fn new(counters: Arc<HubCounters>, slot: Option<IpSlot>) -> OpenConnection {
         counters.connections.fetch_add(1, Ordering::Relaxed);
         counters.open.fetch_add(1, Ordering::AcqRel);
-        OpenConnection(counters)
+        OpenConnection {
+            counters,
+            _slot: slot,
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.counters.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -26,11 +26,13 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use crate::codec::{CodecError, Limits, TejCodec};
-use crate::hub::config::HubConfig;
 use crate::frame::{Frame, Status};
-use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
+use crate::hub::auth::{Access, Users};
+use crate::hub::config::HubConfig;
+use crate::hub::control::{self, Command, Password, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};
 use crate::hub::idle::{IdleTimer, SMALL_BUFFER};
+use crate::hub::limits::IngressLimit;
 use crate::hub::outbox::Outbox;
 use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
@@ -51,7 +53,8 @@ struct ReadActivity {
     last_read: Cell<Instant>,
     /// Whether part of a frame has been read.
     mid_frame: Cell<bool>,
-    /// Whether the hub has stopped reading (a subscriber this session feeds is full).
+    /// Whether the hub has stopped reading (a subscriber this session feeds is full, or the
+    /// connection is over its ingress rate).
     paused: Cell<bool>,
     /// Start of the current minimum-rate window, and the bytes read in it.
     window_start: Cell<Instant>,
@@ -88,6 +91,8 @@ struct PieceStream {
     /// Armed when reading pauses between frames with a large read buffer: when it fires there,
     /// the buffer is given back (a small one is given back at the pause).
     idle: IdleTimer,
+    /// `max-ingress-bytes-per-sec`, if on.
+    ingress: Option<IngressLimit>,
 }
 
 /// Gives the read buffer back if the connection is between frames with nothing buffered.
@@ -103,7 +108,12 @@ impl Stream for PieceStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         let activity = &this.activity;
-        if this.gate.poll_open(cx).is_pending() {
+        let held_back = this.gate.poll_open(cx).is_pending()
+            || this
+                .ingress
+                .as_mut()
+                .is_some_and(|limit| limit.poll_allowed(cx).is_pending());
+        if held_back {
             activity.paused.set(true);
             return Poll::Pending;
         }
@@ -131,6 +141,9 @@ impl Stream for PieceStream {
         };
         let read = (buffered + emitted).saturating_sub(before) as u64;
         if read > 0 {
+            if let Some(limit) = this.ingress.as_mut() {
+                limit.consume(read);
+            }
             activity.last_read.set(Instant::now());
             activity
                 .window_bytes
@@ -171,6 +184,9 @@ enum Ending {
     TooManyReplies,
     Shutdown,
     WriteFailed,
+    AuthRequired,
+    AuthFailed,
+    AuthTimeout,
 }
 
 impl std::fmt::Display for Ending {
@@ -191,6 +207,9 @@ impl std::fmt::Display for Ending {
             Ending::TooManyReplies => f.write_str("too many commands while a frame was streamed"),
             Ending::Shutdown => f.write_str("hub shutting down"),
             Ending::WriteFailed => f.write_str("write failed"),
+            Ending::AuthRequired => f.write_str("a frame before authenticating"),
+            Ending::AuthFailed => f.write_str("auth failed"),
+            Ending::AuthTimeout => f.write_str("no auth in time"),
         }
     }
 }
@@ -204,11 +223,14 @@ pub(crate) struct Session {
     counters: Arc<HubCounters>,
     outbox: Arc<Outbox>,
     publisher: Publisher,
+    access: Access,
     gate: Arc<Gate>,
     backlog: Arc<Backlog>,
     activity: Rc<ReadActivity>,
     frames_in: u64,
     bytes_in: u64,
+    /// When a connection that must authenticate has to have done so.
+    auth_deadline: Instant,
     ending: Option<Ending>,
 }
 
@@ -222,6 +244,8 @@ pub(crate) struct SessionContext {
     pub config: Arc<HubConfig>,
     /// The hub's counters.
     pub counters: Arc<HubCounters>,
+    /// The users, `None` on an open hub.
+    pub users: Option<Arc<Users>>,
 }
 
 impl Session {
@@ -238,6 +262,7 @@ impl Session {
             table,
             config,
             counters,
+            users,
         } = hub;
         let (read, write) = stream.into_split();
         let activity = Rc::new(ReadActivity::new());
@@ -250,6 +275,7 @@ impl Session {
             gate: gate.clone(),
             activity: activity.clone(),
             idle: IdleTimer::default(),
+            ingress: IngressLimit::new(config.max_ingress_bytes_per_sec),
         };
         Session::create(move |ctx| {
             ctx.add_stream(pieces);
@@ -262,13 +288,17 @@ impl Session {
                 counters.clone(),
                 open,
             );
-            let publisher = Publisher::new(id, gate.clone(), table, counters.clone());
+            let access = Access::new(users);
+            let auth_deadline = Instant::now() + config.auth_timeout();
+            let allowed = access.permissions().unwrap_or_default().publish;
+            let publisher = Publisher::new(id, gate.clone(), table, counters.clone(), allowed);
             Session {
                 id,
                 peer,
                 router,
                 outbox,
                 publisher,
+                access,
                 config,
                 counters,
                 gate,
@@ -276,6 +306,7 @@ impl Session {
                 activity,
                 frames_in: 0,
                 bytes_in: 0,
+                auth_deadline,
                 ending: None,
             }
         });
@@ -322,8 +353,14 @@ impl Session {
             self.reply(&Frame::ping(), ctx);
         } else if piece.status == CONTROL {
             self.on_control(piece.bytes, ctx);
-        } else {
-            self.publisher.publish(&piece);
+        } else if self.access.permissions().is_none() {
+            self.end(Ending::AuthRequired, Some("auth required".into()), ctx);
+        } else if let Err(denied) = self.publisher.publish(&piece) {
+            debug!(session = %self.id, status = %denied.status, frames = denied.frames, "publication denied");
+            if self.access.count_denied(denied.status, denied.frames) {
+                let reason = format!("permission denied: publish {}", denied.status);
+                self.reply(&control::err_reply(reason), ctx);
+            }
         }
     }
 
@@ -335,6 +372,10 @@ impl Session {
             // The relay codec has checked the frame already.
             _ => return,
         };
+        let authenticating = matches!(command, Ok(Command::Auth { .. }));
+        if self.access.permissions().is_none() && !authenticating {
+            return self.end(Ending::AuthRequired, Some("auth required".into()), ctx);
+        }
         let command = match command {
             Ok(command) => command,
             Err(error) => {
@@ -345,10 +386,17 @@ impl Session {
         let id = self.id;
         let ack = command.ack();
         match command {
-            Command::Sub(codes) => {
-                let done = self.router.send(Subscribe { id, codes });
-                self.after_router(done, ack, ctx);
-            }
+            Command::Sub(codes) => match self.access.subscription(codes) {
+                Ok(codes) => {
+                    let ack = Some(control::ok_reply(Command::Sub(codes)));
+                    let done = self.router.send(Subscribe { id, codes });
+                    self.after_router(done, ack, ctx);
+                }
+                Err(denied) => {
+                    let reason = format!("permission denied: subscribe {denied}");
+                    self.reply(&control::err_reply(reason), ctx);
+                }
+            },
             Command::Unsub(codes) => {
                 let done = self.router.send(Unsubscribe { id, codes });
                 self.after_router(done, ack, ctx);
@@ -376,7 +424,49 @@ impl Session {
                     session.reply(&reply, ctx);
                 }));
             }
+            Command::Auth { user, password } => self.authenticate(user, password, ctx),
         }
+    }
+
+    /// Checks an `AUTH` off this thread; no other frame of the session is handled meanwhile.
+    /// Success: `OK AUTH <user>`, and the user's permissions apply (subscriptions they do not
+    /// cover are dropped). A wrong user or password: `ERR auth failed`, closed.
+    fn authenticate(&mut self, user: String, password: Password, ctx: &mut Context<Self>) {
+        let users = match self.access.users_for_auth() {
+            Ok(users) => users,
+            Err(refused) => return self.reply(&control::err_reply(refused), ctx),
+        };
+        // An anonymous connection may authenticate at any time, with the same allowance.
+        let deadline = if self.access.permissions().is_none() {
+            self.auth_deadline
+        } else {
+            Instant::now() + self.config.auth_timeout()
+        };
+        let check = async move {
+            let verified =
+                tokio::time::timeout_at(deadline, users.verify(&user, password.expose()));
+            (verified.await, user)
+        };
+        ctx.wait(check.into_actor(self).map(|(verified, user), session, ctx| {
+            match verified {
+                Ok(Some(authenticated)) => {
+                    info!(session = %session.id, peer = %session.peer, user = %authenticated.user, "authenticated");
+                    let permissions = authenticated.permissions;
+                    session.publisher.allow(permissions.publish);
+                    session.access.grant(authenticated);
+                    let ack = Some(control::ok_reply(format!("AUTH {user}")));
+                    let (id, codes) = (session.id, permissions.subscribe.complement());
+                    let done = session.router.send(Unsubscribe { id, codes });
+                    session.after_router(done, ack, ctx);
+                }
+                Ok(None) => {
+                    session.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(session = %session.id, peer = %session.peer, user = %control::clip(&user), "auth failed");
+                    session.end(Ending::AuthFailed, Some("auth failed".into()), ctx);
+                }
+                Err(_) => session.end(Ending::AuthTimeout, Some("auth timeout".into()), ctx),
+            }
+        }));
     }
 
     /// Queues the command's `ack` once the router has applied it (`ERR` if the router is gone).
@@ -416,6 +506,8 @@ impl Session {
             "session": self.id.get(),
             "peer": self.peer.to_string(),
             "subscriptions": codes.collect::<Vec<_>>(),
+            "user": self.access.user(),
+            "denied_frames": self.access.denied_frames(),
             "echo": self.publisher.echo(),
             "slow_consumer": self.outbox.policy().to_string(),
             "pending_bytes": self.outbox.pending(),
@@ -429,6 +521,10 @@ impl Session {
                 "stall_timeout": config.stall_timeout,
                 "min_rate_bytes": config.min_rate_bytes,
                 "min_rate_window": config.min_rate_window,
+                "auth_timeout": config.auth_timeout,
+                "max_connections": config.max_connections,
+                "max_connections_per_ip": config.max_connections_per_ip,
+                "max_ingress_bytes_per_sec": config.max_ingress_bytes_per_sec,
             },
             "counters": {
                 "frames_in": self.frames_in,
@@ -442,6 +538,9 @@ impl Session {
                 "unrouted_frames": hub.unrouted_frames.load(Ordering::Relaxed),
                 "slow_consumers": hub.slow_consumers.load(Ordering::Relaxed),
                 "dropped_frames": hub.dropped_frames.load(Ordering::Relaxed),
+                "denied_frames": hub.denied_frames.load(Ordering::Relaxed),
+                "auth_failures": hub.auth_failures.load(Ordering::Relaxed),
+                "refused_connections": hub.refused_connections.load(Ordering::Relaxed),
             },
         })
         .to_string()
@@ -504,6 +603,14 @@ impl Actor for Session {
             outbox: self.outbox.clone(),
         });
         info!(session = %self.id, peer = %self.peer, "connected");
+        if self.access.permissions().is_none() {
+            let left = self.auth_deadline.saturating_duration_since(Instant::now());
+            ctx.run_later(left, |session, ctx| {
+                if session.access.permissions().is_none() {
+                    session.end(Ending::AuthTimeout, Some("auth timeout".into()), ctx);
+                }
+            });
+        }
         let config = &self.config;
         let tick = [
             config.idle_timeout(),

@@ -1,7 +1,8 @@
 //! The `tej-hub` command: `serve` runs the hub; `pub` and `sub` try it from a shell; `bench`
-//! measures it.
+//! measures it; `passwd` hashes a password for the hub's users.
 
 mod bench;
+mod passwd;
 mod pubsub;
 mod serve;
 
@@ -34,6 +35,11 @@ enum Command {
     /// --count frames or when the hub closes the connection; 1 on errors (a refused SUB, the
     /// hub's reason for closing, a file that cannot be saved); 2 for bad usage.
     Sub(pubsub::Sub),
+    /// Print the argon2id hash of a password read on stdin, for a `[[users]]` table.
+    ///
+    /// On a terminal it asks twice with echo off; otherwise it reads the first line. Exit
+    /// status: 0 with the hash on stdout; 1 on errors; 2 for an empty password.
+    Passwd(passwd::Passwd),
     /// Measure a hub over loopback TCP (workloads: big-file, throughput, latency, matrix,
     /// connections).
     Bench(bench::Bench),
@@ -67,5 +73,6 @@ fn main() -> ExitCode {
         Command::Pub(args) => exit(pubsub::publish(&args)),
         Command::Sub(args) => exit(pubsub::subscribe(&args)),
         Command::Bench(args) => exit(bench::run(&args)),
+        Command::Passwd(args) => exit(passwd::passwd(&args)),
     }
 }

@@ -55,6 +55,19 @@ pub(crate) struct Serve {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Seconds a connection has to authenticate (when the config has users) [default: 2].
+    #[arg(long)]
+    auth_timeout: Option<u64>,
+    /// Most connections open at once; 0 is no limit [default: 0].
+    #[arg(long)]
+    max_connections: Option<u64>,
+    /// Most connections open at once from one IP address; 0 is no limit [default: 0].
+    #[arg(long)]
+    max_connections_per_ip: Option<u64>,
+    /// Most bytes per second read from one connection (lossless: the hub reads no faster); 0 is
+    /// off [default: 0].
+    #[arg(long)]
+    max_ingress_bytes_per_sec: Option<u64>,
 }
 
 impl Serve {
@@ -81,7 +94,11 @@ impl Serve {
             min_rate_window,
             idle_timeout,
             stall_timeout,
-            log_format
+            log_format,
+            auth_timeout,
+            max_connections,
+            max_connections_per_ip,
+            max_ingress_bytes_per_sec
         );
         config.validate()?;
         Ok(config)

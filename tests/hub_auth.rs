@@ -1,0 +1,508 @@
+//! Users, `AUTH`, per-code permissions, connection limits and the ingress rate limit, over real
+//! sockets on 127.0.0.1 (issue 11). Password hashes here use small argon2 costs so that the suite
+//! stays fast; the hub reads the costs from each hash.
+
+#[path = "common/hub.rs"]
+mod hub_common;
+#[path = "common/python.rs"]
+mod python;
+
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use futures_util::StreamExt;
+use serde_json::json;
+use tej_hub::hub::config::{HubConfig, PermissionsConfig, UserConfig};
+use tej_hub::Frame;
+
+use hub_common::{
+    connect, control, expect_err_and_close, expect_silence, info, pattern, recv, send, start_hub,
+    status, stop_hub, subscribe, test_config, within, Conn, MIB, PATIENCE,
+};
+use python::PyPeer;
+
+/// The argon2id hash of `password` with test-sized costs (256 KiB, one pass).
+fn cheap_hash(password: &str) -> String {
+    let params = Params::new(256, 1, 1, None).expect("argon2 test parameters");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"tej-hub test salt").expect("a salt");
+    argon2
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash a test password")
+        .to_string()
+}
+
+fn user(name: &str, password: &str, publish: Option<&str>, subscribe: Option<&str>) -> UserConfig {
+    UserConfig {
+        name: name.into(),
+        password: cheap_hash(password),
+        publish: publish.map(Into::into),
+        subscribe: subscribe.map(Into::into),
+    }
+}
+
+/// alice may do everything; bob may publish on 5 and subscribe to 5-9; anonymous connections
+/// must authenticate.
+fn secured() -> HubConfig {
+    HubConfig {
+        users: vec![
+            user("alice", "wonder land", Some("*"), Some("*")),
+            user("bob", "builder", Some("5"), Some("5-9")),
+        ],
+        ..test_config()
+    }
+}
+
+async fn authenticated(addr: std::net::SocketAddr, user: &str, password: &str) -> Conn {
+    let mut conn = connect(addr).await;
+    let reply = control(&mut conn, &format!("AUTH {user} {password}")).await;
+    assert_eq!(reply, format!("OK AUTH {user}"));
+    conn
+}
+
+/// Reads `conn` until it ends; returns the texts of the frames on the way.
+async fn texts_until_closed(conn: &mut Conn) -> Vec<String> {
+    let mut texts = Vec::new();
+    within(PATIENCE, "the hub to close the connection", async {
+        while let Some(Ok(frame)) = conn.next().await {
+            texts.push(String::from_utf8_lossy(&frame.message).into_owned());
+        }
+    })
+    .await;
+    texts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_unknown_users_and_frames_before_auth_are_refused() {
+    let hub = start_hub(secured());
+    let addr = hub.local_addr();
+    for (attempt, expected) in [
+        ("AUTH alice wrong", "ERR auth failed"),
+        ("AUTH mallory wonder land", "ERR auth failed"),
+        ("SUB 5", "ERR auth required"),
+        ("INFO", "ERR auth required"),
+    ] {
+        let mut conn = connect(addr).await;
+        send(&mut conn, hub_common::control_frame(attempt)).await;
+        assert_eq!(texts_until_closed(&mut conn).await, [expected], "{attempt}");
+    }
+    // A publication before AUTH too; a ping is answered all the same.
+    let mut conn = connect(addr).await;
+    send(&mut conn, Frame::ping()).await;
+    assert_eq!(recv(&mut conn).await, Frame::ping());
+    send(&mut conn, Frame::message(status(5), "early")).await;
+    assert_eq!(texts_until_closed(&mut conn).await, ["ERR auth required"]);
+
+    let mut alice = authenticated(addr, "alice", "wonder land").await;
+    let info = info(&mut alice).await;
+    assert_eq!(info["user"], json!("alice"));
+    assert_eq!(info["hub"]["auth_failures"], json!(2));
+    // A second AUTH changes nothing.
+    assert_eq!(
+        control(&mut alice, "AUTH bob builder").await,
+        "ERR already authenticated"
+    );
+    assert_eq!(hub_common::info(&mut alice).await["user"], json!("alice"));
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_in_time_closes_the_connection() {
+    let hub = start_hub(HubConfig {
+        auth_timeout: 1,
+        ..secured()
+    });
+    let started = Instant::now();
+    let mut silent = connect(hub.local_addr()).await;
+    assert_eq!(texts_until_closed(&mut silent).await, ["ERR auth timeout"]);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    // AUTH after the timeout comes too late.
+    let mut late = connect(hub.local_addr()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = futures_util::SinkExt::send(
+        &mut late,
+        hub_common::control_frame("AUTH alice wonder land"),
+    )
+    .await;
+    assert_eq!(texts_until_closed(&mut late).await, ["ERR auth timeout"]);
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_the_users_permissions() {
+    let hub = start_hub(secured());
+    let addr = hub.local_addr();
+    let mut bob = authenticated(addr, "bob", "builder").await;
+    subscribe(&mut bob, "6", "6").await;
+    assert_eq!(
+        control(&mut bob, "SUB 4-6,10").await,
+        "ERR permission denied: subscribe 4,10"
+    );
+    assert_eq!(
+        hub_common::subscriptions(&mut bob).await,
+        [6],
+        "a denied SUB changes nothing"
+    );
+    subscribe(&mut bob, "*", "5-9").await;
+    assert_eq!(hub_common::subscriptions(&mut bob).await, [5, 6, 7, 8, 9]);
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_publications_reach_nobody_and_are_answered_once_a_second() {
+    let hub = start_hub(secured());
+    let addr = hub.local_addr();
+    let mut alice = authenticated(addr, "alice", "wonder land").await;
+    subscribe(&mut alice, "5,6", "5-6").await;
+    let mut bob = authenticated(addr, "bob", "builder").await;
+
+    // A streamed frame (64 times the cut-through size) on a code bob may not publish on.
+    let big = Frame::message(status(6), pattern(60 * MIB, 6));
+    send(&mut bob, big).await;
+    assert_eq!(
+        recv(&mut bob).await.message,
+        "ERR permission denied: publish 6"
+    );
+    // A flood of small denied frames: no more replies within the second.
+    for n in 0..200 {
+        send(&mut bob, Frame::message(status(6), format!("{n}"))).await;
+    }
+    // What bob may publish still goes through, and nothing of code 6 reached alice.
+    let allowed = Frame::message(status(5), "allowed");
+    send(&mut bob, allowed.clone()).await;
+    assert_eq!(recv(&mut alice).await, allowed);
+    let info = hub_common::info(&mut bob).await;
+    assert_eq!(info["denied_frames"], json!(201));
+    expect_silence(&mut alice, Duration::from_millis(300)).await;
+    // A second later, the next denial is answered again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    send(&mut bob, Frame::message(status(6), "again")).await;
+    assert_eq!(
+        recv(&mut bob).await.message,
+        "ERR permission denied: publish 6"
+    );
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_get_the_anonymous_permissions() {
+    let hub = start_hub(HubConfig {
+        anonymous: Some(PermissionsConfig {
+            publish: None,
+            subscribe: Some("7".into()),
+        }),
+        ..secured()
+    });
+    let addr = hub.local_addr();
+    let mut anonymous = connect(addr).await;
+    subscribe(&mut anonymous, "7", "7").await;
+    assert_eq!(
+        control(&mut anonymous, "SUB 8").await,
+        "ERR permission denied: subscribe 8"
+    );
+    assert_eq!(hub_common::info(&mut anonymous).await["user"], json!(null));
+    let mut alice = authenticated(addr, "alice", "wonder land").await;
+    let frame = Frame::message(status(7), "to the anonymous");
+    send(&mut alice, frame.clone()).await;
+    assert_eq!(recv(&mut anonymous).await, frame);
+    // Publishing is not granted to them.
+    send(
+        &mut anonymous,
+        Frame::message(status(7), "from the anonymous"),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut anonymous).await.message,
+        "ERR permission denied: publish 7"
+    );
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_reference_client_authenticates_with_a_control_frame() {
+    let hub = start_hub(secured());
+    let port = hub.local_addr().port();
+    let spec = json!([
+        {"status": 127, "files": [], "message": {"text": "AUTH bob builder"}},
+        {"status": 127, "files": [], "message": {"text": "SUB 5"}},
+    ])
+    .to_string();
+    let mut python = PyPeer::client(
+        port,
+        &[
+            "--spec",
+            &spec,
+            "--expect",
+            "3",
+            "--ignore-pings",
+            "--wait",
+            "30",
+        ],
+    );
+    assert_eq!(
+        python.next_event("received").await["message_text"],
+        json!("OK AUTH bob")
+    );
+    assert_eq!(
+        python.next_event("received").await["message_text"],
+        json!("OK SUB 5")
+    );
+    let mut alice = authenticated(hub.local_addr(), "alice", "wonder land").await;
+    send(&mut alice, Frame::message(status(5), "hello python")).await;
+    assert_eq!(
+        python.next_event("received").await["message_text"],
+        json!("hello python")
+    );
+    python.succeeds().await;
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_a_limit_are_refused_and_the_others_untouched() {
+    let hub = start_hub(HubConfig {
+        max_connections: 3,
+        max_connections_per_ip: 2,
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    let mut first = connect(addr).await;
+    subscribe(&mut first, "5", "5").await;
+    let mut second = connect(addr).await;
+    subscribe(&mut second, "5", "5").await;
+    // A third from 127.0.0.1: over the per-address limit.
+    let mut third = hub_common::connect_raw(addr).await;
+    assert_eq!(
+        expect_err_and_close(&mut third, "the third connection").await,
+        "too many connections"
+    );
+    // From 127.0.0.2 it is welcome; then the hub is full.
+    let mut other = tokio_util::codec::Framed::new(
+        connect_from([127, 0, 0, 2], addr).await,
+        tej_hub::TejCodec::default(),
+    );
+    subscribe(&mut other, "5", "5").await;
+    let mut fourth = connect_from([127, 0, 0, 3], addr).await;
+    assert_eq!(
+        expect_err_and_close(&mut fourth, "the fourth connection").await,
+        "too many connections"
+    );
+    let frame = Frame::message(status(5), "still here");
+    send(&mut first, frame.clone()).await;
+    assert_eq!(recv(&mut second).await, frame);
+    assert_eq!(recv(&mut other).await, frame);
+    assert_eq!(
+        info(&mut first).await["hub"]["refused_connections"],
+        json!(2)
+    );
+    // A place freed is a place taken.
+    drop(second);
+    let mut again = within(PATIENCE, "a free place", async {
+        loop {
+            let mut conn = connect(addr).await;
+            if control(&mut conn, "INFO").await.starts_with("OK INFO") {
+                break conn;
+            }
+        }
+    })
+    .await;
+    subscribe(&mut again, "6", "6").await;
+    stop_hub(hub).await;
+}
+
+/// A connection to `addr` from source address `ip` (any port).
+async fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((ip, 0)))
+        .expect("bind a loopback source address");
+    within(PATIENCE, "connect", socket.connect(addr))
+        .await
+        .expect("connect to the hub")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_limit_paces_a_publisher_without_loss() {
+    const RATE: u64 = 2 * MIB as u64;
+    let hub = start_hub(HubConfig {
+        max_ingress_bytes_per_sec: RATE,
+        stall_timeout: 1,
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    let mut subscriber = connect(addr).await;
+    subscribe(&mut subscriber, "5", "5").await;
+    let mut publisher = connect(addr).await;
+    let frames: Vec<Frame> = (0..48)
+        .map(|n| Frame::message(status(5), pattern(128 * 1024, n)))
+        .collect();
+    let started = Instant::now();
+    let sending = async {
+        for frame in &frames {
+            send(&mut publisher, frame.clone()).await;
+        }
+    };
+    let receiving = async {
+        for (n, frame) in frames.iter().enumerate() {
+            assert!(recv(&mut subscriber).await == *frame, "frame {n} changed");
+        }
+    };
+    within(Duration::from_secs(20), "the paced transfer", async {
+        tokio::join!(sending, receiving)
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes: usize = frames
+        .iter()
+        .map(|frame| hub_common::encode(frame).len())
+        .sum();
+    let rate = bytes as f64 / seconds;
+    assert!(
+        (rate - RATE as f64).abs() <= RATE as f64 * 0.1,
+        "{bytes} bytes in {seconds:.2} s: {rate:.0} B/s against a limit of {RATE}"
+    );
+    // Held back for 3 s, never cut for stalling (1 s).
+    assert!(control(&mut publisher, "INFO").await.starts_with("OK INFO"));
+    stop_hub(hub).await;
+}
+
+#[test]
+fn passwd_prints_a_hash_the_hub_accepts() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(b"open sesame\n")?;
+            child.wait_with_output()
+        })
+        .expect("run tej-hub passwd");
+    assert!(output.status.success(), "{output:?}");
+    let hash = String::from_utf8(output.stdout).expect("a text hash");
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let parsed = argon2::PasswordHash::new(hash).expect("a PHC string");
+    use argon2::PasswordVerifier;
+    assert!(Argon2::default()
+        .verify_password(b"open sesame", &parsed)
+        .is_ok());
+    assert!(Argon2::default().verify_password(b"open", &parsed).is_err());
+}
+
+#[test]
+fn configurations_with_clear_passwords_or_bad_lists_are_refused_naming_the_user() {
+    let clear = HubConfig {
+        users: vec![UserConfig {
+            password: "hunter2".into(),
+            ..user("carol", "x", None, None)
+        }],
+        ..HubConfig::default()
+    };
+    let error = clear.validate().expect_err("a clear password").to_string();
+    assert!(
+        error.contains("\"carol\"") && error.contains("never a clear password"),
+        "{error}"
+    );
+    assert!(!error.contains("hunter2"), "{error}");
+    let bad_list = HubConfig {
+        users: vec![user("dave", "x", Some("5,2"), None)],
+        ..HubConfig::default()
+    };
+    let error = bad_list
+        .validate()
+        .expect_err("a reserved code")
+        .to_string();
+    assert!(
+        error.contains("\"dave\"") && error.contains("reserved code 2"),
+        "{error}"
+    );
+    let unknown_key = "[[users]]\nname = \"erin\"\npassword = \"x\"\npublsh = \"5\"\n";
+    let error = HubConfig::from_toml(unknown_key)
+        .expect_err("an unknown key")
+        .to_string();
+    assert!(error.contains("publsh"), "{error}");
+    let twice = HubConfig {
+        users: vec![
+            user("frank", "a", None, None),
+            user("frank", "b", None, None),
+        ],
+        ..HubConfig::default()
+    };
+    assert!(twice
+        .validate()
+        .expect_err("a name twice")
+        .to_string()
+        .contains("twice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failed_auths_leave_memory_and_relay_as_they_were() {
+    const ATTEMPTS: usize = 10_000;
+    let dir = std::env::temp_dir().join(format!("tej-hub-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let config = dir.join("hub.toml");
+    let toml = format!(
+        "[[users]]\nname = \"alice\"\npassword = \"{}\"\npublish = \"*\"\nsubscribe = \"*\"\n",
+        cheap_hash("wonder land")
+    );
+    std::fs::write(&config, toml).expect("write the configuration");
+    let hub = hub_common::BinHub::start(&["--config", config.to_str().expect("a UTF-8 path")]);
+    let mut subscriber = authenticated(hub.addr, "alice", "wonder land").await;
+    subscribe(&mut subscriber, "5", "5").await;
+    let mut publisher = authenticated(hub.addr, "alice", "wonder land").await;
+
+    let attack = |count: usize| {
+        futures_util::stream::iter(0..count)
+            .map(|n| async move {
+                let mut conn = connect(hub.addr).await;
+                send(
+                    &mut conn,
+                    hub_common::control_frame(&format!("AUTH alice guess{n}")),
+                )
+                .await;
+                texts_until_closed(&mut conn).await
+            })
+            .buffer_unordered(32)
+            .for_each(|texts| async move {
+                assert_eq!(texts, ["ERR auth failed"]);
+            })
+    };
+    // Warm up (the allocator's arenas, the blocking pool), then measure.
+    attack(500).await;
+    let before = hub.rss_kib();
+    let relay = async {
+        for n in 0..50u64 {
+            let frame = Frame::message(status(5), pattern(1000, n));
+            send(&mut publisher, frame.clone()).await;
+            assert!(recv(&mut subscriber).await == frame, "frame {n} changed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    within(
+        Duration::from_secs(120),
+        "the attack and the relay",
+        async { tokio::join!(attack(ATTEMPTS), relay) },
+    )
+    .await;
+    let after = hub.rss_kib();
+    eprintln!("hub RSS {before} KiB before {ATTEMPTS} failed AUTHs, {after} KiB after");
+    assert_eq!(
+        info(&mut publisher).await["hub"]["auth_failures"],
+        json!(ATTEMPTS + 500)
+    );
+    assert!(
+        after <= before + before / 10,
+        "hub RSS {before} KiB before {ATTEMPTS} failed AUTHs, {after} KiB after"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,16 +1,19 @@
-//! [`Client`]: connects to a TEJ server and runs a [`Handler`] over the connection, or hands the
-//! socket over as a `Framed` stream and sink.
+//! [`Client`]: connects to a TEJ server — over TCP, or TLS with [`Client::connect_tls`] — and runs
+//! a [`Handler`] over the connection, or hands the stream over as a `Framed` stream and sink.
 
 use std::io;
 use std::net::SocketAddr;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::TejCodec;
 use crate::connection::{Connection, ConnectionConfig, Disconnect, Driver};
 use crate::handler::Handler;
+use crate::tls::ClientTls;
 
 /// A connected TEJ client, not yet running.
 ///
@@ -33,8 +36,8 @@ use crate::handler::Handler;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Client {
-    stream: TcpStream,
+pub struct Client<S = TcpStream> {
+    stream: S,
     peer: SocketAddr,
     config: ConnectionConfig,
 }
@@ -56,8 +59,55 @@ impl Client {
         })
     }
 
+    /// Connects to `addr` and runs the TLS handshake for `server_name` (checked against the
+    /// server's certificate) with `tls`.
+    ///
+    /// # Errors
+    /// The connect error, or the handshake's.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use tej_hub::{Client, ClientTls};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = ClientTls::with_ca_file("ca.pem".as_ref())?;
+    /// let framed = Client::connect_tls("127.0.0.1:8000", "localhost", &tls).await?.into_framed();
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        server_name: &str,
+        tls: &ClientTls,
+    ) -> io::Result<Client<TlsStream<TcpStream>>> {
+        let Client {
+            stream,
+            peer,
+            config,
+        } = Client::connect(addr).await?;
+        let stream = tls.handshake(stream, server_name).await?;
+        Ok(Client {
+            stream,
+            peer,
+            config,
+        })
+    }
+}
+
+impl<S> Client<S>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    /// A client over `stream`, already connected to `peer` (e.g. through a proxy or a TLS
+    /// library of your own).
+    pub fn from_stream(stream: S, peer: SocketAddr) -> Client<S> {
+        Client {
+            stream,
+            peer,
+            config: ConnectionConfig::default(),
+        }
+    }
+
     /// Uses `config` (limits, keep-alive ping, idle timeout) for this connection.
-    pub fn with_config(mut self, config: ConnectionConfig) -> Client {
+    pub fn with_config(mut self, config: ConnectionConfig) -> Client<S> {
         self.config = config;
         self
     }
@@ -67,8 +117,8 @@ impl Client {
         self.peer
     }
 
-    /// The plain `Stream`/`Sink` of frames over this socket, with this client's limits.
-    pub fn into_framed(self) -> Framed<TcpStream, TejCodec> {
+    /// The plain `Stream`/`Sink` of frames over this stream, with this client's limits.
+    pub fn into_framed(self) -> Framed<S, TejCodec> {
         Framed::new(self.stream, TejCodec::new(self.config.limits))
     }
 

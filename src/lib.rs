@@ -8,7 +8,8 @@
 //! - [`handler`]: the [`Handler`] callbacks (`connected`, `received`, `ping_received`,
 //!   `disconnected`), the reference implementation's callback style.
 //! - [`connection`]: one connection's reader loop, single writer and [`Sender`] handle.
-//! - [`client`] and [`server`]: [`Client`] and [`Server`] over TCP.
+//! - [`client`] and [`server`]: [`Client`] and [`Server`] over TCP; [`tls`]: [`ClientTls`] for
+//!   clients of TLS servers.
 //! - [`stream`]: frames in bounded memory — [`stream::PartCodec`] decodes a frame as
 //!   [`stream::Part`]s (file data handed out as it arrives), [`stream::FileFrame`] and
 //!   [`stream::write_frame_from_files`] send files from disk without loading them.
@@ -40,6 +41,7 @@ pub mod hub;
 mod scan;
 pub mod server;
 pub mod stream;
+pub mod tls;
 
 pub use client::Client;
 pub use codec::{CodecError, FrameBuf, Limits, TejCodec, WireCodec, WireFrame};
@@ -47,3 +49,4 @@ pub use connection::{Connection, ConnectionConfig, Disconnect, SendError, Sender
 pub use frame::{File, Frame, FrameBuilder, Status, StatusOutOfRange, PROTOCOL_VERSION};
 pub use handler::Handler;
 pub use server::Server;
+pub use tls::{ClientTls, ClientTlsError, MaybeTls};

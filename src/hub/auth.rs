@@ -307,11 +307,13 @@ pub(crate) struct Access {
 }
 
 impl Access {
-    /// A new connection's access on a hub with `users` (`None`: an open hub).
-    pub(crate) fn new(users: Option<Arc<Users>>) -> Access {
-        let standing = match &users {
-            None => Standing::Anonymous(Permissions::all()),
-            Some(users) => users
+    /// A new connection's access on a hub with `users` (`None`: an open hub); `certified` when
+    /// its client certificate named the user.
+    pub(crate) fn new(users: Option<Arc<Users>>, certified: Option<Authenticated>) -> Access {
+        let standing = match (&users, certified) {
+            (_, Some(user)) => Standing::User(user),
+            (None, None) => Standing::Anonymous(Permissions::all()),
+            (Some(users), None) => users
                 .anonymous()
                 .map_or(Standing::Pending, Standing::Anonymous),
         };

@@ -16,7 +16,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
@@ -25,6 +25,7 @@ use crate::connection::ConnectionConfig;
 use crate::frame::{Frame, Status};
 use crate::hub::control::{CodeSet, CONTROL};
 use crate::stream::{FileFrame, FileSource, Part, PartCodec, StreamError};
+use crate::tls::{ClientTls, MaybeTls};
 
 /// What went wrong talking to a hub.
 ///
@@ -151,8 +152,8 @@ impl From<StreamError> for HubError {
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct HubClient {
-    framed: Framed<TcpStream, ClientCodec>,
+pub struct HubClient<S = TcpStream> {
+    framed: Framed<S, ClientCodec>,
     /// Relayed frames read while a command waited for its reply, oldest first.
     relayed: VecDeque<Frame>,
     /// The parts of a kept frame that [`HubClient::next_part`] has started to hand out.
@@ -195,10 +196,102 @@ impl HubClient {
         Ok(HubClient::from_framed(framed))
     }
 
+    /// Connects to the hub at `addr` as `options` say: TLS, and `AUTH` right after connecting.
+    ///
+    /// # Errors
+    /// [`HubError::Io`]: the connect or the TLS handshake failed; what
+    /// [`command`](Self::command) returns for the `AUTH` (a wrong password:
+    /// [`HubError::Closed`] with the hub's reason).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use tej_hub::hub::{Credentials, HubClient, HubOptions};
+    /// use tej_hub::ClientTls;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = HubOptions {
+    ///     tls: Some((ClientTls::with_ca_file("ca.pem".as_ref())?, "localhost".into())),
+    ///     credentials: Some(Credentials::new("alice", "wonder land")),
+    ///     ..HubOptions::default()
+    /// };
+    /// let mut client = HubClient::connect_with("127.0.0.1:8000", &options).await?;
+    /// client.subscribe("5").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        options: &HubOptions,
+    ) -> Result<HubClient<MaybeTls>, HubError> {
+        let config = ConnectionConfig {
+            limits: options.limits,
+            ..ConnectionConfig::default()
+        };
+        let client = crate::client::Client::connect(addr).await?;
+        let peer = client.peer_addr();
+        let tcp = client.into_framed().into_inner();
+        let stream = match &options.tls {
+            None => MaybeTls::Plain(tcp),
+            Some((tls, server_name)) => {
+                MaybeTls::Tls(Box::new(tls.handshake(tcp, server_name).await?))
+            }
+        };
+        let framed = crate::client::Client::from_stream(stream, peer)
+            .with_config(config)
+            .into_framed();
+        let mut client = HubClient::from_framed(framed);
+        if let Some(credentials) = &options.credentials {
+            client
+                .command(&format!(
+                    "AUTH {} {}",
+                    credentials.user, credentials.password
+                ))
+                .await?;
+        }
+        Ok(client)
+    }
+}
+
+/// How [`HubClient::connect_with`] reaches a hub.
+#[derive(Clone, Debug, Default)]
+pub struct HubOptions {
+    /// What the client receives and publishes at most.
+    pub limits: Limits,
+    /// TLS: whom to trust, and the name the hub's certificate must carry.
+    pub tls: Option<(ClientTls, String)>,
+    /// Who to authenticate as, right after connecting.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password for `AUTH`; `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    user: String,
+    password: String,
+}
+
+impl Credentials {
+    /// `user` with `password` (the hub takes the rest of the `AUTH` line as the password).
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// A hub client over a connection already set up, e.g. from
     /// [`Client::into_framed`](crate::Client::into_framed) with other limits. Nothing must have
     /// been sent on it that the hub still answers.
-    pub fn from_framed(framed: Framed<TcpStream, TejCodec>) -> HubClient {
+    pub fn from_framed(framed: Framed<S, TejCodec>) -> HubClient<S> {
         HubClient {
             framed: framed.map_codec(ClientCodec::new),
             relayed: VecDeque::new(),

@@ -2,7 +2,7 @@
 //! are the `serve` flags' names (`max-frame-bytes = 1048576`); flags override the file.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -73,6 +73,14 @@ pub struct HubConfig {
     /// What connections that have not authenticated may do when there are users (the
     /// `[anonymous]` table); absent, they must authenticate.
     pub anonymous: Option<PermissionsConfig>,
+    /// The listener's certificate chain (PEM); with `tls_key`, the listener is TLS-only.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    pub tls_client_ca: Option<PathBuf>,
+    /// A client certificate's subject CN is the user name (one of `users`; no `AUTH` needed).
+    pub tls_map_user: bool,
 }
 
 /// One `[[users]]` table.
@@ -131,6 +139,10 @@ impl Default for HubConfig {
             max_ingress_bytes_per_sec: 0,
             users: Vec::new(),
             anonymous: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_map_user: false,
         }
     }
 }
@@ -168,6 +180,9 @@ pub enum ConfigError {
     /// The `[anonymous]` table is unusable.
     #[error("[anonymous]: {0}")]
     Anonymous(String),
+    /// The TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::hub::tls::TlsError),
 }
 
 impl HubConfig {
@@ -226,6 +241,7 @@ impl HubConfig {
             return Err(ConfigError::Invalid("auth-timeout must be at least 1"));
         }
         crate::hub::auth::Users::from_config(self)?;
+        crate::hub::tls::TlsListener::from_config(self)?;
         Ok(())
     }
 

@@ -26,6 +26,8 @@ mod rlimit;
 mod router;
 mod session;
 mod table;
+pub mod tls;
+mod transport;
 
 use std::future::Future;
 use std::io;
@@ -40,14 +42,16 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
-use auth::Users;
-pub use client::{HubClient, HubError};
+use auth::{Authenticated, Users};
+pub use client::{Credentials, HubClient, HubError, HubOptions};
 use limits::{Admission, IpSlot, Refused};
 use registry::SessionId;
 pub use rlimit::raise_open_files_limit;
 use router::{HubCounters, OpenConnection, Router, Shutdown};
 use session::{Session, SessionContext};
 use table::SubscriptionTable;
+use tls::TlsListener;
+use transport::Transport;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -72,6 +76,9 @@ pub async fn run(
     config.validate().map_err(invalid)?;
     let users = Users::from_config(&config).map_err(invalid)?;
     let admission = Admission::new(&config);
+    let tls = TlsListener::from_config(&config)
+        .map_err(|error| invalid(ConfigError::Tls(error)))?
+        .map(Arc::new);
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let config = Arc::new(config);
@@ -106,7 +113,7 @@ pub async fn run(
                         counters: counters.clone(),
                         users: users.clone(),
                     };
-                    hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot);
+                    hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot, tls.clone());
                 }
                 Err(error) => {
                     warn!(%error, "accept failed");
@@ -160,6 +167,7 @@ fn hand_over(
     worker: &Arbiter,
     hub: SessionContext,
     slot: Option<IpSlot>,
+    tls: Option<Arc<TlsListener>>,
 ) {
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
@@ -178,10 +186,31 @@ fn hand_over(
     };
     let open = OpenConnection::new(hub.counters.clone(), slot);
     worker.spawn(async move {
-        match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => Session::start(id, stream, peer, hub, open),
-            Err(error) => warn!(%peer, %error, "cannot register connection"),
-        }
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => return warn!(%peer, %error, "cannot register connection"),
+        };
+        let Some(tls) = tls else {
+            return Session::start(id, Transport::Tcp(stream), peer, hub, None, open);
+        };
+        let (transport, certified) = match tls.accept(stream, hub.config.auth_timeout()).await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                hub.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                return warn!(%peer, %error, "TLS connection refused");
+            }
+        };
+        let user = match certified {
+            None => None,
+            Some(name) => match hub.users.as_ref().and_then(|users| users.permissions(&name)) {
+                Some(permissions) => Some(Authenticated {
+                    user: name,
+                    permissions,
+                }),
+                None => return warn!(%peer, user = %control::clip(&name), "client certificate names no user"),
+            },
+        };
+        Session::start(id, transport, peer, hub, user, open);
     });
 }
 

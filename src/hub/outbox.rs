@@ -18,15 +18,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use actix::Recipient;
 use bytes::{Buf, Bytes};
-use socket2::SockRef;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +34,7 @@ use crate::hub::flow::{Backlog, Gate};
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection};
+use crate::hub::transport::WriteHalf;
 
 /// Largest batch of queued bytes handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -123,7 +121,7 @@ enum Flush {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     id: SessionId,
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     wire: Mutex<Wire>,
     /// Wakes the writer when the queue gets bytes or the outbox closes.
     wake: Notify,
@@ -144,7 +142,7 @@ impl Outbox {
     /// current arbiter. `open` is dropped, and so counted closed, when the writer ends.
     pub(crate) fn start(
         id: SessionId,
-        socket: OwnedWriteHalf,
+        socket: WriteHalf,
         policy: SlowPolicy,
         backlog: Arc<Backlog>,
         kick: Recipient<Kick>,
@@ -609,7 +607,7 @@ async fn write_loop(outbox: Arc<Outbox>, open: OpenConnection) {
     }
     outbox.finish();
     // The peer sees the end of the stream now, whoever still holds the outbox.
-    let _ = SockRef::from(outbox.socket.as_ref()).shutdown(Shutdown::Write);
+    let _ = outbox.socket.shutdown();
     drop(open);
     outbox.done.cancel();
 }

@@ -114,6 +114,8 @@ pub(crate) struct HubCounters {
     pub auth_failures: AtomicU64,
     /// Connections refused by `max-connections` or `max-connections-per-ip`.
     pub refused_connections: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: AtomicU64,
 }
 
 /// Counts one open connection in [`HubCounters`] (and in its address's count, under a per-address

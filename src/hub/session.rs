@@ -19,15 +19,13 @@ use actix::{
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use crate::codec::{CodecError, Limits, TejCodec};
 use crate::frame::{Frame, Status};
-use crate::hub::auth::{Access, Users};
+use crate::hub::auth::{Access, Authenticated, Users};
 use crate::hub::config::HubConfig;
 use crate::hub::control::{self, Command, Password, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};
@@ -42,6 +40,7 @@ use crate::hub::router::{
     Unsubscribe,
 };
 use crate::hub::table::SubscriptionTable;
+use crate::hub::transport::{ReadHalf, Transport};
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -85,7 +84,7 @@ impl ReadActivity {
 /// The session's stream of pieces: a `FramedRead` behind the session's read gate, recording read
 /// activity after each poll.
 struct PieceStream {
-    pieces: FramedRead<OwnedReadHalf, RelayCodec>,
+    pieces: FramedRead<ReadHalf, RelayCodec>,
     gate: Arc<Gate>,
     activity: Rc<ReadActivity>,
     /// Armed when reading pauses between frames with a large read buffer: when it fires there,
@@ -96,7 +95,7 @@ struct PieceStream {
 }
 
 /// Gives the read buffer back if the connection is between frames with nothing buffered.
-fn release_if_idle(pieces: &mut FramedRead<OwnedReadHalf, RelayCodec>) {
+fn release_if_idle(pieces: &mut FramedRead<ReadHalf, RelayCodec>) {
     if !pieces.decoder().is_mid_frame(pieces.read_buffer().len()) {
         *pieces.read_buffer_mut() = BytesMut::new();
     }
@@ -126,8 +125,7 @@ impl Stream for PieceStream {
         if this.pieces.read_buffer().capacity() == 0 {
             // No buffer: take a small one when there are bytes (or the end) to read; the relay
             // codec grows it while data flows, up to a chunk while streaming.
-            let socket: &TcpStream = this.pieces.get_ref().as_ref();
-            if socket.poll_read_ready(cx).is_pending() {
+            if this.pieces.get_ref().poll_read_ready(cx).is_pending() {
                 return Poll::Pending;
             }
             this.pieces.read_buffer_mut().reserve(SMALL_BUFFER);
@@ -252,9 +250,10 @@ impl Session {
     /// Starts a session for `stream` on the current arbiter.
     pub(crate) fn start(
         id: SessionId,
-        stream: TcpStream,
+        stream: Transport,
         peer: SocketAddr,
         hub: SessionContext,
+        certified: Option<Authenticated>,
         open: OpenConnection,
     ) {
         let SessionContext {
@@ -288,7 +287,7 @@ impl Session {
                 counters.clone(),
                 open,
             );
-            let access = Access::new(users);
+            let access = Access::new(users, certified);
             let auth_deadline = Instant::now() + config.auth_timeout();
             let allowed = access.permissions().unwrap_or_default().publish;
             let publisher = Publisher::new(id, gate.clone(), table, counters.clone(), allowed);
@@ -541,6 +540,7 @@ impl Session {
                 "denied_frames": hub.denied_frames.load(Ordering::Relaxed),
                 "auth_failures": hub.auth_failures.load(Ordering::Relaxed),
                 "refused_connections": hub.refused_connections.load(Ordering::Relaxed),
+                "tls_failures": hub.tls_failures.load(Ordering::Relaxed),
             },
         })
         .to_string()

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tej_hub::hub::{HubClient, HubError};
+use tej_hub::hub::{Credentials, HubClient, HubError, HubOptions};
 use tej_hub::stream::{FileFrame, FileSource, Part};
+use tej_hub::{ClientTls, MaybeTls};
 use tej_hub::{Limits, Status};
 
 use crate::Failure;
@@ -55,6 +56,70 @@ pub(crate) struct Pub {
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
+    #[command(flatten)]
+    access: Access,
+}
+
+/// How `pub` and `sub` reach a secured hub.
+#[derive(Args)]
+pub(crate) struct Access {
+    /// Connect with TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name the hub's certificate must carry [default: the host part of --hub].
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+    /// Authenticate as NAME; the password comes from --password-file or the TEJ_PASSWORD
+    /// environment variable (never a flag, so it does not show in `ps`).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Read the password for --user from the first line of FILE.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    password_file: Option<PathBuf>,
+}
+
+impl Access {
+    /// The connection options these flags describe.
+    fn options(&self, hub: &str) -> Result<HubOptions, Failure> {
+        let tls = match &self.tls_ca {
+            None => None,
+            Some(ca) => {
+                let tls = ClientTls::with_ca_file(ca)
+                    .map_err(|error| Failure::Failed(format!("--tls-ca: {error}")))?;
+                let name = self.tls_server_name.clone().unwrap_or_else(|| host_of(hub));
+                Some((tls, name))
+            }
+        };
+        let credentials = match &self.user {
+            None => None,
+            Some(user) => Some(Credentials::new(user, self.password()?)),
+        };
+        Ok(HubOptions {
+            limits: CLI_LIMITS,
+            tls,
+            credentials,
+        })
+    }
+
+    fn password(&self) -> Result<String, Failure> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                Failure::Failed(format!("--password-file {}: {error}", path.display()))
+            })?;
+            return Ok(text.lines().next().unwrap_or_default().to_owned());
+        }
+        std::env::var("TEJ_PASSWORD").map_err(|_| {
+            Failure::Usage("--user needs a password: --password-file FILE or TEJ_PASSWORD".into())
+        })
+    }
+}
+
+/// The host part of `host:port` (`[::1]:8000` gives `::1`).
+fn host_of(hub: &str) -> String {
+    let host = hub.rsplit_once(':').map_or(hub, |(host, _)| host);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 /// `sub` flags.
@@ -73,6 +138,8 @@ pub(crate) struct Sub {
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
+    #[command(flatten)]
+    access: Access,
 }
 
 /// A status `pub` may send: 0..=126 except 2.
@@ -91,8 +158,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|error| Failure::Failed(format!("cannot start the runtime: {error}")))
 }
 
-async fn connect(hub: &str) -> Result<HubClient, Failure> {
-    let connecting = HubClient::connect_with_limits(hub, CLI_LIMITS);
+async fn connect(hub: &str, access: &Access) -> Result<HubClient<MaybeTls>, Failure> {
+    let options = access.options(hub)?;
+    let connecting = HubClient::connect_with(hub, &options);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(Failure::Failed(format!("cannot connect to {hub}: {error}"))),
@@ -115,7 +183,7 @@ pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
         frame
             .check(&CLI_LIMITS)
             .map_err(|error| Failure::Failed(format!("cannot publish: {error}")))?;
-        let mut client = connect(&args.hub).await?;
+        let mut client = connect(&args.hub, &args.access).await?;
         let bar = if frame.file_count() > 0 {
             progress_bar(frame.encoded_len(), "sending")
         } else {
@@ -196,7 +264,7 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
         })?;
     }
     runtime()?.block_on(async {
-        let mut client = connect(&args.hub).await?;
+        let mut client = connect(&args.hub, &args.access).await?;
         let codes = args.codes.join(" ");
         let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, client.subscribe(&codes)).await
         {

@@ -68,6 +68,18 @@ pub(crate) struct Serve {
     /// off [default: 0].
     #[arg(long)]
     max_ingress_bytes_per_sec: Option<u64>,
+    /// Serve TLS only, with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// A client certificate's subject CN is the user name (one of the config's users; no AUTH).
+    #[arg(long)]
+    tls_map_user: bool,
 }
 
 impl Serve {
@@ -100,6 +112,16 @@ impl Serve {
             max_connections_per_ip,
             max_ingress_bytes_per_sec
         );
+        for (flag, setting) in [
+            (&self.tls_cert, &mut config.tls_cert),
+            (&self.tls_key, &mut config.tls_key),
+            (&self.tls_client_ca, &mut config.tls_client_ca),
+        ] {
+            if flag.is_some() {
+                setting.clone_from(flag);
+            }
+        }
+        config.tls_map_user |= self.tls_map_user;
         config.validate()?;
         Ok(config)
     }

@@ -1,0 +1,408 @@
+//! The hub over TLS (rustls), with certificates made by the test (rcgen): relay through a TLS hub
+//! with the library client and with Python's `ssl` around the reference client, client
+//! certificates mapped to users, a plain-text client on the TLS port, and client certificates
+//! that are expired or signed by another CA. All on 127.0.0.1.
+
+#[path = "common/hub.rs"]
+mod hub_common;
+#[path = "common/python.rs"]
+mod python;
+
+use std::path::{Path, PathBuf};
+
+use futures_util::SinkExt;
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+};
+use serde_json::json;
+use tej_hub::hub::config::{HubConfig, UserConfig};
+use tej_hub::hub::{HubClient, HubOptions};
+use tej_hub::{Client, ClientTls, Frame};
+use tokio::io::AsyncWriteExt;
+
+use hub_common::{pattern, start_hub, status, stop_hub, test_config, within, MIB, PATIENCE};
+use python::PyPeer;
+
+/// A directory of PEM files for one test, removed when dropped.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA, a server certificate for `localhost` and 127.0.0.1, client certificates for alice
+    /// (valid and expired), and one for alice signed by another CA.
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("tej-hub-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let pki = Pki { dir };
+        let ca = pki.ca("ca", "tej-hub test CA");
+        pki.leaf(
+            &ca,
+            "server",
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            false,
+        );
+        pki.leaf(&ca, "alice", "alice", &[], false);
+        pki.leaf(&ca, "mallory", "mallory", &[], false);
+        pki.leaf(&ca, "alice-expired", "alice", &[], true);
+        let other = pki.ca("other-ca", "another CA");
+        pki.leaf(&other, "alice-other", "alice", &[], false);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn ca(&self, file: &str, name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a CA key");
+        let ca = CertifiedIssuer::self_signed(params, key).expect("a CA certificate");
+        std::fs::write(self.path(&format!("{file}.pem")), ca.pem()).expect("write the CA");
+        ca
+    }
+
+    fn leaf(
+        &self,
+        ca: &CertifiedIssuer<'static, KeyPair>,
+        file: &str,
+        common_name: &str,
+        names: &[&str],
+        expired: bool,
+    ) {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("certificate parameters");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if expired {
+            params.not_before = date_time_ymd(2020, 1, 1);
+            params.not_after = date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, ca).expect("a signed certificate");
+        std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).expect("write a cert");
+        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem())
+            .expect("write a key");
+    }
+
+    fn client(&self, identity: Option<&str>) -> ClientTls {
+        let ca = self.path("ca.pem");
+        match identity {
+            None => ClientTls::with_ca_file(&ca),
+            Some(name) => ClientTls::with_client_cert(
+                &ca,
+                &self.path(&format!("{name}.pem")),
+                &self.path(&format!("{name}.key")),
+            ),
+        }
+        .expect("client TLS settings")
+    }
+
+    fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            tls_cert: Some(self.path("server.pem")),
+            tls_key: Some(self.path("server.key")),
+            ..test_config()
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn options(tls: ClientTls) -> HubOptions {
+    HubOptions {
+        tls: Some((tls, "localhost".into())),
+        limits: tej_hub::Limits::frame_only(128 * MIB as u64),
+        ..HubOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cross_a_tls_hub_byte_for_byte() {
+    let pki = Pki::new("relay");
+    let hub = start_hub(pki.hub_config());
+    let addr = hub.local_addr();
+    let mut subscriber = HubClient::connect_with(addr, &options(pki.client(None)))
+        .await
+        .expect("a TLS subscriber");
+    subscriber.subscribe("5").await.expect("SUB 5");
+    // The plain library client, over TLS.
+    let mut publisher = Client::connect_tls(addr, "localhost", &pki.client(None))
+        .await
+        .expect("a TLS publisher")
+        .into_framed();
+    let small = Frame::builder(status(5))
+        .file("a.txt", pattern(1000, 1))
+        .message("over tls")
+        .build();
+    // Larger than the cut-through size: streamed through the bridge.
+    let large = Frame::message(status(5), pattern(20 * MIB, 2));
+    for frame in [small, large] {
+        within(PATIENCE, "a publication", publisher.send(frame.clone()))
+            .await
+            .expect("publish over TLS");
+        let got = within(PATIENCE, "a relayed frame", subscriber.next_frame())
+            .await
+            .expect("read over TLS")
+            .expect("a frame");
+        assert!(
+            got == frame,
+            "a frame changed on its way through the TLS hub"
+        );
+    }
+    let info = subscriber.info().await.expect("INFO over TLS");
+    assert_eq!(info["hub"]["tls_failures"], json!(0));
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_client_on_the_tls_port_is_closed_and_nobody_else_notices() {
+    let pki = Pki::new("plain");
+    let hub = start_hub(pki.hub_config());
+    let addr = hub.local_addr();
+    let mut subscriber = HubClient::connect_with(addr, &options(pki.client(None)))
+        .await
+        .expect("a TLS subscriber");
+    subscriber.subscribe("5").await.expect("SUB 5");
+    let mut plain = hub_common::connect_raw(addr).await;
+    plain
+        .write_all(&hub_common::encode(&hub_common::control_frame("SUB 5")))
+        .await
+        .expect("write plain TEJ");
+    let answered = hub_common::read_until_closed(&mut plain).await;
+    assert!(
+        !answered.windows(6).any(|w| w == b"OK SUB"),
+        "a plain client got a TEJ answer"
+    );
+    // A client that trusts another CA fails its own handshake.
+    let stranger = ClientTls::with_ca_file(&pki.path("other-ca.pem")).expect("TLS settings");
+    assert!(HubClient::connect_with(addr, &options(stranger))
+        .await
+        .is_err());
+    let mut publisher = HubClient::connect_with(addr, &options(pki.client(None)))
+        .await
+        .expect("a TLS publisher");
+    let frame = Frame::message(status(5), "still relaying");
+    publisher.publish(frame.clone()).await.expect("publish");
+    assert_eq!(subscriber.next_frame().await.expect("read"), Some(frame));
+    let failures = subscriber.info().await.expect("INFO")["hub"]["tls_failures"].clone();
+    assert!(failures.as_u64() >= Some(2), "tls_failures {failures}");
+    stop_hub(hub).await;
+}
+
+fn mutual(pki: &Pki) -> HubConfig {
+    let hash = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(256, 1, 1, None).expect("argon2 parameters");
+        let argon2 =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"tej-hub test salt").expect("a salt");
+        argon2
+            .hash_password(b"unused", &salt)
+            .expect("a hash")
+            .to_string()
+    };
+    HubConfig {
+        tls_client_ca: Some(pki.path("ca.pem")),
+        tls_map_user: true,
+        users: vec![UserConfig {
+            name: "alice".into(),
+            password: hash,
+            publish: Some("5".into()),
+            subscribe: Some("5".into()),
+        }],
+        ..pki.hub_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_name_the_user() {
+    let pki = Pki::new("mtls");
+    let hub = start_hub(mutual(&pki));
+    let addr = hub.local_addr();
+    let mut alice = HubClient::connect_with(addr, &options(pki.client(Some("alice"))))
+        .await
+        .expect("alice with her certificate");
+    let info = alice.info().await.expect("INFO without AUTH");
+    assert_eq!(info["user"], json!("alice"));
+    assert_eq!(alice.subscribe("5").await.expect("SUB 5").to_string(), "5");
+    assert!(
+        alice.subscribe("6").await.is_err(),
+        "alice may not subscribe to 6"
+    );
+    // Certificates that must not get in: expired, from another CA, none at all, and one whose CN
+    // names nobody.
+    for identity in [
+        Some("alice-expired"),
+        Some("alice-other"),
+        None,
+        Some("mallory"),
+    ] {
+        let refused = async {
+            let mut client = HubClient::connect_with(addr, &options(pki.client(identity))).await?;
+            client.info().await
+        };
+        let outcome = within(PATIENCE, "a refused client", refused).await;
+        assert!(outcome.is_err(), "{identity:?} got in: {outcome:?}");
+    }
+    let info = alice.info().await.expect("alice is untouched");
+    assert!(info["hub"]["tls_failures"].as_u64() >= Some(3), "{info}");
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_reference_relays_through_a_tls_hub_inside_ssl() {
+    let pki = Pki::new("python");
+    let hub = start_hub(pki.hub_config());
+    let addr = hub.local_addr();
+    let ca = pki.path("ca.pem");
+    let spec = json!([{"status": 127, "files": [], "message": {"text": "SUB 5"}}]).to_string();
+    let mut python = PyPeer::client(
+        addr.port(),
+        &[
+            "--spec",
+            &spec,
+            "--expect",
+            "2",
+            "--ignore-pings",
+            "--wait",
+            "30",
+            "--tls-ca",
+            ca.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert_eq!(
+        python.next_event("received").await["message_text"],
+        json!("OK SUB 5")
+    );
+    let mut publisher = HubClient::connect_with(addr, &options(pki.client(None)))
+        .await
+        .expect("a TLS publisher");
+    let frame = Frame::builder(status(5))
+        .file("from-rust.bin", pattern(300_000, 5))
+        .message("to python over tls")
+        .build();
+    publisher.publish(frame.clone()).await.expect("publish");
+    let received = python.next_event("received").await;
+    assert_eq!(python::digest_of_record(&received), python::digest(&frame));
+    python.succeeds().await;
+    stop_hub(hub).await;
+}
+
+/// Writes `text` to `path`.
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write a file");
+}
+
+#[test]
+fn pub_and_sub_take_tls_and_credentials_from_flags_files_and_the_environment() {
+    let pki = Pki::new("cli");
+    let hash = {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+            .arg("passwd")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin is piped")
+                    .write_all(b"cli secret\n")?;
+                child.wait_with_output()
+            })
+            .expect("run tej-hub passwd");
+        String::from_utf8(output.stdout)
+            .expect("a text hash")
+            .trim()
+            .to_owned()
+    };
+    let config = pki.path("hub.toml");
+    write(
+        &config,
+        &format!(
+            "tls-cert = {:?}\ntls-key = {:?}\n[[users]]\nname = \"carol\"\npassword = \"{hash}\"\npublish = \"*\"\nsubscribe = \"*\"\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+        ),
+    );
+    let hub = hub_common::BinHub::start(&["--config", config.to_str().expect("a UTF-8 path")]);
+    let password_file = pki.path("password");
+    write(&password_file, "cli secret\n");
+    let hub_addr = format!("localhost:{}", hub.addr.port());
+    let ca = pki.path("ca.pem");
+    let sub = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        .args([
+            "sub", "9", "--count", "1", "--hub", &hub_addr, "--user", "carol",
+        ])
+        .arg("--tls-ca")
+        .arg(&ca)
+        .arg("--password-file")
+        .arg(&password_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tej-hub sub");
+    // Publish until the subscriber, which may still be connecting, has its frame.
+    let mut sub = sub;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while sub.try_wait().expect("poll tej-hub sub").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sub got nothing in time"
+        );
+        let published = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+            .args([
+                "pub",
+                "9",
+                "--message",
+                "over tls",
+                "--hub",
+                &hub_addr,
+                "--user",
+                "carol",
+            ])
+            .arg("--tls-ca")
+            .arg(&ca)
+            .env("TEJ_PASSWORD", "cli secret")
+            .output()
+            .expect("run tej-hub pub");
+        assert!(published.status.success(), "pub failed: {published:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let output = sub.wait_with_output().expect("sub's output");
+    assert!(output.status.success(), "sub failed: {output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("over tls"), "sub printed {printed:?}");
+    // A wrong password is refused with the hub's reason.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        .args([
+            "pub",
+            "9",
+            "--message",
+            "x",
+            "--hub",
+            &hub_addr,
+            "--user",
+            "carol",
+        ])
+        .arg("--tls-ca")
+        .arg(&ca)
+        .env("TEJ_PASSWORD", "wrong")
+        .output()
+        .expect("run tej-hub pub");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("auth failed"),
+        "{refused:?}"
+    );
+}

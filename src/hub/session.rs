@@ -26,8 +26,8 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use crate::codec::{CodecError, Limits, TejCodec};
-use crate::hub::config::HubConfig;
 use crate::frame::{Frame, Status};
+use crate::hub::config::HubConfig;
 use crate::hub::control::{self, Command, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};
 use crate::hub::idle::{IdleTimer, SMALL_BUFFER};

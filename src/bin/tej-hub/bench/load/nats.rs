@@ -178,7 +178,11 @@ impl NatsTarget {
             .event_callback(move |event| {
                 let events = events.clone();
                 async move {
-                    if matches!(event, async_nats::Event::Connected) {
+                    // Connecting, and closing at the end of the run, are the bench's own doing.
+                    if matches!(
+                        event,
+                        async_nats::Event::Connected | async_nats::Event::Closed
+                    ) {
                         return;
                     }
                     if let Ok(mut events) = events.lock() {

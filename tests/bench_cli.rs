@@ -1,6 +1,6 @@
 //! `tej-hub bench throughput` and `bench latency` end to end, on an embedded hub and through the
-//! forwarder (`--yardstick`): the JSON report has every key, and nothing was lost or reordered.
-//! No timing is asserted: the figures only have to exist.
+//! forwarder (`--yardstick`), and on a spawned hub and NATS (`--nats`): the JSON report has every
+//! key, and nothing was lost or reordered. No timing is asserted: the figures only have to exist.
 
 #[path = "common/bench.rs"]
 mod bench_common;
@@ -117,5 +117,45 @@ fn latency_on_an_embedded_hub_and_the_forwarder() {
     }
     for key in ["latency_p99", "latency_p50", "frames_per_s"] {
         assert!(report["ratio"][key].as_f64().is_some(), "{key}: {report}");
+    }
+}
+
+/// `--nats`: the same load through a `nats-server` the bench spawns (scripts/test installs the
+/// Debian package), reported beside the hub's with its ratios. Skipped, loudly, where
+/// `nats-server` is not installed, but never under CI (`CI` set), which must have it.
+#[test]
+fn latency_on_a_spawned_hub_and_nats() {
+    let installed = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed; scripts/test installs it"
+        );
+        eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
+        return;
+    }
+    let args = ["latency", "--nats", "--seconds", "1", "--rate", "1000"];
+    let report = bench_json(&args, 200, PATIENCE);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["measured"]["forwarder"], Value::Null, "{report}");
+    assert_eq!(report["nats"]["origin"], "spawned", "{report}");
+    assert!(report["nats"]["addr"]
+        .as_str()
+        .is_some_and(|addr| addr.starts_with("127.0.0.1:")));
+    for side in ["hub", "nats"] {
+        check_figures(&report, side, 1000);
+        assert_eq!(
+            report["measured"][side]["latency_us"]["samples"], 1000,
+            "{report}"
+        );
+    }
+    for key in ["latency_p99", "latency_p50", "frames_per_s"] {
+        assert!(
+            report["ratio_nats"][key].as_f64().is_some(),
+            "{key}: {report}"
+        );
     }
 }

@@ -187,6 +187,23 @@ async fn confirm_sub(client: &mut HubClient, code: Status, limit: Instant) -> Re
     }
 }
 
+/// Descriptors a bench process needs besides its connections (pipes, runtime, spare sockets).
+const SPARE_FILES: u64 = 64;
+
+/// Raises this process's open-files limit (children started afterwards inherit it); fails when it
+/// cannot hold `count` connections. Returns the soft limit.
+fn enough_open_files(count: u64) -> Result<u64, Failure> {
+    let (soft, hard) = tej_hub::hub::raise_open_files_limit()
+        .map_err(|error| Failure::Failed(format!("cannot raise the open files limit: {error}")))?;
+    let needed = count + SPARE_FILES;
+    if soft < needed {
+        return Err(Failure::Failed(format!(
+            "{count} connections need {needed} open files; the limit is {soft} (hard {hard})"
+        )));
+    }
+    Ok(soft)
+}
+
 /// A whole number from 1 to `max`, for a count or a number of seconds.
 fn one_to(max: u64) -> RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=max)

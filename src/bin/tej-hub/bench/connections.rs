@@ -22,13 +22,13 @@ use tokio::task::JoinSet;
 
 use super::big_file::publishable_status;
 use super::hub::{status_kib, HubChoice, HubInfo, RunningHub};
-use super::{before, confirm_sub, human_bytes, limit, measure_on, one_to, Common, KIB};
+use super::{
+    before, confirm_sub, enough_open_files, human_bytes, limit, measure_on, one_to, Common, KIB,
+};
 use crate::Failure;
 
 /// Most connections.
 const MAX_CONNECTIONS: u64 = 100_000;
-/// Descriptors this process needs besides its connections (publisher, pipes, runtime).
-const SPARE_FILES: u64 = 64;
 /// How long the hub is left alone after it starts, and the receivers before the publication.
 const SETTLE: Duration = Duration::from_millis(500);
 /// How long the connections stay idle before the hub's memory is read: the hub gives an idle
@@ -101,20 +101,6 @@ pub(crate) fn run(args: &Connections) -> Result<(), Failure> {
                 .map_or_else(String::new, |error| format!("; first failure: {error}"))
         )))
     }
-}
-
-/// Raises this process's open-files limit; fails when it cannot hold `count` connections.
-/// Returns the soft limit.
-fn enough_open_files(count: u64) -> Result<u64, Failure> {
-    let (soft, hard) = tej_hub::hub::raise_open_files_limit()
-        .map_err(|error| Failure::Failed(format!("cannot raise the open files limit: {error}")))?;
-    let needed = count + SPARE_FILES;
-    if soft < needed {
-        return Err(Failure::Failed(format!(
-            "{count} connections need {needed} open files; the limit is {soft} (hard {hard})"
-        )));
-    }
-    Ok(soft)
 }
 
 /// What one run measured.

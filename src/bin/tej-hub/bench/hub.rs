@@ -1,10 +1,11 @@
 //! The hub a workload measures: which one the flags name ([`HubChoice`]), that hub started or
 //! found ([`RunningHub`]: in this process, a `tej-hub serve` child started from this very binary
-//! ([`HubProcess`]), or someone else's), where it is ([`HubInfo`]), and the sampling of a hub's
-//! memory from `/proc/PID/status` ([`RssSampler`]).
+//! ([`ServerProcess`], which also runs `nats-server` for the NATS yardstick), or someone
+//! else's), where it is ([`HubInfo`]), and the sampling of a hub's memory from
+//! `/proc/PID/status` ([`RssSampler`]).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -17,7 +18,7 @@ use tej_hub::hub::HubHandle;
 use super::Common;
 use crate::Failure;
 
-/// How long the child may take to print its address.
+/// How long a server child may take to announce its address.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many of the child's last log lines are kept to explain a failure.
 const KEPT_LOG_LINES: usize = 20;
@@ -114,7 +115,7 @@ pub(super) enum RunningHub {
     /// In this process, on a thread of its own.
     Embedded(HubHandle),
     /// A child process.
-    Spawned(HubProcess),
+    Spawned(ServerProcess),
     /// Someone else's.
     Given(SocketAddr, Option<u32>),
 }
@@ -139,7 +140,7 @@ impl RunningHub {
                     .map_err(|error| Failure::Failed(format!("cannot start the hub: {error}")))
             }
             HubChoice::Spawned(extra) => {
-                HubProcess::start(extra, deadline).map(RunningHub::Spawned)
+                ServerProcess::hub(extra, deadline).map(RunningHub::Spawned)
             }
             HubChoice::Given(addr, pid) => Ok(RunningHub::Given(*addr, *pid)),
         }
@@ -187,36 +188,85 @@ impl RunningHub {
     }
 }
 
-/// A `tej-hub serve --listen 127.0.0.1:0` child process; killed when dropped.
-pub(super) struct HubProcess {
+/// Which output of a [`ServerProcess`] announces its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Announces {
+    /// Its first line on stdout (`tej-hub listening on ADDR`).
+    Stdout,
+    /// One of its first [`ANNOUNCE_LINES`] log lines on stderr (`nats-server`'s `Listening for
+    /// client connections on ADDR`).
+    Stderr,
+}
+
+/// How many log lines a server may print before the one with its address.
+const ANNOUNCE_LINES: usize = 100;
+
+/// A server child process (the hub, or `nats-server` for the NATS yardstick) and the address it
+/// announced; killed when dropped.
+pub(super) struct ServerProcess {
     child: Child,
-    /// Where it listens, from its `tej-hub listening on ADDR` line.
+    /// What it is, for messages: `the hub`, `nats-server`.
+    name: &'static str,
+    /// Where it listens, from its announcement.
     addr: SocketAddr,
-    /// Its last log lines (stderr), oldest first.
+    /// Its last log lines (stderr, and stdout but for an announcement there), oldest first.
     logs: Arc<Mutex<VecDeque<String>>>,
 }
 
-impl HubProcess {
-    /// Starts `<this binary> serve --listen 127.0.0.1:0 <extra>` and waits (at most
-    /// [`START_TIMEOUT`], and not past `deadline`) for the line that gives its address.
-    pub(super) fn start(extra: &[String], deadline: Instant) -> Result<HubProcess, Failure> {
-        let exe = std::env::current_exe()
-            .map_err(|error| Failure::Failed(format!("cannot find this program: {error}")))?;
-        let mut child = Command::new(&exe)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
+impl ServerProcess {
+    /// Starts `command` with its output piped and waits (at most [`START_TIMEOUT`], and not past
+    /// `deadline`) for the line `announces` names to give its address (`address` reads it off a
+    /// line). `name` says what it is in messages.
+    pub(super) fn start(
+        mut command: Command,
+        name: &'static str,
+        announces: Announces,
+        address: fn(&str) -> Option<SocketAddr>,
+        deadline: Instant,
+    ) -> Result<ServerProcess, Failure> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|error| {
-                Failure::Failed(format!("cannot start {} serve: {error}", exe.display()))
+                let program = command.get_program().to_string_lossy().into_owned();
+                Failure::Failed(match error.kind() {
+                    std::io::ErrorKind::NotFound => format!("{program} is not installed"),
+                    _ => format!("cannot start {program}: {error}"),
+                })
             })?;
         let logs = Arc::new(Mutex::new(VecDeque::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let sink = logs.clone();
+        let (lines, announced) = mpsc::channel();
+        // Both outputs are drained until the child closes them, so it never writes to a full or
+        // closed pipe.
+        let outputs: [(Option<Box<dyn Read + Send>>, bool); 2] = [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|out| Box::new(out) as Box<dyn Read + Send>),
+                announces == Announces::Stdout,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|err| Box::new(err) as Box<dyn Read + Send>),
+                announces == Announces::Stderr,
+            ),
+        ];
+        for (output, announcing) in outputs {
+            let Some(output) = output else { continue };
+            let (sink, lines) = (logs.clone(), lines.clone());
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in BufReader::new(output).lines().map_while(Result::ok) {
+                    if announcing {
+                        let _ = lines.send(line.clone());
+                    }
+                    if announces == Announces::Stdout && announcing {
+                        continue;
+                    }
                     if let Ok(mut logs) = sink.lock() {
                         if logs.len() == KEPT_LOG_LINES {
                             logs.pop_front();
@@ -226,54 +276,76 @@ impl HubProcess {
                 }
             });
         }
-        let (lines, first) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
-            // Keeps draining stdout after the first line so the hub never writes to a closed pipe.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let _ = lines.send(line);
-                }
-            });
-        }
-        let mut hub = HubProcess {
+        drop(lines);
+        let mut server = ServerProcess {
             child,
+            name,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
         };
-        let wait = START_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        let line = match first.recv_timeout(wait) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                return Err(Failure::Failed(format!(
-                    "the hub printed no address within {}s{}",
-                    wait.as_secs(),
-                    hub.explain()
-                )))
+        let limit = deadline.min(Instant::now() + START_TIMEOUT);
+        let most = match announces {
+            Announces::Stdout => 1,
+            Announces::Stderr => ANNOUNCE_LINES,
+        };
+        for _ in 0..most {
+            let line = match announced.recv_timeout(limit.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(Failure::Failed(format!(
+                        "{name} gave no address within {}s{}",
+                        START_TIMEOUT.as_secs(),
+                        server.explain()
+                    )))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Its output closed: it has exited or is about to; give it a moment to be
+                    // reaped.
+                    let _ = server.wait_exit(Duration::from_secs(1));
+                    return Err(Failure::Failed(format!(
+                        "{name} closed its output without giving its address{}",
+                        server.explain()
+                    )));
+                }
+            };
+            if let Some(addr) = address(&line) {
+                server.addr = addr;
+                return Ok(server);
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // Its stdout closed: it has exited or is about to; give it a moment to be reaped.
-                let _ = hub.wait_exit(Duration::from_secs(1));
+            if announces == Announces::Stdout {
                 return Err(Failure::Failed(format!(
-                    "the hub closed its output without printing its address{}",
-                    hub.explain()
+                    "unexpected first line from {name}: {line:?}"
                 )));
             }
-        };
-        hub.addr = line
-            .strip_prefix("tej-hub listening on ")
-            .and_then(|addr| addr.trim().parse().ok())
-            .ok_or_else(|| {
-                Failure::Failed(format!("unexpected first line from the hub: {line:?}"))
-            })?;
-        Ok(hub)
+        }
+        Err(Failure::Failed(format!(
+            "{name} gave no address in its first {most} lines{}",
+            server.explain()
+        )))
     }
 
-    /// Where the hub listens.
+    /// `<this binary> serve --listen 127.0.0.1:0 <extra>`, as [`start`](Self::start)ed.
+    pub(super) fn hub(extra: &[String], deadline: Instant) -> Result<ServerProcess, Failure> {
+        let exe = std::env::current_exe()
+            .map_err(|error| Failure::Failed(format!("cannot find this program: {error}")))?;
+        let mut command = Command::new(exe);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra);
+        let address = |line: &str| {
+            line.strip_prefix("tej-hub listening on ")
+                .and_then(|addr| addr.trim().parse().ok())
+        };
+        ServerProcess::start(command, "the hub", Announces::Stdout, address, deadline)
+    }
+
+    /// Where the server listens.
     pub(super) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The hub's process id.
+    /// The server's process id.
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -297,7 +369,7 @@ impl HubProcess {
     pub(super) fn explain(&mut self) -> String {
         let mut text = String::new();
         if let Ok(Some(status)) = self.child.try_wait() {
-            text.push_str(&format!("; the hub exited ({status})"));
+            text.push_str(&format!("; {} exited ({status})", self.name));
         }
         if let Ok(logs) = self.logs.lock() {
             if !logs.is_empty() {
@@ -312,7 +384,7 @@ impl HubProcess {
     }
 }
 
-impl Drop for HubProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

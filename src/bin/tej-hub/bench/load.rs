@@ -1,18 +1,21 @@
 //! `tej-hub bench throughput`, `bench latency` and `bench matrix`: many small or large messages
 //! from P publishers to S subscribers through a hub, in the spirit of `nats bench`, and the same
-//! bytes through a plain forwarder as the yardstick (`--yardstick`).
+//! bytes through a plain forwarder as the yardstick (`--yardstick`) and through a real NATS
+//! server (`--nats`).
 //!
 //! This module owns the flags, the hub being measured ([`RunningHub`]: in-process with
 //! `--embedded`, a running one with `--hub`, else a spawned `tej-hub serve`), the run of one
-//! workload against the hub and then the forwarder ([`run_workload`]), and the matrix of reference
-//! cells. Beside it:
+//! workload against the hub, then the forwarder, then NATS ([`run_workload`]), and the matrix of
+//! reference cells. Beside it:
 //! - [`wire`]: the frames and their stamps, the boundary finder, the subscribers' parser;
 //! - [`generator`]: publishers and subscribers (the load), on a runtime of their own;
 //! - [`forwarder`]: the yardstick, on a runtime of its own;
+//! - [`nats`]: the NATS yardstick: `nats-server` and its async-nats clients;
 //! - [`report`]: the figures, as tables or JSON.
 
 mod forwarder;
 mod generator;
+mod nats;
 mod report;
 mod wire;
 
@@ -25,15 +28,18 @@ use tej_hub::hub::control::CONTROL;
 use tej_hub::Status;
 
 use super::hub::{HubChoice, RunningHub};
-use super::{byte_size, human_bytes, one_to, Common, KIB, MIB};
+use super::{byte_size, enough_open_files, human_bytes, loopback_addr, one_to, Common, KIB, MIB};
 use crate::Failure;
 use forwarder::Forwarder;
 use generator::{measure, Endpoint, Measured};
-use report::{grouped, matrix_table, Figures, Report};
+use nats::{NatsServer, NatsTarget};
+use report::{grouped, matrix_table, Figures, NatsInfo, Report};
 use wire::{WireError, MAX_MESSAGE, STAMP_LEN};
 
-/// Most publishers, and most subscribers.
-const MAX_PEERS: u64 = 256;
+/// Most publishers.
+const MAX_PUBLISHERS: u64 = 256;
+/// Most subscribers (issue 10's widest cell is 1→1,000).
+const MAX_SUBSCRIBERS: u64 = 1000;
 /// What the default `--frames` aims to deliver in all (frames, and bytes), shared among
 /// publishers × subscribers: a few seconds on a two-core machine.
 const DEFAULT_DELIVERIES: u64 = 8_000_000;
@@ -53,6 +59,8 @@ pub(crate) struct Throughput {
     seconds: u64,
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    nats: Nats,
 }
 
 /// `bench latency` flags.
@@ -64,6 +72,28 @@ pub(crate) struct Latency {
     paced: Paced,
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    nats: Nats,
+}
+
+/// The NATS yardstick's flags (`throughput` and `latency`).
+#[derive(Args)]
+struct Nats {
+    /// Also run the same workload through a NATS server (async-nats clients, one per publisher
+    /// and per subscriber, subject `bench.<code>`) and print the hub's figures as a ratio of its.
+    /// The bench spawns `nats-server -a 127.0.0.1 -p -1` (the Debian package) unless --nats-url
+    /// is given.
+    #[arg(long)]
+    nats: bool,
+    /// With --nats (implied): measure the NATS server already listening there instead
+    /// (nats://127.0.0.1:PORT, loopback only).
+    #[arg(long, value_name = "URL", value_parser = nats_url)]
+    nats_url: Option<SocketAddr>,
+}
+
+/// `nats://127.0.0.1:4222` (or the address alone) on the loopback interface.
+fn nats_url(text: &str) -> Result<SocketAddr, String> {
+    loopback_addr(text.strip_prefix("nats://").unwrap_or(text))
 }
 
 /// `bench matrix` flags: the reference cells' sizes and peers are fixed.
@@ -91,10 +121,10 @@ struct Paced {
 #[derive(Args)]
 struct Peers {
     /// Publishers (1-256).
-    #[arg(long, value_name = "P", default_value_t = 1, value_parser = one_to(MAX_PEERS))]
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = one_to(MAX_PUBLISHERS))]
     publishers: u64,
-    /// Subscribers (1-256); each receives every publisher's frames.
-    #[arg(long, value_name = "S", default_value_t = 1, value_parser = one_to(MAX_PEERS))]
+    /// Subscribers (1-1000); each receives every publisher's frames.
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = one_to(MAX_SUBSCRIBERS))]
     subscribers: u64,
     /// Message size: bytes, or with a unit (128, 64KiB, 1MiB); 20 B (the stamp) to 64 MiB.
     #[arg(long, value_name = "SIZE", default_value = "128", value_parser = message_size)]
@@ -159,6 +189,14 @@ enum LoadError {
         what: &'static str,
         /// Why it failed.
         source: io::Error,
+    },
+    /// The NATS client failed.
+    #[error("NATS: {what}: {error}")]
+    Nats {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        error: String,
     },
     /// A step took too long.
     #[error("timed out {0}")]
@@ -298,7 +336,7 @@ impl Workload {
     }
 
     fn new(peers: &Peers, pace: Pace, seconds: u64) -> Workload {
-        // Both are at most MAX_PEERS.
+        // Both are at most MAX_SUBSCRIBERS.
         Workload {
             publishers: peers.publishers as usize,
             subscribers: peers.subscribers as usize,
@@ -340,11 +378,33 @@ fn run_on(
     })
 }
 
-/// Runs `workload` against the hub `choice` names, then (with `yardstick`) the forwarder.
+/// Which NATS server the NATS yardstick measures.
+#[derive(Debug, Clone, Copy)]
+enum NatsChoice {
+    /// One the bench spawns (`nats-server -a 127.0.0.1 -p -1`).
+    Spawned,
+    /// One already running there (`--nats-url`).
+    Given(SocketAddr),
+}
+
+impl NatsChoice {
+    /// What the flags ask for: `None` without `--nats` or `--nats-url`.
+    fn new(flags: &Nats) -> Option<NatsChoice> {
+        match flags.nats_url {
+            Some(addr) => Some(NatsChoice::Given(addr)),
+            None => flags.nats.then_some(NatsChoice::Spawned),
+        }
+    }
+}
+
+/// Runs `workload` against the hub `choice` names, then (with `yardstick`) the forwarder, then
+/// (with `nats`) a NATS server; each on a fresh runtime, and the hub and the forwarder stopped
+/// before the next one runs.
 fn run_workload(
     workload: &Workload,
     choice: &HubChoice,
     yardstick: bool,
+    nats: Option<NatsChoice>,
     deadline: Instant,
     timeout: u64,
 ) -> Result<Report, Failure> {
@@ -352,6 +412,10 @@ fn run_workload(
     let failed = |what: &str, error: LoadError, explain: String| {
         Failure::Failed(format!("bench {name}: {what}: {error}{explain}"))
     };
+    // Every peer is a connection of this process, and of the forwarder's or an embedded hub's
+    // in this process too. Raised before a hub or nats-server is spawned: they inherit it.
+    let peers = (workload.publishers + workload.subscribers) as u64;
+    enough_open_files(2 * peers)?;
     let runtime = super::runtime()?;
     let mut hub = RunningHub::start(choice, deadline)?;
     let info = hub.info();
@@ -368,29 +432,56 @@ fn run_workload(
         deadline,
         timeout,
     );
+    drop(runtime);
     let measured = measured.map_err(|error| failed("hub", error, hub.explain()))?;
     hub.stop();
-    let hub_figures = Figures::new(workload, &measured);
-    let forwarder_figures = if yardstick {
+    let mut report = Report::new(workload.clone(), info, Figures::new(workload, &measured));
+    if yardstick {
         eprintln!("tej-hub bench {name}: the same through the plain forwarder");
         let forwarder =
             Forwarder::start(cores()).map_err(|error| failed("forwarder", error, String::new()))?;
         let endpoint = Endpoint::Forwarder(forwarder.ports());
+        let runtime = super::runtime()?;
         let measured = run_on(&runtime, workload, &endpoint, deadline, timeout);
         // Aborted tasks let go of their sockets before the forwarder's runtime goes.
         drop(runtime);
         drop(forwarder);
         let measured = measured.map_err(|error| failed("forwarder", error, String::new()))?;
-        Some(Figures::new(workload, &measured))
-    } else {
-        None
-    };
-    Ok(Report::new(
-        workload.clone(),
-        info,
-        hub_figures,
-        forwarder_figures,
-    ))
+        report.forwarder = Some(Figures::new(workload, &measured));
+    }
+    if let Some(nats) = nats {
+        let mut server = match nats {
+            NatsChoice::Spawned => NatsServer::spawn(workload.size as u64, deadline)?,
+            NatsChoice::Given(addr) => NatsServer::Given(addr),
+        };
+        let info = NatsInfo {
+            addr: server.addr(),
+            pid: server.pid(),
+            spawned: matches!(nats, NatsChoice::Spawned),
+        };
+        eprintln!(
+            "tej-hub bench {name}: the same through NATS at {}",
+            info.addr
+        );
+        let target = NatsTarget::new(info.addr, workload.status);
+        let runtime = super::runtime()?;
+        let measured = run_on(
+            &runtime,
+            workload,
+            &Endpoint::Nats(target.clone()),
+            deadline,
+            timeout,
+        );
+        // The clients close before the server is stopped.
+        drop(runtime);
+        for event in target.events() {
+            eprintln!("tej-hub bench {name}: a NATS client reported: {event}");
+        }
+        let measured = measured.map_err(|error| failed("nats", error, server.explain()))?;
+        drop(server);
+        report.nats = Some((info, Figures::new(workload, &measured)));
+    }
+    Ok(report)
 }
 
 /// Prints `report` and fails when it saw loss, reordering or duplicates.
@@ -412,21 +503,22 @@ fn finish(report: &Report, json: bool) -> Result<(), Failure> {
 /// `bench throughput`.
 pub(crate) fn throughput(args: &Throughput) -> Result<(), Failure> {
     let workload = Workload::throughput(&args.peers, args.frames, args.seconds);
-    run_one(&workload, &args.target)
+    run_one(&workload, &args.target, &args.nats)
 }
 
 /// `bench latency`.
 pub(crate) fn latency(args: &Latency) -> Result<(), Failure> {
     let workload = Workload::latency(&args.peers, args.paced.rate, args.paced.seconds);
-    run_one(&workload, &args.target)
+    run_one(&workload, &args.target, &args.nats)
 }
 
 /// Runs one workload as `target` says and prints it.
-fn run_one(workload: &Workload, target: &Target) -> Result<(), Failure> {
+fn run_one(workload: &Workload, target: &Target, nats: &Nats) -> Result<(), Failure> {
+    let nats = NatsChoice::new(nats);
     let timeout = target.common.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let choice = HubChoice::new(&target.common, target.embedded);
-    let report = run_workload(workload, &choice, target.yardstick, deadline, timeout)?;
+    let report = run_workload(workload, &choice, target.yardstick, nats, deadline, timeout)?;
     finish(&report, target.common.json)
 }
 
@@ -512,6 +604,7 @@ pub(crate) fn matrix(args: &Matrix) -> Result<(), Failure> {
             &workload,
             &choice,
             target.yardstick,
+            None,
             deadline,
             common.timeout,
         )?;

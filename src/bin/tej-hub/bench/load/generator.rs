@@ -1,13 +1,15 @@
-//! The load generator: S subscribers and P publishers over loopback TCP, against the hub or the
-//! forwarder ([`Endpoint`]), with the same bytes for both.
+//! The load generator: S subscribers and P publishers over loopback TCP, against the hub, the
+//! forwarder or a NATS server ([`Endpoint`]), with the same bytes for all.
 //!
 //! [`measure`] connects the subscribers first and waits until each is in place (the hub's
-//! `OK SUB`, or the forwarder's count of accepted subscribers), then connects the publishers and
-//! starts them together. A publisher writes its [`Batch`] about 256 KiB per `write_all`, either as
-//! fast as the socket takes it (`throughput`) or at a fixed rate (`latency`). Subscribers read
-//! 256 KiB at a time, parse with [`Reader`] and keep a [`Tally`]: frames per publisher, sequence
-//! numbers going backwards, and (for `latency`) one-way latency samples. Once every publisher is
-//! done, each subscriber reads until it has every frame sent, or gives up after [`DRAIN`].
+//! `OK SUB`, the forwarder's count of accepted subscribers, NATS's PONG after `SUB`), then
+//! connects the publishers and starts them together. A publisher writes its [`Batch`] about
+//! 256 KiB per `write_all` (to NATS: one message per frame), either as fast as the socket takes it
+//! (`throughput`) or at a fixed rate (`latency`). Subscribers read 256 KiB at a time, parse with
+//! [`Reader`] (NATS: take one message at a time from the client) and keep a [`Tally`]: frames per
+//! publisher, sequence numbers going backwards, and (for `latency`) one-way latency samples. Once
+//! every publisher is done, each subscriber reads until it has every frame sent, or gives up
+//! after [`DRAIN`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::forwarder::Ports;
+use super::nats::{NatsInbox, NatsOutlet, NatsTarget};
 use super::wire::{frame, Batch, Event, Reader, Stamp};
 use super::{LoadError, Pace, Workload};
 
@@ -32,7 +35,7 @@ pub(super) const IO_BYTES: usize = 256 * 1024;
 /// has not arrived as lost.
 const DRAIN: Duration = Duration::from_secs(10);
 /// How long one connect or one `SUB` handshake may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Latency samples a subscriber keeps at most (8 bytes each); later frames are counted but not
 /// sampled.
 const MAX_SAMPLES: usize = 16_000_000;
@@ -43,27 +46,34 @@ pub(super) enum Endpoint {
     Hub(SocketAddr),
     /// The forwarder.
     Forwarder(Ports),
+    /// A NATS server: a client per publisher and per subscriber, on the workload's subject.
+    Nats(NatsTarget),
 }
 
 impl Endpoint {
-    /// Where publishers connect.
-    fn publishers(&self) -> SocketAddr {
-        match self {
+    /// A publisher's connection.
+    async fn publisher(&self) -> Result<Outlet, LoadError> {
+        let addr = match self {
             Endpoint::Hub(addr) => *addr,
             Endpoint::Forwarder(ports) => ports.publishers,
-        }
+            Endpoint::Nats(target) => return Ok(Outlet::Nats(target.publisher().await?)),
+        };
+        Ok(Outlet::Tcp(connect(addr).await?))
     }
 
-    /// A subscriber ready to receive: connected, and subscribed to `status` on a hub.
-    async fn subscriber(&self, status: Status) -> Result<Subscriber, LoadError> {
+    /// A subscriber ready to receive: connected, and subscribed to `status` on a hub (or its
+    /// subject on NATS).
+    async fn subscriber(&self, status: Status) -> Result<Inbox, LoadError> {
         let addr = match self {
             Endpoint::Hub(addr) => *addr,
             Endpoint::Forwarder(ports) => ports.subscribers,
+            Endpoint::Nats(target) => return Ok(Inbox::Nats(target.subscriber().await?)),
         };
         let mut subscriber = Subscriber {
             stream: connect(addr).await?,
             reader: Reader::new(status),
             buf: vec![0; IO_BYTES],
+            filled: 0,
         };
         if let Endpoint::Hub(_) = self {
             within(
@@ -73,7 +83,7 @@ impl Endpoint {
             )
             .await??;
         }
-        Ok(subscriber)
+        Ok(Inbox::Tcp(subscriber))
     }
 
     /// Waits until the forwarder has accepted `count` subscribers (a hub's have all been
@@ -94,7 +104,7 @@ impl Endpoint {
 }
 
 /// `future`'s output, or [`LoadError::Timeout`] after `limit`.
-async fn within<T>(
+pub(super) async fn within<T>(
     limit: Duration,
     what: &'static str,
     future: impl std::future::Future<Output = T>,
@@ -204,6 +214,78 @@ struct Subscriber {
     reader: Reader,
     /// The read buffer.
     buf: Vec<u8>,
+    /// Bytes of `buf` the last read filled.
+    filled: usize,
+}
+
+/// Where a subscriber's frames arrive.
+enum Inbox {
+    /// A TEJ connection to the hub or the forwarder.
+    Tcp(Subscriber),
+    /// A NATS subscription.
+    Nats(NatsInbox),
+}
+
+impl Inbox {
+    /// Waits until something arrives (bytes, or a NATS message); an error when the peer closed.
+    async fn wait(&mut self) -> Result<(), LoadError> {
+        match self {
+            Inbox::Tcp(subscriber) => {
+                subscriber.filled = subscriber.read().await?;
+                Ok(())
+            }
+            Inbox::Nats(inbox) => inbox.wait().await,
+        }
+    }
+
+    /// Counts in `tally` the frames of what [`wait`](Self::wait) got, read at `now_ns`.
+    fn count(&mut self, tally: &mut Tally, now_ns: u64) -> Result<(), LoadError> {
+        match self {
+            Inbox::Tcp(subscriber) => {
+                let bytes = &subscriber.buf[..subscriber.filled];
+                subscriber.reader.feed(bytes, |event| match event {
+                    Event::Message(stamp) => tally.add(stamp, now_ns),
+                    Event::Control(text) => Err(closing(text)),
+                })
+            }
+            Inbox::Nats(inbox) => tally.add(inbox.stamp()?, now_ns),
+        }
+    }
+
+    /// Reads and tallies until it has `finish.total` frames, or `finish.drain_until` passes once
+    /// that total is known.
+    async fn receive(
+        mut self,
+        mut tally: Tally,
+        epoch: Instant,
+        mut finish: watch::Receiver<Option<Finish>>,
+    ) -> Result<Tally, LoadError> {
+        let sample = tally.latencies.is_some();
+        loop {
+            let known = *finish.borrow_and_update();
+            if let Some(finish) = known {
+                if tally.frames >= finish.total {
+                    tally.drained = true;
+                    return Ok(tally);
+                }
+            }
+            tokio::select! {
+                biased;
+                waited = self.wait() => waited?,
+                changed = finish.changed(), if known.is_none() => {
+                    changed.map_err(|_| LoadError::Gone("the publishers"))?;
+                    continue;
+                }
+                () = drain(known) => return Ok(tally),
+            };
+            let now_ns = if sample { since(epoch) } else { 0 };
+            let before = tally.frames;
+            self.count(&mut tally, now_ns)?;
+            if tally.frames > before {
+                tally.last = Some(Instant::now());
+            }
+        }
+    }
 }
 
 impl Subscriber {
@@ -247,44 +329,6 @@ impl Subscriber {
             Err(source) => Err(LoadError::io("read failed", source)),
         }
     }
-
-    /// Reads and tallies until it has `finish.total` frames, or `finish.drain_until` passes once
-    /// that total is known.
-    async fn receive(
-        mut self,
-        mut tally: Tally,
-        epoch: Instant,
-        mut finish: watch::Receiver<Option<Finish>>,
-    ) -> Result<Tally, LoadError> {
-        let sample = tally.latencies.is_some();
-        loop {
-            let known = *finish.borrow_and_update();
-            if let Some(finish) = known {
-                if tally.frames >= finish.total {
-                    tally.drained = true;
-                    return Ok(tally);
-                }
-            }
-            let n = tokio::select! {
-                biased;
-                read = self.read() => read?,
-                changed = finish.changed(), if known.is_none() => {
-                    changed.map_err(|_| LoadError::Gone("the publishers"))?;
-                    continue;
-                }
-                () = drain(known) => return Ok(tally),
-            };
-            let now_ns = if sample { since(epoch) } else { 0 };
-            let before = tally.frames;
-            self.reader.feed(&self.buf[..n], |event| match event {
-                Event::Message(stamp) => tally.add(stamp, now_ns),
-                Event::Control(text) => Err(closing(text)),
-            })?;
-            if tally.frames > before {
-                tally.last = Some(Instant::now());
-            }
-        }
-    }
 }
 
 /// Completes when the drain time of `finish` has passed; never while it is unknown.
@@ -321,7 +365,44 @@ struct Sent {
     /// Whether `--seconds` cut it short.
     capped: bool,
     /// Its connection, kept open until the subscribers are done.
-    stream: TcpStream,
+    outlet: Outlet,
+}
+
+/// A publisher's connection.
+enum Outlet {
+    /// A TEJ connection to the hub or the forwarder.
+    Tcp(TcpStream),
+    /// A NATS client.
+    Nats(NatsOutlet),
+}
+
+impl Outlet {
+    /// Sends `batch`'s first `count` frames, numbered from `first_seq` and dated `sent_ns`: in
+    /// writes of about [`IO_BYTES`], or one NATS message per frame's message.
+    async fn send(
+        &mut self,
+        batch: &mut Batch,
+        count: usize,
+        first_seq: u64,
+        sent_ns: u64,
+    ) -> Result<(), LoadError> {
+        match self {
+            Outlet::Tcp(stream) => write(stream, batch.stamp(count, first_seq, sent_ns)).await,
+            Outlet::Nats(outlet) => {
+                let messages = batch.stamp_messages(count, first_seq, sent_ns);
+                outlet.publish(messages).await
+            }
+        }
+    }
+
+    /// Waits until what was sent has left: at once for TCP (the kernel has it), until the
+    /// server's PONG for NATS (the client buffers).
+    async fn finish(&mut self) -> Result<(), LoadError> {
+        match self {
+            Outlet::Tcp(_) => Ok(()),
+            Outlet::Nats(outlet) => outlet.flush().await,
+        }
+    }
 }
 
 /// Writes `bytes` in pieces of about [`IO_BYTES`] (equal pieces when larger).
@@ -339,7 +420,7 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoadError> {
 /// Publishes `batch`'s frames as `pace` says (a rate here is this publisher's share), for at
 /// most `seconds` from `start`.
 async fn publish(
-    mut stream: TcpStream,
+    mut outlet: Outlet,
     mut batch: Batch,
     pace: Pace,
     seconds: Duration,
@@ -358,7 +439,7 @@ async fn publish(
                 }
                 let count = usize::try_from(frames - seq)
                     .map_or(batch.frames(), |left| left.min(batch.frames()));
-                write(&mut stream, batch.stamp(count, seq, since(epoch))).await?;
+                outlet.send(&mut batch, count, seq, since(epoch)).await?;
                 seq += count as u64;
             }
         }
@@ -378,16 +459,17 @@ async fn publish(
                 // Ticks missed while the runtime was busy are caught up at once.
                 let count = usize::try_from(ticks.min(total - seq))
                     .map_or(batch.frames(), |due| due.min(batch.frames()));
-                write(&mut stream, batch.stamp(count, seq, since(epoch))).await?;
+                outlet.send(&mut batch, count, seq, since(epoch)).await?;
                 seq += count as u64;
             }
         }
     }
+    outlet.finish().await?;
     Ok(Sent {
         frames: seq,
         end: Instant::now(),
         capped,
-        stream,
+        outlet,
     })
 }
 
@@ -458,7 +540,7 @@ pub(super) async fn measure(
     endpoint.ready(workload.subscribers).await?;
     let mut publishers = Vec::new();
     for index in 0..workload.publishers {
-        let publisher = connect(endpoint.publishers()).await;
+        let publisher = endpoint.publisher().await;
         publishers.push(publisher.map_err(|error| error.at("publisher", index))?);
     }
 
@@ -472,14 +554,14 @@ pub(super) async fn measure(
         tasks.spawn(async move { Outcome::Received(index, receiving.await) });
     }
     let start = Instant::now();
-    for (index, stream) in publishers.into_iter().enumerate() {
+    for (index, outlet) in publishers.into_iter().enumerate() {
         let id = u32::try_from(index).map_err(|_| LoadError::Gone("publisher ids"))?;
         let batch = Batch::new(workload.status, workload.size, id, IO_BYTES);
         let pace = match workload.pace {
             Pace::Rate(rate) => Pace::Rate(rate / workload.publishers as f64),
             frames => frames,
         };
-        let publishing = publish(stream, batch, pace, workload.seconds, start, epoch);
+        let publishing = publish(outlet, batch, pace, workload.seconds, start, epoch);
         tasks.spawn(async move { Outcome::Published(index, publishing.await) });
     }
 
@@ -497,7 +579,7 @@ pub(super) async fn measure(
                 sent[index] = Some(done.frames);
                 published = published.max(done.end);
                 capped |= done.capped;
-                open.push(done.stream);
+                open.push(done.outlet);
                 if sent.iter().all(Option::is_some) {
                     let total = sent.iter().flatten().sum();
                     let drain_until = Instant::now() + DRAIN;
@@ -628,11 +710,12 @@ mod tests {
                 let addr = listener.local_addr().expect("an address");
                 let publisher = connect(addr).await.expect("connects");
                 let (stream, _) = listener.accept().await.expect("accepts");
-                let subscriber = Subscriber {
+                let subscriber = Inbox::Tcp(Subscriber {
                     stream,
                     reader: Reader::new(status),
                     buf: vec![0; IO_BYTES],
-                };
+                    filled: 0,
+                });
                 let epoch = Instant::now();
                 let (finished, finish) = watch::channel(None);
                 let receiving =
@@ -641,7 +724,7 @@ mod tests {
                 let batch = Batch::new(status, size, 0, IO_BYTES);
                 let pace = Pace::Frames(frames);
                 let sent = publish(
-                    publisher,
+                    Outlet::Tcp(publisher),
                     batch,
                     pace,
                     Duration::from_secs(10),

@@ -1,5 +1,5 @@
 //! What `bench throughput`, `bench latency` and `bench matrix` print: the figures derived once
-//! from a run ([`Figures::new`]), the hub's beside the forwarder's with their ratio
+//! from a run ([`Figures::new`]), the hub's beside the forwarder's and NATS's with their ratios
 //! ([`Report`]), as a table for people or one JSON object; and the matrix's Markdown table
 //! ([`matrix_table`]).
 //!
@@ -13,6 +13,7 @@
 //! time in the stamp (taken just before the publisher's write), in µs, nearest-rank percentiles.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
@@ -222,7 +223,18 @@ pub(super) fn grouped(value: f64) -> String {
     out
 }
 
-/// A finished run: the hub's figures and the forwarder's, ready to print.
+/// The NATS server measured by `--nats`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NatsInfo {
+    /// Where it listened.
+    pub(super) addr: SocketAddr,
+    /// Its process id, when the bench spawned it.
+    pub(super) pid: Option<u32>,
+    /// Whether the bench spawned it (else `--nats-url` named it).
+    pub(super) spawned: bool,
+}
+
+/// A finished run: the hub's figures, the forwarder's and NATS's, ready to print.
 pub(super) struct Report {
     /// What ran.
     workload: Workload,
@@ -231,23 +243,29 @@ pub(super) struct Report {
     /// The hub's figures.
     measured: Figures,
     /// The forwarder's, with --yardstick.
-    forwarder: Option<Figures>,
+    pub(super) forwarder: Option<Figures>,
+    /// The NATS server's and its figures, with --nats.
+    pub(super) nats: Option<(NatsInfo, Figures)>,
 }
 
 impl Report {
-    /// The report of a run of `workload`.
-    pub(super) fn new(
-        workload: Workload,
-        hub: HubInfo,
-        measured: Figures,
-        forwarder: Option<Figures>,
-    ) -> Report {
+    /// The report of a run of `workload` on the hub, before any yardstick.
+    pub(super) fn new(workload: Workload, hub: HubInfo, measured: Figures) -> Report {
         Report {
             workload,
             hub,
             measured,
-            forwarder,
+            forwarder: None,
+            nats: None,
         }
+    }
+
+    /// The yardsticks' figures, in the order printed: the forwarder's, NATS's.
+    fn yardsticks(&self) -> [Option<&Figures>; 2] {
+        [
+            self.forwarder.as_ref(),
+            self.nats.as_ref().map(|(_, figures)| figures),
+        ]
     }
 
     /// `throughput` or `latency`.
@@ -255,61 +273,61 @@ impl Report {
         self.workload.name()
     }
 
-    /// Loss, reordering or duplicates, on the hub or on the forwarder.
+    /// Loss, reordering or duplicates, on the hub, the forwarder or NATS.
     pub(super) fn problem(&self) -> Option<String> {
-        let hub = self.measured.problem().map(|text| format!("hub: {text}"));
-        let forwarder = self.forwarder.as_ref().and_then(Figures::problem);
-        let forwarder = forwarder.map(|text| format!("forwarder: {text}"));
-        match (hub, forwarder) {
-            (Some(hub), Some(forwarder)) => Some(format!("{hub}; {forwarder}")),
-            (one, other) => one.or(other),
-        }
+        let sides = [Some(&self.measured)].into_iter().chain(self.yardsticks());
+        let problems: Vec<String> = ["hub", "forwarder", "nats"]
+            .into_iter()
+            .zip(sides)
+            .filter_map(|(side, figures)| Some(format!("{side}: {}", figures?.problem()?)))
+            .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
-    /// The figures to compare, with whether a higher value is better: `(name, hub, forwarder)`.
-    fn rows(&self) -> Vec<(String, f64, Option<f64>)> {
-        let forwarder = self.forwarder.as_ref();
-        let (hub, fwd) = (&self.measured, forwarder);
+    /// The figures to compare: `(name, hub, [forwarder, nats])`.
+    fn rows(&self) -> Vec<(String, f64, [Option<f64>; 2])> {
+        let hub = &self.measured;
+        let theirs = |figure: fn(&Figures) -> f64| self.yardsticks().map(|f| f.map(figure));
         let mut rows = vec![
             (
                 "delivered frames/s".to_owned(),
                 hub.frames_per_s,
-                fwd.map(|f| f.frames_per_s),
+                theirs(|f| f.frames_per_s),
             ),
             (
                 "delivered MB/s".to_owned(),
                 hub.mb_per_s,
-                fwd.map(|f| f.mb_per_s),
+                theirs(|f| f.mb_per_s),
             ),
             (
                 "published frames/s".to_owned(),
                 hub.publish_frames_per_s,
-                fwd.map(|f| f.publish_frames_per_s),
+                theirs(|f| f.publish_frames_per_s),
             ),
         ];
         if let Some(latency) = hub.latency {
-            let theirs = fwd.and_then(|f| f.latency);
+            let theirs = self.yardsticks().map(|f| f.and_then(|f| f.latency));
             for (index, (name, value)) in latency.rows().into_iter().enumerate() {
-                let other = theirs.map(|theirs| theirs.rows()[index].1);
-                rows.push((format!("latency {name} µs"), value, other));
+                let others = theirs.map(|theirs| theirs.map(|theirs| theirs.rows()[index].1));
+                rows.push((format!("latency {name} µs"), value, others));
             }
         }
         rows
     }
 
-    /// The ratios hub ÷ forwarder as a JSON object (`null` without --yardstick).
-    fn ratios(&self) -> Value {
-        let Some(forwarder) = &self.forwarder else {
+    /// The ratios hub ÷ `other` as a JSON object (`null` without that yardstick).
+    fn ratios(&self, other: Option<&Figures>) -> Value {
+        let Some(yardstick) = other else {
             return Value::Null;
         };
         let hub = &self.measured;
         let mut object = json!({
-            "frames_per_s": ratio(hub.frames_per_s, forwarder.frames_per_s).map(|r| round(r, 3)),
-            "mb_per_s": ratio(hub.mb_per_s, forwarder.mb_per_s).map(|r| round(r, 3)),
+            "frames_per_s": ratio(hub.frames_per_s, yardstick.frames_per_s).map(|r| round(r, 3)),
+            "mb_per_s": ratio(hub.mb_per_s, yardstick.mb_per_s).map(|r| round(r, 3)),
             "publish_frames_per_s":
-                ratio(hub.publish_frames_per_s, forwarder.publish_frames_per_s).map(|r| round(r, 3)),
+                ratio(hub.publish_frames_per_s, yardstick.publish_frames_per_s).map(|r| round(r, 3)),
         });
-        if let (Some(ours), Some(theirs)) = (hub.latency, forwarder.latency) {
+        if let (Some(ours), Some(theirs)) = (hub.latency, yardstick.latency) {
             for ((name, value), (_, other)) in ours.rows().into_iter().zip(theirs.rows()) {
                 object[format!("latency_{}", name.replace('.', "_"))] =
                     json!(ratio(value, other).map(|r| round(r, 3)));
@@ -339,11 +357,18 @@ impl Report {
                 "origin": self.hub.origin.name(),
                 "pid": self.hub.pid,
             },
+            "nats": self.nats.as_ref().map(|(nats, _)| json!({
+                "addr": nats.addr.to_string(),
+                "origin": if nats.spawned { "spawned" } else { "given" },
+                "pid": nats.pid,
+            })),
             "measured": {
                 "hub": self.measured.json(),
                 "forwarder": self.forwarder.as_ref().map(Figures::json),
+                "nats": self.nats.as_ref().map(|(_, figures)| figures.json()),
             },
-            "ratio": self.ratios(),
+            "ratio": self.ratios(self.forwarder.as_ref()),
+            "ratio_nats": self.ratios(self.nats.as_ref().map(|(_, figures)| figures)),
             "ok": self.problem().is_none(),
         })
     }
@@ -385,12 +410,31 @@ impl Report {
             "  load       {load}; writes of about {} KiB",
             super::generator::IO_BYTES / 1024
         );
+        if let Some((nats, _)) = &self.nats {
+            let _ = writeln!(
+                out,
+                "  nats       {} ({}{})",
+                nats.addr,
+                if nats.spawned {
+                    "spawned: nats-server -a 127.0.0.1 -p -1"
+                } else {
+                    "given with --nats-url"
+                },
+                nats.pid
+                    .map_or_else(String::new, |pid| format!(", pid {pid}"))
+            );
+        }
+        // The forwarder's columns always (a "-" without --yardstick), NATS's with --nats.
+        let columns = if self.nats.is_some() { 2 } else { 1 };
         let _ = writeln!(out);
-        let _ = writeln!(
-            out,
+        let mut head = format!(
             "  {:<22} {:>14} {:>14} {:>9}",
             "", "hub", "forwarder", "hub/fwd"
         );
+        if columns == 2 {
+            let _ = write!(head, " {:>14} {:>9}", "nats", "hub/nats");
+        }
+        let _ = writeln!(out, "{head}");
         let shown = |value: f64| {
             if value >= 1000.0 {
                 grouped(value)
@@ -398,16 +442,16 @@ impl Report {
                 format!("{value:.1}")
             }
         };
-        for (name, hub, forwarder) in self.rows() {
-            let ratio = forwarder
-                .and_then(|forwarder| ratio(hub, forwarder))
-                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
-            let forwarder = forwarder.map_or_else(|| "-".to_owned(), shown);
-            let _ = writeln!(
-                out,
-                "  {name:<22} {:>14} {forwarder:>14} {ratio:>9}",
-                shown(hub)
-            );
+        let dash = || "-".to_owned();
+        for (name, hub, theirs) in self.rows() {
+            let _ = write!(out, "  {name:<22} {:>14}", shown(hub));
+            for other in &theirs[..columns] {
+                let ratio = other
+                    .and_then(|other| ratio(hub, other))
+                    .map_or_else(dash, |ratio| format!("{ratio:.2}"));
+                let _ = write!(out, " {:>14} {ratio:>9}", other.map_or_else(dash, shown));
+            }
+            let _ = writeln!(out);
         }
         let counts = |figures: &Figures| {
             [
@@ -419,7 +463,7 @@ impl Report {
             ]
         };
         let hub = counts(&self.measured);
-        let forwarder = self.forwarder.as_ref().map(counts);
+        let theirs = self.yardsticks().map(|figures| figures.map(counts));
         let names = [
             "frames sent",
             "frames delivered",
@@ -428,12 +472,12 @@ impl Report {
             "duplicated",
         ];
         for (index, name) in names.into_iter().enumerate() {
-            let theirs = forwarder.map_or_else(|| "-".to_owned(), |f| grouped(f[index] as f64));
-            let _ = writeln!(
-                out,
-                "  {name:<22} {:>14} {theirs:>14}",
-                grouped(hub[index] as f64)
-            );
+            let mut line = format!("  {name:<22} {:>14}", grouped(hub[index] as f64));
+            for other in &theirs[..columns] {
+                let other = other.map_or_else(dash, |f| grouped(f[index] as f64));
+                let _ = write!(line, " {other:>14} {:>9}", "");
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
         }
         let seconds = |figures: &Figures| {
             let note = match (figures.capped, figures.drained) {
@@ -443,15 +487,11 @@ impl Report {
             };
             format!("{:.3}{note}", figures.seconds)
         };
-        let _ = writeln!(
-            out,
-            "  {:<22} {:>14} {:>14}",
-            "seconds",
-            seconds(&self.measured),
-            self.forwarder
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), seconds)
-        );
+        let mut line = format!("  {:<22} {:>14}", "seconds", seconds(&self.measured));
+        for other in &self.yardsticks()[..columns] {
+            let _ = write!(line, " {:>14} {:>9}", other.map_or_else(dash, seconds), "");
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
         let verdict = self.problem().unwrap_or_else(|| "none".to_owned());
         let _ = writeln!(out, "  loss or reordering: {verdict}");
         out
@@ -518,7 +558,7 @@ pub(super) fn matrix_table(cells: &[(Cell, Report)]) -> String {
     let _ = writeln!(out, "| cell | figure | hub | forwarder | hub ÷ forwarder |");
     let _ = writeln!(out, "|---|---|---|---|---|");
     for (cell, report) in cells {
-        for (name, hub, forwarder) in report.rows() {
+        for (name, hub, [forwarder, _]) in report.rows() {
             let shown = |value: f64| {
                 if name.contains("frames/s") {
                     grouped(value)

@@ -47,6 +47,35 @@ pub(super) struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp at the start of `message` (a message of the workload received whole, as NATS
+    /// hands it out).
+    ///
+    /// # Errors
+    /// [`WireError::TooShort`] or [`WireError::TooLong`] for a message the bench never sends.
+    pub(super) fn parse(message: &[u8]) -> Result<Stamp, WireError> {
+        let len = message.len() as u64;
+        if len > MAX_MESSAGE {
+            return Err(WireError::TooLong {
+                len,
+                max: MAX_MESSAGE,
+            });
+        }
+        match message.first_chunk::<STAMP_LEN>() {
+            Some(stamp) => Ok(Stamp::read(stamp)),
+            None => Err(WireError::TooShort {
+                len,
+                min: STAMP_LEN,
+            }),
+        }
+    }
+
+    /// Writes the stamp over the first [`STAMP_LEN`] bytes of `message`.
+    fn write(&self, message: &mut [u8; STAMP_LEN]) {
+        message[..8].copy_from_slice(&self.seq.to_be_bytes());
+        message[8..12].copy_from_slice(&self.publisher.to_be_bytes());
+        message[12..].copy_from_slice(&self.sent_ns.to_be_bytes());
+    }
+
     /// The stamp at the start of `bytes` (at least [`STAMP_LEN`] long).
     fn read(bytes: &[u8; STAMP_LEN]) -> Stamp {
         let [s0, s1, s2, s3, s4, s5, s6, s7, p0, p1, p2, p3, t0, t1, t2, t3, t4, t5, t6, t7] =
@@ -119,20 +148,21 @@ pub(super) struct Batch {
     bytes: Vec<u8>,
     /// Bytes per frame.
     frame_len: usize,
+    /// The publisher's id, in every stamp.
+    publisher: u32,
 }
 
 impl Batch {
     /// Frames of `size`-byte messages (at least [`STAMP_LEN`]) from `publisher` on `status`, as
     /// many as make about `write_bytes` (at least one).
     pub(super) fn new(status: Status, size: usize, publisher: u32, write_bytes: usize) -> Batch {
-        let mut message = vec![0; size.max(STAMP_LEN)];
-        message[8..12].copy_from_slice(&publisher.to_be_bytes());
-        let one = frame(status, &message);
+        let one = frame(status, &vec![0; size.max(STAMP_LEN)]);
         let frame_len = one.len();
         let frames = ((write_bytes + frame_len / 2) / frame_len).max(1);
         Batch {
             bytes: one.repeat(frames),
             frame_len,
+            publisher,
         }
     }
 
@@ -151,12 +181,32 @@ impl Batch {
     /// and all dated `sent_ns`.
     pub(super) fn stamp(&mut self, count: usize, first_seq: u64, sent_ns: u64) -> &[u8] {
         let len = count.min(self.frames()) * self.frame_len;
-        let sent = sent_ns.to_be_bytes();
+        let publisher = self.publisher;
         for (seq, frame) in (first_seq..).zip(self.bytes[..len].chunks_exact_mut(self.frame_len)) {
-            frame[HEAD_LEN..HEAD_LEN + 8].copy_from_slice(&seq.to_be_bytes());
-            frame[HEAD_LEN + 12..HEAD_LEN + STAMP_LEN].copy_from_slice(&sent);
+            if let Some(message) = frame[HEAD_LEN..].first_chunk_mut::<STAMP_LEN>() {
+                Stamp {
+                    seq,
+                    publisher,
+                    sent_ns,
+                }
+                .write(message);
+            }
         }
         &self.bytes[..len]
+    }
+
+    /// The messages of [`stamp`](Self::stamp)'s frames, without their heads: what a NATS
+    /// publisher sends as payloads.
+    pub(super) fn stamp_messages(
+        &mut self,
+        count: usize,
+        first_seq: u64,
+        sent_ns: u64,
+    ) -> impl Iterator<Item = &[u8]> {
+        let frame_len = self.frame_len;
+        self.stamp(count, first_seq, sent_ns)
+            .chunks_exact(frame_len)
+            .map(|frame| &frame[HEAD_LEN..])
     }
 }
 
@@ -454,6 +504,30 @@ mod tests {
             HEAD_LEN + STAMP_LEN
         );
         assert_eq!(Batch::new(status(5), 1 << 20, 0, 1 << 18).frames(), 1);
+    }
+
+    #[test]
+    fn nats_payloads_are_the_frames_messages() {
+        let mut batch = Batch::new(status(5), 64, 3, 1000);
+        let frames = batch.stamp(2, 10, 99).to_vec();
+        let messages: Vec<Vec<u8>> = batch
+            .stamp_messages(2, 10, 99)
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(messages.len(), 2);
+        for (index, message) in messages.iter().enumerate() {
+            let at = index * batch.frame_len() + HEAD_LEN;
+            assert_eq!(&frames[at..at + 64], &message[..]);
+            let stamp = Stamp::parse(message).expect("a stamp");
+            assert_eq!(
+                (stamp.seq, stamp.publisher, stamp.sent_ns),
+                (10 + index as u64, 3, 99)
+            );
+        }
+        assert_eq!(
+            Stamp::parse(&[0; 19]),
+            Err(WireError::TooShort { len: 19, min: 20 })
+        );
     }
 
     #[test]

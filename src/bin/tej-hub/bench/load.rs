@@ -31,7 +31,7 @@ use super::hub::{HubChoice, RunningHub};
 use super::{byte_size, enough_open_files, human_bytes, loopback_addr, one_to, Common, KIB, MIB};
 use crate::Failure;
 use forwarder::Forwarder;
-use generator::{measure, Endpoint, Measured};
+use generator::{measure, Endpoint, HubTls, Measured};
 use nats::{NatsServer, NatsTarget};
 use report::{grouped, matrix_table, Figures, NatsInfo, Report};
 use wire::{WireError, MAX_MESSAGE, STAMP_LEN};
@@ -146,8 +146,36 @@ struct Target {
     /// the hub's figures as a ratio of its.
     #[arg(long)]
     yardstick: bool,
+    /// Reach the hub over TLS, trusting the CA in FILE (PEM); start a TLS hub with
+    /// `--serve-arg=--tls-cert=...` and `--serve-arg=--tls-key=...`, or give one with --hub.
+    /// The forwarder stays plain.
+    #[arg(long, value_name = "FILE", conflicts_with = "embedded")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: the name the hub's certificate must carry.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls_ca"
+    )]
+    tls_server_name: String,
     #[command(flatten)]
     common: Common,
+}
+
+impl Target {
+    /// How the load reaches the hub over TLS, if it does.
+    fn hub_tls(&self) -> Result<Option<HubTls>, Failure> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let tls = tej_hub::ClientTls::with_ca_file(ca)
+            .map_err(|error| Failure::Usage(format!("--tls-ca: {error}")))?;
+        Ok(Some(HubTls {
+            tls,
+            server_name: self.tls_server_name.clone(),
+        }))
+    }
 }
 
 /// A message size: 20 B to 64 MiB.
@@ -403,6 +431,7 @@ impl NatsChoice {
 fn run_workload(
     workload: &Workload,
     choice: &HubChoice,
+    tls: Option<HubTls>,
     yardstick: bool,
     nats: Option<NatsChoice>,
     deadline: Instant,
@@ -428,7 +457,7 @@ fn run_workload(
     let measured = run_on(
         &runtime,
         workload,
-        &Endpoint::Hub(info.addr),
+        &Endpoint::Hub(info.addr, tls),
         deadline,
         timeout,
     );
@@ -518,7 +547,16 @@ fn run_one(workload: &Workload, target: &Target, nats: &Nats) -> Result<(), Fail
     let timeout = target.common.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let choice = HubChoice::new(&target.common, target.embedded);
-    let report = run_workload(workload, &choice, target.yardstick, nats, deadline, timeout)?;
+    let tls = target.hub_tls()?;
+    let report = run_workload(
+        workload,
+        &choice,
+        tls,
+        target.yardstick,
+        nats,
+        deadline,
+        timeout,
+    )?;
     finish(&report, target.common.json)
 }
 
@@ -603,6 +641,7 @@ pub(crate) fn matrix(args: &Matrix) -> Result<(), Failure> {
         let report = run_workload(
             &workload,
             &choice,
+            target.hub_tls()?,
             target.yardstick,
             None,
             deadline,

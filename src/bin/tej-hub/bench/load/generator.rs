@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tej_hub::hub::control::CONTROL;
 use tej_hub::Status;
+use tej_hub::{ClientTls, MaybeTls};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,8 +43,9 @@ const MAX_SAMPLES: usize = 16_000_000;
 
 /// What the load runs against.
 pub(super) enum Endpoint {
-    /// A hub: everyone connects to this address; subscribers send `SUB <code>`.
-    Hub(SocketAddr),
+    /// A hub: everyone connects to this address (over TLS when given); subscribers send
+    /// `SUB <code>`.
+    Hub(SocketAddr, Option<HubTls>),
     /// The forwarder.
     Forwarder(Ports),
     /// A NATS server: a client per publisher and per subscriber, on the workload's subject.
@@ -54,28 +56,30 @@ impl Endpoint {
     /// A publisher's connection.
     async fn publisher(&self) -> Result<Outlet, LoadError> {
         let addr = match self {
-            Endpoint::Hub(addr) => *addr,
+            Endpoint::Hub(addr, tls) => {
+                return Ok(Outlet::Tcp(connect(*addr, tls.as_ref()).await?))
+            }
             Endpoint::Forwarder(ports) => ports.publishers,
             Endpoint::Nats(target) => return Ok(Outlet::Nats(target.publisher().await?)),
         };
-        Ok(Outlet::Tcp(connect(addr).await?))
+        Ok(Outlet::Tcp(connect(addr, None).await?))
     }
 
     /// A subscriber ready to receive: connected, and subscribed to `status` on a hub (or its
     /// subject on NATS).
     async fn subscriber(&self, status: Status) -> Result<Inbox, LoadError> {
-        let addr = match self {
-            Endpoint::Hub(addr) => *addr,
-            Endpoint::Forwarder(ports) => ports.subscribers,
+        let (addr, tls) = match self {
+            Endpoint::Hub(addr, tls) => (*addr, tls.as_ref()),
+            Endpoint::Forwarder(ports) => (ports.subscribers, None),
             Endpoint::Nats(target) => return Ok(Inbox::Nats(target.subscriber().await?)),
         };
         let mut subscriber = Subscriber {
-            stream: connect(addr).await?,
+            stream: connect(addr, tls).await?,
             reader: Reader::new(status),
             buf: vec![0; IO_BYTES],
             filled: 0,
         };
-        if let Endpoint::Hub(_) = self {
+        if let Endpoint::Hub(..) = self {
             within(
                 CONNECT_TIMEOUT,
                 "waiting for OK SUB",
@@ -114,14 +118,30 @@ pub(super) async fn within<T>(
         .map_err(|_| LoadError::Timeout(what))
 }
 
-/// A loopback connection to `addr` with `TCP_NODELAY`.
-async fn connect(addr: SocketAddr) -> Result<TcpStream, LoadError> {
+/// How the load reaches a TLS hub: whom to trust, and the name its certificate carries.
+#[derive(Clone, Debug)]
+pub(super) struct HubTls {
+    /// The client's TLS settings.
+    pub(super) tls: ClientTls,
+    /// The name the hub's certificate must carry.
+    pub(super) server_name: String,
+}
+
+/// A loopback connection to `addr` with `TCP_NODELAY`, over TLS when `tls` is given.
+async fn connect(addr: SocketAddr, tls: Option<&HubTls>) -> Result<MaybeTls, LoadError> {
     let connected = within(CONNECT_TIMEOUT, "connecting", TcpStream::connect(addr)).await?;
     let stream = connected.map_err(|source| LoadError::Connect { addr, source })?;
     stream
         .set_nodelay(true)
         .map_err(|source| LoadError::io("cannot set TCP_NODELAY", source))?;
-    Ok(stream)
+    let Some(tls) = tls else {
+        return Ok(MaybeTls::Plain(stream));
+    };
+    let handshake = tls.tls.handshake(stream, &tls.server_name);
+    let stream = within(CONNECT_TIMEOUT, "the TLS handshake", handshake)
+        .await?
+        .map_err(|source| LoadError::Connect { addr, source })?;
+    Ok(MaybeTls::Tls(Box::new(stream)))
 }
 
 /// Nanoseconds from `epoch` until now.
@@ -210,7 +230,7 @@ impl Tally {
 
 /// A subscriber's connection and parser.
 struct Subscriber {
-    stream: TcpStream,
+    stream: MaybeTls,
     reader: Reader,
     /// The read buffer.
     buf: Vec<u8>,
@@ -371,7 +391,7 @@ struct Sent {
 /// A publisher's connection.
 enum Outlet {
     /// A TEJ connection to the hub or the forwarder.
-    Tcp(TcpStream),
+    Tcp(MaybeTls),
     /// A NATS client.
     Nats(NatsOutlet),
 }
@@ -406,7 +426,7 @@ impl Outlet {
 }
 
 /// Writes `bytes` in pieces of about [`IO_BYTES`] (equal pieces when larger).
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoadError> {
+async fn write(stream: &mut MaybeTls, bytes: &[u8]) -> Result<(), LoadError> {
     let pieces = bytes.len().div_ceil(IO_BYTES + IO_BYTES / 4).max(1);
     for piece in bytes.chunks(bytes.len().div_ceil(pieces).max(1)) {
         stream
@@ -652,7 +672,7 @@ mod tests {
             stream.read_to_end(&mut all).await.expect("reads");
             all
         });
-        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        let mut stream = MaybeTls::Plain(TcpStream::connect(addr).await.expect("connects"));
         let bytes: Vec<u8> = (0..1_100_000u32).map(|i| i as u8).collect();
         write(&mut stream, &bytes).await.expect("writes");
         drop(stream);

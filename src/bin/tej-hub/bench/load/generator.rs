@@ -728,10 +728,10 @@ mod tests {
             runtime.block_on(async {
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
                 let addr = listener.local_addr().expect("an address");
-                let publisher = connect(addr).await.expect("connects");
+                let publisher = connect(addr, None).await.expect("connects");
                 let (stream, _) = listener.accept().await.expect("accepts");
                 let subscriber = Inbox::Tcp(Subscriber {
-                    stream,
+                    stream: MaybeTls::Plain(stream),
                     reader: Reader::new(status),
                     buf: vec![0; IO_BYTES],
                     filled: 0,

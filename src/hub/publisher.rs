@@ -64,6 +64,7 @@ impl Publisher {
 
     /// Delivers `piece` to its subscribers.
     pub(crate) fn publish(&mut self, piece: &Piece) {
+        self.counters.codes.count(piece);
         match piece.kind {
             PieceKind::Whole | PieceKind::First => {
                 let subscribers = self.table.subscribers(piece.status);

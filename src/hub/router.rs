@@ -18,6 +18,7 @@ use actix::{Actor, Context, Handler, Message, MessageResult};
 use crate::hub::control::CodeSet;
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::{Registry, SessionId};
+use crate::hub::stats::{CodeCounters, Connections};
 use crate::hub::table::SubscriptionTable;
 
 /// Router → session: close the connection.
@@ -35,6 +36,8 @@ pub(crate) enum KickReason {
     Shutdown,
     /// Its slow-consumer policy says so (`disconnect`, or `drop` in the middle of a frame).
     SlowConsumer,
+    /// The hub is draining (lame duck): close at the next frame boundary.
+    Drain,
     /// The publisher of the frame it is receiving went away mid-frame: the frame cannot be
     /// completed on its stream.
     PublisherGone,
@@ -107,6 +110,10 @@ pub(crate) struct HubCounters {
     pub connections: AtomicU64,
     /// Connections whose socket is still open (the writer has not ended).
     pub open: AtomicU64,
+    /// The sessions whose socket is open, and the closed ones' totals (monitoring).
+    pub sessions: Connections,
+    /// Frames and bytes published per code (monitoring).
+    pub codes: CodeCounters,
 }
 
 /// Counts one open connection in [`HubCounters`] from accept until its socket is closed (dropped
@@ -154,6 +161,13 @@ impl Router {
         }
     }
 
+    /// Records session `id`'s subscriptions where monitoring reads them.
+    fn record_codes(&self, id: SessionId, codes: CodeSet) {
+        if let Some(outbox) = self.registry.get(id) {
+            outbox.stats().set_codes(codes);
+        }
+    }
+
     /// Takes session `id` out of the publishers' lists of `codes`.
     fn remove_from_lists(&self, id: SessionId, codes: CodeSet) {
         if let Some(outbox) = self.registry.get(id) {
@@ -192,6 +206,7 @@ impl Handler<Subscribe> for Router {
         let before = self.registry.codes(msg.id);
         let after = self.registry.subscribe(msg.id, &msg.codes);
         self.add_to_lists(msg.id, after.difference(before));
+        self.record_codes(msg.id, after);
     }
 }
 
@@ -202,6 +217,7 @@ impl Handler<Unsubscribe> for Router {
         let before = self.registry.codes(msg.id);
         let after = self.registry.unsubscribe(msg.id, &msg.codes);
         self.remove_from_lists(msg.id, before.difference(after));
+        self.record_codes(msg.id, after);
     }
 }
 

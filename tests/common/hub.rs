@@ -260,6 +260,8 @@ pub struct BinHub {
     /// Where it listens (read from its `tej-hub listening on ADDR` line).
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Its stdout after the first line.
+    lines: mpsc::Receiver<String>,
 }
 
 impl BinHub {
@@ -314,8 +316,10 @@ impl BinHub {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            lines: listening,
         };
-        let line = listening
+        let line = hub
+            .lines
             .recv_timeout(PATIENCE)
             .unwrap_or_else(|_| panic!("tej-hub printed no address; logs: {:?}", hub.logs()));
         hub.addr = line
@@ -323,6 +327,11 @@ impl BinHub {
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from tej-hub: {line:?}"));
         hub
+    }
+
+    /// The next line the hub prints on stdout after its first, within `limit`.
+    pub fn next_line(&self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
     }
 
     /// The hub's process id.

@@ -27,27 +27,26 @@ function cell(text, cls) {
 }
 
 function drawChart() {
+  // Two bands, one per series, each on its own scale: frames/s on top, bytes/s below.
   const canvas = document.getElementById("chart");
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, pad = 4;
+  const w = canvas.width, h = canvas.height, band = h / 2, pad = 14;
   ctx.clearRect(0, 0, w, h);
-  ctx.strokeStyle = "#eee";
-  for (let i = 1; i < 4; i++) {
-    ctx.beginPath(); ctx.moveTo(0, h * i / 4); ctx.lineTo(w, h * i / 4); ctx.stroke();
-  }
-  const series = [["frames", "#1f77b4"], ["bytes", "#ff7f0e"]];
-  for (const [key, color] of series) {
-    const max = Math.max(1, ...rates.map(r => r[key]));
+  ctx.strokeStyle = "#ddd";
+  ctx.beginPath(); ctx.moveTo(0, band); ctx.lineTo(w, band); ctx.stroke();
+  const series = [["frames", "#1f77b4", "frames/s"], ["bytes", "#ff7f0e", "bytes/s"]];
+  series.forEach(([key, color, label], n) => {
+    const top = n * band, max = Math.max(1, ...rates.map(r => r[key]));
     ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath();
     rates.forEach((r, i) => {
       const x = w - (rates.length - 1 - i) * (w / (HISTORY - 1));
-      const y = h - pad - (r[key] / max) * (h - 2 * pad);
+      const y = top + band - 2 - (r[key] / max) * (band - pad - 2);
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
     ctx.stroke();
     ctx.fillStyle = color;
-    ctx.fillText("max " + human(max) + "/s", key === "frames" ? 6 : 120, 12);
-  }
+    ctx.fillText(label + " (max " + human(max) + ")", 6, top + 11);
+  });
 }
 
 function showVarz(v) {

@@ -400,18 +400,19 @@ async fn the_dashboard_shows_sessions_and_a_live_rate_in_a_browser() {
         sessions.push(num(&info(&mut sub).await, "session"));
         subs.push(sub);
     }
-    // Live traffic, bounded: a frame every 5 ms for at most 60 s, until the test is done.
+    // Live traffic, bounded: a frame every millisecond or so for at most 60 s, until the test is
+    // done.
     let done = Arc::new(AtomicBool::new(false));
     let mut publisher = connect(hub.local_addr()).await;
     let stop = done.clone();
     let traffic = tokio::spawn(async move {
         let frame = Frame::message(status(5), "dashboard test traffic");
-        for _ in 0..12_000 {
+        for _ in 0..60_000 {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             send(&mut publisher, frame.clone()).await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         publisher
     });

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use http::get_async;
 use hub_common::{
     connect, connect_raw, control_frame, decode_all, encode, info, pattern, read_until_closed,
-    reply_text, status, subscribe, within, BinHub, MIB, PATIENCE,
+    read_until_closed_within, reply_text, status, subscribe, within, BinHub, MIB, PATIENCE,
 };
 
 /// The monitoring address the binary printed on its second line.
@@ -72,7 +72,7 @@ async fn a_drain_finishes_the_streamed_frame_then_closes_everyone_with_err() {
     let (head, rest) = wire.split_at(16 * MIB);
     publisher.write_all(head).await.expect("write the head");
     let reader = tokio::spawn(async move {
-        let bytes = read_until_closed_patiently(&mut sub).await;
+        let bytes = read_until_closed_within(&mut sub, Duration::from_secs(60)).await;
         (sub, bytes)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -134,27 +134,6 @@ async fn a_drain_finishes_the_streamed_frame_then_closes_everyone_with_err() {
         "exited {exited:?} after the frame ended"
     );
     assert!(drain_start.elapsed() < Duration::from_secs(20));
-}
-
-/// What the hub sends until it closes the socket, allowing a large frame the time it needs.
-async fn read_until_closed_patiently(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::with_capacity(257 * MIB);
-    let mut chunk = vec![0u8; 256 * 1024];
-    within(
-        Duration::from_secs(60),
-        "the end of the drained stream",
-        async {
-            loop {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => out.extend_from_slice(&chunk[..n]),
-                }
-            }
-        },
-    )
-    .await;
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,11 @@ impl HubState {
             }
             outbox.kick(KickReason::Drain);
         }
+        // A connection accepted just before the listener closed may have registered since the
+        // list was taken; telling one twice changes nothing.
+        for outbox in self.counters.sessions.snapshot() {
+            outbox.kick(KickReason::Drain);
+        }
         let stall = config.stall_timeout().unwrap_or(Duration::from_secs(30));
         let deadline = tokio::time::Instant::now() + period + stall;
         while self.counters.open.load(Ordering::Acquire) > 0 {

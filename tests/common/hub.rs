@@ -201,9 +201,14 @@ pub fn head(status_byte: u8, version: u8, files: u64) -> BytesMut {
 /// What the hub sends on a raw socket until it closes it (end of stream or reset), within
 /// [`PATIENCE`].
 pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    read_until_closed_within(stream, PATIENCE).await
+}
+
+/// What the hub sends on a raw socket until it closes it, within `limit` (for large streams).
+pub async fn read_until_closed_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    within(PATIENCE, "the hub to close the socket", async {
+    let mut chunk = vec![0u8; 64 * 1024];
+    within(limit, "the hub to close the socket", async {
         loop {
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,

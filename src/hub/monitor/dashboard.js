@@ -3,7 +3,7 @@
 "use strict";
 
 const HISTORY = 60;
-const samples = []; // {t, framesIn, bytesIn, framesOut}
+const samples = []; // {t (the hub's uptime in ms), framesIn, bytesIn, framesOut}
 const rates = [];   // {frames, bytes}
 
 function human(n) {
@@ -61,16 +61,19 @@ function showVarz(v) {
   setText("slow", v.slow_consumers);
   setText("dropped", v.dropped_frames);
   setText("rss", human(v.rss_bytes) + "B");
-  const now = performance.now();
-  samples.push({ t: now, framesIn: v.frames_in, bytesIn: v.bytes_in, framesOut: v.frames_out });
-  if (samples.length > 2) samples.shift();
-  if (samples.length === 2) {
-    const [a, b] = samples;
-    const dt = Math.max(1, b.t - a.t) / 1000;
+  // Rates on the hub's clock over the last second or more of samples: right whatever the
+  // browser's timers do (a background tab, or a headless browser's virtual time).
+  samples.push({ t: v.uptime_ms, framesIn: v.frames_in, bytesIn: v.bytes_in, framesOut: v.frames_out });
+  if (samples.length > 2 * HISTORY) samples.shift();
+  const last = samples[samples.length - 1];
+  let base = samples[0];
+  for (const s of samples) if (s.t <= last.t - 1000) base = s;
+  if (last.t > base.t) {
+    const dt = (last.t - base.t) / 1000;
     const rate = {
-      frames: (b.framesIn - a.framesIn) / dt,
-      bytes: (b.bytesIn - a.bytesIn) / dt,
-      framesOut: (b.framesOut - a.framesOut) / dt,
+      frames: (last.framesIn - base.framesIn) / dt,
+      bytes: (last.bytesIn - base.bytesIn) / dt,
+      framesOut: (last.framesOut - base.framesOut) / dt,
     };
     rates.push(rate);
     if (rates.length > HISTORY) rates.shift();

@@ -27,6 +27,8 @@ pub(crate) struct Varz {
     pub version: &'static str,
     /// Seconds since the hub started.
     pub uptime_seconds: u64,
+    /// Milliseconds since the hub started (the dashboard's clock for rates).
+    pub uptime_ms: u64,
     /// The TEJ listening address.
     pub listen: String,
     /// Connections open now.
@@ -205,6 +207,7 @@ impl HubState {
         Varz {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.started.elapsed().as_secs(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
             listen: self.listen.to_string(),
             connections: hub.open.load(Ordering::Relaxed),
             total_connections: hub.connections.load(Ordering::Relaxed),

@@ -2,7 +2,7 @@
 //! on SIGUSR2 (a 256 MiB streamed frame in progress completes intact, new connections are
 //! refused, `/healthz` turns 503, every connection ends with `ERR hub draining`, exit 0; SIGTERM
 //! during a drain) and the reload on SIGHUP (a lowered `max-pending-bytes` reaches new sessions,
-//! `INFO` and `/varz`; an invalid file changes nothing).
+//! `INFO` and `/varz`, the log filter changes at once; an invalid file changes nothing).
 
 #[path = "common/http.rs"]
 mod http;
@@ -179,7 +179,7 @@ async fn a_reload_applies_to_new_sessions_and_an_invalid_file_changes_nothing() 
     // Lowered, and a restart-only setting changed too.
     write_file(
         &path,
-        "max-pending-bytes = 65536\nworkers = 3\nslow-consumer = \"drop\"\n",
+        "max-pending-bytes = 65536\nworkers = 3\nslow-consumer = \"drop\"\nlog-level = \"warn\"\n",
     );
     // config_loaded_at has whole seconds: make the reload's differ.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -200,6 +200,16 @@ async fn a_reload_applies_to_new_sessions_and_an_invalid_file_changes_nothing() 
     let info_after = info(&mut after).await;
     assert_eq!(info_after["limits"]["max_pending_bytes"], 65_536);
     assert_eq!(info_after["slow_consumer"], "drop");
+    // The log filter changed at once: the new session's connect line (info) is not logged,
+    // the first one's was.
+    let connected = |session: u64| {
+        let line = format!(": connected session={session} ");
+        hub.logs().iter().any(|l| l.contains(&line))
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(connected(1), "logs: {:?}", hub.logs());
+    let session = info_after["session"].as_u64().expect("session id");
+    assert!(!connected(session), "logged at info after log-level = warn");
     // A session keeps the settings it started with.
     assert_eq!(
         info(&mut before).await["limits"]["max_pending_bytes"],

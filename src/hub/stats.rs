@@ -223,3 +223,34 @@ impl Connections {
         totals
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::hub::relay::PieceKind;
+
+    fn piece(code: u8, kind: PieceKind, frames: u32, len: usize) -> Piece {
+        Piece {
+            status: Status::new(code).unwrap_or(Status::PING),
+            kind,
+            frames,
+            bytes: Bytes::from(vec![0u8; len]),
+        }
+    }
+
+    #[test]
+    fn a_code_counts_whole_frames_runs_and_streamed_pieces() {
+        let codes = CodeCounters::default();
+        codes.count(&piece(5, PieceKind::Whole, 3, 60));
+        codes.count(&piece(5, PieceKind::First, 0, 100));
+        codes.count(&piece(5, PieceKind::Middle, 0, 100));
+        codes.count(&piece(5, PieceKind::Last, 1, 50));
+        codes.count(&piece(6, PieceKind::Whole, 1, 20));
+        assert_eq!(codes.get(5), (4, 310));
+        assert_eq!(codes.get(6), (1, 20));
+        assert_eq!(codes.get(7), (0, 0));
+        assert_eq!(codes.get(CODES), (0, 0));
+    }
+}

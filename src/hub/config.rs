@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codec::Limits;
 use crate::hub::control::SlowPolicy;
@@ -81,6 +81,14 @@ pub struct HubConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// A client certificate's subject CN is the user name (one of `users`; no `AUTH` needed).
     pub tls_map_user: bool,
+    /// The log filter (`tracing` directives, e.g. `info` or `tej_hub=debug`); `None` (default)
+    /// takes `RUST_LOG`, else `info`. Reloaded on SIGHUP.
+    pub log_level: Option<String>,
+    /// Address of the monitoring HTTP listener (`/healthz`, `/varz`, `/metrics`, the dashboard);
+    /// `None` (default) is off.
+    pub http: Option<SocketAddr>,
+    /// Seconds over which a lame-duck drain (SIGUSR2) closes the connections. Default 30.
+    pub drain_seconds: u64,
 }
 
 /// One `[[users]]` table.
@@ -118,6 +126,35 @@ pub struct PermissionsConfig {
     pub subscribe: Option<String>,
 }
 
+/// The settings a session works under, as `INFO` and `/varz` show them (`limits`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitSettings {
+    /// [`HubConfig::max_frame_bytes`].
+    pub max_frame_bytes: u64,
+    /// [`HubConfig::cut_through_bytes`].
+    pub cut_through_bytes: u64,
+    /// [`HubConfig::max_pending_bytes`].
+    pub max_pending_bytes: u64,
+    /// [`HubConfig::slow_consumer_timeout`].
+    pub slow_consumer_timeout: u64,
+    /// [`HubConfig::idle_timeout`].
+    pub idle_timeout: u64,
+    /// [`HubConfig::stall_timeout`].
+    pub stall_timeout: u64,
+    /// [`HubConfig::min_rate_bytes`].
+    pub min_rate_bytes: u64,
+    /// [`HubConfig::min_rate_window`].
+    pub min_rate_window: u64,
+    /// [`HubConfig::auth_timeout`].
+    pub auth_timeout: u64,
+    /// [`HubConfig::max_connections`].
+    pub max_connections: u64,
+    /// [`HubConfig::max_connections_per_ip`].
+    pub max_connections_per_ip: u64,
+    /// [`HubConfig::max_ingress_bytes_per_sec`].
+    pub max_ingress_bytes_per_sec: u64,
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
@@ -143,6 +180,9 @@ impl Default for HubConfig {
             tls_key: None,
             tls_client_ca: None,
             tls_map_user: false,
+            log_level: None,
+            http: None,
+            drain_seconds: 30,
         }
     }
 }
@@ -232,6 +272,16 @@ impl HubConfig {
         if self.max_pending_bytes == 0 {
             return Err(ConfigError::Invalid("max-pending-bytes must be at least 1"));
         }
+        if let Some(level) = &self.log_level {
+            if tracing_subscriber::EnvFilter::builder()
+                .parse(level)
+                .is_err()
+            {
+                return Err(ConfigError::Invalid(
+                    "log-level is not a valid tracing filter",
+                ));
+            }
+        }
         if self.min_rate_bytes > 0 && self.min_rate_window == 0 {
             return Err(ConfigError::Invalid(
                 "min-rate-window must be at least 1 when min-rate-bytes is on",
@@ -243,6 +293,84 @@ impl HubConfig {
         crate::hub::auth::Users::from_config(self)?;
         crate::hub::tls::TlsListener::from_config(self)?;
         Ok(())
+    }
+
+    /// The settings `INFO` and `/varz` show as `limits`.
+    pub fn limit_settings(&self) -> LimitSettings {
+        LimitSettings {
+            max_frame_bytes: self.max_frame_bytes,
+            cut_through_bytes: self.cut_through_bytes,
+            max_pending_bytes: self.max_pending_bytes,
+            slow_consumer_timeout: self.slow_consumer_timeout,
+            idle_timeout: self.idle_timeout,
+            stall_timeout: self.stall_timeout,
+            min_rate_bytes: self.min_rate_bytes,
+            min_rate_window: self.min_rate_window,
+            auth_timeout: self.auth_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_ingress_bytes_per_sec: self.max_ingress_bytes_per_sec,
+        }
+    }
+
+    /// The names of the settings in which `other` differs from `self` and that only a restart
+    /// can change (the listening sockets, the threads, the log format, users and TLS).
+    pub fn restart_only_changes(&self, other: &HubConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != other.listen {
+            changed.push("listen");
+        }
+        if self.workers != other.workers {
+            changed.push("workers");
+        }
+        if self.http != other.http {
+            changed.push("http");
+        }
+        if self.log_format != other.log_format {
+            changed.push("log-format");
+        }
+        // Users and certificates are resolved when the hub starts (issue 11 asks for them to
+        // reload; not done yet).
+        if self.users != other.users || self.anonymous != other.anonymous {
+            changed.push("users");
+        }
+        if (
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_client_ca,
+            self.tls_map_user,
+        ) != (
+            &other.tls_cert,
+            &other.tls_key,
+            &other.tls_client_ca,
+            other.tls_map_user,
+        ) {
+            changed.push("tls");
+        }
+        changed
+    }
+
+    /// `other` with the settings only a restart can change taken from `self`: what a reload
+    /// applies.
+    pub fn reloaded(&self, other: &HubConfig) -> HubConfig {
+        HubConfig {
+            listen: self.listen,
+            workers: self.workers,
+            http: self.http,
+            log_format: self.log_format,
+            users: self.users.clone(),
+            anonymous: self.anonymous.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+            tls_map_user: self.tls_map_user,
+            ..other.clone()
+        }
+    }
+
+    /// The drain period.
+    pub fn drain_period(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
     }
 
     /// The codec limits of a hub connection: only the whole frame is bounded.
@@ -300,5 +428,23 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(HubConfig::from_toml("max-frames = 3").is_err());
+    }
+
+    #[test]
+    fn a_reload_keeps_what_needs_a_restart() {
+        let old = HubConfig::default();
+        let new = HubConfig::from_toml(
+            "listen = \"127.0.0.1:9\"\nworkers = 7\nmax-pending-bytes = 1000\nhttp = \"127.0.0.1:0\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            old.restart_only_changes(&new),
+            ["listen", "workers", "http"]
+        );
+        let applied = old.reloaded(&new);
+        assert_eq!(applied.listen, old.listen);
+        assert_eq!(applied.workers, old.workers);
+        assert_eq!(applied.http, None);
+        assert_eq!(applied.max_pending_bytes, 1000);
     }
 }

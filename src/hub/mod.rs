@@ -7,6 +7,9 @@
 //!   [`spawn`] does the same on a thread of its own (tests, embedding).
 //! - Sessions are spread over `workers` arbiters (threads); the router shares the first one; the
 //!   thread that calls [`run`] only accepts. docs/architecture.md draws the whole path.
+//! - [`run_operated`] takes [`Operation`]s while it runs: shutdown, lame-duck drain, reload
+//!   (`tej-hub serve` maps SIGTERM, SIGUSR2 and SIGHUP to them); with `http` set it serves the
+//!   monitoring endpoints and the dashboard ([`monitor`], docs/operations.md).
 //! - Every connection holds a file descriptor: [`raise_open_files_limit`] lifts the process's soft
 //!   limit to its hard one (`tej-hub serve` calls it at start; [`run`] leaves process-wide limits
 //!   alone).
@@ -18,6 +21,8 @@ pub mod control;
 mod flow;
 mod idle;
 mod limits;
+mod monitor;
+mod ops;
 mod outbox;
 mod publisher;
 pub mod registry;
@@ -25,6 +30,7 @@ mod relay;
 mod rlimit;
 mod router;
 mod session;
+mod stats;
 mod table;
 pub mod tls;
 mod transport;
@@ -39,12 +45,15 @@ use std::time::Duration;
 use actix::{Actor, Arbiter};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
 use auth::{Authenticated, Users};
 pub use client::{Credentials, HubClient, HubError, HubOptions};
 use limits::{Admission, IpSlot, Refused};
+pub use ops::Operation;
+use ops::{HubState, Next};
 use registry::SessionId;
 pub use rlimit::raise_open_files_limit;
 use router::{HubCounters, OpenConnection, Router, Shutdown};
@@ -73,6 +82,36 @@ pub async fn run(
     config: HubConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let (operations, received) = unbounded_channel();
+    let serving = run_operated(listener, None, config, received);
+    tokio::pin!(serving);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        served = &mut serving => return served,
+        () = &mut shutdown => {
+            let _ = operations.send(Operation::Shutdown);
+        }
+    }
+    serving.await
+}
+
+/// Serves `listener` with `config`, taking [`Operation`]s until a shutdown (or until every sender
+/// of `operations` is gone) or the end of a drain; then stops accepting, lets every session flush
+/// what it has queued (at most a few seconds) and returns.
+///
+/// With `config.http` set, the monitoring endpoints are served on `monitor` (or, when `None`, on
+/// a listener bound to `config.http`) by actix-web on this same actix `System`.
+///
+/// Must run inside an actix `System` (e.g. `actix_rt::System::new().block_on(..)`).
+///
+/// # Errors
+/// An invalid configuration, or a listener that cannot be used.
+pub async fn run_operated(
+    listener: std::net::TcpListener,
+    monitor: Option<std::net::TcpListener>,
+    config: HubConfig,
+    mut operations: UnboundedReceiver<Operation>,
+) -> io::Result<()> {
     config.validate().map_err(invalid)?;
     let users = Users::from_config(&config).map_err(invalid)?;
     let admission = Admission::new(&config);
@@ -81,7 +120,11 @@ pub async fn run(
         .map(Arc::new);
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
-    let config = Arc::new(config);
+    let monitor = match (monitor, config.http) {
+        (Some(monitor), _) => Some(monitor),
+        (None, Some(addr)) => Some(std::net::TcpListener::bind(addr)?),
+        (None, None) => None,
+    };
     let counters = Arc::new(HubCounters::default());
     let workers: Vec<Arbiter> = (0..config.workers).map(|_| Arbiter::new()).collect();
     // The router shares the first worker's thread: a publication from a session there reaches
@@ -89,11 +132,21 @@ pub async fn run(
     let table = Arc::new(SubscriptionTable::new());
     let router_table = table.clone();
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| Router::new(router_table));
-    info!(listen = %listener.local_addr()?, workers = workers.len(), "hub started");
+    let listen = listener.local_addr()?;
+    info!(%listen, workers = workers.len(), "hub started");
+    let state = Arc::new(HubState::new(
+        config,
+        listen,
+        counters.clone(),
+        table.clone(),
+    ));
+    let http = match monitor {
+        Some(monitor) => Some(monitor::start(monitor, state.clone())?),
+        None => None,
+    };
 
     let mut next_id = 0u64;
-    tokio::pin!(shutdown);
-    loop {
+    let next = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -109,7 +162,7 @@ pub async fn run(
                     let hub = SessionContext {
                         router: router.clone(),
                         table: table.clone(),
-                        config: config.clone(),
+                        config: state.config(),
                         counters: counters.clone(),
                         users: users.clone(),
                     };
@@ -120,15 +173,24 @@ pub async fn run(
                     tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
-            () = &mut shutdown => break,
+            operation = operations.recv() => match state.on_operation(operation) {
+                Next::Serve => {}
+                next => break next,
+            },
         }
-    }
+    };
     drop(listener);
+    if next == Next::Drain {
+        state.drain(&mut operations).await;
+    }
     let sessions = router.send(Shutdown).await.unwrap_or(0);
     info!(sessions, "hub shutting down");
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while counters.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(http) = http {
+        http.stop(false).await;
     }
     for worker in &workers {
         worker.stop();
@@ -218,7 +280,8 @@ fn hand_over(
 #[derive(Debug)]
 pub struct HubHandle {
     local_addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    monitor_addr: Option<SocketAddr>,
+    operations: Option<UnboundedSender<Operation>>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
@@ -228,12 +291,27 @@ impl HubHandle {
         self.local_addr
     }
 
+    /// The address of the monitoring listener, when `http` is set.
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor_addr
+    }
+
+    /// Tells the hub to carry out `operation` (drain, reload; [`shutdown`](Self::shutdown) also
+    /// waits); `false` when the hub has already stopped.
+    pub fn operate(&self, operation: Operation) -> bool {
+        self.operations
+            .as_ref()
+            .is_some_and(|operations| operations.send(operation).is_ok())
+    }
+
     /// Shuts the hub down (as on SIGTERM) and waits for its thread.
     ///
     /// # Errors
     /// What [`run`] returned, or an error if the hub's thread panicked.
     pub fn shutdown(mut self) -> io::Result<()> {
-        self.stop.take().map(|stop| stop.send(()));
+        self.operations
+            .take()
+            .map(|operations| operations.send(Operation::Shutdown));
         match self.thread.take().map(std::thread::JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("hub thread panicked")),
@@ -245,27 +323,35 @@ impl HubHandle {
 impl Drop for HubHandle {
     fn drop(&mut self) {
         // Dropped without shutdown(): stop the hub, don't wait for it.
-        self.stop.take().map(|stop| stop.send(()));
+        self.operations
+            .take()
+            .map(|operations| operations.send(Operation::Shutdown));
     }
 }
 
-/// Starts a hub serving `listener` on a new thread with its own actix `System`.
+/// Starts a hub serving `listener` on a new thread with its own actix `System`; with `http`
+/// set, its monitoring listener is bound first ([`HubHandle::monitor_addr`]).
 ///
 /// # Errors
-/// When the listener's address cannot be read or the thread cannot be started.
+/// When the listener's address cannot be read, the monitoring address cannot be bound, or the
+/// thread cannot be started.
 pub fn spawn(listener: std::net::TcpListener, config: HubConfig) -> io::Result<HubHandle> {
     let local_addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = config.http.map(std::net::TcpListener::bind).transpose()?;
+    let monitor_addr = monitor
+        .as_ref()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
+    let (operations, received) = unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("tej-hub".into())
         .spawn(move || {
-            actix_rt::System::new().block_on(run(listener, config, async {
-                let _ = stopped.await;
-            }))
+            actix_rt::System::new().block_on(run_operated(listener, monitor, config, received))
         })?;
     Ok(HubHandle {
         local_addr,
-        stop: Some(stop),
+        monitor_addr,
+        operations: Some(operations),
         thread: Some(thread),
     })
 }

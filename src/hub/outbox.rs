@@ -35,6 +35,7 @@ use crate::hub::flow::{Backlog, Gate};
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection};
+use crate::hub::stats::SessionStats;
 use crate::hub::transport::WriteHalf;
 
 /// Largest batch of queued bytes handed to one vectored write.
@@ -136,6 +137,8 @@ pub(crate) struct Outbox {
     /// Tells the session to end (a policy, or a publisher gone mid-frame).
     kick: Recipient<Kick>,
     counters: Arc<HubCounters>,
+    /// The connection's other figures, for monitoring.
+    stats: Arc<SessionStats>,
     frames_out: AtomicU64,
     bytes_out: AtomicU64,
     /// Cancelled to stop writing at once (flush deadline, a frame that cannot be completed).
@@ -147,6 +150,7 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// The outbox of session `id` writing to `socket`, with its writer task started on the
     /// current arbiter. `open` is dropped, and so counted closed, when the writer ends.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         id: SessionId,
         socket: WriteHalf,
@@ -154,6 +158,7 @@ impl Outbox {
         backlog: Arc<Backlog>,
         kick: Recipient<Kick>,
         counters: Arc<HubCounters>,
+        stats: Arc<SessionStats>,
         open: OpenConnection,
     ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
@@ -174,6 +179,7 @@ impl Outbox {
             backlog,
             kick,
             counters,
+            stats,
             frames_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             abort: CancellationToken::new(),
@@ -197,6 +203,16 @@ impl Outbox {
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> u64 {
         self.backlog.pending()
+    }
+
+    /// Frames skipped for this subscriber under `drop`.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.backlog.dropped()
+    }
+
+    /// The connection's other figures.
+    pub(crate) fn stats(&self) -> &Arc<SessionStats> {
+        &self.stats
     }
 
     /// Frames written so far.
@@ -630,6 +646,7 @@ async fn write_loop(outbox: Arc<Outbox>, open: OpenConnection) {
     outbox.finish();
     // The peer sees the end of the stream now, whoever still holds the outbox.
     let _ = outbox.socket.shutdown();
+    outbox.counters.sessions.remove(&outbox);
     drop(open);
     outbox.done.cancel();
 }

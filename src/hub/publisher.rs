@@ -106,6 +106,7 @@ impl Publisher {
                 self.denying = piece.kind == PieceKind::Middle;
             }
             PieceKind::Whole | PieceKind::First => {
+                self.counters.codes.count(piece);
                 let subscribers = self.table.subscribers(piece.status);
                 let mut routed = false;
                 for outbox in subscribers.iter() {
@@ -126,6 +127,7 @@ impl Publisher {
                 }
             }
             PieceKind::Middle | PieceKind::Last => {
+                self.counters.codes.count(piece);
                 // A subscriber that skips a piece (gone, or the frame dropped while held) takes
                 // none of the rest.
                 let (id, gate) = (self.id, &self.gate);

@@ -19,6 +19,7 @@ use crate::hub::control::CodeSet;
 use crate::hub::limits::IpSlot;
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::{Registry, SessionId};
+use crate::hub::stats::{CodeCounters, Connections};
 use crate::hub::table::SubscriptionTable;
 
 /// Router → session: close the connection.
@@ -36,6 +37,8 @@ pub(crate) enum KickReason {
     Shutdown,
     /// Its slow-consumer policy says so (`disconnect`, or `drop` in the middle of a frame).
     SlowConsumer,
+    /// The hub is draining (lame duck): close at the next frame boundary.
+    Drain,
     /// The publisher of the frame it is receiving went away mid-frame: the frame cannot be
     /// completed on its stream.
     PublisherGone,
@@ -116,6 +119,10 @@ pub(crate) struct HubCounters {
     pub refused_connections: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_failures: AtomicU64,
+    /// The sessions whose socket is open, and the closed ones' totals (monitoring).
+    pub sessions: Connections,
+    /// Frames and bytes published per code (monitoring).
+    pub codes: CodeCounters,
 }
 
 /// Counts one open connection in [`HubCounters`] (and in its address's count, under a per-address
@@ -170,6 +177,13 @@ impl Router {
         }
     }
 
+    /// Records session `id`'s subscriptions where monitoring reads them.
+    fn record_codes(&self, id: SessionId, codes: CodeSet) {
+        if let Some(outbox) = self.registry.get(id) {
+            outbox.stats().set_codes(codes);
+        }
+    }
+
     /// Takes session `id` out of the publishers' lists of `codes`.
     fn remove_from_lists(&self, id: SessionId, codes: CodeSet) {
         if let Some(outbox) = self.registry.get(id) {
@@ -208,6 +222,7 @@ impl Handler<Subscribe> for Router {
         let before = self.registry.codes(msg.id);
         let after = self.registry.subscribe(msg.id, &msg.codes);
         self.add_to_lists(msg.id, after.difference(before));
+        self.record_codes(msg.id, after);
     }
 }
 
@@ -218,6 +233,7 @@ impl Handler<Unsubscribe> for Router {
         let before = self.registry.codes(msg.id);
         let after = self.registry.unsubscribe(msg.id, &msg.codes);
         self.remove_from_lists(msg.id, before.difference(after));
+        self.record_codes(msg.id, after);
     }
 }
 

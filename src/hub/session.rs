@@ -39,11 +39,14 @@ use crate::hub::router::{
     HubCounters, Kick, KickReason, OpenConnection, Query, Register, Router, Subscribe, Unregister,
     Unsubscribe,
 };
+use crate::hub::stats::SessionStats;
 use crate::hub::table::SubscriptionTable;
 use crate::hub::transport::{ReadHalf, Transport};
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// How often a draining session looks for a frame boundary to close at.
+const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
 /// What the read side has seen, for the idle, stall and minimum-rate checks.
 #[derive(Debug)]
@@ -181,6 +184,7 @@ enum Ending {
     PublisherGone,
     TooManyReplies,
     Shutdown,
+    Drain,
     WriteFailed,
     AuthRequired,
     AuthFailed,
@@ -204,6 +208,7 @@ impl std::fmt::Display for Ending {
             Ending::PublisherGone => f.write_str("publisher of the frame in progress went away"),
             Ending::TooManyReplies => f.write_str("too many commands while a frame was streamed"),
             Ending::Shutdown => f.write_str("hub shutting down"),
+            Ending::Drain => f.write_str("hub draining"),
             Ending::WriteFailed => f.write_str("write failed"),
             Ending::AuthRequired => f.write_str("a frame before authenticating"),
             Ending::AuthFailed => f.write_str("auth failed"),
@@ -225,10 +230,12 @@ pub(crate) struct Session {
     gate: Arc<Gate>,
     backlog: Arc<Backlog>,
     activity: Rc<ReadActivity>,
-    frames_in: u64,
-    bytes_in: u64,
     /// When a connection that must authenticate has to have done so.
     auth_deadline: Instant,
+    /// Frames and bytes in, echo: the figures monitoring reads.
+    stats: Arc<SessionStats>,
+    /// Whether the hub drains: close at the next frame boundary.
+    draining: bool,
     ending: Option<Ending>,
 }
 
@@ -276,6 +283,7 @@ impl Session {
             idle: IdleTimer::default(),
             ingress: IngressLimit::new(config.max_ingress_bytes_per_sec),
         };
+        let stats = SessionStats::new(peer);
         Session::create(move |ctx| {
             ctx.add_stream(pieces);
             let outbox = Outbox::start(
@@ -285,8 +293,10 @@ impl Session {
                 backlog.clone(),
                 ctx.address().recipient(),
                 counters.clone(),
+                stats.clone(),
                 open,
             );
+            counters.sessions.insert(&outbox);
             let access = Access::new(users, certified);
             let auth_deadline = Instant::now() + config.auth_timeout();
             let allowed = access.permissions().unwrap_or_default().publish;
@@ -303,9 +313,9 @@ impl Session {
                 gate,
                 backlog,
                 activity,
-                frames_in: 0,
-                bytes_in: 0,
                 auth_deadline,
+                stats,
+                draining: false,
                 ending: None,
             }
         });
@@ -345,8 +355,7 @@ impl Session {
     }
 
     fn on_piece(&mut self, piece: Piece, ctx: &mut Context<Self>) {
-        self.bytes_in += piece.bytes.len() as u64;
-        self.frames_in += u64::from(piece.frames);
+        self.stats.count_in(piece.frames, piece.bytes.len());
         // Pings and control frames are always whole (the relay codec refuses larger ones).
         if piece.status == Status::PING {
             self.reply(&Frame::ping(), ctx);
@@ -402,6 +411,7 @@ impl Session {
             }
             Command::Echo(on) => {
                 self.publisher.set_echo(on);
+                self.stats.set_echo(on);
                 self.ack(ack, ctx);
             }
             Command::Slow(policy) => {
@@ -511,23 +521,10 @@ impl Session {
             "slow_consumer": self.outbox.policy().to_string(),
             "pending_bytes": self.outbox.pending(),
             "dropped_frames": self.backlog.dropped(),
-            "limits": {
-                "max_frame_bytes": config.max_frame_bytes,
-                "cut_through_bytes": config.cut_through_bytes,
-                "max_pending_bytes": config.max_pending_bytes,
-                "slow_consumer_timeout": config.slow_consumer_timeout,
-                "idle_timeout": config.idle_timeout,
-                "stall_timeout": config.stall_timeout,
-                "min_rate_bytes": config.min_rate_bytes,
-                "min_rate_window": config.min_rate_window,
-                "auth_timeout": config.auth_timeout,
-                "max_connections": config.max_connections,
-                "max_connections_per_ip": config.max_connections_per_ip,
-                "max_ingress_bytes_per_sec": config.max_ingress_bytes_per_sec,
-            },
+            "limits": config.limit_settings(),
             "counters": {
-                "frames_in": self.frames_in,
-                "bytes_in": self.bytes_in,
+                "frames_in": self.stats.frames_in(),
+                "bytes_in": self.stats.bytes_in(),
                 "frames_out": self.outbox.frames_out(),
                 "bytes_out": self.outbox.bytes_out(),
             },
@@ -675,6 +672,33 @@ impl Handler<Kick> for Session {
                 self.end(Ending::SlowConsumer, Some("slow consumer".into()), ctx);
             }
             KickReason::PublisherGone => self.end(Ending::PublisherGone, None, ctx),
+            KickReason::Drain => self.drain(ctx),
         }
+    }
+}
+
+impl Session {
+    /// Lame duck: ends the session with `ERR hub draining` at the first frame boundary on both
+    /// sides, so no frame it is sending or receiving is cut.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        if !self.close_if_between_frames(ctx) {
+            ctx.run_interval(DRAIN_CHECK, |session, ctx| {
+                session.close_if_between_frames(ctx);
+            });
+        }
+    }
+
+    /// Ends a draining session if neither its read side nor its outbox is inside a frame;
+    /// returns whether it did.
+    fn close_if_between_frames(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.activity.mid_frame.get() || self.outbox.is_mid_frame() {
+            return false;
+        }
+        self.end(Ending::Drain, Some("hub draining".into()), ctx);
+        true
     }
 }

@@ -201,9 +201,14 @@ pub fn head(status_byte: u8, version: u8, files: u64) -> BytesMut {
 /// What the hub sends on a raw socket until it closes it (end of stream or reset), within
 /// [`PATIENCE`].
 pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    read_until_closed_within(stream, PATIENCE).await
+}
+
+/// What the hub sends on a raw socket until it closes it, within `limit` (for large streams).
+pub async fn read_until_closed_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    within(PATIENCE, "the hub to close the socket", async {
+    let mut chunk = vec![0u8; 64 * 1024];
+    within(limit, "the hub to close the socket", async {
         loop {
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
@@ -260,6 +265,8 @@ pub struct BinHub {
     /// Where it listens (read from its `tej-hub listening on ADDR` line).
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Its stdout after the first line.
+    lines: mpsc::Receiver<String>,
 }
 
 impl BinHub {
@@ -314,8 +321,10 @@ impl BinHub {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            lines: listening,
         };
-        let line = listening
+        let line = hub
+            .lines
             .recv_timeout(PATIENCE)
             .unwrap_or_else(|_| panic!("tej-hub printed no address; logs: {:?}", hub.logs()));
         hub.addr = line
@@ -323,6 +332,11 @@ impl BinHub {
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from tej-hub: {line:?}"));
         hub
+    }
+
+    /// The next line the hub prints on stdout after its first, within `limit`.
+    pub fn next_line(&self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
     }
 
     /// The hub's process id.

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::Args;
 use tej_hub::hub::config::{HubConfig, LogFormat};
 use tej_hub::hub::control::SlowPolicy;
-use tracing_subscriber::EnvFilter;
+use tej_hub::hub::Operation;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 #[derive(Args)]
 pub(crate) struct Serve {
@@ -80,6 +84,17 @@ pub(crate) struct Serve {
     /// A client certificate's subject CN is the user name (one of the config's users; no AUTH).
     #[arg(long)]
     tls_map_user: bool,
+    /// Log filter, e.g. `info` or `tej_hub=debug` (reloaded on SIGHUP) [default: RUST_LOG, else
+    /// info].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Serve the monitoring endpoints and the dashboard on this address (docs/operations.md)
+    /// [default: off].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// Seconds over which a drain (SIGUSR2) closes the connections [default: 30].
+    #[arg(long)]
+    drain_seconds: Option<u64>,
 }
 
 impl Serve {
@@ -110,7 +125,8 @@ impl Serve {
             auth_timeout,
             max_connections,
             max_connections_per_ip,
-            max_ingress_bytes_per_sec
+            max_ingress_bytes_per_sec,
+            drain_seconds
         );
         for (flag, setting) in [
             (&self.tls_cert, &mut config.tls_cert),
@@ -122,45 +138,99 @@ impl Serve {
             }
         }
         config.tls_map_user |= self.tls_map_user;
+        if self.log_level.is_some() {
+            config.log_level.clone_from(&self.log_level);
+        }
+        if self.http.is_some() {
+            config.http = self.http;
+        }
         config.validate()?;
         Ok(config)
     }
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+/// Where a reload changes the log filter.
+type LogFilter = reload::Handle<EnvFilter, Registry>;
+
+/// The log filter `config` asks for: its `log-level`, else `RUST_LOG`, else `info`.
+fn log_filter(config: &HubConfig) -> EnvFilter {
+    let from_env = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match &config.log_level {
+        // Checked by HubConfig::validate.
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| from_env()),
+        None => from_env(),
     }
 }
 
-/// SIGINT and SIGTERM, listened for from the moment this is created: a signal that arrives
-/// before [`ShutdownSignals::recv`] is polled is kept, not lost to the default action.
-struct ShutdownSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+fn init_logs(config: &HubConfig) -> LogFilter {
+    let (filter, handle) = reload::Layer::new(log_filter(config));
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log_format {
+        LogFormat::Text => registry.with(logs).init(),
+        LogFormat::Json => registry.with(logs.json()).init(),
+    }
+    handle
 }
 
-impl ShutdownSignals {
+/// SIGINT, SIGTERM, SIGUSR2 and SIGHUP, listened for from the moment this is created: a signal
+/// that arrives before [`Signals::forward`] is polled is kept, not lost to the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
     /// Installs the handlers; needs a tokio runtime.
-    fn install() -> std::io::Result<ShutdownSignals> {
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(ShutdownSignals {
+        Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Completes on the first SIGINT or SIGTERM.
-    async fn recv(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-            _ = self.int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    /// Turns signals into operations, for as long as the hub runs: SIGINT and SIGTERM shut
+    /// down, SIGUSR2 drains, SIGHUP re-reads the configuration (the file, then the flags on top)
+    /// and reloads it; an invalid file is logged and changes nothing.
+    async fn forward(mut self, args: &Serve, logs: LogFilter, hub: UnboundedSender<Operation>) {
+        loop {
+            let operation = tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!(signal = "SIGTERM", "shutting down");
+                    Operation::Shutdown
+                }
+                _ = self.int.recv() => {
+                    tracing::info!(signal = "SIGINT", "shutting down");
+                    Operation::Shutdown
+                }
+                _ = self.usr2.recv() => {
+                    tracing::info!(signal = "SIGUSR2", "lame-duck drain");
+                    Operation::Drain
+                }
+                _ = self.hup.recv() => match args.config() {
+                    Ok(config) => {
+                        tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                        if let Err(error) = logs.reload(log_filter(&config)) {
+                            tracing::warn!(%error, "cannot change the log filter");
+                        }
+                        Operation::Reload(Box::new(config))
+                    }
+                    Err(error) => {
+                        tracing::warn!(signal = "SIGHUP", %error, "reload refused; the old settings stay");
+                        continue;
+                    }
+                },
+            };
+            if hub.send(operation).is_err() {
+                return;
+            }
         }
     }
 }
@@ -173,7 +243,7 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log_format);
+    let logs = init_logs(&config);
     // One descriptor per connection: the usual soft limit (often 1024) would cap the hub there.
     match tej_hub::hub::raise_open_files_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
@@ -186,14 +256,32 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let monitor = match config.http.map(std::net::TcpListener::bind).transpose() {
+        Ok(monitor) => monitor,
+        Err(error) => {
+            eprintln!(
+                "tej-hub: cannot listen for monitoring on {:?}: {error}",
+                config.http
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let served = actix_rt::System::new().block_on(async move {
         // The handlers go in before the ready line: a supervisor that signals the moment it
         // reads the line gets the graceful shutdown, never the default action.
-        let signals = ShutdownSignals::install()?;
+        let signals = Signals::install()?;
         let addr = listener.local_addr()?;
         // Scripts and tests read the real port from this line (with --listen ...:0).
         println!("tej-hub listening on {addr}");
-        tej_hub::hub::run(listener, config, signals.recv()).await
+        if let Some(monitor) = &monitor {
+            println!("tej-hub monitoring on http://{}", monitor.local_addr()?);
+        }
+        let (operations, received) = tokio::sync::mpsc::unbounded_channel();
+        let serving = tej_hub::hub::run_operated(listener, monitor, config, received);
+        tokio::select! {
+            served = serving => served,
+            () = signals.forward(args, logs, operations) => Ok(()),
+        }
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,191 @@
+//! `GET /metrics`: OpenMetrics text through prometheus-client. One [`Registry`] holds one
+//! collector that reads the hub's counters on each scrape (they are kept where they are
+//! incremented, per session and per code, and summed here), so counting costs the data path
+//! nothing beyond its own atomics. Names are prefixed `tej_hub_`; counters get `_total`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::hub::ops::HubState;
+
+/// The content type of OpenMetrics text.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry `/metrics` encodes: one collector over `state`.
+pub(super) fn registry(state: Arc<HubState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(HubCollector { state }));
+    registry
+}
+
+pub(super) async fn scrape(registry: web::Data<Registry>) -> HttpResponse {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => HttpResponse::Ok().content_type(OPENMETRICS).body(text),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+/// Reads the hub's figures on each scrape.
+#[derive(Debug)]
+struct HubCollector {
+    state: Arc<HubState>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for HubCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let state = &self.state;
+        let hub = &state.counters;
+        let totals = state.totals();
+        let e = &mut encoder;
+        let open = hub.open.load(Ordering::Relaxed);
+        gauge(
+            e,
+            "tej_hub_connections",
+            "Connections open now.",
+            signed(open),
+        )?;
+        let accepted = hub.connections.load(Ordering::Relaxed);
+        counter(
+            e,
+            "tej_hub_connections_accepted",
+            "Connections accepted since start.",
+            accepted,
+        )?;
+        counter(
+            e,
+            "tej_hub_frames_in",
+            "Frames read from peers.",
+            totals.frames_in,
+        )?;
+        counter(
+            e,
+            "tej_hub_frames_out",
+            "Frames written to peers.",
+            totals.frames_out,
+        )?;
+        counter(
+            e,
+            "tej_hub_bytes_in",
+            "Bytes read from peers.",
+            totals.bytes_in,
+        )?;
+        counter(
+            e,
+            "tej_hub_bytes_out",
+            "Bytes written to peers.",
+            totals.bytes_out,
+        )?;
+        let pending = signed(totals.pending_bytes);
+        gauge(
+            e,
+            "tej_hub_pending_bytes",
+            "Bytes handed to subscribers, not yet written.",
+            pending,
+        )?;
+        let slow = hub.slow_consumers.load(Ordering::Relaxed);
+        counter(
+            e,
+            "tej_hub_slow_consumers",
+            "Subscribers disconnected as slow consumers.",
+            slow,
+        )?;
+        let dropped = hub.dropped_frames.load(Ordering::Relaxed);
+        counter(
+            e,
+            "tej_hub_dropped_frames",
+            "Frames dropped for slow subscribers.",
+            dropped,
+        )?;
+        let unrouted = hub.unrouted_frames.load(Ordering::Relaxed);
+        counter(
+            e,
+            "tej_hub_unrouted_frames",
+            "Publications without a subscriber.",
+            unrouted,
+        )?;
+        let rss = signed(super::views::rss_bytes());
+        gauge(
+            e,
+            "tej_hub_resident_memory_bytes",
+            "Resident memory of the hub.",
+            rss,
+        )?;
+        let uptime = signed(state.uptime().as_secs());
+        gauge(
+            e,
+            "tej_hub_uptime_seconds",
+            "Seconds since the hub started.",
+            uptime,
+        )?;
+        gauge(
+            e,
+            "tej_hub_draining",
+            "1 while the hub drains.",
+            i64::from(state.is_draining()),
+        )?;
+
+        // Per code: at most 128 label values, only codes with a subscriber or traffic.
+        let codes = state.subsz().codes;
+        let labels: Vec<[(&str, String); 1]> = codes
+            .iter()
+            .map(|c| [("code", c.code.to_string())])
+            .collect();
+        let per_code: [(&str, &str, bool); 3] = [
+            (
+                "tej_hub_code_subscribers",
+                "Sessions subscribed to the code.",
+                false,
+            ),
+            ("tej_hub_code_frames", "Frames published on the code.", true),
+            (
+                "tej_hub_code_bytes",
+                "Bytes of the frames published on the code.",
+                true,
+            ),
+        ];
+        for (i, (name, help, is_counter)) in per_code.into_iter().enumerate() {
+            let kind = if is_counter {
+                ConstCounter::new(0u64).metric_type()
+            } else {
+                ConstGauge::new(0i64).metric_type()
+            };
+            let mut family = e.encode_descriptor(name, help, None, kind)?;
+            for (code, label) in codes.iter().zip(&labels) {
+                let series = family.encode_family(label)?;
+                match i {
+                    0 => ConstGauge::new(signed(code.subscribers as u64)).encode(series)?,
+                    1 => ConstCounter::new(code.frames).encode(series)?,
+                    _ => ConstCounter::new(code.bytes).encode(series)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,201 @@
+//! The monitoring listener (`--http ADDR`): actix-web on the hub's own actix `System`, off the
+//! data path. Every endpoint reads the hub's counters (atomics, `stats.rs`) and the live settings;
+//! none sends a message to a session or takes a lock a publisher takes per frame (the
+//! subscription table's per-code read lock is taken once per code per `/subsz`).
+//!
+//! - `GET /healthz`, `/varz`, `/connz`, `/subsz`: JSON, one serde type per body ([`views`]).
+//! - `GET /metrics`: OpenMetrics text ([`metrics`]).
+//! - `GET /`: the live dashboard, a self-contained page (`dashboard.html`, `dashboard.js`) served
+//!   from the binary.
+//!
+//! docs/operations.md documents every endpoint with examples.
+
+mod metrics;
+mod views;
+
+use std::io;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header::ContentType;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::hub::ops::HubState;
+use views::{Connz, Health, SORT_FIELDS};
+
+/// `/connz`'s default page size.
+const CONNZ_LIMIT: usize = 1024;
+/// How long the HTTP server waits for requests in flight when the hub stops.
+const HTTP_SHUTDOWN_SECS: u64 = 1;
+
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+const DASHBOARD_JS: &str = include_str!("dashboard.js");
+
+/// A request the monitoring endpoints refuse.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MonitorError {
+    /// A query parameter that must be a non-negative integer is not.
+    #[error("{param} must be a non-negative integer, got {value:?}")]
+    NotANumber {
+        /// `offset` or `limit`.
+        param: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// `sort` names no numeric field.
+    #[error("sort must be one of {fields}, got {value:?}", fields = SORT_FIELDS.join(", "))]
+    UnknownSortField {
+        /// What was given.
+        value: String,
+    },
+    /// No endpoint at this path.
+    #[error("no such endpoint: {path}")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+    },
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl ResponseError for MonitorError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            MonitorError::NotFound { .. } => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: self.to_string(),
+        })
+    }
+}
+
+/// Starts the monitoring server on `listener` (one worker thread of the current actix `System`).
+pub(crate) fn start(
+    listener: std::net::TcpListener,
+    state: Arc<HubState>,
+) -> io::Result<ServerHandle> {
+    let addr = listener.local_addr()?;
+    let registry = Arc::new(metrics::registry(state.clone()));
+    let state = web::Data::from(state);
+    let registry = web::Data::from(registry);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(registry.clone())
+            .route("/", web::get().to(dashboard))
+            .route("/dashboard.js", web::get().to(dashboard_js))
+            .route("/healthz", web::get().to(healthz))
+            .route("/varz", web::get().to(varz))
+            .route("/connz", web::get().to(connz))
+            .route("/subsz", web::get().to(subsz))
+            .route("/metrics", web::get().to(metrics::scrape))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    // The hub handles its signals itself (drain, reload, shutdown).
+    .disable_signals()
+    .shutdown_timeout(HTTP_SHUTDOWN_SECS)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    info!(http = %addr, "monitoring listener started");
+    Ok(handle)
+}
+
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::html())
+        .body(DASHBOARD_HTML)
+}
+
+async fn dashboard_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(DASHBOARD_JS)
+}
+
+async fn healthz(state: web::Data<HubState>) -> HttpResponse {
+    if state.is_draining() {
+        HttpResponse::ServiceUnavailable().json(Health { status: "draining" })
+    } else {
+        HttpResponse::Ok().json(Health { status: "ok" })
+    }
+}
+
+async fn varz(state: web::Data<HubState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.varz())
+}
+
+/// `/connz`'s query, as given: numbers are checked by hand so that a bad one gets a clear
+/// message.
+#[derive(Debug, Deserialize)]
+struct ConnzQuery {
+    offset: Option<String>,
+    limit: Option<String>,
+    sort: Option<String>,
+}
+
+fn number(
+    param: &'static str,
+    value: Option<&String>,
+    default: usize,
+) -> Result<usize, MonitorError> {
+    match value {
+        None => Ok(default),
+        Some(value) => value.parse().map_err(|_| MonitorError::NotANumber {
+            param,
+            value: value.clone(),
+        }),
+    }
+}
+
+async fn connz(
+    state: web::Data<HubState>,
+    query: web::Query<ConnzQuery>,
+) -> Result<HttpResponse, MonitorError> {
+    let offset = number("offset", query.offset.as_ref(), 0)?;
+    let limit = number("limit", query.limit.as_ref(), CONNZ_LIMIT)?;
+    let sort = match &query.sort {
+        Some(field) if !SORT_FIELDS.contains(&field.as_str()) => {
+            return Err(MonitorError::UnknownSortField {
+                value: field.clone(),
+            })
+        }
+        sort => sort.clone(),
+    };
+    let mut connections = state.connections();
+    if let Some(field) = sort {
+        // Descending; ties keep session order.
+        connections.sort_by_key(|c| std::cmp::Reverse(c.numeric(&field).unwrap_or(0)));
+    }
+    let total = connections.len();
+    let page = connections.into_iter().skip(offset).take(limit).collect();
+    Ok(HttpResponse::Ok().json(Connz {
+        total,
+        offset,
+        limit,
+        connections: page,
+    }))
+}
+
+async fn subsz(state: web::Data<HubState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.subsz())
+}
+
+async fn not_found(request: actix_web::HttpRequest) -> Result<HttpResponse, MonitorError> {
+    Err(MonitorError::NotFound {
+        path: request.path().to_owned(),
+    })
+}

@@ -1,0 +1,262 @@
+//! The JSON bodies of the monitoring endpoints, one serde type per body (the type is the
+//! endpoint's documentation), and how each is gathered from the running hub. `/metrics` reads the
+//! same figures.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::frame::Status;
+use crate::hub::config::LimitSettings;
+use crate::hub::ops::HubState;
+use crate::hub::outbox::Outbox;
+use crate::hub::stats::{Totals, CODES};
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Health {
+    /// `ok`, or `draining` (answered with 503).
+    pub status: &'static str,
+}
+
+/// `GET /varz`: the hub as a whole.
+#[derive(Debug, Serialize)]
+pub(crate) struct Varz {
+    /// The crate's version.
+    pub version: &'static str,
+    /// Seconds since the hub started.
+    pub uptime_seconds: u64,
+    /// Milliseconds since the hub started (the dashboard's clock for rates).
+    pub uptime_ms: u64,
+    /// The TEJ listening address.
+    pub listen: String,
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub total_connections: u64,
+    /// Frames read from peers (control frames and pings included).
+    pub frames_in: u64,
+    /// Frames written to peers.
+    pub frames_out: u64,
+    /// Bytes read from peers.
+    pub bytes_in: u64,
+    /// Bytes written to peers.
+    pub bytes_out: u64,
+    /// Bytes handed to subscribers and not yet written.
+    pub pending_bytes: u64,
+    /// Publications that had no subscriber.
+    pub unrouted_frames: u64,
+    /// Subscribers disconnected as slow consumers.
+    pub slow_consumers: u64,
+    /// Frames skipped for subscribers under `drop`.
+    pub dropped_frames: u64,
+    /// The hub's resident memory (0 where `/proc` is not available).
+    pub rss_bytes: u64,
+    /// Whether the hub is draining.
+    pub draining: bool,
+    /// The slow-consumer policy new sessions start with.
+    pub slow_consumer: String,
+    /// When the settings in force were loaded (RFC 3339).
+    pub config_loaded_at: String,
+    /// The settings new sessions get, with the keys of `INFO`'s `limits`.
+    pub limits: LimitSettings,
+}
+
+/// `GET /connz`: one page of the open connections.
+#[derive(Debug, Serialize)]
+pub(crate) struct Connz {
+    /// Connections open (all pages).
+    pub total: usize,
+    /// Connections skipped before this page.
+    pub offset: usize,
+    /// Most connections on a page.
+    pub limit: usize,
+    /// This page.
+    pub connections: Vec<Connection>,
+}
+
+/// One connection in `/connz`.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Connection {
+    /// The session id (as in `INFO` and the logs).
+    pub session: u64,
+    /// The peer's address.
+    pub peer: String,
+    /// The codes it subscribes to, ascending.
+    pub subscriptions: Vec<u8>,
+    /// Whether it receives its own publications.
+    pub echo: bool,
+    /// Its slow-consumer policy.
+    pub slow_consumer: String,
+    /// Bytes handed to it and not yet written to its socket.
+    pub pending_bytes: u64,
+    /// Frames it sent.
+    pub frames_in: u64,
+    /// Frames written to it.
+    pub frames_out: u64,
+    /// Bytes it sent.
+    pub bytes_in: u64,
+    /// Bytes written to it.
+    pub bytes_out: u64,
+    /// Frames skipped for it under `drop`.
+    pub dropped_frames: u64,
+    /// When it connected (RFC 3339).
+    pub connected_at: String,
+    /// Seconds since it last sent a byte.
+    pub idle_seconds: u64,
+}
+
+/// The fields `/connz?sort=` takes: the numeric ones, sorted descending.
+pub(crate) const SORT_FIELDS: [&str; 8] = [
+    "session",
+    "pending_bytes",
+    "frames_in",
+    "frames_out",
+    "bytes_in",
+    "bytes_out",
+    "dropped_frames",
+    "idle_seconds",
+];
+
+impl Connection {
+    fn of(outbox: &Outbox) -> Connection {
+        let stats = outbox.stats();
+        Connection {
+            session: outbox.id().get(),
+            peer: stats.peer.to_string(),
+            subscriptions: stats.codes().iter().map(Status::code).collect(),
+            echo: stats.echo(),
+            slow_consumer: outbox.policy().to_string(),
+            pending_bytes: outbox.pending(),
+            frames_in: stats.frames_in(),
+            frames_out: outbox.frames_out(),
+            bytes_in: stats.bytes_in(),
+            bytes_out: outbox.bytes_out(),
+            dropped_frames: outbox.dropped(),
+            connected_at: rfc3339(stats.connected_at),
+            idle_seconds: stats.idle_seconds(),
+        }
+    }
+
+    /// The value of numeric field `field` (one of [`SORT_FIELDS`]).
+    pub(crate) fn numeric(&self, field: &str) -> Option<u64> {
+        Some(match field {
+            "session" => self.session,
+            "pending_bytes" => self.pending_bytes,
+            "frames_in" => self.frames_in,
+            "frames_out" => self.frames_out,
+            "bytes_in" => self.bytes_in,
+            "bytes_out" => self.bytes_out,
+            "dropped_frames" => self.dropped_frames,
+            "idle_seconds" => self.idle_seconds,
+            _ => return None,
+        })
+    }
+}
+
+/// `GET /subsz`: the codes with a subscriber or traffic.
+#[derive(Debug, Serialize)]
+pub(crate) struct Subsz {
+    /// Ascending by code.
+    pub codes: Vec<CodeView>,
+}
+
+/// One code in `/subsz`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct CodeView {
+    /// The status code.
+    pub code: u8,
+    /// Sessions subscribed to it now.
+    pub subscribers: usize,
+    /// Frames published on it since start.
+    pub frames: u64,
+    /// Bytes of those frames (whole encoded frames, as on the wire).
+    pub bytes: u64,
+}
+
+/// A wall-clock time as RFC 3339 (UTC, whole seconds).
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The process's resident memory, from `/proc/self/statm`; 0 when unreadable.
+pub(crate) fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
+
+impl HubState {
+    /// The traffic totals: live sessions plus closed ones.
+    pub(crate) fn totals(&self) -> Totals {
+        self.counters.sessions.totals()
+    }
+
+    /// `/varz`.
+    pub(crate) fn varz(&self) -> Varz {
+        let loaded = self.loaded();
+        let totals = self.totals();
+        let hub = &self.counters;
+        Varz {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            listen: self.listen.to_string(),
+            connections: hub.open.load(Ordering::Relaxed),
+            total_connections: hub.connections.load(Ordering::Relaxed),
+            frames_in: totals.frames_in,
+            frames_out: totals.frames_out,
+            bytes_in: totals.bytes_in,
+            bytes_out: totals.bytes_out,
+            pending_bytes: totals.pending_bytes,
+            unrouted_frames: hub.unrouted_frames.load(Ordering::Relaxed),
+            slow_consumers: hub.slow_consumers.load(Ordering::Relaxed),
+            dropped_frames: hub.dropped_frames.load(Ordering::Relaxed),
+            rss_bytes: rss_bytes(),
+            draining: self.is_draining(),
+            slow_consumer: loaded.config.slow_consumer.to_string(),
+            config_loaded_at: rfc3339(loaded.at),
+            limits: loaded.config.limit_settings(),
+        }
+    }
+
+    /// Every open connection, by session id.
+    pub(crate) fn connections(&self) -> Vec<Connection> {
+        self.counters
+            .sessions
+            .snapshot()
+            .iter()
+            .map(|outbox| Connection::of(outbox))
+            .collect()
+    }
+
+    /// Every code with a subscriber or traffic.
+    pub(crate) fn subsz(&self) -> Subsz {
+        let codes = (0..CODES)
+            .filter_map(|code| {
+                let status = Status::new(u8::try_from(code).ok()?)?;
+                let subscribers = self.table.subscribers(status).len();
+                let (frames, bytes) = self.counters.codes.get(code);
+                (subscribers > 0 || frames > 0 || bytes > 0).then_some(CodeView {
+                    code: status.code(),
+                    subscribers,
+                    frames,
+                    bytes,
+                })
+            })
+            .collect();
+        Subsz { codes }
+    }
+
+    /// How long the hub has run.
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

@@ -506,3 +506,62 @@ async fn ten_thousand_failed_auths_leave_memory_and_relay_as_they_were() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_revokes_removed_users_and_narrows_permissions() {
+    let dir = std::env::temp_dir().join(format!("tej-hub-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let config = dir.join("hub.toml");
+    let users = |bob_subscribes: &str, with_alice: bool| {
+        let mut toml = format!(
+            "[[users]]\nname = \"bob\"\npassword = \"{}\"\npublish = \"5\"\nsubscribe = \"{bob_subscribes}\"\n",
+            cheap_hash("builder")
+        );
+        if with_alice {
+            toml.push_str(&format!(
+                "[[users]]\nname = \"alice\"\npassword = \"{}\"\npublish = \"*\"\nsubscribe = \"*\"\n",
+                cheap_hash("wonder land")
+            ));
+        }
+        toml
+    };
+    std::fs::write(&config, users("5-9", true)).expect("write the configuration");
+    let mut hub = hub_common::BinHub::start(&["--config", config.to_str().expect("a UTF-8 path")]);
+    let mut alice = authenticated(hub.addr, "alice", "wonder land").await;
+    let mut bob = authenticated(hub.addr, "bob", "builder").await;
+    subscribe(&mut bob, "5,6", "5-6").await;
+
+    // alice goes, bob keeps code 5 only.
+    std::fs::write(&config, users("5", false)).expect("rewrite the configuration");
+    hub.signal(rustix::process::Signal::HUP);
+    assert_eq!(texts_until_closed(&mut alice).await, ["ERR auth revoked"]);
+    let subscriptions = within(PATIENCE, "bob's narrowed subscriptions", async {
+        loop {
+            let codes = hub_common::subscriptions(&mut bob).await;
+            if codes == [5] {
+                return codes;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(subscriptions, [5]);
+    assert_eq!(
+        control(&mut bob, "SUB 6").await,
+        "ERR permission denied: subscribe 6"
+    );
+    // New connections see the new users too.
+    let mut again = connect(hub.addr).await;
+    send(
+        &mut again,
+        hub_common::control_frame("AUTH alice wonder land"),
+    )
+    .await;
+    assert_eq!(texts_until_closed(&mut again).await, ["ERR auth failed"]);
+    let exit = tokio::task::block_in_place(|| {
+        hub.signal(rustix::process::Signal::TERM);
+        hub.wait_exit(Duration::from_secs(5))
+    });
+    assert_eq!(exit.and_then(|status| status.code()), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -406,3 +406,45 @@ fn pub_and_sub_take_tls_and_credentials_from_flags_files_and_the_environment() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_the_certificate_for_new_handshakes() {
+    let (old, new) = (Pki::new("reload-old"), Pki::new("reload-new"));
+    let config = old.path("hub.toml");
+    let tls_settings = |pki: &Pki| {
+        format!(
+            "tls-cert = {:?}\ntls-key = {:?}\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        )
+    };
+    write(&config, &tls_settings(&old));
+    let hub = hub_common::BinHub::start(&["--config", config.to_str().expect("a UTF-8 path")]);
+    let addr = hub.addr;
+    let mut kept = HubClient::connect_with(addr, &options(old.client(None)))
+        .await
+        .expect("a client of the old certificate");
+    kept.subscribe("5").await.expect("SUB 5");
+    write(&config, &tls_settings(&new));
+    hub.signal(rustix::process::Signal::HUP);
+    within(PATIENCE, "the new certificate", async {
+        loop {
+            let attempt = async {
+                let mut client = HubClient::connect_with(addr, &options(new.client(None))).await?;
+                client.info().await
+            };
+            if attempt.await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let stale = async {
+        let mut client = HubClient::connect_with(addr, &options(old.client(None))).await?;
+        client.info().await
+    };
+    assert!(stale.await.is_err(), "the old certificate is still served");
+    // The connection made before the reload goes on.
+    assert!(kept.info().await.is_ok());
+}

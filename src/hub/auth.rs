@@ -270,6 +270,11 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
         .map_err(HashError)
 }
 
+/// A reload took away what a connection stood on: its user, or anonymous access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("auth revoked")]
+pub(crate) struct Revoked;
+
 /// Why an `AUTH` was refused before any password check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthRefused {
@@ -357,6 +362,36 @@ impl Access {
     /// The connection authenticated as `user`.
     pub(crate) fn grant(&mut self, user: Authenticated) {
         self.standing = Standing::User(user);
+    }
+
+    /// The hub reloaded its users: the connection's permissions become what `users` say now.
+    /// Returns them (`None` while it still has to authenticate).
+    ///
+    /// # Errors
+    /// [`Revoked`] when its user is gone, or anonymous access it relied on is.
+    pub(crate) fn reauthorize(
+        &mut self,
+        users: Option<Arc<Users>>,
+    ) -> Result<Option<Permissions>, Revoked> {
+        let standing = match (&self.standing, &users) {
+            (_, None) => Standing::Anonymous(Permissions::all()),
+            (Standing::User(user), Some(users)) => {
+                let permissions = users.permissions(&user.user).ok_or(Revoked)?;
+                Standing::User(Authenticated {
+                    user: user.user.clone(),
+                    permissions,
+                })
+            }
+            (Standing::Anonymous(_), Some(users)) => {
+                Standing::Anonymous(users.anonymous().ok_or(Revoked)?)
+            }
+            (Standing::Pending, Some(users)) => users
+                .anonymous()
+                .map_or(Standing::Pending, Standing::Anonymous),
+        };
+        self.standing = standing;
+        self.users = users;
+        Ok(self.permissions())
     }
 
     /// What a `SUB codes` may add: `codes` itself when every code is permitted; for `*` (every

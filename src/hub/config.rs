@@ -314,7 +314,7 @@ impl HubConfig {
     }
 
     /// The names of the settings in which `other` differs from `self` and that only a restart
-    /// can change (the listening sockets, the threads, the log format, users and TLS).
+    /// can change (the listening sockets, the threads, the log format).
     pub fn restart_only_changes(&self, other: &HubConfig) -> Vec<&'static str> {
         let mut changed = Vec::new();
         if self.listen != other.listen {
@@ -329,24 +329,6 @@ impl HubConfig {
         if self.log_format != other.log_format {
             changed.push("log-format");
         }
-        // Users and certificates are resolved when the hub starts (issue 11 asks for them to
-        // reload; not done yet).
-        if self.users != other.users || self.anonymous != other.anonymous {
-            changed.push("users");
-        }
-        if (
-            &self.tls_cert,
-            &self.tls_key,
-            &self.tls_client_ca,
-            self.tls_map_user,
-        ) != (
-            &other.tls_cert,
-            &other.tls_key,
-            &other.tls_client_ca,
-            other.tls_map_user,
-        ) {
-            changed.push("tls");
-        }
         changed
     }
 
@@ -358,12 +340,6 @@ impl HubConfig {
             workers: self.workers,
             http: self.http,
             log_format: self.log_format,
-            users: self.users.clone(),
-            anonymous: self.anonymous.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            tls_client_ca: self.tls_client_ca.clone(),
-            tls_map_user: self.tls_map_user,
             ..other.clone()
         }
     }

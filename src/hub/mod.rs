@@ -49,7 +49,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
-use auth::{Authenticated, Users};
+use auth::Authenticated;
 pub use client::{Credentials, HubClient, HubError, HubOptions};
 use limits::{Admission, IpSlot, Refused};
 pub use ops::Operation;
@@ -113,11 +113,7 @@ pub async fn run_operated(
     mut operations: UnboundedReceiver<Operation>,
 ) -> io::Result<()> {
     config.validate().map_err(invalid)?;
-    let users = Users::from_config(&config).map_err(invalid)?;
     let admission = Admission::new(&config);
-    let tls = TlsListener::from_config(&config)
-        .map_err(|error| invalid(ConfigError::Tls(error)))?
-        .map(Arc::new);
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let monitor = match (monitor, config.http) {
@@ -134,12 +130,8 @@ pub async fn run_operated(
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| Router::new(router_table));
     let listen = listener.local_addr()?;
     info!(%listen, workers = workers.len(), "hub started");
-    let state = Arc::new(HubState::new(
-        config,
-        listen,
-        counters.clone(),
-        table.clone(),
-    ));
+    let state =
+        Arc::new(HubState::new(config, listen, counters.clone(), table.clone()).map_err(invalid)?);
     let http = match monitor {
         Some(monitor) => Some(monitor::start(monitor, state.clone())?),
         None => None,
@@ -159,14 +151,16 @@ pub async fn run_operated(
                     };
                     next_id += 1;
                     let worker = &workers[(next_id as usize) % workers.len()];
+                    let loaded = state.loaded();
                     let hub = SessionContext {
                         router: router.clone(),
                         table: table.clone(),
-                        config: state.config(),
+                        config: loaded.config.clone(),
                         counters: counters.clone(),
-                        users: users.clone(),
+                        users: loaded.users.clone(),
                     };
-                    hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot, tls.clone());
+                    let tls = loaded.tls.clone();
+                    hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot, tls);
                 }
                 Err(error) => {
                     warn!(%error, "accept failed");

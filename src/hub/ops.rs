@@ -3,9 +3,14 @@
 //!
 //! Live settings sit behind one `Arc` swapped whole on reload ([`HubState::reload`]): a session
 //! takes the settings current when it is accepted and keeps them, so a reload applies to new
-//! sessions and never changes a limit under a frame in progress. Settings that only a restart
-//! can change (the listening sockets, the threads, the log format) are logged and kept. More
-//! reloadable settings (users, permissions, certificates) are more fields in the same swap.
+//! sessions and never changes a limit under a frame in progress. Users and permissions are the
+//! exception: every open session is told ([`Outbox::reauthorize`]) and takes its user's new
+//! permissions at once — losing the subscriptions they no longer cover — or is closed with
+//! `ERR auth revoked` when its user is gone. Certificates apply to new handshakes. Settings that
+//! only a restart can change (the listening sockets, the threads, the log format) are logged and
+//! kept.
+//!
+//! [`Outbox::reauthorize`]: crate::hub::outbox::Outbox
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
 
+use crate::hub::auth::Users;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::router::{HubCounters, KickReason};
 use crate::hub::table::SubscriptionTable;
+use crate::hub::tls::TlsListener;
 
 /// What a running hub can be told to do (`tej-hub serve` maps signals to these).
 #[derive(Debug)]
@@ -33,12 +40,44 @@ pub enum Operation {
 }
 
 /// A set of settings and when it was loaded.
-#[derive(Debug)]
 pub(crate) struct Loaded {
     /// The settings.
     pub config: Arc<HubConfig>,
+    /// Their users, resolved (`None`: an open hub).
+    pub users: Option<Arc<Users>>,
+    /// Their TLS settings, for new handshakes (`None`: plain TCP).
+    pub tls: Option<Arc<TlsListener>>,
     /// When they were loaded (start or reload).
     pub at: SystemTime,
+}
+
+impl Loaded {
+    /// `config` resolved.
+    ///
+    /// # Errors
+    /// What [`HubConfig::validate`] finds, users that cannot be resolved, TLS files that cannot be
+    /// used.
+    fn new(config: HubConfig) -> Result<Loaded, ConfigError> {
+        config.validate()?;
+        Ok(Loaded {
+            users: Users::from_config(&config)?,
+            tls: TlsListener::from_config(&config)?.map(Arc::new),
+            config: Arc::new(config),
+            at: SystemTime::now(),
+        })
+    }
+}
+
+/// The settings, never the users' hashes or keys.
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("config", &self.config)
+            .field("users", &self.users)
+            .field("tls", &self.tls.is_some())
+            .field("at", &self.at)
+            .finish()
+    }
 }
 
 /// What the accept loop, operations and monitoring share about the running hub.
@@ -58,23 +97,23 @@ pub(crate) struct HubState {
 
 impl HubState {
     /// The state of a hub starting now with `config`.
+    ///
+    /// # Errors
+    /// As [`Loaded::new`].
     pub(crate) fn new(
         config: HubConfig,
         listen: SocketAddr,
         counters: Arc<HubCounters>,
         table: Arc<SubscriptionTable>,
-    ) -> HubState {
-        HubState {
-            loaded: RwLock::new(Arc::new(Loaded {
-                config: Arc::new(config),
-                at: SystemTime::now(),
-            })),
+    ) -> Result<HubState, ConfigError> {
+        Ok(HubState {
+            loaded: RwLock::new(Arc::new(Loaded::new(config)?)),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             listen,
             counters,
             table,
-        }
+        })
     }
 
     /// The settings now, and when they were loaded.
@@ -95,18 +134,23 @@ impl HubState {
     /// # Errors
     /// [`ConfigError::Invalid`] when `new` does not validate; the old settings stay.
     pub(crate) fn reload(&self, new: &HubConfig) -> Result<(), ConfigError> {
-        new.validate()?;
         let old = self.config();
+        let applied = old.reloaded(new);
+        let loaded = Loaded::new(applied)?;
         for setting in old.restart_only_changes(new) {
             warn!(setting, "setting changed in the file needs a restart; kept");
         }
-        let applied = old.reloaded(new);
-        let changed = applied != *old;
-        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Loaded {
-            config: Arc::new(applied),
-            at: SystemTime::now(),
-        });
-        info!(changed, "configuration reloaded");
+        let changed = *loaded.config != *old;
+        let users_changed =
+            (old.users != loaded.config.users) || (old.anonymous != loaded.config.anonymous);
+        let users = loaded.users.clone();
+        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        info!(changed, users_changed, "configuration reloaded");
+        if users_changed {
+            for outbox in self.counters.sessions.snapshot() {
+                outbox.reauthorize(users.clone());
+            }
+        }
         Ok(())
     }
 

@@ -23,18 +23,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use actix::Recipient;
 use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::hub::auth::Users;
 use crate::hub::control::SlowPolicy;
 use crate::hub::flow::{Backlog, Gate};
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, PieceKind};
-use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection};
+use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection, Reauthorize, SessionLink};
 use crate::hub::stats::SessionStats;
 use crate::hub::transport::WriteHalf;
 
@@ -134,8 +134,8 @@ pub(crate) struct Outbox {
     /// Wakes the writer when the queue gets bytes or the outbox closes.
     wake: Notify,
     backlog: Arc<Backlog>,
-    /// Tells the session to end (a policy, or a publisher gone mid-frame).
-    kick: Recipient<Kick>,
+    /// Its session (told to end by a policy, or a publisher gone mid-frame).
+    session: SessionLink,
     counters: Arc<HubCounters>,
     /// The connection's other figures, for monitoring.
     stats: Arc<SessionStats>,
@@ -156,7 +156,7 @@ impl Outbox {
         socket: WriteHalf,
         policy: SlowPolicy,
         backlog: Arc<Backlog>,
-        kick: Recipient<Kick>,
+        session: SessionLink,
         counters: Arc<HubCounters>,
         stats: Arc<SessionStats>,
         open: OpenConnection,
@@ -177,7 +177,7 @@ impl Outbox {
             }),
             wake: Notify::new(),
             backlog,
-            kick,
+            session,
             counters,
             stats,
             frames_out: AtomicU64::new(0),
@@ -256,7 +256,12 @@ impl Outbox {
 
     /// Tells the session to end (e.g. at shutdown).
     pub(crate) fn kick(&self, reason: KickReason) {
-        self.kick.do_send(Kick { reason });
+        self.session.kick.do_send(Kick { reason });
+    }
+
+    /// Tells the session the hub's users changed.
+    pub(crate) fn reauthorize(&self, users: Option<Arc<Users>>) {
+        self.session.reauthorize.do_send(Reauthorize { users });
     }
 
     /// Offers `piece` from publisher `from` (whose read gate is `gate`): written or queued now,

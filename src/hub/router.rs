@@ -13,8 +13,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use actix::{Actor, Context, Handler, Message, MessageResult, Recipient};
 
+use crate::hub::auth::Users;
 use crate::hub::control::CodeSet;
 use crate::hub::limits::IpSlot;
 use crate::hub::outbox::Outbox;
@@ -28,6 +29,24 @@ use crate::hub::table::SubscriptionTable;
 pub(crate) struct Kick {
     /// Why.
     pub reason: KickReason,
+}
+
+/// Hub → session: the hub reloaded its users; the session's permissions follow (or it is
+/// closed with `ERR auth revoked` when its user is gone).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Reauthorize {
+    /// The users now, `None` for an open hub.
+    pub users: Option<Arc<Users>>,
+}
+
+/// How others reach a session: its mailbox for the messages they may send it.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionLink {
+    /// Close it.
+    pub kick: Recipient<Kick>,
+    /// Apply reloaded users.
+    pub reauthorize: Recipient<Reauthorize>,
 }
 
 /// Why the router closes a session.

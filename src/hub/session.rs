@@ -36,8 +36,8 @@ use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, RelayCodec};
 use crate::hub::router::{
-    HubCounters, Kick, KickReason, OpenConnection, Query, Register, Router, Subscribe, Unregister,
-    Unsubscribe,
+    HubCounters, Kick, KickReason, OpenConnection, Query, Reauthorize, Register, Router,
+    SessionLink, Subscribe, Unregister, Unsubscribe,
 };
 use crate::hub::stats::SessionStats;
 use crate::hub::table::SubscriptionTable;
@@ -189,6 +189,7 @@ enum Ending {
     AuthRequired,
     AuthFailed,
     AuthTimeout,
+    AuthRevoked,
 }
 
 impl std::fmt::Display for Ending {
@@ -213,6 +214,7 @@ impl std::fmt::Display for Ending {
             Ending::AuthRequired => f.write_str("a frame before authenticating"),
             Ending::AuthFailed => f.write_str("auth failed"),
             Ending::AuthTimeout => f.write_str("no auth in time"),
+            Ending::AuthRevoked => f.write_str("its user or access was removed by a reload"),
         }
     }
 }
@@ -291,7 +293,10 @@ impl Session {
                 write,
                 config.slow_consumer,
                 backlog.clone(),
-                ctx.address().recipient(),
+                SessionLink {
+                    kick: ctx.address().recipient(),
+                    reauthorize: ctx.address().recipient(),
+                },
                 counters.clone(),
                 stats.clone(),
                 open,
@@ -673,6 +678,28 @@ impl Handler<Kick> for Session {
             }
             KickReason::PublisherGone => self.end(Ending::PublisherGone, None, ctx),
             KickReason::Drain => self.drain(ctx),
+        }
+    }
+}
+
+impl Handler<Reauthorize> for Session {
+    type Result = ();
+
+    /// The hub reloaded its users: the session keeps the permissions they give it now (and
+    /// loses subscriptions they no longer cover), or is closed with `ERR auth revoked`.
+    fn handle(&mut self, msg: Reauthorize, ctx: &mut Context<Self>) {
+        match self.access.reauthorize(msg.users) {
+            Ok(permissions) => {
+                let permissions = permissions.unwrap_or_default();
+                self.publisher.allow(permissions.publish);
+                let (id, codes) = (self.id, permissions.subscribe.complement());
+                let done = self.router.send(Unsubscribe { id, codes });
+                self.after_router(done, None, ctx);
+            }
+            Err(revoked) => {
+                info!(session = %self.id, peer = %self.peer, "auth revoked by a reload");
+                self.end(Ending::AuthRevoked, Some(revoked.to_string()), ctx);
+            }
         }
     }
 }

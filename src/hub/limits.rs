@@ -41,13 +41,11 @@ pub(crate) enum Refused {
     },
 }
 
-/// The connection limits and the open connections per address.
-#[derive(Debug)]
+/// The open connections per address, checked against the connection limits.
+#[derive(Debug, Default)]
 pub(crate) struct Admission {
-    max: u64,
-    max_per_ip: u64,
-    /// Open connections per address (only while `max_per_ip` is on). Touched at accept and
-    /// close only, never per frame.
+    /// Open connections per address (counted while `max-connections-per-ip` is on). Touched at
+    /// accept and close only, never per frame.
     per_ip: Mutex<HashMap<IpAddr, u64>>,
 }
 
@@ -59,16 +57,13 @@ pub(crate) struct IpSlot {
 }
 
 impl Admission {
-    /// The limits of `config` (0 is none).
-    pub(crate) fn new(config: &HubConfig) -> Arc<Admission> {
-        Arc::new(Admission {
-            max: config.max_connections,
-            max_per_ip: config.max_connections_per_ip,
-            per_ip: Mutex::new(HashMap::new()),
-        })
+    /// No connection yet.
+    pub(crate) fn new() -> Arc<Admission> {
+        Arc::new(Admission::default())
     }
 
-    /// Admits a connection from `ip`, given the hub's open connections.
+    /// Admits a connection from `ip` under the limits of `config` (0 is none, and they may change
+    /// with a reload), given the hub's open connections.
     ///
     /// # Errors
     /// [`Refused`] naming the limit it is over.
@@ -76,23 +71,22 @@ impl Admission {
         self: &Arc<Admission>,
         ip: IpAddr,
         counters: &HubCounters,
+        config: &HubConfig,
     ) -> Result<Option<IpSlot>, Refused> {
+        let (max, max_per_ip) = (config.max_connections, config.max_connections_per_ip);
         let open = counters.open.load(Ordering::Acquire);
-        if self.max > 0 && open >= self.max {
-            return Err(Refused::Hub {
-                open,
-                max: self.max,
-            });
+        if max > 0 && open >= max {
+            return Err(Refused::Hub { open, max });
         }
-        if self.max_per_ip == 0 {
+        if max_per_ip == 0 {
             return Ok(None);
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
+        if *count >= max_per_ip {
             return Err(Refused::PerIp {
                 ip,
-                max: self.max_per_ip,
+                max: max_per_ip,
             });
         }
         *count += 1;
@@ -197,20 +191,20 @@ mod tests {
             max_connections_per_ip: 2,
             ..HubConfig::default()
         };
-        let admission = Admission::new(&config);
+        let admission = Admission::new();
         let counters = HubCounters::default();
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let first = admission.admit(ip, &counters);
-        let second = admission.admit(ip, &counters);
+        let first = admission.admit(ip, &counters, &config);
+        let second = admission.admit(ip, &counters, &config);
         assert!(matches!(
-            admission.admit(ip, &counters),
+            admission.admit(ip, &counters, &config),
             Err(Refused::PerIp { max: 2, .. })
         ));
         assert!(admission
-            .admit(IpAddr::from([127, 0, 0, 2]), &counters)
+            .admit(IpAddr::from([127, 0, 0, 2]), &counters, &config)
             .is_ok());
         drop(first);
-        assert!(admission.admit(ip, &counters).is_ok());
+        assert!(admission.admit(ip, &counters, &config).is_ok());
         drop(second);
     }
 }

@@ -113,7 +113,7 @@ pub async fn run_operated(
     mut operations: UnboundedReceiver<Operation>,
 ) -> io::Result<()> {
     config.validate().map_err(invalid)?;
-    let admission = Admission::new(&config);
+    let admission = Admission::new();
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let monitor = match (monitor, config.http) {
@@ -142,7 +142,8 @@ pub async fn run_operated(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let slot = match admission.admit(peer.ip(), &counters) {
+                    let loaded = state.loaded();
+                    let slot = match admission.admit(peer.ip(), &counters, &loaded.config) {
                         Ok(slot) => slot,
                         Err(refused) => {
                             refuse(&stream, peer, refused, &counters);
@@ -151,7 +152,6 @@ pub async fn run_operated(
                     };
                     next_id += 1;
                     let worker = &workers[(next_id as usize) % workers.len()];
-                    let loaded = state.loaded();
                     let hub = SessionContext {
                         router: router.clone(),
                         table: table.clone(),

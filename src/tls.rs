@@ -90,9 +90,9 @@ impl ClientTls {
             roots.add(certificate)?;
         }
         let chain = pem_certificates(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|error| ClientTlsError::Pem {
+        let key = read_private_key(key).map_err(|problem| ClientTlsError::Pem {
             path: key.to_owned(),
-            problem: format!("no private key: {error}"),
+            problem,
         })?;
         Ok(ClientTls::trusting(roots, Some((chain, key)))?)
     }
@@ -134,18 +134,27 @@ impl ClientTls {
 }
 
 fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientTlsError> {
-    let pem = |problem: String| ClientTlsError::Pem {
+    read_certificates(path).map_err(|problem| ClientTlsError::Pem {
         path: path.to_owned(),
         problem,
-    };
+    })
+}
+
+/// The certificates in the PEM file at `path` (at least one), or what is wrong with it.
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|error| pem(error.to_string()))?
+        .map_err(|error| error.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| pem(error.to_string()))?;
+        .map_err(|error| error.to_string())?;
     if chain.is_empty() {
-        return Err(pem("no certificate".into()));
+        return Err("no certificate".into());
     }
     Ok(chain)
+}
+
+/// The private key in the PEM file at `path`, or what is wrong with it.
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| format!("no private key: {error}"))
 }
 
 /// A TCP stream, with or without TLS.

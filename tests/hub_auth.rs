@@ -372,21 +372,7 @@ async fn the_ingress_limit_paces_a_publisher_without_loss() {
 
 #[test]
 fn passwd_prints_a_hash_the_hub_accepts() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .arg("passwd")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin is piped")
-                .write_all(b"open sesame\n")?;
-            child.wait_with_output()
-        })
-        .expect("run tej-hub passwd");
+    let output = hub_common::passwd("open sesame");
     assert!(output.status.success(), "{output:?}");
     let hash = String::from_utf8(output.stdout).expect("a text hash");
     let hash = hash.trim();

@@ -117,6 +117,18 @@ impl Drop for Pki {
     }
 }
 
+/// A hub client over TLS, subscribed to code 5.
+async fn tls_subscriber(
+    addr: std::net::SocketAddr,
+    tls: ClientTls,
+) -> HubClient<tej_hub::MaybeTls> {
+    let mut subscriber = HubClient::connect_with(addr, &options(tls))
+        .await
+        .expect("a TLS subscriber");
+    subscriber.subscribe("5").await.expect("SUB 5");
+    subscriber
+}
+
 fn options(tls: ClientTls) -> HubOptions {
     HubOptions {
         tls: Some((tls, "localhost".into())),
@@ -130,10 +142,7 @@ async fn frames_cross_a_tls_hub_byte_for_byte() {
     let pki = Pki::new("relay");
     let hub = start_hub(pki.hub_config());
     let addr = hub.local_addr();
-    let mut subscriber = HubClient::connect_with(addr, &options(pki.client(None)))
-        .await
-        .expect("a TLS subscriber");
-    subscriber.subscribe("5").await.expect("SUB 5");
+    let mut subscriber = tls_subscriber(addr, pki.client(None)).await;
     // The plain library client, over TLS.
     let mut publisher = Client::connect_tls(addr, "localhost", &pki.client(None))
         .await
@@ -168,10 +177,7 @@ async fn a_plain_client_on_the_tls_port_is_closed_and_nobody_else_notices() {
     let pki = Pki::new("plain");
     let hub = start_hub(pki.hub_config());
     let addr = hub.local_addr();
-    let mut subscriber = HubClient::connect_with(addr, &options(pki.client(None)))
-        .await
-        .expect("a TLS subscriber");
-    subscriber.subscribe("5").await.expect("SUB 5");
+    let mut subscriber = tls_subscriber(addr, pki.client(None)).await;
     let mut plain = hub_common::connect_raw(addr).await;
     plain
         .write_all(&hub_common::encode(&hub_common::control_frame("SUB 5")))
@@ -306,21 +312,7 @@ fn write(path: &Path, text: &str) {
 fn pub_and_sub_take_tls_and_credentials_from_flags_files_and_the_environment() {
     let pki = Pki::new("cli");
     let hash = {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-            .arg("passwd")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin is piped")
-                    .write_all(b"cli secret\n")?;
-                child.wait_with_output()
-            })
-            .expect("run tej-hub passwd");
+        let output = hub_common::passwd("cli secret");
         String::from_utf8(output.stdout)
             .expect("a text hash")
             .trim()
@@ -421,10 +413,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     write(&config, &tls_settings(&old));
     let hub = hub_common::BinHub::start(&["--config", config.to_str().expect("a UTF-8 path")]);
     let addr = hub.addr;
-    let mut kept = HubClient::connect_with(addr, &options(old.client(None)))
-        .await
-        .expect("a client of the old certificate");
-    kept.subscribe("5").await.expect("SUB 5");
+    let mut kept = tls_subscriber(addr, old.client(None)).await;
     write(&config, &tls_settings(&new));
     hub.signal(rustix::process::Signal::HUP);
     within(PATIENCE, "the new certificate", async {

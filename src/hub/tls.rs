@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -27,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::hub::config::HubConfig;
 use crate::hub::relay::CHUNK;
 use crate::hub::transport::Transport;
+use crate::tls::{read_certificates, read_private_key};
 
 /// Why TLS could not be set up, or a connection's handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,9 +87,9 @@ impl TlsListener {
             return Err(TlsError::Incomplete("tls-map-user needs tls-client-ca"));
         }
         let chain = certificates(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Pem {
+        let key = read_private_key(key).map_err(|problem| TlsError::Pem {
             path: key.clone(),
-            problem: format!("no private key: {error}"),
+            problem,
         })?;
         let builder = ServerConfig::builder();
         let builder = match &config.tls_client_ca {
@@ -146,18 +146,10 @@ impl TlsListener {
 
 /// The certificates of a PEM file.
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = |problem: String| TlsError::Pem {
+    read_certificates(path).map_err(|problem| TlsError::Pem {
         path: path.to_owned(),
         problem,
-    };
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|error| pem(error.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| pem(error.to_string()))?;
-    if chain.is_empty() {
-        return Err(pem("no certificate".into()));
-    }
-    Ok(chain)
+    })
 }
 
 /// The subject CN of a DER certificate.

@@ -402,3 +402,21 @@ impl Drop for BinHub {
         }
     }
 }
+
+/// What `tej-hub passwd` prints for `password` given on stdin: its exit status and stdout.
+pub fn passwd(password: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run tej-hub passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    child.wait_with_output().expect("tej-hub passwd's output")
+}

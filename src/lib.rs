@@ -36,6 +36,9 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod hub;
 mod scan;

@@ -6,38 +6,9 @@
 //! concatenated, are the start of the input.
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tej_hub::{Frame, Limits, TejCodec};
-use tej_hub_fuzz::{decode_frames, End, Setup};
-use tokio_util::codec::Decoder;
-
-/// Decodes `reads` arriving one after another, through `Decoder::decode` (and `decode_eof`
-/// after the last), up to the first error.
-fn decode_in_reads(limits: Limits, reads: &[&[u8]]) -> (Vec<Frame>, End) {
-    let mut codec = TejCodec::new(limits);
-    let mut src = BytesMut::new();
-    let mut frames = Vec::new();
-    for read in reads {
-        src.extend_from_slice(read);
-        // A frame takes at least 18 bytes: at most this many per read.
-        for _ in 0..=src.len() {
-            match codec.decode(&mut src) {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                Err(error) => return (frames, End::Error(error.to_string())),
-            }
-        }
-    }
-    for _ in 0..=src.len() {
-        match codec.decode_eof(&mut src) {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => return (frames, End::Clean),
-            Err(error) => return (frames, End::Error(error.to_string())),
-        }
-    }
-    panic!("decode_eof returned more frames than the input can hold");
-}
+use tej_hub::{Frame, TejCodec};
+use tej_hub_fuzz::{decode_frames, decode_reads, End, Setup};
 
 fuzz_target!(|input: &[u8]| {
     let Some((setup, data)) = Setup::split(input) else {
@@ -45,7 +16,7 @@ fuzz_target!(|input: &[u8]| {
     };
     let limits = setup.limits();
     let (wire_frames, whole_end) = decode_frames(limits, data);
-    let (frames, end) = decode_in_reads(limits, &setup.reads(data));
+    let (frames, end, _) = decode_reads(&mut TejCodec::new(limits), &setup.reads(data));
     let whole: Vec<&Frame> = wire_frames.iter().map(|wire| &wire.frame).collect();
     let chunked: Vec<&Frame> = frames.iter().collect();
     assert_eq!(

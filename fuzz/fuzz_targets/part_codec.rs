@@ -6,12 +6,11 @@
 //! the same error), are exactly what `TejCodec` decodes from the whole input at once.
 #![no_main]
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tej_hub::stream::{Part, PartCodec};
 use tej_hub::{File, Frame, Limits};
-use tej_hub_fuzz::{decode_frames, End, Setup};
-use tokio_util::codec::Decoder;
+use tej_hub_fuzz::{decode_frames, decode_reads, End, Setup};
 
 /// Frames assembled from parts, checking the grammar as they come.
 #[derive(Default)]
@@ -103,31 +102,15 @@ impl Assembler {
 
 /// Decodes `reads` one after another into parts, assembled; stops at the first error.
 fn decode_parts(limits: Limits, reads: &[&[u8]]) -> (Vec<Frame>, End) {
-    let mut codec = PartCodec::new(limits);
-    let mut src = BytesMut::new();
-    let mut parts = Assembler::default();
-    for read in reads {
-        src.extend_from_slice(read);
-        // Each part but `FileEnd`/`End` consumes at least one byte; each of those follows one.
-        for _ in 0..=2 * src.len() + 2 {
-            match codec.decode(&mut src) {
-                Ok(Some(part)) => parts.push(part),
-                Ok(None) => break,
-                Err(error) => return (parts.frames, End::Error(error.to_string())),
-            }
-        }
+    let (parts, end, _) = decode_reads(&mut PartCodec::new(limits), reads);
+    let mut assembler = Assembler::default();
+    for part in parts {
+        assembler.push(part);
     }
-    for _ in 0..=2 * src.len() + 2 {
-        match codec.decode_eof(&mut src) {
-            Ok(Some(part)) => parts.push(part),
-            Ok(None) => {
-                assert!(parts.frame.is_none(), "a clean end inside a frame");
-                return (parts.frames, End::Clean);
-            }
-            Err(error) => return (parts.frames, End::Error(error.to_string())),
-        }
+    if end == End::Clean {
+        assert!(assembler.frame.is_none(), "a clean end inside a frame");
     }
-    panic!("decode_eof returned more parts than the input can hold");
+    (assembler.frames, end)
 }
 
 fuzz_target!(|input: &[u8]| {

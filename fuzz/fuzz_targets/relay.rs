@@ -10,38 +10,11 @@
 //! the ones `TejCodec` decodes from the whole input, the same list when the relay ends cleanly.
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tej_hub::fuzzing::{Piece, PieceKind, RelayCodec, CHUNK};
+use tej_hub::fuzzing::{PieceKind, RelayCodec, CHUNK};
 use tej_hub::hub::control::CONTROL;
 use tej_hub::{Frame, Limits, Status};
-use tej_hub_fuzz::{decode_frames, End, Setup};
-use tokio_util::codec::Decoder;
-
-/// Decodes `reads` one after another into pieces; stops at the first error.
-fn decode_pieces(codec: &mut RelayCodec, reads: &[&[u8]]) -> (Vec<Piece>, End, usize) {
-    let mut src = BytesMut::new();
-    let mut pieces = Vec::new();
-    for read in reads {
-        src.extend_from_slice(read);
-        // Every piece holds at least one byte.
-        for _ in 0..=src.len() {
-            match codec.decode(&mut src) {
-                Ok(Some(piece)) => pieces.push(piece),
-                Ok(None) => break,
-                Err(error) => return (pieces, End::Error(error.to_string()), src.len()),
-            }
-        }
-    }
-    for _ in 0..=src.len() {
-        match codec.decode_eof(&mut src) {
-            Ok(Some(piece)) => pieces.push(piece),
-            Ok(None) => return (pieces, End::Clean, src.len()),
-            Err(error) => return (pieces, End::Error(error.to_string()), src.len()),
-        }
-    }
-    panic!("decode_eof returned more pieces than the input can hold");
-}
+use tej_hub_fuzz::{decode_frames, decode_reads, End, Setup};
 
 /// Every frame in `bytes`, which must hold whole frames only.
 fn frames_of(bytes: &[u8]) -> Vec<Frame> {
@@ -56,7 +29,7 @@ fuzz_target!(|input: &[u8]| {
     };
     let (max_frame, cut_through) = (setup.frame_limit(), setup.threshold());
     let mut codec = RelayCodec::new(Limits::frame_only(max_frame), cut_through);
-    let (pieces, end, left) = decode_pieces(&mut codec, &setup.reads(data));
+    let (pieces, end, left) = decode_reads(&mut codec, &setup.reads(data));
 
     let concat: Vec<u8> = pieces
         .iter()

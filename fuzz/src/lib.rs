@@ -2,8 +2,11 @@
 //! into reads ([`Setup`]), and [`decode_frames`] is the reference decoding the targets compare
 //! against (the whole input in one buffer, through [`TejCodec::decode_wire`]).
 
+use std::fmt::Display;
+
 use bytes::BytesMut;
 use tej_hub::{Limits, TejCodec, WireFrame};
+use tokio_util::codec::Decoder;
 
 /// How many leading bytes of an input are the setup, not data.
 pub const SETUP_LEN: usize = 4;
@@ -88,16 +91,63 @@ pub enum End {
 /// The frames of `data` decoded in one buffer by [`TejCodec::decode_wire`] (and
 /// `decode_wire_eof` at the end), up to the first error.
 pub fn decode_frames(limits: Limits, data: &[u8]) -> (Vec<WireFrame>, End) {
-    let mut codec = TejCodec::new(limits);
-    let mut src = BytesMut::from(data);
-    let mut frames = Vec::new();
-    // Each frame takes at least 18 bytes, so this bounds the loop.
-    for _ in 0..=data.len() {
-        match codec.decode_wire_eof(&mut src) {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => return (frames, End::Clean),
-            Err(error) => return (frames, End::Error(error.to_string())),
+    let (frames, end, _) = decode_reads(&mut WireDecoder(TejCodec::new(limits)), &[data]);
+    (frames, end)
+}
+
+/// [`TejCodec`]'s `decode_wire` as a [`Decoder`].
+struct WireDecoder(TejCodec);
+
+impl Decoder for WireDecoder {
+    type Item = WireFrame;
+    type Error = tej_hub::CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, Self::Error> {
+        self.0.decode_wire(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<WireFrame>, Self::Error> {
+        self.0.decode_wire_eof(src)
+    }
+}
+
+/// Feeds `reads` to `codec` one after another, taking every item after each (`decode_eof` after
+/// the last), up to the first error. Returns the items, how it ended and the bytes left in the
+/// buffer.
+pub fn decode_reads<D>(codec: &mut D, reads: &[&[u8]]) -> (Vec<D::Item>, End, usize)
+where
+    D: Decoder,
+    D::Error: Display,
+{
+    let mut src = BytesMut::new();
+    let mut items = Vec::new();
+    for (at, read) in reads.iter().enumerate() {
+        src.extend_from_slice(read);
+        let last = at + 1 == reads.len();
+        // Every item consumes a byte, but for at most one that follows each (a part codec's
+        // `FileEnd` and `End`): at most twice the buffer's length, plus the end.
+        for _ in 0..=2 * src.len() + 2 {
+            let decoded = if last {
+                codec.decode_eof(&mut src)
+            } else {
+                codec.decode(&mut src)
+            };
+            match decoded {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) if last => return (items, End::Clean, src.len()),
+                Ok(None) => break,
+                Err(error) => return (items, End::Error(error.to_string()), src.len()),
+            }
+        }
+        if last {
+            panic!("the codec returned more items than the input can hold");
         }
     }
-    panic!("decode_wire_eof returned more frames than the input can hold");
+    // No read at all: the end of an empty stream.
+    match codec.decode_eof(&mut src) {
+        Ok(Some(item)) => items.push(item),
+        Ok(None) => {}
+        Err(error) => return (items, End::Error(error.to_string()), src.len()),
+    }
+    (items, End::Clean, src.len())
 }

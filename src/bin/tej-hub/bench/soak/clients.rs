@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use crate::bench::big_file::tcp::connect;
 use crate::bench::{before, limit, MIB};
 
 /// Code of the mixed frames, 16 B to 64 MiB (large ones streamed by the hub).
@@ -74,21 +75,6 @@ impl Dice {
     pub(super) fn millis(&mut self, low: u64, high: u64) -> Duration {
         Duration::from_millis(self.roll(low, high))
     }
-}
-
-/// A loopback connection to `addr` with `TCP_NODELAY`, made within [`STEP`].
-pub(super) async fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
-    let stream = before(
-        limit(deadline, STEP),
-        "connecting",
-        TcpStream::connect(addr),
-    )
-    .await?
-    .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|error| format!("TCP_NODELAY: {error}"))?;
-    Ok(stream)
 }
 
 /// Writes the soak frame `(id, seq)` on `code` with a `len`-byte file, stopping after `cut`

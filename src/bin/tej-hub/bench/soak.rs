@@ -41,6 +41,8 @@ const MAX_PENDING: u64 = MIB;
 const RSS_SLACK: f64 = 1.1;
 /// How long the hub may take to close connections and descriptors after the run.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long before the run's deadline the clients give up draining.
+const CLIENT_MARGIN: Duration = Duration::from_secs(30);
 /// Time allowed beyond --duration for draining and checks when --timeout is shorter.
 const DRAIN: u64 = 180;
 
@@ -127,6 +129,8 @@ async fn soak(args: &Soak, hub: HubInfo, deadline: Instant) -> Result<Report, St
     let before_run = hub_state(addr, hub.pid, deadline).await?;
     let started = Instant::now();
     let stop = started + Duration::from_secs(args.duration);
+    // The clients give up a little before the run's deadline, so that the report still comes.
+    let deadline = deadline.checked_sub(CLIENT_MARGIN).unwrap_or(deadline);
     let sampling = hub
         .pid
         .map(|pid| tokio::spawn(sample_rss(pid, started, stop)));

@@ -364,7 +364,9 @@ impl Conn {
             conn.command(&command, deadline).await?;
             match before(limit(deadline, STEP), "a reply", conn.next()).await?? {
                 Some(Event::Control(reply)) if reply.starts_with("OK ") => {}
-                other => return Err(format!("{command}: answered {:?}", other.is_some())),
+                Some(Event::Control(reply)) => return Err(format!("{command}: {reply}")),
+                Some(Event::Frame { .. }) => return Err(format!("{command}: a frame, no reply")),
+                None => return Err(format!("{command}: the hub closed the connection")),
             }
         }
         Ok(conn)

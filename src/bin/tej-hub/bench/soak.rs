@@ -339,6 +339,20 @@ fn report(
             .max()
     };
     let (first_peak, last_peak) = (peak(true), peak(false));
+    // The lowest and highest sample of each tenth of the run: a leak raises the floor too, a
+    // rare burst only the peak.
+    let tenths: Vec<Value> = (0..10)
+        .map(|tenth| {
+            let from = args.duration as f64 * f64::from(tenth) / 10.0;
+            let to = from + args.duration as f64 / 10.0;
+            let kib = || {
+                rss.iter()
+                    .filter(move |(at, _)| (from..to).contains(at))
+                    .map(|(_, kib)| *kib)
+            };
+            json!({"from_s": from, "min": kib().min(), "max": kib().max()})
+        })
+        .collect();
     if let (Some(first), Some(last)) = (first_peak, last_peak) {
         if last as f64 > first as f64 * RSS_SLACK {
             violations.push(format!(
@@ -382,6 +396,7 @@ fn report(
             "samples": rss.len(),
             "first_half_peak": first_peak,
             "last_half_peak": last_peak,
+            "tenths": tenths,
         },
         "fds": {"before": before_run.fds, "after": after_run.fds},
         "connections": {"before": before_run.connections, "after": after_run.connections},
@@ -432,6 +447,16 @@ fn table(report: &Value, published: &Published) -> String {
     text.push_str(&format!(
         "hub RSS peak: first half {} KiB, second half {} KiB ({} samples)\n",
         rss["first_half_peak"], rss["last_half_peak"], rss["samples"]
+    ));
+    let tenths: Vec<String> = rss["tenths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|tenth| format!("{}-{}", tenth["min"], tenth["max"]))
+        .collect();
+    text.push_str(&format!(
+        "hub RSS by tenth of the run, min-max KiB: {}\n",
+        tenths.join(" ")
     ));
     text.push_str(&format!(
         "hub fds: {} before, {} after; open connections: {} before, {} after\n",

@@ -36,6 +36,9 @@ pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod hub;
 mod scan;

@@ -740,6 +740,34 @@ mod tests {
         assert_eq!(a.difference(a), CodeSet::empty());
     }
 
+    /// Found by the `control` fuzz target (fuzz/): 32 control characters escape to 6 bytes each,
+    /// so a reason is bounded by the escaped width of 32 characters, not by 32 bytes.
+    #[test]
+    fn reasons_stay_bounded_whatever_the_peer_sends() {
+        let mut input = b"@,".to_vec();
+        input.extend([0x1c; 46]);
+        input.extend(b"--\n");
+        let reason = Command::parse(&input).map_or_else(|e| e.to_string(), |c| c.to_string());
+        assert!(
+            reason.starts_with("unknown command \"@,\\u{1c}"),
+            "{reason}"
+        );
+        assert!(
+            reason.len() <= 32 * 10 + 40,
+            "{} bytes: {reason}",
+            reason.len()
+        );
+        let wide = "\u{10ffff}".repeat(100);
+        let reason = wide
+            .parse::<CodeSet>()
+            .map_or_else(|e| e.to_string(), |_| String::new());
+        assert!(
+            reason.len() <= 32 * 10 + 40,
+            "{} bytes: {reason}",
+            reason.len()
+        );
+    }
+
     #[test]
     fn relayable_is_all_but_2_and_127() {
         let r = CodeSet::relayable();

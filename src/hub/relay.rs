@@ -27,11 +27,11 @@ use crate::hub::control::CONTROL;
 use crate::scan::{Scanner, Step};
 
 /// The read buffer's size while streaming, and the largest streamed piece.
-pub(crate) const CHUNK: usize = 256 * 1024;
+pub const CHUNK: usize = 256 * 1024;
 
 /// Where a piece sits in its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PieceKind {
+pub enum PieceKind {
     /// One or more whole frames.
     Whole,
     /// The start of a streamed frame.
@@ -44,19 +44,19 @@ pub(crate) enum PieceKind {
 
 impl PieceKind {
     /// Whether the piece starts a frame.
-    pub(crate) fn starts_frame(self) -> bool {
+    pub fn starts_frame(self) -> bool {
         matches!(self, PieceKind::Whole | PieceKind::First)
     }
 
     /// Whether the piece ends a frame.
-    pub(crate) fn ends_frame(self) -> bool {
+    pub fn ends_frame(self) -> bool {
         matches!(self, PieceKind::Whole | PieceKind::Last)
     }
 }
 
 /// Consecutive wire bytes of one frame, or of a run of whole frames with the same status.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Piece {
+pub struct Piece {
     /// The frames' status.
     pub status: Status,
     /// Where the bytes sit in their frame.
@@ -69,7 +69,7 @@ pub(crate) struct Piece {
 
 /// Decodes a connection's bytes into [`Piece`]s; see the module documentation.
 #[derive(Debug)]
-pub(crate) struct RelayCodec {
+pub struct RelayCodec {
     scanner: Scanner,
     cut_through: u64,
     /// Bytes at the front of the buffer that belong to the current frame and have been scanned.
@@ -84,7 +84,7 @@ pub(crate) struct RelayCodec {
 
 impl RelayCodec {
     /// A codec for frames within `limits`, relaying whole those of at most `cut_through` bytes.
-    pub(crate) fn new(limits: Limits, cut_through: u64) -> RelayCodec {
+    pub fn new(limits: Limits, cut_through: u64) -> RelayCodec {
         RelayCodec {
             scanner: Scanner::new(limits),
             cut_through,
@@ -105,7 +105,7 @@ impl RelayCodec {
     }
 
     /// Whether part of a frame has been read.
-    pub(crate) fn is_mid_frame(&self, buffered: usize) -> bool {
+    pub fn is_mid_frame(&self, buffered: usize) -> bool {
         self.streaming || buffered > 0
     }
 

@@ -9,6 +9,7 @@
 //! - [`load`]: many messages from P publishers to S subscribers (`throughput`, `latency`,
 //!   `matrix`), against a plain forwarder as the yardstick.
 //! - [`connections`]: the hub's memory per idle subscriber, and one publication's fan-out.
+//! - [`soak`]: a mixed, misbehaving workload held for a while, checked for loss, order and leaks.
 //!
 //! Helper: [`hub`] starts (or finds) the hub and samples its memory.
 
@@ -16,6 +17,7 @@ mod big_file;
 mod connections;
 mod hub;
 mod load;
+mod soak;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,6 +91,20 @@ enum Workload {
     /// connection received the publication; 1 otherwise, on a failure or the --timeout; 2 for
     /// bad usage.
     Connections(connections::Connections),
+    /// Hold a mixed, misbehaving workload for --duration seconds and check the hub stays correct
+    /// and does not leak.
+    ///
+    /// P publishers send frames of 16 B to 64 MiB; one more dies mid-frame now and then; S
+    /// subscribers use every slow-consumer policy (some read slowly, some reconnect); hostile
+    /// connections send garbage. Checks: every frame intact; each `block` subscriber that stayed
+    /// got every frame exactly once and in order; each `drop` subscriber missed exactly its
+    /// `dropped_frames`; the hub closed the protocol violators; the hub's RSS (sampled every
+    /// second) peaks no higher in the second half than 1.1 x the first; its connections and file
+    /// descriptors are back to the start after the run. A spawned hub gets
+    /// --max-pending-bytes=1MiB unless --serve-arg sets it. Prints a table, or one JSON object
+    /// with --json. Exit status: 0 when nothing was violated; 1 on a violation, a failure or the
+    /// timeout (at least --duration + 180 s); 2 for bad usage.
+    Soak(soak::Soak),
 }
 
 /// Flags every workload takes: which hub, how long at most, how to print.
@@ -126,6 +142,7 @@ pub(crate) fn run(args: &Bench) -> Result<(), Failure> {
         Workload::Latency(workload) => load::latency(workload),
         Workload::Matrix(workload) => load::matrix(workload),
         Workload::Connections(workload) => connections::run(workload),
+        Workload::Soak(workload) => soak::run(workload),
     }
 }
 

@@ -19,7 +19,7 @@
 
 mod report;
 mod subscriber;
-mod tcp;
+pub(super) mod tcp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -21,8 +21,11 @@ pub(super) fn connect_limit(deadline: Instant) -> Instant {
     limit(deadline, CONNECT_TIMEOUT)
 }
 
-/// A loopback connection to `addr`, with `TCP_NODELAY`.
-pub(super) async fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
+/// A loopback connection to `addr`, with `TCP_NODELAY` (`bench soak` connects with it too).
+pub(in crate::bench) async fn connect(
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<TcpStream, String> {
     let connecting = TcpStream::connect(addr);
     let stream = before(connect_limit(deadline), "connecting", connecting)
         .await?

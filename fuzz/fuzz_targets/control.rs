@@ -1,0 +1,52 @@
+//! The hub's control-command parser (src/hub/control.rs) over arbitrary bytes.
+//!
+//! Asserts: parsing never panics; an accepted `SUB`/`UNSUB` list (and any accepted code list)
+//! is non-empty and holds only relayable codes (never 2 or 127); a command's canonical text
+//! parses back to the same command, and a code list's to the same set; a refusal's reason stays
+//! short whatever the peer sent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tej_hub::hub::control::{CodeSet, Command};
+
+/// The longest `ERR` reason: a fixed text of a few dozen bytes plus at most 32 characters of the
+/// peer's, each escaped to at most 10 bytes (`\u{10ffff}`).
+const MAX_REASON: usize = 400;
+
+fn check_set(set: CodeSet) {
+    assert!(!set.is_empty(), "an accepted list is empty");
+    assert_eq!(
+        set.difference(CodeSet::relayable()),
+        CodeSet::empty(),
+        "unrelayable code"
+    );
+    let text = set.to_string();
+    assert_eq!(
+        text.parse::<CodeSet>(),
+        Ok(set),
+        "{text:?} does not parse back"
+    );
+}
+
+fuzz_target!(|input: &[u8]| {
+    match Command::parse(input) {
+        Ok(command) => {
+            if let Command::Sub(set) | Command::Unsub(set) = command {
+                check_set(set);
+            }
+            let text = command.to_string();
+            assert_eq!(Command::parse(text.as_bytes()), Ok(command), "{text:?}");
+            assert!(command.ack().is_some() || command == Command::Info);
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            assert!(reason.len() <= MAX_REASON, "a long reason: {reason:?}");
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(input) {
+        match text.parse::<CodeSet>() {
+            Ok(set) => check_set(set),
+            Err(error) => assert!(error.to_string().len() <= MAX_REASON),
+        }
+    }
+});

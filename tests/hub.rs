@@ -706,3 +706,55 @@ async fn a_thousand_subscribers_get_one_publication() {
     }
     stop_hub(hub).await;
 }
+
+/// Publications run flat out on a code while a subscriber subscribes and unsubscribes over and
+/// over: its `OK SUB` always comes before the first frame of the code (the soak once saw a frame
+/// overtake it when the reply was queued after the subscription became visible).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_sub_always_comes_before_the_first_frame_of_the_code() {
+    const ROUNDS: usize = 200;
+    let hub = start_hub(test_config());
+    let addr = hub.local_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut publisher = connect(addr).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && tokio::time::Instant::now() < deadline
+            {
+                for n in 0..64u64 {
+                    feed(&mut publisher, Frame::message(status(11), format!("{n}"))).await;
+                }
+                flush(&mut publisher).await;
+            }
+        })
+    };
+    let mut subscriber = connect(addr).await;
+    for round in 0..ROUNDS {
+        send(&mut subscriber, control_frame("SUB 11")).await;
+        let first = recv(&mut subscriber).await;
+        assert_eq!(
+            first.status,
+            status(127),
+            "round {round}: a frame of code 11 came before OK SUB"
+        );
+        assert_eq!(first.message, "OK SUB 11", "round {round}");
+        send(&mut subscriber, control_frame("UNSUB 11")).await;
+        // Frames already on their way may come before OK UNSUB.
+        within(PATIENCE, "OK UNSUB", async {
+            loop {
+                let frame = recv(&mut subscriber).await;
+                if frame.status == status(127) {
+                    assert_eq!(frame.message, "OK UNSUB 11", "round {round}");
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooding.await.expect("the publisher task");
+    stop_hub(hub).await;
+}

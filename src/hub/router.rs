@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, MessageResult, Recipient};
+use bytes::Bytes;
 
 use crate::hub::auth::Users;
 use crate::hub::control::CodeSet;
@@ -90,6 +91,9 @@ pub(crate) struct Subscribe {
     pub id: SessionId,
     /// The codes to add.
     pub codes: CodeSet,
+    /// The `OK SUB` reply (wire bytes), queued in the session's outbox *before* publishers can
+    /// see the new subscription, so that no relayed frame overtakes it.
+    pub ack: Bytes,
 }
 
 /// Session → router: remove codes from the session's subscriptions. Answered once publishers no
@@ -240,6 +244,11 @@ impl Handler<Subscribe> for Router {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         let before = self.registry.codes(msg.id);
         let after = self.registry.subscribe(msg.id, &msg.codes);
+        if let Some(outbox) = self.registry.get(msg.id) {
+            // Refused only for a session that queued too many replies behind a streamed frame,
+            // which its own next reply will end.
+            let _ = outbox.reply(msg.ack);
+        }
         self.add_to_lists(msg.id, after.difference(before));
         self.record_codes(msg.id, after);
     }

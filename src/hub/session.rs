@@ -401,9 +401,12 @@ impl Session {
         match command {
             Command::Sub(codes) => match self.access.subscription(codes) {
                 Ok(codes) => {
-                    let ack = Some(control::ok_reply(Command::Sub(codes)));
-                    let done = self.router.send(Subscribe { id, codes });
-                    self.after_router(done, ack, ctx);
+                    // The router queues the OK itself, before publishers see the subscription.
+                    let Ok(ack) = control::ok_reply(Command::Sub(codes)).to_wire() else {
+                        return;
+                    };
+                    let done = self.router.send(Subscribe { id, codes, ack });
+                    self.after_router(done, None, ctx);
                 }
                 Err(denied) => {
                     let reason = format!("permission denied: subscribe {denied}");

@@ -425,11 +425,31 @@ impl Outbox {
     /// [`ReplyRefused::TooManyHeld`] when too many replies wait for a streamed frame to end.
     pub(crate) fn reply(&self, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
         let mut wire = self.lock();
+        self.queue_reply(&mut wire, wire_bytes)
+    }
+
+    /// Runs `subscribe` (which makes this session visible to publishers) and then queues the
+    /// reply `ack`, both under this outbox's lock: a publication read after the peer has the
+    /// reply finds the subscription, and one that finds it delivers behind the reply.
+    ///
+    /// # Errors
+    /// As [`Outbox::reply`].
+    pub(crate) fn subscribe_then_reply(
+        &self,
+        subscribe: impl FnOnce(),
+        ack: Bytes,
+    ) -> Result<(), ReplyRefused> {
+        let mut wire = self.lock();
+        subscribe();
+        self.queue_reply(&mut wire, ack)
+    }
+
+    fn queue_reply(&self, wire: &mut Wire, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
         if wire.closed {
             return Ok(());
         }
         if wire.current.is_none() {
-            self.push(&mut wire, wire_bytes, 1);
+            self.push(wire, wire_bytes, 1);
             return Ok(());
         }
         wire.reply_bytes += wire_bytes.len() as u64;

@@ -91,8 +91,9 @@ pub(crate) struct Subscribe {
     pub id: SessionId,
     /// The codes to add.
     pub codes: CodeSet,
-    /// The `OK SUB` reply (wire bytes), queued in the session's outbox *before* publishers can
-    /// see the new subscription, so that no relayed frame overtakes it.
+    /// The `OK SUB` reply (wire bytes): queued in the session's outbox while it holds off
+    /// publishers, right after they can see the new subscription, so that no relayed frame
+    /// overtakes it and none sent after it is missed.
     pub ack: Bytes,
 }
 
@@ -244,12 +245,12 @@ impl Handler<Subscribe> for Router {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         let before = self.registry.codes(msg.id);
         let after = self.registry.subscribe(msg.id, &msg.codes);
-        if let Some(outbox) = self.registry.get(msg.id) {
+        let added = after.difference(before);
+        if let Some(outbox) = self.registry.get(msg.id).cloned() {
             // Refused only for a session that queued too many replies behind a streamed frame,
             // which its own next reply will end.
-            let _ = outbox.reply(msg.ack);
+            let _ = outbox.subscribe_then_reply(|| self.add_to_lists(msg.id, added), msg.ack);
         }
-        self.add_to_lists(msg.id, after.difference(before));
         self.record_codes(msg.id, after);
     }
 }

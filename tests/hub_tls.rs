@@ -129,6 +129,15 @@ async fn tls_subscriber(
     subscriber
 }
 
+/// Connects over TLS and asks `INFO`: whether the hub let this client in.
+async fn info_over_tls(
+    addr: std::net::SocketAddr,
+    tls: ClientTls,
+) -> Result<serde_json::Value, tej_hub::hub::HubError> {
+    let mut client = HubClient::connect_with(addr, &options(tls)).await?;
+    client.info().await
+}
+
 fn options(tls: ClientTls) -> HubOptions {
     HubOptions {
         tls: Some((tls, "localhost".into())),
@@ -252,10 +261,7 @@ async fn client_certificates_name_the_user() {
         None,
         Some("mallory"),
     ] {
-        let refused = async {
-            let mut client = HubClient::connect_with(addr, &options(pki.client(identity))).await?;
-            client.info().await
-        };
+        let refused = info_over_tls(addr, pki.client(identity));
         let outcome = within(PATIENCE, "a refused client", refused).await;
         assert!(outcome.is_err(), "{identity:?} got in: {outcome:?}");
     }
@@ -418,22 +424,15 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     hub.signal(rustix::process::Signal::HUP);
     within(PATIENCE, "the new certificate", async {
         loop {
-            let attempt = async {
-                let mut client = HubClient::connect_with(addr, &options(new.client(None))).await?;
-                client.info().await
-            };
-            if attempt.await.is_ok() {
+            if info_over_tls(addr, new.client(None)).await.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;
-    let stale = async {
-        let mut client = HubClient::connect_with(addr, &options(old.client(None))).await?;
-        client.info().await
-    };
-    assert!(stale.await.is_err(), "the old certificate is still served");
+    let stale = info_over_tls(addr, old.client(None)).await;
+    assert!(stale.is_err(), "the old certificate is still served");
     // The connection made before the reload goes on.
     assert!(kept.info().await.is_ok());
 }

@@ -288,6 +288,13 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs();
+            eprintln!("--- nats-server on port {}, last log lines:", self.port);
+            for line in &logs[logs.len().saturating_sub(20)..] {
+                eprintln!("{line}");
+            }
+        }
         self.kill();
     }
 }

@@ -89,6 +89,14 @@ pub struct HubConfig {
     pub http: Option<SocketAddr>,
     /// Seconds over which a lame-duck drain (SIGUSR2) closes the connections. Default 30.
     pub drain_seconds: u64,
+    /// NATS servers (`nats://HOST:PORT`) through which this hub joins a cluster of hubs
+    /// (docs/cluster.md); empty (default) is a hub on its own.
+    pub cluster: Vec<String>,
+    /// This hub's name in the cluster; `None` (default) is `hostname:port`.
+    pub hub_name: Option<String>,
+    /// The first token(s) of every NATS subject the cluster uses, so several clusters can share
+    /// one NATS. Default `tej`.
+    pub cluster_prefix: String,
 }
 
 /// One `[[users]]` table.
@@ -183,6 +191,9 @@ impl Default for HubConfig {
             log_level: None,
             http: None,
             drain_seconds: 30,
+            cluster: Vec::new(),
+            hub_name: None,
+            cluster_prefix: "tej".into(),
         }
     }
 }
@@ -220,6 +231,9 @@ pub enum ConfigError {
     /// The `[anonymous]` table is unusable.
     #[error("[anonymous]: {0}")]
     Anonymous(String),
+    /// The cluster settings are unusable.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The TLS settings are unusable.
     #[error("TLS: {0}")]
     Tls(#[from] crate::hub::tls::TlsError),
@@ -292,6 +306,7 @@ impl HubConfig {
         }
         crate::hub::auth::Users::from_config(self)?;
         crate::hub::tls::TlsListener::from_config(self)?;
+        crate::hub::cluster::Settings::from_config(self)?;
         Ok(())
     }
 
@@ -314,7 +329,7 @@ impl HubConfig {
     }
 
     /// The names of the settings in which `other` differs from `self` and that only a restart
-    /// can change (the listening sockets, the threads, the log format).
+    /// can change (the listening sockets, the threads, the log format, the cluster link).
     pub fn restart_only_changes(&self, other: &HubConfig) -> Vec<&'static str> {
         let mut changed = Vec::new();
         if self.listen != other.listen {
@@ -329,6 +344,12 @@ impl HubConfig {
         if self.log_format != other.log_format {
             changed.push("log-format");
         }
+        if self.cluster != other.cluster
+            || self.hub_name != other.hub_name
+            || self.cluster_prefix != other.cluster_prefix
+        {
+            changed.push("cluster");
+        }
         changed
     }
 
@@ -340,6 +361,9 @@ impl HubConfig {
             workers: self.workers,
             http: self.http,
             log_format: self.log_format,
+            cluster: self.cluster.clone(),
+            hub_name: self.hub_name.clone(),
+            cluster_prefix: self.cluster_prefix.clone(),
             ..other.clone()
         }
     }

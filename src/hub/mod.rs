@@ -16,6 +16,7 @@
 
 pub mod auth;
 mod client;
+mod cluster;
 pub mod config;
 pub mod control;
 mod flow;
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 use crate::hub::config::{ConfigError, HubConfig};
 use auth::Authenticated;
 pub use client::{Credentials, HubClient, HubError, HubOptions};
+use cluster::Cluster;
 use limits::{Admission, IpSlot, Refused};
 pub use ops::Operation;
 use ops::{HubState, Next};
@@ -110,9 +112,26 @@ pub async fn run_operated(
     listener: std::net::TcpListener,
     monitor: Option<std::net::TcpListener>,
     config: HubConfig,
+    operations: UnboundedReceiver<Operation>,
+) -> io::Result<()> {
+    run_announced(listener, monitor, config, operations, || {}).await
+}
+
+/// As [`run_operated`], calling `ready` once the hub is about to take connections: in a cluster
+/// (`config.cluster`), after it has joined (or given up waiting for NATS, which it keeps trying
+/// in the background). `tej-hub serve` prints its ready line there.
+///
+/// # Errors
+/// An invalid configuration, or a listener that cannot be used.
+pub async fn run_announced(
+    listener: std::net::TcpListener,
+    monitor: Option<std::net::TcpListener>,
+    config: HubConfig,
     mut operations: UnboundedReceiver<Operation>,
+    ready: impl FnOnce(),
 ) -> io::Result<()> {
     config.validate().map_err(invalid)?;
+    let cluster_settings = cluster::Settings::from_config(&config).map_err(invalid)?;
     let admission = Admission::new();
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -126,17 +145,36 @@ pub async fn run_operated(
     // The router shares the first worker's thread: a publication from a session there reaches
     // it without waking another thread (a wake-up costs tens of microseconds on a busy machine).
     let table = Arc::new(SubscriptionTable::new());
-    let router_table = table.clone();
-    let router = Router::start_in_arbiter(&workers[0].handle(), move |_| Router::new(router_table));
+    // The cluster's NATS client and its tasks get a thread of their own.
+    let cluster_arbiter = cluster_settings.as_ref().map(|_| Arbiter::new());
+    let cluster = match (cluster_settings, &cluster_arbiter) {
+        (Some(settings), Some(arbiter)) => {
+            Some(Cluster::start(settings, table.clone(), counters.clone(), arbiter).await)
+        }
+        _ => None,
+    };
+    let (router_table, router_cluster) = (table.clone(), cluster.clone());
+    let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
+        Router::new(router_table, router_cluster)
+    });
     let listen = listener.local_addr()?;
     info!(%listen, workers = workers.len(), "hub started");
-    let state =
-        Arc::new(HubState::new(config, listen, counters.clone(), table.clone()).map_err(invalid)?);
+    let state = Arc::new(
+        HubState::new(
+            config,
+            listen,
+            counters.clone(),
+            table.clone(),
+            cluster.clone(),
+        )
+        .map_err(invalid)?,
+    );
     let http = match monitor {
         Some(monitor) => Some(monitor::start(monitor, state.clone())?),
         None => None,
     };
 
+    ready();
     let mut next_id = 0u64;
     let next = loop {
         tokio::select! {
@@ -158,6 +196,7 @@ pub async fn run_operated(
                         config: loaded.config.clone(),
                         counters: counters.clone(),
                         users: loaded.users.clone(),
+                        cluster: cluster.clone(),
                     };
                     let tls = loaded.tls.clone();
                     hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot, tls);
@@ -183,10 +222,13 @@ pub async fn run_operated(
     while counters.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     if let Some(http) = http {
         http.stop(false).await;
     }
-    for worker in &workers {
+    for worker in workers.iter().chain(&cluster_arbiter) {
         worker.stop();
     }
     Ok(())

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
 
 use crate::hub::auth::Users;
+use crate::hub::cluster::Cluster;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::router::{HubCounters, KickReason};
 use crate::hub::table::SubscriptionTable;
@@ -93,6 +94,8 @@ pub(crate) struct HubState {
     pub counters: Arc<HubCounters>,
     /// The subscribers of each code.
     pub table: Arc<SubscriptionTable>,
+    /// The cluster this hub belongs to, if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl HubState {
@@ -105,6 +108,7 @@ impl HubState {
         listen: SocketAddr,
         counters: Arc<HubCounters>,
         table: Arc<SubscriptionTable>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Result<HubState, ConfigError> {
         Ok(HubState {
             loaded: RwLock::new(Arc::new(Loaded::new(config)?)),
@@ -113,6 +117,7 @@ impl HubState {
             listen,
             counters,
             table,
+            cluster,
         })
     }
 

@@ -7,6 +7,10 @@
 //! that unsubscribes mid-frame still gets the whole frame and one that subscribes mid-frame gets
 //! the next one. What each subscriber does with a piece — write it, queue it, hold it behind
 //! another streamed frame, drop it — is its [`Outbox`]'s business.
+//!
+//! In a cluster, a frame whose code another hub wants is also handed to the [`Cluster`] (the
+//! whole frame: the decision is taken at its first piece). Publishers of other hubs are
+//! publishers here too, without a cluster of their own: nothing crosses twice.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use tracing::trace;
 
 use crate::frame::Status;
+use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::flow::Gate;
 use crate::hub::outbox::{Offer, Outbox};
@@ -38,6 +43,13 @@ pub(crate) struct Publisher {
     denying: bool,
     /// The subscribers taking the streamed frame in progress.
     streaming: Vec<Arc<Outbox>>,
+    /// The cluster, for frames other hubs want (`None` off a cluster, and for remote
+    /// publishers).
+    cluster: Option<Arc<Cluster>>,
+    /// Whether the streamed frame in progress crosses to the cluster.
+    crossing: bool,
+    /// Whether anything of this publisher has crossed (the other hubs are told when it ends).
+    crossed: bool,
 }
 
 /// A publication on a code the session may not publish on: relayed to nobody (for a streamed
@@ -51,13 +63,15 @@ pub(crate) struct Denied {
 }
 
 impl Publisher {
-    /// The publishing side of session `id`, allowed to publish on `allowed`.
+    /// The publishing side of session `id`, allowed to publish on `allowed`, handing what other
+    /// hubs want to `cluster`.
     pub(crate) fn new(
         id: SessionId,
         gate: Arc<Gate>,
         table: Arc<SubscriptionTable>,
         counters: Arc<HubCounters>,
         allowed: CodeSet,
+        cluster: Option<Arc<Cluster>>,
     ) -> Publisher {
         Publisher {
             id,
@@ -68,6 +82,9 @@ impl Publisher {
             allowed,
             denying: false,
             streaming: Vec::new(),
+            cluster,
+            crossing: false,
+            crossed: false,
         }
     }
 
@@ -119,6 +136,14 @@ impl Publisher {
                         self.streaming.push(outbox.clone());
                     }
                 }
+                if let Some(cluster) = &self.cluster {
+                    if cluster.crosses(piece.status) {
+                        let taken = cluster.offer(self.id, &self.gate, piece);
+                        self.crossing = taken && piece.kind == PieceKind::First;
+                        self.crossed |= taken;
+                        routed = true;
+                    }
+                }
                 if !routed {
                     self.counters
                         .unrouted_frames
@@ -133,19 +158,28 @@ impl Publisher {
                 let (id, gate) = (self.id, &self.gate);
                 self.streaming
                     .retain(|outbox| outbox.offer(id, gate, piece) == Offer::Taken);
+                if let (true, Some(cluster)) = (self.crossing, &self.cluster) {
+                    self.crossing = cluster.offer(id, gate, piece);
+                }
                 if piece.kind == PieceKind::Last {
                     self.streaming.clear();
+                    self.crossing = false;
                 }
             }
         }
         Ok(())
     }
 
-    /// The session has ended: subscribers in the middle of its streamed frame cannot get the
-    /// rest of it.
+    /// The publisher has ended (or, for a remote one, lost part of its frame): subscribers in
+    /// the middle of its streamed frame cannot get the rest of it. Other hubs it published to
+    /// forget it.
     pub(crate) fn abandon(&mut self) {
         for outbox in self.streaming.drain(..) {
             outbox.publisher_gone(self.id);
+        }
+        self.crossing = false;
+        if let (true, Some(cluster)) = (std::mem::take(&mut self.crossed), &self.cluster) {
+            cluster.publisher_gone(self.id);
         }
     }
 }

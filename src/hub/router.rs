@@ -9,14 +9,23 @@
 //! lists in the shared [`SubscriptionTable`], and only then answers: once a session's `Subscribe`
 //! is answered, every publication read after it finds that session. Publishing sessions read the
 //! table and deliver to each subscriber's outbox on their own thread (`outbox.rs`).
+//!
+//! In a cluster, a `Subscribe` that adds a code no local session wanted is answered only once
+//! every other hub has acknowledged the new interest ([`Cluster::want`]); meanwhile the router
+//! goes on with other messages, and the session waits for its answer. A code left without
+//! subscribers is withdrawn ([`Cluster::unwant`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, MessageResult, Recipient};
+use actix::{
+    fut, Actor, ActorFutureExt, Context, Handler, Message, MessageResult, Recipient,
+    ResponseActFuture, WrapFuture,
+};
 use bytes::Bytes;
 
 use crate::hub::auth::Users;
+use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::limits::IpSlot;
 use crate::hub::outbox::Outbox;
@@ -181,14 +190,42 @@ pub(crate) struct Router {
     registry: Registry<Arc<Outbox>>,
     /// What publishers read; written here only, before a change is answered.
     table: Arc<SubscriptionTable>,
+    /// The cluster this hub belongs to, told which codes the hub wants.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Router {
-    /// A router with no sessions, keeping `table` up to date.
-    pub(crate) fn new(table: Arc<SubscriptionTable>) -> Router {
+    /// A router with no sessions, keeping `table` up to date (and `cluster` told).
+    pub(crate) fn new(table: Arc<SubscriptionTable>, cluster: Option<Arc<Cluster>>) -> Router {
         Router {
             registry: Registry::new(),
             table,
+            cluster,
+        }
+    }
+
+    /// Makes session `id`'s new subscriptions `added` visible to publishers and queues its
+    /// `ack`, under its outbox's lock; codes it dropped meanwhile are left out.
+    fn complete_subscribe(&self, id: SessionId, added: CodeSet, ack: Bytes) {
+        let added = added.intersection(self.registry.codes(id));
+        if let Some(outbox) = self.registry.get(id).cloned() {
+            // Refused only for a session that queued too many replies behind a streamed frame,
+            // which its own next reply will end.
+            let _ = outbox.subscribe_then_reply(|| self.add_to_lists(id, added), ack);
+        }
+    }
+
+    /// Tells the cluster which of `codes` no session wants any more.
+    fn withdraw(&self, codes: CodeSet) {
+        if let Some(cluster) = &self.cluster {
+            let unwanted = codes
+                .iter()
+                .filter(|status| self.registry.subscriber_count(*status) == 0)
+                .fold(CodeSet::empty(), |mut set, status| {
+                    set.insert(status);
+                    set
+                });
+            cluster.unwant(unwanted);
         }
     }
 
@@ -234,24 +271,37 @@ impl Handler<Unregister> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        self.remove_from_lists(msg.id, self.registry.codes(msg.id));
+        let codes = self.registry.codes(msg.id);
+        self.remove_from_lists(msg.id, codes);
         self.registry.remove(msg.id);
+        self.withdraw(codes);
     }
 }
 
 impl Handler<Subscribe> for Router {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let before = self.registry.codes(msg.id);
         let after = self.registry.subscribe(msg.id, &msg.codes);
         let added = after.difference(before);
-        if let Some(outbox) = self.registry.get(msg.id).cloned() {
-            // Refused only for a session that queued too many replies behind a streamed frame,
-            // which its own next reply will end.
-            let _ = outbox.subscribe_then_reply(|| self.add_to_lists(msg.id, added), msg.ack);
-        }
         self.record_codes(msg.id, after);
+        let (id, ack) = (msg.id, msg.ack);
+        match self
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.want(added))
+        {
+            Some(acknowledged) => Box::pin(
+                acknowledged
+                    .into_actor(self)
+                    .map(move |(), router, _| router.complete_subscribe(id, added, ack)),
+            ),
+            None => {
+                self.complete_subscribe(id, added, ack);
+                Box::pin(fut::ready(()))
+            }
+        }
     }
 }
 
@@ -261,8 +311,10 @@ impl Handler<Unsubscribe> for Router {
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         let before = self.registry.codes(msg.id);
         let after = self.registry.unsubscribe(msg.id, &msg.codes);
-        self.remove_from_lists(msg.id, before.difference(after));
+        let removed = before.difference(after);
+        self.remove_from_lists(msg.id, removed);
         self.record_codes(msg.id, after);
+        self.withdraw(removed);
     }
 }
 

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::codec::{CodecError, Limits, TejCodec};
 use crate::frame::{Frame, Status};
 use crate::hub::auth::{Access, Authenticated, Users};
+use crate::hub::cluster::Cluster;
 use crate::hub::config::HubConfig;
 use crate::hub::control::{self, Command, Password, SlowPolicy, CONTROL};
 use crate::hub::flow::{Backlog, Gate};
@@ -239,6 +240,8 @@ pub(crate) struct Session {
     /// Whether the hub drains: close at the next frame boundary.
     draining: bool,
     ending: Option<Ending>,
+    /// The cluster this hub belongs to, if any (`INFO`).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What a session is started with besides its socket.
@@ -253,6 +256,8 @@ pub(crate) struct SessionContext {
     pub counters: Arc<HubCounters>,
     /// The users, `None` on an open hub.
     pub users: Option<Arc<Users>>,
+    /// The cluster this hub belongs to, if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Session {
@@ -271,6 +276,7 @@ impl Session {
             config,
             counters,
             users,
+            cluster,
         } = hub;
         let (read, write) = stream.into_split();
         let activity = Rc::new(ReadActivity::new());
@@ -305,7 +311,14 @@ impl Session {
             let access = Access::new(users, certified);
             let auth_deadline = Instant::now() + config.auth_timeout();
             let allowed = access.permissions().unwrap_or_default().publish;
-            let publisher = Publisher::new(id, gate.clone(), table, counters.clone(), allowed);
+            let publisher = Publisher::new(
+                id,
+                gate.clone(),
+                table,
+                counters.clone(),
+                allowed,
+                cluster.clone(),
+            );
             Session {
                 id,
                 peer,
@@ -322,6 +335,7 @@ impl Session {
                 stats,
                 draining: false,
                 ending: None,
+                cluster,
             }
         });
     }
@@ -546,7 +560,9 @@ impl Session {
                 "auth_failures": hub.auth_failures.load(Ordering::Relaxed),
                 "refused_connections": hub.refused_connections.load(Ordering::Relaxed),
                 "tls_failures": hub.tls_failures.load(Ordering::Relaxed),
+                "cluster_dropped_frames": self.cluster.as_ref().map_or(0, |cluster| cluster.dropped_frames()),
             },
+            "cluster": self.cluster.as_ref().map(|cluster| cluster.view()),
         })
         .to_string()
     }

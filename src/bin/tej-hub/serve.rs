@@ -95,6 +95,17 @@ pub(crate) struct Serve {
     /// Seconds over which a drain (SIGUSR2) closes the connections [default: 30].
     #[arg(long)]
     drain_seconds: Option<u64>,
+    /// Join a cluster of hubs through these NATS servers (comma-separated
+    /// `nats://HOST:PORT`; docs/cluster.md) [default: off].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This hub's name in the cluster [default: hostname:port].
+    #[arg(long)]
+    hub_name: Option<String>,
+    /// Prefix of the cluster's NATS subjects, so several clusters can share one NATS
+    /// [default: tej].
+    #[arg(long)]
+    cluster_prefix: Option<String>,
 }
 
 impl Serve {
@@ -143,6 +154,15 @@ impl Serve {
         }
         if self.http.is_some() {
             config.http = self.http;
+        }
+        if !self.cluster.is_empty() {
+            config.cluster.clone_from(&self.cluster);
+        }
+        if self.hub_name.is_some() {
+            config.hub_name.clone_from(&self.hub_name);
+        }
+        if let Some(prefix) = &self.cluster_prefix {
+            config.cluster_prefix.clone_from(prefix);
         }
         config.validate()?;
         Ok(config)
@@ -271,13 +291,20 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
         // reads the line gets the graceful shutdown, never the default action.
         let signals = Signals::install()?;
         let addr = listener.local_addr()?;
-        // Scripts and tests read the real port from this line (with --listen ...:0).
-        println!("tej-hub listening on {addr}");
-        if let Some(monitor) = &monitor {
-            println!("tej-hub monitoring on http://{}", monitor.local_addr()?);
-        }
+        let monitor_addr = monitor
+            .as_ref()
+            .map(|monitor| monitor.local_addr())
+            .transpose()?;
+        // Scripts and tests read the real port from this line (with --listen ...:0); in a
+        // cluster it comes once the hub has joined.
+        let announce = move || {
+            println!("tej-hub listening on {addr}");
+            if let Some(monitor) = monitor_addr {
+                println!("tej-hub monitoring on http://{monitor}");
+            }
+        };
         let (operations, received) = tokio::sync::mpsc::unbounded_channel();
-        let serving = tej_hub::hub::run_operated(listener, monitor, config, received);
+        let serving = tej_hub::hub::run_announced(listener, monitor, config, received, announce);
         tokio::select! {
             served = serving => served,
             () = signals.forward(args, logs, operations) => Ok(()),

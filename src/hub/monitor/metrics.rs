@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::hub::cluster::ClusterView;
 use crate::hub::ops::HubState;
 
 /// The content type of OpenMetrics text.
@@ -56,6 +57,63 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) ->
 
 fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The cluster link's figures (only on a hub in a cluster).
+fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt::Result {
+    gauge(
+        e,
+        "tej_hub_cluster_connected",
+        "1 while the NATS connection is up.",
+        i64::from(cluster.connected),
+    )?;
+    gauge(
+        e,
+        "tej_hub_cluster_remote_hubs",
+        "Other hubs this one sees.",
+        signed(cluster.remote_hubs as u64),
+    )?;
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "tej_hub_cluster_dropped_frames",
+            "Frames that could not cross to other hubs, or were cut by a loss.",
+            cluster.dropped_frames,
+        ),
+        (
+            "tej_hub_cluster_lost_messages",
+            "Messages of other hubs' streams that never arrived.",
+            cluster.lost_messages,
+        ),
+        (
+            "tej_hub_cluster_slow_consumers",
+            "Times NATS dropped messages for this hub.",
+            cluster.slow_consumers,
+        ),
+        (
+            "tej_hub_cluster_messages_out",
+            "Messages published to NATS.",
+            cluster.messages_out,
+        ),
+        (
+            "tej_hub_cluster_bytes_out",
+            "Bytes of frames published to NATS.",
+            cluster.bytes_out,
+        ),
+        (
+            "tej_hub_cluster_messages_in",
+            "Messages received from other hubs.",
+            cluster.messages_in,
+        ),
+        (
+            "tej_hub_cluster_bytes_in",
+            "Bytes of frames received from other hubs.",
+            cluster.bytes_in,
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(e, name, help, value)?;
+    }
+    Ok(())
 }
 
 impl Collector for HubCollector {
@@ -150,6 +208,9 @@ impl Collector for HubCollector {
             "1 while the hub drains.",
             i64::from(state.is_draining()),
         )?;
+        if let Some(cluster) = state.cluster.as_ref().map(|cluster| cluster.view()) {
+            encode_cluster(e, &cluster)?;
+        }
 
         // Per code: at most 128 label values, only codes with a subscriber or traffic.
         let codes = state.subsz().codes;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::frame::Status;
+use crate::hub::cluster::ClusterView;
 use crate::hub::config::LimitSettings;
 use crate::hub::ops::HubState;
 use crate::hub::outbox::Outbox;
@@ -61,6 +62,10 @@ pub(crate) struct Varz {
     pub config_loaded_at: String,
     /// The settings new sessions get, with the keys of `INFO`'s `limits`.
     pub limits: LimitSettings,
+    /// Frames that should have crossed to other hubs and could not (0 off a cluster).
+    pub cluster_dropped_frames: u64,
+    /// The cluster link: its state, traffic and drops (`null` off a cluster; docs/cluster.md).
+    pub cluster: Option<ClusterView>,
 }
 
 /// `GET /connz`: one page of the open connections.
@@ -224,6 +229,8 @@ impl HubState {
             slow_consumer: loaded.config.slow_consumer.to_string(),
             config_loaded_at: rfc3339(loaded.at),
             limits: loaded.config.limit_settings(),
+            cluster_dropped_frames: self.cluster.as_ref().map_or(0, |c| c.dropped_frames()),
+            cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
         }
     }
 

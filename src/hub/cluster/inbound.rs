@@ -1,0 +1,282 @@
+//! The inbound task: delivers the other hubs' pieces to this hub's subscribers and gives the
+//! origin hubs credit for what it delivered.
+//!
+//! Every remote publisher gets a [`Publisher`] of its own here, with a session id of its own (in
+//! a range local sessions never reach) and a read gate: held frames, no interleaving and the
+//! subscribers' slow-consumer policies then work as for a local publisher. Where a local `block`
+//! subscriber closes a remote publisher's gate, this task waits, so it gives no credit, so the
+//! origin hub holds its publishers back. A gap in a remote publisher's sequence (messages lost)
+//! or its hub going away cuts the streamed frame it was sending: its subscribers here are closed
+//! as for a publisher that went away.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Message, Subscriber};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::hub::cluster::wire::{Carried, Credit, DataHeader, DATA_HEADER};
+use crate::hub::cluster::Cluster;
+use crate::hub::control::CodeSet;
+use crate::hub::flow::Gate;
+use crate::hub::publisher::Publisher;
+use crate::hub::registry::SessionId;
+use crate::hub::relay::{Piece, PieceKind};
+use crate::hub::router::HubCounters;
+use crate::hub::table::SubscriptionTable;
+
+/// Session ids of remote publishers: the top bit set (local ids count up from 1).
+const REMOTE_IDS: u64 = 1 << 63;
+/// Credit is given after this many messages of an origin's stream...
+const CREDIT_MESSAGES: u64 = super::outbound::WINDOW_MESSAGES / 4;
+/// ... or this many bytes ...
+const CREDIT_BYTES: u64 = super::outbound::WINDOW_BYTES / 4;
+/// ... or this long after the last, whichever comes first.
+const CREDIT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What the link task tells the inbound task.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// Hub instance has gone (left, expired, restarted).
+    Departed(u64),
+    /// The NATS connection dropped: messages in flight are lost.
+    Disconnected,
+}
+
+/// A publisher on another hub, as this hub sees it.
+struct Remote {
+    publisher: Publisher,
+    gate: Arc<Gate>,
+    /// Its next message sequence number.
+    next: u64,
+    /// Whether it is in the middle of a streamed frame here.
+    in_frame: bool,
+}
+
+/// Another hub's stream, as far as it reached this hub.
+#[derive(Default)]
+struct Origin {
+    /// The next message sequence number, once one has been seen.
+    expected: Option<u64>,
+    /// Delivered so far, and given credit for: (sequence number, stream bytes).
+    delivered: (u64, u64),
+    credited: (u64, u64),
+    publishers: HashMap<u64, Remote>,
+}
+
+/// The inbound task's state.
+pub(super) struct Inbound {
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) client: async_nats::Client,
+    pub(super) table: Arc<SubscriptionTable>,
+    pub(super) hub: Arc<HubCounters>,
+    origins: HashMap<u64, Origin>,
+    next_id: u64,
+}
+
+impl Inbound {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        client: async_nats::Client,
+        table: Arc<SubscriptionTable>,
+        hub: Arc<HubCounters>,
+    ) -> Inbound {
+        Inbound {
+            cluster,
+            client,
+            table,
+            hub,
+            origins: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Runs until the subscription ends.
+    pub(super) async fn run(
+        mut self,
+        mut data: Subscriber,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        let mut tick = tokio::time::interval(CREDIT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                Some(event) = events.recv() => self.on_event(event),
+                message = data.next() => match message {
+                    Some(message) => self.on_message(message).await,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let origins: Vec<u64> = self.origins.keys().copied().collect();
+                    for origin in origins {
+                        self.give_credit(origin, true).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Departed(instance) => {
+                if let Some(origin) = self.origins.remove(&instance) {
+                    for (_, mut remote) in origin.publishers {
+                        self.cut(&mut remote);
+                    }
+                }
+            }
+            Event::Disconnected => {
+                let mut cut = 0;
+                for origin in self.origins.values_mut() {
+                    origin.expected = None;
+                    for remote in origin.publishers.values_mut() {
+                        if remote.in_frame {
+                            remote.publisher.abandon();
+                            remote.in_frame = false;
+                            cut += 1;
+                        }
+                    }
+                }
+                self.cluster.count_dropped(cut);
+            }
+        }
+    }
+
+    /// Cuts the streamed frame `remote` was sending, if any.
+    fn cut(&self, remote: &mut Remote) {
+        if remote.in_frame {
+            remote.publisher.abandon();
+            remote.in_frame = false;
+            self.cluster.count_dropped(1);
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) {
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(DATA_HEADER))
+            .map(|value| DataHeader::parse(value.as_str()));
+        let header = match header {
+            Some(Ok(header)) => header,
+            Some(Err(error)) => {
+                return debug!(%error, subject = %message.subject, "unreadable cluster message")
+            }
+            None => return debug!(subject = %message.subject, "cluster message without its header"),
+        };
+        let counters = &self.cluster.counters;
+        counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_in
+            .fetch_add(message.payload.len() as u64, Ordering::Relaxed);
+        let origin = self.origins.entry(header.origin).or_default();
+        if let Some(expected) = origin.expected {
+            if header.seq > expected {
+                let lost = header.seq - expected;
+                let before = counters.lost_messages.fetch_add(lost, Ordering::Relaxed);
+                warn!(
+                    origin = format_args!("{:016x}", header.origin),
+                    lost,
+                    lost_messages = before + lost,
+                    "messages from another hub were lost"
+                );
+            }
+        }
+        origin.expected = Some(header.seq + 1);
+        origin.delivered = (header.seq, header.stream_bytes);
+        match header.carried {
+            Carried::Gone => {
+                if let Some(mut remote) = origin.publishers.remove(&header.publisher) {
+                    if remote.in_frame {
+                        remote.publisher.abandon();
+                        self.cluster.count_dropped(1);
+                    }
+                }
+            }
+            Carried::Piece(kind) => {
+                let Some(status) = self.cluster.subjects.code_of(&message.subject) else {
+                    return debug!(subject = %message.subject, "cluster piece without a code");
+                };
+                if !origin.publishers.contains_key(&header.publisher) {
+                    self.next_id += 1;
+                    let gate = Gate::new();
+                    let publisher = Publisher::new(
+                        SessionId::new(REMOTE_IDS | self.next_id),
+                        gate.clone(),
+                        self.table.clone(),
+                        self.hub.clone(),
+                        CodeSet::relayable(),
+                        None,
+                    );
+                    origin.publishers.insert(
+                        header.publisher,
+                        Remote {
+                            publisher,
+                            gate,
+                            next: header.publisher_seq,
+                            in_frame: false,
+                        },
+                    );
+                }
+                let Some(remote) = origin.publishers.get_mut(&header.publisher) else {
+                    return;
+                };
+                if header.publisher_seq != remote.next && remote.in_frame {
+                    remote.publisher.abandon();
+                    remote.in_frame = false;
+                    self.cluster.count_dropped(1);
+                }
+                remote.next = header.publisher_seq + 1;
+                if kind.starts_frame() || remote.in_frame {
+                    let gate = remote.gate.clone();
+                    std::future::poll_fn(|cx| gate.poll_open(cx)).await;
+                    let piece = Piece {
+                        status,
+                        kind,
+                        frames: header.frames,
+                        bytes: message.payload,
+                    };
+                    // A remote publisher may publish on every code: its own hub checked.
+                    let _ = remote.publisher.publish(&piece);
+                    remote.in_frame = matches!(kind, PieceKind::First | PieceKind::Middle);
+                }
+            }
+        }
+        self.give_credit(header.origin, false).await;
+    }
+
+    /// Tells `origin` how far its stream has been delivered, when enough has been since the last
+    /// time (or, with `any`, when anything has).
+    async fn give_credit(&mut self, instance: u64, any: bool) {
+        let Some(origin) = self.origins.get_mut(&instance) else {
+            return;
+        };
+        let (delivered, credited) = (origin.delivered, origin.credited);
+        let due = delivered.0 > credited.0
+            && (any
+                || delivered.0 - credited.0 >= CREDIT_MESSAGES
+                || delivered.1.saturating_sub(credited.1) >= CREDIT_BYTES);
+        if !due {
+            return;
+        }
+        origin.credited = delivered;
+        let credit = Credit {
+            instance: self.cluster.instance,
+            seq: delivered.0,
+            bytes: delivered.1,
+        };
+        let subject = self.cluster.subjects.credit(instance);
+        if let Err(error) = self
+            .client
+            .publish(subject, credit.to_string().into())
+            .await
+        {
+            debug!(%error, "cannot give credit");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The link task: the NATS connection's state, and the hubs' conversation about interest.
+//!
+//! A hub announces its interest (the codes its subscribers want) on `P.hubs` when it changes,
+//! and every [`HEARTBEAT`] as a sign of life; every other hub records it, applies it to its
+//! publishers, and only then acknowledges it. A `SUB` that adds a code is answered once every
+//! hub seen has acknowledged (the router waits on [`Cluster::want`]): a publication read by any
+//! hub after that finds the interest and crosses. NATS delivers the announcement after the
+//! announcing hub's data subscription (both on one connection, in order), so what crosses
+//! reaches it. A hub not heard from for [`SILENCE`] is gone: its remote publishers' frames in
+//! progress are cut. On (re)connecting, a hub says hello and everybody answers with their
+//! interest.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event as NatsEvent, Message, Subscriber};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::hub::cluster::inbound::{Event as InboundEvent, Inbound};
+use crate::hub::cluster::wire::{Ack, Announcement, Credit, Purpose};
+use crate::hub::cluster::{outbound, Cluster, LinkOrder, Settings, CONNECT_WAIT, HELLO_WAIT};
+use crate::hub::router::HubCounters;
+use crate::hub::table::SubscriptionTable;
+
+/// How often a hub announces itself.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long a hub may stay silent before the others count it gone.
+const SILENCE: Duration = Duration::from_secs(2);
+/// Messages NATS may queue for one of this hub's subscriptions before it drops (slow consumer):
+/// the credit windows of four origin hubs.
+const SUBSCRIPTION_CAPACITY: usize = 4 * outbound::WINDOW_MESSAGES as usize;
+/// Commands the NATS client queues before a publish waits (at most 256 KiB each).
+const CLIENT_CAPACITY: usize = 64;
+/// The longest pause between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// What the link task starts with.
+pub(super) struct Tasks {
+    pub cluster: Arc<Cluster>,
+    pub settings: Settings,
+    pub table: Arc<SubscriptionTable>,
+    pub hub: Arc<HubCounters>,
+    pub orders: mpsc::UnboundedReceiver<LinkOrder>,
+    /// Told once the hub may serve: connected and the other hubs heard, or given up waiting.
+    pub ready: oneshot::Sender<()>,
+}
+
+/// The link task's subscriptions.
+struct Inboxes {
+    hubs: Subscriber,
+    acks: Subscriber,
+    credits: Subscriber,
+}
+
+/// Connects, subscribes, starts the outbound and inbound tasks, then runs the link.
+pub(super) async fn start(tasks: Tasks) {
+    let Tasks {
+        cluster,
+        settings,
+        table,
+        hub,
+        orders,
+        ready,
+    } = tasks;
+    let (events_to, events) = mpsc::unbounded_channel();
+    let options = ConnectOptions::new()
+        .name(format!("tej-hub {}", settings.name))
+        // A hub never takes back its own messages.
+        .no_echo()
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .client_capacity(CLIENT_CAPACITY)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(CONNECT_WAIT)
+        .reconnect_delay_callback(|attempts| {
+            let delay = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
+            delay.min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(move |event| {
+            let events_to = events_to.clone();
+            async move {
+                let _ = events_to.send(event);
+            }
+        });
+    let client = match options.connect(settings.servers.clone()).await {
+        Ok(client) => client,
+        Err(error) => {
+            let _ = ready.send(());
+            return warn!(%error, "cannot start the NATS client: serving without the cluster");
+        }
+    };
+    let subjects = &cluster.subjects;
+    let subscribed = async {
+        let data = client.subscribe(subjects.all_data()).await?;
+        let inboxes = Inboxes {
+            hubs: client.subscribe(subjects.hubs()).await?,
+            acks: client.subscribe(subjects.ack(cluster.instance)).await?,
+            credits: client.subscribe(subjects.credit(cluster.instance)).await?,
+        };
+        Ok::<_, async_nats::SubscribeError>((data, inboxes))
+    };
+    let (data, inboxes) = match subscribed.await {
+        Ok(subscribed) => subscribed,
+        Err(error) => {
+            let _ = ready.send(());
+            return warn!(%error, "cannot subscribe on NATS: serving without the cluster");
+        }
+    };
+    let (inbound_to, inbound_events) = mpsc::unbounded_channel();
+    let inbound = Inbound::new(cluster.clone(), client.clone(), table, hub);
+    actix_rt::spawn(inbound.run(data, inbound_events));
+    actix_rt::spawn(outbound::run(cluster.clone(), client.clone()));
+    let link = Link {
+        cluster,
+        client,
+        inbound: inbound_to,
+        ready: Some(ready),
+        ready_at: Instant::now() + CONNECT_WAIT,
+    };
+    link.run(inboxes, events, orders).await;
+}
+
+/// The link task's state.
+struct Link {
+    cluster: Arc<Cluster>,
+    client: async_nats::Client,
+    inbound: mpsc::UnboundedSender<InboundEvent>,
+    ready: Option<oneshot::Sender<()>>,
+    /// When to tell the hub it may serve.
+    ready_at: Instant,
+}
+
+impl Link {
+    async fn run(
+        mut self,
+        mut inboxes: Inboxes,
+        mut events: mpsc::UnboundedReceiver<NatsEvent>,
+        mut orders: mpsc::UnboundedReceiver<LinkOrder>,
+    ) {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(event) = events.recv() => self.on_event(event).await,
+                Some(message) = inboxes.hubs.next() => self.on_announcement(&message).await,
+                Some(message) = inboxes.acks.next() => self.on_ack(&message),
+                Some(message) = inboxes.credits.next() => self.on_credit(&message),
+                order = orders.recv() => match order {
+                    Some(LinkOrder::Announce) => self.announce(Purpose::Change).await,
+                    Some(LinkOrder::Leave(done)) => {
+                        self.announce(Purpose::Leave).await;
+                        let _ = self.client.flush().await;
+                        let _ = done.send(());
+                    }
+                    None => return,
+                },
+                _ = beat.tick() => self.on_beat().await,
+                () = tokio::time::sleep_until(self.ready_at), if self.ready.is_some() => {
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: NatsEvent) {
+        let cluster = &self.cluster;
+        match event {
+            NatsEvent::Connected => {
+                info!(hub = %cluster.name, "connected to NATS");
+                cluster.connected.store(true, Ordering::Release);
+                cluster.lock_peers().touch_all(Instant::now());
+                cluster.notify();
+                self.announce(Purpose::Hello).await;
+                if self.ready.is_some() {
+                    self.ready_at = Instant::now() + HELLO_WAIT;
+                }
+            }
+            NatsEvent::Disconnected => {
+                warn!(hub = %cluster.name, "disconnected from NATS: frames for other hubs are dropped and counted until it is back");
+                cluster.connected.store(false, Ordering::Release);
+                cluster.notify();
+                let _ = self.inbound.send(InboundEvent::Disconnected);
+            }
+            NatsEvent::SlowConsumer(subscription) => {
+                let count = cluster
+                    .counters
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                warn!(hub = %cluster.name, subscription, slow_consumers = count, "NATS dropped messages for this hub: it cannot keep up");
+            }
+            other => warn!(hub = %cluster.name, event = %other, "NATS event"),
+        }
+    }
+
+    async fn on_announcement(&mut self, message: &Message) {
+        let text = String::from_utf8_lossy(&message.payload);
+        let announcement = match Announcement::parse(&text) {
+            Ok(announcement) => announcement,
+            Err(error) => return debug!(%error, "unreadable announcement"),
+        };
+        let cluster = self.cluster.clone();
+        if announcement.instance == cluster.instance {
+            return;
+        }
+        if announcement.purpose == Purpose::Leave {
+            self.forget(announcement.instance, &announcement.name, "left");
+            return;
+        }
+        let seen = {
+            let mut peers = cluster.lock_peers();
+            let seen = peers.announced(&announcement, Instant::now(), cluster.outbound.position());
+            // Publishers see the interest before the hub acknowledges it.
+            cluster.set_remote_codes(peers.codes());
+            seen
+        };
+        for instance in seen.replaced {
+            let _ = self.inbound.send(InboundEvent::Departed(instance));
+        }
+        if seen.new {
+            info!(hub = %cluster.name, remote = %announcement.name, "hub joined");
+        }
+        cluster.notify();
+        let ack = Ack {
+            instance: cluster.instance,
+            version: announcement.version,
+        };
+        let to = cluster.subjects.ack(announcement.instance);
+        if let Err(error) = self.client.publish(to, ack.to_string().into()).await {
+            debug!(%error, "cannot acknowledge an announcement");
+        }
+        if announcement.purpose == Purpose::Hello || seen.new {
+            self.announce(Purpose::Answer).await;
+        }
+    }
+
+    fn on_ack(&self, message: &Message) {
+        match Ack::parse(&String::from_utf8_lossy(&message.payload)) {
+            Ok(ack) => {
+                self.cluster
+                    .lock_peers()
+                    .acknowledge(ack.instance, ack.version);
+                self.cluster.notify();
+            }
+            Err(error) => debug!(%error, "unreadable acknowledgement"),
+        }
+    }
+
+    fn on_credit(&self, message: &Message) {
+        match Credit::parse(&String::from_utf8_lossy(&message.payload)) {
+            Ok(credit) => {
+                self.cluster
+                    .lock_peers()
+                    .credit(credit.instance, credit.seq, credit.bytes);
+                self.cluster.notify();
+            }
+            Err(error) => debug!(%error, "unreadable credit"),
+        }
+    }
+
+    async fn on_beat(&mut self) {
+        if !self.cluster.is_connected() {
+            return;
+        }
+        self.announce(Purpose::Beat).await;
+        let gone = self.cluster.lock_peers().expire(Instant::now(), SILENCE);
+        for (instance, name) in gone {
+            self.forget(instance, &name, "silent");
+        }
+    }
+
+    /// Forgets hub `instance`: nothing crosses to it any more, its frames in progress are cut.
+    fn forget(&self, instance: u64, name: &str, why: &str) {
+        let cluster = &self.cluster;
+        {
+            let mut peers = cluster.lock_peers();
+            peers.remove(instance);
+            cluster.set_remote_codes(peers.codes());
+        }
+        warn!(hub = %cluster.name, remote = %name, why, "hub gone");
+        let _ = self.inbound.send(InboundEvent::Departed(instance));
+        cluster.notify();
+    }
+
+    /// Announces this hub's interest now (asking for acknowledgements).
+    async fn announce(&self, purpose: Purpose) {
+        let cluster = &self.cluster;
+        if !cluster.is_connected() {
+            return;
+        }
+        let announcement = {
+            let local = cluster.lock_local();
+            Announcement {
+                instance: cluster.instance,
+                version: local.version,
+                purpose,
+                codes: local.codes,
+                name: cluster.name.clone(),
+            }
+        };
+        let published = self
+            .client
+            .publish(cluster.subjects.hubs(), announcement.to_string().into())
+            .await;
+        if let Err(error) = published {
+            debug!(%error, "cannot announce");
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The cluster: hubs federated through NATS (`--cluster`), so that a frame published on any hub
+//! reaches the subscribers of its code on every hub (docs/cluster.md).
+//!
+//! Each hub keeps one NATS connection and three tasks on an arbiter of its own:
+//! - the [link](link) task tells the other hubs which codes this hub's subscribers want and
+//!   learns theirs (announcements, acknowledgements, heartbeats), takes credit for what this hub
+//!   sent, and follows the connection's state;
+//! - the [outbound](outbound) task publishes the pieces this hub's publishers hand it for codes
+//!   another hub wants, within the credit the receiving hubs have given;
+//! - the [inbound](inbound) task delivers the other hubs' pieces to this hub's subscribers, each
+//!   remote publisher through a [`Publisher`](super::publisher::Publisher) of its own, and gives
+//!   credit back.
+//!
+//! The [`Cluster`] is what the rest of the hub sees: publishers ask [`Cluster::crosses`] and
+//! hand pieces to [`Cluster::offer`]; the router calls [`Cluster::want`] before it answers a
+//! `SUB` (the answer waits until every other hub has acknowledged the new interest) and
+//! [`Cluster::unwant`] when a code has no subscriber left.
+
+mod inbound;
+mod link;
+mod outbound;
+mod peers;
+mod wire;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use actix::Arbiter;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::frame::Status;
+use crate::hub::config::{ConfigError, HubConfig};
+use crate::hub::control::CodeSet;
+use crate::hub::flow::Gate;
+use crate::hub::registry::SessionId;
+use crate::hub::relay::{Piece, PieceKind};
+use crate::hub::router::HubCounters;
+use crate::hub::table::SubscriptionTable;
+use outbound::Outbound;
+use peers::Peers;
+use wire::Subjects;
+
+/// How long a `SUB` that adds a code waits for the other hubs to acknowledge the new interest
+/// before it is answered anyway (a hub that does not answer is about to be declared gone).
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the hub waits at start for its first NATS connection before serving without it.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How long the hub waits at start, once connected, for the other hubs to announce themselves.
+const HELLO_WAIT: Duration = Duration::from_millis(300);
+
+/// The cluster settings of a [`HubConfig`], checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// The NATS servers.
+    pub servers: Vec<async_nats::ServerAddr>,
+    /// This hub's name.
+    pub name: String,
+    /// The subject prefix.
+    pub prefix: String,
+}
+
+impl Settings {
+    /// The cluster settings of `config`; `None` when it has no `cluster`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Cluster`] for a server address, name or prefix that cannot be used.
+    pub(crate) fn from_config(config: &HubConfig) -> Result<Option<Settings>, ConfigError> {
+        if config.cluster.is_empty() {
+            return Ok(None);
+        }
+        let servers = config
+            .cluster
+            .iter()
+            .map(|url| {
+                async_nats::ServerAddr::from_str(url)
+                    .map_err(|error| ConfigError::Cluster(format!("server {url:?}: {error}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = match &config.hub_name {
+            Some(name) => name.clone(),
+            None => format!("{}:{}", hostname(), config.listen.port()),
+        };
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace) {
+            return Err(ConfigError::Cluster(format!(
+                "hub name {name:?}: 1 to 128 characters, no spaces"
+            )));
+        }
+        let prefix = config.cluster_prefix.clone();
+        let token = |token: &str| {
+            !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !prefix.split('.').all(token) {
+            return Err(ConfigError::Cluster(format!(
+                "prefix {prefix:?}: dot-separated tokens of letters, digits, '_' and '-'"
+            )));
+        }
+        Ok(Some(Settings {
+            servers,
+            name,
+            prefix,
+        }))
+    }
+}
+
+/// The machine's host name, for the default hub name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The cluster's counters (`INFO`, `/varz`, `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct ClusterCounters {
+    /// Frames that should have crossed to another hub and could not (link down), or were cut
+    /// because part of them was lost.
+    pub dropped_frames: AtomicU64,
+    /// Messages of other hubs' streams that never arrived (sequence gaps).
+    pub lost_messages: AtomicU64,
+    /// Times NATS found this hub's subscription too slow and dropped messages for it.
+    pub slow_consumers: AtomicU64,
+    /// Messages and bytes (payload) published to NATS.
+    pub messages_out: AtomicU64,
+    /// Bytes of relayed pieces published to NATS.
+    pub bytes_out: AtomicU64,
+    /// Relayed messages received from other hubs.
+    pub messages_in: AtomicU64,
+    /// Bytes of relayed pieces received from other hubs.
+    pub bytes_in: AtomicU64,
+}
+
+/// The link as `INFO` and `/varz` show it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ClusterView {
+    /// This hub's name.
+    pub hub: String,
+    /// Whether the NATS connection is up.
+    pub connected: bool,
+    /// How many other hubs this one currently sees.
+    pub remote_hubs: usize,
+    /// See [`ClusterCounters`].
+    pub dropped_frames: u64,
+    pub lost_messages: u64,
+    pub slow_consumers: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    /// The codes this hub's subscribers want.
+    pub local_codes: String,
+    /// The codes other hubs want.
+    pub remote_codes: String,
+    /// The other hubs' names.
+    pub remote_hub_names: Vec<String>,
+}
+
+/// The codes this hub's subscribers want, at an interest version.
+#[derive(Debug)]
+struct Local {
+    codes: CodeSet,
+    version: u64,
+    /// Per code, the version that added it.
+    since: [u64; 128],
+}
+
+/// Orders from the hub to the link task.
+#[derive(Debug)]
+enum LinkOrder {
+    /// Announce the local interest (it changed).
+    Announce,
+    /// Tell the other hubs this one is leaving; answer when sent.
+    Leave(oneshot::Sender<()>),
+}
+
+/// What the rest of the hub sees of the cluster; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    name: String,
+    /// This run of the hub (random): a restarted hub is another instance.
+    instance: u64,
+    subjects: Subjects,
+    connected: AtomicBool,
+    /// The codes other hubs want: bit `c % 64` of word `c / 64`.
+    remote_codes: [AtomicU64; 2],
+    peers: Mutex<Peers>,
+    local: Mutex<Local>,
+    /// Bumped whenever an acknowledgement, a credit, a hub or the connection changes.
+    changes: watch::Sender<u64>,
+    outbound: Outbound,
+    orders: mpsc::UnboundedSender<LinkOrder>,
+    counters: ClusterCounters,
+}
+
+/// A future the router awaits before answering a `SUB`.
+pub(crate) type Acknowledged = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Cluster {
+    /// Connects to NATS (in the background; waits up to a couple of seconds for the first
+    /// connection and the other hubs' hellos) and starts the link, outbound and inbound tasks on
+    /// `arbiter`.
+    pub(crate) async fn start(
+        settings: Settings,
+        table: Arc<SubscriptionTable>,
+        hub: Arc<HubCounters>,
+        arbiter: &Arbiter,
+    ) -> Arc<Cluster> {
+        let (orders, ordered) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            name: settings.name.clone(),
+            instance: instance_id(),
+            subjects: Subjects::new(&settings.prefix),
+            connected: AtomicBool::new(false),
+            remote_codes: [AtomicU64::new(0), AtomicU64::new(0)],
+            peers: Mutex::new(Peers::default()),
+            local: Mutex::new(Local {
+                codes: CodeSet::empty(),
+                version: 0,
+                since: [0; 128],
+            }),
+            changes: watch::Sender::new(0),
+            outbound: Outbound::new(),
+            orders,
+            counters: ClusterCounters::default(),
+        });
+        let (ready, started) = oneshot::channel();
+        let tasks = link::Tasks {
+            cluster: cluster.clone(),
+            settings,
+            table,
+            hub,
+            orders: ordered,
+            ready,
+        };
+        if !arbiter.spawn(link::start(tasks)) {
+            warn!("cluster arbiter is gone: serving without the cluster");
+            return cluster;
+        }
+        let started = tokio::time::timeout(CONNECT_WAIT + HELLO_WAIT * 2, started).await;
+        if started.is_err() || !cluster.is_connected() {
+            warn!(hub = %cluster.name, "NATS is not reachable yet: serving locally, the cluster link keeps trying");
+        } else {
+            info!(hub = %cluster.name, remote_hubs = cluster.view().remote_hubs, "joined the cluster");
+        }
+        cluster
+    }
+
+    /// Whether the NATS connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether another hub wants frames of `status`: if so, a publisher hands them to
+    /// [`offer`](Self::offer).
+    pub(crate) fn crosses(&self, status: Status) -> bool {
+        let code = status.code();
+        self.remote_codes[usize::from(code / 64)].load(Ordering::Acquire) & (1 << (code % 64)) != 0
+    }
+
+    /// Hands a piece of publisher `from` (whose read gate is `gate`) to the outbound task;
+    /// `false` (the piece counted as dropped) when the link is down, and then none of the rest
+    /// of its frame is offered.
+    pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> bool {
+        if !self.is_connected() {
+            let frames = match piece.kind {
+                PieceKind::Whole => piece.frames.max(1),
+                // The first piece lost loses the frame; the rest are not offered.
+                _ => 1,
+            };
+            self.count_dropped(u64::from(frames));
+            return false;
+        }
+        self.outbound.push(from, gate, piece);
+        true
+    }
+
+    /// Publisher `from`, which offered pieces before, has ended: the other hubs forget it (and
+    /// close the subscribers in the middle of its streamed frame).
+    pub(crate) fn publisher_gone(&self, from: SessionId) {
+        if self.is_connected() {
+            self.outbound.push_gone(from);
+        }
+    }
+
+    /// Adds `codes` to this hub's interest. `None` when there is nothing to wait for; else a
+    /// future that ends once every other hub has acknowledged interest covering `codes` (or the
+    /// link went down, or [`ACK_TIMEOUT`] passed).
+    pub(crate) fn want(self: &Arc<Self>, codes: CodeSet) -> Option<Acknowledged> {
+        if codes.is_empty() {
+            return None;
+        }
+        let required = {
+            let mut local = self.lock_local();
+            let added = codes.difference(local.codes);
+            if !added.is_empty() {
+                local.version += 1;
+                local.codes = local.codes.union(added);
+                let version = local.version;
+                for status in added.iter() {
+                    local.since[usize::from(status.code())] = version;
+                }
+                let _ = self.orders.send(LinkOrder::Announce);
+            }
+            codes
+                .iter()
+                .map(|status| local.since[usize::from(status.code())])
+                .max()
+                .unwrap_or(0)
+        };
+        if !self.is_connected() || self.lock_peers().acknowledged(required) {
+            return None;
+        }
+        let cluster = self.clone();
+        Some(Box::pin(
+            async move { cluster.acknowledged(required).await },
+        ))
+    }
+
+    /// Waits until every hub seen has acknowledged interest version `required`.
+    async fn acknowledged(&self, required: u64) {
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        let mut changes = self.changes.subscribe();
+        loop {
+            if !self.is_connected() || self.lock_peers().acknowledged(required) {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    let late = self.lock_peers().late(required);
+                    warn!(hub = %self.name, version = required, ?late, "hubs did not acknowledge interest in time; answering SUB anyway");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes `codes` (which no local subscriber wants any more) from this hub's interest.
+    pub(crate) fn unwant(&self, codes: CodeSet) {
+        let mut local = self.lock_local();
+        let removed = codes.intersection(local.codes);
+        if removed.is_empty() {
+            return;
+        }
+        local.codes = local.codes.difference(removed);
+        local.version += 1;
+        let _ = self.orders.send(LinkOrder::Announce);
+    }
+
+    /// Tells the other hubs this one is leaving (at shutdown), waiting at most a moment.
+    pub(crate) async fn leave(&self) {
+        let (done, sent) = oneshot::channel();
+        if self.orders.send(LinkOrder::Leave(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+        }
+    }
+
+    /// Frames that could not cross so far.
+    pub(crate) fn dropped_frames(&self) -> u64 {
+        self.counters.dropped_frames.load(Ordering::Relaxed)
+    }
+
+    /// The link's state and counters.
+    pub(crate) fn view(&self) -> ClusterView {
+        let (remote_hubs, remote_hub_names) = {
+            let peers = self.lock_peers();
+            (peers.len(), peers.names())
+        };
+        let counter = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let c = &self.counters;
+        ClusterView {
+            hub: self.name.clone(),
+            connected: self.is_connected(),
+            remote_hubs,
+            dropped_frames: counter(&c.dropped_frames),
+            lost_messages: counter(&c.lost_messages),
+            slow_consumers: counter(&c.slow_consumers),
+            messages_out: counter(&c.messages_out),
+            bytes_out: counter(&c.bytes_out),
+            messages_in: counter(&c.messages_in),
+            bytes_in: counter(&c.bytes_in),
+            local_codes: self.lock_local().codes.to_string(),
+            remote_codes: self.remote_code_set().to_string(),
+            remote_hub_names,
+        }
+    }
+
+    fn remote_code_set(&self) -> CodeSet {
+        let low = u128::from(self.remote_codes[0].load(Ordering::Acquire));
+        let high = u128::from(self.remote_codes[1].load(Ordering::Acquire));
+        CodeSet::from_bits(high << 64 | low)
+    }
+
+    /// Publishes the codes the hubs seen want (before acknowledging their announcements).
+    fn set_remote_codes(&self, codes: CodeSet) {
+        let bits = codes.bits();
+        self.remote_codes[0].store(bits as u64, Ordering::Release);
+        self.remote_codes[1].store((bits >> 64) as u64, Ordering::Release);
+    }
+
+    fn count_dropped(&self, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        let before = self
+            .counters
+            .dropped_frames
+            .fetch_add(frames, Ordering::Relaxed);
+        // The first drop is worth a line, then one each time the count doubles.
+        let after = before + frames;
+        if before == 0 || after.ilog2() > before.ilog2() {
+            warn!(hub = %self.name, dropped_frames = after, "frames could not cross to the cluster");
+        }
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|changes| *changes += 1);
+    }
+
+    fn lock_peers(&self) -> MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A random id for this run of the hub.
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since_epoch.as_nanos());
+    }
+    hasher.finish()
+}

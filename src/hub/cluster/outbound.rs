@@ -1,0 +1,353 @@
+//! The [`Outbound`] queue and its task: the pieces this hub's publishers hand to the cluster,
+//! published to NATS in order, each within the credit every other hub has given.
+//!
+//! Publishers never wait for NATS: they queue and go on. While the queue holds more than
+//! [`QUEUE_HIGH`] bytes, the publishers adding to it are held back through their read gates, as
+//! a `block` subscriber holds them back, until it drains to half. The task publishes a message
+//! only while each other hub has fewer than [`WINDOW_MESSAGES`] messages and [`WINDOW_BYTES`]
+//! bytes of this hub's stream undelivered: a hub whose subscribers cannot keep up holds the
+//! publishers here back instead of overflowing NATS. While the link is down, nothing waits:
+//! what cannot cross is counted and dropped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::frame::Status;
+use crate::hub::cluster::wire::{Carried, DataHeader, DATA_HEADER};
+use crate::hub::cluster::Cluster;
+use crate::hub::flow::{Backlog, Gate};
+use crate::hub::registry::SessionId;
+use crate::hub::relay::{Piece, PieceKind};
+
+/// Bytes queued for NATS past which publishers are held back.
+const QUEUE_HIGH: u64 = 8 * 1024 * 1024;
+/// Most messages of this hub's stream another hub may have undelivered.
+pub(super) const WINDOW_MESSAGES: u64 = 1024;
+/// Most bytes of this hub's stream another hub may have undelivered.
+pub(super) const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
+/// Room kept in a NATS message for its headers: a piece is cut to `max_payload` minus this.
+const HEADER_ROOM: usize = 512;
+/// Longest a publish may wait for the NATS client's own queue before the piece counts as lost.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a wait for credit looks again even if nothing was heard (a hub may have gone).
+const CREDIT_RECHECK: Duration = Duration::from_millis(100);
+
+/// A piece (or a publisher's end) waiting for the outbound task.
+#[derive(Debug)]
+struct Envelope {
+    from: SessionId,
+    status: Status,
+    carried: Carried,
+    frames: u32,
+    bytes: Bytes,
+}
+
+/// The queue between publishers and the outbound task, and the stream's position.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    queue: Mutex<VecDeque<Envelope>>,
+    backlog: Arc<Backlog>,
+    wake: Notify,
+    /// Messages published so far (the last sequence number).
+    seq: AtomicU64,
+    /// Bytes published so far.
+    bytes: AtomicU64,
+}
+
+impl Outbound {
+    pub(super) fn new() -> Outbound {
+        Outbound {
+            queue: Mutex::new(VecDeque::new()),
+            backlog: Backlog::new(QUEUE_HIGH),
+            wake: Notify::new(),
+            seq: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Envelope>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `piece` of publisher `from`; holds the publisher back while the queue is full.
+    pub(super) fn push(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) {
+        self.backlog.charge(piece.bytes.len() as u64);
+        self.lock().push_back(Envelope {
+            from,
+            status: piece.status,
+            carried: Carried::Piece(piece.kind),
+            frames: piece.frames,
+            bytes: piece.bytes.clone(),
+        });
+        self.wake.notify_one();
+        if self.backlog.is_full() {
+            self.backlog.block(gate);
+        }
+    }
+
+    /// Queues the end of publisher `from`.
+    pub(super) fn push_gone(&self, from: SessionId) {
+        self.lock().push_back(Envelope {
+            from,
+            status: Status::PING,
+            carried: Carried::Gone,
+            frames: 0,
+            bytes: Bytes::new(),
+        });
+        self.wake.notify_one();
+    }
+
+    /// The stream's position: (last sequence number, bytes).
+    pub(super) fn position(&self) -> (u64, u64) {
+        (
+            self.seq.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
+    }
+
+    async fn next(&self) -> Envelope {
+        loop {
+            if let Some(envelope) = self.lock().pop_front() {
+                return envelope;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// The outbound task's own state.
+struct Sender {
+    cluster: Arc<Cluster>,
+    client: async_nats::Client,
+    /// The data subject of every code.
+    subjects: Vec<Subject>,
+    gone: Subject,
+    /// Per publisher, its last message sequence number.
+    publishers: HashMap<SessionId, u64>,
+    /// Publishers with a streamed frame begun on NATS.
+    open: HashSet<SessionId>,
+}
+
+/// The outbound task: publishes what publishers queue, in order, for as long as the hub runs.
+pub(super) async fn run(cluster: Arc<Cluster>, client: async_nats::Client) {
+    let subjects = (0..=Status::MAX)
+        .filter_map(Status::new)
+        .map(|status| Subject::from(cluster.subjects.data(status)))
+        .collect();
+    let gone = Subject::from(cluster.subjects.gone());
+    let mut sender = Sender {
+        cluster,
+        client,
+        subjects,
+        gone,
+        publishers: HashMap::new(),
+        open: HashSet::new(),
+    };
+    loop {
+        let envelope = sender.cluster.outbound.next().await;
+        let len = envelope.bytes.len() as u64;
+        sender.send(envelope).await;
+        sender.cluster.outbound.backlog.discharge(len);
+    }
+}
+
+impl Sender {
+    async fn send(&mut self, envelope: Envelope) {
+        let Carried::Piece(kind) = envelope.carried else {
+            let seq = self
+                .publishers
+                .remove(&envelope.from)
+                .map_or(1, |seq| seq + 1);
+            self.open.remove(&envelope.from);
+            if self.cluster.is_connected() {
+                let subject = self.gone.clone();
+                let _ = self
+                    .publish(subject, &envelope, Carried::Gone, 0, seq, Bytes::new())
+                    .await;
+            }
+            return;
+        };
+        let limit = self
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(HEADER_ROOM)
+            .max(HEADER_ROOM);
+        let subject = self.subjects[usize::from(envelope.status.code())].clone();
+        for (kind, frames, bytes) in split(kind, envelope.frames, &envelope.bytes, limit) {
+            let seq = self.publishers.get(&envelope.from).map_or(1, |seq| seq + 1);
+            let sent = self.wait_for_credit().await
+                && self
+                    .publish(
+                        subject.clone(),
+                        &envelope,
+                        Carried::Piece(kind),
+                        frames,
+                        seq,
+                        bytes,
+                    )
+                    .await;
+            if !sent {
+                let frames = match kind {
+                    PieceKind::Whole => envelope.frames.max(1),
+                    PieceKind::First => 1,
+                    PieceKind::Middle | PieceKind::Last => {
+                        u32::from(self.open.remove(&envelope.from))
+                    }
+                };
+                self.cluster.count_dropped(u64::from(frames));
+                return;
+            }
+            self.publishers.insert(envelope.from, seq);
+            match kind {
+                PieceKind::First => {
+                    self.open.insert(envelope.from);
+                }
+                PieceKind::Last => {
+                    self.open.remove(&envelope.from);
+                }
+                PieceKind::Whole | PieceKind::Middle => {}
+            }
+        }
+    }
+
+    /// Waits until every other hub has room for one more message; `false` if the link is down.
+    async fn wait_for_credit(&self) -> bool {
+        let window_open = || {
+            let position = self.cluster.outbound.position();
+            self.cluster
+                .lock_peers()
+                .has_credit(position, WINDOW_MESSAGES, WINDOW_BYTES)
+        };
+        if window_open() {
+            return self.cluster.is_connected();
+        }
+        let mut changes = self.cluster.changes.subscribe();
+        loop {
+            if !self.cluster.is_connected() {
+                return false;
+            }
+            if window_open() {
+                return true;
+            }
+            let _ = tokio::time::timeout(CREDIT_RECHECK, changes.changed()).await;
+        }
+    }
+
+    /// Publishes one message of the stream; `false` if NATS did not take it.
+    async fn publish(
+        &self,
+        subject: Subject,
+        envelope: &Envelope,
+        carried: Carried,
+        frames: u32,
+        publisher_seq: u64,
+        bytes: Bytes,
+    ) -> bool {
+        let outbound = &self.cluster.outbound;
+        let len = bytes.len() as u64;
+        let seq = outbound.seq.load(Ordering::Relaxed) + 1;
+        let stream_bytes = outbound.bytes.load(Ordering::Relaxed) + len;
+        let header = DataHeader {
+            origin: self.cluster.instance,
+            seq,
+            stream_bytes,
+            publisher: envelope.from.get(),
+            publisher_seq,
+            carried,
+            frames,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(DATA_HEADER, header.to_string());
+        let published = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            self.client.publish_with_headers(subject, headers, bytes),
+        )
+        .await;
+        match published {
+            Ok(Ok(())) => {
+                outbound.seq.store(seq, Ordering::Release);
+                outbound.bytes.store(stream_bytes, Ordering::Release);
+                let counters = &self.cluster.counters;
+                counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_out.fetch_add(len, Ordering::Relaxed);
+                true
+            }
+            Ok(Err(error)) => {
+                debug!(%error, "publish to NATS failed");
+                false
+            }
+            Err(_) => {
+                warn!(hub = %self.cluster.name, "NATS took nothing for {PUBLISH_TIMEOUT:?}");
+                false
+            }
+        }
+    }
+}
+
+/// Cuts a piece into NATS-sized parts of at most `limit` bytes, each with its place in the
+/// frame: a part that neither starts nor ends the frame is a `Middle`, and the frames ending in
+/// the piece end in its last part.
+fn split(
+    kind: PieceKind,
+    frames: u32,
+    bytes: &Bytes,
+    limit: usize,
+) -> impl Iterator<Item = (PieceKind, u32, Bytes)> + '_ {
+    let parts = bytes.len().div_ceil(limit).max(1);
+    (0..parts).map(move |part| {
+        let (first, last) = (part == 0, part + 1 == parts);
+        let starts = first && kind.starts_frame();
+        let ends = last && kind.ends_frame();
+        let kind = match (starts, ends) {
+            (true, true) => PieceKind::Whole,
+            (true, false) => PieceKind::First,
+            (false, true) => PieceKind::Last,
+            (false, false) => PieceKind::Middle,
+        };
+        let end = ((part + 1) * limit).min(bytes.len());
+        (
+            kind,
+            if last { frames } else { 0 },
+            bytes.slice(part * limit..end),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(
+        kind: PieceKind,
+        frames: u32,
+        len: usize,
+        limit: usize,
+    ) -> Vec<(PieceKind, u32, usize)> {
+        let bytes = Bytes::from(vec![7; len]);
+        split(kind, frames, &bytes, limit)
+            .map(|(kind, frames, part)| (kind, frames, part.len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_large_piece_is_cut_into_parts_of_its_frame() {
+        use PieceKind::*;
+        assert_eq!(kinds(Whole, 3, 10, 10), [(Whole, 3, 10)]);
+        assert_eq!(
+            kinds(Whole, 3, 25, 10),
+            [(First, 0, 10), (Middle, 0, 10), (Last, 3, 5)]
+        );
+        assert_eq!(kinds(First, 0, 20, 10), [(First, 0, 10), (Middle, 0, 10)]);
+        assert_eq!(kinds(Middle, 0, 11, 10), [(Middle, 0, 10), (Middle, 0, 1)]);
+        assert_eq!(kinds(Last, 1, 11, 10), [(Middle, 0, 10), (Last, 1, 1)]);
+        assert_eq!(kinds(Last, 1, 0, 10), [(Last, 1, 0)]);
+    }
+}

@@ -1,0 +1,233 @@
+//! [`Peers`]: the other hubs this one sees — their interest, what they acknowledged, the credit
+//! they gave — kept by the link task, read by the router's waits and the outbound task.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::hub::cluster::wire::Announcement;
+use crate::hub::control::CodeSet;
+
+/// One other hub instance.
+#[derive(Debug)]
+struct Peer {
+    name: String,
+    codes: CodeSet,
+    last_seen: Instant,
+    /// The highest of this hub's interest versions it acknowledged.
+    acked: u64,
+    /// How far into this hub's stream it has delivered (message sequence, stream bytes).
+    credit: (u64, u64),
+}
+
+/// What [`Peers::announced`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The hub was not known before.
+    pub new: bool,
+    /// Earlier instances of the same name, forgotten now (the hub restarted).
+    pub replaced: Vec<u64>,
+}
+
+/// The other hubs, by instance.
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    hubs: HashMap<u64, Peer>,
+}
+
+impl Peers {
+    /// How many other hubs are seen.
+    pub(crate) fn len(&self) -> usize {
+        self.hubs.len()
+    }
+
+    /// Their names, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.hubs.values().map(|peer| peer.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// The codes any of them wants.
+    pub(crate) fn codes(&self) -> CodeSet {
+        self.hubs
+            .values()
+            .fold(CodeSet::empty(), |codes, peer| codes.union(peer.codes))
+    }
+
+    /// Records an announcement of another hub. A hub seen for the first time starts with credit
+    /// at `position` (this hub's stream so far: it cannot have received any of it).
+    pub(crate) fn announced(
+        &mut self,
+        announcement: &Announcement,
+        now: Instant,
+        position: (u64, u64),
+    ) -> Seen {
+        let replaced: Vec<u64> = self
+            .hubs
+            .iter()
+            .filter(|(instance, peer)| {
+                **instance != announcement.instance && peer.name == announcement.name
+            })
+            .map(|(instance, _)| *instance)
+            .collect();
+        for instance in &replaced {
+            self.hubs.remove(instance);
+        }
+        let mut new = false;
+        let peer = self.hubs.entry(announcement.instance).or_insert_with(|| {
+            new = true;
+            Peer {
+                name: announcement.name.clone(),
+                codes: CodeSet::empty(),
+                last_seen: now,
+                acked: 0,
+                credit: position,
+            }
+        });
+        peer.codes = announcement.codes;
+        peer.last_seen = now;
+        Seen { new, replaced }
+    }
+
+    /// Forgets hub `instance`; whether it was known.
+    pub(crate) fn remove(&mut self, instance: u64) -> bool {
+        self.hubs.remove(&instance).is_some()
+    }
+
+    /// Forgets the hubs not heard from for `silence`; returns them.
+    pub(crate) fn expire(&mut self, now: Instant, silence: Duration) -> Vec<(u64, String)> {
+        let gone: Vec<(u64, String)> = self
+            .hubs
+            .iter()
+            .filter(|(_, peer)| now.duration_since(peer.last_seen) > silence)
+            .map(|(instance, peer)| (*instance, peer.name.clone()))
+            .collect();
+        for (instance, _) in &gone {
+            self.hubs.remove(instance);
+        }
+        gone
+    }
+
+    /// Counts every hub as heard from now (the link was down: silence proved nothing).
+    pub(crate) fn touch_all(&mut self, now: Instant) {
+        for peer in self.hubs.values_mut() {
+            peer.last_seen = now;
+        }
+    }
+
+    /// Records hub `instance`'s acknowledgement of interest version `version`.
+    pub(crate) fn acknowledge(&mut self, instance: u64, version: u64) {
+        if let Some(peer) = self.hubs.get_mut(&instance) {
+            peer.acked = peer.acked.max(version);
+        }
+    }
+
+    /// Records hub `instance`'s credit.
+    pub(crate) fn credit(&mut self, instance: u64, seq: u64, bytes: u64) {
+        if let Some(peer) = self.hubs.get_mut(&instance) {
+            if seq > peer.credit.0 {
+                peer.credit = (seq, bytes);
+            }
+        }
+    }
+
+    /// Whether every hub has acknowledged interest version `required`.
+    pub(crate) fn acknowledged(&self, required: u64) -> bool {
+        self.hubs.values().all(|peer| peer.acked >= required)
+    }
+
+    /// The hubs that have not acknowledged `required`.
+    pub(crate) fn late(&self, required: u64) -> Vec<String> {
+        self.hubs
+            .values()
+            .filter(|peer| peer.acked < required)
+            .map(|peer| peer.name.clone())
+            .collect()
+    }
+
+    /// Whether every hub has delivered enough of this hub's stream, now at `position`, for one
+    /// more message: fewer than `messages` and `bytes` in flight to each.
+    pub(crate) fn has_credit(&self, position: (u64, u64), messages: u64, bytes: u64) -> bool {
+        self.hubs.values().all(|peer| {
+            position.0.saturating_sub(peer.credit.0) < messages
+                && position.1.saturating_sub(peer.credit.1) < bytes
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::cluster::wire::Purpose;
+
+    fn announcement(instance: u64, name: &str, bits: u128) -> Announcement {
+        Announcement {
+            instance,
+            version: 1,
+            purpose: Purpose::Beat,
+            codes: CodeSet::from_bits(bits),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_restarted_hub_replaces_its_earlier_instance() {
+        let mut peers = Peers::default();
+        let now = Instant::now();
+        assert!(
+            peers
+                .announced(&announcement(1, "a", 0b10), now, (0, 0))
+                .new
+        );
+        assert!(
+            peers
+                .announced(&announcement(2, "b", 0b100), now, (0, 0))
+                .new
+        );
+        assert_eq!(peers.codes(), CodeSet::from_bits(0b110));
+        let seen = peers.announced(&announcement(3, "a", 0b1), now, (0, 0));
+        assert_eq!(
+            seen,
+            Seen {
+                new: true,
+                replaced: vec![1]
+            }
+        );
+        assert_eq!(peers.names(), ["a", "b"]);
+        assert_eq!(peers.codes(), CodeSet::from_bits(0b101));
+    }
+
+    #[test]
+    fn credit_and_acknowledgements_gate_each_hub() {
+        let mut peers = Peers::default();
+        let now = Instant::now();
+        peers.announced(&announcement(1, "a", 0), now, (10, 1000));
+        peers.announced(&announcement(2, "b", 0), now, (10, 1000));
+        assert!(peers.has_credit((11, 1100), 2, 1000));
+        assert!(
+            !peers.has_credit((12, 1100), 2, 1000),
+            "two messages in flight"
+        );
+        peers.credit(1, 12, 1100);
+        assert!(
+            !peers.has_credit((12, 1100), 2, 1000),
+            "b has not given credit"
+        );
+        peers.credit(2, 11, 1050);
+        assert!(peers.has_credit((12, 1100), 2, 1000));
+        peers.acknowledge(1, 4);
+        assert!(!peers.acknowledged(4));
+        assert_eq!(peers.late(4), ["b"]);
+        peers.acknowledge(2, 5);
+        assert!(peers.acknowledged(4));
+        let later = now + Duration::from_secs(3);
+        peers.announced(&announcement(1, "a", 0), later, (0, 0));
+        assert_eq!(
+            peers.expire(later, Duration::from_secs(2)),
+            [(2, "b".to_owned())]
+        );
+        assert_eq!(peers.len(), 1);
+    }
+}

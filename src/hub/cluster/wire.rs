@@ -1,0 +1,388 @@
+//! What hubs say to each other through NATS: the subjects, and the small text messages and
+//! headers that carry interest, acknowledgements, credit and relayed pieces (docs/cluster.md).
+//!
+//! Every hub instance has a random 64-bit id (a restarted hub is a new instance). Subjects, with
+//! `P` the cluster prefix:
+//! - `P.data.<code>`: a relayed piece, its bytes as the payload (the frames' exact wire bytes),
+//!   described by the [`DATA_HEADER`] header; `P.data.gone`: a publisher's end.
+//! - `P.hubs`: [`Announcement`]s (interest, heartbeats, hello, leave); acknowledged on
+//!   `P.ack.<instance>`.
+//! - `P.credit.<instance>`: [`Credit`] to an origin hub: how far its stream has been delivered.
+
+use std::fmt;
+
+use crate::frame::Status;
+use crate::hub::control::CodeSet;
+use crate::hub::relay::PieceKind;
+
+/// The header describing a relayed piece.
+pub(crate) const DATA_HEADER: &str = "Tej";
+
+/// A message from another hub that cannot be read (another version, or not a hub at all).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum WireError {
+    /// A field is missing or does not parse.
+    #[error("malformed {what}: {text:?}")]
+    Malformed {
+        /// Which message.
+        what: &'static str,
+        /// Its text, clipped.
+        text: String,
+    },
+}
+
+fn malformed(what: &'static str, text: &str) -> WireError {
+    WireError::Malformed {
+        what,
+        text: text.chars().take(120).collect(),
+    }
+}
+
+/// The subjects of one cluster prefix and one hub instance.
+#[derive(Clone, Debug)]
+pub(crate) struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// The subjects under `prefix`.
+    pub(crate) fn new(prefix: &str) -> Subjects {
+        Subjects {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Where pieces of `status` are published.
+    pub(crate) fn data(&self, status: Status) -> String {
+        format!("{}.data.{}", self.prefix, status.code())
+    }
+
+    /// Where a publisher's end is published.
+    pub(crate) fn gone(&self) -> String {
+        format!("{}.data.gone", self.prefix)
+    }
+
+    /// Every relayed piece, whatever its code (one subscription keeps one origin's order).
+    pub(crate) fn all_data(&self) -> String {
+        format!("{}.data.>", self.prefix)
+    }
+
+    /// The code of a data subject; `None` for `gone`.
+    pub(crate) fn code_of(&self, subject: &str) -> Option<Status> {
+        let code: u8 = subject.rsplit('.').next()?.parse().ok()?;
+        Status::new(code)
+    }
+
+    /// Announcements.
+    pub(crate) fn hubs(&self) -> String {
+        format!("{}.hubs", self.prefix)
+    }
+
+    /// Where `instance` takes acknowledgements of its announcements.
+    pub(crate) fn ack(&self, instance: u64) -> String {
+        format!("{}.ack.{instance:016x}", self.prefix)
+    }
+
+    /// Where `instance` takes credit for its stream.
+    pub(crate) fn credit(&self, instance: u64) -> String {
+        format!("{}.credit.{instance:016x}", self.prefix)
+    }
+}
+
+/// What an announcement is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A hub (re)joins: everybody answers with an announcement of their own.
+    Hello,
+    /// Its interest changed.
+    Change,
+    /// Still here (periodic).
+    Beat,
+    /// An answer to a hello.
+    Answer,
+    /// It is going away: forget it now.
+    Leave,
+}
+
+impl Purpose {
+    fn letter(self) -> char {
+        match self {
+            Purpose::Hello => 'h',
+            Purpose::Change => 'c',
+            Purpose::Beat => 'b',
+            Purpose::Answer => 'a',
+            Purpose::Leave => 'l',
+        }
+    }
+
+    fn from_letter(letter: &str) -> Option<Purpose> {
+        Some(match letter {
+            "h" => Purpose::Hello,
+            "c" => Purpose::Change,
+            "b" => Purpose::Beat,
+            "a" => Purpose::Answer,
+            "l" => Purpose::Leave,
+            _ => return None,
+        })
+    }
+}
+
+/// A hub's interest: the codes its local subscribers want, at an interest version.
+/// Text: `<instance> <version> <purpose> <codes> <name>` (hex instance and code bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Announcement {
+    /// The hub instance.
+    pub instance: u64,
+    /// Its interest version (grows by one per change).
+    pub version: u64,
+    /// Why it is sent.
+    pub purpose: Purpose,
+    /// The codes wanted.
+    pub codes: CodeSet,
+    /// The hub's name.
+    pub name: String,
+}
+
+impl fmt::Display for Announcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:016x} {} {} {:032x} {}",
+            self.instance,
+            self.version,
+            self.purpose.letter(),
+            self.codes.bits(),
+            self.name
+        )
+    }
+}
+
+impl Announcement {
+    /// Reads an announcement.
+    pub(crate) fn parse(text: &str) -> Result<Announcement, WireError> {
+        let fail = || malformed("announcement", text);
+        let mut fields = text.splitn(5, ' ');
+        let mut next = || fields.next().ok_or_else(fail);
+        let instance = u64::from_str_radix(next()?, 16).map_err(|_| fail())?;
+        let version = next()?.parse().map_err(|_| fail())?;
+        let purpose = Purpose::from_letter(next()?).ok_or_else(fail)?;
+        let codes = u128::from_str_radix(next()?, 16).map_err(|_| fail())?;
+        let name = next()?.to_owned();
+        Ok(Announcement {
+            instance,
+            version,
+            purpose,
+            codes: CodeSet::from_bits(codes),
+            name,
+        })
+    }
+}
+
+/// A hub's acknowledgement of another's announcement: `<instance> <version>`. Sent once the
+/// announced interest applies to the acknowledging hub's publishers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ack {
+    /// The acknowledging hub instance.
+    pub instance: u64,
+    /// The version acknowledged.
+    pub version: u64,
+}
+
+/// Credit for an origin's stream: the receiving hub has delivered it up to `seq`, which was
+/// `bytes` into the stream: `<instance> <seq> <bytes>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Credit {
+    /// The receiving hub instance.
+    pub instance: u64,
+    /// The origin's message sequence number delivered last.
+    pub seq: u64,
+    /// The origin's stream bytes up to and including it.
+    pub bytes: u64,
+}
+
+impl fmt::Display for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x} {}", self.instance, self.version)
+    }
+}
+
+impl Ack {
+    /// Reads an acknowledgement.
+    pub(crate) fn parse(text: &str) -> Result<Ack, WireError> {
+        let fail = || malformed("ack", text);
+        let (instance, version) = text.split_once(' ').ok_or_else(fail)?;
+        Ok(Ack {
+            instance: u64::from_str_radix(instance, 16).map_err(|_| fail())?,
+            version: version.parse().map_err(|_| fail())?,
+        })
+    }
+}
+
+impl fmt::Display for Credit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x} {} {}", self.instance, self.seq, self.bytes)
+    }
+}
+
+impl Credit {
+    /// Reads a credit.
+    pub(crate) fn parse(text: &str) -> Result<Credit, WireError> {
+        let fail = || malformed("credit", text);
+        let mut fields = text.split(' ');
+        let mut next = || fields.next().ok_or_else(fail);
+        Ok(Credit {
+            instance: u64::from_str_radix(next()?, 16).map_err(|_| fail())?,
+            seq: next()?.parse().map_err(|_| fail())?,
+            bytes: next()?.parse().map_err(|_| fail())?,
+        })
+    }
+}
+
+/// What a relayed message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Carried {
+    /// A piece of frames.
+    Piece(PieceKind),
+    /// The publisher has ended: the frame it was streaming, if any, cannot be completed.
+    Gone,
+}
+
+/// The [`DATA_HEADER`] of a relayed message:
+/// `<origin> <seq> <stream bytes> <publisher> <publisher seq> <kind> <frames>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataHeader {
+    /// The origin hub instance.
+    pub origin: u64,
+    /// The origin's message sequence number (all its relayed messages, from 1).
+    pub seq: u64,
+    /// The origin's stream bytes up to and including this message.
+    pub stream_bytes: u64,
+    /// The publishing session on the origin hub.
+    pub publisher: u64,
+    /// The publisher's message sequence number (from 1).
+    pub publisher_seq: u64,
+    /// What the message carries.
+    pub carried: Carried,
+    /// Frames ending in it.
+    pub frames: u32,
+}
+
+impl fmt::Display for DataHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.carried {
+            Carried::Piece(PieceKind::Whole) => 'W',
+            Carried::Piece(PieceKind::First) => 'F',
+            Carried::Piece(PieceKind::Middle) => 'M',
+            Carried::Piece(PieceKind::Last) => 'L',
+            Carried::Gone => 'G',
+        };
+        write!(
+            f,
+            "{:016x} {} {} {} {} {kind} {}",
+            self.origin,
+            self.seq,
+            self.stream_bytes,
+            self.publisher,
+            self.publisher_seq,
+            self.frames
+        )
+    }
+}
+
+impl DataHeader {
+    /// Reads a data header.
+    pub(crate) fn parse(text: &str) -> Result<DataHeader, WireError> {
+        let fail = || malformed("data header", text);
+        let mut fields = text.split(' ');
+        let mut next = || fields.next().ok_or_else(fail);
+        let origin = u64::from_str_radix(next()?, 16).map_err(|_| fail())?;
+        let mut number = || -> Result<u64, WireError> { next()?.parse().map_err(|_| fail()) };
+        let (seq, stream_bytes, publisher, publisher_seq) =
+            (number()?, number()?, number()?, number()?);
+        let carried = match next()? {
+            "W" => Carried::Piece(PieceKind::Whole),
+            "F" => Carried::Piece(PieceKind::First),
+            "M" => Carried::Piece(PieceKind::Middle),
+            "L" => Carried::Piece(PieceKind::Last),
+            "G" => Carried::Gone,
+            _ => return Err(fail()),
+        };
+        let frames = next()?.parse().map_err(|_| fail())?;
+        Ok(DataHeader {
+            origin,
+            seq,
+            stream_bytes,
+            publisher,
+            publisher_seq,
+            carried,
+            frames,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_back_as_written() {
+        let announcement = Announcement {
+            instance: 0xfeed,
+            version: 7,
+            purpose: Purpose::Change,
+            codes: CodeSet::from_bits(1 << 5 | 1 << 127),
+            name: "hub a:8000".into(),
+        };
+        assert_eq!(
+            Announcement::parse(&announcement.to_string()),
+            Ok(announcement)
+        );
+        let ack = Ack {
+            instance: 3,
+            version: 9,
+        };
+        assert_eq!(Ack::parse(&ack.to_string()), Ok(ack));
+        let credit = Credit {
+            instance: u64::MAX,
+            seq: 1,
+            bytes: 2,
+        };
+        assert_eq!(Credit::parse(&credit.to_string()), Ok(credit));
+        for carried in [
+            Carried::Piece(PieceKind::Whole),
+            Carried::Piece(PieceKind::First),
+            Carried::Piece(PieceKind::Middle),
+            Carried::Piece(PieceKind::Last),
+            Carried::Gone,
+        ] {
+            let header = DataHeader {
+                origin: 1 << 63,
+                seq: 10,
+                stream_bytes: 1 << 40,
+                publisher: 4,
+                publisher_seq: 2,
+                carried,
+                frames: 3,
+            };
+            assert_eq!(DataHeader::parse(&header.to_string()), Ok(header));
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        for text in ["", "zz 1 c 0 a", "1 1 x 0 a", "1 1 c 0"] {
+            assert!(Announcement::parse(text).is_err(), "{text:?}");
+        }
+        assert!(DataHeader::parse("1 2 3 4 5 Q 0").is_err());
+        assert!(Credit::parse("1 2").is_err());
+        assert!(Ack::parse("1").is_err());
+    }
+
+    #[test]
+    fn data_subjects_name_their_code() {
+        let subjects = Subjects::new("tej");
+        let status = Status::new(42).unwrap();
+        assert_eq!(subjects.code_of(&subjects.data(status)), Some(status));
+        assert_eq!(subjects.code_of(&subjects.gone()), None);
+    }
+}

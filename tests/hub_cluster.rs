@@ -19,6 +19,8 @@ mod nats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -252,6 +254,69 @@ async fn without_cluster_info_has_a_null_cluster() {
     assert_eq!(info["hub"]["cluster_dropped_frames"], 0, "{info}");
 }
 
+/// Hubs join the cluster of their `--cluster-prefix` only: a and b (prefix `x`, b configured in
+/// TOML with a dead NATS server listed first) see each other and relay; c and d (default prefix
+/// `tej`, default names `hostname:port`, distinct) on the same NATS see each other only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefix_separates_clusters_sharing_a_nats_server() {
+    let Some(nats) = NatsServer::start("the_prefix_separates_clusters_sharing_a_nats_server")
+    else {
+        return;
+    };
+    let url = nats.url();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let dir = std::env::temp_dir().join(format!("tej-hub-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("hub-b.toml");
+    let toml = format!(
+        "cluster = [\"nats://{dead}\", \"{url}\"]\nhub-name = \"b\"\ncluster-prefix = \"x\"\n"
+    );
+    std::fs::write(&path, toml).expect("write the hub's configuration");
+    let a = Hub::start(&url, "a", &["--cluster-prefix", "x"]);
+    let b = Hub {
+        name: "b".to_owned(),
+        bin: BinHub::start(&["--config", path.to_str().expect("a UTF-8 path")]),
+    };
+    let unnamed = |name: &str| Hub {
+        name: name.to_owned(),
+        bin: BinHub::start(&["--cluster", &url]),
+    };
+    let (c, d) = (unnamed("c"), unnamed("d"));
+    a.wait_remote_hubs(1).await;
+    b.wait_remote_hubs(1).await;
+    c.wait_remote_hubs(1).await;
+    d.wait_remote_hubs(1).await;
+    let mut b_sub = connect(b.addr()).await;
+    subscribe(&mut b_sub, "70", "70").await;
+    let mut c_sub = connect(c.addr()).await;
+    subscribe(&mut c_sub, "70", "70").await;
+    let mut a_pub = connect(a.addr()).await;
+    let frame = Frame::message(status(70), "to the x cluster");
+    send(&mut a_pub, frame.clone()).await;
+    assert_eq!(recv(&mut b_sub).await, frame, "hub b, same prefix");
+    let mut d_pub = connect(d.addr()).await;
+    let frame = Frame::message(status(70), "to the tej cluster");
+    send(&mut d_pub, frame.clone()).await;
+    assert_eq!(recv(&mut c_sub).await, frame, "hub c, same prefix");
+    expect_silence(&mut b_sub, Duration::from_millis(300)).await;
+    expect_silence(&mut c_sub, Duration::from_millis(300)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    // The default names: the port is the one the hub listens on (distinct names on one host).
+    for hub in [&c, &d] {
+        let cluster = hub.cluster().await;
+        let port = hub.addr().port();
+        assert!(
+            cluster["hub"].as_str().is_some_and(|name| name
+                .strip_suffix(&format!(":{port}"))
+                .is_some_and(|host| !host.is_empty())),
+            "hub {}: the default name is hostname:port, port {port}: {cluster}",
+            hub.name
+        );
+    }
+}
+
 /// Three hubs, five publishers on two of them, a subscriber on each: 10,000 mixed frames reach
 /// every subscriber exactly once, intact and in order per publisher (an echo across hubs would
 /// show as a duplicate); `INFO` and `/varz` show the cluster's state and traffic.
@@ -427,18 +492,19 @@ async fn hubs_on_two_nats_nodes_relay_both_ways() {
     subscribe(&mut on_a, "30,31", "30-31").await;
     let mut on_b = connect(b.addr()).await;
     subscribe(&mut on_b, "30,31", "30-31").await;
-    // Publisher 0 on hub a, publisher 1 on hub b (seq 350 is a streamed frame).
+    // Publisher 0 on hub a, publisher 1 on hub b (seq 350 is a streamed frame); each subscriber
+    // gets both, one of them from the other node.
     let to_b = tokio::spawn(receive_mixed(
         on_b,
         codes.clone(),
-        vec![0],
+        vec![0, 1],
         FRAMES,
         "the subscriber on hub b (node 2)".to_owned(),
     ));
     let to_a = tokio::spawn(receive_mixed(
         on_a,
         codes.clone(),
-        vec![1],
+        vec![0, 1],
         FRAMES,
         "the subscriber on hub a (node 1)".to_owned(),
     ));
@@ -482,9 +548,22 @@ async fn read_len(stream: &mut TcpStream, wide: bool) -> u64 {
     }
 }
 
-/// Reads one frame carrying one file from `stream`, hashing the file's data as it arrives;
-/// returns `(status, name, length, sha256, message)`.
-async fn read_hashed(stream: &mut TcpStream) -> (u8, String, u64, [u8; 32], Vec<u8>) {
+/// A frame as a streaming subscriber saw it: `(status, file name, file length, SHA-256 of the
+/// file, message)`.
+type Hashed = (u8, String, u64, [u8; 32], Vec<u8>);
+
+/// Where a streaming subscriber stops reading for a while: after `after` bytes of file data, for
+/// `pause`; `written` is what the publisher has written so far.
+struct Pause {
+    after: u64,
+    pause: Duration,
+    written: Arc<AtomicU64>,
+}
+
+/// Reads one frame carrying one file from `stream`, hashing the file's data as it arrives (never
+/// holding it), pausing as `pause` says; returns the frame and what the publisher had written
+/// when the subscriber resumed.
+async fn read_hashed(stream: &mut TcpStream, pause: Option<Pause>) -> (Hashed, Option<u64>) {
     let (code, files) = read_head(stream).await;
     assert_eq!(files, 1, "a frame of {files} files");
     let mut name = vec![0u8; read_len(stream, false).await as usize];
@@ -493,7 +572,16 @@ async fn read_hashed(stream: &mut TcpStream) -> (u8, String, u64, [u8; 32], Vec<
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; MIB];
     let mut left = len;
+    let mut pause = pause;
+    let mut written_at_resume = None;
     while left > 0 {
+        if let Some(Pause { after, .. }) = pause {
+            if len - left >= after {
+                let Pause { pause, written, .. } = pause.take().expect("a pause");
+                tokio::time::sleep(pause).await;
+                written_at_resume = Some(written.load(Ordering::Relaxed));
+            }
+        }
         let want = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
         let n = stream.read(&mut buf[..want]).await.expect("file data");
         assert!(n > 0, "closed {left} bytes before the file's end");
@@ -504,12 +592,10 @@ async fn read_hashed(stream: &mut TcpStream) -> (u8, String, u64, [u8; 32], Vec<
     assert!(message_len <= 1024, "a message of {message_len} bytes");
     let mut message = vec![0u8; message_len as usize];
     stream.read_exact(&mut message).await.expect("the message");
+    let name = String::from_utf8(name).expect("a UTF-8 name");
     (
-        code,
-        String::from_utf8(name).expect("a UTF-8 name"),
-        len,
-        hasher.finalize().into(),
-        message,
+        (code, name, len, hasher.finalize().into(), message),
+        written_at_resume,
     )
 }
 
@@ -538,12 +624,30 @@ fn file_head(code: u8, name: &str, len: u64) -> Vec<u8> {
     bytes
 }
 
-/// A 256 MiB file frame published on hub a reaches a subscriber on hub b intact (SHA-256), held
-/// back by the cross-hub flow control so that neither hub's peak memory exceeds 128 MiB.
+/// The big file of [`a_256_mib_frame_crosses_hubs_intact_in_bounded_memory`], 1 MiB at a time:
+/// a pseudo-random block whose first 8 bytes count the blocks.
+fn big_blocks(size: u64) -> impl Iterator<Item = Vec<u8>> {
+    let block = pattern(MIB, 11).to_vec();
+    (0..size / MIB as u64).map(move |number| {
+        let mut block = block.clone();
+        block[..8].copy_from_slice(&number.to_le_bytes());
+        block
+    })
+}
+
+/// A 256 MiB file frame published on hub a reaches a subscriber on hub b intact (SHA-256). The
+/// subscriber stops reading for 3 s early on: the cross-hub flow control holds the publisher back
+/// (it cannot run far ahead), nothing is lost, and neither hub's peak memory exceeds 128 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256_mib_frame_crosses_hubs_intact_in_bounded_memory() {
     const SIZE: u64 = 256 * MIB as u64;
     const CODE: u8 = 5;
+    /// Where the subscriber pauses.
+    const PAUSE_AFTER: u64 = 8 * MIB as u64;
+    /// How far the publisher may get ahead of a subscriber that stopped reading.
+    /// (The default queues let it get about 60 MiB ahead: the subscriber's queue and the credit
+    /// window of 16 MiB each, the cluster's outbound queue and the sockets' buffers.)
+    const AHEAD_BOUND: u64 = 96 * MIB as u64;
     let Some(nats) = NatsServer::start("a_256_mib_frame_crosses_hubs_intact_in_bounded_memory")
     else {
         return;
@@ -552,45 +656,74 @@ async fn a_256_mib_frame_crosses_hubs_intact_in_bounded_memory() {
     let b = Hub::start(&nats.url(), "b", &[]);
     a.wait_remote_hubs(1).await;
     b.wait_remote_hubs(1).await;
+    // The expected hash, computed on the side so that the publisher runs at full speed.
+    let expected = tokio::task::spawn_blocking(|| {
+        let mut hasher = Sha256::new();
+        big_blocks(SIZE).for_each(|block| hasher.update(&block));
+        <[u8; 32]>::from(hasher.finalize())
+    });
+    let written = Arc::new(AtomicU64::new(0));
+    let pause = Pause {
+        after: PAUSE_AFTER,
+        pause: Duration::from_secs(3),
+        written: written.clone(),
+    };
     let mut sub = raw_subscriber(b.addr(), CODE).await;
-    let receiver = tokio::spawn(async move { read_hashed(&mut sub).await });
+    let receiver = tokio::spawn(async move { read_hashed(&mut sub, Some(pause)).await });
     let started = Instant::now();
     let mut publisher = connect_raw(a.addr()).await;
-    let sent = within(
+    within(
         Duration::from_secs(120),
         "the 256 MiB frame to be written",
         async {
             publisher
                 .write_all(&file_head(CODE, "big.bin", SIZE))
                 .await?;
-            let mut block = pattern(MIB, 11).to_vec();
-            let mut hasher = Sha256::new();
-            for number in 0..SIZE / MIB as u64 {
-                block[..8].copy_from_slice(&number.to_le_bytes());
-                hasher.update(&block);
+            for block in big_blocks(SIZE) {
                 publisher.write_all(&block).await?;
+                written.fetch_add(block.len() as u64, Ordering::Relaxed);
             }
             publisher.write_all(&7u64.to_be_bytes()).await?;
-            publisher.write_all(b"256 MiB").await?;
-            std::io::Result::Ok(<[u8; 32]>::from(hasher.finalize()))
+            publisher.write_all(b"256 MiB").await
         },
     )
     .await
     .expect("publish the 256 MiB frame");
-    let got = within(
+    let (got, ahead) = within(
         Duration::from_secs(120),
         "the 256 MiB frame on hub b",
         receiver,
     )
     .await
     .expect("the receiver task");
-    eprintln!("256 MiB across two hubs in {:?}", started.elapsed());
-    assert_eq!(
-        got,
-        (CODE, "big.bin".to_owned(), SIZE, sent, b"256 MiB".to_vec())
+    let expected = expected.await.expect("the hashing thread");
+    eprintln!(
+        "256 MiB across two hubs in {:?}; the publisher had written {} MiB when the subscriber \
+         resumed after {} MiB",
+        started.elapsed(),
+        ahead.unwrap_or(0) / MIB as u64,
+        PAUSE_AFTER / MIB as u64
+    );
+    assert!(
+        got == (
+            CODE,
+            "big.bin".to_owned(),
+            SIZE,
+            expected,
+            b"256 MiB".to_vec()
+        ),
+        "the frame on hub b: {got:?}, expected SHA-256 {expected:?}"
+    );
+    let ahead = ahead.expect("the subscriber paused");
+    assert!(
+        ahead <= PAUSE_AFTER + AHEAD_BOUND,
+        "the publisher wrote {} MiB while the subscriber on the other hub stopped after {} MiB",
+        ahead / MIB as u64,
+        PAUSE_AFTER / MIB as u64
     );
     for hub in [&a, &b] {
         let peak = hub.bin.peak_rss_kib();
+        eprintln!("hub {}: peak RSS {} MiB", hub.name, peak / 1024);
         assert!(
             peak <= HUB_RSS_BOUND_KIB,
             "hub {}'s peak RSS was {} MiB while a 256 MiB frame crossed (bound {} MiB)",
@@ -724,6 +857,10 @@ async fn nats_killed_and_restarted_local_relay_goes_on_then_the_cluster_resumes(
             late += 1;
         }
     };
+    eprintln!(
+        "dropped during the outage: {dropped:?}; outage frames delivered after it: {late}; \
+         first probe frame through: {first} of {sent}"
+    );
     assert!(
         u64::from(late) + dropped["a"] >= u64::from(OUTAGE_FRAMES),
         "hub a: {late} outage frames arrived late and {} were counted as dropped, of {OUTAGE_FRAMES}",

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve(serve::Serve),
+    Serve(Box<serve::Serve>),
     /// Publish one frame to a hub.
     ///
     /// Waits until the hub has read the frame (it closes the connection after our half-close).

@@ -9,6 +9,7 @@
 //! or its hub going away cuts the streamed frame it was sending: its subscribers here are closed
 //! as for a publisher that went away.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -202,29 +203,26 @@ impl Inbound {
                 let Some(status) = self.cluster.subjects.code_of(&message.subject) else {
                     return debug!(subject = %message.subject, "cluster piece without a code");
                 };
-                if !origin.publishers.contains_key(&header.publisher) {
-                    self.next_id += 1;
-                    let gate = Gate::new();
-                    let publisher = Publisher::new(
-                        SessionId::new(REMOTE_IDS | self.next_id),
-                        gate.clone(),
-                        self.table.clone(),
-                        self.hub.clone(),
-                        CodeSet::relayable(),
-                        None,
-                    );
-                    origin.publishers.insert(
-                        header.publisher,
-                        Remote {
+                let remote = match origin.publishers.entry(header.publisher) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(new) => {
+                        self.next_id += 1;
+                        let gate = Gate::new();
+                        let publisher = Publisher::new(
+                            SessionId::new(REMOTE_IDS | self.next_id),
+                            gate.clone(),
+                            self.table.clone(),
+                            self.hub.clone(),
+                            CodeSet::relayable(),
+                            None,
+                        );
+                        new.insert(Remote {
                             publisher,
                             gate,
                             next: header.publisher_seq,
                             in_frame: false,
-                        },
-                    );
-                }
-                let Some(remote) = origin.publishers.get_mut(&header.publisher) else {
-                    return;
+                        })
+                    }
                 };
                 if header.publisher_seq != remote.next && remote.in_frame {
                     remote.publisher.abandon();
@@ -232,7 +230,10 @@ impl Inbound {
                     self.cluster.count_dropped(1);
                 }
                 remote.next = header.publisher_seq + 1;
-                if kind.starts_frame() || remote.in_frame {
+                // Every hub receives what any hub wants; frames nobody here wants stop here,
+                // uncounted.
+                let wanted = remote.in_frame || !self.table.subscribers(status).is_empty();
+                if wanted && (kind.starts_frame() || remote.in_frame) {
                     let gate = remote.gate.clone();
                     std::future::poll_fn(|cx| gate.poll_open(cx)).await;
                     let piece = Piece {

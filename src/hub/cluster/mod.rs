@@ -447,3 +447,62 @@ fn instance_id() -> u64 {
     }
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Result<Option<Settings>, ConfigError> {
+        let config = HubConfig::from_toml(toml).unwrap_or_else(|error| panic!("{error}"));
+        Settings::from_config(&config)
+    }
+
+    #[test]
+    fn no_servers_is_no_cluster() {
+        assert_eq!(settings("").ok(), Some(None));
+    }
+
+    #[test]
+    fn the_name_defaults_to_host_and_port() {
+        let parsed =
+            settings("listen = \"127.0.0.1:9100\"\ncluster = [\"nats://127.0.0.1:4222\"]\n");
+        let Ok(Some(parsed)) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert!(parsed.name.ends_with(":9100"), "{}", parsed.name);
+        assert_eq!(parsed.prefix, "tej");
+        assert_eq!(parsed.servers.len(), 1);
+    }
+
+    #[test]
+    fn unusable_settings_are_refused_naming_the_setting() {
+        for (toml, named) in [
+            ("cluster = [\"nats://127.0.0.1:notaport\"]", "server"),
+            (
+                "cluster = [\"nats://127.0.0.1:4222\"]\nhub-name = \"a b\"",
+                "hub name",
+            ),
+            (
+                "cluster = [\"nats://127.0.0.1:4222\"]\nhub-name = \"\"",
+                "hub name",
+            ),
+            (
+                "cluster = [\"nats://127.0.0.1:4222\"]\ncluster-prefix = \"tej.>\"",
+                "prefix",
+            ),
+            (
+                "cluster = [\"nats://127.0.0.1:4222\"]\ncluster-prefix = \"a..b\"",
+                "prefix",
+            ),
+        ] {
+            match settings(toml) {
+                Err(ConfigError::Cluster(reason)) => assert!(reason.contains(named), "{reason}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+        assert!(
+            settings("cluster = [\"nats://127.0.0.1:4222\"]\ncluster-prefix = \"site-1.tej\"")
+                .is_ok()
+        );
+    }
+}

@@ -49,6 +49,21 @@ function drawChart() {
   });
 }
 
+function showCluster(c) {
+  const line = document.getElementById("cluster");
+  line.hidden = !c;
+  if (!c) return;
+  setText("cluster-hub", c.hub);
+  const link = setText("cluster-link", c.connected ? "connected" : "disconnected");
+  link.className = c.connected ? "" : "down";
+  setText("cluster-remote", c.remote_hubs + (c.remote_hub_names.length ? " (" + c.remote_hub_names.join(", ") + ")" : ""));
+  setText("cluster-out", human(c.bytes_out));
+  setText("cluster-in", human(c.bytes_in));
+  setText("cluster-dropped", c.dropped_frames);
+  setText("cluster-lost", c.lost_messages);
+  setText("cluster-slow", c.slow_consumers);
+}
+
 function showVarz(v) {
   setText("version", v.version);
   setText("listen", v.listen);
@@ -61,6 +76,7 @@ function showVarz(v) {
   setText("slow", v.slow_consumers);
   setText("dropped", v.dropped_frames);
   setText("rss", human(v.rss_bytes) + "B");
+  showCluster(v.cluster);
   // Rates on the hub's clock over the last second or more of samples: right whatever the
   // browser's timers do (a background tab, or a headless browser's virtual time).
   samples.push({ t: v.uptime_ms, framesIn: v.frames_in, bytesIn: v.bytes_in, framesOut: v.frames_out });

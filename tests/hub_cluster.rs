@@ -39,6 +39,8 @@ use nats::NatsServer;
 
 /// How long the hubs may take to see each other (and to notice NATS going or coming back).
 const CLUSTER_PATIENCE: Duration = Duration::from_secs(10);
+/// How soon the hubs must be back together after NATS restarts (their backoff is at most 2 s).
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// A hub's peak resident set (VmHWM) bound while a 256 MiB frame crosses.
 const HUB_RSS_BOUND_KIB: u64 = 128 * 1024;
 
@@ -845,9 +847,11 @@ async fn nats_killed_and_restarted_local_relay_goes_on_then_the_cluster_resumes(
     for hub in [&a, &b] {
         hub.wait_remote_hubs(1).await;
     }
-    eprintln!(
-        "hubs back together {:?} after the restart",
-        restarted.elapsed()
+    let back = restarted.elapsed();
+    eprintln!("hubs back together {back:?} after the restart");
+    assert!(
+        back <= RECONNECT_PATIENCE,
+        "the hubs took {back:?} to reconnect and see each other again"
     );
     // The existing subscription on hub b gets hub a's frames again. Frames of the outage may only
     // arrive if they were not counted as dropped (no loss is silent, nothing is counted twice).

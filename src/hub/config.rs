@@ -306,7 +306,7 @@ impl HubConfig {
         }
         crate::hub::auth::Users::from_config(self)?;
         crate::hub::tls::TlsListener::from_config(self)?;
-        crate::hub::cluster::Settings::from_config(self)?;
+        crate::hub::cluster::Settings::from_config(self, self.listen.port())?;
         Ok(())
     }
 

@@ -131,7 +131,9 @@ pub async fn run_announced(
     ready: impl FnOnce(),
 ) -> io::Result<()> {
     config.validate().map_err(invalid)?;
-    let cluster_settings = cluster::Settings::from_config(&config).map_err(invalid)?;
+    let listen = listener.local_addr()?;
+    let cluster_settings =
+        cluster::Settings::from_config(&config, listen.port()).map_err(invalid)?;
     let admission = Admission::new();
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -157,7 +159,6 @@ pub async fn run_announced(
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
         Router::new(router_table, router_cluster)
     });
-    let listen = listener.local_addr()?;
     info!(%listen, workers = workers.len(), "hub started");
     let state = Arc::new(
         HubState::new(

@@ -195,6 +195,10 @@ impl Link {
                     + 1;
                 warn!(hub = %cluster.name, subscription, slow_consumers = count, "NATS dropped messages for this hub: it cannot keep up");
             }
+            // Each failed reconnection attempt: the disconnection was logged once already.
+            NatsEvent::ClientError(error) => {
+                debug!(hub = %cluster.name, %error, "NATS client error")
+            }
             other => warn!(hub = %cluster.name, event = %other, "NATS event"),
         }
     }

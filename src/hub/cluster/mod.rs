@@ -67,11 +67,15 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// The cluster settings of `config`; `None` when it has no `cluster`.
+    /// The cluster settings of `config` for a hub listening on `port` (the default name's);
+    /// `None` when it has no `cluster`.
     ///
     /// # Errors
     /// [`ConfigError::Cluster`] for a server address, name or prefix that cannot be used.
-    pub(crate) fn from_config(config: &HubConfig) -> Result<Option<Settings>, ConfigError> {
+    pub(crate) fn from_config(
+        config: &HubConfig,
+        port: u16,
+    ) -> Result<Option<Settings>, ConfigError> {
         if config.cluster.is_empty() {
             return Ok(None);
         }
@@ -85,7 +89,7 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         let name = match &config.hub_name {
             Some(name) => name.clone(),
-            None => format!("{}:{}", hostname(), config.listen.port()),
+            None => format!("{}:{port}", hostname()),
         };
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace) {
             return Err(ConfigError::Cluster(format!(
@@ -454,7 +458,7 @@ mod tests {
 
     fn settings(toml: &str) -> Result<Option<Settings>, ConfigError> {
         let config = HubConfig::from_toml(toml).unwrap_or_else(|error| panic!("{error}"));
-        Settings::from_config(&config)
+        Settings::from_config(&config, 9100)
     }
 
     #[test]
@@ -464,8 +468,7 @@ mod tests {
 
     #[test]
     fn the_name_defaults_to_host_and_port() {
-        let parsed =
-            settings("listen = \"127.0.0.1:9100\"\ncluster = [\"nats://127.0.0.1:4222\"]\n");
+        let parsed = settings("cluster = [\"nats://127.0.0.1:4222\"]\n");
         let Ok(Some(parsed)) = parsed else {
             panic!("{parsed:?}");
         };

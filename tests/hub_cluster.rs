@@ -61,6 +61,15 @@ impl Hub {
         }
     }
 
+    /// Hubs named `names` on `nats`, once each sees all the others.
+    async fn joined<const N: usize>(nats: &NatsServer, names: [&str; N]) -> [Hub; N] {
+        let hubs = names.map(|name| Hub::start(&nats.url(), name, &[]));
+        for hub in &hubs {
+            hub.wait_remote_hubs(N as u64 - 1).await;
+        }
+        hubs
+    }
+
     fn addr(&self) -> SocketAddr {
         self.bin.addr
     }
@@ -337,7 +346,7 @@ async fn three_hubs_relay_every_frame_exactly_once_and_in_order() {
     let a = Hub::start(&url, "a", &[]);
     let b = Hub::start(&url, "b", &[]);
     let c = Hub::start(&url, "c", &["--http", "127.0.0.1:0"]);
-    let web = monitor_addr(&c.bin);
+    let web = c.bin.monitor_addr();
     for hub in [&a, &b, &c] {
         hub.wait_remote_hubs(2).await;
     }
@@ -413,16 +422,6 @@ async fn three_hubs_relay_every_frame_exactly_once_and_in_order() {
     drop(open);
 }
 
-/// The monitoring address a hub started with `--http` printed on its second line.
-fn monitor_addr(hub: &BinHub) -> SocketAddr {
-    let line = hub
-        .next_line(PATIENCE)
-        .unwrap_or_else(|| panic!("no monitoring line; logs: {:?}", hub.logs()));
-    line.strip_prefix("tej-hub monitoring on http://")
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected second line: {line:?}"))
-}
-
 /// `rounds` times, alternating direction between `one` and `two`: a subscriber sends `SUB` for a
 /// code (fresh for the first half, then again after an `UNSUB`), and the moment its `OK SUB`
 /// arrives a publisher on the other hub publishes on it: the frame must arrive.
@@ -473,10 +472,7 @@ async fn a_sub_confirmed_on_one_hub_gets_the_next_frame_published_on_another() {
     else {
         return;
     };
-    let a = Hub::start(&nats.url(), "a", &[]);
-    let b = Hub::start(&nats.url(), "b", &[]);
-    a.wait_remote_hubs(1).await;
-    b.wait_remote_hubs(1).await;
+    let [a, b] = Hub::joined(&nats, ["a", "b"]).await;
     sub_then_publish(&a, &b, 50, 20).await;
     // A publisher with ECHO on gets its own frame once, not again back from the other hub.
     let mut echoing = connect(a.addr()).await;
@@ -671,10 +667,7 @@ async fn a_256_mib_frame_crosses_hubs_intact_in_bounded_memory() {
     else {
         return;
     };
-    let a = Hub::start(&nats.url(), "a", &[]);
-    let b = Hub::start(&nats.url(), "b", &[]);
-    a.wait_remote_hubs(1).await;
-    b.wait_remote_hubs(1).await;
+    let [a, b] = Hub::joined(&nats, ["a", "b"]).await;
     // The expected hash, computed on the side so that the publisher runs at full speed.
     let expected = tokio::task::spawn_blocking(|| {
         let mut hasher = Sha256::new();
@@ -769,10 +762,7 @@ async fn nats_killed_and_restarted_local_relay_goes_on_then_the_cluster_resumes(
     else {
         return;
     };
-    let a = Hub::start(&nats.url(), "a", &[]);
-    let b = Hub::start(&nats.url(), "b", &[]);
-    a.wait_remote_hubs(1).await;
-    b.wait_remote_hubs(1).await;
+    let [a, b] = Hub::joined(&nats, ["a", "b"]).await;
     let mut a_sub = connect(a.addr()).await;
     subscribe(&mut a_sub, "40", "40").await;
     let mut b_sub = connect(b.addr()).await;
@@ -930,12 +920,7 @@ async fn a_hub_killed_mid_stream_closes_the_remote_receivers_of_its_frame() {
     else {
         return;
     };
-    let a = Hub::start(&nats.url(), "a", &[]);
-    let b = Hub::start(&nats.url(), "b", &[]);
-    let c = Hub::start(&nats.url(), "c", &[]);
-    for hub in [&a, &b, &c] {
-        hub.wait_remote_hubs(2).await;
-    }
+    let [a, b, c] = Hub::joined(&nats, ["a", "b", "c"]).await;
     let mut receiving = raw_subscriber(b.addr(), 50).await;
     let mut other = connect(b.addr()).await;
     subscribe(&mut other, "51", "51").await;
@@ -1014,10 +999,7 @@ async fn codes_without_remote_interest_stay_off_nats() {
     let Some(nats) = NatsServer::start("codes_without_remote_interest_stay_off_nats") else {
         return;
     };
-    let a = Hub::start(&nats.url(), "a", &[]);
-    let b = Hub::start(&nats.url(), "b", &[]);
-    a.wait_remote_hubs(1).await;
-    b.wait_remote_hubs(1).await;
+    let [a, b] = Hub::joined(&nats, ["a", "b"]).await;
     let mut a_sub = connect(a.addr()).await;
     subscribe(&mut a_sub, "60", "60").await;
     let mut b_sub = connect(b.addr()).await;

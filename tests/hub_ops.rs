@@ -9,7 +9,6 @@ mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -21,16 +20,6 @@ use hub_common::{
     connect, connect_raw, control_frame, decode_all, encode, info, pattern, read_until_closed,
     read_until_closed_within, reply_text, status, subscribe, within, BinHub, MIB, PATIENCE,
 };
-
-/// The monitoring address the binary printed on its second line.
-fn monitor_addr(hub: &BinHub) -> SocketAddr {
-    let line = hub
-        .next_line(PATIENCE)
-        .unwrap_or_else(|| panic!("no monitoring line; logs: {:?}", hub.logs()));
-    line.strip_prefix("tej-hub monitoring on http://")
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected second line: {line:?}"))
-}
 
 /// Checks that `bytes` end with exactly one `ERR hub draining` control frame.
 fn assert_ends_draining(bytes: &[u8], what: &str) {
@@ -44,7 +33,7 @@ fn assert_ends_draining(bytes: &[u8], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_finishes_the_streamed_frame_then_closes_everyone_with_err() {
     let mut hub = BinHub::start(&["--http", "127.0.0.1:0", "--drain-seconds", "2"]);
-    let web = monitor_addr(&hub);
+    let web = hub.monitor_addr();
     // A subscriber of the big frame, an idle subscriber, and the publisher.
     let mut sub = connect_raw(hub.addr).await;
     sub.write_all(&encode(&control_frame("SUB 9")))
@@ -165,7 +154,7 @@ async fn a_reload_applies_to_new_sessions_and_an_invalid_file_changes_nothing() 
     write_file(&path, "max-pending-bytes = 16777216\nworkers = 2\n");
     let config = path.to_str().expect("a UTF-8 path");
     let hub = BinHub::start(&["--config", config, "--http", "127.0.0.1:0"]);
-    let web = monitor_addr(&hub);
+    let web = hub.monitor_addr();
     let mut before = connect(hub.addr).await;
     assert_eq!(
         info(&mut before).await["limits"]["max_pending_bytes"],

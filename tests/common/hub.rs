@@ -339,6 +339,16 @@ impl BinHub {
         self.lines.recv_timeout(limit).ok()
     }
 
+    /// The monitoring address a hub started with `--http` printed on its second line.
+    pub fn monitor_addr(&self) -> SocketAddr {
+        let line = self
+            .next_line(PATIENCE)
+            .unwrap_or_else(|| panic!("no monitoring line; logs: {:?}", self.logs()));
+        line.strip_prefix("tej-hub monitoring on http://")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected second line: {line:?}"))
+    }
+
     /// The hub's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,6 +1,7 @@
 //! `tej-hub bench throughput` and `bench latency` end to end, on an embedded hub and through the
-//! forwarder (`--yardstick`), and on a spawned hub and NATS (`--nats`): the JSON report has every
-//! key, and nothing was lost or reordered. No timing is asserted: the figures only have to exist.
+//! forwarder (`--yardstick`), on a spawned hub and NATS (`--nats`), and across two hubs joined
+//! through NATS (`--cross-hub`): the JSON report has every key, and nothing was lost or
+//! reordered. No timing is asserted: the figures only have to exist.
 
 #[path = "common/bench.rs"]
 mod bench_common;
@@ -125,16 +126,7 @@ fn latency_on_an_embedded_hub_and_the_forwarder() {
 /// `nats-server` is not installed, but never under CI (`CI` set), which must have it.
 #[test]
 fn latency_on_a_spawned_hub_and_nats() {
-    let installed = std::process::Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is not installed; scripts/test installs it"
-        );
-        eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
+    if !nats_server_installed() {
         return;
     }
     let args = ["latency", "--nats", "--seconds", "1", "--rate", "1000"];
@@ -158,4 +150,141 @@ fn latency_on_a_spawned_hub_and_nats() {
             "{key}: {report}"
         );
     }
+}
+
+/// Whether `nats-server` is installed; says so loudly when it is not, and fails under CI (`CI`
+/// set), which must have it.
+fn nats_server_installed() -> bool {
+    let installed = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed; scripts/test installs it"
+        );
+        eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
+    }
+    installed
+}
+
+/// Checks a `--cross-hub` report: the cluster's processes, both hubs' state after the run (each
+/// saw the other, frames crossed through NATS and none was dropped or lost), and that the one-hub
+/// and the cross-hub runs each delivered every frame they sent. Returns what the cross-hub run
+/// sent.
+fn check_cross_hub(report: &Value) -> u64 {
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["hub"]["origin"], "spawned", "{report}");
+    let cluster = &report["cross_hub"];
+    for (key, name) in [
+        ("publishers_hub", "bench-a"),
+        ("subscribers_hub", "bench-b"),
+    ] {
+        assert_eq!(cluster[key]["name"], name, "{report}");
+        assert!(
+            cluster[key]["addr"]
+                .as_str()
+                .is_some_and(|addr| addr.starts_with("127.0.0.1:")),
+            "{report}"
+        );
+        let state = &cluster["cluster_after"][name];
+        assert_eq!(state["remote_hubs"], 1, "{name}: {report}");
+        assert_eq!(state["connected"], true, "{name}: {report}");
+        for counter in ["dropped_frames", "lost_messages", "slow_consumers"] {
+            assert_eq!(state[counter], 0, "{name}.{counter}: {report}");
+        }
+    }
+    assert!(
+        cluster["nats"]["addr"]
+            .as_str()
+            .is_some_and(|addr| addr.starts_with("127.0.0.1:")),
+        "{report}"
+    );
+    let after = &cluster["cluster_after"];
+    assert!(
+        after["bench-a"]["messages_out"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert!(
+        after["bench-b"]["messages_in"].as_u64() > Some(0),
+        "{report}"
+    );
+    for process in ["nats_server", "publishers_hub", "subscribers_hub", "load"] {
+        assert!(
+            cluster["cpu_seconds"][process].as_f64() >= Some(0.0),
+            "{process}: {report}"
+        );
+    }
+    for side in ["hub", "cross_hub"] {
+        let figures = &report["measured"][side];
+        let sent = figures["frames_sent"].as_u64().unwrap_or(0);
+        assert!(sent > 0, "{side}: {report}");
+        check_figures(report, side, sent);
+    }
+    for key in ["frames_per_s", "mb_per_s", "publish_frames_per_s"] {
+        assert!(
+            report["ratio_cross_hub"][key].as_f64() > Some(0.0),
+            "{key}: {report}"
+        );
+    }
+    report["measured"]["cross_hub"]["frames_sent"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// `--cross-hub`: the same load with the publishers on one spawned hub and the subscribers on
+/// another, the two joined through a spawned nats-server, beside the one-hub run; with `--nats`,
+/// the latency the second hub adds as a multiple of NATS's own p50. Skipped like the test above.
+#[test]
+fn throughput_and_latency_across_two_hubs() {
+    if !nats_server_installed() {
+        return;
+    }
+    let args = [
+        "throughput",
+        "--cross-hub",
+        "--frames",
+        "20000",
+        "--seconds",
+        "1",
+    ];
+    let report = bench_json(&args, 200, PATIENCE);
+    check_cross_hub(&report);
+    assert_eq!(report["cross_hub_latency"], Value::Null, "{report}");
+
+    let args = [
+        "latency",
+        "--cross-hub",
+        "--nats",
+        "--seconds",
+        "1",
+        "--rate",
+        "1000",
+    ];
+    let report = bench_json(&args, 200, PATIENCE);
+    assert_eq!(check_cross_hub(&report), 1000, "{report}");
+    for side in ["hub", "nats", "cross_hub"] {
+        check_figures(&report, side, 1000);
+        assert_eq!(
+            report["measured"][side]["latency_us"]["samples"], 1000,
+            "{side}: {report}"
+        );
+    }
+    assert!(
+        report["ratio_cross_hub"]["latency_p50"].as_f64().is_some(),
+        "{report}"
+    );
+    let added = &report["cross_hub_latency"];
+    for key in [
+        "one_hub_p50_us",
+        "cross_hub_p50_us",
+        "added_p50_us",
+        "nats_p50_us",
+        "added_p50_over_nats_p50",
+    ] {
+        assert!(added[key].as_f64().is_some(), "{key}: {report}");
+    }
+    assert_eq!(added["target"], 2.0, "{report}");
+    assert!(added["met"].is_boolean(), "{report}");
 }

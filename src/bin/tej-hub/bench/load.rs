@@ -1,18 +1,20 @@
 //! `tej-hub bench throughput`, `bench latency` and `bench matrix`: many small or large messages
 //! from P publishers to S subscribers through a hub, in the spirit of `nats bench`, and the same
-//! bytes through a plain forwarder as the yardstick (`--yardstick`) and through a real NATS
-//! server (`--nats`).
+//! bytes through a plain forwarder as the yardstick (`--yardstick`), through a real NATS
+//! server (`--nats`), and across two hubs joined in a cluster (`--cross-hub`).
 //!
 //! This module owns the flags, the hub being measured ([`RunningHub`]: in-process with
 //! `--embedded`, a running one with `--hub`, else a spawned `tej-hub serve`), the run of one
-//! workload against the hub, then the forwarder, then NATS ([`run_workload`]), and the matrix of
-//! reference cells. Beside it:
+//! workload against the hub, then across two hubs, then the forwarder, then NATS
+//! ([`run_workload`]), and the matrix of reference cells. Beside it:
 //! - [`wire`]: the frames and their stamps, the boundary finder, the subscribers' parser;
 //! - [`generator`]: publishers and subscribers (the load), on a runtime of their own;
 //! - [`forwarder`]: the yardstick, on a runtime of its own;
 //! - [`nats`]: the NATS yardstick: `nats-server` and its async-nats clients;
+//! - [`cross_hub`]: the cluster of two hubs and its `nats-server` for `--cross-hub`;
 //! - [`report`]: the figures, as tables or JSON.
 
+mod cross_hub;
 mod forwarder;
 mod generator;
 mod nats;
@@ -30,8 +32,9 @@ use tej_hub::Status;
 use super::hub::{HubChoice, RunningHub};
 use super::{byte_size, enough_open_files, human_bytes, loopback_addr, one_to, Common, KIB, MIB};
 use crate::Failure;
+use cross_hub::{CrossHub, CrossHubInfo};
 use forwarder::Forwarder;
-use generator::{measure, Endpoint, HubTls, Measured};
+use generator::{measure, Endpoint, HubAddrs, HubTls, Measured};
 use nats::{NatsServer, NatsTarget};
 use report::{grouped, matrix_table, Figures, NatsInfo, Report};
 use wire::{WireError, MAX_MESSAGE, STAMP_LEN};
@@ -61,6 +64,8 @@ pub(crate) struct Throughput {
     target: Target,
     #[command(flatten)]
     nats: Nats,
+    #[command(flatten)]
+    cluster: Cluster,
 }
 
 /// `bench latency` flags.
@@ -74,6 +79,8 @@ pub(crate) struct Latency {
     target: Target,
     #[command(flatten)]
     nats: Nats,
+    #[command(flatten)]
+    cluster: Cluster,
 }
 
 /// The NATS yardstick's flags (`throughput` and `latency`).
@@ -89,6 +96,19 @@ struct Nats {
     /// (nats://127.0.0.1:PORT, loopback only).
     #[arg(long, value_name = "URL", value_parser = nats_url)]
     nats_url: Option<SocketAddr>,
+}
+
+/// The cross-hub flag (`throughput` and `latency`).
+#[derive(Args)]
+struct Cluster {
+    /// Also run the same workload across two hubs joined through NATS: the bench spawns
+    /// `nats-server -a 127.0.0.1 -p -1` and two `tej-hub serve --cluster nats://... --hub-name
+    /// bench-a|bench-b` (default settings plus any --serve-arg), waits until each hub's INFO shows
+    /// the other, connects the publishers to bench-a and the subscribers to bench-b, and prints
+    /// the figures beside the one-hub run's with the ratio cross-hub ÷ one hub. With --nats, the
+    /// latency report also gives the p50 the second hub adds, as a multiple of NATS's own p50.
+    #[arg(long, conflicts_with_all = ["embedded", "hub", "tls_ca"])]
+    cross_hub: bool,
 }
 
 /// `nats://127.0.0.1:4222` (or the address alone) on the loopback interface.
@@ -218,6 +238,26 @@ enum LoadError {
         /// Why it failed.
         source: io::Error,
     },
+    /// Asking a hub `INFO` failed.
+    #[error("INFO: {what}: {source}")]
+    Info {
+        /// What was being done.
+        what: &'static str,
+        /// The hub client's error.
+        source: tej_hub::hub::HubError,
+    },
+    /// The two hubs of `--cross-hub` did not see each other in time.
+    #[error(
+        "the hubs did not see each other within {seconds}s (INFO cluster.remote_hubs: {} and {})",
+        shown(.remote_hubs[0]),
+        shown(.remote_hubs[1])
+    )]
+    NotJoined {
+        /// How long the bench waited.
+        seconds: u64,
+        /// What each hub's `INFO` said last (`None`: no number).
+        remote_hubs: [Option<u64>; 2],
+    },
     /// The NATS client failed.
     #[error("NATS: {what}: {error}")]
     Nats {
@@ -295,6 +335,11 @@ enum LoadError {
         /// What happened to it.
         source: Box<LoadError>,
     },
+}
+
+/// A count from `INFO`, or `none` when it had none.
+fn shown(count: Option<u64>) -> String {
+    count.map_or_else(|| "none".to_owned(), |count| count.to_string())
 }
 
 impl LoadError {
@@ -425,18 +470,33 @@ impl NatsChoice {
     }
 }
 
-/// Runs `workload` against the hub `choice` names, then (with `yardstick`) the forwarder, then
-/// (with `nats`) a NATS server; each on a fresh runtime, and the hub and the forwarder stopped
-/// before the next one runs.
+/// What runs besides the hub: the yardsticks and the cross-hub run.
+#[derive(Debug, Clone, Copy)]
+struct Extras {
+    /// The plain forwarder (`--yardstick`).
+    yardstick: bool,
+    /// A NATS server (`--nats`, `--nats-url`).
+    nats: Option<NatsChoice>,
+    /// Two hubs joined through NATS (`--cross-hub`).
+    cross_hub: bool,
+}
+
+/// Runs `workload` against the hub `choice` names, then (with `cross_hub`) across two clustered
+/// hubs, then (with `yardstick`) the forwarder, then (with `nats`) a NATS server; each on a
+/// fresh runtime, and the processes of one run stopped before the next one runs.
 fn run_workload(
     workload: &Workload,
     choice: &HubChoice,
     tls: Option<HubTls>,
-    yardstick: bool,
-    nats: Option<NatsChoice>,
+    extras: Extras,
     deadline: Instant,
     timeout: u64,
 ) -> Result<Report, Failure> {
+    let Extras {
+        yardstick,
+        nats,
+        cross_hub,
+    } = extras;
     let name = workload.name();
     let failed = |what: &str, error: LoadError, explain: String| {
         Failure::Failed(format!("bench {name}: {what}: {error}{explain}"))
@@ -457,7 +517,7 @@ fn run_workload(
     let measured = run_on(
         &runtime,
         workload,
-        &Endpoint::Hub(info.addr, tls),
+        &Endpoint::Hub(HubAddrs::one(info.addr), tls),
         deadline,
         timeout,
     );
@@ -465,6 +525,13 @@ fn run_workload(
     let measured = measured.map_err(|error| failed("hub", error, hub.explain()))?;
     hub.stop();
     let mut report = Report::new(workload.clone(), info, Figures::new(workload, &measured));
+    if cross_hub {
+        let extra = match choice {
+            HubChoice::Spawned(extra) => extra.as_slice(),
+            HubChoice::Embedded | HubChoice::Given(..) => &[],
+        };
+        report.cross_hub = Some(run_cross_hub(workload, extra, deadline, timeout)?);
+    }
     if yardstick {
         eprintln!("tej-hub bench {name}: the same through the plain forwarder");
         let forwarder =
@@ -513,6 +580,55 @@ fn run_workload(
     Ok(report)
 }
 
+/// Runs `workload` with the publishers on one hub and the subscribers on another, the two
+/// joined through a `nats-server`, all three spawned for the run (`extra`: flags for both hubs'
+/// `serve`) and stopped after it.
+fn run_cross_hub(
+    workload: &Workload,
+    extra: &[String],
+    deadline: Instant,
+    timeout: u64,
+) -> Result<(CrossHubInfo, Figures), Failure> {
+    let name = workload.name();
+    let mut cluster = CrossHub::start(extra, deadline)?;
+    eprintln!(
+        "tej-hub bench {name}: the same across two hubs: publishers on {}, subscribers on {}",
+        cluster.publishers(),
+        cluster.subscribers()
+    );
+    let endpoint = Endpoint::Hub(
+        HubAddrs {
+            publishers: cluster.publishers(),
+            subscribers: cluster.subscribers(),
+        },
+        None,
+    );
+    let runtime = super::runtime()?;
+    let measured = runtime.block_on(async {
+        let run = async {
+            cluster.joined().await?;
+            let clock = cluster.cpu_clock();
+            let measured = measure(workload, &endpoint).await?;
+            let cpu = clock.read();
+            let state = cluster.state().await?;
+            Ok((measured, cpu, state))
+        };
+        tokio::time::timeout_at(deadline.into(), run)
+            .await
+            .unwrap_or(Err(LoadError::GaveUp { seconds: timeout }))
+    });
+    drop(runtime);
+    let (measured, cpu, state) = measured.map_err(|error: LoadError| {
+        Failure::Failed(format!(
+            "bench {name}: cross-hub: {error}{}",
+            cluster.explain()
+        ))
+    })?;
+    let info = cluster.info(cpu, state);
+    drop(cluster);
+    Ok((info, Figures::new(workload, &measured)))
+}
+
 /// Prints `report` and fails when it saw loss, reordering or duplicates.
 fn finish(report: &Report, json: bool) -> Result<(), Failure> {
     if json {
@@ -532,31 +648,32 @@ fn finish(report: &Report, json: bool) -> Result<(), Failure> {
 /// `bench throughput`.
 pub(crate) fn throughput(args: &Throughput) -> Result<(), Failure> {
     let workload = Workload::throughput(&args.peers, args.frames, args.seconds);
-    run_one(&workload, &args.target, &args.nats)
+    run_one(&workload, &args.target, &args.nats, &args.cluster)
 }
 
 /// `bench latency`.
 pub(crate) fn latency(args: &Latency) -> Result<(), Failure> {
     let workload = Workload::latency(&args.peers, args.paced.rate, args.paced.seconds);
-    run_one(&workload, &args.target, &args.nats)
+    run_one(&workload, &args.target, &args.nats, &args.cluster)
 }
 
 /// Runs one workload as `target` says and prints it.
-fn run_one(workload: &Workload, target: &Target, nats: &Nats) -> Result<(), Failure> {
-    let nats = NatsChoice::new(nats);
+fn run_one(
+    workload: &Workload,
+    target: &Target,
+    nats: &Nats,
+    cluster: &Cluster,
+) -> Result<(), Failure> {
+    let extras = Extras {
+        yardstick: target.yardstick,
+        nats: NatsChoice::new(nats),
+        cross_hub: cluster.cross_hub,
+    };
     let timeout = target.common.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let choice = HubChoice::new(&target.common, target.embedded);
     let tls = target.hub_tls()?;
-    let report = run_workload(
-        workload,
-        &choice,
-        tls,
-        target.yardstick,
-        nats,
-        deadline,
-        timeout,
-    )?;
+    let report = run_workload(workload, &choice, tls, extras, deadline, timeout)?;
     finish(&report, target.common.json)
 }
 
@@ -642,8 +759,11 @@ pub(crate) fn matrix(args: &Matrix) -> Result<(), Failure> {
             &workload,
             &choice,
             target.hub_tls()?,
-            target.yardstick,
-            None,
+            Extras {
+                yardstick: target.yardstick,
+                nats: None,
+                cross_hub: false,
+            },
             deadline,
             common.timeout,
         )?;

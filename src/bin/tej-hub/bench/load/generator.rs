@@ -43,9 +43,9 @@ const MAX_SAMPLES: usize = 16_000_000;
 
 /// What the load runs against.
 pub(super) enum Endpoint {
-    /// A hub: everyone connects to this address (over TLS when given); subscribers send
-    /// `SUB <code>`.
-    Hub(SocketAddr, Option<HubTls>),
+    /// A hub, or two joined in a cluster: publishers connect to one address, subscribers to
+    /// the other (the same on one hub), over TLS when given; subscribers send `SUB <code>`.
+    Hub(HubAddrs, Option<HubTls>),
     /// The forwarder.
     Forwarder(Ports),
     /// A NATS server: a client per publisher and per subscriber, on the workload's subject.
@@ -56,8 +56,8 @@ impl Endpoint {
     /// A publisher's connection.
     async fn publisher(&self) -> Result<Outlet, LoadError> {
         let addr = match self {
-            Endpoint::Hub(addr, tls) => {
-                return Ok(Outlet::Tcp(connect(*addr, tls.as_ref()).await?))
+            Endpoint::Hub(addrs, tls) => {
+                return Ok(Outlet::Tcp(connect(addrs.publishers, tls.as_ref()).await?))
             }
             Endpoint::Forwarder(ports) => ports.publishers,
             Endpoint::Nats(target) => return Ok(Outlet::Nats(target.publisher().await?)),
@@ -69,7 +69,7 @@ impl Endpoint {
     /// subject on NATS).
     async fn subscriber(&self, status: Status) -> Result<Inbox, LoadError> {
         let (addr, tls) = match self {
-            Endpoint::Hub(addr, tls) => (*addr, tls.as_ref()),
+            Endpoint::Hub(addrs, tls) => (addrs.subscribers, tls.as_ref()),
             Endpoint::Forwarder(ports) => (ports.subscribers, None),
             Endpoint::Nats(target) => return Ok(Inbox::Nats(target.subscriber().await?)),
         };
@@ -104,6 +104,25 @@ impl Endpoint {
             .map_err(|_| LoadError::Gone("the forwarder"))?;
         }
         Ok(())
+    }
+}
+
+/// Where a hub run's peers connect.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HubAddrs {
+    /// The publishers' hub.
+    pub(super) publishers: SocketAddr,
+    /// The subscribers' hub.
+    pub(super) subscribers: SocketAddr,
+}
+
+impl HubAddrs {
+    /// Everyone on the hub at `addr`.
+    pub(super) fn one(addr: SocketAddr) -> HubAddrs {
+        HubAddrs {
+            publishers: addr,
+            subscribers: addr,
+        }
     }
 }
 

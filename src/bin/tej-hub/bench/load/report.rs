@@ -1,7 +1,7 @@
 //! What `bench throughput`, `bench latency` and `bench matrix` print: the figures derived once
-//! from a run ([`Figures::new`]), the hub's beside the forwarder's and NATS's with their ratios
-//! ([`Report`]), as a table for people or one JSON object; and the matrix's Markdown table
-//! ([`matrix_table`]).
+//! from a run ([`Figures::new`]), the hub's beside the cross-hub run's, the forwarder's and
+//! NATS's with their ratios ([`Report`]), as a table for people or one JSON object; and the
+//! matrix's Markdown table ([`matrix_table`]).
 //!
 //! Definitions: a run starts when the publishers are started. *Delivered frames/s* is the frames
 //! received by all subscribers together over the time from the start until the last subscriber
@@ -11,16 +11,26 @@
 //! number was below one already received from the same publisher; *duplicated* frames received
 //! beyond those sent. Latency is one-way: the time a subscriber's read returned minus the send
 //! time in the stamp (taken just before the publisher's write), in µs, nearest-rank percentiles.
+//!
+//! Cross-hub (`--cross-hub`): its ratios are cross-hub ÷ one hub (the other way round from the
+//! yardsticks', whose ratios are hub ÷ yardstick). The latency the second hub adds is *added
+//! p50* = cross-hub p50 − one-hub p50; with `--nats` it is also given as a multiple of NATS's own
+//! p50 in the same run, against [`ADDED_P50_TARGET`].
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
+use super::cross_hub::CrossHubInfo;
 use super::generator::Measured;
 use super::{Cell, Figure, Pace, Workload};
 use crate::bench::hub::HubInfo;
 use crate::bench::mb_per_s;
+
+/// The most the second hub may add to the p50, as a multiple of NATS's own p50 (the cluster
+/// issue's target).
+pub(super) const ADDED_P50_TARGET: f64 = 2.0;
 
 /// One-way latency percentiles, in µs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,6 +220,63 @@ fn ratio(hub: f64, forwarder: f64) -> Option<f64> {
     (forwarder > 0.0).then(|| hub / forwarder)
 }
 
+/// The ratios `ours ÷ theirs` of every figure as a JSON object (`null` without `theirs`).
+fn ratios(ours: &Figures, theirs: Option<&Figures>) -> Value {
+    let Some(theirs) = theirs else {
+        return Value::Null;
+    };
+    let mut object = json!({
+        "frames_per_s": ratio(ours.frames_per_s, theirs.frames_per_s).map(|r| round(r, 3)),
+        "mb_per_s": ratio(ours.mb_per_s, theirs.mb_per_s).map(|r| round(r, 3)),
+        "publish_frames_per_s":
+            ratio(ours.publish_frames_per_s, theirs.publish_frames_per_s).map(|r| round(r, 3)),
+    });
+    if let (Some(ours), Some(theirs)) = (ours.latency, theirs.latency) {
+        for ((name, value), (_, other)) in ours.rows().into_iter().zip(theirs.rows()) {
+            object[format!("latency_{}", name.replace('.', "_"))] =
+                json!(ratio(value, other).map(|r| round(r, 3)));
+        }
+    }
+    object
+}
+
+/// The p50 the second hub adds (cross-hub p50 − one-hub p50), in µs, and its ratio to NATS's
+/// own p50.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct AddedP50 {
+    /// One hub's p50.
+    one_hub: f64,
+    /// The cross-hub p50.
+    cross_hub: f64,
+    /// NATS's p50, with `--nats`.
+    nats: Option<f64>,
+}
+
+impl AddedP50 {
+    /// Cross-hub p50 − one-hub p50, in µs.
+    fn added(&self) -> f64 {
+        self.cross_hub - self.one_hub
+    }
+
+    /// `added ÷ NATS p50`; `None` without NATS.
+    fn over_nats(&self) -> Option<f64> {
+        self.nats.and_then(|nats| ratio(self.added(), nats))
+    }
+
+    fn json(&self) -> Value {
+        let over_nats = self.over_nats();
+        json!({
+            "one_hub_p50_us": round(self.one_hub, 1),
+            "cross_hub_p50_us": round(self.cross_hub, 1),
+            "added_p50_us": round(self.added(), 1),
+            "nats_p50_us": self.nats.map(|p50| round(p50, 1)),
+            "added_p50_over_nats_p50": over_nats.map(|r| round(r, 3)),
+            "target": ADDED_P50_TARGET,
+            "met": over_nats.map(|r| r <= ADDED_P50_TARGET),
+        })
+    }
+}
+
 /// A whole number with thousands separators: `1,234,567`.
 pub(super) fn grouped(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
@@ -246,6 +313,8 @@ pub(super) struct Report {
     pub(super) forwarder: Option<Figures>,
     /// The NATS server's and its figures, with --nats.
     pub(super) nats: Option<(NatsInfo, Figures)>,
+    /// The cluster's and the cross-hub figures, with --cross-hub.
+    pub(super) cross_hub: Option<(CrossHubInfo, Figures)>,
 }
 
 impl Report {
@@ -257,15 +326,32 @@ impl Report {
             measured,
             forwarder: None,
             nats: None,
+            cross_hub: None,
         }
     }
 
-    /// The yardsticks' figures, in the order printed: the forwarder's, NATS's.
-    fn yardsticks(&self) -> [Option<&Figures>; 2] {
+    /// The other runs' figures, in the order printed: the forwarder's, NATS's, the cross-hub
+    /// run's.
+    fn yardsticks(&self) -> [Option<&Figures>; 3] {
         [
             self.forwarder.as_ref(),
             self.nats.as_ref().map(|(_, figures)| figures),
+            self.cross_hub.as_ref().map(|(_, figures)| figures),
         ]
+    }
+
+    /// The latency the second hub adds, with `--cross-hub` on `latency`.
+    fn added_p50(&self) -> Option<AddedP50> {
+        let (_, cross_hub) = self.cross_hub.as_ref()?;
+        Some(AddedP50 {
+            one_hub: self.measured.latency?.p50,
+            cross_hub: cross_hub.latency?.p50,
+            nats: self
+                .nats
+                .as_ref()
+                .and_then(|(_, figures)| figures.latency)
+                .map(|latency| latency.p50),
+        })
     }
 
     /// `throughput` or `latency`.
@@ -273,10 +359,10 @@ impl Report {
         self.workload.name()
     }
 
-    /// Loss, reordering or duplicates, on the hub, the forwarder or NATS.
+    /// Loss, reordering or duplicates, on the hub, the forwarder, NATS or across hubs.
     pub(super) fn problem(&self) -> Option<String> {
         let sides = [Some(&self.measured)].into_iter().chain(self.yardsticks());
-        let problems: Vec<String> = ["hub", "forwarder", "nats"]
+        let problems: Vec<String> = ["hub", "forwarder", "nats", "cross-hub"]
             .into_iter()
             .zip(sides)
             .filter_map(|(side, figures)| Some(format!("{side}: {}", figures?.problem()?)))
@@ -284,8 +370,8 @@ impl Report {
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 
-    /// The figures to compare: `(name, hub, [forwarder, nats])`.
-    fn rows(&self) -> Vec<(String, f64, [Option<f64>; 2])> {
+    /// The figures to compare: `(name, hub, [forwarder, nats, cross-hub])`.
+    fn rows(&self) -> Vec<(String, f64, [Option<f64>; 3])> {
         let hub = &self.measured;
         let theirs = |figure: fn(&Figures) -> f64| self.yardsticks().map(|f| f.map(figure));
         let mut rows = vec![
@@ -315,27 +401,6 @@ impl Report {
         rows
     }
 
-    /// The ratios hub ÷ `other` as a JSON object (`null` without that yardstick).
-    fn ratios(&self, other: Option<&Figures>) -> Value {
-        let Some(yardstick) = other else {
-            return Value::Null;
-        };
-        let hub = &self.measured;
-        let mut object = json!({
-            "frames_per_s": ratio(hub.frames_per_s, yardstick.frames_per_s).map(|r| round(r, 3)),
-            "mb_per_s": ratio(hub.mb_per_s, yardstick.mb_per_s).map(|r| round(r, 3)),
-            "publish_frames_per_s":
-                ratio(hub.publish_frames_per_s, yardstick.publish_frames_per_s).map(|r| round(r, 3)),
-        });
-        if let (Some(ours), Some(theirs)) = (hub.latency, yardstick.latency) {
-            for ((name, value), (_, other)) in ours.rows().into_iter().zip(theirs.rows()) {
-                object[format!("latency_{}", name.replace('.', "_"))] =
-                    json!(ratio(value, other).map(|r| round(r, 3)));
-            }
-        }
-        object
-    }
-
     /// The report as one JSON object.
     pub(super) fn json(&self) -> Value {
         let workload = &self.workload;
@@ -362,13 +427,20 @@ impl Report {
                 "origin": if nats.spawned { "spawned" } else { "given" },
                 "pid": nats.pid,
             })),
+            "cross_hub": self.cross_hub.as_ref().map(|(cluster, _)| cluster.json()),
             "measured": {
                 "hub": self.measured.json(),
                 "forwarder": self.forwarder.as_ref().map(Figures::json),
                 "nats": self.nats.as_ref().map(|(_, figures)| figures.json()),
+                "cross_hub": self.cross_hub.as_ref().map(|(_, figures)| figures.json()),
             },
-            "ratio": self.ratios(self.forwarder.as_ref()),
-            "ratio_nats": self.ratios(self.nats.as_ref().map(|(_, figures)| figures)),
+            "ratio": ratios(&self.measured, self.forwarder.as_ref()),
+            "ratio_nats": ratios(&self.measured, self.nats.as_ref().map(|(_, figures)| figures)),
+            "ratio_cross_hub": self
+                .cross_hub
+                .as_ref()
+                .map_or(Value::Null, |(_, figures)| ratios(figures, Some(&self.measured))),
+            "cross_hub_latency": self.added_p50().map(|added| added.json()),
             "ok": self.problem().is_none(),
         })
     }
@@ -424,15 +496,31 @@ impl Report {
                     .map_or_else(String::new, |pid| format!(", pid {pid}"))
             );
         }
-        // The forwarder's columns always (a "-" without --yardstick), NATS's with --nats.
-        let columns = if self.nats.is_some() { 2 } else { 1 };
+        if let Some((cluster, _)) = &self.cross_hub {
+            let [(a, a_pid), (b, b_pid)] = cluster.hubs;
+            let _ = writeln!(
+                out,
+                "  cross-hub  publishers on {a} (pid {a_pid}), subscribers on {b} (pid {b_pid}), \
+                 joined through nats-server {}",
+                cluster.nats
+            );
+            let _ = writeln!(out, "  cpu        {}", cluster.cpu.described());
+        }
+        // The cross-hub run's columns with --cross-hub, the forwarder's always (a "-" without
+        // --yardstick), NATS's with --nats. Which of `yardsticks()` each column shows, its
+        // heading, its ratio's heading, and whether that ratio is theirs ÷ the hub's.
+        let mut columns = Vec::new();
+        if self.cross_hub.is_some() {
+            columns.push((2, "cross-hub", "cross/hub", true));
+        }
+        columns.push((0, "forwarder", "hub/fwd", false));
+        if self.nats.is_some() {
+            columns.push((1, "nats", "hub/nats", false));
+        }
         let _ = writeln!(out);
-        let mut head = format!(
-            "  {:<22} {:>14} {:>14} {:>9}",
-            "", "hub", "forwarder", "hub/fwd"
-        );
-        if columns == 2 {
-            let _ = write!(head, " {:>14} {:>9}", "nats", "hub/nats");
+        let mut head = format!("  {:<22} {:>14}", "", "hub");
+        for (_, name, ratio_name, _) in &columns {
+            let _ = write!(head, " {name:>14} {ratio_name:>9}");
         }
         let _ = writeln!(out, "{head}");
         let shown = |value: f64| {
@@ -445,9 +533,16 @@ impl Report {
         let dash = || "-".to_owned();
         for (name, hub, theirs) in self.rows() {
             let _ = write!(out, "  {name:<22} {:>14}", shown(hub));
-            for other in &theirs[..columns] {
+            for &(index, _, _, inverted) in &columns {
+                let other = theirs[index];
                 let ratio = other
-                    .and_then(|other| ratio(hub, other))
+                    .and_then(|other| {
+                        if inverted {
+                            ratio(other, hub)
+                        } else {
+                            ratio(hub, other)
+                        }
+                    })
                     .map_or_else(dash, |ratio| format!("{ratio:.2}"));
                 let _ = write!(out, " {:>14} {ratio:>9}", other.map_or_else(dash, shown));
             }
@@ -473,8 +568,8 @@ impl Report {
         ];
         for (index, name) in names.into_iter().enumerate() {
             let mut line = format!("  {name:<22} {:>14}", grouped(hub[index] as f64));
-            for other in &theirs[..columns] {
-                let other = other.map_or_else(dash, |f| grouped(f[index] as f64));
+            for &(column, ..) in &columns {
+                let other = theirs[column].map_or_else(dash, |f| grouped(f[index] as f64));
                 let _ = write!(line, " {other:>14} {:>9}", "");
             }
             let _ = writeln!(out, "{}", line.trim_end());
@@ -488,10 +583,26 @@ impl Report {
             format!("{:.3}{note}", figures.seconds)
         };
         let mut line = format!("  {:<22} {:>14}", "seconds", seconds(&self.measured));
-        for other in &self.yardsticks()[..columns] {
-            let _ = write!(line, " {:>14} {:>9}", other.map_or_else(dash, seconds), "");
+        let others = self.yardsticks();
+        for &(column, ..) in &columns {
+            let other = others[column].map_or_else(dash, seconds);
+            let _ = write!(line, " {other:>14} {:>9}", "");
         }
         let _ = writeln!(out, "{}", line.trim_end());
+        if let Some(added) = self.added_p50() {
+            let versus = match (added.nats, added.over_nats()) {
+                (Some(nats), Some(over)) => format!(
+                    " = {over:.2} x NATS's own p50 of {nats:.1} µs (target ≤ {ADDED_P50_TARGET:.0}: {})",
+                    if over <= ADDED_P50_TARGET { "met" } else { "missed" }
+                ),
+                _ => " (add --nats to compare it with NATS's own p50)".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  added p50 across hubs  {:.1} µs{versus}",
+                added.added()
+            );
+        }
         let verdict = self.problem().unwrap_or_else(|| "none".to_owned());
         let _ = writeln!(out, "  loss or reordering: {verdict}");
         out
@@ -558,7 +669,7 @@ pub(super) fn matrix_table(cells: &[(Cell, Report)]) -> String {
     let _ = writeln!(out, "| cell | figure | hub | forwarder | hub ÷ forwarder |");
     let _ = writeln!(out, "|---|---|---|---|---|");
     for (cell, report) in cells {
-        for (name, hub, [forwarder, _]) in report.rows() {
+        for (name, hub, [forwarder, ..]) in report.rows() {
             let shown = |value: f64| {
                 if name.contains("frames/s") {
                     grouped(value)

@@ -65,7 +65,8 @@ enum Workload {
     ///
     /// Every frame is a message-only TEJ frame whose message carries a sequence number, the
     /// publisher's id and a send time. With --yardstick the same load also runs through a plain
-    /// forwarder and the hub's figures are given as a ratio of its. Prints a table, or one JSON
+    /// forwarder and the hub's figures are given as a ratio of its; with --cross-hub it also runs
+    /// across two hubs joined through NATS (cross-hub ÷ one hub). Prints a table, or one JSON
     /// object with --json. Exit status: 0 when nothing was lost or reordered; 1 on loss,
     /// reordering, a failure or the --timeout; 2 for bad usage.
     Throughput(load::Throughput),

@@ -1,5 +1,6 @@
-//! The load generator: S subscribers and P publishers over loopback TCP, against the hub, the
-//! forwarder or a NATS server ([`Endpoint`]), with the same bytes for all.
+//! The load generator: S subscribers and P publishers over loopback TCP, against the hub (or two
+//! clustered hubs, publishers on one and subscribers on the other), the forwarder or a NATS
+//! server ([`Endpoint`]), with the same bytes for all.
 //!
 //! [`measure`] connects the subscribers first and waits until each is in place (the hub's
 //! `OK SUB`, the forwarder's count of accepted subscribers, NATS's PONG after `SUB`), then

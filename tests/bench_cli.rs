@@ -5,6 +5,8 @@
 
 #[path = "common/bench.rs"]
 mod bench_common;
+#[path = "common/nats.rs"]
+mod nats;
 
 use std::time::Duration;
 
@@ -126,7 +128,7 @@ fn latency_on_an_embedded_hub_and_the_forwarder() {
 /// `nats-server` is not installed, but never under CI (`CI` set), which must have it.
 #[test]
 fn latency_on_a_spawned_hub_and_nats() {
-    if !nats_server_installed() {
+    if !nats::available("latency_on_a_spawned_hub_and_nats") {
         return;
     }
     let args = ["latency", "--nats", "--seconds", "1", "--rate", "1000"];
@@ -150,23 +152,6 @@ fn latency_on_a_spawned_hub_and_nats() {
             "{key}: {report}"
         );
     }
-}
-
-/// Whether `nats-server` is installed; says so loudly when it is not, and fails under CI (`CI`
-/// set), which must have it.
-fn nats_server_installed() -> bool {
-    let installed = std::process::Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is not installed; scripts/test installs it"
-        );
-        eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
-    }
-    installed
 }
 
 /// Checks a `--cross-hub` report: the cluster's processes, both hubs' state after the run (each
@@ -238,7 +223,7 @@ fn check_cross_hub(report: &Value) -> u64 {
 /// the latency the second hub adds as a multiple of NATS's own p50. Skipped like the test above.
 #[test]
 fn throughput_and_latency_across_two_hubs() {
-    if !nats_server_installed() {
+    if !nats::available("throughput_and_latency_across_two_hubs") {
         return;
     }
     let args = [

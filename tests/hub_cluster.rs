@@ -1032,3 +1032,45 @@ async fn codes_without_remote_interest_stay_off_nats() {
         "64 MiB on a code subscribed on hub b added only {remote} bytes to nats-server's in_bytes"
     );
 }
+
+/// NATS with its own users (`nats-server --user --pass`): hubs given the credentials in the URL
+/// (`nats://user:password@host:port`) join and relay; a hub with a wrong password is refused by
+/// NATS, says so (`connected: false`), and still relays locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_let_hubs_into_a_nats_with_users() {
+    let Some(nats) = NatsServer::start_with(
+        "credentials_in_the_url_let_hubs_into_a_nats_with_users",
+        &["--user", "hubs", "--pass", "s3cret"],
+    ) else {
+        return;
+    };
+    let with = |credentials: &str| {
+        nats.url()
+            .replacen("nats://", &format!("nats://{credentials}@"), 1)
+    };
+    let a = Hub::start(&with("hubs:s3cret"), "a", &[]);
+    let b = Hub::start(&with("hubs:s3cret"), "b", &[]);
+    let intruder = Hub::start(&with("hubs:wrong"), "intruder", &[]);
+    a.wait_remote_hubs(1).await;
+    b.wait_remote_hubs(1).await;
+    let refused = intruder.cluster().await;
+    assert_eq!(refused["connected"], false, "{refused}");
+    assert_eq!(refused["remote_hubs"], 0, "{refused}");
+    let mut b_sub = connect(b.addr()).await;
+    subscribe(&mut b_sub, "80", "80").await;
+    let mut a_pub = connect(a.addr()).await;
+    let frame = Frame::message(status(80), "between hubs with NATS credentials");
+    send(&mut a_pub, frame.clone()).await;
+    assert_eq!(recv(&mut b_sub).await, frame);
+    let mut local_sub = connect(intruder.addr()).await;
+    subscribe(&mut local_sub, "80", "80").await;
+    let mut local_pub = connect(intruder.addr()).await;
+    let frame = Frame::message(status(80), "local relay without the cluster");
+    send(&mut local_pub, frame.clone()).await;
+    assert_eq!(recv(&mut local_sub).await, frame);
+    assert_eq!(
+        a.cluster().await["remote_hubs"],
+        1,
+        "the intruder never joined"
+    );
+}

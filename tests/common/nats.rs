@@ -72,12 +72,18 @@ impl NatsServer {
     /// A single server on free ports, accepting connections; `None` (after printing `SKIPPED`)
     /// when `nats-server` is not installed outside CI.
     pub fn start(test: &str) -> Option<NatsServer> {
+        NatsServer::start_with(test, &[])
+    }
+
+    /// As [`start`](Self::start), with more `nats-server` flags (e.g. `--user`, `--pass`).
+    pub fn start_with(test: &str, flags: &[&str]) -> Option<NatsServer> {
         if !available(test) {
             return None;
         }
+        let flags: Vec<String> = flags.iter().map(|flag| (*flag).to_owned()).collect();
         for _ in 0..PORT_RACE_RETRIES {
             let ports = free_ports(2);
-            let mut server = NatsServer::new(ports[0], ports[1], None, Vec::new());
+            let mut server = NatsServer::new(ports[0], ports[1], None, flags.clone());
             server.spawn();
             if server.wait_ready().is_ok() {
                 return Some(server);

@@ -86,6 +86,16 @@ pub(super) async fn start(tasks: Tasks) {
                 let _ = events_to.send(event);
             }
         });
+    // NATS's own users keep anyone else from publishing on the cluster's subjects: the first
+    // URL with credentials (`nats://user:password@host:port`) gives them.
+    let credentials = settings
+        .servers
+        .iter()
+        .find(|server| server.has_user_pass());
+    let options = match credentials.and_then(|server| server.username().zip(server.password())) {
+        Some((user, password)) => options.user_and_password(user.to_owned(), password.to_owned()),
+        None => options,
+    };
     let client = match options.connect(settings.servers.clone()).await {
         Ok(client) => client,
         Err(error) => {

@@ -82,9 +82,11 @@ impl Settings {
         let servers = config
             .cluster
             .iter()
-            .map(|url| {
+            .enumerate()
+            .map(|(n, url)| {
+                // The URL may carry a password: name it by its place, not its text.
                 async_nats::ServerAddr::from_str(url)
-                    .map_err(|error| ConfigError::Cluster(format!("server {url:?}: {error}")))
+                    .map_err(|error| ConfigError::Cluster(format!("server {}: {error}", n + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let name = match &config.hub_name {

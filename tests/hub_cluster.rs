@@ -16,6 +16,8 @@
 mod hub_common;
 #[path = "common/nats.rs"]
 mod nats;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -1073,4 +1075,42 @@ async fn credentials_in_the_url_let_hubs_into_a_nats_with_users() {
         1,
         "the intruder never joined"
     );
+}
+
+/// NATS over TLS only (`nats-server --tls`, a certificate from the test's CA): hubs given that CA
+/// (`--cluster-tls-ca`) join and relay; a hub that does not trust the CA is refused, says so, and
+/// still relays locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_reach_nats_over_tls_trusting_the_cluster_ca() {
+    let pki = pki::Pki::new("cluster");
+    let path = |name: &str| pki.path(name).to_str().expect("a UTF-8 path").to_owned();
+    let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let Some(nats) = NatsServer::start_with(
+        "hubs_reach_nats_over_tls_trusting_the_cluster_ca",
+        &["--tls", "--tlscert", &cert, "--tlskey", &key],
+    ) else {
+        return;
+    };
+    let a = Hub::start(&nats.url(), "a", &["--cluster-tls-ca", &ca]);
+    let b = Hub::start(&nats.url(), "b", &["--cluster-tls-ca", &ca]);
+    let untrusting = Hub::start(&nats.url(), "untrusting", &[]);
+    a.wait_remote_hubs(1).await;
+    b.wait_remote_hubs(1).await;
+    let refused = untrusting.cluster().await;
+    assert_eq!(refused["connected"], false, "{refused}");
+    let mut b_sub = connect(b.addr()).await;
+    subscribe(&mut b_sub, "81", "81").await;
+    let mut a_pub = connect(a.addr()).await;
+    let frame = file_frame(81, "over TLS", 3 * MIB, 81);
+    send(&mut a_pub, frame.clone()).await;
+    assert!(
+        recv(&mut b_sub).await == frame,
+        "a streamed frame across hubs over TLS"
+    );
+    let mut local_sub = connect(untrusting.addr()).await;
+    subscribe(&mut local_sub, "81", "81").await;
+    let mut local_pub = connect(untrusting.addr()).await;
+    let frame = Frame::message(status(81), "local relay without the cluster");
+    send(&mut local_pub, frame.clone()).await;
+    assert_eq!(recv(&mut local_sub).await, frame);
 }

@@ -97,6 +97,9 @@ pub struct HubConfig {
     /// The first token(s) of every NATS subject the cluster uses, so several clusters can share
     /// one NATS. Default `tej`.
     pub cluster_prefix: String,
+    /// Reach NATS over TLS only, trusting this CA (PEM); `None` (default) trusts the platform's
+    /// roots for `tls://` servers and lets plain `nats://` ones be plain.
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 /// One `[[users]]` table.
@@ -194,6 +197,7 @@ impl Default for HubConfig {
             cluster: Vec::new(),
             hub_name: None,
             cluster_prefix: "tej".into(),
+            cluster_tls_ca: None,
         }
     }
 }
@@ -347,6 +351,7 @@ impl HubConfig {
         if self.cluster != other.cluster
             || self.hub_name != other.hub_name
             || self.cluster_prefix != other.cluster_prefix
+            || self.cluster_tls_ca != other.cluster_tls_ca
         {
             changed.push("cluster");
         }
@@ -364,6 +369,7 @@ impl HubConfig {
             cluster: self.cluster.clone(),
             hub_name: self.hub_name.clone(),
             cluster_prefix: self.cluster_prefix.clone(),
+            cluster_tls_ca: self.cluster_tls_ca.clone(),
             ..other.clone()
         }
     }

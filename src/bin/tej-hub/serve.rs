@@ -106,6 +106,10 @@ pub(crate) struct Serve {
     /// [default: tej].
     #[arg(long)]
     cluster_prefix: Option<String>,
+    /// Reach the cluster's NATS servers over TLS only, trusting the CA certificates in FILE
+    /// (PEM) [default: plain for nats:// URLs, the platform's roots for tls:// ones].
+    #[arg(long, value_name = "FILE")]
+    cluster_tls_ca: Option<PathBuf>,
 }
 
 impl Serve {
@@ -143,6 +147,7 @@ impl Serve {
             (&self.tls_cert, &mut config.tls_cert),
             (&self.tls_key, &mut config.tls_key),
             (&self.tls_client_ca, &mut config.tls_client_ca),
+            (&self.cluster_tls_ca, &mut config.cluster_tls_ca),
         ] {
             if flag.is_some() {
                 setting.clone_from(flag);

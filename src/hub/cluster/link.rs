@@ -96,6 +96,10 @@ pub(super) async fn start(tasks: Tasks) {
         Some((user, password)) => options.user_and_password(user.to_owned(), password.to_owned()),
         None => options,
     };
+    let options = match &settings.tls_ca {
+        Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+        None => options,
+    };
     let client = match options.connect(settings.servers.clone()).await {
         Ok(client) => client,
         Err(error) => {

@@ -23,6 +23,7 @@ mod peers;
 mod wire;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +65,8 @@ pub(crate) struct Settings {
     pub name: String,
     /// The subject prefix.
     pub prefix: String,
+    /// TLS only, trusting this CA.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -110,10 +113,15 @@ impl Settings {
                 "prefix {prefix:?}: dot-separated tokens of letters, digits, '_' and '-'"
             )));
         }
+        if let Some(ca) = &config.cluster_tls_ca {
+            crate::tls::read_certificates(ca)
+                .map_err(|error| ConfigError::Cluster(format!("TLS CA: {error}")))?;
+        }
         Ok(Some(Settings {
             servers,
             name,
             prefix,
+            tls_ca: config.cluster_tls_ca.clone(),
         }))
     }
 }

@@ -1114,3 +1114,104 @@ async fn hubs_reach_nats_over_tls_trusting_the_cluster_ca() {
     send(&mut local_pub, frame.clone()).await;
     assert_eq!(recv(&mut local_sub).await, frame);
 }
+
+/// A hub whose delivery of other hubs' frames is held back (a `block` subscriber that stopped
+/// reading) while something floods its NATS subscription past what the client queues becomes a
+/// NATS slow consumer: it counts it (`cluster.slow_consumers`) and logs it. The frame the held-back
+/// subscriber was receiving, whose publisher's hub respected the credit, still arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_cannot_keep_up_with_nats_counts_and_logs_it() {
+    const SIZE: u64 = 64 * MIB as u64;
+    const CODE: u8 = 90;
+    /// More than the hub's NATS client queues for one subscription (4,096 messages).
+    const FLOOD: usize = 8_000;
+    let Some(nats) = NatsServer::start("a_hub_that_cannot_keep_up_with_nats_counts_and_logs_it")
+    else {
+        return;
+    };
+    let [a, b] = Hub::joined(&nats, ["a", "b"]).await;
+    let mut stalled = raw_subscriber(b.addr(), CODE).await;
+    let mut publisher = connect_raw(a.addr()).await;
+    let writer = tokio::spawn(async move {
+        publisher
+            .write_all(&file_head(CODE, "held.bin", SIZE))
+            .await?;
+        for block in big_blocks(SIZE) {
+            publisher.write_all(&block).await?;
+        }
+        publisher.write_all(&4u64.to_be_bytes()).await?;
+        publisher.write_all(b"held").await?;
+        std::io::Result::Ok(publisher)
+    });
+    // Hub a sends until hub b's credit runs out; then its NATS traffic stops growing.
+    let mut sent = 0;
+    let settled = within(
+        CLUSTER_PATIENCE,
+        "hub a held back by hub b's credit",
+        async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let now = a.cluster().await["bytes_out"].as_u64().unwrap_or(0);
+                if now > 0 && now == sent {
+                    return now;
+                }
+                sent = now;
+            }
+        },
+    )
+    .await;
+    assert!(
+        settled < SIZE,
+        "hub a sent all {settled} bytes to a stalled hub"
+    );
+
+    let rogue = async_nats::connect(nats.url())
+        .await
+        .expect("a plain NATS client");
+    for n in 0..FLOOD {
+        rogue
+            .publish("tej.data.91", format!("not from a hub {n}").into())
+            .await
+            .expect("publish");
+    }
+    rogue.flush().await.expect("flush");
+    let cluster = b
+        .wait_cluster("a NATS slow consumer counted", |c| {
+            c["slow_consumers"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(
+        b.bin
+            .logs()
+            .iter()
+            .any(|line| line.contains("NATS dropped messages for this hub")),
+        "the slow consumer is logged: {cluster}"
+    );
+
+    let (got, _) = within(Duration::from_secs(60), "the held frame on hub b", async {
+        read_hashed(&mut stalled, None).await
+    })
+    .await;
+    let expected = tokio::task::spawn_blocking(|| {
+        let mut hasher = Sha256::new();
+        big_blocks(SIZE).for_each(|block| hasher.update(&block));
+        <[u8; 32]>::from(hasher.finalize())
+    })
+    .await
+    .expect("the hashing thread");
+    assert!(
+        got == (
+            CODE,
+            "held.bin".to_owned(),
+            SIZE,
+            expected,
+            b"held".to_vec()
+        ),
+        "the held frame on hub b: {got:?}"
+    );
+    within(PATIENCE, "the publisher's writes", writer)
+        .await
+        .expect("the writer task")
+        .expect("write the frame");
+    assert_eq!(a.cluster().await["dropped_frames"], 0);
+}

@@ -312,7 +312,12 @@ def run_client(args):
     tpc.listen(run_background=True, is_daemon=True)
 
     if args.ping_interval is not None:
-        ping.Ping(sock, args.ping_interval).start()
+        pinger = ping.Ping(sock, args.ping_interval)
+        # Its timed send sets the socket's shared timeout to 3 s for a moment; a recv the reader
+        # thread starts then gives up after 3 s of silence and the reference closes the
+        # connection (docs/protocol.md). Our peers may be silent longer under load.
+        pinger.socket_timeout = SEND_TIMEOUT
+        pinger.start()
 
     send_failed = False
     for frame in frames:

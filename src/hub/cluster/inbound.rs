@@ -71,10 +71,10 @@ struct Origin {
 
 /// The inbound task's state.
 pub(super) struct Inbound {
-    pub(super) cluster: Arc<Cluster>,
-    pub(super) client: async_nats::Client,
-    pub(super) table: Arc<SubscriptionTable>,
-    pub(super) hub: Arc<HubCounters>,
+    cluster: Arc<Cluster>,
+    client: async_nats::Client,
+    table: Arc<SubscriptionTable>,
+    hub: Arc<HubCounters>,
     origins: HashMap<u64, Origin>,
     next_id: u64,
 }
@@ -191,12 +191,11 @@ impl Inbound {
         origin.expected = Some(header.seq + 1);
         origin.delivered = (header.seq, header.stream_bytes);
         match header.carried {
+            // As on its own hub: a publisher gone mid-frame closes that frame's receivers (not
+            // the cluster's loss, so not counted as one).
             Carried::Gone => {
                 if let Some(mut remote) = origin.publishers.remove(&header.publisher) {
-                    if remote.in_frame {
-                        remote.publisher.abandon();
-                        self.cluster.count_dropped(1);
-                    }
+                    remote.publisher.abandon();
                 }
             }
             Carried::Piece(kind) => {

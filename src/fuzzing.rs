@@ -3,10 +3,18 @@
 //!
 //! The hub's [`RelayCodec`] lives in a private module of `hub`; this module compiles that same
 //! source file (`src/hub/relay.rs`) once more here, so the fuzz targets drive exactly the code
-//! the hub runs without widening the hub's own module tree.
+//! the hub runs without widening the hub's own module tree. The cluster's message texts
+//! (`src/hub/cluster/wire.rs`, what other hubs send through NATS) are compiled here the same way.
 
 #[path = "hub/relay.rs"]
 #[allow(dead_code)]
 mod relay;
 
 pub use relay::{Piece, PieceKind, RelayCodec, CHUNK};
+
+/// The cluster's wire texts, as `src/hub/cluster/wire.rs` defines them.
+#[allow(dead_code)]
+#[path = "hub/cluster"]
+pub mod cluster {
+    pub mod wire;
+}

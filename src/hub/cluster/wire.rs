@@ -8,19 +8,23 @@
 //! - `P.hubs`: [`Announcement`]s (interest, heartbeats, hello, leave); acknowledged on
 //!   `P.ack.<instance>`.
 //! - `P.credit.<instance>`: [`Credit`] to an origin hub: how far its stream has been delivered.
+//!
+//! The items are `pub` for the fuzz targets (src/fuzzing.rs compiles this file too); the module
+//! itself is private to the cluster.
 
 use std::fmt;
 
 use crate::frame::Status;
 use crate::hub::control::CodeSet;
-use crate::hub::relay::PieceKind;
+// Relative, so that src/fuzzing.rs can compile this file beside its own copy of relay.rs.
+use super::super::relay::PieceKind;
 
 /// The header describing a relayed piece.
-pub(crate) const DATA_HEADER: &str = "Tej";
+pub const DATA_HEADER: &str = "Tej";
 
 /// A message from another hub that cannot be read (another version, or not a hub at all).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum WireError {
+pub enum WireError {
     /// A field is missing or does not parse.
     #[error("malformed {what}: {text:?}")]
     Malformed {
@@ -40,58 +44,58 @@ fn malformed(what: &'static str, text: &str) -> WireError {
 
 /// The subjects of one cluster prefix and one hub instance.
 #[derive(Clone, Debug)]
-pub(crate) struct Subjects {
+pub struct Subjects {
     prefix: String,
 }
 
 impl Subjects {
     /// The subjects under `prefix`.
-    pub(crate) fn new(prefix: &str) -> Subjects {
+    pub fn new(prefix: &str) -> Subjects {
         Subjects {
             prefix: prefix.to_owned(),
         }
     }
 
     /// Where pieces of `status` are published.
-    pub(crate) fn data(&self, status: Status) -> String {
+    pub fn data(&self, status: Status) -> String {
         format!("{}.data.{}", self.prefix, status.code())
     }
 
     /// Where a publisher's end is published.
-    pub(crate) fn gone(&self) -> String {
+    pub fn gone(&self) -> String {
         format!("{}.data.gone", self.prefix)
     }
 
     /// Every relayed piece, whatever its code (one subscription keeps one origin's order).
-    pub(crate) fn all_data(&self) -> String {
+    pub fn all_data(&self) -> String {
         format!("{}.data.>", self.prefix)
     }
 
     /// The code of a data subject; `None` for `gone`.
-    pub(crate) fn code_of(&self, subject: &str) -> Option<Status> {
+    pub fn code_of(&self, subject: &str) -> Option<Status> {
         let code: u8 = subject.rsplit('.').next()?.parse().ok()?;
         Status::new(code)
     }
 
     /// Announcements.
-    pub(crate) fn hubs(&self) -> String {
+    pub fn hubs(&self) -> String {
         format!("{}.hubs", self.prefix)
     }
 
     /// Where `instance` takes acknowledgements of its announcements.
-    pub(crate) fn ack(&self, instance: u64) -> String {
+    pub fn ack(&self, instance: u64) -> String {
         format!("{}.ack.{instance:016x}", self.prefix)
     }
 
     /// Where `instance` takes credit for its stream.
-    pub(crate) fn credit(&self, instance: u64) -> String {
+    pub fn credit(&self, instance: u64) -> String {
         format!("{}.credit.{instance:016x}", self.prefix)
     }
 }
 
 /// What an announcement is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Purpose {
+pub enum Purpose {
     /// A hub (re)joins: everybody answers with an announcement of their own.
     Hello,
     /// Its interest changed.
@@ -130,7 +134,7 @@ impl Purpose {
 /// A hub's interest: the codes its local subscribers want, at an interest version.
 /// Text: `<instance> <version> <purpose> <codes> <name>` (hex instance and code bits).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Announcement {
+pub struct Announcement {
     /// The hub instance.
     pub instance: u64,
     /// Its interest version (grows by one per change).
@@ -159,7 +163,7 @@ impl fmt::Display for Announcement {
 
 impl Announcement {
     /// Reads an announcement.
-    pub(crate) fn parse(text: &str) -> Result<Announcement, WireError> {
+    pub fn parse(text: &str) -> Result<Announcement, WireError> {
         let fail = || malformed("announcement", text);
         let mut fields = text.splitn(5, ' ');
         let mut next = || fields.next().ok_or_else(fail);
@@ -181,7 +185,7 @@ impl Announcement {
 /// A hub's acknowledgement of another's announcement: `<instance> <version>`. Sent once the
 /// announced interest applies to the acknowledging hub's publishers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ack {
+pub struct Ack {
     /// The acknowledging hub instance.
     pub instance: u64,
     /// The version acknowledged.
@@ -191,7 +195,7 @@ pub(crate) struct Ack {
 /// Credit for an origin's stream: the receiving hub has delivered it up to `seq`, which was
 /// `bytes` into the stream: `<instance> <seq> <bytes>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Credit {
+pub struct Credit {
     /// The receiving hub instance.
     pub instance: u64,
     /// The origin's message sequence number delivered last.
@@ -208,7 +212,7 @@ impl fmt::Display for Ack {
 
 impl Ack {
     /// Reads an acknowledgement.
-    pub(crate) fn parse(text: &str) -> Result<Ack, WireError> {
+    pub fn parse(text: &str) -> Result<Ack, WireError> {
         let fail = || malformed("ack", text);
         let (instance, version) = text.split_once(' ').ok_or_else(fail)?;
         Ok(Ack {
@@ -226,7 +230,7 @@ impl fmt::Display for Credit {
 
 impl Credit {
     /// Reads a credit.
-    pub(crate) fn parse(text: &str) -> Result<Credit, WireError> {
+    pub fn parse(text: &str) -> Result<Credit, WireError> {
         let fail = || malformed("credit", text);
         let mut fields = text.split(' ');
         let mut next = || fields.next().ok_or_else(fail);
@@ -240,7 +244,7 @@ impl Credit {
 
 /// What a relayed message carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Carried {
+pub enum Carried {
     /// A piece of frames.
     Piece(PieceKind),
     /// The publisher has ended: the frame it was streaming, if any, cannot be completed.
@@ -250,7 +254,7 @@ pub(crate) enum Carried {
 /// The [`DATA_HEADER`] of a relayed message:
 /// `<origin> <seq> <stream bytes> <publisher> <publisher seq> <kind> <frames>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct DataHeader {
+pub struct DataHeader {
     /// The origin hub instance.
     pub origin: u64,
     /// The origin's message sequence number (all its relayed messages, from 1).
@@ -291,7 +295,7 @@ impl fmt::Display for DataHeader {
 
 impl DataHeader {
     /// Reads a data header.
-    pub(crate) fn parse(text: &str) -> Result<DataHeader, WireError> {
+    pub fn parse(text: &str) -> Result<DataHeader, WireError> {
         let fail = || malformed("data header", text);
         let mut fields = text.split(' ');
         let mut next = || fields.next().ok_or_else(fail);

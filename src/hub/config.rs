@@ -82,7 +82,7 @@ pub struct HubConfig {
     /// A client certificate's subject CN is the user name (one of `users`; no `AUTH` needed).
     pub tls_map_user: bool,
     /// The log filter (`tracing` directives, e.g. `info` or `tej_hub=debug`); `None` (default)
-    /// takes `RUST_LOG`, else `info`. Reloaded on SIGHUP.
+    /// takes `RUST_LOG`, else `info` (`async_nats` from `warn`). Reloaded on SIGHUP.
     pub log_level: Option<String>,
     /// Address of the monitoring HTTP listener (`/healthz`, `/varz`, `/metrics`, the dashboard);
     /// `None` (default) is off.

@@ -85,7 +85,7 @@ pub(crate) struct Serve {
     #[arg(long)]
     tls_map_user: bool,
     /// Log filter, e.g. `info` or `tej_hub=debug` (reloaded on SIGHUP) [default: RUST_LOG, else
-    /// info].
+    /// info,async_nats=warn].
     #[arg(long)]
     log_level: Option<String>,
     /// Serve the monitoring endpoints and the dashboard on this address (docs/operations.md)
@@ -177,9 +177,13 @@ impl Serve {
 /// Where a reload changes the log filter.
 type LogFilter = reload::Handle<EnvFilter, Registry>;
 
-/// The log filter `config` asks for: its `log-level`, else `RUST_LOG`, else `info`.
+/// The log filter `config` asks for: its `log-level`, else `RUST_LOG`, else `info` (the NATS
+/// client's own lines from `warn`).
 fn log_filter(config: &HubConfig) -> EnvFilter {
-    let from_env = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The NATS client logs every event at info; the cluster's own lines say what matters.
+    let from_env = || {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"))
+    };
     match &config.log_level {
         // Checked by HubConfig::validate.
         Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| from_env()),

@@ -134,6 +134,7 @@ pub(super) async fn start(tasks: Tasks) {
         inbound: inbound_to,
         ready: Some(ready),
         ready_at: Instant::now() + CONNECT_WAIT,
+        failing: false,
     };
     link.run(inboxes, events, orders).await;
 }
@@ -146,6 +147,8 @@ struct Link {
     ready: Option<oneshot::Sender<()>>,
     /// When to tell the hub it may serve.
     ready_at: Instant,
+    /// Whether a failed connection attempt has been logged since the link was last up.
+    failing: bool,
 }
 
 impl Link {
@@ -186,6 +189,7 @@ impl Link {
         let cluster = &self.cluster;
         match event {
             NatsEvent::Connected => {
+                self.failing = false;
                 info!(hub = %cluster.name, "connected to NATS");
                 cluster.connected.store(true, Ordering::Release);
                 cluster.lock_peers().touch_all(Instant::now());
@@ -209,9 +213,14 @@ impl Link {
                     + 1;
                 warn!(hub = %cluster.name, subscription, slow_consumers = count, "NATS dropped messages for this hub: it cannot keep up");
             }
-            // Each failed reconnection attempt: the disconnection was logged once already.
+            // The first failed attempt says why (refused, TLS, credentials); the retries after
+            // it would repeat that every couple of seconds.
+            NatsEvent::ClientError(error) if !self.failing => {
+                self.failing = true;
+                warn!(hub = %cluster.name, %error, "cannot reach NATS; retrying");
+            }
             NatsEvent::ClientError(error) => {
-                debug!(hub = %cluster.name, %error, "NATS client error")
+                debug!(hub = %cluster.name, %error, "NATS client error");
             }
             other => warn!(hub = %cluster.name, event = %other, "NATS event"),
         }

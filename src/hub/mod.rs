@@ -243,8 +243,7 @@ fn refuse(
     counters: &HubCounters,
 ) {
     let before = counters.refused_connections.fetch_add(1, Ordering::Relaxed);
-    // The first refusal is worth a line, then one each time the count doubles.
-    if before.is_power_of_two() || before == 0 {
+    if stats::worth_a_line(before, 1) {
         warn!(%peer, %refused, refused_connections = before + 1, "connection refused");
     } else {
         debug!(%peer, %refused, "connection refused");

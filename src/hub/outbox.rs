@@ -35,7 +35,7 @@ use crate::hub::flow::{Backlog, Gate};
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection, Reauthorize, SessionLink};
-use crate::hub::stats::SessionStats;
+use crate::hub::stats::{worth_a_line, SessionStats};
 use crate::hub::transport::WriteHalf;
 
 /// Largest batch of queued bytes handed to one vectored write.
@@ -498,10 +498,7 @@ impl Outbox {
         self.counters
             .dropped_frames
             .fetch_add(u64::from(frames), Ordering::Relaxed);
-        // The first drop is worth a line, then one each time the count doubles; every drop is
-        // counted (INFO) and traced.
-        // A power of two lies in (before, dropped] exactly when the count gained a binary digit.
-        if before == 0 || dropped.ilog2() > before.ilog2() {
+        if worth_a_line(before, u64::from(frames)) {
             warn!(session = %self.id, publisher = %from, dropped, "slow consumer: frame dropped");
         } else {
             debug!(session = %self.id, publisher = %from, dropped, "slow consumer: frame dropped");

@@ -93,6 +93,11 @@ impl Publisher {
         self.allowed = allowed;
     }
 
+    /// The read gate subscribers under `block` close while they are full.
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
     /// Whether the session receives its own publications.
     pub(crate) fn echo(&self) -> bool {
         self.echo
@@ -123,33 +128,8 @@ impl Publisher {
                 self.denying = piece.kind == PieceKind::Middle;
             }
             PieceKind::Whole | PieceKind::First => {
-                self.counters.codes.count(piece);
                 let subscribers = self.table.subscribers(piece.status);
-                let mut routed = false;
-                for outbox in subscribers.iter() {
-                    if outbox.id() == self.id && !self.echo {
-                        continue;
-                    }
-                    routed = true;
-                    let taken = outbox.offer(self.id, &self.gate, piece) == Offer::Taken;
-                    if taken && piece.kind == PieceKind::First {
-                        self.streaming.push(outbox.clone());
-                    }
-                }
-                if let Some(cluster) = &self.cluster {
-                    if cluster.crosses(piece.status) {
-                        let taken = cluster.offer(self.id, &self.gate, piece);
-                        self.crossing = taken && piece.kind == PieceKind::First;
-                        self.crossed |= taken;
-                        routed = true;
-                    }
-                }
-                if !routed {
-                    self.counters
-                        .unrouted_frames
-                        .fetch_add(1, Ordering::Relaxed);
-                    trace!(session = %self.id, status = %piece.status, "publication without subscribers");
-                }
+                self.start(piece, &subscribers);
             }
             PieceKind::Middle | PieceKind::Last => {
                 self.counters.codes.count(piece);
@@ -168,6 +148,54 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// Delivers a piece of a publisher on another hub (whose own hub checked its permissions)
+    /// as [`publish`](Self::publish) does, except for a frame no session here subscribes to:
+    /// every hub receives what any hub wants, so such a frame stops here, uncounted. Returns
+    /// whether the piece was taken (for a frame's start: whether anybody here wanted it).
+    pub(crate) fn publish_remote(&mut self, piece: &Piece) -> bool {
+        if !piece.kind.starts_frame() {
+            // Never denied: a remote publisher may publish on every relayable code.
+            return self.publish(piece).is_ok();
+        }
+        let subscribers = self.table.subscribers(piece.status);
+        if subscribers.is_empty() {
+            return false;
+        }
+        self.start(piece, &subscribers);
+        true
+    }
+
+    /// Delivers a whole frame (or run), or a streamed frame's first piece, to `subscribers`
+    /// (the code's, as the table lists them now) and, if another hub wants it, to the cluster.
+    fn start(&mut self, piece: &Piece, subscribers: &[Arc<Outbox>]) {
+        self.counters.codes.count(piece);
+        let mut routed = false;
+        for outbox in subscribers {
+            if outbox.id() == self.id && !self.echo {
+                continue;
+            }
+            routed = true;
+            let taken = outbox.offer(self.id, &self.gate, piece) == Offer::Taken;
+            if taken && piece.kind == PieceKind::First {
+                self.streaming.push(outbox.clone());
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.crosses(piece.status) {
+                let taken = cluster.offer(self.id, &self.gate, piece);
+                self.crossing = taken && piece.kind == PieceKind::First;
+                self.crossed |= taken;
+                routed = true;
+            }
+        }
+        if !routed {
+            self.counters
+                .unrouted_frames
+                .fetch_add(1, Ordering::Relaxed);
+            trace!(session = %self.id, status = %piece.status, "publication without subscribers");
+        }
     }
 
     /// The publisher has ended (or, for a remote one, lost part of its frame): subscribers in

@@ -19,6 +19,14 @@ use crate::hub::outbox::Outbox;
 use crate::hub::registry::SessionId;
 use crate::hub::relay::Piece;
 
+/// Whether a counter that went from `before` up by `added` is worth a log line at `warn`: the
+/// first count, then each time it doubles (a power of two lies in `(before, before + added]`
+/// exactly when the count gained a binary digit). Every count is still counted and traced.
+pub(crate) fn worth_a_line(before: u64, added: u64) -> bool {
+    let after = before.saturating_add(added);
+    added > 0 && (before == 0 || after.ilog2() > before.ilog2())
+}
+
 /// Number of custom status codes, `0..=127`.
 pub(crate) const CODES: usize = Status::MAX as usize + 1;
 
@@ -229,6 +237,18 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    #[test]
+    fn a_line_for_the_first_count_then_at_each_doubling() {
+        let logged: Vec<u64> = (0..20)
+            .filter(|&before| worth_a_line(before, 1))
+            .map(|before| before + 1)
+            .collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16]);
+        assert!(worth_a_line(3, 5), "3 → 8 passes 4 and 8");
+        assert!(!worth_a_line(8, 7), "8 → 15 passes no power of two");
+        assert!(!worth_a_line(0, 0), "nothing added");
+    }
     use crate::hub::relay::PieceKind;
 
     fn piece(code: u8, kind: PieceKind, frames: u32, len: usize) -> Piece {

@@ -28,6 +28,7 @@ use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
 use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::HubCounters;
+use crate::hub::stats::worth_a_line;
 use crate::hub::table::SubscriptionTable;
 
 /// Session ids of remote publishers: the top bit set (local ids count up from 1).
@@ -51,7 +52,6 @@ pub(super) enum Event {
 /// A publisher on another hub, as this hub sees it.
 struct Remote {
     publisher: Publisher,
-    gate: Arc<Gate>,
     /// Its next message sequence number.
     next: u64,
     /// Whether it is in the middle of a streamed frame here.
@@ -180,12 +180,14 @@ impl Inbound {
             if header.seq > expected {
                 let lost = header.seq - expected;
                 let before = counters.lost_messages.fetch_add(lost, Ordering::Relaxed);
-                warn!(
-                    origin = format_args!("{:016x}", header.origin),
-                    lost,
-                    lost_messages = before + lost,
-                    "messages from another hub were lost"
-                );
+                if worth_a_line(before, lost) {
+                    warn!(
+                        origin = format_args!("{:016x}", header.origin),
+                        lost,
+                        lost_messages = before + lost,
+                        "messages from another hub were lost"
+                    );
+                }
             }
         }
         origin.expected = Some(header.seq + 1);
@@ -206,10 +208,9 @@ impl Inbound {
                     Entry::Occupied(known) => known.into_mut(),
                     Entry::Vacant(new) => {
                         self.next_id += 1;
-                        let gate = Gate::new();
                         let publisher = Publisher::new(
                             SessionId::new(REMOTE_IDS | self.next_id),
-                            gate.clone(),
+                            Gate::new(),
                             self.table.clone(),
                             self.hub.clone(),
                             CodeSet::relayable(),
@@ -217,7 +218,6 @@ impl Inbound {
                         );
                         new.insert(Remote {
                             publisher,
-                            gate,
                             next: header.publisher_seq,
                             in_frame: false,
                         })
@@ -229,11 +229,8 @@ impl Inbound {
                     self.cluster.count_dropped(1);
                 }
                 remote.next = header.publisher_seq + 1;
-                // Every hub receives what any hub wants; frames nobody here wants stop here,
-                // uncounted.
-                let wanted = remote.in_frame || !self.table.subscribers(status).is_empty();
-                if wanted && (kind.starts_frame() || remote.in_frame) {
-                    let gate = remote.gate.clone();
+                if kind.starts_frame() || remote.in_frame {
+                    let gate = remote.publisher.gate();
                     std::future::poll_fn(|cx| gate.poll_open(cx)).await;
                     let piece = Piece {
                         status,
@@ -241,9 +238,8 @@ impl Inbound {
                         frames: header.frames,
                         bytes: message.payload,
                     };
-                    // A remote publisher may publish on every code: its own hub checked.
-                    let _ = remote.publisher.publish(&piece);
-                    remote.in_frame = matches!(kind, PieceKind::First | PieceKind::Middle);
+                    let taken = remote.publisher.publish_remote(&piece);
+                    remote.in_frame = taken && matches!(kind, PieceKind::First | PieceKind::Middle);
                 }
             }
         }

@@ -190,7 +190,11 @@ impl Link {
         match event {
             NatsEvent::Connected => {
                 self.failing = false;
-                info!(hub = %cluster.name, "connected to NATS");
+                let max_payload = self.client.server_info().max_payload;
+                info!(hub = %cluster.name, max_payload, "connected to NATS");
+                if max_payload > 0 {
+                    cluster.max_payload.store(max_payload, Ordering::Release);
+                }
                 cluster.connected.store(true, Ordering::Release);
                 cluster.lock_peers().touch_all(Instant::now());
                 cluster.notify();

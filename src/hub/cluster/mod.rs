@@ -26,7 +26,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -41,8 +41,9 @@ use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::control::CodeSet;
 use crate::hub::flow::Gate;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, PieceKind};
+use crate::hub::relay::Piece;
 use crate::hub::router::HubCounters;
+use crate::hub::stats::worth_a_line;
 use crate::hub::table::SubscriptionTable;
 use outbound::Outbound;
 use peers::Peers;
@@ -55,6 +56,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// How long the hub waits at start, once connected, for the other hubs to announce themselves.
 const HELLO_WAIT: Duration = Duration::from_millis(300);
+/// NATS's default `max_payload`, until a server says otherwise.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// The cluster settings of a [`HubConfig`], checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +209,9 @@ pub(crate) struct Cluster {
     instance: u64,
     subjects: Subjects,
     connected: AtomicBool,
+    /// The largest message the NATS server takes (`max_payload` of its `INFO`), read at each
+    /// connection so the outbound task does not ask the client for its server info per piece.
+    max_payload: AtomicUsize,
     /// The codes other hubs want: bit `c % 64` of word `c / 64`.
     remote_codes: [AtomicU64; 2],
     peers: Mutex<Peers>,
@@ -236,6 +242,7 @@ impl Cluster {
             instance: instance_id(),
             subjects: Subjects::new(&settings.prefix),
             connected: AtomicBool::new(false),
+            max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
             remote_codes: [AtomicU64::new(0), AtomicU64::new(0)],
             peers: Mutex::new(Peers::default()),
             local: Mutex::new(Local {
@@ -287,12 +294,8 @@ impl Cluster {
     /// of its frame is offered.
     pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> bool {
         if !self.is_connected() {
-            let frames = match piece.kind {
-                PieceKind::Whole => piece.frames.max(1),
-                // The first piece lost loses the frame; the rest are not offered.
-                _ => 1,
-            };
-            self.count_dropped(u64::from(frames));
+            // A later piece is offered only while its frame crosses: it has begun.
+            self.count_dropped(outbound::frames_lost(piece.kind, piece.frames, true));
             return false;
         }
         self.outbound.push(from, gate, piece);
@@ -424,17 +427,13 @@ impl Cluster {
     }
 
     fn count_dropped(&self, frames: u64) {
-        if frames == 0 {
-            return;
-        }
         let before = self
             .counters
             .dropped_frames
             .fetch_add(frames, Ordering::Relaxed);
-        // The first drop is worth a line, then one each time the count doubles.
-        let after = before + frames;
-        if before == 0 || after.ilog2() > before.ilog2() {
-            warn!(hub = %self.name, dropped_frames = after, "frames could not cross to the cluster");
+        if worth_a_line(before, frames) {
+            let dropped_frames = before + frames;
+            warn!(hub = %self.name, dropped_frames, "frames could not cross to the cluster");
         }
     }
 
@@ -451,15 +450,10 @@ impl Cluster {
     }
 }
 
-/// A random id for this run of the hub.
+/// A random id for this run of the hub (the OS generator the password salts come from).
 fn instance_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        hasher.write_u128(since_epoch.as_nanos());
-    }
-    hasher.finish()
+    use password_hash::rand_core::{OsRng, RngCore};
+    OsRng.next_u64()
 }
 
 #[cfg(test)]

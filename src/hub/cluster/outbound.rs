@@ -9,7 +9,7 @@
 //! publishers here back instead of overflowing NATS. While the link is down, nothing waits:
 //! what cannot cross is counted and dropped.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -122,6 +122,26 @@ impl Outbound {
     }
 }
 
+/// One publisher's stream on NATS.
+#[derive(Debug, Default)]
+struct Stream {
+    /// Its last message sequence number.
+    seq: u64,
+    /// Whether a streamed frame of it is begun on NATS.
+    open: bool,
+}
+
+/// Frames lost when a piece of `kind` ending `frames` frames cannot cross: a run loses its
+/// frames, a first piece its frame, a later piece the frame only if that frame had begun to
+/// cross (`begun`).
+pub(super) fn frames_lost(kind: PieceKind, frames: u32, begun: bool) -> u64 {
+    match kind {
+        PieceKind::Whole => u64::from(frames.max(1)),
+        PieceKind::First => 1,
+        PieceKind::Middle | PieceKind::Last => u64::from(begun),
+    }
+}
+
 /// The outbound task's own state.
 struct Sender {
     cluster: Arc<Cluster>,
@@ -129,10 +149,9 @@ struct Sender {
     /// The data subject of every code.
     subjects: Vec<Subject>,
     gone: Subject,
-    /// Per publisher, its last message sequence number.
-    publishers: HashMap<SessionId, u64>,
-    /// Publishers with a streamed frame begun on NATS.
-    open: HashSet<SessionId>,
+    /// Per publisher that has published: its message sequence and whether a streamed frame of
+    /// it is begun on NATS.
+    streams: HashMap<SessionId, Stream>,
 }
 
 /// The outbound task: publishes what publishers queue, in order, for as long as the hub runs.
@@ -147,8 +166,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, client: async_nats::Client) {
         client,
         subjects,
         gone,
-        publishers: HashMap::new(),
-        open: HashSet::new(),
+        streams: HashMap::new(),
     };
     loop {
         let envelope = sender.cluster.outbound.next().await;
@@ -160,12 +178,12 @@ pub(super) async fn run(cluster: Arc<Cluster>, client: async_nats::Client) {
 
 impl Sender {
     async fn send(&mut self, envelope: Envelope) {
+        let from = envelope.from;
         let Carried::Piece(kind) = envelope.carried else {
             let seq = self
-                .publishers
-                .remove(&envelope.from)
-                .map_or(1, |seq| seq + 1);
-            self.open.remove(&envelope.from);
+                .streams
+                .remove(&from)
+                .map_or(1, |stream| stream.seq + 1);
             if self.cluster.is_connected() {
                 let subject = self.gone.clone();
                 let _ = self
@@ -175,44 +193,36 @@ impl Sender {
             return;
         };
         let limit = self
-            .client
-            .server_info()
+            .cluster
             .max_payload
+            .load(Ordering::Acquire)
             .saturating_sub(HEADER_ROOM)
             .max(HEADER_ROOM);
         let subject = self.subjects[usize::from(envelope.status.code())].clone();
-        for (kind, frames, bytes) in split(kind, envelope.frames, &envelope.bytes, limit) {
-            let seq = self.publishers.get(&envelope.from).map_or(1, |seq| seq + 1);
+        for (part, frames, bytes) in split(kind, envelope.frames, &envelope.bytes, limit) {
+            let seq = self.streams.get(&from).map_or(1, |stream| stream.seq + 1);
             let sent = self.wait_for_credit().await
                 && self
                     .publish(
                         subject.clone(),
                         &envelope,
-                        Carried::Piece(kind),
+                        Carried::Piece(part),
                         frames,
                         seq,
                         bytes,
                     )
                     .await;
+            let stream = self.streams.entry(from).or_default();
             if !sent {
-                let frames = match kind {
-                    PieceKind::Whole => envelope.frames.max(1),
-                    PieceKind::First => 1,
-                    PieceKind::Middle | PieceKind::Last => {
-                        u32::from(self.open.remove(&envelope.from))
-                    }
-                };
-                self.cluster.count_dropped(u64::from(frames));
+                let begun = std::mem::take(&mut stream.open);
+                self.cluster
+                    .count_dropped(frames_lost(kind, envelope.frames, begun));
                 return;
             }
-            self.publishers.insert(envelope.from, seq);
-            match kind {
-                PieceKind::First => {
-                    self.open.insert(envelope.from);
-                }
-                PieceKind::Last => {
-                    self.open.remove(&envelope.from);
-                }
+            stream.seq = seq;
+            match part {
+                PieceKind::First => stream.open = true,
+                PieceKind::Last => stream.open = false,
                 PieceKind::Whole | PieceKind::Middle => {}
             }
         }
@@ -335,6 +345,20 @@ mod tests {
         split(kind, frames, &bytes, limit)
             .map(|(kind, frames, part)| (kind, frames, part.len()))
             .collect()
+    }
+
+    #[test]
+    fn a_lost_piece_counts_the_frames_it_loses() {
+        use PieceKind::*;
+        assert_eq!(frames_lost(Whole, 7, false), 7);
+        assert_eq!(frames_lost(Whole, 0, false), 1);
+        assert_eq!(frames_lost(First, 0, false), 1);
+        assert_eq!(frames_lost(Middle, 0, true), 1);
+        assert_eq!(
+            frames_lost(Last, 1, false),
+            0,
+            "its frame never began to cross"
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use hub_common::{
     connect, connect_raw, control, control_frame, encode, expect_silence, head, info, pattern,
-    recv, send, status, subscribe, within, BinHub, Conn, MIB, PATIENCE,
+    read_at_least, recv, send, status, subscribe, within, BinHub, Conn, MIB, PATIENCE,
 };
 use nats::NatsServer;
 
@@ -935,19 +935,7 @@ async fn a_hub_killed_mid_stream_closes_the_remote_receivers_of_its_frame() {
         publisher.write_all(&pattern(8 * MIB, 3)).await?;
         std::io::Result::Ok(publisher)
     });
-    let mut seen = 0usize;
-    let mut buf = vec![0u8; 256 * 1024];
-    while seen < 4 * MIB {
-        let n = within(
-            PATIENCE,
-            "the start of the streamed frame on hub b",
-            receiving.read(&mut buf),
-        )
-        .await
-        .expect("read the streamed frame");
-        assert!(n > 0, "closed after {seen} bytes, before hub a was killed");
-        seen += n;
-    }
+    let seen = read_at_least(&mut receiving, 4 * MIB, "hub a was killed").await;
     a.bin.signal(Signal::KILL);
     let killed = Instant::now();
     let rest = within(
@@ -993,7 +981,8 @@ async fn a_hub_killed_mid_stream_closes_the_remote_receivers_of_its_frame() {
 }
 
 /// A code subscribed on hub a only does not cross NATS: 64 MiB published on it add less than
-/// 1 MiB to nats-server's `in_bytes`; a code also subscribed on hub b does (at least the payload).
+/// 1 MiB to nats-server's `in_bytes`; a code also subscribed on hub b does (at least the payload),
+/// until hub b's last subscriber of it leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_without_remote_interest_stay_off_nats() {
     const FRAMES: u64 = 16;
@@ -1032,6 +1021,28 @@ async fn codes_without_remote_interest_stay_off_nats() {
     assert!(
         remote >= FRAMES * LEN as u64,
         "64 MiB on a code subscribed on hub b added only {remote} bytes to nats-server's in_bytes"
+    );
+
+    // Hub b's last subscriber leaves: hub a learns it, and the code stops crossing.
+    assert_eq!(control(&mut b_sub, "UNSUB 61").await, "OK UNSUB 61");
+    a.wait_cluster("code 61 withdrawn by hub b", |c| c["remote_codes"] == "")
+        .await;
+    let mut a_61 = connect(a.addr()).await;
+    subscribe(&mut a_61, "61", "61").await;
+    let before = in_bytes(&nats.varz());
+    for n in 0..FRAMES {
+        let frame = file_frame(61, &format!("withdrawn {n}"), LEN, n);
+        send(&mut publisher, frame.clone()).await;
+        assert!(
+            recv(&mut a_61).await == frame,
+            "local frame {n} after the UNSUB"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let withdrawn = in_bytes(&nats.varz()) - before;
+    assert!(
+        withdrawn < MIB as u64,
+        "64 MiB on a code hub b unsubscribed from added {withdrawn} bytes to nats-server's in_bytes"
     );
 }
 

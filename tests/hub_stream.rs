@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use hub_common::{
-    connect, connect_raw, connect_small_window, control, head, info, pattern, recv, send,
-    start_hub, status, stop_hub, subscribe, test_config, within, BinHub, Conn, MIB, PATIENCE,
+    connect, connect_raw, connect_small_window, control, head, info, pattern, read_at_least, recv,
+    send, start_hub, status, stop_hub, subscribe, test_config, within, BinHub, Conn, MIB, PATIENCE,
 };
 
 /// A framed connection that accepts frames up to 512 MiB.
@@ -296,22 +296,7 @@ async fn a_publisher_gone_mid_frame_closes_only_the_subscribers_receiving_it() {
         .await
         .expect("write half the data");
     let mut raw = receiving.into_inner();
-    let mut seen = 0usize;
-    let mut buf = vec![0u8; 256 * 1024];
-    while seen < 4 * MIB {
-        let n = within(
-            PATIENCE,
-            "the start of the streamed frame",
-            raw.read(&mut buf),
-        )
-        .await
-        .expect("read the streamed frame");
-        assert!(
-            n > 0,
-            "closed after {seen} bytes, before the publisher went"
-        );
-        seen += n;
-    }
+    let seen = read_at_least(&mut raw, 4 * MIB, "the publisher went").await;
     drop(publisher);
     // The rest of the first half, then the end: nothing that could pass for the frame's end.
     let rest = within(PATIENCE, "the subscriber to be closed", async {

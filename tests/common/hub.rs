@@ -199,6 +199,25 @@ pub fn head(status_byte: u8, version: u8, files: u64) -> BytesMut {
 }
 
 /// What the hub sends on a raw socket until it closes it (end of stream or reset), within
+/// Reads at least `bytes` from `stream` (each read within [`PATIENCE`]) and returns how many it
+/// read; panics if the stream closes first, saying it was `before` what.
+pub async fn read_at_least(stream: &mut TcpStream, bytes: usize, before: &str) -> usize {
+    let mut seen = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    while seen < bytes {
+        let n = within(
+            PATIENCE,
+            "the start of the streamed frame",
+            stream.read(&mut buf),
+        )
+        .await
+        .expect("read the streamed frame");
+        assert!(n > 0, "closed after {seen} bytes, before {before}");
+        seen += n;
+    }
+    seen
+}
+
 /// [`PATIENCE`].
 pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     read_until_closed_within(stream, PATIENCE).await

@@ -289,18 +289,8 @@ fn report(
             own.push("did not stay connected to the end".to_owned());
         }
         if role.stays() && seen.stayed {
-            let expected: u64 = published
-                .completed
-                .iter()
-                .filter(|((code, _), _)| role.codes().contains(code))
-                .map(|(_, count)| count)
-                .sum();
-            let got: u64 = seen
-                .received
-                .iter()
-                .filter(|((code, _), _)| role.codes().contains(code))
-                .map(|(_, count)| count)
-                .sum();
+            let expected = role.frames_in(&published.completed);
+            let got = role.frames_in(&seen.received);
             if role == Role::Drop {
                 let lost = expected.saturating_sub(got);
                 missed = Some(lost);

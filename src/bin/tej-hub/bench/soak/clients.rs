@@ -324,6 +324,15 @@ impl Role {
             Role::Churn => &[SMALL, DOOMED],
         }
     }
+
+    /// The frames `counts` (per code and publisher) holds on its codes.
+    pub(super) fn frames_in(self, counts: &Completed) -> u64 {
+        counts
+            .iter()
+            .filter(|((code, _), _)| self.codes().contains(code))
+            .map(|(_, count)| count)
+            .sum()
+    }
 }
 
 /// What arrived on a subscriber's connection.

@@ -102,6 +102,24 @@ def frame_record(event, status, version, files, message):
     }
 
 
+def send_whole(sock, data):
+    """Sends all of `data` in blocking mode, under the reference's send lock (so it never
+    interleaves with its Ping thread).
+
+    The reference's timed `protocol.send` puts the shared socket in timeout mode for the send
+    while its reader thread puts it back in blocking mode at every frame it starts to read.
+    CPython changes the mode and the descriptor's O_NONBLOCK flag in two steps, letting other
+    threads run in between: a send can then run in blocking mode on a still non-blocking
+    descriptor, get EAGAIN from a full send buffer, and fail as ConnectionClosed. Seen here
+    (about 1 run in 15) while a 32 MiB frame was sent and echoes came back; docs/protocol.md.
+    """
+    try:
+        with protocol.send_lock:
+            sock.sendall(data)
+    except OSError as error:
+        raise exceptions.ConnectionClosed() from error
+
+
 class TracingReader(protocol.TPFrameReader):
     """The reference reader, unchanged, but remembering why a connection ended.
 
@@ -312,12 +330,7 @@ def run_client(args):
     tpc.listen(run_background=True, is_daemon=True)
 
     if args.ping_interval is not None:
-        pinger = ping.Ping(sock, args.ping_interval)
-        # Its timed send sets the socket's shared timeout to 3 s for a moment; a recv the reader
-        # thread starts then gives up after 3 s of silence and the reference closes the
-        # connection (docs/protocol.md). Our peers may be silent longer under load.
-        pinger.socket_timeout = SEND_TIMEOUT
-        pinger.start()
+        ping.Ping(sock, args.ping_interval).start()
 
     send_failed = False
     for frame in frames:
@@ -335,7 +348,7 @@ def run_client(args):
             send_failed = True
             break
         try:
-            protocol.send(sock, data, SEND_TIMEOUT)
+            send_whole(sock, data)
         except exceptions.ConnectionClosed as error:
             emit({"event": "error", "error": f"send failed: {type(error).__name__}"})
             send_failed = True

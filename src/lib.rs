@@ -1,18 +1,14 @@
-//! TEJ v1 — a full-duplex binary framing over TCP for messages and large files — and `tej-hub`,
-//! a pub/sub relay built on it.
+//! `tej-hub`: a pub/sub relay for TEJ v1 — every connection an actix actor wrapping the TEJ codec,
+//! frames relayed by custom status code to the clients that subscribed to it — and the protocol
+//! library it is built on, re-exported from the [`tej`] crate so a hub user needs one dependency.
 //!
 //! # Layout
-//! - [`frame`]: the frame model ([`Frame`], [`File`], [`Status`]) and its builder.
-//! - [`codec`]: [`TejCodec`], the bounded, incremental, zero-copy tokio-util codec; [`Limits`];
-//!   [`CodecError`]; [`FrameBuf`], the zero-copy outbound queue.
-//! - [`handler`]: the [`Handler`] callbacks (`connected`, `received`, `ping_received`,
-//!   `disconnected`), the reference implementation's callback style.
-//! - [`connection`]: one connection's reader loop, single writer and [`Sender`] handle.
-//! - [`client`] and [`server`]: [`Client`] and [`Server`] over TCP; [`tls`]: [`ClientTls`] for
-//!   clients of TLS servers.
-//! - [`stream`]: frames in bounded memory — [`stream::PartCodec`] decodes a frame as
-//!   [`stream::Part`]s (file data handed out as it arrives), [`stream::FileFrame`] and
-//!   [`stream::write_frame_from_files`] send files from disk without loading them.
+//! - [`hub`]: the relay (router, sessions, the data path, auth, TLS, limits, monitoring, the
+//!   cluster); its module map is in [`hub`]'s documentation, the design in
+//!   `docs/architecture.md`.
+//! - The protocol, from the [`tej`] crate (which never imports the hub): [`frame`], [`codec`],
+//!   [`stream`], [`handler`], [`connection`], [`client`], [`server`], [`tls`], and the most used
+//!   types at the crate root ([`Frame`], [`Status`], [`TejCodec`], [`Client`], [`Server`], ...).
 //!
 //! The wire format, limits, errors and interop notes are in `docs/protocol.md`.
 //!
@@ -32,24 +28,17 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod client;
-pub mod codec;
-pub mod connection;
-pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handler;
 pub mod hub;
-mod scan;
-pub mod server;
-pub mod stream;
-pub mod tls;
 
-pub use client::Client;
-pub use codec::{CodecError, FrameBuf, Limits, TejCodec, WireCodec, WireFrame};
-pub use connection::{Connection, ConnectionConfig, Disconnect, SendError, Sender};
-pub use frame::{File, Frame, FrameBuilder, Status, StatusOutOfRange, PROTOCOL_VERSION};
-pub use handler::Handler;
-pub use server::Server;
-pub use tls::{ClientTls, ClientTlsError, MaybeTls};
+pub use tej::{client, codec, connection, frame, handler, server, stream, tls};
+// The relay decoder walks frames with the protocol's scanner; not part of the hub's API.
+use tej::scan;
+
+pub use tej::{
+    Client, ClientTls, ClientTlsError, CodecError, Connection, ConnectionConfig, Disconnect, File,
+    Frame, FrameBuf, FrameBuilder, Handler, Limits, MaybeTls, SendError, Sender, Server, Status,
+    StatusOutOfRange, TejCodec, WireCodec, WireFrame, PROTOCOL_VERSION,
+};

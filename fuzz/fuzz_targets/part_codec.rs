@@ -1,4 +1,4 @@
-//! `PartCodec` (src/stream.rs) over arbitrary bytes cut into arbitrary reads.
+//! `PartCodec` (tej/src/stream.rs) over arbitrary bytes cut into arbitrary reads.
 //!
 //! Asserts: the parts follow the documented grammar (`Head`, per file `FileStart`, non-empty
 //! `FileData` adding up to the announced length, `FileEnd`, then `MessageStart`, non-empty

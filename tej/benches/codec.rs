@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tej_hub::{Frame, FrameBuf, Status, TejCodec, WireFrame};
+use tej::{Frame, FrameBuf, Status, TejCodec, WireFrame};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Frames per iteration in the small-frame benchmarks.

@@ -198,14 +198,14 @@ pub struct WireFrame {
 /// ```
 /// use bytes::BytesMut;
 /// use tokio_util::codec::{Decoder, Encoder};
-/// use tej_hub::{Frame, Status, TejCodec};
+/// use tej::{Frame, Status, TejCodec};
 ///
 /// let mut codec = TejCodec::default();
 /// let mut wire = BytesMut::new();
 /// let frame = Frame::message(Status::new(5).unwrap(), "hello");
 /// codec.encode(&frame, &mut wire)?;
 /// assert_eq!(codec.decode(&mut wire)?, Some(frame));
-/// # Ok::<(), tej_hub::CodecError>(())
+/// # Ok::<(), tej::CodecError>(())
 /// ```
 #[derive(Debug)]
 pub struct TejCodec {
@@ -294,7 +294,7 @@ impl TejCodec {
     /// Grows `src` towards `total` buffered bytes by at most what has arrived plus
     /// [`READ_AHEAD`] per step (doubling at most, never past `total`), so memory follows the bytes
     /// received, not the bytes announced.
-    pub(crate) fn reserve_towards(src: &mut BytesMut, total: u64) {
+    pub fn reserve_towards(src: &mut BytesMut, total: u64) {
         let missing = total.saturating_sub(src.len() as u64);
         let step = src.len().max(READ_AHEAD) as u64;
         let additional = missing.min(step) as usize;

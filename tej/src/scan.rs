@@ -32,7 +32,7 @@ enum State {
 
 /// One structural step of a frame, and the bytes it covers at the front of the scanned buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step<'a> {
+pub enum Step<'a> {
     /// The fixed head (10 bytes).
     Head {
         /// The frame's status.
@@ -64,7 +64,7 @@ pub(crate) enum Step<'a> {
 
 impl Step<'_> {
     /// How many bytes at the front of the buffer this step covers.
-    pub(crate) fn wire_len(&self) -> usize {
+    pub fn wire_len(&self) -> usize {
         match *self {
             Step::Head { .. } => HEAD_LEN as usize,
             Step::FileHead { name, .. } => FILE_FIXED_LEN as usize + name.len(),
@@ -80,7 +80,7 @@ impl Step<'_> {
 /// previous step ended; the caller then drops or keeps those bytes as it likes and passes what
 /// follows to the next call.
 #[derive(Debug, Clone)]
-pub(crate) struct Scanner {
+pub struct Scanner {
     limits: Limits,
     state: State,
     /// Files of the current frame still to come.
@@ -93,7 +93,7 @@ pub(crate) struct Scanner {
 
 impl Scanner {
     /// A scanner before the first frame, enforcing `limits`.
-    pub(crate) fn new(limits: Limits) -> Scanner {
+    pub fn new(limits: Limits) -> Scanner {
         Scanner {
             limits,
             state: State::Head,
@@ -104,24 +104,24 @@ impl Scanner {
     }
 
     /// The limits in force.
-    pub(crate) fn limits(&self) -> Limits {
+    pub fn limits(&self) -> Limits {
         self.limits
     }
 
     /// Whether the scanner is between frames.
-    pub(crate) fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         matches!(self.state, State::Head)
     }
 
     /// The current frame's length as far as its headers have announced it (a lower bound until
     /// the message length is known, then exact).
-    pub(crate) fn announced(&self) -> u64 {
+    pub fn announced(&self) -> u64 {
         self.announced
     }
 
     /// Bytes of payload (file data or message) still to come in the current segment, 0 when the
     /// scanner waits for a header field.
-    pub(crate) fn payload_left(&self) -> u64 {
+    pub fn payload_left(&self) -> u64 {
         match self.state {
             State::FileData { left } | State::Message { left } => left,
             _ => 0,
@@ -129,7 +129,7 @@ impl Scanner {
     }
 
     /// Forgets the current frame (after an error: the stream is out of step anyway).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.state = State::Head;
         self.files_left = 0;
         self.next_file = 0;
@@ -142,7 +142,7 @@ impl Scanner {
     /// # Errors
     /// A [`CodecError`] for a status byte with its high bit clear, a length beyond the limits,
     /// or a file name that is not UTF-8. The scanner is then [reset](Scanner::reset).
-    pub(crate) fn step<'a>(&mut self, buf: &'a [u8]) -> Result<Option<Step<'a>>, CodecError> {
+    pub fn step<'a>(&mut self, buf: &'a [u8]) -> Result<Option<Step<'a>>, CodecError> {
         let result = self.try_step(buf);
         if result.is_err() {
             self.reset();
@@ -153,7 +153,7 @@ impl Scanner {
     /// How many bytes the header field the scanner waits for takes, as far as `buf` tells
     /// (a file head's length is known once its 2-byte name length is there). Payload states
     /// need 1.
-    pub(crate) fn header_bytes_needed(&self, buf: &[u8]) -> usize {
+    pub fn header_bytes_needed(&self, buf: &[u8]) -> usize {
         match self.state {
             State::Head => HEAD_LEN as usize,
             State::FileHead => match buf {
@@ -170,7 +170,7 @@ impl Scanner {
     /// The common case in one step: at a frame boundary, a frame without files whole at the
     /// front of `buf` and within the limits. Returns its status, version and length; anything
     /// else (or anything wrong) is left to [`Scanner::step`], which reports the errors.
-    pub(crate) fn whole_message_frame(&self, buf: &[u8]) -> Option<(Status, u8, usize)> {
+    pub fn whole_message_frame(&self, buf: &[u8]) -> Option<(Status, u8, usize)> {
         if self.state != State::Head || buf.len() < SMALL_HEAD || read_u64(buf, 2) != 0 {
             return None;
         }

@@ -19,7 +19,7 @@ use crate::tls::ClientTls;
 ///
 /// # Examples
 /// ```no_run
-/// use tej_hub::{Client, Frame, Handler, Sender, Status};
+/// use tej::{Client, Frame, Handler, Sender, Status};
 ///
 /// struct Print;
 /// impl Handler for Print {
@@ -67,7 +67,7 @@ impl Client {
     ///
     /// # Examples
     /// ```no_run
-    /// use tej_hub::{Client, ClientTls};
+    /// use tej::{Client, ClientTls};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let tls = ClientTls::with_ca_file("ca.pem".as_ref())?;
     /// let framed = Client::connect_tls("127.0.0.1:8000", "localhost", &tls).await?.into_framed();

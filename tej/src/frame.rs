@@ -129,7 +129,7 @@ impl Frame {
     ///
     /// # Examples
     /// ```
-    /// use tej_hub::{Frame, Status};
+    /// use tej::{Frame, Status};
     /// let status = Status::new(5).unwrap();
     /// let frame = Frame::builder(status)
     ///     .file("a.txt", &b"hello"[..])

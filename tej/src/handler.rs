@@ -14,7 +14,7 @@ use crate::frame::Frame;
 ///
 /// # Examples
 /// ```
-/// use tej_hub::{Frame, Handler, Sender};
+/// use tej::{Frame, Handler, Sender};
 ///
 /// /// Sends every frame back to where it came from.
 /// struct Echo;

@@ -4,7 +4,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
-use tej_hub::{CodecError, File, Frame, FrameBuf, Limits, Status, TejCodec};
+use tej::{CodecError, File, Frame, FrameBuf, Limits, Status, TejCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// The decoder's read-ahead: how far it grows the buffer beyond what has arrived (codec.rs).

@@ -21,7 +21,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 ///
 /// # Examples
 /// ```no_run
-/// use tej_hub::{Frame, Handler, Sender, Server};
+/// use tej::{Frame, Handler, Sender, Server};
 ///
 /// struct Echo;
 /// impl Handler for Echo {

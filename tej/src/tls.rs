@@ -141,7 +141,7 @@ fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientT
 }
 
 /// The certificates in the PEM file at `path` (at least one), or what is wrong with it.
-pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(path)
         .map_err(|error| error.to_string())?
         .collect::<Result<Vec<_>, _>>()
@@ -153,7 +153,7 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
 }
 
 /// The private key in the PEM file at `path`, or what is wrong with it.
-pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|error| format!("no private key: {error}"))
 }
 

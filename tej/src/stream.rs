@@ -93,8 +93,8 @@ impl Part {
     ///
     /// # Examples
     /// ```
-    /// use tej_hub::stream::Part;
-    /// use tej_hub::{Frame, Status};
+    /// use tej::stream::Part;
+    /// use tej::{Frame, Status};
     ///
     /// let frame = Frame::message(Status::new(5).unwrap(), "hi");
     /// let parts = Part::of_frame(&frame);
@@ -147,8 +147,8 @@ impl Part {
 /// ```
 /// use bytes::BytesMut;
 /// use tokio_util::codec::Decoder;
-/// use tej_hub::stream::{Part, PartCodec};
-/// use tej_hub::{Frame, Limits, Status};
+/// use tej::stream::{Part, PartCodec};
+/// use tej::{Frame, Limits, Status};
 ///
 /// let frame = Frame::builder(Status::new(5).unwrap()).file("a.txt", &b"hi"[..]).build();
 /// let mut wire = BytesMut::from(&frame.to_wire()?[..]);
@@ -160,7 +160,7 @@ impl Part {
 ///     }
 /// }
 /// assert_eq!(data, b"hi");
-/// # Ok::<(), tej_hub::CodecError>(())
+/// # Ok::<(), tej::CodecError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct PartCodec {
@@ -416,10 +416,10 @@ struct OpenFile {
 ///
 /// # Examples
 /// ```no_run
-/// use tej_hub::stream::{FileFrame, FileSource};
-/// use tej_hub::{Limits, Status};
+/// use tej::stream::{FileFrame, FileSource};
+/// use tej::{Limits, Status};
 ///
-/// # async fn run(socket: &mut tokio::net::TcpStream) -> Result<(), tej_hub::stream::StreamError> {
+/// # async fn run(socket: &mut tokio::net::TcpStream) -> Result<(), tej::stream::StreamError> {
 /// let files = [FileSource::new("big.iso", "/tmp/big.iso")];
 /// let frame = FileFrame::open(Status::new(5).unwrap(), &files, "here it is").await?;
 /// frame.check(&Limits::frame_only(u64::MAX))?;
@@ -665,8 +665,8 @@ async fn ensure_ended(file: &mut OpenFile) -> Result<(), StreamError> {
 ///
 /// # Examples
 /// ```no_run
-/// use tej_hub::stream::{write_frame_from_files, FileSource};
-/// use tej_hub::{Limits, Status};
+/// use tej::stream::{write_frame_from_files, FileSource};
+/// use tej::{Limits, Status};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut socket = tokio::net::TcpStream::connect("127.0.0.1:8000").await?;

@@ -1,6 +1,8 @@
-//! Runs `tej-hub bench` as the test binary's sibling and reads its JSON report.
+//! Runs the benchmark and reads its JSON report: as `tej-hub bench` (the dispatch to
+//! `tej-hub-bench`) from the hub's tests, as `tej-hub-bench` from the bench crate's own; the hubs
+//! it spawns are the `tej-hub` binary beside it (`cargo test --workspace` builds both).
 //!
-//! Included by the bench test files with `#[path = "common/bench.rs"] mod bench_common;`.
+//! Included with `#[path = ".../tests/common/bench.rs"] mod bench_common;`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,8 +13,21 @@ use serde_json::Value;
 /// (the test's own bound on top of the bench's --timeout) and print one JSON object, which is
 /// returned.
 pub fn bench_json(args: &[&str], timeout_secs: u64, patience: Duration) -> Value {
-    let child = Command::new(env!("CARGO_BIN_EXE_tej-hub"))
-        .arg("bench")
+    // Cargo names only the including package's own binaries: the hub's tests see `tej-hub`, the
+    // bench crate's see `tej-hub-bench`.
+    let mut command = match (
+        option_env!("CARGO_BIN_EXE_tej-hub"),
+        option_env!("CARGO_BIN_EXE_tej-hub-bench"),
+    ) {
+        (Some(hub), _) => {
+            let mut command = Command::new(hub);
+            command.arg("bench");
+            command
+        }
+        (None, Some(bench)) => Command::new(bench),
+        (None, None) => panic!("included by a package with neither tej-hub nor tej-hub-bench"),
+    };
+    let child = command
         .args(args)
         .args(["--json", "--timeout", &timeout_secs.to_string()])
         .stdin(Stdio::null())

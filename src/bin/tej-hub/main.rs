@@ -1,5 +1,6 @@
 //! The `tej-hub` command: `serve` runs the hub; `pub` and `sub` try it from a shell; `bench`
-//! measures it; `passwd` hashes a password for the hub's users.
+//! measures it (it runs `tej-hub-bench`, a crate of its own); `passwd` hashes a password for the
+//! hub's users.
 
 mod bench;
 mod passwd;
@@ -41,7 +42,10 @@ enum Command {
     /// status: 0 with the hash on stdout; 1 on errors; 2 for an empty password.
     Passwd(passwd::Passwd),
     /// Measure a hub over loopback TCP (workloads: big-file, throughput, latency, matrix,
-    /// connections).
+    /// connections, soak): runs `tej-hub-bench` from beside this binary with the same arguments.
+    ///
+    /// `cargo build --release` builds both; `tej-hub bench --help` lists the workloads.
+    #[command(disable_help_flag = true)]
     Bench(bench::Bench),
 }
 
@@ -72,7 +76,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Pub(args) => exit(pubsub::publish(&args)),
         Command::Sub(args) => exit(pubsub::subscribe(&args)),
-        Command::Bench(args) => exit(bench::run(&args)),
+        Command::Bench(args) => bench::run(&args).unwrap_or_else(|failure| exit(Err(failure))),
         Command::Passwd(args) => exit(passwd::passwd(&args)),
     }
 }

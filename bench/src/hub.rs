@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -325,11 +326,10 @@ impl ServerProcess {
         )))
     }
 
-    /// `<this binary> serve --listen 127.0.0.1:0 <extra>`, as [`start`](Self::start)ed.
+    /// `tej-hub serve --listen 127.0.0.1:0 <extra>` (the binary [`hub_binary`] finds), as
+    /// [`start`](Self::start)ed.
     pub(super) fn hub(extra: &[String], deadline: Instant) -> Result<ServerProcess, Failure> {
-        let exe = std::env::current_exe()
-            .map_err(|error| Failure::Failed(format!("cannot find this program: {error}")))?;
-        let mut command = Command::new(exe);
+        let mut command = Command::new(hub_binary()?);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra);
@@ -481,6 +481,28 @@ impl RssSampler {
         self.thread.join().unwrap_or_default()
     }
 }
+
+/// The `tej-hub` binary to spawn: `$TEJ_HUB_BIN` (which `tej-hub bench` sets to itself), else
+/// the `tej-hub` beside this binary (cargo builds both into the same folder).
+fn hub_binary() -> Result<PathBuf, Failure> {
+    if let Some(path) = std::env::var_os(HUB_BIN_VAR) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|error| Failure::Failed(format!("cannot find this program: {error}")))?;
+    let beside = exe.with_file_name("tej-hub");
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        Err(Failure::Failed(format!(
+            "no tej-hub binary at {} (build it: cargo build --release; or set {HUB_BIN_VAR})",
+            beside.display()
+        )))
+    }
+}
+
+/// Names the `tej-hub` binary a spawned hub runs.
+const HUB_BIN_VAR: &str = "TEJ_HUB_BIN";
 
 #[cfg(test)]
 mod tests {

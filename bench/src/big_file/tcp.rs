@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::bench::{before, limit};
+use crate::{before, limit};
 
 /// How long one connect, one accept or one subscription handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,10 +22,7 @@ pub(super) fn connect_limit(deadline: Instant) -> Instant {
 }
 
 /// A loopback connection to `addr`, with `TCP_NODELAY` (`bench soak` connects with it too).
-pub(in crate::bench) async fn connect(
-    addr: SocketAddr,
-    deadline: Instant,
-) -> Result<TcpStream, String> {
+pub(crate) async fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
     let connecting = TcpStream::connect(addr);
     let stream = before(connect_limit(deadline), "connecting", connecting)
         .await?

@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::tcp::{connect, connect_limit};
 use super::{Received, MESSAGE};
-use crate::bench::{before, confirm_sub, limit};
+use crate::{before, confirm_sub, limit};
 
 /// What a subscriber accepts: a frame of any size with at most one file, and messages (the
 /// frame's, the hub's replies) of at most 64 KiB.

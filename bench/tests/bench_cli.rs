@@ -3,9 +3,9 @@
 //! through NATS (`--cross-hub`): the JSON report has every key, and nothing was lost or
 //! reordered. No timing is asserted: the figures only have to exist.
 
-#[path = "common/bench.rs"]
+#[path = "../../tests/common/bench.rs"]
 mod bench_common;
-#[path = "common/nats.rs"]
+#[path = "../../tests/common/nats.rs"]
 mod nats;
 
 use std::time::Duration;

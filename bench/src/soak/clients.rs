@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::bench::big_file::tcp::connect;
-use crate::bench::{before, limit, MIB};
+use crate::big_file::tcp::connect;
+use crate::{before, limit, MIB};
 
 /// Code of the mixed frames, 16 B to 64 MiB (large ones streamed by the hub).
 pub(super) const MIXED: u8 = 10;

@@ -82,7 +82,7 @@ impl CrossHub {
     /// `serve`.
     ///
     /// # Errors
-    /// [`Failure::Failed`] when `nats-server` is not installed or a process does not start.
+    /// [`Failure`] when `nats-server` is not installed or a process does not start.
     pub(super) fn start(extra: &[String], deadline: Instant) -> Result<CrossHub, Failure> {
         let nats = NatsServer::spawn(CLUSTER_MAX_PAYLOAD, deadline)
             .map_err(|failure| cross_hub_failure("the cluster's nats-server", failure))?;

@@ -56,7 +56,7 @@ impl NatsServer {
     /// waits for its `Listening for client connections on ADDR` line.
     ///
     /// # Errors
-    /// [`Failure::Failed`] when `nats-server` is not installed or does not start.
+    /// [`Failure`] when `nats-server` is not installed or does not start.
     pub(super) fn spawn(max_payload: u64, deadline: Instant) -> Result<NatsServer, Failure> {
         let mut command = Command::new("nats-server");
         command.args(["-a", "127.0.0.1", "-p", "-1"]);

@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use super::cross_hub::CrossHubInfo;
 use super::generator::Measured;
 use super::{Cell, Figure, Pace, Workload};
-use crate::bench::hub::HubInfo;
-use crate::bench::mb_per_s;
+use crate::hub::HubInfo;
+use crate::mb_per_s;
 
 /// The most the second hub may add to the p50, as a multiple of NATS's own p50 (the cluster
 /// issue's target).

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::subscriber::{HubCounters, Stuck, StuckEnd};
 use super::{BigFile, Measured, Received, Relayed};
-use crate::bench::hub::{HubInfo, RssStats};
-use crate::bench::{human_bytes, mb_per_s};
+use crate::hub::{HubInfo, RssStats};
+use crate::{human_bytes, mb_per_s};
 
 /// A finished run with what it ran against and the figures derived from it, ready to print.
 pub(super) struct Report<'a> {

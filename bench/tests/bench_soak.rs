@@ -1,7 +1,7 @@
 //! `tej-hub bench soak` end to end for 30 s against a spawned `tej-hub serve`: the run must find
 //! no violation, and its JSON report must carry the figures the checks rest on.
 
-#[path = "common/bench.rs"]
+#[path = "../../tests/common/bench.rs"]
 mod bench_common;
 
 use std::time::Duration;

@@ -2,15 +2,18 @@
 //! `fuzzing` cargo feature, hidden from the documentation, not a stable API.
 //!
 //! The hub's [`RelayCodec`] lives in a private module of `hub`; this module compiles that same
-//! source file (`src/hub/relay.rs`) once more here, so the fuzz targets drive exactly the code
+//! source file (`src/hub/delivery/relay.rs`) once more here, so the fuzz targets drive exactly the code
 //! the hub runs without widening the hub's own module tree. The cluster's message texts
 //! (`src/hub/cluster/wire.rs`, what other hubs send through NATS) are compiled here the same way.
 
-#[path = "hub/relay.rs"]
+/// The relay codec, as `src/hub/delivery/relay.rs` defines it.
 #[allow(dead_code)]
-mod relay;
+#[path = "hub/delivery"]
+mod delivery {
+    pub mod relay;
+}
 
-pub use relay::{Piece, PieceKind, RelayCodec, CHUNK};
+pub use delivery::relay::{Piece, PieceKind, RelayCodec, CHUNK};
 
 /// The cluster's wire texts, as `src/hub/cluster/wire.rs` defines them.
 #[allow(dead_code)]

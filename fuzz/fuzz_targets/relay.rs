@@ -1,4 +1,4 @@
-//! The hub's `RelayCodec` (src/hub/relay.rs) over arbitrary bytes cut into arbitrary reads,
+//! The hub's `RelayCodec` (src/hub/delivery/relay.rs) over arbitrary bytes cut into arbitrary reads,
 //! with arbitrary frame limits and cut-through sizes.
 //!
 //! Asserts: the pieces' bytes concatenate to exactly the input consumed (all of it after a clean

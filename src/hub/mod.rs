@@ -1,7 +1,8 @@
-//! tej-hub: the pub/sub relay. Every TCP connection is a session actor wrapping the TEJ codec;
-//! sessions register with the router actor, which relays frames between them by custom status
-//! code. Status 2 is answered (ping), status 127 is the [`control`] channel (`SUB`, `UNSUB`,
-//! `ECHO`, `INFO`, `SLOW`), every other status is a publication.
+//! tej-hub: the pub/sub relay. Every TCP connection is a `session` actor reading the TEJ
+//! stream; a publication (any status but 2 and 127) is delivered by the publishing session's own
+//! thread to every subscriber of its code (`delivery`), and the `router` actor owns who is
+//! subscribed to what. Status 2 is answered (ping), status 127 is the [`control`] channel (`SUB`,
+//! `UNSUB`, `ECHO`, `INFO`, `SLOW`, `AUTH`).
 //!
 //! - [`run`] serves a bound listener inside an actix `System` until a shutdown future completes;
 //!   [`spawn`] does the same on a thread of its own (tests, embedding).
@@ -9,32 +10,37 @@
 //!   thread that calls [`run`] only accepts. docs/architecture.md draws the whole path.
 //! - [`run_operated`] takes [`Operation`]s while it runs: shutdown, lame-duck drain, reload
 //!   (`tej-hub serve` maps SIGTERM, SIGUSR2 and SIGHUP to them); with `http` set it serves the
-//!   monitoring endpoints and the dashboard ([`monitor`], docs/operations.md).
+//!   monitoring endpoints and the dashboard (docs/operations.md).
 //! - Every connection holds a file descriptor: [`raise_open_files_limit`] lifts the process's soft
 //!   limit to its hard one (`tej-hub serve` calls it at start; [`run`] leaves process-wide limits
 //!   alone).
+//!
+//! # Layout
+//! - Connections: `session` (the actor per connection), `router` (registration and
+//!   subscriptions, the only writer of the subscription table) with its [`registry`],
+//!   [`control`] (the control grammar), `client` ([`HubClient`], for applications).
+//! - `delivery`: the data path — relay codec, publisher, subscription table, outbox, flow
+//!   control, transport, idle buffers; its module doc states the ordering rules and the lock order.
+//! - Admission and identity: `admission` (connection limits, ingress rate), [`auth`] (users,
+//!   permissions), [`tls`] (the TLS listener), [`config`] (settings from TOML and flags).
+//! - `ops`: operating a running hub — shutdown, drain, reload, the live settings, the counters
+//!   and the monitoring listener.
+//! - `cluster`: hubs federated through NATS (docs/cluster.md).
+//! - `rlimit`: the open-files limit.
 
+mod admission;
 pub mod auth;
 mod client;
 mod cluster;
 pub mod config;
 pub mod control;
-mod flow;
-mod idle;
-mod limits;
-mod monitor;
+mod delivery;
 mod ops;
-mod outbox;
-mod publisher;
 pub mod registry;
-mod relay;
 mod rlimit;
 mod router;
 mod session;
-mod stats;
-mod table;
 pub mod tls;
-mod transport;
 
 use std::future::Future;
 use std::io;
@@ -50,19 +56,19 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
+use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
 pub use client::{Credentials, HubClient, HubError, HubOptions};
 use cluster::Cluster;
-use limits::{Admission, IpSlot, Refused};
+use delivery::table::SubscriptionTable;
+use delivery::transport::Transport;
 pub use ops::Operation;
 use ops::{HubState, Next};
 use registry::SessionId;
 pub use rlimit::raise_open_files_limit;
 use router::{HubCounters, OpenConnection, Router, Shutdown};
 use session::{Session, SessionContext};
-use table::SubscriptionTable;
 use tls::TlsListener;
-use transport::Transport;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -171,7 +177,7 @@ pub async fn run_announced(
         .map_err(invalid)?,
     );
     let http = match monitor {
-        Some(monitor) => Some(monitor::start(monitor, state.clone())?),
+        Some(monitor) => Some(ops::monitor::start(monitor, state.clone())?),
         None => None,
     };
 
@@ -243,7 +249,7 @@ fn refuse(
     counters: &HubCounters,
 ) {
     let before = counters.refused_connections.fetch_add(1, Ordering::Relaxed);
-    if stats::worth_a_line(before, 1) {
+    if ops::counters::worth_a_line(before, 1) {
         warn!(%peer, %refused, refused_connections = before + 1, "connection refused");
     } else {
         debug!(%peer, %refused, "connection refused");

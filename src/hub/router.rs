@@ -3,7 +3,7 @@
 //! Sessions talk to it with small typed messages named by direction: session → router
 //! [`Register`], [`Unregister`], [`Subscribe`], [`Unsubscribe`], [`Query`]; router → session
 //! [`Kick`] (at shutdown; publishers kick through the subscriber's
-//! [`Outbox`](super::outbox::Outbox) too).
+//! [`Outbox`](super::delivery::outbox::Outbox) too).
 //!
 //! The router is not on the data path. After each change it stores the touched codes' subscriber
 //! lists in the shared [`SubscriptionTable`], and only then answers: once a session's `Subscribe`
@@ -24,14 +24,14 @@ use actix::{
 };
 use bytes::Bytes;
 
+use crate::hub::admission::IpSlot;
 use crate::hub::auth::Users;
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
-use crate::hub::limits::IpSlot;
-use crate::hub::outbox::Outbox;
+use crate::hub::delivery::outbox::Outbox;
+use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::ops::counters::{CodeCounters, Connections};
 use crate::hub::registry::{Registry, SessionId};
-use crate::hub::stats::{CodeCounters, Connections};
-use crate::hub::table::SubscriptionTable;
 
 /// Router → session: close the connection.
 #[derive(Message, Clone, Copy, Debug)]

@@ -25,24 +25,24 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{CodecError, Limits, TejCodec};
 use crate::frame::{Frame, Status};
+use crate::hub::admission::IngressLimit;
 use crate::hub::auth::{Access, Authenticated, Users};
 use crate::hub::cluster::Cluster;
 use crate::hub::config::HubConfig;
 use crate::hub::control::{self, Command, Password, SlowPolicy, CONTROL};
-use crate::hub::flow::{Backlog, Gate};
-use crate::hub::idle::{IdleTimer, SMALL_BUFFER};
-use crate::hub::limits::IngressLimit;
-use crate::hub::outbox::Outbox;
-use crate::hub::publisher::Publisher;
+use crate::hub::delivery::flow::{Backlog, Gate};
+use crate::hub::delivery::idle::{IdleTimer, SMALL_BUFFER};
+use crate::hub::delivery::outbox::Outbox;
+use crate::hub::delivery::publisher::Publisher;
+use crate::hub::delivery::relay::{Piece, RelayCodec};
+use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::delivery::transport::{ReadHalf, Transport};
+use crate::hub::ops::counters::SessionStats;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, RelayCodec};
 use crate::hub::router::{
     HubCounters, Kick, KickReason, OpenConnection, Query, Reauthorize, Register, Router,
     SessionLink, Subscribe, Unregister, Unsubscribe,
 };
-use crate::hub::stats::SessionStats;
-use crate::hub::table::SubscriptionTable;
-use crate::hub::transport::{ReadHalf, Transport};
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);

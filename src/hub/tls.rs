@@ -24,8 +24,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::hub::config::HubConfig;
-use crate::hub::relay::CHUNK;
-use crate::hub::transport::Transport;
+use crate::hub::delivery::relay::CHUNK;
+use crate::hub::delivery::transport::Transport;
 use crate::tls::{read_certificates, read_private_key};
 
 /// Why TLS could not be set up, or a connection's handshake failed.

@@ -23,13 +23,13 @@ use tracing::{debug, warn};
 use crate::hub::cluster::wire::{Carried, Credit, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
-use crate::hub::flow::Gate;
-use crate::hub::publisher::Publisher;
+use crate::hub::delivery::flow::Gate;
+use crate::hub::delivery::publisher::Publisher;
+use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::ops::counters::worth_a_line;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::HubCounters;
-use crate::hub::stats::worth_a_line;
-use crate::hub::table::SubscriptionTable;
 
 /// Session ids of remote publishers: the top bit set (local ids count up from 1).
 const REMOTE_IDS: u64 = 1 << 63;

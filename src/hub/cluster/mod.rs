@@ -8,7 +8,7 @@
 //! - the [outbound](outbound) task publishes the pieces this hub's publishers hand it for codes
 //!   another hub wants, within the credit the receiving hubs have given;
 //! - the [inbound](inbound) task delivers the other hubs' pieces to this hub's subscribers, each
-//!   remote publisher through a [`Publisher`](super::publisher::Publisher) of its own, and gives
+//!   remote publisher through a [`Publisher`](super::delivery::publisher::Publisher) of its own, and gives
 //!   credit back.
 //!
 //! The [`Cluster`] is what the rest of the hub sees: publishers ask [`Cluster::crosses`] and
@@ -39,12 +39,12 @@ use tracing::{info, warn};
 use crate::frame::Status;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::control::CodeSet;
-use crate::hub::flow::Gate;
+use crate::hub::delivery::flow::Gate;
+use crate::hub::delivery::relay::Piece;
+use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::ops::counters::worth_a_line;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::Piece;
 use crate::hub::router::HubCounters;
-use crate::hub::stats::worth_a_line;
-use crate::hub::table::SubscriptionTable;
 use outbound::Outbound;
 use peers::Peers;
 use wire::Subjects;

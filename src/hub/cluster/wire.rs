@@ -17,7 +17,7 @@ use std::fmt;
 use crate::frame::Status;
 use crate::hub::control::CodeSet;
 // Relative, so that src/fuzzing.rs can compile this file beside its own copy of relay.rs.
-use super::super::relay::PieceKind;
+use super::super::delivery::relay::PieceKind;
 
 /// The header describing a relayed piece.
 pub const DATA_HEADER: &str = "Tej";

@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::frame::Status;
 use crate::hub::cluster::ClusterView;
 use crate::hub::config::LimitSettings;
+use crate::hub::delivery::outbox::Outbox;
+use crate::hub::ops::counters::{Totals, CODES};
 use crate::hub::ops::HubState;
-use crate::hub::outbox::Outbox;
-use crate::hub::stats::{Totals, CODES};
 
 /// `GET /healthz`.
 #[derive(Debug, Serialize)]

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
-use crate::hub::relay::CHUNK;
+use crate::hub::delivery::relay::CHUNK;
 
 /// How far a streamed frame already on a subscriber's wire may run ahead of what has been
 /// written, whatever the high-water mark: four relay chunks (1 MiB).

@@ -15,9 +15,9 @@ use dashmap::DashMap;
 
 use crate::frame::Status;
 use crate::hub::control::CodeSet;
-use crate::hub::outbox::Outbox;
+use crate::hub::delivery::outbox::Outbox;
+use crate::hub::delivery::relay::Piece;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::Piece;
 
 /// Whether a counter that went from `before` up by `added` is worth a log line at `warn`: the
 /// first count, then each time it doubles (a power of two lies in `(before, before + added]`
@@ -249,7 +249,7 @@ mod tests {
         assert!(!worth_a_line(8, 7), "8 → 15 passes no power of two");
         assert!(!worth_a_line(0, 0), "nothing added");
     }
-    use crate::hub::relay::PieceKind;
+    use crate::hub::delivery::relay::PieceKind;
 
     fn piece(code: u8, kind: PieceKind, frames: u32, len: usize) -> Piece {
         Piece {

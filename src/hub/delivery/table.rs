@@ -12,7 +12,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::frame::Status;
-use crate::hub::outbox::Outbox;
+use crate::hub::delivery::outbox::Outbox;
 
 /// Number of custom status codes, `0..=127`.
 const CODES: usize = Status::MAX as usize + 1;

@@ -10,7 +10,10 @@
 //! only a restart can change (the listening sockets, the threads, the log format) are logged and
 //! kept.
 //!
-//! [`Outbox::reauthorize`]: crate::hub::outbox::Outbox
+//! [`Outbox::reauthorize`]: crate::hub::delivery::outbox::Outbox
+
+pub(crate) mod counters;
+pub(crate) mod monitor;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +26,8 @@ use tracing::{info, warn};
 use crate::hub::auth::Users;
 use crate::hub::cluster::Cluster;
 use crate::hub::config::{ConfigError, HubConfig};
+use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::router::{HubCounters, KickReason};
-use crate::hub::table::SubscriptionTable;
 use crate::hub::tls::TlsListener;
 
 /// What a running hub can be told to do (`tej-hub serve` maps signals to these).

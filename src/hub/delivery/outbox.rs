@@ -31,12 +31,12 @@ use tracing::{debug, warn};
 
 use crate::hub::auth::Users;
 use crate::hub::control::SlowPolicy;
-use crate::hub::flow::{Backlog, Gate};
+use crate::hub::delivery::flow::{Backlog, Gate};
+use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::transport::WriteHalf;
+use crate::hub::ops::counters::{worth_a_line, SessionStats};
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection, Reauthorize, SessionLink};
-use crate::hub::stats::{worth_a_line, SessionStats};
-use crate::hub::transport::WriteHalf;
 
 /// Largest batch of queued bytes handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;

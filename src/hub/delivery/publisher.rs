@@ -20,12 +20,12 @@ use tracing::trace;
 use crate::frame::Status;
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
-use crate::hub::flow::Gate;
-use crate::hub::outbox::{Offer, Outbox};
+use crate::hub::delivery::flow::Gate;
+use crate::hub::delivery::outbox::{Offer, Outbox};
+use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, PieceKind};
 use crate::hub::router::HubCounters;
-use crate::hub::table::SubscriptionTable;
 
 /// One session's publishing side; see the module documentation.
 #[derive(Debug)]

@@ -1,0 +1,42 @@
+//! The data path: a publication from the publisher's socket to every subscriber's socket, on the
+//! publisher's thread, with no actor hop unless a subscriber's socket is full.
+//!
+//! - [`relay`]: `RelayCodec` cuts a connection's bytes into `Piece`s (whole frames, or a large
+//!   frame's chunks as they arrive).
+//! - [`publisher`]: `Publisher` picks a piece's targets and offers it to each.
+//! - [`table`]: `SubscriptionTable`, per code the subscribers' outboxes; written by the router,
+//!   read by publishers.
+//! - [`outbox`]: `Outbox`, a subscriber's socket and stream state behind one lock; write-through,
+//!   held frames, slow-consumer policies; its writer task.
+//! - [`flow`]: `Gate` (a publisher's read gate) and `Backlog` (a subscriber's queued bytes).
+//! - [`transport`]: a session's stream (the TCP socket, or its end of a TLS bridge).
+//! - [`idle`]: `IdleTimer`, so idle connections give their read buffer back.
+//!
+//! # Ordering rules
+//! - A subscription answered `OK` sees every later publication, and nothing overtakes the `OK`:
+//!   the router changes the table and queues the `OK` while holding the subscriber's outbox lock.
+//! - Per publisher, in order, never interleaved: one publisher delivers its pieces one after the
+//!   other from its own thread; each delivery is atomic under the subscriber's outbox lock, and a
+//!   frame from another publisher is held behind a streamed frame until its last piece.
+//! - Replies go through the outbox too, after the streamed frame on the wire if any.
+//!
+//! # Lock order
+//! A thread holding a lock on the left may take the one on its right, never the reverse:
+//! - outbox (a subscriber's stream state) → table (a code's subscriber list): the router writes
+//!   the list while holding the subscriber's outbox lock, which is what orders `OK` before any
+//!   publication that finds the subscription. Publishers read the list (one short read lock, an
+//!   `Arc` clone) and release it before they take any outbox lock.
+//! - outbox → backlog (the gates a full subscriber holds closed): under the outbox lock a full
+//!   backlog records the publisher's gate. Gates themselves are atomics, not locks.
+//! - No thread holds two outbox locks at once: a publisher offers a piece to one subscriber at a
+//!   time, the router changes one session's subscriptions at a time.
+//!
+//! docs/architecture.md draws the path and explains each rule.
+
+pub(crate) mod flow;
+pub(crate) mod idle;
+pub(crate) mod outbox;
+pub(crate) mod publisher;
+pub(crate) mod relay;
+pub(crate) mod table;
+pub(crate) mod transport;

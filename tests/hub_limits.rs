@@ -763,3 +763,78 @@ async fn memory_stays_bounded_under_hostile_connections() {
     assert!(peak < BOUND_KIB, "tej-hub peaked at {peak} KiB");
     eprintln!("tej-hub peak RSS: {peak} KiB");
 }
+
+/// The stalled frame: one file `f` of 60,000 bytes announced, 500 of them sent (521
+/// bytes in all), then nothing.
+fn stalled_frame() -> Vec<u8> {
+    let mut wire = file_head(b"f", 60_000);
+    wire[0] = 0x89;
+    wire.extend_from_slice(&[0x78; 500]);
+    wire
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_timeout_fires_on_its_own_with_a_minimum_rate_set() {
+    // The rate window (2 s) passes first with the rate met (521 bytes); the stall timeout (3 s)
+    // is then the first limit reached. The old code restarted the stall clock with each rate
+    // window, so the rate cut it at 4 s instead.
+    let hub = start_hub(HubConfig {
+        stall_timeout: 3,
+        min_rate_bytes: 32,
+        min_rate_window: 2,
+        ..test_config()
+    });
+    let mut raw = connect_raw(hub.local_addr()).await;
+    write(&mut raw, &stalled_frame()).await;
+    let error = expect_err_and_close(&mut raw, "a stalled frame").await;
+    assert_eq!(error, "stall timeout");
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimum_rate_fires_on_its_own_with_a_stall_timeout_set() {
+    let hub = start_hub(HubConfig {
+        stall_timeout: 4,
+        min_rate_bytes: 32,
+        min_rate_window: 2,
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    // All at once, below the rate: the first window cuts it, long before the stall timeout.
+    let silent = async {
+        let mut raw = connect_raw(addr).await;
+        write(&mut raw, &stalled_frame()[..40]).await;
+        let error = expect_err_and_close(&mut raw, "a slow frame").await;
+        assert_eq!(error, "sending below the minimum rate of 32 bytes/s");
+    };
+    // A byte every 250 ms: never stalled, always below the rate. Reading and writing run
+    // together so that the trickle stops when the hub answers (a write after its close could
+    // reset the connection before the answer is read).
+    let trickle = async {
+        let raw = connect_raw(addr).await;
+        let (mut reader, mut writer) = raw.into_split();
+        let wire = stalled_frame();
+        let trickled = async {
+            for byte in &wire {
+                if writer.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let mut answer = Vec::new();
+        tokio::select! {
+            () = trickled => unreachable!("the trickle waits forever at its end"),
+            read = within(PATIENCE, "the hub's answer", reader.read_to_end(&mut answer)) => {
+                read.expect("read the hub's answer");
+            }
+        }
+        let frames = hub_common::decode_all(&answer);
+        assert_eq!(frames.len(), 1, "one ERR frame, got {frames:?}");
+        let text = hub_common::reply_text(&frames[0], "a trickled frame");
+        assert_eq!(text, "ERR sending below the minimum rate of 32 bytes/s");
+    };
+    tokio::join!(silent, trickle);
+    stop_hub(hub).await;
+}

@@ -78,9 +78,14 @@ impl ReadActivity {
 
     /// Starts the clocks afresh: a publisher the hub did not read is neither idle nor slow.
     fn restart_clocks(&self) {
-        let now = Instant::now();
-        self.last_read.set(now);
-        self.window_start.set(now);
+        self.last_read.set(Instant::now());
+        self.restart_window();
+    }
+
+    /// Starts a new minimum-rate window. The stall clock (`last_read`) is not touched: each
+    /// limit runs on its own, so a rate met in one window never postpones the stall timeout.
+    fn restart_window(&self) {
+        self.window_start.set(Instant::now());
         self.window_bytes.set(0);
     }
 }
@@ -609,7 +614,7 @@ impl Session {
                     let reason = format!("sending below the minimum rate of {min_rate} bytes/s");
                     return self.end(Ending::TooSlowSender { rate }, Some(reason), ctx);
                 }
-                activity.restart_clocks();
+                activity.restart_window();
             }
         }
     }

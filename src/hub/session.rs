@@ -194,6 +194,7 @@ enum Ending {
     WriteFailed,
     AuthRequired,
     AuthFailed,
+    AuthBusy,
     AuthTimeout,
     AuthRevoked,
 }
@@ -219,6 +220,7 @@ impl std::fmt::Display for Ending {
             Ending::WriteFailed => f.write_str("write failed"),
             Ending::AuthRequired => f.write_str("a frame before authenticating"),
             Ending::AuthFailed => f.write_str("auth failed"),
+            Ending::AuthBusy => f.write_str("too many password checks waiting"),
             Ending::AuthTimeout => f.write_str("no auth in time"),
             Ending::AuthRevoked => f.write_str("its user or access was removed by a reload"),
         }
@@ -466,7 +468,8 @@ impl Session {
 
     /// Checks an `AUTH` off this thread; no other frame of the session is handled meanwhile.
     /// Success: `OK AUTH <user>`, and the user's permissions apply (subscriptions they do not
-    /// cover are dropped). A wrong user or password: `ERR auth failed`, closed.
+    /// cover are dropped). A wrong user or password: `ERR auth failed`, closed. Too many checks
+    /// waiting already: `ERR auth busy`, closed, without a check.
     fn authenticate(&mut self, user: String, password: Password, ctx: &mut Context<Self>) {
         let users = match self.access.users_for_auth() {
             Ok(users) => users,
@@ -485,7 +488,7 @@ impl Session {
         };
         ctx.wait(check.into_actor(self).map(|(verified, user), session, ctx| {
             match verified {
-                Ok(Some(authenticated)) => {
+                Ok(Ok(Some(authenticated))) => {
                     info!(session = %session.id, peer = %session.peer, user = %authenticated.user, "authenticated");
                     let permissions = authenticated.permissions;
                     session.publisher.allow(permissions.publish);
@@ -495,10 +498,16 @@ impl Session {
                     let done = session.router.send(Unsubscribe { id, codes });
                     session.after_router(done, ack, ctx);
                 }
-                Ok(None) => {
+                Ok(Ok(None)) => {
                     session.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(session = %session.id, peer = %session.peer, user = %control::clip(&user), "auth failed");
                     session.end(Ending::AuthFailed, Some("auth failed".into()), ctx);
+                }
+                Ok(Err(busy)) => {
+                    // Not a failed password: nothing was checked. Debug only, so that a flood
+                    // does not flood the log too.
+                    debug!(session = %session.id, peer = %session.peer, "auth busy");
+                    session.end(Ending::AuthBusy, Some(busy.to_string()), ctx);
                 }
                 Err(_) => session.end(Ending::AuthTimeout, Some("auth timeout".into()), ctx),
             }

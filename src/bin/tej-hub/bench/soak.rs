@@ -420,28 +420,16 @@ fn table(report: &Value, published: &Published) -> String {
     ));
     let rss = &report["rss_kib"];
     let rule = &rss["leak_rule"];
-    let thirds: Vec<String> = rule["thirds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|third| format!("{}-{}", third["floor"], third["peak"]))
-        .collect();
     text.push_str(&format!(
         "hub RSS by third of the run (warm-up, middle, last), floor-peak KiB: {}; leak rule: {} \
          ({} samples)\n",
-        thirds.join(" "),
+        ranges(&rule["thirds"], "floor", "peak"),
         rule["verdict"].as_str().unwrap_or(""),
         rss["samples"]
     ));
-    let tenths: Vec<String> = rss["tenths"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|tenth| format!("{}-{}", tenth["min"], tenth["max"]))
-        .collect();
     text.push_str(&format!(
         "hub RSS by tenth of the run, min-max KiB: {}\n",
-        tenths.join(" ")
+        ranges(&rss["tenths"], "min", "max")
     ));
     text.push_str(&format!(
         "hub fds: {} before, {} after; open connections: {} before, {} after\n",
@@ -457,4 +445,15 @@ fn table(report: &Value, published: &Published) -> String {
         format!("FAILED: {violations} violation(s)\n")
     });
     text
+}
+
+/// `low-high` of each object in the array `list`, space-separated.
+fn ranges(list: &Value, low: &str, high: &str) -> String {
+    let ranges: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| format!("{}-{}", item[low], item[high]))
+        .collect();
+    ranges.join(" ")
 }

@@ -551,3 +551,136 @@ async fn a_reload_revokes_removed_users_and_narrows_permissions() {
     assert_eq!(exit.and_then(|status| status.code()), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The checking threads of process `pid` (named `tej-hub-auth-N`).
+fn auth_threads(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task");
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tej-hub-auth"))
+        .count()
+}
+
+/// One `AUTH` on a fresh connection to `addr`: the right password on every third, else a wrong
+/// one; checks the answer.
+async fn one_check(addr: std::net::SocketAddr, n: usize) {
+    let mut conn = connect(addr).await;
+    if n % 3 == 0 {
+        let reply = control(&mut conn, "AUTH alice wonder land").await;
+        assert_eq!(reply, "OK AUTH alice", "check {n}");
+    } else {
+        send(
+            &mut conn,
+            hub_common::control_frame(&format!("AUTH alice guess{n}")),
+        )
+        .await;
+        assert_eq!(
+            texts_until_closed(&mut conn).await,
+            ["ERR auth failed"],
+            "check {n}"
+        );
+    }
+}
+
+/// Issue 18: each check at the default cost (19 MiB) used to leave its working memory in malloc's
+/// arenas (164 MB after 10 checks, 320 MB after 20). From a cold start, the hub may grow by one
+/// working memory per checking thread and a few MiB, and not at all after the 10th check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_at_the_default_cost_leave_no_memory_behind() {
+    const CHECKS: usize = 300;
+    const SLACK_KIB: u64 = 6 * 1024;
+    let dir = std::env::temp_dir().join(format!("tej-hub-auth-rss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let config = dir.join("hub.toml");
+    let hash = tej_hub::hub::auth::hash_password("wonder land").expect("hash the password");
+    let toml = format!("[[users]]\nname = \"alice\"\npassword = \"{hash}\"\n");
+    std::fs::write(&config, toml).expect("write the configuration");
+    // A generous auth timeout: the checks queue behind a few threads on a busy machine.
+    let hub = hub_common::BinHub::start(&[
+        "--config",
+        config.to_str().expect("a UTF-8 path"),
+        "--auth-timeout",
+        "60",
+    ]);
+    let checks = |range: std::ops::Range<usize>, together: usize| {
+        futures_util::stream::iter(range)
+            .map(|n| one_check(hub.addr, n))
+            .buffer_unordered(together)
+            .collect::<Vec<()>>()
+    };
+    let cold = hub.rss_kib();
+    within(Duration::from_secs(120), "10 checks", checks(0..10, 4)).await;
+    let tenth = hub.rss_kib();
+    within(
+        Duration::from_secs(300),
+        "the checks",
+        checks(10..CHECKS, 16),
+    )
+    .await;
+    let last = hub.rss_kib();
+    let peak = hub.peak_rss_kib();
+    let threads = auth_threads(hub.pid()) as u64;
+    let working = u64::from(Params::DEFAULT_M_COST);
+    eprintln!(
+        "hub RSS {cold} KiB cold, {tenth} KiB after 10 checks, {last} KiB after {CHECKS} \
+         (peak {peak} KiB); {threads} checking threads × {working} KiB"
+    );
+    assert!(
+        last <= tenth + SLACK_KIB,
+        "RSS grew from {tenth} KiB after 10 checks to {last} KiB after {CHECKS}"
+    );
+    assert!(
+        peak <= cold + threads * working + SLACK_KIB,
+        "peak RSS {peak} KiB from {cold} KiB cold, {threads} threads × {working} KiB"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_beyond_the_queue_are_refused_at_once_as_busy() {
+    // A slow hash (tens of passes), so that the queue fills faster than the threads empty it.
+    let params = Params::new(4096, 40, 1, None).expect("argon2 parameters");
+    let salt = SaltString::encode_b64(b"tej-hub test salt").expect("a salt");
+    let slow = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(b"wonder land", &salt)
+        .expect("hash")
+        .to_string();
+    let hub = start_hub(HubConfig {
+        users: vec![UserConfig {
+            password: slow,
+            ..user("alice", "", None, None)
+        }],
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queue = threads * tej_hub::hub::auth::WAITING_PER_THREAD;
+    let flood = queue + 100;
+    let mut conns = Vec::new();
+    for _ in 0..flood {
+        conns.push(connect(addr).await);
+    }
+    let answers: Vec<Vec<String>> = futures_util::stream::iter(conns)
+        .map(|mut conn| async move {
+            send(&mut conn, hub_common::control_frame("AUTH alice guess")).await;
+            texts_until_closed(&mut conn).await
+        })
+        .buffer_unordered(flood)
+        .collect()
+        .await;
+    let count = |text: &str| answers.iter().filter(|a| a[..] == [text]).count();
+    let (busy, failed, timeout) = (
+        count("ERR auth busy"),
+        count("ERR auth failed"),
+        count("ERR auth timeout"),
+    );
+    eprintln!("{flood} AUTHs at once: {busy} busy, {failed} failed, {timeout} timed out");
+    assert_eq!(busy + failed + timeout, flood, "{answers:?}");
+    // At most the queue and one check per thread wait; the rest are refused at once.
+    assert!(
+        busy >= 1,
+        "busy {busy}, failed {failed}, timed out {timeout}"
+    );
+    stop_hub(hub).await;
+}

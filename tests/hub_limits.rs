@@ -763,3 +763,141 @@ async fn memory_stays_bounded_under_hostile_connections() {
     assert!(peak < BOUND_KIB, "tej-hub peaked at {peak} KiB");
     eprintln!("tej-hub peak RSS: {peak} KiB");
 }
+
+/// The stalled frame: one file `f` of 60,000 bytes announced, 500 of them sent (521
+/// bytes in all), then nothing.
+fn stalled_frame() -> Vec<u8> {
+    let mut wire = file_head(b"f", 60_000);
+    wire[0] = 0x89;
+    wire.extend_from_slice(&[0x78; 500]);
+    wire
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_timeout_fires_on_its_own_with_a_minimum_rate_set() {
+    // The rate window (2 s) passes first with the rate met (521 bytes); the stall timeout (3 s)
+    // is then the first limit reached. The old code restarted the stall clock with each rate
+    // window, so the rate cut it at 4 s instead.
+    let hub = start_hub(HubConfig {
+        stall_timeout: 3,
+        min_rate_bytes: 32,
+        min_rate_window: 2,
+        ..test_config()
+    });
+    let mut raw = connect_raw(hub.local_addr()).await;
+    write(&mut raw, &stalled_frame()).await;
+    let error = expect_err_and_close(&mut raw, "a stalled frame").await;
+    assert_eq!(error, "stall timeout");
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimum_rate_fires_on_its_own_with_a_stall_timeout_set() {
+    let hub = start_hub(HubConfig {
+        stall_timeout: 4,
+        min_rate_bytes: 32,
+        min_rate_window: 2,
+        ..test_config()
+    });
+    let addr = hub.local_addr();
+    // All at once, below the rate: the first window cuts it, long before the stall timeout.
+    let silent = async {
+        let mut raw = connect_raw(addr).await;
+        write(&mut raw, &stalled_frame()[..40]).await;
+        let error = expect_err_and_close(&mut raw, "a slow frame").await;
+        assert_eq!(error, "sending below the minimum rate of 32 bytes/s");
+    };
+    // A byte every 250 ms: never stalled, always below the rate. Reading and writing run
+    // together so that the trickle stops when the hub answers (a write after its close could
+    // reset the connection before the answer is read).
+    let trickle = async {
+        let raw = connect_raw(addr).await;
+        let (mut reader, mut writer) = raw.into_split();
+        let wire = stalled_frame();
+        let trickled = async {
+            for byte in &wire {
+                if writer.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let mut answer = Vec::new();
+        tokio::select! {
+            () = trickled => unreachable!("the trickle waits forever at its end"),
+            read = within(PATIENCE, "the hub's answer", reader.read_to_end(&mut answer)) => {
+                read.expect("read the hub's answer");
+            }
+        }
+        let frames = hub_common::decode_all(&answer);
+        assert_eq!(frames.len(), 1, "one ERR frame, got {frames:?}");
+        let text = hub_common::reply_text(&frames[0], "a trickled frame");
+        assert_eq!(text, "ERR sending below the minimum rate of 32 bytes/s");
+    };
+    tokio::join!(silent, trickle);
+    stop_hub(hub).await;
+}
+
+/// `wire` as hex digits, spaces ignored.
+fn hex(wire: &str) -> Vec<u8> {
+    let digits: Vec<u8> = wire.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).expect("hex is ascii");
+            u8::from_str_radix(pair, 16).expect("hex digits")
+        })
+        .collect()
+}
+
+/// Sends `wire`, shuts down the write side, and returns the hub's `ERR` reason.
+async fn truncated_reply(addr: std::net::SocketAddr, wire: &[u8]) -> String {
+    let mut raw = connect_raw(addr).await;
+    write(&mut raw, wire).await;
+    raw.shutdown().await.expect("shut down the write side");
+    expect_err_and_close(&mut raw, "a truncated frame").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_replies_and_logs_carry_the_numbers_the_client_sent() {
+    let hub = BinHub::start(&[]);
+    // A 2 MiB message announced (so the frame is streamed), 118 bytes of it sent.
+    let mut streamed = hex("85 01 0000000000000000 0000000000200000");
+    streamed.extend_from_slice(&[0x6d; 100]);
+    // The same with a 1000-byte message (held whole): the count was right there already.
+    let mut whole = hex("85 01 0000000000000000 00000000000003e8");
+    whole.extend_from_slice(&[0x6d; 100]);
+    // 1.7 billion files announced, 10 bytes sent.
+    let files = hex("a1 01 0000000066666664");
+    for (wire, sent) in [(&streamed, 118), (&whole, 118), (&files, 10)] {
+        assert_eq!(
+            truncated_reply(hub.addr, wire).await,
+            format!("stream ended inside a frame after {sent} bytes of it")
+        );
+    }
+    let logged = |sent: usize| {
+        // The warning's `error` field (the `disconnected` line repeats it as its reason).
+        let field = format!("error=stream ended inside a frame after {sent} bytes of it");
+        hub.logs()
+            .iter()
+            .filter(|line| line.contains(&field))
+            .count()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while (logged(118), logged(10)) != (2, 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((logged(118), logged(10)), (2, 1), "{:#?}", hub.logs());
+
+    // The client's digits, not the parser's saturated u64; clipped like other echoes.
+    let mut conn = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut conn, "SUB 99999999999999999999").await,
+        "ERR code 99999999999999999999 out of range 0-127"
+    );
+    assert_eq!(
+        control(&mut conn, &format!("SUB 1-{}", "9".repeat(40))).await,
+        format!("ERR code {}... out of range 0-127", "9".repeat(32))
+    );
+}

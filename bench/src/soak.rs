@@ -12,15 +12,16 @@
 //! - each `block` subscriber that stayed connected got every frame exactly once, in order;
 //! - each `drop` subscriber missed exactly its `dropped_frames` (from `INFO`);
 //! - the hub closed every connection that broke the protocol, and answered a bad command `ERR`;
-//! - the hub's RSS, sampled every second from `/proc/PID/status`: the peak of the run's second
-//!   half is at most 1.1 times the first half's, unless its floor (the median of each tenth's
-//!   lowest sample) stayed within 1.1 times too — a burst, not a leak;
+//! - the hub's RSS, sampled every second from `/proc/PID/status`: after warm-up (the first third
+//!   of the run), the last third's floor stays within 1.1 times the middle third's; runs shorter
+//!   than 3 minutes get no verdict ([`rss`]);
 //! - after the run, the hub's open connections (`INFO`) and file descriptors (`/proc/PID/fd`) are
 //!   back to what they were before it.
 //!
 //! Beside it: [`clients`] (the frames, publishers, subscribers and hostile connections).
 
 mod clients;
+mod rss;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +39,6 @@ use clients::{Completed, Hostile, Phases, Published, Role, Seen};
 /// The spawned hub's `--max-pending-bytes` unless a `--serve-arg` sets it: small, so that the
 /// slow-consumer policies act often.
 const MAX_PENDING: u64 = MIB;
-/// How much the second half's RSS peak may exceed the first half's.
-const RSS_SLACK: f64 = 1.1;
 /// How long the hub may take to close connections and descriptors after the run.
 const SETTLE: Duration = Duration::from_secs(10);
 /// How long before the run's deadline the clients give up draining.
@@ -322,16 +321,7 @@ fn report(
     }
     violations.extend(hostile.violations.iter().map(|v| format!("hostile: {v}")));
 
-    let half = args.duration as f64 / 2.0;
-    let peak = |first: bool| {
-        rss.iter()
-            .filter(|(at, _)| (*at < half) == first)
-            .map(|(_, kib)| *kib)
-            .max()
-    };
-    let (first_peak, last_peak) = (peak(true), peak(false));
-    // The lowest and highest sample of each tenth of the run: a leak raises the floor too, a
-    // rare burst only the peak.
+    // The lowest and highest sample of each tenth of the run, for people to read.
     let tenths: Vec<Value> = (0..10)
         .map(|tenth| {
             let from = args.duration as f64 * f64::from(tenth) / 10.0;
@@ -344,31 +334,8 @@ fn report(
             json!({"from_s": from, "min": kib().min(), "max": kib().max()})
         })
         .collect();
-    // The floor of a half: the median of its tenths' lowest samples.
-    let floor = |first: bool| {
-        let mut minima: Vec<u64> = tenths
-            .iter()
-            .enumerate()
-            .filter(|(tenth, _)| (*tenth < 5) == first)
-            .filter_map(|(_, tenth)| tenth["min"].as_u64())
-            .collect();
-        minima.sort_unstable();
-        minima.get(minima.len() / 2).copied()
-    };
-    let (first_floor, last_floor) = (floor(true), floor(false));
-    // A leak raises the peak and the floor alike; a rare burst of large frames only the peak
-    // (one 10-minute run's peak ratio was 1.11 with flat floors), so both must grow.
-    if let (Some(first), Some(last), Some(first_low), Some(last_low)) =
-        (first_peak, last_peak, first_floor, last_floor)
-    {
-        let grew = |before: u64, after: u64| after as f64 > before as f64 * RSS_SLACK;
-        if grew(first, last) && grew(first_low, last_low) {
-            violations.push(format!(
-                "RSS grew: second half's peak {last} KiB > {RSS_SLACK} x first half's {first} KiB, \
-                 and its floor {last_low} KiB > {RSS_SLACK} x {first_low} KiB"
-            ));
-        }
-    }
+    let judged = rss::judge(rss, args.duration as f64);
+    violations.extend(judged.violation());
     if after_run.fds != before_run.fds {
         violations.push(format!(
             "hub file descriptors: {:?} before, {:?} after",
@@ -403,10 +370,7 @@ fn report(
         },
         "rss_kib": {
             "samples": rss.len(),
-            "first_half_peak": first_peak,
-            "last_half_peak": last_peak,
-            "first_half_floor": first_floor,
-            "last_half_floor": last_floor,
+            "leak_rule": judged.json(),
             "tenths": tenths,
         },
         "fds": {"before": before_run.fds, "after": after_run.fds},
@@ -455,23 +419,17 @@ fn table(report: &Value, published: &Published) -> String {
         hostile["err_replies"]
     ));
     let rss = &report["rss_kib"];
+    let rule = &rss["leak_rule"];
     text.push_str(&format!(
-        "hub RSS peak: first half {} KiB, second half {} KiB; floor {} KiB, {} KiB ({} samples)\n",
-        rss["first_half_peak"],
-        rss["last_half_peak"],
-        rss["first_half_floor"],
-        rss["last_half_floor"],
+        "hub RSS by third of the run (warm-up, middle, last), floor-peak KiB: {}; leak rule: {} \
+         ({} samples)\n",
+        ranges(&rule["thirds"], "floor", "peak"),
+        rule["verdict"].as_str().unwrap_or(""),
         rss["samples"]
     ));
-    let tenths: Vec<String> = rss["tenths"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|tenth| format!("{}-{}", tenth["min"], tenth["max"]))
-        .collect();
     text.push_str(&format!(
         "hub RSS by tenth of the run, min-max KiB: {}\n",
-        tenths.join(" ")
+        ranges(&rss["tenths"], "min", "max")
     ));
     text.push_str(&format!(
         "hub fds: {} before, {} after; open connections: {} before, {} after\n",
@@ -487,4 +445,15 @@ fn table(report: &Value, published: &Published) -> String {
         format!("FAILED: {violations} violation(s)\n")
     });
     text
+}
+
+/// `low-high` of each object in the array `list`, space-separated.
+fn ranges(list: &Value, low: &str, high: &str) -> String {
+    let ranges: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| format!("{}-{}", item[low], item[high]))
+        .collect();
+    ranges.join(" ")
 }

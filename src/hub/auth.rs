@@ -7,17 +7,21 @@
 //! control channel) unless an `[anonymous]` table grants anonymous connections their own
 //! permissions. Password checks are deliberately slow (argon2: tens of milliseconds and 19 MiB
 //! each at the default costs), so they run on a few threads of their own, one per core, started at
-//! the first check ([`Users::verify`]) — never on a session's arbiter, and with a fixed number of
-//! threads so that a flood of failed `AUTH`s cannot grow the hub's memory. A check whose
-//! connection has given up (closed, or out of time) is skipped. An unknown user costs the same check
-//! as a wrong password, so timing does not tell which names exist.
+//! the first check ([`Users::verify`]) — never on a session's arbiter. Each thread hashes into
+//! one working memory of its own, allocated once and reused, sized for the largest memory cost
+//! among the configured hashes: argon2's own verification allocates and frees 19 MiB per check,
+//! which malloc's per-thread arenas kept (320 MB after 20 wrong passwords). At most
+//! [`WAITING_PER_THREAD`] checks per thread wait; past that an `AUTH` is refused at once
+//! ([`AuthBusy`]). A check whose connection has given up (closed, or out of time) is skipped. An
+//! unknown user costs the same check as a wrong password, so timing does not tell which names
+//! exist.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use password_hash::rand_core::OsRng;
 use tokio::sync::oneshot;
 
@@ -60,10 +64,84 @@ impl Permissions {
     }
 }
 
+/// Checks that may wait for a checking thread, per thread: a flood of `AUTH`s beyond them is
+/// refused at once instead of queueing past the auth timeout.
+pub const WAITING_PER_THREAD: usize = 64;
+
+/// The largest argon2 memory cost a configured hash may carry, in KiB (256 MiB): each checking
+/// thread keeps that much for the hub's life.
+pub const MAX_MEMORY_COST_KIB: u32 = 256 * 1024;
+
+/// A user's PHC hash, decoded once at start: everything a check needs but the memory.
+struct StoredHash {
+    argon2: Argon2<'static>,
+    salt: Vec<u8>,
+    expected: Output,
+}
+
+impl StoredHash {
+    /// Decodes a PHC string as argon2 would to verify it.
+    fn parse(phc: &str) -> Result<StoredHash, String> {
+        let hash = PasswordHash::new(phc).map_err(|_| {
+            "password is not a password hash: store the output of `tej-hub passwd`, never a \
+             clear password"
+                .to_owned()
+        })?;
+        let algorithm = Algorithm::try_from(hash.algorithm)
+            .map_err(|_| format!("password hash uses {}, not argon2", hash.algorithm))?;
+        let version = hash
+            .version
+            .map(Version::try_from)
+            .transpose()
+            .map_err(|error| format!("argon2 version: {error}"))?
+            .unwrap_or_default();
+        let params =
+            Params::try_from(&hash).map_err(|error| format!("argon2 parameters: {error}"))?;
+        if params.m_cost() > MAX_MEMORY_COST_KIB {
+            return Err(format!(
+                "argon2 memory cost m={} KiB is above the hub's limit of {MAX_MEMORY_COST_KIB} KiB \
+                 (each checking thread keeps that much)",
+                params.m_cost()
+            ));
+        }
+        let mut salt = [0u8; 64];
+        let salt = hash
+            .salt
+            .ok_or("the hash has no salt")?
+            .decode_b64(&mut salt)
+            .map_err(|error| format!("salt: {error}"))?
+            .to_vec();
+        let expected = hash.hash.ok_or("the hash has no output")?;
+        Ok(StoredHash {
+            argon2: Argon2::new(algorithm, version, params),
+            salt,
+            expected,
+        })
+    }
+
+    /// The working memory a check needs, in blocks of 1 KiB.
+    fn blocks(&self) -> usize {
+        self.argon2.params().block_count()
+    }
+
+    /// Whether `password` hashes to the stored output, hashing in `memory` (grown if short).
+    fn matches(&self, password: &str, memory: &mut Vec<Block>) -> bool {
+        if memory.len() < self.blocks() {
+            memory.resize(self.blocks(), Block::default());
+        }
+        let mut out = [0u8; Output::MAX_LENGTH];
+        let out = &mut out[..self.expected.len()];
+        self.argon2
+            .hash_password_into_with_memory(password.as_bytes(), &self.salt, out, &mut memory[..])
+            .is_ok()
+            // `Output`'s comparison takes the same time wherever the outputs differ.
+            && Output::new(out).is_ok_and(|computed| computed == self.expected)
+    }
+}
+
 /// A configured user.
 struct User {
-    /// The PHC string, already checked to parse.
-    hash: String,
+    hash: StoredHash,
     permissions: Permissions,
 }
 
@@ -71,6 +149,11 @@ struct User {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot hash the password: {0}")]
 pub struct HashError(password_hash::Error);
+
+/// Too many password checks wait already: the `AUTH` is refused without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("auth busy")]
+pub struct AuthBusy;
 
 /// A connection that proved who it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +165,11 @@ pub struct Authenticated {
 }
 
 /// The users by name, shared with the checking threads.
-type Directory = HashMap<String, User>;
+struct Directory {
+    users: HashMap<String, User>,
+    /// The working memory of the costliest hash, in blocks: each checking thread's.
+    blocks: usize,
+}
 
 /// One password check for the checking threads.
 struct Check {
@@ -96,14 +183,14 @@ pub struct Users {
     users: Arc<Directory>,
     anonymous: Option<Permissions>,
     /// Where checks go; the threads start with the first one and end when this is dropped.
-    checks: OnceLock<mpsc::Sender<Check>>,
+    checks: OnceLock<mpsc::SyncSender<Check>>,
 }
 
 /// Names only: hashes are never shown.
 impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Users")
-            .field("names", &self.users.keys().collect::<Vec<_>>())
+            .field("names", &self.users.users.keys().collect::<Vec<_>>())
             .field("anonymous", &self.anonymous)
             .finish_non_exhaustive()
     }
@@ -114,7 +201,8 @@ impl Users {
     ///
     /// # Errors
     /// [`ConfigError::User`] naming the user whose password is not an argon2 PHC hash (a clear
-    /// password, say), whose code list is bad, or whose name is empty or given twice;
+    /// password, say) or one whose memory cost is above [`MAX_MEMORY_COST_KIB`], whose code list
+    /// is bad, or whose name is empty or given twice;
     /// [`ConfigError::Anonymous`] for a bad `[anonymous]` list, or an `[anonymous]` table without
     /// users.
     pub fn from_config(config: &HubConfig) -> Result<Option<Arc<Users>>, ConfigError> {
@@ -136,25 +224,10 @@ impl Users {
             if user.name.is_empty() || user.name.contains(|c: char| c.is_ascii_whitespace()) {
                 return Err(invalid("a name must be non-empty, without spaces".into()));
             }
-            let hash = PasswordHash::new(&user.password).map_err(|_| {
-                invalid(
-                    "password is not a password hash: store the output of `tej-hub passwd`, \
-                     never a clear password"
-                        .into(),
-                )
-            })?;
-            if !hash.algorithm.as_str().starts_with("argon2") {
-                return Err(invalid(format!(
-                    "password hash uses {}, not argon2",
-                    hash.algorithm
-                )));
-            }
+            let hash = StoredHash::parse(&user.password).map_err(invalid)?;
             let permissions =
                 Permissions::from_lists(&user.publish, &user.subscribe).map_err(invalid)?;
-            let entry = User {
-                hash: user.password.clone(),
-                permissions,
-            };
+            let entry = User { hash, permissions };
             if users.insert(user.name.clone(), entry).is_some() {
                 return Err(invalid("the name is given twice".into()));
             }
@@ -166,8 +239,12 @@ impl Users {
             ),
             None => None,
         };
+        let blocks = users.values().map(|user| user.hash.blocks()).max();
         Ok(Some(Arc::new(Users {
-            users: Arc::new(users),
+            users: Arc::new(Directory {
+                users,
+                blocks: blocks.unwrap_or(0),
+            }),
             anonymous,
             checks: OnceLock::new(),
         })))
@@ -180,55 +257,72 @@ impl Users {
 
     /// Whether `user` exists.
     pub fn contains(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.users.users.contains_key(user)
     }
 
-    /// Checks `password` for `user` on the checking threads; `None` for a wrong password or an
-    /// unknown user (which costs the same check).
-    pub async fn verify(&self, user: &str, password: &str) -> Option<Authenticated> {
+    /// Checks `password` for `user` on the checking threads; `Ok(None)` for a wrong password or
+    /// an unknown user (which costs the same check).
+    ///
+    /// # Errors
+    /// [`AuthBusy`] when [`WAITING_PER_THREAD`] checks per thread wait already.
+    pub async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<Authenticated>, AuthBusy> {
         let (answer, answered) = oneshot::channel();
         let check = Check {
             user: user.to_owned(),
             password: password.to_owned(),
             answer,
         };
-        self.checks
+        let queued = self
+            .checks
             .get_or_init(|| start_checkers(&self.users))
-            .send(check)
-            .ok()?;
-        answered.await.ok().flatten()
+            .try_send(check);
+        match queued {
+            Ok(()) => Ok(answered.await.ok().flatten()),
+            Err(mpsc::TrySendError::Full(_)) => Err(AuthBusy),
+            // No checking thread could start: nobody can be let in.
+            Err(mpsc::TrySendError::Disconnected(_)) => Ok(None),
+        }
     }
 
     /// The permissions of `user` now, for a session authenticated by other means (a client
     /// certificate).
     pub fn permissions(&self, user: &str) -> Option<Permissions> {
-        self.users.get(user).map(|entry| entry.permissions)
+        self.users.users.get(user).map(|entry| entry.permissions)
     }
 }
 
-/// Starts one checking thread per core; they end when the returned sender is dropped.
-fn start_checkers(users: &Arc<Directory>) -> mpsc::Sender<Check> {
-    let (send, receive) = mpsc::channel::<Check>();
-    let receive = Arc::new(Mutex::new(receive));
+/// Starts one checking thread per core, each with its own working memory; they end when the
+/// returned sender is dropped.
+fn start_checkers(users: &Arc<Directory>) -> mpsc::SyncSender<Check> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (send, receive) = mpsc::sync_channel::<Check>(threads * WAITING_PER_THREAD);
+    let receive = Arc::new(Mutex::new(receive));
     for n in 0..threads {
         let (users, receive) = (users.clone(), receive.clone());
         let started = std::thread::Builder::new()
             .name(format!("tej-hub-auth-{n}"))
-            .spawn(move || loop {
-                let next = receive
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recv();
-                let Ok(check) = next else {
-                    return;
-                };
-                // The connection gave up (closed, or out of time): spare the work.
-                if check.answer.is_closed() {
-                    continue;
+            .spawn(move || {
+                // Allocated once, reused by every check on this thread.
+                let mut memory = vec![Block::default(); users.blocks];
+                loop {
+                    let next = receive
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .recv();
+                    let Ok(check) = next else {
+                        return;
+                    };
+                    // The connection gave up (closed, or out of time): spare the work.
+                    if check.answer.is_closed() {
+                        continue;
+                    }
+                    let verdict = verify_password(&users, &check, &mut memory);
+                    let _ = check.answer.send(verdict);
                 }
-                let verdict = verify_password(&users, &check.user, &check.password);
-                let _ = check.answer.send(verdict);
             });
         if let Err(error) = started {
             tracing::error!(%error, "cannot start a password checking thread");
@@ -237,22 +331,23 @@ fn start_checkers(users: &Arc<Directory>) -> mpsc::Sender<Check> {
     send
 }
 
-/// The check itself (slow on purpose).
-fn verify_password(users: &Directory, user: &str, password: &str) -> Option<Authenticated> {
-    let known = users.get(user);
+/// The check itself (slow on purpose), hashing in the thread's `memory`.
+fn verify_password(
+    users: &Directory,
+    check: &Check,
+    memory: &mut Vec<Block>,
+) -> Option<Authenticated> {
+    let known = users.users.get(&check.user);
     // An unknown user is checked against any user's hash: the same work as a real check, and
     // the answer is no all the same.
     let hash = match known {
         Some(entry) => &entry.hash,
-        None => &users.values().next()?.hash,
+        None => &users.users.values().next()?.hash,
     };
-    let parsed = PasswordHash::new(hash).ok()?;
-    let matches = Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let matches = hash.matches(&check.password, memory);
     let entry = known.filter(|_| matches)?;
     Some(Authenticated {
-        user: user.to_owned(),
+        user: check.user.clone(),
         permissions: entry.permissions,
     })
 }
@@ -430,5 +525,128 @@ impl Access {
     /// Frames this connection published where it may not.
     pub(crate) fn denied_frames(&self) -> u64 {
         self.denied_frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::config::UserConfig;
+    use argon2::{AssociatedData, ParamsBuilder, PasswordVerifier};
+
+    /// `password` hashed with `algorithm`, `version` and `params`.
+    fn phc(password: &str, algorithm: Algorithm, version: Version, params: Params) -> String {
+        let salt = SaltString::encode_b64(b"a sixteen b salt").expect("a salt");
+        Argon2::new(algorithm, version, params)
+            .hash_password(password.as_bytes(), &salt)
+            .expect("hash")
+            .to_string()
+    }
+
+    /// Hashes of `right` with each kind of parameter a PHC string may carry.
+    fn hashes() -> Vec<String> {
+        let params = |m, t, p, out| Params::new(m, t, p, out).expect("parameters");
+        let with_data = ParamsBuilder::new()
+            .m_cost(16)
+            .t_cost(1)
+            .p_cost(1)
+            .data(AssociatedData::new(b"tej-hub").expect("data"))
+            .build()
+            .expect("parameters");
+        vec![
+            phc(
+                "right",
+                Algorithm::Argon2id,
+                Version::V0x13,
+                params(8, 1, 1, None),
+            ),
+            phc(
+                "right",
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::default(),
+            ),
+            phc(
+                "right",
+                Algorithm::Argon2i,
+                Version::V0x13,
+                params(64, 3, 4, Some(16)),
+            ),
+            phc(
+                "right",
+                Algorithm::Argon2d,
+                Version::V0x10,
+                params(32, 2, 2, Some(64)),
+            ),
+            phc("right", Algorithm::Argon2id, Version::V0x13, with_data),
+        ]
+    }
+
+    #[test]
+    fn checks_agree_with_argon2_for_every_parameter_set() {
+        let mut memory = Vec::new();
+        for hash in hashes() {
+            let stored = StoredHash::parse(&hash).expect("a valid hash");
+            let parsed = PasswordHash::new(&hash).expect("a PHC string");
+            for (password, right) in [("right", true), ("wrong", false), ("", false)] {
+                assert_eq!(stored.matches(password, &mut memory), right, "{hash}");
+                let theirs = Argon2::default().verify_password(password.as_bytes(), &parsed);
+                assert_eq!(theirs.is_ok(), right, "{hash}");
+            }
+        }
+        // One memory, grown to the largest cost and reused for the smaller ones.
+        assert_eq!(memory.len(), Params::DEFAULT_M_COST as usize);
+    }
+
+    #[test]
+    fn each_thread_gets_the_memory_of_the_costliest_hash() {
+        let user = |name: &str, m_cost| UserConfig {
+            name: name.into(),
+            password: phc(
+                "x",
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(m_cost, 1, 1, None).expect("parameters"),
+            ),
+            publish: None,
+            subscribe: None,
+        };
+        let config = HubConfig {
+            users: vec![user("a", 64), user("b", 1024), user("c", 8)],
+            ..HubConfig::default()
+        };
+        let users = Users::from_config(&config)
+            .expect("valid users")
+            .expect("users");
+        assert_eq!(users.users.blocks, 1024);
+    }
+
+    #[test]
+    fn hashes_beyond_the_memory_limit_or_without_salt_are_refused() {
+        let huge = phc(
+            "x",
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).expect("parameters"),
+        )
+        .replace("m=8,", &format!("m={},", MAX_MEMORY_COST_KIB + 1));
+        let error = StoredHash::parse(&huge).err().expect("refused");
+        assert!(
+            error.contains("above the hub's limit of 262144 KiB"),
+            "{error}"
+        );
+        let at_limit = huge.replace(
+            &format!("m={},", MAX_MEMORY_COST_KIB + 1),
+            &format!("m={MAX_MEMORY_COST_KIB},"),
+        );
+        assert!(StoredHash::parse(&at_limit).is_ok());
+        let no_output = "$argon2id$v=19$m=8,t=1,p=1$YSBzaXh0ZWVuIGIgc2FsdA";
+        assert_eq!(
+            StoredHash::parse(no_output).err(),
+            Some("the hash has no output".to_owned())
+        );
+        let scrypt = "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E";
+        let error = StoredHash::parse(scrypt).err().expect("refused");
+        assert!(error.contains("uses scrypt, not argon2"), "{error}");
     }
 }

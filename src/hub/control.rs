@@ -256,18 +256,13 @@ fn parse_item(token: &str) -> Result<CodeSet, ControlError> {
         return Ok(CodeSet::relayable());
     }
     let bad = || ControlError::BadCode { token: clip(token) };
-    let (start, end) = match token.split_once('-') {
-        Some((start, end)) => (
-            parse_code(start).ok_or_else(bad)?,
-            parse_code(end).ok_or_else(bad)?,
-        ),
-        None => {
-            let code = parse_code(token).ok_or_else(bad)?;
-            (code, code)
-        }
-    };
-    let start = to_code(start)?;
-    let end = to_code(end)?;
+    let (start, end) = token.split_once('-').unwrap_or((token, token));
+    let (start_value, end_value) = (
+        parse_code(start).ok_or_else(bad)?,
+        parse_code(end).ok_or_else(bad)?,
+    );
+    let start = to_code(start, start_value)?;
+    let end = to_code(end, end_value)?;
     if start > end {
         return Err(ControlError::ReversedRange { start, end });
     }
@@ -291,12 +286,13 @@ fn parse_code(digits: &str) -> Option<u64> {
     }))
 }
 
-/// `code` as a custom status code, or [`ControlError::CodeOutOfRange`].
-fn to_code(code: u64) -> Result<u8, ControlError> {
-    u8::try_from(code)
+/// `value` (parsed from `digits`) as a custom status code, or [`ControlError::CodeOutOfRange`]
+/// quoting `digits` as sent: the parsed value saturates, the client's text does not.
+fn to_code(digits: &str, value: u64) -> Result<u8, ControlError> {
+    u8::try_from(value)
         .ok()
         .filter(|c| *c <= Status::MAX)
-        .ok_or(ControlError::CodeOutOfRange { code })
+        .ok_or_else(|| ControlError::CodeOutOfRange { code: clip(digits) })
 }
 
 /// As much of `text` as shows in at most [`MAX_ECHOED`] characters once escaped for an error
@@ -637,11 +633,11 @@ pub enum ControlError {
         /// The reserved code, 2 or 127.
         code: u8,
     },
-    /// A code list has a number above 127 (numbers beyond `u64` show as `u64::MAX`).
+    /// A code list has a number above 127.
     #[error("code {code} out of range 0-127")]
     CodeOutOfRange {
-        /// The number, saturated at `u64::MAX`.
-        code: u64,
+        /// The number's digits as sent, cut to 32 characters.
+        code: String,
     },
     /// A code list has a range whose start is above its end.
     #[error("reversed range {start}-{end}")]
@@ -845,24 +841,35 @@ mod tests {
     fn list_out_of_range() {
         assert_eq!(
             "128".parse::<CodeSet>(),
-            Err(ControlError::CodeOutOfRange { code: 128 })
+            Err(ControlError::CodeOutOfRange { code: "128".into() })
         );
         assert_eq!(
             "5-300".parse::<CodeSet>(),
-            Err(ControlError::CodeOutOfRange { code: 300 })
+            Err(ControlError::CodeOutOfRange { code: "300".into() })
         );
         // Out of range is reported before reversed.
         assert_eq!(
             "300-5".parse::<CodeSet>(),
-            Err(ControlError::CodeOutOfRange { code: 300 })
+            Err(ControlError::CodeOutOfRange { code: "300".into() })
+        );
+        // The client's digits, not the parser's saturated u64 (18446744073709551615).
+        assert_eq!(
+            "99999999999999999999".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange {
+                code: "99999999999999999999".into()
+            })
         );
         assert_eq!(
-            "99999999999999999999999999999999".parse::<CodeSet>(),
-            Err(ControlError::CodeOutOfRange { code: u64::MAX })
+            "5-99999999999999999999999999999999999".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange {
+                code: format!("{}...", "9".repeat(32))
+            })
         );
         assert_eq!(
-            "18446744073709551615".parse::<CodeSet>(),
-            Err(ControlError::CodeOutOfRange { code: u64::MAX })
+            "18446744073709551616".parse::<CodeSet>(),
+            Err(ControlError::CodeOutOfRange {
+                code: "18446744073709551616".into()
+            })
         );
     }
 
@@ -909,7 +916,7 @@ mod tests {
         );
         assert_eq!(
             "* 128".parse::<CodeSet>(),
-            Err(ControlError::CodeOutOfRange { code: 128 })
+            Err(ControlError::CodeOutOfRange { code: "128".into() })
         );
     }
 
@@ -946,7 +953,7 @@ mod tests {
         );
         assert_eq!(
             parse("SUB 128"),
-            Err(ControlError::CodeOutOfRange { code: 128 })
+            Err(ControlError::CodeOutOfRange { code: "128".into() })
         );
         assert_eq!(
             parse("SUB 7-5"),
@@ -1199,7 +1206,7 @@ mod tests {
             ),
             (ControlError::ReservedCode { code: 2 }, "reserved code 2"),
             (
-                ControlError::CodeOutOfRange { code: 300 },
+                ControlError::CodeOutOfRange { code: "300".into() },
                 "code 300 out of range 0-127",
             ),
             (

@@ -78,9 +78,14 @@ impl ReadActivity {
 
     /// Starts the clocks afresh: a publisher the hub did not read is neither idle nor slow.
     fn restart_clocks(&self) {
-        let now = Instant::now();
-        self.last_read.set(now);
-        self.window_start.set(now);
+        self.last_read.set(Instant::now());
+        self.restart_window();
+    }
+
+    /// Starts a new minimum-rate window. The stall clock (`last_read`) is not touched: each
+    /// limit runs on its own, so a rate met in one window never postpones the stall timeout.
+    fn restart_window(&self) {
+        self.window_start.set(Instant::now());
         self.window_bytes.set(0);
     }
 }
@@ -189,6 +194,7 @@ enum Ending {
     WriteFailed,
     AuthRequired,
     AuthFailed,
+    AuthBusy,
     AuthTimeout,
     AuthRevoked,
 }
@@ -214,6 +220,7 @@ impl std::fmt::Display for Ending {
             Ending::WriteFailed => f.write_str("write failed"),
             Ending::AuthRequired => f.write_str("a frame before authenticating"),
             Ending::AuthFailed => f.write_str("auth failed"),
+            Ending::AuthBusy => f.write_str("too many password checks waiting"),
             Ending::AuthTimeout => f.write_str("no auth in time"),
             Ending::AuthRevoked => f.write_str("its user or access was removed by a reload"),
         }
@@ -461,7 +468,8 @@ impl Session {
 
     /// Checks an `AUTH` off this thread; no other frame of the session is handled meanwhile.
     /// Success: `OK AUTH <user>`, and the user's permissions apply (subscriptions they do not
-    /// cover are dropped). A wrong user or password: `ERR auth failed`, closed.
+    /// cover are dropped). A wrong user or password: `ERR auth failed`, closed. Too many checks
+    /// waiting already: `ERR auth busy`, closed, without a check.
     fn authenticate(&mut self, user: String, password: Password, ctx: &mut Context<Self>) {
         let users = match self.access.users_for_auth() {
             Ok(users) => users,
@@ -480,7 +488,7 @@ impl Session {
         };
         ctx.wait(check.into_actor(self).map(|(verified, user), session, ctx| {
             match verified {
-                Ok(Some(authenticated)) => {
+                Ok(Ok(Some(authenticated))) => {
                     info!(session = %session.id, peer = %session.peer, user = %authenticated.user, "authenticated");
                     let permissions = authenticated.permissions;
                     session.publisher.allow(permissions.publish);
@@ -490,10 +498,16 @@ impl Session {
                     let done = session.router.send(Unsubscribe { id, codes });
                     session.after_router(done, ack, ctx);
                 }
-                Ok(None) => {
+                Ok(Ok(None)) => {
                     session.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(session = %session.id, peer = %session.peer, user = %control::clip(&user), "auth failed");
                     session.end(Ending::AuthFailed, Some("auth failed".into()), ctx);
+                }
+                Ok(Err(busy)) => {
+                    // Not a failed password: nothing was checked. Debug only, so that a flood
+                    // does not flood the log too.
+                    debug!(session = %session.id, peer = %session.peer, "auth busy");
+                    session.end(Ending::AuthBusy, Some(busy.to_string()), ctx);
                 }
                 Err(_) => session.end(Ending::AuthTimeout, Some("auth timeout".into()), ctx),
             }
@@ -609,7 +623,7 @@ impl Session {
                     let reason = format!("sending below the minimum rate of {min_rate} bytes/s");
                     return self.end(Ending::TooSlowSender { rate }, Some(reason), ctx);
                 }
-                activity.restart_clocks();
+                activity.restart_window();
             }
         }
     }

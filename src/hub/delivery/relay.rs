@@ -80,6 +80,9 @@ pub struct RelayCodec {
     streaming: bool,
     /// Whether the buffer was grown past [`CHUNK`] to hold a whole frame.
     grown: bool,
+    /// Bytes of the current streamed frame already given out as pieces (for the count in
+    /// [`CodecError::Truncated`]: they are no longer in the buffer).
+    given: u64,
 }
 
 impl RelayCodec {
@@ -92,6 +95,7 @@ impl RelayCodec {
             status: None,
             streaming: false,
             grown: false,
+            given: 0,
         }
     }
 
@@ -102,6 +106,7 @@ impl RelayCodec {
         self.status = None;
         self.streaming = false;
         self.grown = false;
+        self.given = 0;
     }
 
     /// Whether part of a frame has been read.
@@ -123,9 +128,11 @@ impl RelayCodec {
     ) -> Piece {
         let bytes = src.split_to(self.scanned).freeze();
         self.scanned = 0;
+        self.given += bytes.len() as u64;
         if kind.ends_frame() {
             self.status = None;
             self.streaming = false;
+            self.given = 0;
             if std::mem::take(&mut self.grown) && !src.is_empty() {
                 // The grown buffer now holds this frame only.
                 let mut fresh = BytesMut::with_capacity(CHUNK.max(src.len()));
@@ -185,7 +192,7 @@ impl Decoder for RelayCodec {
             Some(piece) => Ok(Some(piece)),
             None if src.is_empty() && !self.streaming => Ok(None),
             None => {
-                let received = src.len() as u64;
+                let received = self.given + src.len() as u64;
                 src.clear();
                 self.reset();
                 Err(CodecError::Truncated { received })
@@ -366,9 +373,10 @@ mod tests {
         }
         // The head as soon as it announces a large frame, then what has arrived.
         assert_eq!(kinds, [PieceKind::First, PieceKind::Middle]);
+        // Counted from the frame's first byte, not from what is still buffered.
         assert!(matches!(
             codec.decode_eof(&mut src),
-            Err(CodecError::Truncated { .. })
+            Err(CodecError::Truncated { received: 5000 })
         ));
     }
 }

@@ -181,6 +181,8 @@ pub async fn run_announced(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Every accepted connection counts, whatever becomes of it.
+                    counters.connections.fetch_add(1, Ordering::Relaxed);
                     let loaded = state.loaded();
                     let slot = match admission.admit(peer.ip(), &counters, &loaded.config) {
                         Ok(slot) => slot,

@@ -12,8 +12,6 @@ mod pki;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use bytes::BytesMut;
 use serde_json::Value;
 use tej_hub::hub::config::{HubConfig, PermissionsConfig, UserConfig};
@@ -21,9 +19,9 @@ use tej_hub::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
 
-use http::get_async;
+use http::{get_async, num, parse_metrics};
 use hub_common::{
-    connect, connect_raw, connect_small_window, control, control_frame, encode,
+    cheap_hash, connect, connect_raw, connect_small_window, control, control_frame, encode,
     expect_err_and_close, info, read_until_closed, recv, reply_text, send, start_hub, status,
     stop_hub, subscribe, test_config, within, Conn, PATIENCE,
 };
@@ -115,24 +113,6 @@ fn moved(before: &Surfaces, after: &Surfaces, key: &str, by: u64) {
         moves, [by; 3],
         "{key} moved by {moves:?} (INFO, /varz, /metrics), not {by}: {b:?} -> {a:?}"
     );
-}
-
-/// The numeric field `key` of `json`.
-fn num(json: &Value, key: &str) -> u64 {
-    json[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
-}
-
-/// `/metrics` as a map from series (name with labels) to value.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// `count` frames on `code`, each with a `len`-byte message, as one buffer.
@@ -244,17 +224,6 @@ async fn frames_written_at_once_count_one_each_on_every_surface() {
     assert_eq!([a[0] - b[0], a[1] - b[1]], [N; 2], "code 7: {b:?} -> {a:?}");
     drop(slow);
     stop_hub(hub).await;
-}
-
-/// The argon2id hash of `password` with test-sized costs (256 KiB, one pass).
-fn cheap_hash(password: &str) -> String {
-    let params = Params::new(256, 1, 1, None).expect("argon2 test parameters");
-    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let salt = SaltString::encode_b64(b"tej-hub test salt").expect("a salt");
-    argon2
-        .hash_password(password.as_bytes(), &salt)
-        .expect("hash a test password")
-        .to_string()
 }
 
 /// bob, password `builder`, may publish on and subscribe to code 5.

@@ -7,7 +7,6 @@ mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use serde_json::Value;
 use tej_hub::hub::config::HubConfig;
 use tej_hub::Frame;
 
-use http::{get_async, request_async};
+use http::{get_async, num, parse_metrics, request_async};
 use hub_common::{
     connect, encode, info, recv, send, start_hub, status, stop_hub, subscribe, test_config, Conn,
 };
@@ -28,24 +27,6 @@ fn monitored() -> HubConfig {
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..test_config()
     }
-}
-
-/// The numeric field `key` of `json`.
-fn num(json: &Value, key: &str) -> u64 {
-    json[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
-}
-
-/// `/metrics` as a map from series (name with labels) to value.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ use crate::hub::control::CodeSet;
 use crate::hub::limits::IpSlot;
 use crate::hub::outbox::Outbox;
 use crate::hub::registry::{Registry, SessionId};
-use crate::hub::stats::{CodeCounters, Connections, CounterSnapshot};
+use crate::hub::stats::{CodeCounters, Connections, CounterSnapshot, EventCounts};
 use crate::hub::table::SubscriptionTable;
 
 /// Router → session: close the connection.
@@ -167,14 +167,16 @@ impl HubCounters {
         CounterSnapshot {
             connections: get(&self.connections),
             open_connections: get(&self.open),
-            unrouted_frames: get(&self.unrouted_frames),
-            slow_consumers: get(&self.slow_consumers),
-            dropped_frames: get(&self.dropped_frames),
-            denied_frames: get(&self.denied_frames),
-            auth_failures: get(&self.auth_failures),
-            refused_connections: get(&self.refused_connections),
-            tls_failures: get(&self.tls_failures),
-            cluster_dropped_frames: cluster.map_or(0, Cluster::dropped_frames),
+            events: EventCounts {
+                unrouted_frames: get(&self.unrouted_frames),
+                slow_consumers: get(&self.slow_consumers),
+                dropped_frames: get(&self.dropped_frames),
+                denied_frames: get(&self.denied_frames),
+                auth_failures: get(&self.auth_failures),
+                refused_connections: get(&self.refused_connections),
+                tls_failures: get(&self.tls_failures),
+                cluster_dropped_frames: cluster.map_or(0, Cluster::dropped_frames),
+            },
         }
     }
 }

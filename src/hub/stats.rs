@@ -149,15 +149,23 @@ impl CodeCounters {
     }
 }
 
-/// The hub-wide event counters at one moment, taken by `HubCounters::snapshot`: the one
-/// source of `INFO`'s `hub` object (serialized as is), `/varz` and `/metrics`, so the three
-/// cannot disagree on what they count.
+/// The hub-wide counters at one moment, taken by `HubCounters::snapshot`: the one source of
+/// `INFO`'s `hub` object (serialized as is), `/varz` and `/metrics`, so the three cannot disagree
+/// on what they count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct CounterSnapshot {
     /// TCP connections accepted since start (sessions, refused ones and failed TLS handshakes).
     pub connections: u64,
     /// Connections open now.
     pub open_connections: u64,
+    /// What happened to frames and connections, by the same keys everywhere.
+    #[serde(flatten)]
+    pub events: EventCounts,
+}
+
+/// The event counters of a [`CounterSnapshot`], with the keys `INFO`'s `hub` and `/varz` share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct EventCounts {
     /// Frames published on a code with no subscriber (here or on another hub).
     pub unrouted_frames: u64,
     /// Subscribers disconnected as slow consumers.

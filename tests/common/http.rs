@@ -98,3 +98,21 @@ pub async fn get_async(addr: SocketAddr, path: &str) -> Answer {
         .await
         .expect("the HTTP request thread")
 }
+
+/// The numeric field `key` of `json`.
+pub fn num(json: &serde_json::Value, key: &str) -> u64 {
+    json[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
+}
+
+/// `/metrics` text as a map from series (name with labels) to value.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}

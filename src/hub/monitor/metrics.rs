@@ -49,6 +49,14 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// Counters given as (name, help, value).
+fn counters(encoder: &mut DescriptorEncoder, list: &[(&str, &str, u64)]) -> std::fmt::Result {
+    for &(name, help, value) in list {
+        counter(encoder, name, help, value)?;
+    }
+    Ok(())
+}
+
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
@@ -72,7 +80,7 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
         "Other hubs this one sees.",
         signed(cluster.remote_hubs as u64),
     )?;
-    let counters: [(&str, &str, u64); 7] = [
+    let list: [(&str, &str, u64); 7] = [
         (
             "tej_hub_cluster_dropped_frames",
             "Frames that could not cross to other hubs, or were cut by a loss.",
@@ -109,10 +117,7 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
             cluster.bytes_in,
         ),
     ];
-    for (name, help, value) in counters {
-        counter(e, name, help, value)?;
-    }
-    Ok(())
+    counters(e, &list)
 }
 
 impl Collector for HubCollector {
@@ -133,7 +138,7 @@ impl Collector for HubCollector {
             "Bytes handed to subscribers, not yet written.",
             signed(totals.pending_bytes),
         )?;
-        let counters: [(&str, &str, u64); 12] = [
+        let list: [(&str, &str, u64); 12] = [
             (
                 "tej_hub_connections_accepted",
                 "TCP connections accepted since start (refused and failed TLS included).",
@@ -162,42 +167,40 @@ impl Collector for HubCollector {
             (
                 "tej_hub_slow_consumers",
                 "Subscribers disconnected as slow consumers.",
-                counts.slow_consumers,
+                counts.events.slow_consumers,
             ),
             (
                 "tej_hub_dropped_frames",
                 "Frames dropped for slow subscribers.",
-                counts.dropped_frames,
+                counts.events.dropped_frames,
             ),
             (
                 "tej_hub_unrouted_frames",
                 "Frames published on a code with no subscriber.",
-                counts.unrouted_frames,
+                counts.events.unrouted_frames,
             ),
             (
                 "tej_hub_denied_frames",
                 "Frames published on codes their publisher may not publish on.",
-                counts.denied_frames,
+                counts.events.denied_frames,
             ),
             (
                 "tej_hub_auth_failures",
                 "AUTHs refused for a wrong user or password.",
-                counts.auth_failures,
+                counts.events.auth_failures,
             ),
             (
                 "tej_hub_refused_connections",
                 "Connections refused by a connection limit.",
-                counts.refused_connections,
+                counts.events.refused_connections,
             ),
             (
                 "tej_hub_tls_failures",
                 "TLS handshakes that failed or timed out.",
-                counts.tls_failures,
+                counts.events.tls_failures,
             ),
         ];
-        for (name, help, value) in counters {
-            counter(e, name, help, value)?;
-        }
+        counters(e, &list)?;
         let rss = signed(super::views::rss_bytes());
         gauge(
             e,

@@ -11,7 +11,7 @@ use crate::hub::cluster::ClusterView;
 use crate::hub::config::LimitSettings;
 use crate::hub::ops::HubState;
 use crate::hub::outbox::Outbox;
-use crate::hub::stats::{CounterSnapshot, Totals, CODES};
+use crate::hub::stats::{CounterSnapshot, EventCounts, Totals, CODES};
 
 /// `GET /healthz`.
 #[derive(Debug, Serialize)]
@@ -45,20 +45,9 @@ pub(crate) struct Varz {
     pub bytes_out: u64,
     /// Bytes handed to subscribers and not yet written.
     pub pending_bytes: u64,
-    /// Frames published on a code with no subscriber.
-    pub unrouted_frames: u64,
-    /// Subscribers disconnected as slow consumers.
-    pub slow_consumers: u64,
-    /// Frames skipped for subscribers under `drop`.
-    pub dropped_frames: u64,
-    /// Frames published on codes their publisher may not publish on.
-    pub denied_frames: u64,
-    /// `AUTH`s refused for a wrong user or password.
-    pub auth_failures: u64,
-    /// Connections refused by `max-connections` or `max-connections-per-ip`.
-    pub refused_connections: u64,
-    /// TLS handshakes that failed or timed out.
-    pub tls_failures: u64,
+    /// The event counters, with the keys of `INFO`'s `hub`.
+    #[serde(flatten)]
+    pub events: EventCounts,
     /// The hub's resident memory (0 where `/proc` is not available).
     pub rss_bytes: u64,
     /// Whether the hub is draining.
@@ -69,8 +58,6 @@ pub(crate) struct Varz {
     pub config_loaded_at: String,
     /// The settings new sessions get, with the keys of `INFO`'s `limits`.
     pub limits: LimitSettings,
-    /// Frames that should have crossed to other hubs and could not (0 off a cluster).
-    pub cluster_dropped_frames: u64,
     /// The cluster link: its state, traffic and drops (`null` off a cluster; docs/cluster.md).
     pub cluster: Option<ClusterView>,
 }
@@ -233,19 +220,12 @@ impl HubState {
             bytes_in: totals.bytes_in,
             bytes_out: totals.bytes_out,
             pending_bytes: totals.pending_bytes,
-            unrouted_frames: counts.unrouted_frames,
-            slow_consumers: counts.slow_consumers,
-            dropped_frames: counts.dropped_frames,
-            denied_frames: counts.denied_frames,
-            auth_failures: counts.auth_failures,
-            refused_connections: counts.refused_connections,
-            tls_failures: counts.tls_failures,
+            events: counts.events,
             rss_bytes: rss_bytes(),
             draining: self.is_draining(),
             slow_consumer: loaded.config.slow_consumer.to_string(),
             config_loaded_at: rfc3339(loaded.at),
             limits: loaded.config.limit_settings(),
-            cluster_dropped_frames: counts.cluster_dropped_frames,
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
         }
     }

@@ -6,6 +6,8 @@
 mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
+#[path = "common/nats.rs"]
+mod nats;
 #[path = "common/pki.rs"]
 mod pki;
 
@@ -23,8 +25,9 @@ use http::{get_async, num, parse_metrics};
 use hub_common::{
     cheap_hash, connect, connect_raw, connect_small_window, control, control_frame, encode,
     expect_err_and_close, info, read_until_closed, recv, reply_text, send, start_hub, status,
-    stop_hub, subscribe, test_config, within, Conn, PATIENCE,
+    stop_hub, subscribe, test_config, within, BinHub, Conn, PATIENCE,
 };
+use nats::NatsServer;
 use pki::Pki;
 
 /// Frames in each run written at once.
@@ -326,4 +329,88 @@ async fn a_failed_tls_handshake_is_accepted_and_a_tls_failure() {
     assert_eq!(read().await, [1; 4], "/varz and /metrics after one failure");
     stop_hub(hub).await;
     drop(pki);
+}
+
+/// A `tej-hub serve --cluster` process named `name` on `nats`, with its monitoring address.
+fn cluster_hub(nats: &NatsServer, name: &str) -> (BinHub, SocketAddr) {
+    let url = nats.url();
+    let hub = BinHub::start(&[
+        "--cluster",
+        &url,
+        "--hub-name",
+        name,
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let web = hub.monitor_addr();
+    (hub, web)
+}
+
+/// Polls `/varz` at `web` until its `cluster` object satisfies `pred`, within [`PATIENCE`].
+async fn wait_cluster(web: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let varz = get_async(web, "/varz").await.json();
+        if pred(&varz["cluster"]) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "not {what}: {varz}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_at_once_count_one_each_across_the_cluster() {
+    let Some(mut nats) =
+        NatsServer::start("frames_written_at_once_count_one_each_across_the_cluster")
+    else {
+        return;
+    };
+    let (a, a_web) = cluster_hub(&nats, "a");
+    let (b, b_web) = cluster_hub(&nats, "b");
+    for web in [a_web, b_web] {
+        wait_cluster(web, "joined", |c| {
+            c["connected"] == true && c["remote_hubs"] == 1
+        })
+        .await;
+    }
+    let mut b_sub = connect(b.addr).await;
+    subscribe(&mut b_sub, "5", "5").await;
+    let b_sub_id = num(&info(&mut b_sub).await, "session");
+    // INFO on connections of their own, so that the subscriber's figures are the relay's only.
+    let mut a_pub = connect(a.addr).await;
+    let mut b_watch = connect(b.addr).await;
+    let before_a = Surfaces::read(&mut a_pub, a_web).await;
+    let before_b = Surfaces::read(&mut b_watch, b_web).await;
+    let reply = write_then_info(&mut a_pub, &run(5, N, 100)).await;
+    for _ in 0..N {
+        assert_eq!(recv(&mut b_sub).await.status.code(), 5);
+    }
+    let after_a = Surfaces::read_with(reply, a_web).await;
+    let after_b = Surfaces::read(&mut b_watch, b_web).await;
+    for (before, after, hub) in [(&before_a, &after_a, "a"), (&before_b, &after_b, "b")] {
+        moved(before, after, "unrouted_frames", 0);
+        moved(before, after, "cluster_dropped_frames", 0);
+        let (was, is) = (before.code_frames(5), after.code_frames(5));
+        assert_eq!(
+            [is[0] - was[0], is[1] - was[1]],
+            [N; 2],
+            "hub {hub}: code 5"
+        );
+    }
+    assert_eq!(
+        after_b.session(b_sub_id, "frames_out") - before_b.session(b_sub_id, "frames_out"),
+        N
+    );
+
+    // NATS gone: the frames hub b wants cannot cross, and each counts as dropped.
+    nats.kill();
+    wait_cluster(a_web, "disconnected", |c| c["connected"] == false).await;
+    let before = Surfaces::read(&mut a_pub, a_web).await;
+    let reply = write_then_info(&mut a_pub, &run(5, N, 100)).await;
+    let after = Surfaces::read_with(reply, a_web).await;
+    moved(&before, &after, "cluster_dropped_frames", N);
+    moved(&before, &after, "unrouted_frames", 0);
+    let cluster_dropped = |s: &Surfaces| num(&s.varz["cluster"], "dropped_frames");
+    assert_eq!(cluster_dropped(&after) - cluster_dropped(&before), N);
 }

@@ -2,10 +2,9 @@
 //! `/varz`, `/metrics`): frames read together in one piece count one each, every accepted TCP
 //! connection counts (refused and failed-TLS ones too), and the security counters reach all three.
 
-#[path = "common/http.rs"]
-mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
+// The cluster test's harness, which brings the HTTP client along (`nats::http`).
 #[path = "common/nats.rs"]
 mod nats;
 #[path = "common/pki.rs"]
@@ -21,12 +20,12 @@ use tej_hub::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
 
-use http::{get_async, num, parse_metrics};
 use hub_common::{
     cheap_hash, connect, connect_raw, connect_small_window, control, control_frame, encode,
     expect_err_and_close, info, read_until_closed, recv, reply_text, send, start_hub, status,
     stop_hub, subscribe, test_config, within, BinHub, Conn, PATIENCE,
 };
+use nats::http::{get_async, num, parse_metrics};
 use nats::NatsServer;
 use pki::Pki;
 

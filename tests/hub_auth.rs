@@ -17,21 +17,10 @@ use tej_hub::hub::config::{HubConfig, PermissionsConfig, UserConfig};
 use tej_hub::Frame;
 
 use hub_common::{
-    connect, control, expect_err_and_close, expect_silence, info, pattern, recv, send, start_hub,
-    status, stop_hub, subscribe, test_config, within, Conn, MIB, PATIENCE,
+    cheap_hash, connect, control, expect_err_and_close, expect_silence, info, pattern, recv, send,
+    start_hub, status, stop_hub, subscribe, test_config, within, Conn, MIB, PATIENCE,
 };
 use python::PyPeer;
-
-/// The argon2id hash of `password` with test-sized costs (256 KiB, one pass).
-fn cheap_hash(password: &str) -> String {
-    let params = Params::new(256, 1, 1, None).expect("argon2 test parameters");
-    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let salt = SaltString::encode_b64(b"tej-hub test salt").expect("a salt");
-    argon2
-        .hash_password(password.as_bytes(), &salt)
-        .expect("hash a test password")
-        .to_string()
-}
 
 fn user(name: &str, password: &str, publish: Option<&str>, subscribe: Option<&str>) -> UserConfig {
     UserConfig {

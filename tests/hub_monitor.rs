@@ -7,7 +7,6 @@ mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use serde_json::Value;
 use tej_hub::hub::config::HubConfig;
 use tej_hub::Frame;
 
-use http::get_async;
+use http::{get_async, num, parse_metrics, request_async};
 use hub_common::{
     connect, encode, info, recv, send, start_hub, status, stop_hub, subscribe, test_config, Conn,
 };
@@ -28,24 +27,6 @@ fn monitored() -> HubConfig {
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..test_config()
     }
-}
-
-/// The numeric field `key` of `json`.
-fn num(json: &Value, key: &str) -> u64 {
-    json[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
-}
-
-/// `/metrics` as a map from series (name with labels) to value.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,6 +281,84 @@ async fn bad_queries_are_400_and_unknown_paths_404() {
     let missing = get_async(web, "/nothing/here").await;
     assert_eq!(missing.status, 404);
     assert!(missing.json()["error"].is_string());
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_path_with_another_method_is_405_with_allow_get() {
+    let hub = start_hub(monitored());
+    let web = hub.monitor_addr().expect("the monitoring address");
+    for (method, path) in [
+        ("POST", "/varz"),
+        ("DELETE", "/connz"),
+        ("PUT", "/metrics"),
+        ("POST", "/healthz"),
+        ("PATCH", "/subsz"),
+        ("POST", "/"),
+    ] {
+        let answer = request_async(web, method, path).await;
+        assert_eq!(answer.status, 405, "{method} {path}: {answer:?}");
+        assert_eq!(answer.header("allow"), Some("GET"), "{method} {path}");
+        assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+        let error = answer.json()["error"].as_str().unwrap_or("").to_owned();
+        assert_eq!(error, format!("{path} answers GET only, not {method}"));
+    }
+    // The endpoints still answer GET, and an unknown path is 404 whatever the method.
+    assert_eq!(get_async(web, "/varz").await.status, 200);
+    let unknown = request_async(web, "POST", "/nothing").await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert!(unknown.header("allow").is_none());
+    stop_hub(hub).await;
+}
+
+/// The `error` of a JSON error answer with `status` to `query`.
+fn json_error(query: &str, answer: &http::Answer, status: u16) -> String {
+    assert_eq!(answer.status, status, "{query}: {answer:?}");
+    assert_eq!(
+        answer.content_type.as_deref(),
+        Some("application/json"),
+        "{query}: {answer:?}"
+    );
+    answer.json()["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{query}: no error message"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_given_twice_is_a_json_400() {
+    let hub = start_hub(monitored());
+    let web = hub.monitor_addr().expect("the monitoring address");
+    for query in [
+        "/connz?limit=1&limit=2",
+        "/connz?sort=session&sort=frames_in",
+        "/connz?offset=1&offset=1",
+    ] {
+        let error = json_error(query, &get_async(web, query).await, 400);
+        assert!(error.contains("duplicate field"), "{query}: {error}");
+    }
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoed_values_are_clipped_to_32_characters() {
+    let hub = start_hub(monitored());
+    let web = hub.monitor_addr().expect("the monitoring address");
+    // Values from the request come back clipped to 32 characters, as on the control channel.
+    let long = "9".repeat(5000);
+    for (query, status) in [
+        (format!("/connz?offset={long}"), 400),
+        (format!("/connz?limit={long}"), 400),
+        (format!("/connz?sort={long}"), 400),
+        (format!("/{long}"), 404),
+    ] {
+        let answer = get_async(web, &query).await;
+        let error = json_error(&query[..20], &answer, status);
+        // 32 characters of the value (of the path: its '/' and 31 digits).
+        assert!(error.contains(&"9".repeat(31)), "{error}");
+        assert!(!error.contains(&"9".repeat(33)), "not clipped: {error}");
+        assert!(answer.body.len() < 200, "{} bytes", answer.body.len());
+    }
     stop_hub(hub).await;
 }
 

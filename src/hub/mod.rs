@@ -187,6 +187,8 @@ pub async fn run_announced(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Every accepted connection counts, whatever becomes of it.
+                    counters.connections.fetch_add(1, Ordering::Relaxed);
                     let loaded = state.loaded();
                     let slot = match admission.admit(peer.ip(), &counters, &loaded.config) {
                         Ok(slot) => slot,
@@ -301,7 +303,10 @@ fn hand_over(
             Ok(accepted) => accepted,
             Err(error) => {
                 hub.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
-                return warn!(%peer, %error, "TLS connection refused");
+                // The hub's one line for it (rustls's own are silenced by default): what the
+                // client sent may show in the reason, so it is escaped.
+                let error = error.to_string();
+                return warn!(%peer, error = %error.escape_debug(), "TLS connection refused");
             }
         };
         let user = match certified {
@@ -311,7 +316,11 @@ fn hand_over(
                     user: name,
                     permissions,
                 }),
-                None => return warn!(%peer, user = %control::clip(&name), "client certificate names no user"),
+                None => {
+                    // The CN is the client's text: clipped and escaped.
+                    let user = control::clip(&name);
+                    return warn!(%peer, user = %user.escape_debug(), "client certificate names no user");
+                }
             },
         };
         Session::start(id, transport, peer, hub, user, open);

@@ -30,7 +30,7 @@ use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::ops::counters::{CodeCounters, Connections};
+use crate::hub::ops::counters::{CodeCounters, Connections, CounterSnapshot, EventCounts};
 use crate::hub::registry::{Registry, SessionId};
 
 /// Router → session: close the connection.
@@ -140,7 +140,8 @@ pub(crate) struct HubCounters {
     pub slow_consumers: AtomicU64,
     /// Frames skipped for subscribers under the `drop` policy.
     pub dropped_frames: AtomicU64,
-    /// Connections accepted since start.
+    /// TCP connections accepted since start: every one the listener accepted, whether it then
+    /// became a session, was refused by a connection limit or failed its TLS handshake.
     pub connections: AtomicU64,
     /// Connections whose socket is still open (the writer has not ended).
     pub open: AtomicU64,
@@ -158,6 +159,28 @@ pub(crate) struct HubCounters {
     pub codes: CodeCounters,
 }
 
+impl HubCounters {
+    /// The hub-wide counters as they are now: what `INFO`, `/varz` and `/metrics` all show, with
+    /// the cluster's drops (0 off a cluster).
+    pub(crate) fn snapshot(&self, cluster: Option<&Cluster>) -> CounterSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CounterSnapshot {
+            connections: get(&self.connections),
+            open_connections: get(&self.open),
+            events: EventCounts {
+                unrouted_frames: get(&self.unrouted_frames),
+                slow_consumers: get(&self.slow_consumers),
+                dropped_frames: get(&self.dropped_frames),
+                denied_frames: get(&self.denied_frames),
+                auth_failures: get(&self.auth_failures),
+                refused_connections: get(&self.refused_connections),
+                tls_failures: get(&self.tls_failures),
+                cluster_dropped_frames: cluster.map_or(0, Cluster::dropped_frames),
+            },
+        }
+    }
+}
+
 /// Counts one open connection in [`HubCounters`] (and in its address's count, under a per-address
 /// limit) from accept until its socket is closed (dropped by the session's writer), so shutdown
 /// can wait for flushes to finish.
@@ -168,9 +191,8 @@ pub(crate) struct OpenConnection {
 }
 
 impl OpenConnection {
-    /// Counts a newly accepted connection.
+    /// Counts a newly admitted connection as open.
     pub(crate) fn new(counters: Arc<HubCounters>, slot: Option<IpSlot>) -> OpenConnection {
-        counters.connections.fetch_add(1, Ordering::Relaxed);
         counters.open.fetch_add(1, Ordering::AcqRel);
         OpenConnection {
             counters,

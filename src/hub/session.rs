@@ -564,18 +564,7 @@ impl Session {
                 "frames_out": self.outbox.frames_out(),
                 "bytes_out": self.outbox.bytes_out(),
             },
-            "hub": {
-                "connections": hub.connections.load(Ordering::Relaxed),
-                "open_connections": hub.open.load(Ordering::Relaxed),
-                "unrouted_frames": hub.unrouted_frames.load(Ordering::Relaxed),
-                "slow_consumers": hub.slow_consumers.load(Ordering::Relaxed),
-                "dropped_frames": hub.dropped_frames.load(Ordering::Relaxed),
-                "denied_frames": hub.denied_frames.load(Ordering::Relaxed),
-                "auth_failures": hub.auth_failures.load(Ordering::Relaxed),
-                "refused_connections": hub.refused_connections.load(Ordering::Relaxed),
-                "tls_failures": hub.tls_failures.load(Ordering::Relaxed),
-                "cluster_dropped_frames": self.cluster.as_ref().map_or(0, |cluster| cluster.dropped_frames()),
-            },
+            "hub": hub.snapshot(self.cluster.as_deref()),
             "cluster": self.cluster.as_ref().map(|cluster| cluster.view()),
         })
         .to_string()

@@ -449,3 +449,16 @@ pub fn passwd(password: &str) -> std::process::Output {
         .expect("write the password");
     child.wait_with_output().expect("tej-hub passwd's output")
 }
+
+/// The argon2id hash of `password` with test-sized costs (256 KiB, one pass).
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    let params = Params::new(256, 1, 1, None).expect("argon2 test parameters");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"tej-hub test salt").expect("a salt");
+    argon2
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash a test password")
+        .to_string()
+}

@@ -9,6 +9,7 @@ use tej_hub::hub::config::{HubConfig, LogFormat};
 use tej_hub::hub::control::SlowPolicy;
 use tej_hub::hub::Operation;
 use tokio::sync::mpsc::UnboundedSender;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -177,18 +178,43 @@ impl Serve {
 /// Where a reload changes the log filter.
 type LogFilter = reload::Handle<EnvFilter, Registry>;
 
+/// Crates whose own log lines are about what a client sent: actix-http's HTTP/1 dispatcher
+/// (malformed requests on the monitoring port, at `error`) and rustls (a bad handshake, at `warn`,
+/// quoting the client's bytes; the hub logs one line per failed handshake itself). A client's
+/// mistakes belong at `debug`: these are silenced unless the filter asks for `debug` or names the
+/// crate.
+const CLIENT_NOISE: [(&str, &str); 2] = [("actix_http", "actix_http::h1"), ("rustls", "rustls")];
+
 /// The log filter `config` asks for: its `log-level`, else `RUST_LOG`, else `info` (the NATS
-/// client's own lines from `warn`).
+/// client's own lines from `warn`), without [`CLIENT_NOISE`].
 fn log_filter(config: &HubConfig) -> EnvFilter {
     // The NATS client logs every event at info; the cluster's own lines say what matters.
-    let from_env = || {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"))
-    };
-    match &config.log_level {
-        // Checked by HubConfig::validate.
-        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| from_env()),
-        None => from_env(),
+    const DEFAULT: &str = "info,async_nats=warn";
+    let text = config
+        .log_level
+        .clone()
+        .or_else(|| std::env::var(EnvFilter::DEFAULT_ENV).ok())
+        .filter(|text| EnvFilter::try_new(text).is_ok())
+        .unwrap_or_else(|| DEFAULT.to_owned());
+    let mut filter = EnvFilter::new(&text);
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    // The level for every target without a directive of its own.
+    let debugging = directives.iter().any(|directive| {
+        directive
+            .parse::<LevelFilter>()
+            .is_ok_and(|level| level >= LevelFilter::DEBUG)
+    });
+    for (name, target) in CLIENT_NOISE {
+        let named = directives
+            .iter()
+            .any(|directive| directive.starts_with(name));
+        if !debugging && !named {
+            if let Ok(off) = format!("{target}=off").parse() {
+                filter = filter.add_directive(off);
+            }
+        }
     }
+    filter
 }
 
 fn init_logs(config: &HubConfig) -> LogFilter {
@@ -325,5 +351,33 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
             eprintln!("tej-hub: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(level: &str) -> String {
+        log_filter(&HubConfig {
+            log_level: Some(level.into()),
+            ..HubConfig::default()
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn client_noise_is_off_below_debug_unless_named() {
+        let quiet = filter("info");
+        assert!(quiet.contains("actix_http::h1=off"), "{quiet}");
+        assert!(quiet.contains("rustls=off"), "{quiet}");
+        // Named by the user: theirs stands.
+        let named = filter("info,actix_http=debug");
+        assert!(!named.contains("actix_http::h1=off"), "{named}");
+        assert!(named.contains("rustls=off"), "{named}");
+        // Debugging: a client's mistakes are wanted.
+        let debugging = filter("debug");
+        assert!(!debugging.contains("=off"), "{debugging}");
+        assert!(filter("warn,tej_hub=trace").contains("rustls=off"));
     }
 }

@@ -289,7 +289,7 @@ impl Outbox {
             match wire.policy {
                 SlowPolicy::Block => {}
                 SlowPolicy::Drop if piece.kind.starts_frame() => {
-                    self.count_drop(from, piece.frames.max(1));
+                    self.count_drop(from, piece.frames_begun());
                     return Offer::Skipped;
                 }
                 // A frame begun on the wire cannot be dropped in part.

@@ -116,12 +116,13 @@ impl Publisher {
         match piece.kind {
             PieceKind::Whole | PieceKind::First if !self.allowed.contains(piece.status) => {
                 self.denying = piece.kind == PieceKind::First;
+                let frames = u64::from(piece.frames_begun());
                 self.counters
                     .denied_frames
-                    .fetch_add(u64::from(piece.frames.max(1)), Ordering::Relaxed);
+                    .fetch_add(frames, Ordering::Relaxed);
                 return Err(Denied {
                     status: piece.status,
-                    frames: u64::from(piece.frames.max(1)),
+                    frames,
                 });
             }
             PieceKind::Middle | PieceKind::Last if self.denying => {
@@ -191,9 +192,10 @@ impl Publisher {
             }
         }
         if !routed {
+            // Per frame: a run of small frames read together is one piece.
             self.counters
                 .unrouted_frames
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(u64::from(piece.frames_begun()), Ordering::Relaxed);
             trace!(session = %self.id, status = %piece.status, "publication without subscribers");
         }
     }

@@ -67,6 +67,19 @@ pub struct Piece {
     pub bytes: Bytes,
 }
 
+impl Piece {
+    /// How many frames begin in this piece: a run's length, 1 for a streamed frame's first
+    /// piece, else 0. What a frame-counting decision taken at a frame's start (denied, unrouted,
+    /// dropped) counts.
+    pub fn frames_begun(&self) -> u32 {
+        match self.kind {
+            PieceKind::Whole => self.frames.max(1),
+            PieceKind::First => 1,
+            PieceKind::Middle | PieceKind::Last => 0,
+        }
+    }
+}
+
 /// Decodes a connection's bytes into [`Piece`]s; see the module documentation.
 #[derive(Debug)]
 pub struct RelayCodec {

@@ -149,6 +149,41 @@ impl CodeCounters {
     }
 }
 
+/// The hub-wide counters at one moment, taken by `HubCounters::snapshot`: the one source of
+/// `INFO`'s `hub` object (serialized as is), `/varz` and `/metrics`, so the three cannot disagree
+/// on what they count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct CounterSnapshot {
+    /// TCP connections accepted since start (sessions, refused ones and failed TLS handshakes).
+    pub connections: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// What happened to frames and connections, by the same keys everywhere.
+    #[serde(flatten)]
+    pub events: EventCounts,
+}
+
+/// The event counters of a [`CounterSnapshot`], with the keys `INFO`'s `hub` and `/varz` share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct EventCounts {
+    /// Frames published on a code with no subscriber (here or on another hub).
+    pub unrouted_frames: u64,
+    /// Subscribers disconnected as slow consumers.
+    pub slow_consumers: u64,
+    /// Frames skipped for subscribers under `drop`.
+    pub dropped_frames: u64,
+    /// Frames published on codes their publisher may not publish on.
+    pub denied_frames: u64,
+    /// `AUTH`s refused for a wrong user or password.
+    pub auth_failures: u64,
+    /// Connections refused by `max-connections` or `max-connections-per-ip`.
+    pub refused_connections: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: u64,
+    /// Frames that should have crossed to other hubs and could not (0 off a cluster).
+    pub cluster_dropped_frames: u64,
+}
+
 /// Hub-wide traffic totals, as summed by [`Connections::totals`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Totals {

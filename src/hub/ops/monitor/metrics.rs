@@ -3,7 +3,6 @@
 //! incremented, per session and per code, and summed here), so counting costs the data path
 //! nothing beyond its own atomics. Names are prefixed `tej_hub_`; counters get `_total`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
@@ -50,6 +49,14 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// Counters given as (name, help, value).
+fn counters(encoder: &mut DescriptorEncoder, list: &[(&str, &str, u64)]) -> std::fmt::Result {
+    for &(name, help, value) in list {
+        counter(encoder, name, help, value)?;
+    }
+    Ok(())
+}
+
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
@@ -73,7 +80,7 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
         "Other hubs this one sees.",
         signed(cluster.remote_hubs as u64),
     )?;
-    let counters: [(&str, &str, u64); 7] = [
+    let list: [(&str, &str, u64); 7] = [
         (
             "tej_hub_cluster_dropped_frames",
             "Frames that could not cross to other hubs, or were cut by a loss.",
@@ -110,84 +117,90 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
             cluster.bytes_in,
         ),
     ];
-    for (name, help, value) in counters {
-        counter(e, name, help, value)?;
-    }
-    Ok(())
+    counters(e, &list)
 }
 
 impl Collector for HubCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let state = &self.state;
-        let hub = &state.counters;
+        let counts = state.counts();
         let totals = state.totals();
         let e = &mut encoder;
-        let open = hub.open.load(Ordering::Relaxed);
         gauge(
             e,
             "tej_hub_connections",
             "Connections open now.",
-            signed(open),
+            signed(counts.open_connections),
         )?;
-        let accepted = hub.connections.load(Ordering::Relaxed);
-        counter(
-            e,
-            "tej_hub_connections_accepted",
-            "Connections accepted since start.",
-            accepted,
-        )?;
-        counter(
-            e,
-            "tej_hub_frames_in",
-            "Frames read from peers.",
-            totals.frames_in,
-        )?;
-        counter(
-            e,
-            "tej_hub_frames_out",
-            "Frames written to peers.",
-            totals.frames_out,
-        )?;
-        counter(
-            e,
-            "tej_hub_bytes_in",
-            "Bytes read from peers.",
-            totals.bytes_in,
-        )?;
-        counter(
-            e,
-            "tej_hub_bytes_out",
-            "Bytes written to peers.",
-            totals.bytes_out,
-        )?;
-        let pending = signed(totals.pending_bytes);
         gauge(
             e,
             "tej_hub_pending_bytes",
             "Bytes handed to subscribers, not yet written.",
-            pending,
+            signed(totals.pending_bytes),
         )?;
-        let slow = hub.slow_consumers.load(Ordering::Relaxed);
-        counter(
-            e,
-            "tej_hub_slow_consumers",
-            "Subscribers disconnected as slow consumers.",
-            slow,
-        )?;
-        let dropped = hub.dropped_frames.load(Ordering::Relaxed);
-        counter(
-            e,
-            "tej_hub_dropped_frames",
-            "Frames dropped for slow subscribers.",
-            dropped,
-        )?;
-        let unrouted = hub.unrouted_frames.load(Ordering::Relaxed);
-        counter(
-            e,
-            "tej_hub_unrouted_frames",
-            "Publications without a subscriber.",
-            unrouted,
-        )?;
+        let list: [(&str, &str, u64); 12] = [
+            (
+                "tej_hub_connections_accepted",
+                "TCP connections accepted since start (refused and failed TLS included).",
+                counts.connections,
+            ),
+            (
+                "tej_hub_frames_in",
+                "Frames read from peers.",
+                totals.frames_in,
+            ),
+            (
+                "tej_hub_frames_out",
+                "Frames written to peers.",
+                totals.frames_out,
+            ),
+            (
+                "tej_hub_bytes_in",
+                "Bytes read from peers.",
+                totals.bytes_in,
+            ),
+            (
+                "tej_hub_bytes_out",
+                "Bytes written to peers.",
+                totals.bytes_out,
+            ),
+            (
+                "tej_hub_slow_consumers",
+                "Subscribers disconnected as slow consumers.",
+                counts.events.slow_consumers,
+            ),
+            (
+                "tej_hub_dropped_frames",
+                "Frames dropped for slow subscribers.",
+                counts.events.dropped_frames,
+            ),
+            (
+                "tej_hub_unrouted_frames",
+                "Frames published on a code with no subscriber.",
+                counts.events.unrouted_frames,
+            ),
+            (
+                "tej_hub_denied_frames",
+                "Frames published on codes their publisher may not publish on.",
+                counts.events.denied_frames,
+            ),
+            (
+                "tej_hub_auth_failures",
+                "AUTHs refused for a wrong user or password.",
+                counts.events.auth_failures,
+            ),
+            (
+                "tej_hub_refused_connections",
+                "Connections refused by a connection limit.",
+                counts.events.refused_connections,
+            ),
+            (
+                "tej_hub_tls_failures",
+                "TLS handshakes that failed or timed out.",
+                counts.events.tls_failures,
+            ),
+        ];
+        counters(e, &list)?;
         let rss = signed(super::views::rss_bytes());
         gauge(
             e,

@@ -8,6 +8,10 @@
 //! - `GET /`: the live dashboard, a self-contained page (`dashboard.html`, `dashboard.js`) served
 //!   from the binary.
 //!
+//! Every error is JSON (`{"error": ...}`): 404 for an unknown path, 405 (with `Allow: GET`) for a
+//! known path asked with another method, 400 for a bad query. Values from the request are echoed
+//! clipped, as the control channel clips them.
+//!
 //! docs/operations.md documents every endpoint with examples.
 
 mod metrics;
@@ -17,12 +21,14 @@ use std::io;
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use actix_web::http::header::ContentType;
+use actix_web::error::QueryPayloadError;
+use actix_web::http::header::{self, ContentType};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, Resource, ResponseError, Route};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::hub::control::clip;
 use crate::hub::ops::HubState;
 use views::{Connz, Health, SORT_FIELDS};
 
@@ -51,12 +57,36 @@ pub(crate) enum MonitorError {
         /// What was given.
         value: String,
     },
+    /// The query string cannot be read as the endpoint's parameters (a parameter given twice).
+    #[error("bad query: {reason}")]
+    BadQuery {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No endpoint at this path.
     #[error("no such endpoint: {path}")]
     NotFound {
         /// The path asked for.
         path: String,
     },
+    /// The endpoint exists, and answers `GET` only.
+    #[error("{path} answers GET only, not {method}")]
+    MethodNotAllowed {
+        /// The method asked with.
+        method: String,
+        /// The endpoint's path.
+        path: String,
+    },
+}
+
+impl MonitorError {
+    /// `MethodNotAllowed` for `request`, its method and path clipped.
+    fn method_not_allowed(request: &HttpRequest) -> MonitorError {
+        MonitorError::MethodNotAllowed {
+            method: clip(request.method().as_str()),
+            path: clip(request.path()),
+        }
+    }
 }
 
 /// The body of every error answer.
@@ -69,12 +99,19 @@ impl ResponseError for MonitorError {
     fn status_code(&self) -> StatusCode {
         match self {
             MonitorError::NotFound { .. } => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
+            MonitorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            MonitorError::NotANumber { .. }
+            | MonitorError::UnknownSortField { .. }
+            | MonitorError::BadQuery { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if let MonitorError::MethodNotAllowed { .. } = self {
+            response.insert_header((header::ALLOW, "GET"));
+        }
+        response.json(ErrorBody {
             error: self.to_string(),
         })
     }
@@ -93,13 +130,14 @@ pub(crate) fn start(
         App::new()
             .app_data(state.clone())
             .app_data(registry.clone())
-            .route("/", web::get().to(dashboard))
-            .route("/dashboard.js", web::get().to(dashboard_js))
-            .route("/healthz", web::get().to(healthz))
-            .route("/varz", web::get().to(varz))
-            .route("/connz", web::get().to(connz))
-            .route("/subsz", web::get().to(subsz))
-            .route("/metrics", web::get().to(metrics::scrape))
+            .app_data(web::QueryConfig::default().error_handler(bad_query))
+            .service(get_only("/", web::get().to(dashboard)))
+            .service(get_only("/dashboard.js", web::get().to(dashboard_js)))
+            .service(get_only("/healthz", web::get().to(healthz)))
+            .service(get_only("/varz", web::get().to(varz)))
+            .service(get_only("/connz", web::get().to(connz)))
+            .service(get_only("/subsz", web::get().to(subsz)))
+            .service(get_only("/metrics", web::get().to(metrics::scrape)))
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -112,6 +150,28 @@ pub(crate) fn start(
     actix_rt::spawn(server);
     info!(http = %addr, "monitoring listener started");
     Ok(handle)
+}
+
+/// Endpoint `path`, served by `get`; any other method is answered 405.
+fn get_only(path: &str, get: Route) -> Resource {
+    web::resource(path)
+        .route(get)
+        .default_service(web::to(|request: HttpRequest| async move {
+            Err::<HttpResponse, _>(MonitorError::method_not_allowed(&request))
+        }))
+}
+
+/// A query actix cannot read into the endpoint's parameters: 400 with the JSON body, serde's
+/// reason clipped.
+fn bad_query(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let reason = match &error {
+        QueryPayloadError::Deserialize(error) => error.to_string(),
+        _ => error.to_string(),
+    };
+    MonitorError::BadQuery {
+        reason: clip(&reason),
+    }
+    .into()
 }
 
 async fn dashboard() -> HttpResponse {
@@ -156,7 +216,7 @@ fn number(
         None => Ok(default),
         Some(value) => value.parse().map_err(|_| MonitorError::NotANumber {
             param,
-            value: value.clone(),
+            value: clip(value),
         }),
     }
 }
@@ -169,9 +229,7 @@ async fn connz(
     let limit = number("limit", query.limit.as_ref(), CONNZ_LIMIT)?;
     let sort = match &query.sort {
         Some(field) if !SORT_FIELDS.contains(&field.as_str()) => {
-            return Err(MonitorError::UnknownSortField {
-                value: field.clone(),
-            })
+            return Err(MonitorError::UnknownSortField { value: clip(field) })
         }
         sort => sort.clone(),
     };
@@ -194,8 +252,8 @@ async fn subsz(state: web::Data<HubState>) -> HttpResponse {
     HttpResponse::Ok().json(state.subsz())
 }
 
-async fn not_found(request: actix_web::HttpRequest) -> Result<HttpResponse, MonitorError> {
+async fn not_found(request: HttpRequest) -> Result<HttpResponse, MonitorError> {
     Err(MonitorError::NotFound {
-        path: request.path().to_owned(),
+        path: clip(request.path()),
     })
 }

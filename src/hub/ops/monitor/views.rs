@@ -2,7 +2,6 @@
 //! endpoint's documentation), and how each is gathered from the running hub. `/metrics` reads the
 //! same figures.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -11,7 +10,7 @@ use crate::frame::Status;
 use crate::hub::cluster::ClusterView;
 use crate::hub::config::LimitSettings;
 use crate::hub::delivery::outbox::Outbox;
-use crate::hub::ops::counters::{Totals, CODES};
+use crate::hub::ops::counters::{CounterSnapshot, EventCounts, Totals, CODES};
 use crate::hub::ops::HubState;
 
 /// `GET /healthz`.
@@ -34,7 +33,7 @@ pub(crate) struct Varz {
     pub listen: String,
     /// Connections open now.
     pub connections: u64,
-    /// Connections accepted since start.
+    /// TCP connections accepted since start (sessions, refused ones and failed TLS handshakes).
     pub total_connections: u64,
     /// Frames read from peers (control frames and pings included).
     pub frames_in: u64,
@@ -46,12 +45,9 @@ pub(crate) struct Varz {
     pub bytes_out: u64,
     /// Bytes handed to subscribers and not yet written.
     pub pending_bytes: u64,
-    /// Publications that had no subscriber.
-    pub unrouted_frames: u64,
-    /// Subscribers disconnected as slow consumers.
-    pub slow_consumers: u64,
-    /// Frames skipped for subscribers under `drop`.
-    pub dropped_frames: u64,
+    /// The event counters, with the keys of `INFO`'s `hub`.
+    #[serde(flatten)]
+    pub events: EventCounts,
     /// The hub's resident memory (0 where `/proc` is not available).
     pub rss_bytes: u64,
     /// Whether the hub is draining.
@@ -62,8 +58,6 @@ pub(crate) struct Varz {
     pub config_loaded_at: String,
     /// The settings new sessions get, with the keys of `INFO`'s `limits`.
     pub limits: LimitSettings,
-    /// Frames that should have crossed to other hubs and could not (0 off a cluster).
-    pub cluster_dropped_frames: u64,
     /// The cluster link: its state, traffic and drops (`null` off a cluster; docs/cluster.md).
     pub cluster: Option<ClusterView>,
 }
@@ -204,32 +198,34 @@ impl HubState {
         self.counters.sessions.totals()
     }
 
+    /// The hub-wide counters, as `INFO` shows them.
+    pub(crate) fn counts(&self) -> CounterSnapshot {
+        self.counters.snapshot(self.cluster.as_deref())
+    }
+
     /// `/varz`.
     pub(crate) fn varz(&self) -> Varz {
         let loaded = self.loaded();
         let totals = self.totals();
-        let hub = &self.counters;
+        let counts = self.counts();
         Varz {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.started.elapsed().as_secs(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             listen: self.listen.to_string(),
-            connections: hub.open.load(Ordering::Relaxed),
-            total_connections: hub.connections.load(Ordering::Relaxed),
+            connections: counts.open_connections,
+            total_connections: counts.connections,
             frames_in: totals.frames_in,
             frames_out: totals.frames_out,
             bytes_in: totals.bytes_in,
             bytes_out: totals.bytes_out,
             pending_bytes: totals.pending_bytes,
-            unrouted_frames: hub.unrouted_frames.load(Ordering::Relaxed),
-            slow_consumers: hub.slow_consumers.load(Ordering::Relaxed),
-            dropped_frames: hub.dropped_frames.load(Ordering::Relaxed),
+            events: counts.events,
             rss_bytes: rss_bytes(),
             draining: self.is_draining(),
             slow_consumer: loaded.config.slow_consumer.to_string(),
             config_loaded_at: rfc3339(loaded.at),
             limits: loaded.config.limit_settings(),
-            cluster_dropped_frames: self.cluster.as_ref().map_or(0, |c| c.dropped_frames()),
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
         }
     }

@@ -13,7 +13,7 @@
 //!   `FrameBuf::push` (queues payloads of 4 KiB or more by reference), for 10,000 frames with a
 //!   128-byte message and for one 16 MiB file.
 //!
-//! Run with `cargo bench --bench codec`; see `docs/benchmarks.md`.
+//! Run with `cargo bench -p tej --bench codec`; see `docs/benchmarks.md`.
 
 use std::time::Duration;
 

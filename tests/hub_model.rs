@@ -23,7 +23,7 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
-use tej_hub::hub::control::{ok_reply, CodeSet, Command, CONTROL};
+use tej_hub::hub::control::{CodeSet, Command, CONTROL};
 use tej_hub::{Frame, TejCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -192,10 +192,13 @@ async fn recv(read: &mut FramedRead<OwnedReadHalf, TejCodec>) -> Frame {
 /// Sends `command` and checks the reply is its `OK` (and the next frame at all).
 async fn command(conn: &mut Conn, text: &str) {
     let parsed = Command::parse(text.as_bytes()).expect("the test's commands parse");
-    let expected = ok_reply(parsed).message;
+    let expected = parsed
+        .ack()
+        .expect("the test's commands are acknowledged")
+        .to_string();
     write_frame(&mut conn.write, &control_frame(text), usize::MAX).await;
     let reply = reply_text(&recv(&mut conn.read).await, text);
-    assert_eq!(reply.as_bytes(), &expected[..], "reply to {text:?}");
+    assert_eq!(reply, expected, "reply to {text:?}");
 }
 
 fn list(codes: &[u8]) -> String {
@@ -440,7 +443,7 @@ async fn publish_step(
             // ECHO as it is: a no-op that the router answers.
             let echo = model.slots[slot].as_ref().is_some_and(|sub| sub.echo);
             let barrier = Command::Echo(echo);
-            ends.extend(barrier.ack());
+            ends.extend(barrier.ack().map(|reply| reply.to_frame()));
             senders.push(publish(write, frames, sentinel(slot, step), barrier));
         }
         readers.push(async move {

@@ -15,6 +15,7 @@ use std::path::Path;
 use futures_util::SinkExt;
 use serde_json::json;
 use tej_hub::hub::config::{HubConfig, UserConfig};
+use tej_hub::hub::control::Info;
 use tej_hub::hub::{HubClient, HubOptions};
 use tej_hub::{Client, ClientTls, Frame};
 use tokio::io::AsyncWriteExt;
@@ -62,7 +63,7 @@ async fn tls_subscriber(
 async fn info_over_tls(
     addr: std::net::SocketAddr,
     tls: ClientTls,
-) -> Result<serde_json::Value, tej_hub::hub::HubError> {
+) -> Result<Info, tej_hub::hub::HubError> {
     let mut client = HubClient::connect_with(addr, &options(tls)).await?;
     client.info().await
 }
@@ -106,7 +107,7 @@ async fn frames_cross_a_tls_hub_byte_for_byte() {
         );
     }
     let info = subscriber.info().await.expect("INFO over TLS");
-    assert_eq!(info["hub"]["tls_failures"], json!(0));
+    assert_eq!(info.hub.events.tls_failures, 0);
     stop_hub(hub).await;
 }
 
@@ -137,8 +138,14 @@ async fn a_plain_client_on_the_tls_port_is_closed_and_nobody_else_notices() {
     let frame = Frame::message(status(5), "still relaying");
     publisher.publish(frame.clone()).await.expect("publish");
     assert_eq!(subscriber.next_frame().await.expect("read"), Some(frame));
-    let failures = subscriber.info().await.expect("INFO")["hub"]["tls_failures"].clone();
-    assert!(failures.as_u64() >= Some(2), "tls_failures {failures}");
+    let failures = subscriber
+        .info()
+        .await
+        .expect("INFO")
+        .hub
+        .events
+        .tls_failures;
+    assert!(failures >= 2, "tls_failures {failures}");
     stop_hub(hub).await;
 }
 
@@ -176,7 +183,7 @@ async fn client_certificates_name_the_user() {
         .await
         .expect("alice with her certificate");
     let info = alice.info().await.expect("INFO without AUTH");
-    assert_eq!(info["user"], json!("alice"));
+    assert_eq!(info.user.as_deref(), Some("alice"));
     assert_eq!(alice.subscribe("5").await.expect("SUB 5").to_string(), "5");
     assert!(
         alice.subscribe("6").await.is_err(),
@@ -195,7 +202,7 @@ async fn client_certificates_name_the_user() {
         assert!(outcome.is_err(), "{identity:?} got in: {outcome:?}");
     }
     let info = alice.info().await.expect("alice is untouched");
-    assert!(info["hub"]["tls_failures"].as_u64() >= Some(3), "{info}");
+    assert!(info.hub.events.tls_failures >= 3, "{info:?}");
     stop_hub(hub).await;
 }
 

@@ -236,7 +236,7 @@ async fn hub_state(
         .await?
         .map_err(|error| format!("INFO: {error}"))?;
     Ok(HubState {
-        connections: info["hub"]["open_connections"].as_u64(),
+        connections: Some(info.hub.open_connections),
         fds,
     })
 }

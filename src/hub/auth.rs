@@ -25,6 +25,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use password_hash::rand_core::OsRng;
 use tokio::sync::oneshot;
 
+use crate::frame::Status;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::control::CodeSet;
 
@@ -402,7 +403,7 @@ pub(crate) struct Access {
     users: Option<Arc<Users>>,
     standing: Standing,
     /// When each code's last denial reply went out; allocated at the first denial.
-    replied: Option<Box<[Option<tokio::time::Instant>; 128]>>,
+    replied: Option<Box<[Option<tokio::time::Instant>; Status::COUNT]>>,
     denied_frames: u64,
 }
 
@@ -510,9 +511,11 @@ impl Access {
 
     /// Counts `frames` denied on `status`; whether to tell the publisher now (at most once per
     /// code per second, so a flood of denied frames cannot flood its own queue).
-    pub(crate) fn count_denied(&mut self, status: crate::frame::Status, frames: u64) -> bool {
+    pub(crate) fn count_denied(&mut self, status: Status, frames: u64) -> bool {
         self.denied_frames += frames;
-        let replied = self.replied.get_or_insert_with(|| Box::new([None; 128]));
+        let replied = self
+            .replied
+            .get_or_insert_with(|| Box::new([None; Status::COUNT]));
         let last = &mut replied[usize::from(status.code())];
         let now = tokio::time::Instant::now();
         if last.is_some_and(|at| now.duration_since(at) < DENIAL_REPLY_INTERVAL) {

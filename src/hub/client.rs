@@ -23,7 +23,7 @@ use tokio_util::codec::{Decoder, Encoder, Framed};
 use crate::codec::{CodecError, Limits, TejCodec};
 use crate::connection::ConnectionConfig;
 use crate::frame::{Frame, Status};
-use crate::hub::control::{CodeSet, CONTROL};
+use crate::hub::control::{CodeSet, Command, ControlError, Info, Password, Reply, CONTROL};
 use crate::stream::{FileFrame, FileSource, Part, PartCodec, StreamError};
 use crate::tls::{ClientTls, MaybeTls};
 
@@ -52,7 +52,9 @@ pub enum HubError {
     /// are [`HubError::Io`].
     #[error(transparent)]
     Codec(CodecError),
-    /// The hub answered the command with `ERR <reason>`; the connection stays open.
+    /// The hub answered the command with `ERR <reason>`, or the client refused it before sending
+    /// with the reason the hub would give (a code list the hub refuses); the connection stays
+    /// open.
     #[error("hub refused the command: {0}")]
     Refused(String),
     /// The hub closed the connection, after saying why (`ERR <reason>`) or without a word.
@@ -240,12 +242,11 @@ impl HubClient {
             .into_framed();
         let mut client = HubClient::from_framed(framed);
         if let Some(credentials) = &options.credentials {
-            client
-                .command(&format!(
-                    "AUTH {} {}",
-                    credentials.user, credentials.password
-                ))
-                .await?;
+            let auth = Command::Auth {
+                user: credentials.user.clone(),
+                password: Password::new(credentials.password.clone()),
+            };
+            client.request(&auth.message()).await?;
         }
         Ok(client)
     }
@@ -315,12 +316,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// or `*` for every relayable code) and returns the set the hub acknowledged.
     ///
     /// # Errors
-    /// [`HubError::Refused`] with the hub's reason (bad list, reserved code 2 or 127); the
-    /// connection stays usable. Otherwise as [`command`](Self::command), and
+    /// [`HubError::Refused`] with the hub's reason (bad list, reserved code 2 or 127), found
+    /// before sending; the connection stays usable. Otherwise as [`command`](Self::command), and
     /// [`HubError::UnexpectedReply`] when the acknowledgement is not `OK SUB <list>`.
     pub async fn subscribe(&mut self, codes: &str) -> Result<CodeSet, HubError> {
-        let reply = self.command(&format!("SUB {codes}")).await?;
-        ack_codes("SUB", &reply)
+        match self.request_codes(Command::Sub, codes).await? {
+            Reply::Sub(set) => Ok(set),
+            reply => Err(unexpected(&reply)),
+        }
     }
 
     /// Unsubscribes from `codes` (`UNSUB <codes>`, same list syntax as
@@ -329,8 +332,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// # Errors
     /// As [`subscribe`](Self::subscribe), with `OK UNSUB <list>` expected.
     pub async fn unsubscribe(&mut self, codes: &str) -> Result<CodeSet, HubError> {
-        let reply = self.command(&format!("UNSUB {codes}")).await?;
-        ack_codes("UNSUB", &reply)
+        match self.request_codes(Command::Unsub, codes).await? {
+            Reply::Unsub(set) => Ok(set),
+            reply => Err(unexpected(&reply)),
+        }
+    }
+
+    /// Sends the code-list command `command(codes)`, or refuses a list the hub would refuse with
+    /// its reason.
+    async fn request_codes(
+        &mut self,
+        command: fn(CodeSet) -> Command,
+        codes: &str,
+    ) -> Result<Reply, HubError> {
+        let codes = codes
+            .parse()
+            .map_err(|error: ControlError| HubError::Refused(error.to_string()))?;
+        self.request(&command(codes).message()).await
     }
 
     /// Whether this connection receives its own publications on codes it subscribes to
@@ -340,39 +358,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// As [`command`](Self::command), and [`HubError::UnexpectedReply`] when the acknowledgement
     /// is not `OK ECHO on|off` as asked.
     pub async fn set_echo(&mut self, on: bool) -> Result<(), HubError> {
-        let text = if on { "ECHO on" } else { "ECHO off" };
-        let reply = self.command(text).await?;
-        if reply == text {
-            Ok(())
-        } else {
-            Err(HubError::UnexpectedReply(format!("OK {reply}")))
+        match self.request(&Command::Echo(on).message()).await? {
+            Reply::Echo(echo) if echo == on => Ok(()),
+            reply => Err(unexpected(&reply)),
         }
     }
 
-    /// The hub's view of this session (`INFO`): a JSON object with the hub version, session id,
-    /// peer, subscriptions, echo, limits and counters.
+    /// The hub's view of this session (`INFO`): the hub version, session id, peer,
+    /// subscriptions, echo, limits and counters ([`Info`] documents each).
     ///
     /// # Errors
     /// As [`command`](Self::command), and [`HubError::UnexpectedReply`] when the reply is not
-    /// `OK INFO <json>`.
-    pub async fn info(&mut self) -> Result<serde_json::Value, HubError> {
-        let reply = self.command("INFO").await?;
-        reply
-            .strip_prefix("INFO ")
-            .and_then(|json| serde_json::from_str(json).ok())
-            .ok_or_else(|| HubError::UnexpectedReply(format!("OK {reply}")))
+    /// `OK INFO <json>` with the JSON of an [`Info`].
+    pub async fn info(&mut self) -> Result<Info, HubError> {
+        match self.request(&Command::Info.message()).await? {
+            Reply::Info(info) => Ok(*info),
+            reply => Err(unexpected(&reply)),
+        }
     }
 
-    /// Sends the control command `text` as is and waits for its reply; returns the text after
-    /// `OK ` (empty for a bare `OK`).
+    /// Sends the control command `text` as is and waits for its reply (any but `ERR`).
     ///
     /// # Errors
     /// - [`HubError::Refused`]: the hub answered `ERR <reason>`; the connection stays usable.
     /// - [`HubError::Closed`]: the connection ended before the reply.
-    /// - [`HubError::UnexpectedReply`]: the reply is neither `OK ...` nor `ERR ...`.
+    /// - [`HubError::UnexpectedReply`]: the reply is not one of [`Reply`]'s.
     /// - [`HubError::Io`], [`HubError::Codec`]: the socket failed or the hub broke the protocol.
     /// - [`HubError::InsideFrame`]: a relayed frame is being read by parts; nothing was sent.
-    pub async fn command(&mut self, text: &str) -> Result<String, HubError> {
+    pub async fn command(&mut self, text: &str) -> Result<Reply, HubError> {
+        self.request(text).await
+    }
+
+    /// Sends the control message `text` and waits for its reply.
+    async fn request(&mut self, text: &str) -> Result<Reply, HubError> {
         if self.framed.codec().relayed_mid_frame() {
             return Err(HubError::InsideFrame);
         }
@@ -544,7 +562,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
                 Err(HubError::Refused(reason)) => HubError::Closed {
                     reason: Some(reason),
                 },
-                Ok(text) => HubError::UnexpectedReply(format!("OK {text}")),
+                Ok(reply) => unexpected(&reply),
                 Err(error) => error,
             });
         }
@@ -808,31 +826,21 @@ impl Encoder<Frame> for ClientCodec {
     }
 }
 
-/// The text after `OK ` of a control reply, or the error it stands for.
-fn parse_reply(message: &[u8]) -> Result<String, HubError> {
-    let Ok(text) = std::str::from_utf8(message) else {
-        return Err(HubError::UnexpectedReply(
+/// The reply a control message stands for: `ERR` is [`HubError::Refused`], a message that is no
+/// [`Reply`] [`HubError::UnexpectedReply`].
+fn parse_reply(message: &[u8]) -> Result<Reply, HubError> {
+    match Reply::parse(message) {
+        Ok(Reply::Err(reason)) => Err(HubError::Refused(reason)),
+        Ok(reply) => Ok(reply),
+        Err(_) => Err(HubError::UnexpectedReply(
             String::from_utf8_lossy(message).into_owned(),
-        ));
-    };
-    match text.split_once(' ').unwrap_or((text, "")) {
-        ("OK", rest) => Ok(rest.to_owned()),
-        ("ERR", reason) => Err(HubError::Refused(reason.to_owned())),
-        _ => Err(HubError::UnexpectedReply(text.to_owned())),
+        )),
     }
 }
 
-/// The code list of the acknowledgement `<word> <list>` (`<word>` alone for an empty list).
-fn ack_codes(word: &str, reply: &str) -> Result<CodeSet, HubError> {
-    let unexpected = || HubError::UnexpectedReply(format!("OK {reply}"));
-    let (head, list) = reply.split_once(' ').unwrap_or((reply, ""));
-    if head != word {
-        return Err(unexpected());
-    }
-    if list.is_empty() {
-        return Ok(CodeSet::empty());
-    }
-    list.parse().map_err(|_| unexpected())
+/// A reply that is not the one the command expects.
+fn unexpected(reply: &Reply) -> HubError {
+    HubError::UnexpectedReply(reply.to_string())
 }
 
 #[cfg(test)]
@@ -841,8 +849,15 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(parse_reply(b"OK SUB 5").ok(), Some("SUB 5".to_owned()));
-        assert_eq!(parse_reply(b"OK").ok(), Some(String::new()));
+        let set = |codes: &[u8]| codes.iter().filter_map(|c| Status::new(*c)).collect();
+        assert_eq!(
+            parse_reply(b"OK SUB 5,7-9").ok(),
+            Some(Reply::Sub(set(&[5, 7, 8, 9])))
+        );
+        assert_eq!(
+            parse_reply(b"OK UNSUB").ok(),
+            Some(Reply::Unsub(CodeSet::empty()))
+        );
         assert!(matches!(
             parse_reply(b"ERR reserved code 2"),
             Err(HubError::Refused(reason)) if reason == "reserved code 2"
@@ -856,20 +871,9 @@ mod tests {
             parse_reply(b"OK \xff"),
             Err(HubError::UnexpectedReply(text)) if text == "OK \u{fffd}"
         ));
-    }
-
-    #[test]
-    fn acks() {
-        let set = |codes: &[u8]| codes.iter().filter_map(|c| Status::new(*c)).collect();
-        assert_eq!(ack_codes("SUB", "SUB 5,7-9").ok(), Some(set(&[5, 7, 8, 9])));
-        assert_eq!(ack_codes("UNSUB", "UNSUB").ok(), Some(CodeSet::empty()));
         assert!(matches!(
-            ack_codes("SUB", "UNSUB 5"),
-            Err(HubError::UnexpectedReply(text)) if text == "OK UNSUB 5"
-        ));
-        assert!(matches!(
-            ack_codes("SUB", "SUB 2"),
-            Err(HubError::UnexpectedReply(_))
+            parse_reply(b"OK SUB 2"),
+            Err(HubError::UnexpectedReply(text)) if text == "OK SUB 2"
         ));
     }
 

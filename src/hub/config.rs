@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::codec::Limits;
+pub use crate::hub::control::LimitSettings;
 use crate::hub::control::SlowPolicy;
 
 /// How the hub writes its logs.
@@ -135,35 +136,6 @@ pub struct PermissionsConfig {
     pub publish: Option<String>,
     /// Codes they may subscribe to; absent is none.
     pub subscribe: Option<String>,
-}
-
-/// The settings a session works under, as `INFO` and `/varz` show them (`limits`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LimitSettings {
-    /// [`HubConfig::max_frame_bytes`].
-    pub max_frame_bytes: u64,
-    /// [`HubConfig::cut_through_bytes`].
-    pub cut_through_bytes: u64,
-    /// [`HubConfig::max_pending_bytes`].
-    pub max_pending_bytes: u64,
-    /// [`HubConfig::slow_consumer_timeout`].
-    pub slow_consumer_timeout: u64,
-    /// [`HubConfig::idle_timeout`].
-    pub idle_timeout: u64,
-    /// [`HubConfig::stall_timeout`].
-    pub stall_timeout: u64,
-    /// [`HubConfig::min_rate_bytes`].
-    pub min_rate_bytes: u64,
-    /// [`HubConfig::min_rate_window`].
-    pub min_rate_window: u64,
-    /// [`HubConfig::auth_timeout`].
-    pub auth_timeout: u64,
-    /// [`HubConfig::max_connections`].
-    pub max_connections: u64,
-    /// [`HubConfig::max_connections_per_ip`].
-    pub max_connections_per_ip: u64,
-    /// [`HubConfig::max_ingress_bytes_per_sec`].
-    pub max_ingress_bytes_per_sec: u64,
 }
 
 impl Default for HubConfig {

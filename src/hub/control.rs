@@ -1,11 +1,14 @@
 //! The hub's control protocol: frames with status 127 ([`CONTROL`]) whose message is one ASCII
-//! command. Parsing ([`Command::parse`], [`parse_frame`]) and the replies ([`ok_reply`],
-//! [`err_reply`], [`Command::ack`]) live side by side, in the style of mini-redis `cmd/`.
+//! command, answered by one reply. Both directions live here, each parsed and printed by one type,
+//! in the style of mini-redis `cmd/`: [`Command`] (what a client sends; [`Command::parse`],
+//! [`parse_frame`], `Display`) and [`Reply`] (what the hub answers; `Display`, [`Reply::parse`]),
+//! with the JSON object of the `INFO` reply, [`Info`]. The hub parses commands and prints replies,
+//! [`HubClient`](crate::hub::HubClient) prints commands and parses replies.
 //!
-//! This module owns the command grammar, the code-set type [`CodeSet`] every subscription is made
-//! of, and [`ControlError`], whose `Display` is the reason sent back after `ERR `. It faces
-//! untrusted input: nothing here panics or allocates more than a few dozen bytes per error,
-//! whatever the peer sends.
+//! This module also owns the code-set type [`CodeSet`] every subscription is made of, and
+//! [`ControlError`], whose `Display` is the reason sent back after `ERR `. It faces untrusted
+//! input: nothing here panics or allocates more than a few dozen bytes per error, whatever the
+//! peer sends.
 //!
 //! # Grammar
 //! ```text
@@ -32,11 +35,28 @@
 //!   [`ControlError::MissingArgument`].
 //! - Items are checked in order and the first fault is reported. Within a range: a number above
 //!   127, then a reversed range, then a reserved code.
+//!
+//! # Replies
+//! ```text
+//! OK SUB <codes>      OK UNSUB <codes>    ; the normalized list (see CodeSet); the word alone
+//!                                         ;   for an empty set
+//! OK ECHO on|off      OK SLOW <policy>    ; the setting now, lower case
+//! OK AUTH <user>                          ; authenticated as user
+//! OK INFO <json>                          ; one JSON object: Info
+//! ERR <reason>                            ; refused (ControlError's Display, or the hub's
+//!                                         ;   reason for closing the connection)
+//! ```
+//! Replies are case-sensitive and single-spaced: the hub prints them, [`Reply::parse`] takes only
+//! what [`Reply`]'s `Display` prints.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::frame::{Frame, Status};
+
+mod info;
+
+pub use info::{ClusterView, CounterSnapshot, EventCounts, Info, LimitSettings, SessionCounters};
 
 /// The status of control frames: 127.
 pub const CONTROL: Status = match Status::new(127) {
@@ -309,7 +329,9 @@ pub(crate) fn clip(text: &str) -> String {
 }
 
 /// What the hub does with a subscriber that cannot keep up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowPolicy {
     /// Pause the publisher until the subscriber has room (`block`).
@@ -360,6 +382,11 @@ impl FromStr for SlowPolicy {
 pub struct Password(String);
 
 impl Password {
+    /// `password` as `AUTH` sends it.
+    pub fn new(password: impl Into<String>) -> Password {
+        Password(password.into())
+    }
+
     /// The password.
     pub fn expose(&self) -> &str {
         &self.0
@@ -483,16 +510,36 @@ impl Command {
         }
     }
 
-    /// The `OK` reply acknowledging this command: `OK SUB <list>`, `OK UNSUB <list>`,
+    /// The reply acknowledging this command: `OK SUB <list>`, `OK UNSUB <list>`,
     /// `OK ECHO on|off` or `OK SLOW <policy>`, the list normalized (see [`CodeSet`]). `None` for
     /// [`Command::Info`] and [`Command::Auth`], whose replies the hub builds.
     ///
     /// The list is the command's own set; a hub that answers with the session's whole set after
     /// the change acknowledges `Command::Sub(whole_set)` instead.
-    pub fn ack(&self) -> Option<Frame> {
+    pub fn ack(&self) -> Option<Reply> {
         match self {
+            Command::Sub(set) => Some(Reply::Sub(*set)),
+            Command::Unsub(set) => Some(Reply::Unsub(*set)),
+            Command::Echo(on) => Some(Reply::Echo(*on)),
+            Command::Slow(policy) => Some(Reply::Slow(*policy)),
             Command::Info | Command::Auth { .. } => None,
-            _ => Some(ok_reply(self)),
+        }
+    }
+
+    /// The control message that sends this command: its `Display`, with `AUTH`'s password (and
+    /// its user unclipped).
+    ///
+    /// # Examples
+    /// ```
+    /// use tej_hub::hub::control::{Command, Password};
+    /// let auth = Command::Auth { user: "alice".into(), password: Password::new("wonder land") };
+    /// assert_eq!(auth.message(), "AUTH alice wonder land");
+    /// assert_eq!(auth.to_string(), "AUTH alice");
+    /// ```
+    pub fn message(&self) -> String {
+        match self {
+            Command::Auth { user, password } => format!("AUTH {user} {}", password.expose()),
+            command => command.to_string(),
         }
     }
 }
@@ -561,13 +608,8 @@ pub fn parse_frame(frame: &Frame) -> Result<Command, ControlError> {
     Command::parse(&frame.message)
 }
 
-/// A control frame (status 127, no files) with message `OK <text>`, or `OK` when `text` is empty.
-pub fn ok_reply(text: impl fmt::Display) -> Frame {
-    reply("OK", text)
-}
-
 /// A control frame (status 127, no files) with message `ERR <reason>`, or `ERR` when `reason` is
-/// empty.
+/// empty: [`Reply::Err`] as a frame.
 ///
 /// # Examples
 /// ```
@@ -576,18 +618,170 @@ pub fn ok_reply(text: impl fmt::Display) -> Frame {
 /// assert_eq!(err_reply(error).message, "ERR reserved code 2");
 /// ```
 pub fn err_reply(reason: impl fmt::Display) -> Frame {
-    reply("ERR", reason)
+    Reply::Err(reason.to_string()).to_frame()
 }
 
-/// A control frame with message `<head> <text>`, or `<head>` when `text` is empty.
-fn reply(head: &str, text: impl fmt::Display) -> Frame {
-    let text = text.to_string();
-    let message = if text.is_empty() {
-        head.to_owned()
-    } else {
-        format!("{head} {text}")
+/// One reply of the hub to a control command (see the [module docs](self) for the grammar).
+///
+/// `Display` is the reply's message; [`Reply::parse`] reads it back.
+///
+/// # Examples
+/// ```
+/// use tej_hub::hub::control::{CodeSet, Reply};
+/// let reply = Reply::Sub("5 7-9 8".parse().unwrap());
+/// assert_eq!(reply.to_string(), "OK SUB 5,7-9");
+/// assert_eq!(Reply::parse(b"OK SUB 5,7-9"), Ok(reply));
+/// assert_eq!(Reply::parse(b"ERR reserved code 2"), Ok(Reply::Err("reserved code 2".into())));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `OK SUB <codes>`: the codes are subscribed to (`OK SUB` for none).
+    Sub(CodeSet),
+    /// `OK UNSUB <codes>`: the codes are unsubscribed from (`OK UNSUB` for none).
+    Unsub(CodeSet),
+    /// `OK ECHO on|off`: whether the session receives its own publications now.
+    Echo(bool),
+    /// `OK SLOW <policy>`: the session's slow-consumer policy now.
+    Slow(SlowPolicy),
+    /// `OK AUTH <user>`: the session is authenticated as the user.
+    Auth(String),
+    /// `OK INFO <json>`: the session's state, the hub's limits and counters.
+    Info(Box<Info>),
+    /// `ERR <reason>` (`ERR` for an empty reason): the command was refused, or the hub is closing
+    /// the connection and says why.
+    Err(String),
+}
+
+impl Reply {
+    /// Parses one reply message: exactly what `Display` prints (words upper case, one space
+    /// between parts, code lists normalized); `INFO`'s JSON may be laid out in any way.
+    ///
+    /// # Errors
+    /// [`ReplyError::NotText`] when `message` is not UTF-8, [`ReplyError::Unknown`] when it is no
+    /// reply of the grammar, [`ReplyError::BadArgument`] for an acknowledgement whose argument is
+    /// not in its canonical form, [`ReplyError::BadInfo`] when `INFO`'s JSON is not an [`Info`].
+    pub fn parse(message: &[u8]) -> Result<Reply, ReplyError> {
+        let text = std::str::from_utf8(message).map_err(|_| ReplyError::NotText)?;
+        let unknown = || ReplyError::Unknown { reply: clip(text) };
+        if text == "ERR" {
+            return Ok(Reply::Err(String::new()));
+        }
+        if let Some(reason) = text.strip_prefix("ERR ") {
+            return if reason.is_empty() {
+                Err(unknown())
+            } else {
+                Ok(Reply::Err(reason.to_owned()))
+            };
+        }
+        let acknowledged = text.strip_prefix("OK ").ok_or_else(unknown)?;
+        let (word, argument) = match acknowledged.split_once(' ') {
+            Some((word, argument)) => (word, Some(argument)),
+            None => (acknowledged, None),
+        };
+        let bad = |word: &'static str, argument: &str| ReplyError::BadArgument {
+            word,
+            argument: clip(argument),
+        };
+        match (word, argument) {
+            ("SUB", codes) => ack_codes("SUB", codes).map(Reply::Sub),
+            ("UNSUB", codes) => ack_codes("UNSUB", codes).map(Reply::Unsub),
+            ("ECHO", Some("on")) => Ok(Reply::Echo(true)),
+            ("ECHO", Some("off")) => Ok(Reply::Echo(false)),
+            ("ECHO", argument) => Err(bad("ECHO", argument.unwrap_or_default())),
+            ("SLOW", argument) => {
+                let argument = argument.unwrap_or_default();
+                [SlowPolicy::Block, SlowPolicy::Drop, SlowPolicy::Disconnect]
+                    .into_iter()
+                    .find(|policy| policy.as_str() == argument)
+                    .map(Reply::Slow)
+                    .ok_or_else(|| bad("SLOW", argument))
+            }
+            ("AUTH", Some(user)) if !user.is_empty() => Ok(Reply::Auth(user.to_owned())),
+            ("AUTH", argument) => Err(bad("AUTH", argument.unwrap_or_default())),
+            ("INFO", Some(json)) => serde_json::from_str(json)
+                .map(|info| Reply::Info(Box::new(info)))
+                .map_err(|error| ReplyError::BadInfo {
+                    reason: error.to_string(),
+                }),
+            _ => Err(unknown()),
+        }
+    }
+
+    /// The reply as a control frame (status 127, no files).
+    pub fn to_frame(&self) -> Frame {
+        Frame::message(CONTROL, self.to_string())
+    }
+}
+
+/// The code list of `OK <word> <codes>`: absent for the empty set, else non-empty and normalized.
+fn ack_codes(word: &'static str, codes: Option<&str>) -> Result<CodeSet, ReplyError> {
+    let Some(codes) = codes else {
+        return Ok(CodeSet::empty());
     };
-    Frame::message(CONTROL, message)
+    codes
+        .parse::<CodeSet>()
+        .ok()
+        .filter(|set| set.to_string() == codes)
+        .ok_or_else(|| ReplyError::BadArgument {
+            word,
+            argument: clip(codes),
+        })
+}
+
+/// The reply's message, as the hub sends it: `OK SUB 5,7-9`, `OK ECHO on`, `OK INFO {..}`,
+/// `ERR reserved code 2`.
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (word, set) = match self {
+            Reply::Sub(set) => ("SUB", set),
+            Reply::Unsub(set) => ("UNSUB", set),
+            Reply::Echo(on) => return f.write_str(if *on { "OK ECHO on" } else { "OK ECHO off" }),
+            Reply::Slow(policy) => return write!(f, "OK SLOW {policy}"),
+            Reply::Auth(user) => return write!(f, "OK AUTH {user}"),
+            Reply::Info(info) => {
+                // Plain structs of numbers, strings and lists: serializing cannot fail.
+                let json = serde_json::to_string(info).map_err(|_| fmt::Error)?;
+                return write!(f, "OK INFO {json}");
+            }
+            Reply::Err(reason) if reason.is_empty() => return f.write_str("ERR"),
+            Reply::Err(reason) => return write!(f, "ERR {reason}"),
+        };
+        if set.is_empty() {
+            write!(f, "OK {word}")
+        } else {
+            write!(f, "OK {word} {set}")
+        }
+    }
+}
+
+/// Why a control frame from the hub is not a [`Reply`]. Text taken from the message is cut to 32
+/// characters.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// The message is not UTF-8.
+    #[error("reply is not utf-8 text")]
+    NotText,
+    /// The message is neither `OK <word> ...` of a known command nor `ERR <reason>`.
+    #[error("unknown reply {reply:?}")]
+    Unknown {
+        /// The message, cut to 32 characters.
+        reply: String,
+    },
+    /// An acknowledgement's argument is not one the hub prints (a list not normalized, an
+    /// unknown setting, a missing user).
+    #[error("bad argument {argument:?} in OK {word}")]
+    BadArgument {
+        /// The command word acknowledged.
+        word: &'static str,
+        /// The argument, cut to 32 characters.
+        argument: String,
+    },
+    /// `OK INFO`'s JSON is not an [`Info`].
+    #[error("bad INFO object: {reason}")]
+    BadInfo {
+        /// What serde found wrong.
+        reason: String,
+    },
 }
 
 /// Why a control frame was refused. `Display` is a short lowercase reason, sent after `ERR `.
@@ -689,6 +883,8 @@ pub(crate) mod test_codes {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::test_codes::{set, status};
     use super::*;
 
@@ -1115,15 +1311,216 @@ mod tests {
 
     #[test]
     fn replies() {
-        let ok = ok_reply("SUB 5");
+        let ok = Reply::Sub(set(&[5])).to_frame();
         assert_eq!(ok.status, CONTROL);
         assert!(ok.files.is_empty());
         assert_eq!(ok.message, "OK SUB 5");
-        assert_eq!(ok_reply("").message, "OK");
         let err = err_reply(ControlError::ReservedCode { code: 2 });
         assert_eq!(err.status, CONTROL);
         assert_eq!(err.message, "ERR reserved code 2");
         assert_eq!(err_reply("").message, "ERR");
+    }
+
+    /// Every reply the hub sends, as the hub sends it.
+    fn every_reply() -> Vec<(Reply, &'static str)> {
+        vec![
+            (Reply::Sub(set(&[5, 7, 8, 9])), "OK SUB 5,7-9"),
+            (Reply::Sub(CodeSet::relayable()), "OK SUB 0-1,3-126"),
+            (Reply::Sub(CodeSet::empty()), "OK SUB"),
+            (Reply::Unsub(set(&[3])), "OK UNSUB 3"),
+            (Reply::Unsub(CodeSet::empty()), "OK UNSUB"),
+            (Reply::Echo(true), "OK ECHO on"),
+            (Reply::Echo(false), "OK ECHO off"),
+            (Reply::Slow(SlowPolicy::Block), "OK SLOW block"),
+            (Reply::Slow(SlowPolicy::Drop), "OK SLOW drop"),
+            (Reply::Slow(SlowPolicy::Disconnect), "OK SLOW disconnect"),
+            (Reply::Auth("alice".into()), "OK AUTH alice"),
+            (Reply::Err("reserved code 2".into()), "ERR reserved code 2"),
+            (
+                Reply::Err("unknown command \"PUB\"".into()),
+                "ERR unknown command \"PUB\"",
+            ),
+            (
+                Reply::Err("hub shutting down".into()),
+                "ERR hub shutting down",
+            ),
+            (Reply::Err(String::new()), "ERR"),
+        ]
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        for (reply, text) in every_reply() {
+            assert_eq!(reply.to_string(), text);
+            assert_eq!(Reply::parse(text.as_bytes()), Ok(reply), "{text:?}");
+        }
+        let info = Reply::Info(Box::new(sample_info()));
+        assert!(info.to_string().starts_with("OK INFO {\"version\":"));
+        assert_eq!(Reply::parse(info.to_string().as_bytes()), Ok(info));
+    }
+
+    #[test]
+    fn replies_the_hub_never_sends_are_refused() {
+        for text in [
+            "",
+            "OK",
+            "OK ",
+            "ERR ",
+            "ok SUB 5",
+            "OK  SUB 5",
+            "OK SUB ",
+            "OK SUB 5 ",
+            "OK SUB 5, 6",
+            "OK SUB 6,5",
+            "OK SUB 5-6,7",
+            "OK SUB 2",
+            "OK UNSUB x",
+            "OK ECHO",
+            "OK ECHO ON",
+            "OK SLOW Drop",
+            "OK SLOW",
+            "OK AUTH",
+            "OK AUTH ",
+            "OK INFO",
+            "OK INFO {}",
+            "OK PUB 5",
+            "OKAY",
+            "ERROR x",
+        ] {
+            assert!(Reply::parse(text.as_bytes()).is_err(), "{text:?}");
+        }
+        assert_eq!(Reply::parse(b"OK \xff"), Err(ReplyError::NotText));
+        assert_eq!(
+            Reply::parse(b"OK SUB 5, 6"),
+            Err(ReplyError::BadArgument {
+                word: "SUB",
+                argument: "5, 6".into()
+            })
+        );
+        assert!(matches!(
+            Reply::parse(b"OK INFO {\"version\":1}"),
+            Err(ReplyError::BadInfo { .. })
+        ));
+    }
+
+    /// An `INFO` with every field set, the cluster's too.
+    fn sample_info() -> Info {
+        Info {
+            version: "0.1.0".into(),
+            session: 3,
+            peer: SocketAddr::from(([127, 0, 0, 1], 53960)),
+            subscriptions: set(&[5, 7, 8, 9]),
+            user: Some("alice".into()),
+            denied_frames: 1,
+            echo: true,
+            slow_consumer: SlowPolicy::Drop,
+            pending_bytes: 2,
+            dropped_frames: 3,
+            limits: LimitSettings {
+                max_frame_bytes: 17_179_869_184,
+                cut_through_bytes: 1_048_576,
+                max_pending_bytes: 16_777_216,
+                slow_consumer_timeout: 30,
+                idle_timeout: 0,
+                stall_timeout: 30,
+                min_rate_bytes: 0,
+                min_rate_window: 10,
+                auth_timeout: 2,
+                max_connections: 0,
+                max_connections_per_ip: 0,
+                max_ingress_bytes_per_sec: 0,
+            },
+            counters: SessionCounters {
+                frames_in: 4,
+                frames_out: 5,
+                bytes_in: 96,
+                bytes_out: 154,
+            },
+            hub: CounterSnapshot {
+                connections: 3,
+                open_connections: 2,
+                events: EventCounts {
+                    unrouted_frames: 1,
+                    slow_consumers: 2,
+                    dropped_frames: 3,
+                    denied_frames: 4,
+                    auth_failures: 5,
+                    refused_connections: 6,
+                    tls_failures: 7,
+                    cluster_dropped_frames: 8,
+                },
+            },
+            cluster: Some(ClusterView {
+                hub: "a".into(),
+                connected: true,
+                remote_hubs: 1,
+                dropped_frames: 1,
+                lost_messages: 2,
+                slow_consumers: 3,
+                messages_out: 4,
+                bytes_out: 5,
+                messages_in: 6,
+                bytes_in: 7,
+                local_codes: "5".into(),
+                remote_codes: "5-6".into(),
+                remote_hub_names: vec!["b".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn info_round_trips_through_json_with_the_documented_keys() {
+        let info = sample_info();
+        let json = serde_json::to_value(&info).unwrap_or_default();
+        // The keys and nesting of docs/hub.md's example.
+        assert_eq!(json["peer"], "127.0.0.1:53960");
+        assert_eq!(json["subscriptions"], serde_json::json!([5, 7, 8, 9]));
+        assert_eq!(json["slow_consumer"], "drop");
+        assert_eq!(json["limits"]["max_frame_bytes"], 17_179_869_184u64);
+        assert_eq!(json["counters"]["bytes_out"], 154);
+        assert_eq!(json["hub"]["open_connections"], 2);
+        assert_eq!(json["hub"]["tls_failures"], 7);
+        assert_eq!(
+            json["cluster"]["remote_hub_names"],
+            serde_json::json!(["b"])
+        );
+        let keys = |value: &serde_json::Value| {
+            let mut keys: Vec<String> = value
+                .as_object()
+                .map(|object| object.keys().cloned().collect())
+                .unwrap_or_default();
+            keys.sort();
+            keys.join(",")
+        };
+        assert_eq!(
+            keys(&json),
+            "cluster,counters,denied_frames,dropped_frames,echo,hub,limits,peer,pending_bytes,\
+             session,slow_consumer,subscriptions,user,version"
+        );
+        assert_eq!(
+            keys(&json["hub"]),
+            "auth_failures,cluster_dropped_frames,connections,denied_frames,dropped_frames,\
+             open_connections,refused_connections,slow_consumers,tls_failures,unrouted_frames"
+        );
+        assert_eq!(
+            serde_json::from_value::<Info>(json).ok(),
+            Some(info.clone())
+        );
+        let anonymous = Info {
+            user: None,
+            cluster: None,
+            subscriptions: CodeSet::empty(),
+            ..info
+        };
+        let text = serde_json::to_string(&anonymous).unwrap_or_default();
+        assert!(text.contains("\"user\":null") && text.contains("\"cluster\":null"));
+        assert!(text.contains("\"subscriptions\":[]"));
+        assert_eq!(serde_json::from_str::<Info>(&text).ok(), Some(anonymous));
+        // A newer hub's extra keys are ignored; a code above 127 is not a subscription.
+        let extra = text.replacen('{', "{\"new\":1,", 1);
+        assert!(serde_json::from_str::<Info>(&extra).is_ok());
+        let bad = text.replace("\"subscriptions\":[]", "\"subscriptions\":[128]");
+        assert!(serde_json::from_str::<Info>(&bad).is_err());
     }
 
     #[test]
@@ -1132,7 +1529,7 @@ mod tests {
             parse(text)
                 .ok()
                 .and_then(|c| c.ack())
-                .map(|frame| frame.message)
+                .map(|reply| reply.to_string())
         };
         assert_eq!(ack("sub 9 8 7, 5"), Some("OK SUB 5,7-9".into()));
         assert_eq!(ack("SUB *"), Some("OK SUB 0-1,3-126".into()));
@@ -1142,7 +1539,9 @@ mod tests {
         assert_eq!(ack("slow DROP"), Some("OK SLOW drop".into()));
         assert_eq!(ack("info"), None);
         assert_eq!(
-            Command::Unsub(CodeSet::empty()).ack().map(|f| f.message),
+            Command::Unsub(CodeSet::empty())
+                .ack()
+                .map(|r| r.to_string()),
             Some("OK UNSUB".into())
         );
     }
@@ -1165,6 +1564,8 @@ mod tests {
         assert_eq!(user, "alice");
         assert_eq!(password.expose(), "correct horse battery");
         assert_eq!(command.to_string(), "AUTH alice");
+        assert_eq!(command.message(), "AUTH alice correct horse battery");
+        assert_eq!(parse(&command.message()), Ok(command.clone()));
         assert!(!format!("{command:?}").contains("horse"));
         assert_eq!(command.ack(), None);
         for bad in ["AUTH", "AUTH alice", "AUTH alice   "] {
@@ -1300,6 +1701,33 @@ mod tests {
                     prop_assert_eq!(ack.is_some(), command != Command::Info);
                 }
                 Err(error) => prop_assert!(err_reply(error).message.starts_with(b"ERR ")),
+            }
+        }
+
+        #[test]
+        fn replies_round_trip(bits in any::<u128>(), reason in "[ -~]{1,40}", user in "[!-~]{1,20}") {
+            let set = CodeSet::from_bits(bits).intersection(CodeSet::relayable());
+            for reply in [
+                Reply::Sub(set),
+                Reply::Unsub(set),
+                Reply::Err(reason.clone()),
+                Reply::Auth(user.clone()),
+            ] {
+                let text = reply.to_string();
+                prop_assert_eq!(Reply::parse(text.as_bytes()), Ok(reply));
+            }
+        }
+
+        #[test]
+        fn arbitrary_replies_never_panic_and_print_back(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            match Reply::parse(&bytes) {
+                // INFO's JSON prints back as the same value, not always the same text.
+                Ok(Reply::Info(info)) => {
+                    let reply = Reply::Info(info);
+                    prop_assert_eq!(Reply::parse(reply.to_string().as_bytes()), Ok(reply));
+                }
+                Ok(reply) => prop_assert_eq!(reply.to_string().into_bytes(), bytes),
+                Err(error) => prop_assert!(!error.to_string().is_empty()),
             }
         }
 

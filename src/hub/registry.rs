@@ -20,9 +20,6 @@ use std::fmt;
 use super::control::CodeSet;
 use crate::frame::Status;
 
-/// Number of custom status codes, `0..=127`.
-const CODES: usize = Status::MAX as usize + 1;
-
 /// A session's id. The router allocates them from a counter, so they are unique and increasing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(u64);
@@ -86,7 +83,7 @@ pub struct Registry<T> {
     sessions: HashMap<SessionId, Entry<T>>,
     /// Per code, the sessions subscribed to it: in subscription order, no duplicates, each one
     /// present in `sessions` with the code in its set.
-    by_code: [Vec<SessionId>; CODES],
+    by_code: [Vec<SessionId>; Status::COUNT],
 }
 
 impl<T> Default for Registry<T> {

@@ -27,10 +27,10 @@ use bytes::Bytes;
 use crate::hub::admission::IpSlot;
 use crate::hub::auth::Users;
 use crate::hub::cluster::Cluster;
-use crate::hub::control::CodeSet;
+use crate::hub::control::{CodeSet, CounterSnapshot, EventCounts};
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::ops::counters::{CodeCounters, Connections, CounterSnapshot, EventCounts};
+use crate::hub::ops::counters::{CodeCounters, Connections};
 use crate::hub::registry::{Registry, SessionId};
 
 /// Router → session: close the connection.

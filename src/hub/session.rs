@@ -29,7 +29,9 @@ use crate::hub::admission::IngressLimit;
 use crate::hub::auth::{Access, Authenticated, Users};
 use crate::hub::cluster::Cluster;
 use crate::hub::config::HubConfig;
-use crate::hub::control::{self, Command, Password, SlowPolicy, CONTROL};
+use crate::hub::control::{
+    self, CodeSet, Command, Info, Password, Reply, SessionCounters, SlowPolicy, CONTROL,
+};
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::idle::{IdleTimer, SMALL_BUFFER};
 use crate::hub::delivery::outbox::Outbox;
@@ -418,12 +420,12 @@ impl Session {
             }
         };
         let id = self.id;
-        let ack = command.ack();
+        let ack = command.ack().map(|reply| reply.to_frame());
         match command {
             Command::Sub(codes) => match self.access.subscription(codes) {
                 Ok(codes) => {
                     // The router queues the OK itself, before publishers see the subscription.
-                    let Ok(ack) = control::ok_reply(Command::Sub(codes)).to_wire() else {
+                    let Ok(ack) = Reply::Sub(codes).to_frame().to_wire() else {
                         return;
                     };
                     let done = self.router.send(Subscribe { id, codes, ack });
@@ -453,10 +455,7 @@ impl Session {
                 // so replies keep the order of the commands.
                 ctx.wait(query.into_actor(self).map(|codes, session, ctx| {
                     let reply = match codes {
-                        Ok(codes) => control::ok_reply(format!(
-                            "INFO {}",
-                            session.info(codes.iter().map(Status::code))
-                        )),
+                        Ok(codes) => Reply::Info(Box::new(session.info(codes))).to_frame(),
                         Err(_) => control::err_reply("hub is shutting down"),
                     };
                     session.reply(&reply, ctx);
@@ -493,7 +492,7 @@ impl Session {
                     let permissions = authenticated.permissions;
                     session.publisher.allow(permissions.publish);
                     session.access.grant(authenticated);
-                    let ack = Some(control::ok_reply(format!("AUTH {user}")));
+                    let ack = Some(Reply::Auth(user).to_frame());
                     let (id, codes) = (session.id, permissions.subscribe.complement());
                     let done = session.router.send(Unsubscribe { id, codes });
                     session.after_router(done, ack, ctx);
@@ -544,30 +543,29 @@ impl Session {
         }
     }
 
-    fn info(&self, codes: impl Iterator<Item = u8>) -> String {
-        let (config, hub) = (&self.config, &self.counters);
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "session": self.id.get(),
-            "peer": self.peer.to_string(),
-            "subscriptions": codes.collect::<Vec<_>>(),
-            "user": self.access.user(),
-            "denied_frames": self.access.denied_frames(),
-            "echo": self.publisher.echo(),
-            "slow_consumer": self.outbox.policy().to_string(),
-            "pending_bytes": self.outbox.pending(),
-            "dropped_frames": self.backlog.dropped(),
-            "limits": config.limit_settings(),
-            "counters": {
-                "frames_in": self.stats.frames_in(),
-                "bytes_in": self.stats.bytes_in(),
-                "frames_out": self.outbox.frames_out(),
-                "bytes_out": self.outbox.bytes_out(),
+    /// This session's `INFO`, subscribed to `subscriptions`.
+    fn info(&self, subscriptions: CodeSet) -> Info {
+        Info {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            session: self.id.get(),
+            peer: self.peer,
+            subscriptions,
+            user: self.access.user().map(str::to_owned),
+            denied_frames: self.access.denied_frames(),
+            echo: self.publisher.echo(),
+            slow_consumer: self.outbox.policy(),
+            pending_bytes: self.outbox.pending(),
+            dropped_frames: self.backlog.dropped(),
+            limits: self.config.limit_settings(),
+            counters: SessionCounters {
+                frames_in: self.stats.frames_in(),
+                frames_out: self.outbox.frames_out(),
+                bytes_in: self.stats.bytes_in(),
+                bytes_out: self.outbox.bytes_out(),
             },
-            "hub": hub.snapshot(self.cluster.as_deref()),
-            "cluster": self.cluster.as_ref().map(|cluster| cluster.view()),
-        })
-        .to_string()
+            hub: self.counters.snapshot(self.cluster.as_deref()),
+            cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
+        }
     }
 
     /// The read-side clocks (idle, stall, minimum rate: never while the hub itself holds the

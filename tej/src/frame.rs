@@ -28,6 +28,9 @@ pub struct Status(u8);
 impl Status {
     /// The highest custom status code.
     pub const MAX: u8 = 127;
+    /// How many custom status codes there are (`0..=MAX`): the length of a table indexed by
+    /// code.
+    pub const COUNT: usize = Self::MAX as usize + 1;
     /// Status 2: a keep-alive ping in the reference implementation.
     pub const PING: Status = Status(2);
 

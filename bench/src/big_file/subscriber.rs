@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tej_hub::hub::control::SlowPolicy;
+use tej_hub::hub::control::{Reply, SlowPolicy};
 use tej_hub::hub::{HubClient, HubError};
 use tej_hub::stream::Part;
 use tej_hub::{CodecError, Limits, Status, TejCodec, PROTOCOL_VERSION};
@@ -51,8 +51,8 @@ pub(super) async fn subscribe(
         let reply = before(connect_limit(deadline), "waiting for the hub", setting)
             .await?
             .map_err(|error| format!("{asked}: {error}"))?;
-        if reply != asked {
-            return Err(format!("the hub acknowledged {asked} with OK {reply}"));
+        if reply != Reply::Slow(policy) {
+            return Err(format!("the hub acknowledged {asked} with {reply}"));
         }
     }
     confirm_sub(&mut client, status, connect_limit(deadline)).await?;
@@ -305,8 +305,8 @@ async fn ask_info(client: &mut HubClient, deadline: Instant) -> StuckEnd {
     let asking = client.info();
     match before(limit(deadline, EXAMINE_WAIT), "waiting for INFO", asking).await {
         Ok(Ok(info)) => StuckEnd::Open {
-            dropped_frames: info["dropped_frames"].as_u64(),
-            pending_bytes: info["pending_bytes"].as_u64(),
+            dropped_frames: Some(info.dropped_frames),
+            pending_bytes: Some(info.pending_bytes),
         },
         Ok(Err(error)) => closed_by(error, false),
         Err(error) => StuckEnd::Failed(error),
@@ -332,10 +332,9 @@ pub(super) async fn hub_counters(addr: SocketAddr, deadline: Instant) -> Option<
         .await
         .ok()?
         .ok()?;
-    let hub = &info["hub"];
     Some(HubCounters {
-        slow_consumers: hub["slow_consumers"].as_u64(),
-        dropped_frames: hub["dropped_frames"].as_u64(),
+        slow_consumers: Some(info.hub.events.slow_consumers),
+        dropped_frames: Some(info.hub.events.dropped_frames),
     })
 }
 

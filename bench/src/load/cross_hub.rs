@@ -225,7 +225,8 @@ async fn cluster_of(client: &mut HubClient) -> Result<Value, LoadError> {
             what: "INFO failed",
             source,
         })?;
-    Ok(info["cluster"].clone())
+    // The report carries it as JSON; a plain struct always serializes.
+    Ok(serde_json::to_value(info.cluster).unwrap_or_default())
 }
 
 /// Each hub's `cluster` object from `INFO` (publishers' hub first).

@@ -31,14 +31,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use actix::Arbiter;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::frame::Status;
 use crate::hub::config::{ConfigError, HubConfig};
-use crate::hub::control::CodeSet;
+use crate::hub::control::{ClusterView, CodeSet};
 use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::relay::Piece;
 use crate::hub::delivery::table::SubscriptionTable;
@@ -158,38 +157,13 @@ pub(crate) struct ClusterCounters {
     pub bytes_in: AtomicU64,
 }
 
-/// The link as `INFO` and `/varz` show it.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct ClusterView {
-    /// This hub's name.
-    pub hub: String,
-    /// Whether the NATS connection is up.
-    pub connected: bool,
-    /// How many other hubs this one currently sees.
-    pub remote_hubs: usize,
-    /// See [`ClusterCounters`].
-    pub dropped_frames: u64,
-    pub lost_messages: u64,
-    pub slow_consumers: u64,
-    pub messages_out: u64,
-    pub bytes_out: u64,
-    pub messages_in: u64,
-    pub bytes_in: u64,
-    /// The codes this hub's subscribers want.
-    pub local_codes: String,
-    /// The codes other hubs want.
-    pub remote_codes: String,
-    /// The other hubs' names.
-    pub remote_hub_names: Vec<String>,
-}
-
 /// The codes this hub's subscribers want, at an interest version.
 #[derive(Debug)]
 struct Local {
     codes: CodeSet,
     version: u64,
     /// Per code, the version that added it.
-    since: [u64; 128],
+    since: [u64; Status::COUNT],
 }
 
 /// Orders from the hub to the link task.
@@ -248,7 +222,7 @@ impl Cluster {
             local: Mutex::new(Local {
                 codes: CodeSet::empty(),
                 version: 0,
-                since: [0; 128],
+                since: [0; Status::COUNT],
             }),
             changes: watch::Sender::new(0),
             outbound: Outbound::new(),

@@ -14,16 +14,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::frame::Status;
 use crate::hub::delivery::outbox::Outbox;
 
-/// Number of custom status codes, `0..=127`.
-const CODES: usize = Status::MAX as usize + 1;
-
 /// One code's subscribers, in subscription order.
 pub(crate) type Subscribers = Arc<Vec<Arc<Outbox>>>;
 
 /// Per code, the outboxes of its subscribers; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct SubscriptionTable {
-    codes: [RwLock<Subscribers>; CODES],
+    codes: [RwLock<Subscribers>; Status::COUNT],
 }
 
 impl SubscriptionTable {

@@ -27,9 +27,6 @@ pub(crate) fn worth_a_line(before: u64, added: u64) -> bool {
     added > 0 && (before == 0 || after.ilog2() > before.ilog2())
 }
 
-/// Number of custom status codes, `0..=127`.
-pub(crate) const CODES: usize = Status::MAX as usize + 1;
-
 /// One connection's figures, shared by its session (frames in), the router (subscriptions) and
 /// monitoring (reads). Its outbox keeps the frames and bytes written.
 #[derive(Debug)]
@@ -114,8 +111,8 @@ impl SessionStats {
 /// incremented by the publishing session's thread.
 #[derive(Debug)]
 pub(crate) struct CodeCounters {
-    frames: [AtomicU64; CODES],
-    bytes: [AtomicU64; CODES],
+    frames: [AtomicU64; Status::COUNT],
+    bytes: [AtomicU64; Status::COUNT],
 }
 
 impl Default for CodeCounters {
@@ -147,41 +144,6 @@ impl CodeCounters {
             _ => (0, 0),
         }
     }
-}
-
-/// The hub-wide counters at one moment, taken by `HubCounters::snapshot`: the one source of
-/// `INFO`'s `hub` object (serialized as is), `/varz` and `/metrics`, so the three cannot disagree
-/// on what they count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct CounterSnapshot {
-    /// TCP connections accepted since start (sessions, refused ones and failed TLS handshakes).
-    pub connections: u64,
-    /// Connections open now.
-    pub open_connections: u64,
-    /// What happened to frames and connections, by the same keys everywhere.
-    #[serde(flatten)]
-    pub events: EventCounts,
-}
-
-/// The event counters of a [`CounterSnapshot`], with the keys `INFO`'s `hub` and `/varz` share.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct EventCounts {
-    /// Frames published on a code with no subscriber (here or on another hub).
-    pub unrouted_frames: u64,
-    /// Subscribers disconnected as slow consumers.
-    pub slow_consumers: u64,
-    /// Frames skipped for subscribers under `drop`.
-    pub dropped_frames: u64,
-    /// Frames published on codes their publisher may not publish on.
-    pub denied_frames: u64,
-    /// `AUTH`s refused for a wrong user or password.
-    pub auth_failures: u64,
-    /// Connections refused by `max-connections` or `max-connections-per-ip`.
-    pub refused_connections: u64,
-    /// TLS handshakes that failed or timed out.
-    pub tls_failures: u64,
-    /// Frames that should have crossed to other hubs and could not (0 off a cluster).
-    pub cluster_dropped_frames: u64,
 }
 
 /// Hub-wide traffic totals, as summed by [`Connections::totals`].
@@ -306,6 +268,6 @@ mod tests {
         assert_eq!(codes.get(5), (4, 310));
         assert_eq!(codes.get(6), (1, 20));
         assert_eq!(codes.get(7), (0, 0));
-        assert_eq!(codes.get(CODES), (0, 0));
+        assert_eq!(codes.get(Status::COUNT), (0, 0));
     }
 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::hub::cluster::ClusterView;
+use crate::hub::control::ClusterView;
 use crate::hub::ops::HubState;
 
 /// The content type of OpenMetrics text.

@@ -7,10 +7,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::frame::Status;
-use crate::hub::cluster::ClusterView;
-use crate::hub::config::LimitSettings;
+use crate::hub::control::{ClusterView, CounterSnapshot, EventCounts, LimitSettings};
 use crate::hub::delivery::outbox::Outbox;
-use crate::hub::ops::counters::{CounterSnapshot, EventCounts, Totals, CODES};
+use crate::hub::ops::counters::Totals;
 use crate::hub::ops::HubState;
 
 /// `GET /healthz`.
@@ -242,7 +241,7 @@ impl HubState {
 
     /// Every code with a subscriber or traffic.
     pub(crate) fn subsz(&self) -> Subsz {
-        let codes = (0..CODES)
+        let codes = (0..Status::COUNT)
             .filter_map(|code| {
                 let status = Status::new(u8::try_from(code).ok()?)?;
                 let subscribers = self.table.subscribers(status).len();

@@ -246,7 +246,7 @@ impl HubClient {
                 user: credentials.user.clone(),
                 password: Password::new(credentials.password.clone()),
             };
-            client.request(&auth.message()).await?;
+            client.command(&auth.message()).await?;
         }
         Ok(client)
     }
@@ -348,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         let codes = codes
             .parse()
             .map_err(|error: ControlError| HubError::Refused(error.to_string()))?;
-        self.request(&command(codes).message()).await
+        self.command(&command(codes).message()).await
     }
 
     /// Whether this connection receives its own publications on codes it subscribes to
@@ -358,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// As [`command`](Self::command), and [`HubError::UnexpectedReply`] when the acknowledgement
     /// is not `OK ECHO on|off` as asked.
     pub async fn set_echo(&mut self, on: bool) -> Result<(), HubError> {
-        match self.request(&Command::Echo(on).message()).await? {
+        match self.command(&Command::Echo(on).message()).await? {
             Reply::Echo(echo) if echo == on => Ok(()),
             reply => Err(unexpected(&reply)),
         }
@@ -371,7 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// As [`command`](Self::command), and [`HubError::UnexpectedReply`] when the reply is not
     /// `OK INFO <json>` with the JSON of an [`Info`].
     pub async fn info(&mut self) -> Result<Info, HubError> {
-        match self.request(&Command::Info.message()).await? {
+        match self.command(&Command::Info.message()).await? {
             Reply::Info(info) => Ok(*info),
             reply => Err(unexpected(&reply)),
         }
@@ -386,11 +386,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// - [`HubError::Io`], [`HubError::Codec`]: the socket failed or the hub broke the protocol.
     /// - [`HubError::InsideFrame`]: a relayed frame is being read by parts; nothing was sent.
     pub async fn command(&mut self, text: &str) -> Result<Reply, HubError> {
-        self.request(text).await
-    }
-
-    /// Sends the control message `text` and waits for its reply.
-    async fn request(&mut self, text: &str) -> Result<Reply, HubError> {
         if self.framed.codec().relayed_mid_frame() {
             return Err(HubError::InsideFrame);
         }

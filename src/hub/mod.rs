@@ -17,7 +17,7 @@
 //!
 //! # Layout
 //! - Connections: `session` (the actor per connection), `router` (registration and
-//!   subscriptions, the only writer of the subscription table) with its [`registry`],
+//!   subscriptions, the only writer of the subscription table),
 //!   [`control`] (the control grammar), `client` ([`HubClient`], for applications).
 //! - `delivery`: the data path — relay codec, publisher, subscription table, outbox, flow
 //!   control, transport, idle buffers; its module doc states the ordering rules and the lock order.
@@ -36,11 +36,10 @@ pub mod config;
 pub mod control;
 mod delivery;
 mod ops;
-pub mod registry;
 mod rlimit;
 mod router;
 mod session;
-pub mod tls;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -56,6 +55,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
+use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
+use crate::hub::session::SessionId;
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
 pub use client::{Credentials, HubClient, HubError, HubOptions};
@@ -64,10 +65,10 @@ use delivery::table::SubscriptionTable;
 use delivery::transport::Transport;
 pub use ops::Operation;
 use ops::{HubState, Next};
-use registry::SessionId;
 pub use rlimit::raise_open_files_limit;
-use router::{HubCounters, OpenConnection, Router, Shutdown};
+use router::{Router, Shutdown};
 use session::{Session, SessionContext};
+pub use tls::TlsError;
 use tls::TlsListener;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -290,7 +291,7 @@ fn hand_over(
         Ok(stream) => stream,
         Err(error) => return warn!(%peer, %error, "cannot hand over connection"),
     };
-    let open = OpenConnection::new(hub.counters.clone(), slot);
+    let open = ConnectionGuard::new(hub.counters.clone(), slot);
     worker.spawn(async move {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,

@@ -28,8 +28,8 @@ use crate::hub::delivery::publisher::Publisher;
 use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
-use crate::hub::registry::SessionId;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::SessionId;
 
 /// Session ids of remote publishers: the top bit set (local ids count up from 1).
 const REMOTE_IDS: u64 = 1 << 63;

@@ -24,7 +24,7 @@ use crate::hub::cluster::inbound::{Event as InboundEvent, Inbound};
 use crate::hub::cluster::wire::{Ack, Announcement, Credit, Purpose};
 use crate::hub::cluster::{outbound, Cluster, LinkOrder, Settings, CONNECT_WAIT, HELLO_WAIT};
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
 
 /// How often a hub announces itself.
 const HEARTBEAT: Duration = Duration::from_millis(500);

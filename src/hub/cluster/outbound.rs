@@ -24,7 +24,7 @@ use crate::hub::cluster::wire::{Carried, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::relay::{Piece, PieceKind};
-use crate::hub::registry::SessionId;
+use crate::hub::session::SessionId;
 
 /// Bytes queued for NATS past which publishers are held back.
 const QUEUE_HIGH: u64 = 8 * 1024 * 1024;

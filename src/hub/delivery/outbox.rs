@@ -35,8 +35,9 @@ use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::transport::WriteHalf;
 use crate::hub::ops::counters::{worth_a_line, SessionStats};
-use crate::hub::registry::SessionId;
-use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection, Reauthorize, SessionLink};
+use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
+use crate::hub::session::SessionId;
+use crate::hub::session::{Kick, KickReason, Reauthorize, SessionLink};
 
 /// Largest batch of queued bytes handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -125,7 +126,7 @@ enum Flush {
 }
 
 /// One session's outbound path: its socket's write half, its stream state and its writer task.
-/// Shared (`Arc`) by the session, its writer, the router's registry and publishers.
+/// Shared (`Arc`) by the session, its writer, the router and publishers.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     id: SessionId,
@@ -159,7 +160,7 @@ impl Outbox {
         session: SessionLink,
         counters: Arc<HubCounters>,
         stats: Arc<SessionStats>,
-        open: OpenConnection,
+        open: ConnectionGuard,
     ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             id,
@@ -633,7 +634,7 @@ fn release_held(wire: &mut Wire) {
 
 /// The writer task: writes what publishers and the session queued whenever the socket can take
 /// it, and shuts the socket when the outbox closes.
-async fn write_loop(outbox: Arc<Outbox>, open: OpenConnection) {
+async fn write_loop(outbox: Arc<Outbox>, open: ConnectionGuard) {
     let mut turn = 0;
     let mut batch = Vec::new();
     loop {

@@ -24,8 +24,8 @@ use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::outbox::{Offer, Outbox};
 use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::registry::SessionId;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::SessionId;
 
 /// One session's publishing side; see the module documentation.
 #[derive(Debug)]

@@ -27,7 +27,8 @@ use crate::hub::auth::Users;
 use crate::hub::cluster::Cluster;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::router::{HubCounters, KickReason};
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::KickReason;
 use crate::hub::tls::TlsListener;
 
 /// What a running hub can be told to do (`tej-hub serve` maps signals to these).

@@ -104,8 +104,9 @@ enum Workload {
     /// connections send garbage. Checks: every frame intact; each `block` subscriber that stayed
     /// got every frame exactly once and in order; each `drop` subscriber missed exactly its
     /// `dropped_frames`; the hub closed the protocol violators; the hub's RSS (sampled every
-    /// second) peaks no higher in the second half than 1.1 x the first; its connections and file
-    /// descriptors are back to the start after the run. A spawned hub gets
+    /// second): after warm-up (the first third), the last third's floor is at most 1.1 x the
+    /// middle third's (no verdict under 180 s); its connections and file descriptors are back to
+    /// the start after the run. A spawned hub gets
     /// --max-pending-bytes=1MiB unless --serve-arg sets it. Prints a table, or one JSON object
     /// with --json. Exit status: 0 when nothing was violated; 1 on a violation, a failure or the
     /// timeout (at least --duration + 180 s); 2 for bad usage.

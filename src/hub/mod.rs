@@ -64,7 +64,7 @@ use cluster::Cluster;
 use delivery::table::SubscriptionTable;
 use delivery::transport::Transport;
 pub use ops::Operation;
-use ops::{HubState, Next};
+use ops::{HubState, Loaded, Next};
 pub use rlimit::raise_open_files_limit;
 use router::{Router, Shutdown};
 use session::{Session, SessionContext};
@@ -137,7 +137,9 @@ pub async fn run_announced(
     mut operations: UnboundedReceiver<Operation>,
     ready: impl FnOnce(),
 ) -> io::Result<()> {
-    config.validate().map_err(invalid)?;
+    // Everything the settings name (users, TLS files, the cluster) is resolved here, once.
+    let loaded = Loaded::new(config).map_err(invalid)?;
+    let config = loaded.config.clone();
     let listen = listener.local_addr()?;
     let cluster_settings =
         cluster::Settings::from_config(&config, listen.port()).map_err(invalid)?;
@@ -167,16 +169,13 @@ pub async fn run_announced(
         Router::new(router_table, router_cluster)
     });
     info!(%listen, workers = workers.len(), "hub started");
-    let state = Arc::new(
-        HubState::new(
-            config,
-            listen,
-            counters.clone(),
-            table.clone(),
-            cluster.clone(),
-        )
-        .map_err(invalid)?,
-    );
+    let state = Arc::new(HubState::new(
+        loaded,
+        listen,
+        counters.clone(),
+        table.clone(),
+        cluster.clone(),
+    ));
     let http = match monitor {
         Some(monitor) => Some(ops::monitor::start(monitor, state.clone())?),
         None => None,

@@ -62,7 +62,7 @@ impl Loaded {
     /// # Errors
     /// What [`HubConfig::validate`] finds, users that cannot be resolved, TLS files that cannot be
     /// used.
-    fn new(config: HubConfig) -> Result<Loaded, ConfigError> {
+    pub(crate) fn new(config: HubConfig) -> Result<Loaded, ConfigError> {
         config.validate()?;
         Ok(Loaded {
             users: Users::from_config(&config)?,
@@ -103,26 +103,23 @@ pub(crate) struct HubState {
 }
 
 impl HubState {
-    /// The state of a hub starting now with `config`.
-    ///
-    /// # Errors
-    /// As [`Loaded::new`].
+    /// The state of a hub starting now with `loaded` settings.
     pub(crate) fn new(
-        config: HubConfig,
+        loaded: Loaded,
         listen: SocketAddr,
         counters: Arc<HubCounters>,
         table: Arc<SubscriptionTable>,
         cluster: Option<Arc<Cluster>>,
-    ) -> Result<HubState, ConfigError> {
-        Ok(HubState {
-            loaded: RwLock::new(Arc::new(Loaded::new(config)?)),
+    ) -> HubState {
+        HubState {
+            loaded: RwLock::new(Arc::new(loaded)),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             listen,
             counters,
             table,
             cluster,
-        })
+        }
     }
 
     /// The settings now, and when they were loaded.

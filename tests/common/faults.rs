@@ -68,30 +68,22 @@ impl FaultHub {
         &self.ns
     }
 
-    /// A raw socket to the hub, made inside its namespace.
-    pub async fn connect_raw(&self) -> tokio::net::TcpStream {
-        let (ns, addr) = (self.ns.clone(), self.bin.addr);
-        let stream = tokio::task::spawn_blocking(move || {
-            netns::run_in(&ns, || TcpStream::connect_timeout(&addr, PATIENCE))
-        })
-        .await
-        .expect("the connecting thread")
-        .unwrap_or_else(|error| panic!("connect to hub at {addr} in its namespace: {error}"));
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        stream.set_nonblocking(true).expect("non-blocking socket");
-        tokio::net::TcpStream::from_std(stream).expect("a tokio socket")
+    /// How the test reaches the hub (cloneable, for tasks).
+    pub fn reach(&self) -> Reach {
+        Reach {
+            ns: self.ns.clone(),
+            addr: self.bin.addr,
+        }
     }
 
-    /// A framed client of the hub (as `hub_common::connect`, from inside its namespace).
+    /// A framed client of the hub, from inside its namespace.
     pub async fn connect(&self) -> Conn {
-        let stream = self.connect_raw().await;
-        Client::from_stream(stream, self.bin.addr).into_framed()
+        self.reach().connect().await
     }
 
     /// `INFO` on a fresh connection.
     pub async fn info(&self) -> Value {
-        let mut conn = self.connect().await;
-        hub_common::info(&mut conn).await
+        self.reach().info().await
     }
 
     /// `INFO`'s `cluster` object.
@@ -144,6 +136,43 @@ impl Drop for FaultHub {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+/// A hub's address and namespace: what a task needs to connect to it.
+#[derive(Clone, Debug)]
+pub struct Reach {
+    /// The hub's namespace.
+    pub ns: String,
+    /// The hub's address on that namespace's loopback.
+    pub addr: SocketAddr,
+}
+
+impl Reach {
+    /// A raw socket to the hub, made inside its namespace.
+    pub async fn connect_raw(&self) -> tokio::net::TcpStream {
+        let (ns, addr) = (self.ns.clone(), self.addr);
+        let stream = tokio::task::spawn_blocking(move || {
+            netns::run_in(&ns, || TcpStream::connect_timeout(&addr, PATIENCE))
+        })
+        .await
+        .expect("the connecting thread")
+        .unwrap_or_else(|error| panic!("connect to hub at {addr} in its namespace: {error}"));
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        stream.set_nonblocking(true).expect("non-blocking socket");
+        tokio::net::TcpStream::from_std(stream).expect("a tokio socket")
+    }
+
+    /// A framed client of the hub (as `hub_common::connect`, from inside its namespace).
+    pub async fn connect(&self) -> Conn {
+        let stream = self.connect_raw().await;
+        Client::from_stream(stream, self.addr).into_framed()
+    }
+
+    /// `INFO` on a fresh connection.
+    pub async fn info(&self) -> Value {
+        let mut conn = self.connect().await;
+        hub_common::info(&mut conn).await
     }
 }
 

@@ -20,13 +20,14 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::hub::cluster::sequence::Receiving;
 use crate::hub::cluster::wire::{Carried, Credit, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::flow::Gate;
 use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, PieceKind};
+use crate::hub::relay::Piece;
 use crate::hub::router::HubCounters;
 use crate::hub::stats::worth_a_line;
 use crate::hub::table::SubscriptionTable;
@@ -52,10 +53,8 @@ pub(super) enum Event {
 /// A publisher on another hub, as this hub sees it.
 struct Remote {
     publisher: Publisher,
-    /// Its next message sequence number.
-    next: u64,
-    /// Whether it is in the middle of a streamed frame here.
-    in_frame: bool,
+    /// Its stream's numbering, and whether a frame of it is in progress here.
+    stream: Receiving,
 }
 
 /// Another hub's stream, as far as it reached this hub.
@@ -136,9 +135,8 @@ impl Inbound {
                 for origin in self.origins.values_mut() {
                     origin.expected = None;
                     for remote in origin.publishers.values_mut() {
-                        if remote.in_frame {
+                        if remote.stream.cut() {
                             remote.publisher.abandon();
-                            remote.in_frame = false;
                             cut += 1;
                         }
                     }
@@ -150,9 +148,8 @@ impl Inbound {
 
     /// Cuts the streamed frame `remote` was sending, if any.
     fn cut(&self, remote: &mut Remote) {
-        if remote.in_frame {
+        if remote.stream.cut() {
             remote.publisher.abandon();
-            remote.in_frame = false;
             self.cluster.count_dropped(1);
         }
     }
@@ -218,18 +215,16 @@ impl Inbound {
                         );
                         new.insert(Remote {
                             publisher,
-                            next: header.publisher_seq,
-                            in_frame: false,
+                            stream: Receiving::new(header.publisher_seq),
                         })
                     }
                 };
-                if header.publisher_seq != remote.next && remote.in_frame {
+                let verdict = remote.stream.receive(header.publisher_seq, kind);
+                if verdict.cut {
                     remote.publisher.abandon();
-                    remote.in_frame = false;
                     self.cluster.count_dropped(1);
                 }
-                remote.next = header.publisher_seq + 1;
-                if kind.starts_frame() || remote.in_frame {
+                if verdict.deliver {
                     let gate = remote.publisher.gate();
                     std::future::poll_fn(|cx| gate.poll_open(cx)).await;
                     let piece = Piece {
@@ -239,7 +234,7 @@ impl Inbound {
                         bytes: message.payload,
                     };
                     let taken = remote.publisher.publish_remote(&piece);
-                    remote.in_frame = taken && matches!(kind, PieceKind::First | PieceKind::Middle);
+                    remote.stream.delivered(kind, taken);
                 }
             }
         }

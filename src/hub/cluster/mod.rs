@@ -20,6 +20,7 @@ mod inbound;
 mod link;
 mod outbound;
 mod peers;
+mod sequence;
 mod wire;
 
 use std::future::Future;

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::frame::Status;
+use crate::hub::cluster::sequence::Sending;
 use crate::hub::cluster::wire::{Carried, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::flow::{Backlog, Gate};
@@ -122,15 +123,6 @@ impl Outbound {
     }
 }
 
-/// One publisher's stream on NATS.
-#[derive(Debug, Default)]
-struct Stream {
-    /// Its last message sequence number.
-    seq: u64,
-    /// Whether a streamed frame of it is begun on NATS.
-    open: bool,
-}
-
 /// Frames lost when a piece of `kind` ending `frames` frames cannot cross: a run loses its
 /// frames, a first piece its frame, a later piece the frame only if that frame had begun to
 /// cross (`begun`).
@@ -149,9 +141,8 @@ struct Sender {
     /// The data subject of every code.
     subjects: Vec<Subject>,
     gone: Subject,
-    /// Per publisher that has published: its message sequence and whether a streamed frame of
-    /// it is begun on NATS.
-    streams: HashMap<SessionId, Stream>,
+    /// Per publisher that has published: its stream's numbering.
+    streams: HashMap<SessionId, Sending>,
 }
 
 /// The outbound task: publishes what publishers queue, in order, for as long as the hub runs.
@@ -180,10 +171,7 @@ impl Sender {
     async fn send(&mut self, envelope: Envelope) {
         let from = envelope.from;
         let Carried::Piece(kind) = envelope.carried else {
-            let seq = self
-                .streams
-                .remove(&from)
-                .map_or(1, |stream| stream.seq + 1);
+            let seq = self.streams.remove(&from).unwrap_or_default().next();
             if self.cluster.is_connected() {
                 let subject = self.gone.clone();
                 let _ = self
@@ -200,7 +188,10 @@ impl Sender {
             .max(HEADER_ROOM);
         let subject = self.subjects[usize::from(envelope.status.code())].clone();
         for (part, frames, bytes) in split(kind, envelope.frames, &envelope.bytes, limit) {
-            let seq = self.streams.get(&from).map_or(1, |stream| stream.seq + 1);
+            let Some(seq) = self.streams.entry(from).or_default().plan(part) else {
+                // The rest of a frame that could not cross: counted when it failed.
+                continue;
+            };
             let sent = self.wait_for_credit().await
                 && self
                     .publish(
@@ -214,17 +205,12 @@ impl Sender {
                     .await;
             let stream = self.streams.entry(from).or_default();
             if !sent {
-                let begun = std::mem::take(&mut stream.open);
+                let begun = stream.failed(part);
                 self.cluster
                     .count_dropped(frames_lost(kind, envelope.frames, begun));
                 return;
             }
-            stream.seq = seq;
-            match part {
-                PieceKind::First => stream.open = true,
-                PieceKind::Last => stream.open = false,
-                PieceKind::Whole | PieceKind::Middle => {}
-            }
+            stream.sent(part);
         }
     }
 

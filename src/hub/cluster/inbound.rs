@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::hub::cluster::sequence::Receiving;
@@ -48,6 +48,9 @@ pub(super) enum Event {
     Departed(u64),
     /// The NATS connection dropped: messages in flight are lost.
     Disconnected,
+    /// The hub is shutting down: end the task (its subscription is dropped here, inside the
+    /// runtime it needs to unsubscribe), then answer.
+    Stop(oneshot::Sender<()>),
 }
 
 /// A publisher on another hub, as this hub sees it.
@@ -106,7 +109,14 @@ impl Inbound {
         loop {
             tokio::select! {
                 biased;
-                Some(event) = events.recv() => self.on_event(event),
+                Some(event) = events.recv() => match event {
+                    Event::Stop(done) => {
+                        drop(data);
+                        let _ = done.send(());
+                        return;
+                    }
+                    event => self.on_event(event),
+                },
                 message = data.next() => match message {
                     Some(message) => self.on_message(message).await,
                     None => return,
@@ -123,6 +133,7 @@ impl Inbound {
 
     fn on_event(&mut self, event: Event) {
         match event {
+            Event::Stop(_) => {}
             Event::Departed(instance) => {
                 if let Some(origin) = self.origins.remove(&instance) {
                     for (_, mut remote) in origin.publishers {

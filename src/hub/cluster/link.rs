@@ -35,6 +35,9 @@ const SILENCE: Duration = Duration::from_secs(2);
 const SUBSCRIPTION_CAPACITY: usize = 4 * outbound::WINDOW_MESSAGES as usize;
 /// Commands the NATS client queues before a publish waits (at most 256 KiB each).
 const CLIENT_CAPACITY: usize = 64;
+/// How long leaving waits for NATS to take the `leave` announcement, and for the inbound task to
+/// stop (the hub waits a second in all for the cluster to leave).
+const LEAVE_FLUSH: Duration = Duration::from_millis(300);
 /// The longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -170,8 +173,17 @@ impl Link {
                     Some(LinkOrder::Announce) => self.announce(Purpose::Change).await,
                     Some(LinkOrder::Leave(done)) => {
                         self.announce(Purpose::Leave).await;
-                        let _ = self.client.flush().await;
+                        let _ = tokio::time::timeout(LEAVE_FLUSH, self.client.flush()).await;
+                        // The NATS subscriptions must be dropped inside this runtime (dropping
+                        // one spawns its unsubscription), before the arbiter stops: the
+                        // inbound task's first, then the link's own on return.
+                        let (stopped, inbound_stopped) = oneshot::channel();
+                        if self.inbound.send(InboundEvent::Stop(stopped)).is_ok() {
+                            let _ = tokio::time::timeout(LEAVE_FLUSH, inbound_stopped).await;
+                        }
+                        drop(inboxes);
                         let _ = done.send(());
+                        return;
                     }
                     None => return,
                 },

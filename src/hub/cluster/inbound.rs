@@ -142,9 +142,9 @@ impl Inbound {
                 }
             }
             Event::Disconnected => {
+                // The origins' streams go on: what was missed shows as a gap when they resume.
                 let mut cut = 0;
                 for origin in self.origins.values_mut() {
-                    origin.expected = None;
                     for remote in origin.publishers.values_mut() {
                         if remote.stream.cut() {
                             remote.publisher.abandon();
@@ -273,12 +273,6 @@ impl Inbound {
             bytes: delivered.1,
         };
         let subject = self.cluster.subjects.credit(instance);
-        if let Err(error) = self
-            .client
-            .publish(subject, credit.to_string().into())
-            .await
-        {
-            debug!(%error, "cannot give credit");
-        }
+        super::link::say(&self.client, subject, credit.to_string()).await;
     }
 }

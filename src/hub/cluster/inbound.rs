@@ -17,16 +17,17 @@ use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::hub::cluster::sequence::Receiving;
 use crate::hub::cluster::wire::{Carried, Credit, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::flow::Gate;
 use crate::hub::publisher::Publisher;
 use crate::hub::registry::SessionId;
-use crate::hub::relay::{Piece, PieceKind};
+use crate::hub::relay::Piece;
 use crate::hub::router::HubCounters;
 use crate::hub::stats::worth_a_line;
 use crate::hub::table::SubscriptionTable;
@@ -47,15 +48,16 @@ pub(super) enum Event {
     Departed(u64),
     /// The NATS connection dropped: messages in flight are lost.
     Disconnected,
+    /// The hub is shutting down: end the task (its subscription is dropped here, inside the
+    /// runtime it needs to unsubscribe), then answer.
+    Stop(oneshot::Sender<()>),
 }
 
 /// A publisher on another hub, as this hub sees it.
 struct Remote {
     publisher: Publisher,
-    /// Its next message sequence number.
-    next: u64,
-    /// Whether it is in the middle of a streamed frame here.
-    in_frame: bool,
+    /// Its stream's numbering, and whether a frame of it is in progress here.
+    stream: Receiving,
 }
 
 /// Another hub's stream, as far as it reached this hub.
@@ -107,7 +109,14 @@ impl Inbound {
         loop {
             tokio::select! {
                 biased;
-                Some(event) = events.recv() => self.on_event(event),
+                Some(event) = events.recv() => match event {
+                    Event::Stop(done) => {
+                        drop(data);
+                        let _ = done.send(());
+                        return;
+                    }
+                    event => self.on_event(event),
+                },
                 message = data.next() => match message {
                     Some(message) => self.on_message(message).await,
                     None => return,
@@ -124,6 +133,7 @@ impl Inbound {
 
     fn on_event(&mut self, event: Event) {
         match event {
+            Event::Stop(_) => {}
             Event::Departed(instance) => {
                 if let Some(origin) = self.origins.remove(&instance) {
                     for (_, mut remote) in origin.publishers {
@@ -132,13 +142,12 @@ impl Inbound {
                 }
             }
             Event::Disconnected => {
+                // The origins' streams go on: what was missed shows as a gap when they resume.
                 let mut cut = 0;
                 for origin in self.origins.values_mut() {
-                    origin.expected = None;
                     for remote in origin.publishers.values_mut() {
-                        if remote.in_frame {
+                        if remote.stream.cut() {
                             remote.publisher.abandon();
-                            remote.in_frame = false;
                             cut += 1;
                         }
                     }
@@ -150,9 +159,8 @@ impl Inbound {
 
     /// Cuts the streamed frame `remote` was sending, if any.
     fn cut(&self, remote: &mut Remote) {
-        if remote.in_frame {
+        if remote.stream.cut() {
             remote.publisher.abandon();
-            remote.in_frame = false;
             self.cluster.count_dropped(1);
         }
     }
@@ -218,18 +226,16 @@ impl Inbound {
                         );
                         new.insert(Remote {
                             publisher,
-                            next: header.publisher_seq,
-                            in_frame: false,
+                            stream: Receiving::new(header.publisher_seq),
                         })
                     }
                 };
-                if header.publisher_seq != remote.next && remote.in_frame {
+                let verdict = remote.stream.receive(header.publisher_seq, kind);
+                if verdict.cut {
                     remote.publisher.abandon();
-                    remote.in_frame = false;
                     self.cluster.count_dropped(1);
                 }
-                remote.next = header.publisher_seq + 1;
-                if kind.starts_frame() || remote.in_frame {
+                if verdict.deliver {
                     let gate = remote.publisher.gate();
                     std::future::poll_fn(|cx| gate.poll_open(cx)).await;
                     let piece = Piece {
@@ -239,7 +245,7 @@ impl Inbound {
                         bytes: message.payload,
                     };
                     let taken = remote.publisher.publish_remote(&piece);
-                    remote.in_frame = taken && matches!(kind, PieceKind::First | PieceKind::Middle);
+                    remote.stream.delivered(kind, taken);
                 }
             }
         }
@@ -267,12 +273,6 @@ impl Inbound {
             bytes: delivered.1,
         };
         let subject = self.cluster.subjects.credit(instance);
-        if let Err(error) = self
-            .client
-            .publish(subject, credit.to_string().into())
-            .await
-        {
-            debug!(%error, "cannot give credit");
-        }
+        super::link::say(&self.client, subject, credit.to_string()).await;
     }
 }

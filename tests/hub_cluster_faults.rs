@@ -48,8 +48,11 @@ use nats::netns;
 
 /// The code the load is published on.
 const CODE: u8 = 5;
-/// The code of the `SUB`-then-publish check made at the heal.
-const AFTER_HEAL_CODE: u8 = 9;
+/// The code of the `SUB`-then-publish made at the heal (a figure: hub b may answer `SUB` before
+/// it is back in touch with hub a, and hub a publish before it learns of the interest).
+const AT_HEAL_CODE: u8 = 9;
+/// The code of the `SUB`-then-publish made once frames cross again after the heal (a check).
+const AFTER_RECOVERY_CODE: u8 = 10;
 /// Publishers on hub a.
 const PUBLISHERS: usize = 2;
 /// Time between one publisher's frames (~40 frames/s).
@@ -371,6 +374,8 @@ struct Judged {
     around_cuts: u64,
     out_of_order: u64,
     duplicates: u64,
+    /// The first few duplicates and reorderings: publisher, sequence, when each copy arrived.
+    examples: Vec<String>,
 }
 
 fn judge(arrivals: &[Arrival], sent: &[u64]) -> Judged {
@@ -385,10 +390,25 @@ fn judge(arrivals: &[Arrival], sent: &[u64]) -> Judged {
         let mut excused = BTreeSet::new();
         let mut previous: Option<&Arrival> = None;
         for arrival in &mine {
-            if !seen.insert(arrival.seq) {
+            let kind = if !seen.insert(arrival.seq) {
                 judged.duplicates += 1;
+                "duplicate"
             } else if last.is_some_and(|last| arrival.seq < last) {
                 judged.out_of_order += 1;
+                "out of order"
+            } else {
+                ""
+            };
+            if !kind.is_empty() && judged.examples.len() < 4 {
+                let first = mine.iter().find(|a| a.seq == arrival.seq).map(|a| a.at);
+                judged.examples.push(format!(
+                    "{kind} {publisher}/{} (sent {:.3}s, arrived {:.3}s, first {:.3}s, after {:?})",
+                    arrival.seq,
+                    arrival.sent.as_secs_f64(),
+                    arrival.at.as_secs_f64(),
+                    first.unwrap_or_default().as_secs_f64(),
+                    previous.map(|p| p.seq),
+                ));
             }
             if let Some(previous) = previous {
                 if arrival.epoch != previous.epoch {
@@ -435,8 +455,10 @@ struct Figures {
     longest_send: Duration,
     /// From the fault to the faulty hub's `INFO` saying `connected: false` (if it did).
     detected: Option<Duration>,
-    /// From the heal to the frame published after the `SUB` made at the heal arriving.
-    sub_after_heal: Option<Duration>,
+    /// `SUB` on b then publish on a, made at the heal: how long until the frame arrived.
+    sub_at_heal: Option<Duration>,
+    /// The same, made once frames crossed again after the heal.
+    sub_after_recovery: Option<Duration>,
     /// `hub gone` lines in each hub's log.
     gone_a: usize,
     gone_b: usize,
@@ -456,7 +478,7 @@ impl Figures {
             "FIGURES {}: sent={} received_b={} missing_b={} (around_cuts={}) counted={} \
              [a: {} | b: {}] cuts_b={} corrupt_b={} out_of_order_b={} duplicates_b={} \
              received_a={} missing_a={} corrupt_a={} cuts_a={} recovery={} \
-             longest_local_gap={:.2}s longest_send={:.2}s detected={} sub_after_heal={} \
+             longest_local_gap={:.2}s longest_send={:.2}s detected={} sub_at_heal={} sub_after_recovery={} \
              hub_gone_logs=a:{},b:{} peak_rss=a:{}MiB,b:{}MiB panics={} exits={:?}",
             self.name,
             self.sent.iter().sum::<u64>(),
@@ -478,7 +500,8 @@ impl Figures {
             self.longest_local_gap.as_secs_f64(),
             self.longest_send.as_secs_f64(),
             secs(self.detected),
-            secs(self.sub_after_heal),
+            secs(self.sub_at_heal),
+            secs(self.sub_after_recovery),
             self.gone_a,
             self.gone_b,
             self.rss_a_kib / 1024,
@@ -500,8 +523,8 @@ impl Figures {
         for (hub, judged) in [("a", &self.on_a), ("b", &self.on_b)] {
             if judged.out_of_order + judged.duplicates > 0 {
                 failed.push(format!(
-                    "hub {hub}: {} frames out of order, {} duplicates",
-                    judged.out_of_order, judged.duplicates
+                    "hub {hub}: {} frames out of order, {} duplicates: {:?}",
+                    judged.out_of_order, judged.duplicates, judged.examples
                 ));
             }
         }
@@ -532,8 +555,11 @@ impl Figures {
                 secs(self.recovery)
             ));
         }
-        if self.sub_after_heal.is_none() {
-            failed.push("a SUB on b at the heal did not get the frame published next on a".into());
+        if self.sub_after_recovery.is_none() {
+            failed.push(
+                "a SUB on b once frames crossed again did not get the frame published next on a"
+                    .into(),
+            );
         }
         if fault.cuts() && self.detected.is_none() {
             failed.push(format!(
@@ -541,10 +567,13 @@ impl Figures {
                 if fault.on_a() { "a" } else { "b" }
             ));
         }
-        if !fault.cuts() && self.gone_a + self.gone_b > 0 {
+        if !fault.cuts() && (self.gone_a + self.gone_b > 0 || self.detected.is_some()) {
             failed.push(format!(
-                "a slow link looked dead: `hub gone` logged {} times on a, {} on b",
-                self.gone_a, self.gone_b
+                "a slow link looked dead: `hub gone` logged {} times on a, {} on b; hub a \
+                 connected: false {} into the fault",
+                self.gone_a,
+                self.gone_b,
+                secs(self.detected)
             ));
         }
         for (hub, rss) in [("a", self.rss_a_kib), ("b", self.rss_b_kib)] {
@@ -600,6 +629,24 @@ async fn cluster_of(hub: &Reach) -> Value {
     match tokio::time::timeout(Duration::from_secs(12), asked).await {
         Ok(Ok(cluster)) => cluster,
         _ => Value::Null,
+    }
+}
+
+/// A new subscriber of `code` on hub b, then one frame on `code` published on hub a: how long
+/// from the start until it arrived, if it did (within [`AFTER_HEAL_PATIENCE`] for each step).
+async fn sub_then_publish(a: Reach, b: Reach, code: u8) -> Option<Duration> {
+    let started = Instant::now();
+    let mut b = b.connect().await;
+    if !sub(&mut b, code, AFTER_HEAL_PATIENCE).await {
+        return None;
+    }
+    let mut a = a.connect().await;
+    a.send(Frame::message(status(code), "after the heal".to_owned()))
+        .await
+        .ok()?;
+    match tokio::time::timeout(AFTER_HEAL_PATIENCE, b.next()).await {
+        Ok(Some(Ok(frame))) if frame.status.code() == code => Some(started.elapsed()),
+        _ => None,
     }
 }
 
@@ -686,24 +733,29 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
     let heal = t0.elapsed();
     let detected = watcher.await.ok().flatten();
 
-    // At the heal: a new subscriber on b, then one frame on a.
-    let after_heal = {
-        let (reach_a, reach_b) = (reach_a.clone(), reach_b.clone());
+    // At the heal, and again once frames cross again: a new subscriber on b, then one frame on a.
+    let at_heal = tokio::spawn(sub_then_publish(
+        reach_a.clone(),
+        reach_b.clone(),
+        AT_HEAL_CODE,
+    ));
+    let after_recovery = {
+        let (reach_a, reach_b, log_b) = (reach_a.clone(), reach_b.clone(), logs[1].clone());
         tokio::spawn(async move {
-            let healed = Instant::now();
-            let mut b = reach_b.connect().await;
-            if !sub(&mut b, AFTER_HEAL_CODE, AFTER_HEAL_PATIENCE).await {
-                return None;
-            }
-            let mut a = reach_a.connect().await;
-            let frame = Frame::message(status(AFTER_HEAL_CODE), "after the heal".to_owned());
-            a.send(frame).await.ok()?;
-            match tokio::time::timeout(AFTER_HEAL_PATIENCE, b.next()).await {
-                Ok(Some(Ok(frame))) if frame.status.code() == AFTER_HEAL_CODE => {
-                    Some(healed.elapsed())
+            let until = Instant::now() + RECOVERY_BOUND;
+            while Instant::now() < until {
+                let crossed = log_b
+                    .lock()
+                    .unwrap()
+                    .arrivals
+                    .iter()
+                    .any(|a| a.sent >= heal);
+                if crossed {
+                    break;
                 }
-                _ => None,
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            sub_then_publish(reach_a, reach_b, AFTER_RECOVERY_CODE).await
         })
     };
     tokio::time::sleep(AFTER_HEAL).await;
@@ -736,7 +788,8 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let sub_after_heal = after_heal.await.ok().flatten();
+    let sub_at_heal = at_heal.await.ok().flatten();
+    let sub_after_recovery = after_recovery.await.ok().flatten();
     let cluster_a = cluster_of(&reach_a).await;
     let cluster_b = cluster_of(&reach_b).await;
     stop_subs.store(true, Ordering::Relaxed);
@@ -783,7 +836,8 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
                 .unwrap_or(0),
         ),
         detected,
-        sub_after_heal,
+        sub_at_heal,
+        sub_after_recovery,
         cluster_a,
         cluster_b,
         ..Figures::default()
@@ -791,13 +845,7 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
     drop((log_a, log_b));
     figures.rss_a_kib = topology.a.bin.peak_rss_kib();
     figures.rss_b_kib = topology.b.bin.peak_rss_kib();
-    for hub in [&mut topology.a, &mut topology.b] {
-        let exit = hub.terminate(EXIT_PATIENCE);
-        figures
-            .exits
-            .push(exit.map_or("still running".to_owned(), |status| status.to_string()));
-        figures.panics.extend(hub.panics());
-    }
+    // Counted before the SIGTERMs: a hub that leaves is rightly `hub gone` to the other.
     let gone = |hub: &faults::FaultHub| {
         hub.bin
             .logs()
@@ -807,6 +855,13 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
     };
     figures.gone_a = gone(&topology.a);
     figures.gone_b = gone(&topology.b);
+    for hub in [&mut topology.a, &mut topology.b] {
+        let exit = hub.terminate(EXIT_PATIENCE);
+        figures
+            .exits
+            .push(exit.map_or("still running".to_owned(), |status| status.to_string()));
+        figures.panics.extend(hub.panics());
+    }
     Some(figures)
 }
 

@@ -482,6 +482,11 @@ impl Link {
                 name: cluster.name.clone(),
             }
         };
-        say(&self.control, cluster.subjects.hubs(), announcement.to_string()).await;
+        say(
+            &self.control,
+            cluster.subjects.hubs(),
+            announcement.to_string(),
+        )
+        .await;
     }
 }

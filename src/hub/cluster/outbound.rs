@@ -310,7 +310,10 @@ impl Sender {
         loop {
             let flushed = tokio::time::timeout(RECOVERY_CHECK, self.client.flush()).await;
             if matches!(flushed, Ok(Ok(()))) {
-                self.cluster.outbound.shedding.store(false, Ordering::Release);
+                self.cluster
+                    .outbound
+                    .shedding
+                    .store(false, Ordering::Release);
                 return info!(hub = %self.cluster.name, "NATS takes data again: crossing resumes");
             }
         }

@@ -292,7 +292,11 @@ mod tests {
         peers.expire(much_later, silence, memory);
         assert_eq!(peers.silent_codes(), CodeSet::from_bits(0b10));
         peers.expire(much_later + memory * 2, silence, memory);
-        assert_eq!(peers.silent_codes(), CodeSet::from_bits(0b100), "a forgotten, b silent");
+        assert_eq!(
+            peers.silent_codes(),
+            CodeSet::from_bits(0b100),
+            "a forgotten, b silent"
+        );
         peers.expire(much_later + memory * 5, silence, memory);
         assert_eq!(peers.silent_codes(), CodeSet::empty());
     }

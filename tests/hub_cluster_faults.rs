@@ -451,6 +451,8 @@ struct Figures {
     recovery: Option<Duration>,
     /// The longest wait between two frames on hub a's subscriber while the publishers ran.
     longest_local_gap: Duration,
+    /// When that wait began, in seconds from the fault's start (negative: before it).
+    local_gap_from: f64,
     /// The longest single `send` of a publisher.
     longest_send: Duration,
     /// From the fault to the faulty hub's `INFO` saying `connected: false` (if it did).
@@ -478,7 +480,7 @@ impl Figures {
             "FIGURES {}: sent={} received_b={} missing_b={} (around_cuts={}) counted={} \
              [a: {} | b: {}] cuts_b={} corrupt_b={} out_of_order_b={} duplicates_b={} \
              received_a={} missing_a={} corrupt_a={} cuts_a={} recovery={} \
-             longest_local_gap={:.2}s longest_send={:.2}s detected={} sub_at_heal={} sub_after_recovery={} \
+             longest_local_gap={:.2}s (from {:+.2}s) longest_send={:.2}s detected={} sub_at_heal={} sub_after_recovery={} \
              hub_gone_logs=a:{},b:{} peak_rss=a:{}MiB,b:{}MiB panics={} exits={:?}",
             self.name,
             self.sent.iter().sum::<u64>(),
@@ -498,6 +500,7 @@ impl Figures {
             self.cuts_a,
             secs(self.recovery),
             self.longest_local_gap.as_secs_f64(),
+            self.local_gap_from,
             self.longest_send.as_secs_f64(),
             secs(self.detected),
             secs(self.sub_at_heal),
@@ -718,6 +721,7 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
     };
     fault.make(&topology);
     let fault_at = Instant::now();
+    let fault_start = t0.elapsed();
     let watch_until = fault_at + hold;
     let watcher = tokio::spawn(async move {
         while Instant::now() < watch_until {
@@ -801,6 +805,7 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
     }
 
     let (log_a, log_b) = (logs[0].lock().unwrap(), logs[1].lock().unwrap());
+    let local_gap = longest_gap(&log_a.arrivals, load_started, load_stopped);
     let mut figures = Figures {
         name,
         on_a: judge(&log_a.arrivals, &sent),
@@ -827,7 +832,8 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
             .filter(|a| a.sent >= heal)
             .map(|a| a.at.saturating_sub(heal))
             .min(),
-        longest_local_gap: longest_gap(&log_a.arrivals, load_started, load_stopped),
+        longest_local_gap: local_gap.0,
+        local_gap_from: local_gap.1.as_secs_f64() - fault_start.as_secs_f64(),
         longest_send: Duration::from_micros(
             stats
                 .iter()
@@ -867,17 +873,20 @@ async fn run_scenario(name: &'static str, fault: Fault, hold: Duration) -> Optio
 
 /// The longest wait between frames arriving (or from `from` to the first, or from the last to
 /// `to`) among `arrivals` within `[from, to]`.
-fn longest_gap(arrivals: &[Arrival], from: Duration, to: Duration) -> Duration {
+/// Returns the gap and when it began.
+fn longest_gap(arrivals: &[Arrival], from: Duration, to: Duration) -> (Duration, Duration) {
     let mut times: Vec<Duration> = arrivals
         .iter()
         .map(|a| a.at)
         .filter(|at| *at >= from && *at <= to)
         .collect();
     times.sort();
-    let mut longest = Duration::ZERO;
+    let mut longest = (Duration::ZERO, from);
     let mut previous = from + Duration::from_secs(1); // the first frame's own way in
     for at in times.into_iter().chain(std::iter::once(to)) {
-        longest = longest.max(at.saturating_sub(previous));
+        if at.saturating_sub(previous) > longest.0 {
+            longest = (at - previous, previous);
+        }
         previous = previous.max(at);
     }
     longest

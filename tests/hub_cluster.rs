@@ -1262,7 +1262,9 @@ async fn clustered_hubs_shut_down_on_sigterm_without_a_panic() {
     let stay = Hub::start(&nats.url(), "stay", &[]);
     for round in 0..ROUNDS {
         let names = ["x", "y", "z"].map(|name| format!("{name}{round}"));
-        let mut hubs = names.each_ref().map(|name| Hub::start(&nats.url(), name, &[]));
+        let mut hubs = names
+            .each_ref()
+            .map(|name| Hub::start(&nats.url(), name, &[]));
         for hub in &hubs {
             hub.wait_remote_hubs(hubs.len() as u64).await;
         }

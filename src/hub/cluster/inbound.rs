@@ -203,7 +203,7 @@ impl Inbound {
         let now = Instant::now();
         if origin
             .heard
-            .is_none_or(|heard| now.duration_since(heard) >= HEARD_EVERY)
+            .map_or(true, |heard| now.duration_since(heard) >= HEARD_EVERY)
         {
             origin.heard = Some(now);
             self.cluster.lock_peers().heard(header.origin, now);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_nats::{Message, Subscriber};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::hub::cluster::sequence::Receiving;
@@ -41,11 +42,15 @@ const CREDIT_BYTES: u64 = super::outbound::WINDOW_BYTES / 4;
 /// ... or this long after the last, whichever comes first.
 const CREDIT_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often an origin's data counts as a sign of life (a lock of the peers each time).
+const HEARD_EVERY: Duration = Duration::from_millis(100);
+
 /// What the link task tells the inbound task.
 #[derive(Debug)]
 pub(super) enum Event {
-    /// Hub instance has gone (left, expired, restarted).
-    Departed(u64),
+    /// Hub `instance` has gone: left or restarted, or (`silent`) not heard from — then it may
+    /// come back, and the gap in its stream is counted when it does.
+    Departed { instance: u64, silent: bool },
     /// The NATS connection dropped: messages in flight are lost.
     Disconnected,
     /// The hub is shutting down: end the task (its subscription is dropped here, inside the
@@ -69,6 +74,8 @@ struct Origin {
     delivered: (u64, u64),
     credited: (u64, u64),
     publishers: HashMap<u64, Remote>,
+    /// When its traffic last counted as a sign of life.
+    heard: Option<Instant>,
 }
 
 /// The inbound task's state.
@@ -134,11 +141,18 @@ impl Inbound {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Stop(_) => {}
-            Event::Departed(instance) => {
-                if let Some(origin) = self.origins.remove(&instance) {
-                    for (_, mut remote) in origin.publishers {
-                        self.cut(&mut remote);
-                    }
+            Event::Departed { instance, silent } => {
+                let publishers = if silent {
+                    self.origins
+                        .get_mut(&instance)
+                        .map(|origin| std::mem::take(&mut origin.publishers))
+                } else {
+                    self.origins
+                        .remove(&instance)
+                        .map(|origin| origin.publishers)
+                };
+                for (_, mut remote) in publishers.into_iter().flatten() {
+                    self.cut(&mut remote);
                 }
             }
             Event::Disconnected => {
@@ -184,6 +198,16 @@ impl Inbound {
             .bytes_in
             .fetch_add(message.payload.len() as u64, Ordering::Relaxed);
         let origin = self.origins.entry(header.origin).or_default();
+        // Data is a sign of life too: a hub whose heartbeats are slowed by a slow link is not
+        // gone while its data arrives.
+        let now = Instant::now();
+        if origin
+            .heard
+            .map_or(true, |heard| now.duration_since(heard) >= HEARD_EVERY)
+        {
+            origin.heard = Some(now);
+            self.cluster.lock_peers().heard(header.origin, now);
+        }
         if let Some(expected) = origin.expected {
             if header.seq > expected {
                 let lost = header.seq - expected;

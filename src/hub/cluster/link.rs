@@ -43,9 +43,13 @@ const CLIENT_CAPACITY: usize = 64;
 const LEAVE_FLUSH: Duration = Duration::from_millis(300);
 /// How long a control message may wait for the control connection to take it.
 const CONTROL_TIMEOUT: Duration = Duration::from_millis(250);
-/// The control connection's ping interval: it is idle between heartbeats, so a dead one misses
-/// three pings within about 1.5 s and is dropped.
-const CONTROL_PING: Duration = Duration::from_millis(300);
+/// The control connection's ping interval: it is idle for longer between heartbeats when nothing
+/// arrives, so a dead one misses a ping per heartbeat, three within about 1.5 s, and is dropped
+/// (a live one would need a round trip over a second to be taken for dead).
+const CONTROL_PING: Duration = Duration::from_millis(400);
+/// How long the other hubs may be heard while none acknowledges this hub's announcements before
+/// this hub takes its own sending side for dead and reconnects.
+const MUTE: Duration = Duration::from_secs(4);
 /// The data connection's ping interval: longer, as a ping there may wait behind bulk data.
 const DATA_PING: Duration = Duration::from_secs(3);
 /// The longest pause between reconnection attempts.
@@ -351,7 +355,7 @@ impl Link {
     }
 
     /// The other hubs are heard but none has acknowledged this hub's announcements for
-    /// [`SILENCE`]: what this hub sends does not reach NATS. Drops both connections (in the
+    /// [`MUTE`]: what this hub sends does not reach NATS. Drops both connections (in the
     /// background: a client stuck on a full socket takes the order when it can; the link is up
     /// again once both report connected).
     fn reconnect_mute(&mut self) {
@@ -386,7 +390,10 @@ impl Link {
             seen
         };
         for instance in seen.replaced {
-            let _ = self.inbound.send(InboundEvent::Departed(instance));
+            let _ = self.inbound.send(InboundEvent::Departed {
+                instance,
+                silent: false,
+            });
         }
         if seen.new {
             info!(hub = %cluster.name, remote = %announcement.name, "hub joined");
@@ -438,7 +445,7 @@ impl Link {
         }
         let now = Instant::now();
         let heard = self.cluster.lock_peers().heard_within(now, SILENCE);
-        if heard && now.duration_since(self.last_ack) > SILENCE {
+        if heard && now.duration_since(self.last_ack) > MUTE {
             return self.reconnect_mute();
         }
         self.announce(Purpose::Beat).await;
@@ -462,7 +469,10 @@ impl Link {
             cluster.set_remote_codes(&peers);
         }
         warn!(hub = %cluster.name, remote = %name, why, "hub gone");
-        let _ = self.inbound.send(InboundEvent::Departed(instance));
+        let _ = self.inbound.send(InboundEvent::Departed {
+            instance,
+            silent: why == "silent",
+        });
         cluster.notify();
     }
 

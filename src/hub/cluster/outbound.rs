@@ -45,6 +45,8 @@ const HEADER_ROOM: usize = 512;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest NATS may keep publishers held back (the queue full) before the queue is shed.
 const HOLD_MAX: Duration = Duration::from_millis(500);
+/// How often a waiting publish looks whether publishers have become held.
+const HOLD_CHECK: Duration = Duration::from_millis(50);
 /// How long the shed queue waits at a time for the NATS client to have written out all it took.
 const RECOVERY_CHECK: Duration = Duration::from_millis(500);
 /// How often a wait for credit looks again even if nothing was heard (a hub may have gone).
@@ -126,9 +128,10 @@ impl Outbound {
         self.shedding.load(Ordering::Acquire)
     }
 
-    /// Until when a publish may wait: [`PUBLISH_TIMEOUT`], or less while publishers are held.
-    fn deadline(&self) -> Instant {
-        let limit = Instant::now() + PUBLISH_TIMEOUT;
+    /// Until when a publish begun at `began` may wait: [`PUBLISH_TIMEOUT`], or less while
+    /// publishers are held.
+    fn deadline(&self, began: Instant) -> Instant {
+        let limit = began + PUBLISH_TIMEOUT;
         self.lock()
             .held_since
             .map_or(limit, |since| limit.min(since + HOLD_MAX))
@@ -344,11 +347,19 @@ impl Sender {
         };
         let mut headers = HeaderMap::new();
         headers.insert(DATA_HEADER, header.to_string());
-        let published = tokio::time::timeout_at(
-            outbound.deadline(),
-            self.client.publish_with_headers(subject, headers, bytes),
-        )
-        .await;
+        let publish = self.client.publish_with_headers(subject, headers, bytes);
+        tokio::pin!(publish);
+        // The deadline moves closer when publishers become held during the wait.
+        let began = Instant::now();
+        let published = loop {
+            let deadline = outbound.deadline(began);
+            let check = deadline.min(Instant::now() + HOLD_CHECK);
+            match tokio::time::timeout_at(check, &mut publish).await {
+                Ok(result) => break Ok(result),
+                Err(elapsed) if Instant::now() >= deadline => break Err(elapsed),
+                Err(_) => {}
+            }
+        };
         match published {
             Ok(Ok(())) => {
                 outbound.seq.store(seq, Ordering::Release);

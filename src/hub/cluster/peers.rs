@@ -145,6 +145,13 @@ impl Peers {
             .fold(CodeSet::empty(), |codes, ghost| codes.union(ghost.codes))
     }
 
+    /// Hub `instance` was heard from (its data arrived).
+    pub(crate) fn heard(&mut self, instance: u64, now: Instant) {
+        if let Some(peer) = self.hubs.get_mut(&instance) {
+            peer.last_seen = peer.last_seen.max(now);
+        }
+    }
+
     /// Whether some hub was heard from within `silence` of `now`.
     pub(crate) fn heard_within(&self, now: Instant, silence: Duration) -> bool {
         self.hubs

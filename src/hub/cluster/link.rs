@@ -50,8 +50,10 @@ const CONTROL_PING: Duration = Duration::from_millis(400);
 /// How long the other hubs may be heard while none acknowledges this hub's announcements before
 /// this hub takes its own sending side for dead and reconnects.
 const MUTE: Duration = Duration::from_secs(4);
-/// The data connection's ping interval: longer, as a ping there may wait behind bulk data.
-const DATA_PING: Duration = Duration::from_secs(3);
+/// The data connection's ping interval: much longer, as a ping there waits behind the bulk
+/// data in the client's and the kernel's buffers (at 3 s, a 0.5 MB/s link was taken for dead);
+/// a dead data connection is usually found through the control connection first.
+const DATA_PING: Duration = Duration::from_secs(10);
 /// The longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 

@@ -192,8 +192,9 @@ pub struct Shape {
 }
 
 /// How many chunks (of at most [`RELAY_CHUNK`] bytes) each direction of a relayed connection
-/// holds at most: with 200 ms of delay, 4 MiB in flight carries 20 MB/s.
-const RELAY_QUEUE: usize = 256;
+/// holds at most: with 200 ms of delay, 1 MiB in flight carries ~5 MB/s, about what the fault
+/// scenarios publish, so a delayed link is also a congested one.
+const RELAY_QUEUE: usize = 64;
 /// The largest chunk a relay reads at once.
 const RELAY_CHUNK: usize = 16 * 1024;
 

@@ -30,6 +30,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
 use tej_hub::hub::HubClient;
 use tej_hub::Status;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use hub::RunningHub;
 
@@ -219,7 +220,11 @@ fn limit(deadline: Instant, wait: Duration) -> Instant {
 }
 
 /// Sends `SUB <code>` on `client` and waits until `limit` for the hub's `OK SUB <code>`.
-async fn confirm_sub(client: &mut HubClient, code: Status, limit: Instant) -> Result<(), String> {
+async fn confirm_sub<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut HubClient<S>,
+    code: Status,
+    limit: Instant,
+) -> Result<(), String> {
     let code = code.to_string();
     let codes = before(limit, "waiting for OK SUB", client.subscribe(&code))
         .await?

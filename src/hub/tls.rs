@@ -5,10 +5,17 @@
 //!
 //! The handshake runs in the accepted connection's own task on its worker, never in the accept
 //! loop, bounded by `auth-timeout`. A client that speaks plain TEJ to the TLS port, or fails the
-//! handshake, is logged and closed; nobody else notices. After the handshake a *bridge* task joins
-//! the TLS stream to one end of a local socket pair and the session runs on the other end as on any
-//! socket ([`Transport::Bridged`]), so the relay's write-through path is the same for every
-//! connection; a TLS connection pays one local copy each way for it.
+//! handshake, is logged and closed; nobody else notices. After the handshake the connection is a
+//! [`TlsSocket`]: the client's socket with the `rustls::ServerConnection` beside it, and the
+//! session runs on it directly ([`Transport::Tls`]) — one descriptor, no task and no copy between.
+//!
+//! The rustls state is shared by the session's reader (which decrypts) and the subscriber's
+//! outbox (which seals pieces into records), so it has a lock of its own. Lock order: the outbox's
+//! lock, then this one — **outbox → tls, never the reverse**; nothing is locked while it is held.
+//! Records must reach the socket in the order they were sealed: a publisher seals only while the
+//! outbox's queue is empty (under the outbox lock), the writer only the queue's front, and the
+//! reader seals nothing — what rustls has to send on its own (a key update) goes out with the next
+//! sealed piece. Kernel TLS (the `tls` ULP) would be the next step on kernels that have it.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -19,13 +19,14 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde_json::json;
 use tej_hub::hub::{HubClient, HubOptions};
-use tej_hub::{ClientTls, Frame, MaybeTls, Status};
+use tej_hub::{Frame, MaybeTls, Status};
 use tokio::task::JoinSet;
 
 use super::big_file::publishable_status;
 use super::hub::{count_fds, status_kib, HubChoice, HubInfo, RunningHub};
 use super::{
-    before, confirm_sub, enough_open_files, human_bytes, limit, measure_on, one_to, Common, KIB,
+    before, confirm_sub, enough_open_files, human_bytes, limit, measure_on, one_to, Common,
+    TlsTarget, KIB,
 };
 use crate::Failure;
 
@@ -55,18 +56,9 @@ pub(crate) struct Connections {
     /// Connections being set up at a time (1-1024).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = one_to(1024))]
     parallel: u64,
-    /// Connect over TLS, trusting the CA in FILE (PEM); start a TLS hub with
-    /// `--serve-arg=--tls-cert=...` and `--serve-arg=--tls-key=...`, or give one with --hub.
-    #[arg(long, value_name = "FILE")]
-    tls_ca: Option<std::path::PathBuf>,
-    /// With --tls-ca: the name the hub's certificate must carry.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "localhost",
-        requires = "tls_ca"
-    )]
-    tls_server_name: String,
+    /// TLS to the hub, for every connection (the publisher's too).
+    #[command(flatten)]
+    tls: TlsTarget,
     #[command(flatten)]
     common: Common,
 }
@@ -76,14 +68,7 @@ pub(crate) fn run(args: &Connections) -> Result<(), Failure> {
     let deadline = Instant::now() + Duration::from_secs(args.common.timeout);
     let open_files = enough_open_files(args.count)?;
     let options = HubOptions {
-        tls: match &args.tls_ca {
-            None => None,
-            Some(ca) => Some((
-                ClientTls::with_ca_file(ca)
-                    .map_err(|error| Failure::Usage(format!("--tls-ca: {error}")))?,
-                args.tls_server_name.clone(),
-            )),
-        },
+        tls: args.tls.client()?,
         ..HubOptions::default()
     };
     let mut running = RunningHub::start(&HubChoice::new(&args.common, false), deadline)?;
@@ -332,7 +317,7 @@ impl Report<'_> {
             "rss_before_kib": measured.rss_before_kib,
             "rss_after_kib": measured.rss_after_kib,
             "per_connection_bytes": measured.per_connection_bytes(),
-            "tls": self.args.tls_ca.is_some(),
+            "tls": self.args.tls.is_on(),
             "fds_before": measured.fds_before,
             "fds_after": measured.fds_after,
             "fds_per_connection": measured.fds_per_connection(),
@@ -400,11 +385,7 @@ impl Report<'_> {
         let mut out = format!(
             "tej-hub bench connections: {} idle {}subscribers, one publication\n",
             measured.count,
-            if self.args.tls_ca.is_some() {
-                "TLS "
-            } else {
-                ""
-            }
+            if self.args.tls.is_on() { "TLS " } else { "" }
         );
         for (label, value) in rows {
             out.push_str(&format!("  {label:<22}{value}\n"));

@@ -236,43 +236,62 @@ impl TlsSocket {
         self.socket.poll_read_ready(cx)
     }
 
-    /// Reads plaintext into `buf`, pulling records from the socket as needed. The end of the
-    /// client's stream, with or without close_notify, is the end of the session's input.
+    /// Reads plaintext into `buf`, pulling records from the socket as needed, as much as has
+    /// arrived (a plain socket's read returns all the kernel holds: the relay then forwards large
+    /// pieces, not one record at a time). The end of the client's stream, with or without
+    /// close_notify, is the end of the session's input.
     pub(crate) fn poll_read(
         &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
+        let mut read_some = false;
         loop {
             {
                 let mut conn = self.lock();
-                match io::Read::read(&mut conn.reader(), buf.initialize_unfilled()) {
-                    Ok(read) => {
-                        buf.advance(read);
+                loop {
+                    if buf.remaining() == 0 {
                         return Poll::Ready(Ok(()));
                     }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Poll::Ready(Ok(()))
+                    // Records read but not yet decrypted first, then the socket.
+                    let state = match conn.process_new_packets() {
+                        Ok(state) => state,
+                        Err(_) if read_some => return Poll::Ready(Ok(())),
+                        Err(error) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                error,
+                            )))
+                        }
+                    };
+                    let available = state.plaintext_bytes_to_read();
+                    if available > 0 || state.peer_has_closed() {
+                        // Only what is there: the session's buffer may be a large one.
+                        let into = buf.initialize_unfilled_to(available.min(buf.remaining()));
+                        match io::Read::read(&mut conn.reader(), into) {
+                            // The end (close_notify).
+                            Ok(0) => return Poll::Ready(Ok(())),
+                            Ok(read) => {
+                                buf.advance(read);
+                                read_some = true;
+                                continue;
+                            }
+                            Err(_) if read_some => return Poll::Ready(Ok(())),
+                            Err(error) => return Poll::Ready(Err(error)),
+                        }
                     }
-                    Err(error) => return Poll::Ready(Err(error)),
+                    match conn.read_tls(&mut SocketReader(&self.socket)) {
+                        // The end without close_notify: the end all the same.
+                        Ok(0) => return Poll::Ready(Ok(())),
+                        Ok(_) => continue,
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) if read_some => return Poll::Ready(Ok(())),
+                        Err(error) => return Poll::Ready(Err(error)),
+                    }
                 }
-                // Records read but not yet decrypted first, then the socket.
-                let state = conn
-                    .process_new_packets()
-                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-                if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
-                    continue;
-                }
-                match conn.read_tls(&mut SocketReader(&self.socket)) {
-                    // Ok(0) is the client's end: the reader says next how it ended.
-                    Ok(_) => continue,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return Poll::Ready(Err(error)),
-                }
+            }
+            if read_some {
+                return Poll::Ready(Ok(()));
             }
             ready!(self.socket.poll_read_ready(cx))?;
         }

@@ -13,7 +13,13 @@
 //! frames never interleave and each publisher's frames keep their order.
 //!
 //! The queue's size is counted in the subscriber's [`Backlog`]: bytes are charged when queued and
-//! discharged when written, and the policies act on that count (docs/hub.md). A subscriber's own
+//! discharged when written, and the policies act on that count (docs/hub.md).
+//!
+//! On a TLS connection the bytes are sealed into TLS records before they reach the socket
+//! ([`WriteHalf::seal`]): a small piece by the publisher under the lock, before its write-through;
+//! a queued piece by the writer when it reaches the front. So the queue holds records up front
+//! and plaintext behind, its count is what the client has not taken, and records go out in the
+//! order they were sealed. Lock order: this lock, then the connection's TLS lock (outbox → tls). A subscriber's own
 //! replies (control answers, pings) go through the same path, after the streamed frame on the
 //! wire if there is one.
 

@@ -6,8 +6,8 @@
 //! The handshake runs in the accepted connection's own task on its worker, never in the accept
 //! loop, bounded by `auth-timeout`. A client that speaks plain TEJ to the TLS port, or fails the
 //! handshake, is logged and closed; nobody else notices. After the handshake the connection is a
-//! [`TlsSocket`]: the client's socket with the `rustls::ServerConnection` beside it, and the
-//! session runs on it directly ([`Transport::Tls`]) — one descriptor, no task and no copy between.
+//! `TlsSocket`: the client's socket with the `rustls::ServerConnection` beside it, and the
+//! session runs on it directly (`Transport::Tls`) — one descriptor, no task and no copy between.
 //!
 //! The rustls state is shared by the session's reader (which decrypts) and the subscriber's
 //! outbox (which seals pieces into records), so it has a lock of its own. Lock order: the outbox's

@@ -383,7 +383,7 @@ fn configurations_with_clear_passwords_or_bad_lists_are_refused_naming_the_user(
         }],
         ..HubConfig::default()
     };
-    let error = clear.validate().expect_err("a clear password").to_string();
+    let error = refused_at_start(clear);
     assert!(
         error.contains("\"carol\"") && error.contains("never a clear password"),
         "{error}"
@@ -393,10 +393,7 @@ fn configurations_with_clear_passwords_or_bad_lists_are_refused_naming_the_user(
         users: vec![user("dave", "x", Some("5,2"), None)],
         ..HubConfig::default()
     };
-    let error = bad_list
-        .validate()
-        .expect_err("a reserved code")
-        .to_string();
+    let error = refused_at_start(bad_list);
     assert!(
         error.contains("\"dave\"") && error.contains("reserved code 2"),
         "{error}"
@@ -413,11 +410,16 @@ fn configurations_with_clear_passwords_or_bad_lists_are_refused_naming_the_user(
         ],
         ..HubConfig::default()
     };
-    assert!(twice
-        .validate()
-        .expect_err("a name twice")
+    assert!(refused_at_start(twice).contains("twice"));
+}
+
+/// Why a hub refuses to start with `config` (users are resolved when it starts).
+fn refused_at_start(config: HubConfig) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    actix_rt::System::new()
+        .block_on(tej_hub::hub::run(listener, config, std::future::pending()))
+        .expect_err("the hub refuses to start")
         .to_string()
-        .contains("twice"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,15 +12,19 @@ mod python;
 
 use std::path::Path;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tej_hub::hub::config::{HubConfig, UserConfig};
-use tej_hub::hub::control::Info;
+use tej_hub::hub::control::{Info, SlowPolicy};
 use tej_hub::hub::{HubClient, HubOptions};
-use tej_hub::{Client, ClientTls, Frame};
+use tej_hub::{Client, ClientTls, Frame, MaybeTls, TejCodec};
 use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Framed;
 
-use hub_common::{pattern, start_hub, status, stop_hub, test_config, within, MIB, PATIENCE};
+use hub_common::{
+    connect_raw, connect_small_window, control_frame, pattern, start_hub, status, stop_hub,
+    test_config, within, MIB, PATIENCE,
+};
 use pki::Pki;
 use python::PyPeer;
 
@@ -91,7 +95,7 @@ async fn frames_cross_a_tls_hub_byte_for_byte() {
         .file("a.txt", pattern(1000, 1))
         .message("over tls")
         .build();
-    // Larger than the cut-through size: streamed through the bridge.
+    // Larger than the cut-through size: streamed as it arrives.
     let large = Frame::message(status(5), pattern(20 * MIB, 2));
     for frame in [small, large] {
         within(PATIENCE, "a publication", publisher.send(frame.clone()))
@@ -371,4 +375,119 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     assert!(stale.is_err(), "the old certificate is still served");
     // The connection made before the reload goes on.
     assert!(kept.info().await.is_ok());
+}
+
+/// A framed connection to `addr`, over TLS when `tls` is given; with `small_window`, a 4 KiB
+/// receive buffer (a subscriber that stops reading fills it at once).
+async fn framed(
+    addr: std::net::SocketAddr,
+    tls: Option<&ClientTls>,
+    small_window: bool,
+) -> Framed<MaybeTls, TejCodec> {
+    let socket = if small_window {
+        connect_small_window(addr).await
+    } else {
+        connect_raw(addr).await
+    };
+    let stream = match tls {
+        None => MaybeTls::Plain(socket),
+        Some(tls) => MaybeTls::Tls(Box::new(
+            within(PATIENCE, "a handshake", tls.handshake(socket, "localhost"))
+                .await
+                .expect("TLS handshake"),
+        )),
+    };
+    Framed::new(stream, TejCodec::default())
+}
+
+/// Sends `command` and returns the text of the control reply, skipping other frames.
+async fn command(conn: &mut Framed<MaybeTls, TejCodec>, command: &str) -> String {
+    within(PATIENCE, command, async {
+        conn.send(control_frame(command)).await.expect("send");
+        loop {
+            let frame = conn.next().await.expect("a reply").expect("a frame");
+            if frame.status.code() == 127 {
+                return String::from_utf8_lossy(&frame.message).into_owned();
+            }
+        }
+    })
+    .await
+}
+
+/// How many bytes of frames a subscriber that stopped reading gets from a hub (`config`, with
+/// `max-pending-bytes` 128 KiB and `slow-consumer disconnect`) before the hub cuts it: what the
+/// kernel's buffers hold plus what the hub's outbox may hold for it.
+async fn taken_by_a_stuck_subscriber(config: HubConfig, tls: Option<&ClientTls>) -> usize {
+    const FRAME: usize = 1024;
+    const FRAMES: usize = 4096;
+    // The hub's sockets inherit the listener's fixed send buffer: the kernel's autotuning would
+    // otherwise let it take anything from a few KiB to megabytes, hiding what the hub holds.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    listener.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    listener
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind 127.0.0.1:0");
+    listener.listen(64).expect("listen");
+    let config = HubConfig {
+        max_pending_bytes: 128 * 1024,
+        slow_consumer: SlowPolicy::Disconnect,
+        ..config
+    };
+    let hub = tej_hub::hub::spawn(listener.into(), config).expect("start the hub");
+    let addr = hub.local_addr();
+    let mut stuck = framed(addr, tls, true).await;
+    assert_eq!(command(&mut stuck, "SUB 20,21").await, "OK SUB 20-21");
+    let mut publisher = framed(addr, tls, false).await;
+    let frames: Vec<Frame> = (0..FRAMES)
+        // Alternate codes: each frame is a piece of its own (not part of a run), so the cut
+        // falls on a frame, not on whatever run the publisher's segments made.
+        .map(|seq| Frame::message(status(20 + seq as u8 % 2), pattern(FRAME, seq as u64)))
+        .collect();
+    within(PATIENCE, "the publisher", async {
+        for frame in &frames {
+            publisher.feed(frame.clone()).await.expect("publish");
+        }
+        SinkExt::<Frame>::flush(&mut publisher)
+            .await
+            .expect("publish");
+    })
+    .await;
+    // Its reply comes after the hub has offered every frame before it.
+    command(&mut publisher, "INFO").await;
+    let mut got = 0;
+    within(PATIENCE, "the stuck subscriber to be cut", async {
+        while let Some(Ok(frame)) = stuck.next().await {
+            if frame.status.code() == 127 {
+                continue;
+            }
+            assert!(
+                frame == frames[got],
+                "stuck subscriber: frame {got} changed"
+            );
+            got += 1;
+        }
+    })
+    .await;
+    assert!(got < FRAMES, "the stuck subscriber got all {got} frames");
+    let info = command(&mut publisher, "INFO").await;
+    assert!(info.contains(r#""slow_consumers":1"#), "{info}");
+    stop_hub(hub).await;
+    got * (FRAME + 18)
+}
+
+/// The outbox's limit applies to what the client has not taken, TLS or not: a TLS subscriber
+/// that stops reading is cut after as many bytes as a plain one, give or take a TLS record (a
+/// TLS connection once ran through a local bridge whose buffers took far more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_tls_subscriber_is_cut_at_the_same_pending_bytes_as_a_plain_one() {
+    const RECORD: usize = 16 * 1024 + 256;
+    let pki = Pki::new("stuck");
+    let plain = taken_by_a_stuck_subscriber(test_config(), None).await;
+    let tls = taken_by_a_stuck_subscriber(pki.hub_config(), Some(&pki.client(None))).await;
+    eprintln!("stuck subscriber took {plain} bytes plain, {tls} bytes over TLS");
+    assert!(
+        tls.abs_diff(plain) <= RECORD,
+        "a stuck subscriber took {plain} bytes plain but {tls} over TLS"
+    );
 }

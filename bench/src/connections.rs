@@ -5,7 +5,9 @@
 //! The hub's resident memory (`VmRSS` in /proc/PID/status) before the first connection, and once
 //! the last has been idle for a few seconds, gives the cost of one idle connection. Then one frame is published on the code and
 //! every connection must receive it; the time from the publish until the last one has read it is
-//! the fan-out time.
+//! the fan-out time. The hub's open descriptors (`/proc/PID/fd`) before and after give the
+//! descriptors one connection holds. With `--tls-ca` every connection (the publisher's too) is
+//! TLS, so plain and TLS costs are measured by the same code.
 //!
 //! This process holds one descriptor per connection too, so it raises its own open-files limit
 //! first (as the hub does at start) and refuses to run when that is still not enough.
@@ -16,14 +18,15 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::StreamExt;
 use serde_json::json;
-use tej_hub::hub::HubClient;
-use tej_hub::{Frame, Status};
+use tej_hub::hub::{HubClient, HubOptions};
+use tej_hub::{Frame, MaybeTls, Status};
 use tokio::task::JoinSet;
 
 use super::big_file::publishable_status;
-use super::hub::{status_kib, HubChoice, HubInfo, RunningHub};
+use super::hub::{count_fds, status_kib, HubChoice, HubInfo, RunningHub};
 use super::{
-    before, confirm_sub, enough_open_files, human_bytes, limit, measure_on, one_to, Common, KIB,
+    before, confirm_sub, enough_open_files, human_bytes, limit, measure_on, one_to, Common,
+    TlsTarget, KIB,
 };
 use crate::Failure;
 
@@ -53,6 +56,9 @@ pub(crate) struct Connections {
     /// Connections being set up at a time (1-1024).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = one_to(1024))]
     parallel: u64,
+    /// TLS to the hub, for every connection (the publisher's too).
+    #[command(flatten)]
+    tls: TlsTarget,
     #[command(flatten)]
     common: Common,
 }
@@ -61,6 +67,10 @@ pub(crate) struct Connections {
 pub(crate) fn run(args: &Connections) -> Result<(), Failure> {
     let deadline = Instant::now() + Duration::from_secs(args.common.timeout);
     let open_files = enough_open_files(args.count)?;
+    let options = HubOptions {
+        tls: args.tls.client()?,
+        ..HubOptions::default()
+    };
     let mut running = RunningHub::start(&HubChoice::new(&args.common, false), deadline)?;
     let hub = running.info();
     eprintln!(
@@ -68,7 +78,7 @@ pub(crate) fn run(args: &Connections) -> Result<(), Failure> {
         args.count, args.code
     );
     // The runtime goes first: it closes every connection before the hub goes.
-    let measuring = measure(args, hub.addr, hub.pid, deadline);
+    let measuring = measure(args, &options, hub.addr, hub.pid, deadline);
     let measured = measure_on(
         "connections",
         &mut running,
@@ -111,6 +121,10 @@ struct Measured {
     rss_before_kib: Option<u64>,
     /// The hub's `VmRSS` with every connection subscribed and idle, in KiB.
     rss_after_kib: Option<u64>,
+    /// The hub's open descriptors before the first connection.
+    fds_before: Option<u64>,
+    /// The hub's open descriptors with every connection subscribed and idle.
+    fds_after: Option<u64>,
     /// The hub's `VmHWM` at the end, in KiB.
     peak_kib: Option<u64>,
     /// Connections that received the publication.
@@ -134,11 +148,18 @@ impl Measured {
         let grown = self.rss_after_kib?.saturating_sub(self.rss_before_kib?);
         Some(grown * KIB / self.count.max(1))
     }
+
+    /// The hub's descriptors per connection, to 0.01.
+    fn fds_per_connection(&self) -> Option<f64> {
+        let grown = self.fds_after?.saturating_sub(self.fds_before?);
+        Some((grown as f64 * 100.0 / self.count.max(1) as f64).round() / 100.0)
+    }
 }
 
 /// Subscribes every connection, reads the hub's memory, publishes, counts the receipts.
 async fn measure(
     args: &Connections,
+    options: &HubOptions,
     addr: SocketAddr,
     pid: Option<u32>,
     deadline: Instant,
@@ -146,11 +167,12 @@ async fn measure(
     let rss = |pid: Option<u32>| pid.and_then(|pid| status_kib(pid, "VmRSS:"));
     tokio::time::sleep(SETTLE).await;
     let rss_before_kib = rss(pid);
+    let fds_before = pid.and_then(count_fds);
 
     let started = Instant::now();
     let code = args.code;
     let mut opening = futures_util::stream::iter(0..args.count)
-        .map(|_| subscribe(addr, code, deadline))
+        .map(|_| subscribe(addr, options, code, deadline))
         .buffer_unordered(args.parallel as usize);
     let mut subscribers = Vec::new();
     while let Some(subscribed) = opening.next().await {
@@ -166,11 +188,12 @@ async fn measure(
     );
     tokio::time::sleep(IDLE).await;
     let rss_after_kib = rss(pid);
+    let fds_after = pid.and_then(count_fds);
 
     let mut publisher = before(
         connect_limit(deadline),
         "connecting",
-        HubClient::connect(addr),
+        HubClient::connect_with(addr, options),
     )
     .await?
     .map_err(|error| format!("publisher: cannot connect: {error}"))?;
@@ -217,6 +240,8 @@ async fn measure(
         setup,
         rss_before_kib,
         rss_after_kib,
+        fds_before,
+        fds_after,
         peak_kib: pid.and_then(|pid| status_kib(pid, "VmHWM:")),
         received,
         fanout: last.saturating_duration_since(published),
@@ -232,9 +257,14 @@ fn connect_limit(deadline: Instant) -> Instant {
 }
 
 /// A connection whose `SUB <code>` the hub acknowledged.
-async fn subscribe(addr: SocketAddr, code: Status, deadline: Instant) -> Result<HubClient, String> {
+async fn subscribe(
+    addr: SocketAddr,
+    options: &HubOptions,
+    code: Status,
+    deadline: Instant,
+) -> Result<HubClient<MaybeTls>, String> {
     let limit = connect_limit(deadline);
-    let mut client = before(limit, "connecting", HubClient::connect(addr))
+    let mut client = before(limit, "connecting", HubClient::connect_with(addr, options))
         .await?
         .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
     confirm_sub(&mut client, code, limit).await?;
@@ -242,7 +272,7 @@ async fn subscribe(addr: SocketAddr, code: Status, deadline: Instant) -> Result<
 }
 
 /// Waits for the publication on `client`; returns when it was read.
-async fn receive(mut client: HubClient, code: Status) -> Result<Instant, String> {
+async fn receive(mut client: HubClient<MaybeTls>, code: Status) -> Result<Instant, String> {
     match client.next_frame().await {
         Ok(Some(frame)) if frame.status == code && frame.message == MESSAGE.as_bytes() => {
             Ok(Instant::now())
@@ -287,6 +317,10 @@ impl Report<'_> {
             "rss_before_kib": measured.rss_before_kib,
             "rss_after_kib": measured.rss_after_kib,
             "per_connection_bytes": measured.per_connection_bytes(),
+            "tls": self.args.tls.is_on(),
+            "fds_before": measured.fds_before,
+            "fds_after": measured.fds_after,
+            "fds_per_connection": measured.fds_per_connection(),
             "hub_peak_rss_kib": measured.peak_kib,
             "publish_fanout_ms": ms(measured.fanout),
             "received": measured.received,
@@ -328,6 +362,13 @@ impl Report<'_> {
             ("hub VmRSS before", kib(measured.rss_before_kib)),
             ("hub VmRSS after", kib(measured.rss_after_kib)),
             ("per connection", per_connection),
+            (
+                "descriptors",
+                measured.fds_per_connection().map_or_else(
+                    || "not measured (--hub without --hub-pid)".to_owned(),
+                    |fds| format!("{fds} per connection"),
+                ),
+            ),
             ("hub peak RSS (VmHWM)", kib(measured.peak_kib)),
             (
                 "publish fan-out",
@@ -342,8 +383,9 @@ impl Report<'_> {
             ),
         ];
         let mut out = format!(
-            "tej-hub bench connections: {} idle subscribers, one publication\n",
-            measured.count
+            "tej-hub bench connections: {} idle {}subscribers, one publication\n",
+            measured.count,
+            if self.args.tls.is_on() { "TLS " } else { "" }
         );
         for (label, value) in rows {
             out.push_str(&format!("  {label:<22}{value}\n"));
@@ -361,6 +403,8 @@ mod tests {
             setup: Duration::from_secs(1),
             rss_before_kib: before,
             rss_after_kib: after,
+            fds_before: Some(10),
+            fds_after: Some(3010),
             peak_kib: after,
             received,
             fanout: Duration::from_micros(12_345),
@@ -380,6 +424,7 @@ mod tests {
             Some(0)
         );
         assert_eq!(measured(None, Some(1), 1000).per_connection_bytes(), None);
+        assert_eq!(measured(None, None, 1000).fds_per_connection(), Some(3.0));
         assert!(measured(None, None, 1000).all_received());
         assert!(!measured(None, None, 999).all_received());
         assert_eq!(ms(Duration::from_micros(12_345)), 12.35);

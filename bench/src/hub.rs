@@ -423,6 +423,13 @@ impl RssStats {
     }
 }
 
+/// Entries in `/proc/PID/fd`.
+pub(super) fn count_fds(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|entries| entries.count() as u64)
+}
+
 /// Field `name` (e.g. `VmRSS:`) of process `pid`'s `/proc/PID/status` now, in KiB.
 pub(super) fn status_kib(pid: u32, name: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -30,7 +30,9 @@ use tej_hub::hub::control::CONTROL;
 use tej_hub::Status;
 
 use super::hub::{HubChoice, RunningHub};
-use super::{byte_size, enough_open_files, human_bytes, loopback_addr, one_to, Common, KIB, MIB};
+use super::{
+    byte_size, enough_open_files, human_bytes, loopback_addr, one_to, Common, TlsTarget, KIB, MIB,
+};
 use crate::Failure;
 use cross_hub::{CrossHub, CrossHubInfo};
 use forwarder::Forwarder;
@@ -160,25 +162,15 @@ struct Peers {
 struct Target {
     /// Run the hub in this process (`tej_hub::hub::spawn` on 127.0.0.1:0, default settings)
     /// instead of spawning `tej-hub serve`.
-    #[arg(long, conflicts_with_all = ["hub", "serve_args"])]
+    #[arg(long, conflicts_with_all = ["hub", "serve_args", "tls_ca"])]
     embedded: bool,
     /// Also run the same workload through a plain forwarder (built into the bench) and print
     /// the hub's figures as a ratio of its.
     #[arg(long)]
     yardstick: bool,
-    /// Reach the hub over TLS, trusting the CA in FILE (PEM); start a TLS hub with
-    /// `--serve-arg=--tls-cert=...` and `--serve-arg=--tls-key=...`, or give one with --hub.
-    /// The forwarder stays plain.
-    #[arg(long, value_name = "FILE", conflicts_with = "embedded")]
-    tls_ca: Option<std::path::PathBuf>,
-    /// With --tls-ca: the name the hub's certificate must carry.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "localhost",
-        requires = "tls_ca"
-    )]
-    tls_server_name: String,
+    /// TLS to the hub (the forwarder stays plain).
+    #[command(flatten)]
+    tls: TlsTarget,
     #[command(flatten)]
     common: Common,
 }
@@ -186,15 +178,10 @@ struct Target {
 impl Target {
     /// How the load reaches the hub over TLS, if it does.
     fn hub_tls(&self) -> Result<Option<HubTls>, Failure> {
-        let Some(ca) = &self.tls_ca else {
-            return Ok(None);
-        };
-        let tls = tej_hub::ClientTls::with_ca_file(ca)
-            .map_err(|error| Failure::Usage(format!("--tls-ca: {error}")))?;
-        Ok(Some(HubTls {
-            tls,
-            server_name: self.tls_server_name.clone(),
-        }))
+        Ok(self
+            .tls
+            .client()?
+            .map(|(tls, server_name)| HubTls { tls, server_name }))
     }
 }
 

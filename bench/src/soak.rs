@@ -31,7 +31,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use tej_hub::hub::HubClient;
 
-use super::hub::{status_kib, HubChoice, HubInfo, RunningHub};
+use super::hub::{count_fds, status_kib, HubChoice, HubInfo, RunningHub};
 use super::{before, human_bytes, limit, measure_on, one_to, Common, MIB};
 use crate::Failure;
 use clients::{Completed, Hostile, Phases, Published, Role, Seen};
@@ -259,13 +259,6 @@ async fn settled_state(
             return Ok(state);
         }
     }
-}
-
-/// Entries in `/proc/PID/fd`.
-fn count_fds(pid: u32) -> Option<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()
-        .map(|entries| entries.count() as u64)
 }
 
 /// Checks everything and lays out the report.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::hub::config::HubConfig;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
 
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

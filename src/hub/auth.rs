@@ -31,7 +31,7 @@ use crate::hub::control::CodeSet;
 
 /// What a connection may do: the codes it may publish on and subscribe to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Permissions {
+pub(crate) struct Permissions {
     /// Codes it may publish on.
     pub publish: CodeSet,
     /// Codes it may subscribe to.
@@ -154,11 +154,11 @@ pub struct HashError(password_hash::Error);
 /// Too many password checks wait already: the `AUTH` is refused without one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("auth busy")]
-pub struct AuthBusy;
+pub(crate) struct AuthBusy;
 
 /// A connection that proved who it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Authenticated {
+pub(crate) struct Authenticated {
     /// The user's name.
     pub user: String,
     /// What the user may do.
@@ -180,7 +180,7 @@ struct Check {
 }
 
 /// The configured users and the anonymous permissions; see the module documentation.
-pub struct Users {
+pub(crate) struct Users {
     users: Arc<Directory>,
     anonymous: Option<Permissions>,
     /// Where checks go; the threads start with the first one and end when this is dropped.
@@ -254,11 +254,6 @@ impl Users {
     /// What an unauthenticated connection may do: `None` when it must authenticate first.
     pub fn anonymous(&self) -> Option<Permissions> {
         self.anonymous
-    }
-
-    /// Whether `user` exists.
-    pub fn contains(&self, user: &str) -> bool {
-        self.users.users.contains_key(user)
     }
 
     /// Checks `password` for `user` on the checking threads; `Ok(None)` for a wrong password or
@@ -373,7 +368,7 @@ pub(crate) struct Revoked;
 
 /// Why an `AUTH` was refused before any password check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthRefused {
+pub(crate) enum AuthRefused {
     /// The hub has no users.
     #[error("auth not enabled: the hub has no users")]
     NotEnabled,

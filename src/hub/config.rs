@@ -242,7 +242,8 @@ impl HubConfig {
         toml::from_str(text)
     }
 
-    /// Checks the settings that have no meaningful value at zero.
+    /// Checks the settings' values (those with no meaningful value at zero, the log filter).
+    /// Users, TLS files and cluster settings are resolved once, when a hub starts or reloads.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the setting.
@@ -280,9 +281,6 @@ impl HubConfig {
         if self.auth_timeout == 0 {
             return Err(ConfigError::Invalid("auth-timeout must be at least 1"));
         }
-        crate::hub::auth::Users::from_config(self)?;
-        crate::hub::tls::TlsListener::from_config(self)?;
-        crate::hub::cluster::Settings::from_config(self, self.listen.port())?;
         Ok(())
     }
 

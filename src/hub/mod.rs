@@ -17,7 +17,7 @@
 //!
 //! # Layout
 //! - Connections: `session` (the actor per connection), `router` (registration and
-//!   subscriptions, the only writer of the subscription table) with its [`registry`],
+//!   subscriptions, the only writer of the subscription table),
 //!   [`control`] (the control grammar), `client` ([`HubClient`], for applications).
 //! - `delivery`: the data path — relay codec, publisher, subscription table, outbox, flow
 //!   control, transport, idle buffers; its module doc states the ordering rules and the lock order.
@@ -36,11 +36,10 @@ pub mod config;
 pub mod control;
 mod delivery;
 mod ops;
-pub mod registry;
 mod rlimit;
 mod router;
 mod session;
-pub mod tls;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -56,6 +55,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
+use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
+use crate::hub::session::SessionId;
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
 pub use client::{Credentials, HubClient, HubError, HubOptions};
@@ -63,11 +64,11 @@ use cluster::Cluster;
 use delivery::table::SubscriptionTable;
 use delivery::transport::Transport;
 pub use ops::Operation;
-use ops::{HubState, Next};
-use registry::SessionId;
+use ops::{HubState, Loaded, Next};
 pub use rlimit::raise_open_files_limit;
-use router::{HubCounters, OpenConnection, Router, Shutdown};
+use router::{Router, Shutdown};
 use session::{Session, SessionContext};
+pub use tls::TlsError;
 use tls::TlsListener;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -136,7 +137,9 @@ pub async fn run_announced(
     mut operations: UnboundedReceiver<Operation>,
     ready: impl FnOnce(),
 ) -> io::Result<()> {
-    config.validate().map_err(invalid)?;
+    // Everything the settings name (users, TLS files, the cluster) is resolved here, once.
+    let loaded = Loaded::new(config).map_err(invalid)?;
+    let config = loaded.config.clone();
     let listen = listener.local_addr()?;
     let cluster_settings =
         cluster::Settings::from_config(&config, listen.port()).map_err(invalid)?;
@@ -166,16 +169,13 @@ pub async fn run_announced(
         Router::new(router_table, router_cluster)
     });
     info!(%listen, workers = workers.len(), "hub started");
-    let state = Arc::new(
-        HubState::new(
-            config,
-            listen,
-            counters.clone(),
-            table.clone(),
-            cluster.clone(),
-        )
-        .map_err(invalid)?,
-    );
+    let state = Arc::new(HubState::new(
+        loaded,
+        listen,
+        counters.clone(),
+        table.clone(),
+        cluster.clone(),
+    ));
     let http = match monitor {
         Some(monitor) => Some(ops::monitor::start(monitor, state.clone())?),
         None => None,
@@ -290,7 +290,7 @@ fn hand_over(
         Ok(stream) => stream,
         Err(error) => return warn!(%peer, %error, "cannot hand over connection"),
     };
-    let open = OpenConnection::new(hub.counters.clone(), slot);
+    let open = ConnectionGuard::new(hub.counters.clone(), slot);
     worker.spawn(async move {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,

@@ -1,8 +1,8 @@
-//! The [`Router`] actor: the one owner of the hub's registry of sessions and subscriptions.
+//! The [`Router`] actor: the one owner of which sessions exist and what each subscribes to.
 //!
 //! Sessions talk to it with small typed messages named by direction: session → router
 //! [`Register`], [`Unregister`], [`Subscribe`], [`Unsubscribe`], [`Query`]; router → session
-//! [`Kick`] (at shutdown; publishers kick through the subscriber's
+//! [`Kick`](crate::hub::session::Kick) at shutdown (publishers kick through the subscriber's
 //! [`Outbox`](super::delivery::outbox::Outbox) too).
 //!
 //! The router is not on the data path. After each change it stores the touched codes' subscriber
@@ -15,63 +15,21 @@
 //! goes on with other messages, and the session waits for its answer. A code left without
 //! subscribers is withdrawn ([`Cluster::unwant`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{
-    fut, Actor, ActorFutureExt, Context, Handler, Message, MessageResult, Recipient,
-    ResponseActFuture, WrapFuture,
+    fut, Actor, ActorFutureExt, Context, Handler, Message, MessageResult, ResponseActFuture,
+    WrapFuture,
 };
 use bytes::Bytes;
 
-use crate::hub::admission::IpSlot;
-use crate::hub::auth::Users;
+use crate::frame::Status;
 use crate::hub::cluster::Cluster;
-use crate::hub::control::{CodeSet, CounterSnapshot, EventCounts};
+use crate::hub::control::CodeSet;
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::ops::counters::{CodeCounters, Connections};
-use crate::hub::registry::{Registry, SessionId};
-
-/// Router → session: close the connection.
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct Kick {
-    /// Why.
-    pub reason: KickReason,
-}
-
-/// Hub → session: the hub reloaded its users; the session's permissions follow (or it is
-/// closed with `ERR auth revoked` when its user is gone).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct Reauthorize {
-    /// The users now, `None` for an open hub.
-    pub users: Option<Arc<Users>>,
-}
-
-/// How others reach a session: its mailbox for the messages they may send it.
-#[derive(Clone, Debug)]
-pub(crate) struct SessionLink {
-    /// Close it.
-    pub kick: Recipient<Kick>,
-    /// Apply reloaded users.
-    pub reauthorize: Recipient<Reauthorize>,
-}
-
-/// Why the router closes a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KickReason {
-    /// The hub is shutting down.
-    Shutdown,
-    /// Its slow-consumer policy says so (`disconnect`, or `drop` in the middle of a frame).
-    SlowConsumer,
-    /// The hub is draining (lame duck): close at the next frame boundary.
-    Drain,
-    /// The publisher of the frame it is receiving went away mid-frame: the frame cannot be
-    /// completed on its stream.
-    PublisherGone,
-}
+use crate::hub::session::{KickReason, SessionId};
 
 /// Session → router: a new session, before any of its frames.
 #[derive(Message, Debug)]
@@ -130,86 +88,21 @@ pub(crate) struct Query {
 #[rtype(result = "usize")]
 pub(crate) struct Shutdown;
 
-/// Hub-wide counters, updated from every arbiter without a hop (atomics), read by `INFO` and
-/// by shutdown.
-#[derive(Debug, Default)]
-pub(crate) struct HubCounters {
-    /// Publications that had no subscriber.
-    pub unrouted_frames: AtomicU64,
-    /// Sessions disconnected as slow consumers.
-    pub slow_consumers: AtomicU64,
-    /// Frames skipped for subscribers under the `drop` policy.
-    pub dropped_frames: AtomicU64,
-    /// TCP connections accepted since start: every one the listener accepted, whether it then
-    /// became a session, was refused by a connection limit or failed its TLS handshake.
-    pub connections: AtomicU64,
-    /// Connections whose socket is still open (the writer has not ended).
-    pub open: AtomicU64,
-    /// Frames published on codes their publisher may not publish on (relayed to nobody).
-    pub denied_frames: AtomicU64,
-    /// `AUTH`s refused for a wrong user or password.
-    pub auth_failures: AtomicU64,
-    /// Connections refused by `max-connections` or `max-connections-per-ip`.
-    pub refused_connections: AtomicU64,
-    /// TLS handshakes that failed or timed out.
-    pub tls_failures: AtomicU64,
-    /// The sessions whose socket is open, and the closed ones' totals (monitoring).
-    pub sessions: Connections,
-    /// Frames and bytes published per code (monitoring).
-    pub codes: CodeCounters,
-}
-
-impl HubCounters {
-    /// The hub-wide counters as they are now: what `INFO`, `/varz` and `/metrics` all show, with
-    /// the cluster's drops (0 off a cluster).
-    pub(crate) fn snapshot(&self, cluster: Option<&Cluster>) -> CounterSnapshot {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        CounterSnapshot {
-            connections: get(&self.connections),
-            open_connections: get(&self.open),
-            events: EventCounts {
-                unrouted_frames: get(&self.unrouted_frames),
-                slow_consumers: get(&self.slow_consumers),
-                dropped_frames: get(&self.dropped_frames),
-                denied_frames: get(&self.denied_frames),
-                auth_failures: get(&self.auth_failures),
-                refused_connections: get(&self.refused_connections),
-                tls_failures: get(&self.tls_failures),
-                cluster_dropped_frames: cluster.map_or(0, Cluster::dropped_frames),
-            },
-        }
-    }
-}
-
-/// Counts one open connection in [`HubCounters`] (and in its address's count, under a per-address
-/// limit) from accept until its socket is closed (dropped by the session's writer), so shutdown
-/// can wait for flushes to finish.
-#[derive(Debug)]
-pub(crate) struct OpenConnection {
-    counters: Arc<HubCounters>,
-    _slot: Option<IpSlot>,
-}
-
-impl OpenConnection {
-    /// Counts a newly admitted connection as open.
-    pub(crate) fn new(counters: Arc<HubCounters>, slot: Option<IpSlot>) -> OpenConnection {
-        counters.open.fetch_add(1, Ordering::AcqRel);
-        OpenConnection {
-            counters,
-            _slot: slot,
-        }
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.counters.open.fetch_sub(1, Ordering::AcqRel);
-    }
+/// What the router keeps for one session.
+struct Member {
+    /// Where publishers deliver to it.
+    outbox: Arc<Outbox>,
+    /// The codes it subscribes to.
+    codes: CodeSet,
 }
 
 /// The router actor.
 pub(crate) struct Router {
-    registry: Registry<Arc<Outbox>>,
+    /// Every registered session.
+    sessions: HashMap<SessionId, Member>,
+    /// Per code, how many sessions subscribe to it (the table lags behind while a cluster
+    /// acknowledges new interest, so the cluster's `unwant` counts here).
+    subscribers: [u32; Status::COUNT],
     /// What publishers read; written here only, before a change is answered.
     table: Arc<SubscriptionTable>,
     /// The cluster this hub belongs to, told which codes the hub wants.
@@ -220,17 +113,45 @@ impl Router {
     /// A router with no sessions, keeping `table` up to date (and `cluster` told).
     pub(crate) fn new(table: Arc<SubscriptionTable>, cluster: Option<Arc<Cluster>>) -> Router {
         Router {
-            registry: Registry::new(),
+            sessions: HashMap::new(),
+            subscribers: [0; Status::COUNT],
             table,
             cluster,
         }
     }
 
+    /// Session `id`'s subscriptions (none for an unknown session).
+    fn codes(&self, id: SessionId) -> CodeSet {
+        self.sessions
+            .get(&id)
+            .map_or(CodeSet::empty(), |member| member.codes)
+    }
+
+    /// Session `id`'s outbox, if it is registered.
+    fn outbox(&self, id: SessionId) -> Option<&Arc<Outbox>> {
+        self.sessions.get(&id).map(|member| &member.outbox)
+    }
+
+    /// Sets session `id`'s subscriptions to `codes`; returns them (none for an unknown session).
+    fn set_codes(&mut self, id: SessionId, codes: CodeSet) -> CodeSet {
+        let Some(member) = self.sessions.get_mut(&id) else {
+            return CodeSet::empty();
+        };
+        let before = std::mem::replace(&mut member.codes, codes);
+        for status in codes.difference(before).iter() {
+            self.subscribers[usize::from(status.code())] += 1;
+        }
+        for status in before.difference(codes).iter() {
+            self.subscribers[usize::from(status.code())] -= 1;
+        }
+        codes
+    }
+
     /// Makes session `id`'s new subscriptions `added` visible to publishers and queues its
     /// `ack`, under its outbox's lock; codes it dropped meanwhile are left out.
     fn complete_subscribe(&self, id: SessionId, added: CodeSet, ack: Bytes) {
-        let added = added.intersection(self.registry.codes(id));
-        if let Some(outbox) = self.registry.get(id).cloned() {
+        let added = added.intersection(self.codes(id));
+        if let Some(outbox) = self.outbox(id).cloned() {
             // Refused only for a session that queued too many replies behind a streamed frame,
             // which its own next reply will end.
             let _ = outbox.subscribe_then_reply(|| self.add_to_lists(id, added), ack);
@@ -242,7 +163,7 @@ impl Router {
         if let Some(cluster) = &self.cluster {
             let unwanted = codes
                 .iter()
-                .filter(|status| self.registry.subscriber_count(*status) == 0)
+                .filter(|status| self.subscribers[usize::from(status.code())] == 0)
                 .fold(CodeSet::empty(), |mut set, status| {
                     set.insert(status);
                     set
@@ -253,7 +174,7 @@ impl Router {
 
     /// Adds session `id` to the publishers' lists of `codes`.
     fn add_to_lists(&self, id: SessionId, codes: CodeSet) {
-        if let Some(outbox) = self.registry.get(id) {
+        if let Some(outbox) = self.outbox(id) {
             for status in codes.iter() {
                 self.table.add(status, outbox);
             }
@@ -262,14 +183,14 @@ impl Router {
 
     /// Records session `id`'s subscriptions where monitoring reads them.
     fn record_codes(&self, id: SessionId, codes: CodeSet) {
-        if let Some(outbox) = self.registry.get(id) {
+        if let Some(outbox) = self.outbox(id) {
             outbox.stats().set_codes(codes);
         }
     }
 
     /// Takes session `id` out of the publishers' lists of `codes`.
     fn remove_from_lists(&self, id: SessionId, codes: CodeSet) {
-        if let Some(outbox) = self.registry.get(id) {
+        if let Some(outbox) = self.outbox(id) {
             for status in codes.iter() {
                 self.table.remove(status, outbox);
             }
@@ -285,7 +206,13 @@ impl Handler<Register> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
-        self.registry.insert(msg.id, msg.outbox);
+        self.sessions.insert(
+            msg.id,
+            Member {
+                outbox: msg.outbox,
+                codes: CodeSet::empty(),
+            },
+        );
     }
 }
 
@@ -293,9 +220,10 @@ impl Handler<Unregister> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        let codes = self.registry.codes(msg.id);
+        let codes = self.codes(msg.id);
         self.remove_from_lists(msg.id, codes);
-        self.registry.remove(msg.id);
+        self.set_codes(msg.id, CodeSet::empty());
+        self.sessions.remove(&msg.id);
         self.withdraw(codes);
     }
 }
@@ -304,8 +232,8 @@ impl Handler<Subscribe> for Router {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        let before = self.registry.codes(msg.id);
-        let after = self.registry.subscribe(msg.id, &msg.codes);
+        let before = self.codes(msg.id);
+        let after = self.set_codes(msg.id, before.union(msg.codes));
         let added = after.difference(before);
         self.record_codes(msg.id, after);
         let (id, ack) = (msg.id, msg.ack);
@@ -331,8 +259,8 @@ impl Handler<Unsubscribe> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        let before = self.registry.codes(msg.id);
-        let after = self.registry.unsubscribe(msg.id, &msg.codes);
+        let before = self.codes(msg.id);
+        let after = self.set_codes(msg.id, before.difference(msg.codes));
         let removed = before.difference(after);
         self.remove_from_lists(msg.id, removed);
         self.record_codes(msg.id, after);
@@ -344,7 +272,7 @@ impl Handler<Query> for Router {
     type Result = MessageResult<Query>;
 
     fn handle(&mut self, msg: Query, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.registry.codes(msg.id))
+        MessageResult(self.codes(msg.id))
     }
 }
 
@@ -353,8 +281,8 @@ impl Handler<Shutdown> for Router {
 
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> usize {
         let mut sessions = 0;
-        for (_, outbox) in self.registry.iter() {
-            outbox.kick(KickReason::Shutdown);
+        for member in self.sessions.values() {
+            member.outbox.kick(KickReason::Shutdown);
             sessions += 1;
         }
         sessions

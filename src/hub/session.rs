@@ -4,6 +4,7 @@
 //! goes through its [`Outbox`], which publishers write to directly.
 
 use std::cell::Cell;
+use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use actix::dev::Request;
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient,
+    StreamHandler, WrapFuture,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -39,12 +40,72 @@ use crate::hub::delivery::publisher::Publisher;
 use crate::hub::delivery::relay::{Piece, RelayCodec};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::transport::{ReadHalf, Transport};
-use crate::hub::ops::counters::SessionStats;
-use crate::hub::registry::SessionId;
-use crate::hub::router::{
-    HubCounters, Kick, KickReason, OpenConnection, Query, Reauthorize, Register, Router,
-    SessionLink, Subscribe, Unregister, Unsubscribe,
-};
+use crate::hub::ops::counters::{ConnectionGuard, HubCounters, SessionStats};
+use crate::hub::router::{Query, Register, Router, Subscribe, Unregister, Unsubscribe};
+
+/// A session's id. The accept loop allocates them from a counter, so they are unique and increasing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The id numbered `id`.
+    pub const fn new(id: u64) -> SessionId {
+        SessionId(id)
+    }
+
+    /// The id's number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// The bare number, e.g. `42`.
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Router, the drain, or a publisher (through the subscriber's outbox) → session: close the
+/// connection.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Kick {
+    /// Why.
+    pub reason: KickReason,
+}
+
+/// Hub → session: the hub reloaded its users; the session's permissions follow (or it is
+/// closed with `ERR auth revoked` when its user is gone).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Reauthorize {
+    /// The users now, `None` for an open hub.
+    pub users: Option<Arc<Users>>,
+}
+
+/// How others reach a session: its mailbox for the messages they may send it.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionLink {
+    /// Close it.
+    pub kick: Recipient<Kick>,
+    /// Apply reloaded users.
+    pub reauthorize: Recipient<Reauthorize>,
+}
+
+/// Why the router closes a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KickReason {
+    /// The hub is shutting down.
+    Shutdown,
+    /// Its slow-consumer policy says so (`disconnect`, or `drop` in the middle of a frame).
+    SlowConsumer,
+    /// The hub is draining (lame duck): close at the next frame boundary.
+    Drain,
+    /// The publisher of the frame it is receiving went away mid-frame: the frame cannot be
+    /// completed on its stream.
+    PublisherGone,
+}
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -277,7 +338,7 @@ impl Session {
         peer: SocketAddr,
         hub: SessionContext,
         certified: Option<Authenticated>,
-        open: OpenConnection,
+        open: ConnectionGuard,
     ) {
         let SessionContext {
             router,

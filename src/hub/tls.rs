@@ -5,26 +5,37 @@
 //!
 //! The handshake runs in the accepted connection's own task on its worker, never in the accept
 //! loop, bounded by `auth-timeout`. A client that speaks plain TEJ to the TLS port, or fails the
-//! handshake, is logged and closed; nobody else notices. After the handshake a *bridge* task joins
-//! the TLS stream to one end of a local socket pair and the session runs on the other end as on any
-//! socket ([`Transport::Bridged`]), so the relay's write-through path is the same for every
-//! connection; a TLS connection pays one local copy each way for it.
+//! handshake, is logged and closed; nobody else notices. After the handshake the connection is a
+//! `TlsSocket`: the client's socket with the `rustls::ServerConnection` beside it, and the
+//! session runs on it directly (`Transport::Tls`) — one descriptor, no task and no copy between.
+//!
+//! The rustls state is shared by the session's reader (which decrypts) and the subscriber's
+//! outbox (which seals pieces into records), so it has a lock of its own. Lock order: the outbox's
+//! lock, then this one — **outbox → tls, never the reverse**; nothing is locked while it is held.
+//! Records must reach the socket in the order they were sealed: a publisher seals only while the
+//! outbox's queue is empty (under the outbox lock), the writer only the queue's front, and the
+//! reader seals nothing — what rustls has to send on its own (a key update) goes out with the next
+//! sealed piece. Kernel TLS (the `tls` ULP) would be the next step on kernels that have it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::Shutdown;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixStream};
-use tokio_rustls::server::TlsStream;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use socket2::SockRef;
+use tokio::io::ReadBuf;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::hub::config::HubConfig;
-use crate::hub::delivery::relay::CHUNK;
 use crate::hub::delivery::transport::Transport;
 use crate::tls::{read_certificates, read_private_key};
 
@@ -112,9 +123,8 @@ impl TlsListener {
         }))
     }
 
-    /// Runs the handshake on `stream` within `timeout` and starts the connection's bridge on the
-    /// current task's runtime. Returns the session's end, and with `tls-map-user` the name in the
-    /// client certificate's CN.
+    /// Runs the handshake on `stream` within `timeout`. Returns the session's transport, and with
+    /// `tls-map-user` the name in the client certificate's CN.
     ///
     /// # Errors
     /// [`TlsError::Handshake`], [`TlsError::Timeout`], [`TlsError::NoCommonName`].
@@ -138,9 +148,12 @@ impl TlsListener {
         } else {
             None
         };
-        let (session_end, bridge_end) = UnixStream::pair().map_err(TlsError::Handshake)?;
-        actix_rt::spawn(bridge(tls, bridge_end));
-        Ok((Transport::Bridged(session_end), user))
+        let (socket, conn) = tls.into_inner();
+        let socket = tokio::time::timeout(timeout, TlsSocket::new(socket, conn))
+            .await
+            .map_err(|_| TlsError::Timeout(timeout))?
+            .map_err(TlsError::Handshake)?;
+        Ok((Transport::Tls(Arc::new(socket)), user))
     }
 }
 
@@ -159,27 +172,171 @@ fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
     name.as_str().ok().map(str::to_owned)
 }
 
-/// Joins a client's TLS stream to the session's end of a local socket pair until the session's
-/// side ends (it always does once the client's side has ended, and it shuts the socket when the
-/// session closes).
-async fn bridge(tls: TlsStream<TcpStream>, local: UnixStream) {
-    let (tls_read, mut tls_write) = tokio::io::split(tls);
-    let (local_read, mut local_write) = local.into_split();
-    let upstream = async move {
-        let mut from_client = BufReader::with_capacity(CHUNK, tls_read);
-        let _ = tokio::io::copy_buf(&mut from_client, &mut local_write).await;
-        // The client is done: so is the session's input.
-        let _ = local_write.shutdown().await;
-        std::future::pending::<()>().await;
-    };
-    let downstream = async move {
-        let mut from_session = BufReader::with_capacity(CHUNK, local_read);
-        let _ = tokio::io::copy_buf(&mut from_session, &mut tls_write).await;
-        // close_notify, then the end of the TCP stream.
-        let _ = tls_write.shutdown().await;
-    };
-    tokio::select! {
-        () = downstream => {}
-        () = upstream => {}
+/// A TLS connection after its handshake: the client's socket and the rustls state beside it,
+/// shared by the session's reader and its outbox (see the module documentation for who locks what).
+#[derive(Debug)]
+pub(crate) struct TlsSocket {
+    socket: TcpStream,
+    conn: Mutex<ServerConnection>,
+}
+
+/// Reads from a non-blocking socket for rustls: `WouldBlock` clears the socket's readiness.
+struct SocketReader<'a>(&'a TcpStream);
+
+impl io::Read for SocketReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
     }
 }
+
+impl TlsSocket {
+    /// The socket and the rustls state of a connection whose handshake is done; what the
+    /// handshake left to send is sent first.
+    async fn new(socket: TcpStream, mut conn: ServerConnection) -> io::Result<TlsSocket> {
+        while conn.wants_write() {
+            let mut out = Vec::new();
+            conn.write_tls(&mut out)?;
+            let mut out = &out[..];
+            while !out.is_empty() {
+                socket.writable().await?;
+                match socket.try_write(out) {
+                    Ok(written) => out = &out[written..],
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(TlsSocket {
+            socket,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServerConnection> {
+        // rustls does not panic while we hold the lock; if it did, the connection would fail on
+        // its next record anyway.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The client's socket (writes of sealed records, readiness).
+    pub(crate) fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// `Ready` when there is plaintext (or the end) to read, or bytes on the socket.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let buffered = match self.lock().process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            // The next read reports it.
+            Err(_) => true,
+        };
+        if buffered {
+            return Poll::Ready(Ok(()));
+        }
+        self.socket.poll_read_ready(cx)
+    }
+
+    /// Reads plaintext into `buf`, pulling records from the socket as needed, as much as has
+    /// arrived (a plain socket's read returns all the kernel holds: the relay then forwards large
+    /// pieces, not one record at a time). The end of the client's stream, with or without
+    /// close_notify, is the end of the session's input.
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut read_some = false;
+        loop {
+            {
+                let mut conn = self.lock();
+                loop {
+                    if buf.remaining() == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Records read but not yet decrypted first, then the socket.
+                    let state = match conn.process_new_packets() {
+                        Ok(state) => state,
+                        Err(_) if read_some => return Poll::Ready(Ok(())),
+                        Err(error) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                error,
+                            )))
+                        }
+                    };
+                    let available = state.plaintext_bytes_to_read();
+                    if available > 0 || state.peer_has_closed() {
+                        // Only what is there: the session's buffer may be a large one.
+                        let into = buf.initialize_unfilled_to(available.min(buf.remaining()));
+                        match io::Read::read(&mut conn.reader(), into) {
+                            // The end (close_notify).
+                            Ok(0) => return Poll::Ready(Ok(())),
+                            Ok(read) => {
+                                buf.advance(read);
+                                read_some = true;
+                                continue;
+                            }
+                            Err(_) if read_some => return Poll::Ready(Ok(())),
+                            Err(error) => return Poll::Ready(Err(error)),
+                        }
+                    }
+                    match conn.read_tls(&mut SocketReader(&self.socket)) {
+                        // The end without close_notify: the end all the same.
+                        Ok(0) => return Poll::Ready(Ok(())),
+                        Ok(_) => continue,
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) if read_some => return Poll::Ready(Ok(())),
+                        Err(error) => return Poll::Ready(Err(error)),
+                    }
+                }
+            }
+            if read_some {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.socket.poll_read_ready(cx))?;
+        }
+    }
+
+    /// Encrypts `plain` into records, with whatever else rustls has to send before them (a key
+    /// update). The caller writes the records to the socket in the order it sealed them.
+    ///
+    /// # Errors
+    /// rustls's, if the connection can take no more plaintext.
+    pub(crate) fn seal(&self, plain: &[u8]) -> io::Result<Bytes> {
+        let mut sealed = Vec::with_capacity(plain.len() + plain.len() / 512 + RECORD_OVERHEAD);
+        let mut conn = self.lock();
+        let mut rest = plain;
+        loop {
+            // At most rustls's buffer limit per call; drained at once, so nothing stays in it.
+            let taken = io::Write::write(&mut conn.writer(), rest)?;
+            while conn.wants_write() {
+                conn.write_tls(&mut sealed)?;
+            }
+            rest = &rest[taken..];
+            if rest.is_empty() {
+                return Ok(Bytes::from(sealed));
+            }
+            if taken == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+    }
+
+    /// Sends close_notify (as far as the socket takes it now) and ends the stream towards the
+    /// client.
+    pub(crate) fn shutdown(&self) -> io::Result<()> {
+        let mut notify = Vec::new();
+        {
+            let mut conn = self.lock();
+            conn.send_close_notify();
+            while conn.wants_write() {
+                conn.write_tls(&mut notify)?;
+            }
+        }
+        let _ = self.socket.try_write(&notify);
+        SockRef::from(&self.socket).shutdown(Shutdown::Write)
+    }
+}
+
+/// Room for the framing of the last record, and a key update before it.
+const RECORD_OVERHEAD: usize = 128;

@@ -298,6 +298,18 @@ impl BinHub {
         BinHub::spawn(command)
     }
 
+    /// As [`start`](Self::start), in the network namespace `ns` (`ip netns exec NS tej-hub serve
+    /// --listen 127.0.0.1:0 <flags>`: `ip` execs the hub, so [`pid`](Self::pid) is the hub's).
+    /// Its address is on that namespace's loopback: reach it with sockets made there.
+    pub fn start_in_netns(ns: &str, flags: &[&str]) -> BinHub {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tej-hub")])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(flags);
+        BinHub::spawn(command)
+    }
+
     /// As [`start`](Self::start), with the soft limit on open files lowered to `soft` (through
     /// `sh -c 'ulimit -S -n SOFT; exec tej-hub ...'`, so the process id is the hub's).
     pub fn start_with_open_files(soft: u64, flags: &[&str]) -> BinHub {

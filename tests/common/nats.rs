@@ -11,6 +11,9 @@
 /// `common/http.rs` a second time).
 #[path = "http.rs"]
 pub mod http;
+/// Network namespaces, for a server started in one ([`NatsServer::start_in`]).
+#[path = "netns.rs"]
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,7 +28,8 @@ const PORT_RACE_RETRIES: usize = 5;
 /// The `--cluster_name` of [`NatsServer::cluster_pair`].
 pub const CLUSTER_NAME: &str = "tejtest";
 
-/// One `nats-server` process on `127.0.0.1`, with its monitoring port (`-m`).
+/// One `nats-server` process on `127.0.0.1` (or on every address of a network namespace), with
+/// its monitoring port (`-m`).
 pub struct NatsServer {
     child: Option<Child>,
     /// The client port (`nats://127.0.0.1:PORT`).
@@ -39,6 +43,8 @@ pub struct NatsServer {
     extra: Vec<String>,
     /// Its log lines (stderr), from every run.
     logs: Arc<Mutex<Vec<String>>>,
+    /// The network namespace it runs in (listening on `0.0.0.0` there), if not the test's own.
+    netns: Option<String>,
 }
 
 /// Whether `nats-server` runs here; if not, fails under `CI` and otherwise prints `SKIPPED`.
@@ -141,6 +147,20 @@ impl NatsServer {
         panic!("the nats-server pair did not start in {PORT_RACE_RETRIES} tries: {last}");
     }
 
+    /// A server in the network namespace `ns`, listening on all its addresses on ports 4222
+    /// (clients) and 8222 (monitoring) — the namespace is the test's own, so they are free — and
+    /// accepting connections. Whether `nats-server` is installed is the caller's check
+    /// ([`available`]).
+    pub fn start_in(ns: &str) -> NatsServer {
+        let mut server = NatsServer::new(4222, 8222, None, Vec::new());
+        server.netns = Some(ns.to_owned());
+        server.spawn();
+        if let Err(error) = server.wait_ready() {
+            panic!("nats-server in namespace {ns} did not start: {error}");
+        }
+        server
+    }
+
     fn new(port: u16, monitor_port: u16, cluster_port: Option<u16>, extra: Vec<String>) -> Self {
         NatsServer {
             child: None,
@@ -149,13 +169,30 @@ impl NatsServer {
             cluster_port,
             extra,
             logs: Arc::new(Mutex::new(Vec::new())),
+            netns: None,
+        }
+    }
+
+    /// `f`'s result, run inside the server's namespace (where its loopback addresses are).
+    fn reach<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            Some(ns) => netns::run_in(ns, f),
+            None => f(),
         }
     }
 
     /// Starts the process on this server's ports (without waiting for it).
     fn spawn(&mut self) {
-        let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let (mut command, host) = match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, "nats-server"]);
+                (command, "0.0.0.0")
+            }
+            None => (Command::new("nats-server"), "127.0.0.1"),
+        };
+        let mut child = command
+            .args(["-a", host, "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -185,7 +222,8 @@ impl NatsServer {
                     self.logs()
                 ));
             }
-            if greets(self.client_addr()) && answers(self.monitor_addr()) {
+            let (client, monitor) = (self.client_addr(), self.monitor_addr());
+            if self.reach(|| greets(client) && answers(monitor)) {
                 // A server of someone else's on one of our ports would pass the probes; ours
                 // exits when a port is taken, so check that it still runs.
                 std::thread::sleep(Duration::from_millis(20));
@@ -216,7 +254,7 @@ impl NatsServer {
         }
     }
 
-    /// Where clients connect.
+    /// Where clients connect (inside its namespace, if it has one).
     pub fn client_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -281,7 +319,8 @@ impl NatsServer {
 
     /// `GET path` from the monitoring port, as JSON (a blocking call, quick on loopback).
     pub fn monitor(&self, path: &str) -> serde_json::Value {
-        let answer = http::get(self.monitor_addr(), path);
+        let addr = self.monitor_addr();
+        let answer = self.reach(|| http::get(addr, path));
         assert_eq!(answer.status, 200, "GET {path}: {answer:?}");
         answer.json()
     }

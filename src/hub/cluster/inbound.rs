@@ -17,19 +17,21 @@ use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::hub::cluster::sequence::Receiving;
 use crate::hub::cluster::wire::{Carried, Credit, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::publisher::Publisher;
-use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::relay::Piece;
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
-use crate::hub::registry::SessionId;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::SessionId;
 
 /// Session ids of remote publishers: the top bit set (local ids count up from 1).
 const REMOTE_IDS: u64 = 1 << 63;
@@ -40,22 +42,27 @@ const CREDIT_BYTES: u64 = super::outbound::WINDOW_BYTES / 4;
 /// ... or this long after the last, whichever comes first.
 const CREDIT_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often an origin's data counts as a sign of life (a lock of the peers each time).
+const HEARD_EVERY: Duration = Duration::from_millis(100);
+
 /// What the link task tells the inbound task.
 #[derive(Debug)]
 pub(super) enum Event {
-    /// Hub instance has gone (left, expired, restarted).
-    Departed(u64),
+    /// Hub `instance` has gone: left or restarted, or (`silent`) not heard from — then it may
+    /// come back, and the gap in its stream is counted when it does.
+    Departed { instance: u64, silent: bool },
     /// The NATS connection dropped: messages in flight are lost.
     Disconnected,
+    /// The hub is shutting down: end the task (its subscription is dropped here, inside the
+    /// runtime it needs to unsubscribe), then answer.
+    Stop(oneshot::Sender<()>),
 }
 
 /// A publisher on another hub, as this hub sees it.
 struct Remote {
     publisher: Publisher,
-    /// Its next message sequence number.
-    next: u64,
-    /// Whether it is in the middle of a streamed frame here.
-    in_frame: bool,
+    /// Its stream's numbering, and whether a frame of it is in progress here.
+    stream: Receiving,
 }
 
 /// Another hub's stream, as far as it reached this hub.
@@ -67,6 +74,8 @@ struct Origin {
     delivered: (u64, u64),
     credited: (u64, u64),
     publishers: HashMap<u64, Remote>,
+    /// When its traffic last counted as a sign of life.
+    heard: Option<Instant>,
 }
 
 /// The inbound task's state.
@@ -107,7 +116,14 @@ impl Inbound {
         loop {
             tokio::select! {
                 biased;
-                Some(event) = events.recv() => self.on_event(event),
+                Some(event) = events.recv() => match event {
+                    Event::Stop(done) => {
+                        drop(data);
+                        let _ = done.send(());
+                        return;
+                    }
+                    event => self.on_event(event),
+                },
                 message = data.next() => match message {
                     Some(message) => self.on_message(message).await,
                     None => return,
@@ -124,21 +140,28 @@ impl Inbound {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Departed(instance) => {
-                if let Some(origin) = self.origins.remove(&instance) {
-                    for (_, mut remote) in origin.publishers {
-                        self.cut(&mut remote);
-                    }
+            Event::Stop(_) => {}
+            Event::Departed { instance, silent } => {
+                let publishers = if silent {
+                    self.origins
+                        .get_mut(&instance)
+                        .map(|origin| std::mem::take(&mut origin.publishers))
+                } else {
+                    self.origins
+                        .remove(&instance)
+                        .map(|origin| origin.publishers)
+                };
+                for (_, mut remote) in publishers.into_iter().flatten() {
+                    self.cut(&mut remote);
                 }
             }
             Event::Disconnected => {
+                // The origins' streams go on: what was missed shows as a gap when they resume.
                 let mut cut = 0;
                 for origin in self.origins.values_mut() {
-                    origin.expected = None;
                     for remote in origin.publishers.values_mut() {
-                        if remote.in_frame {
+                        if remote.stream.cut() {
                             remote.publisher.abandon();
-                            remote.in_frame = false;
                             cut += 1;
                         }
                     }
@@ -150,9 +173,8 @@ impl Inbound {
 
     /// Cuts the streamed frame `remote` was sending, if any.
     fn cut(&self, remote: &mut Remote) {
-        if remote.in_frame {
+        if remote.stream.cut() {
             remote.publisher.abandon();
-            remote.in_frame = false;
             self.cluster.count_dropped(1);
         }
     }
@@ -176,6 +198,16 @@ impl Inbound {
             .bytes_in
             .fetch_add(message.payload.len() as u64, Ordering::Relaxed);
         let origin = self.origins.entry(header.origin).or_default();
+        // Data is a sign of life too: a hub whose heartbeats are slowed by a slow link is not
+        // gone while its data arrives.
+        let now = Instant::now();
+        if origin
+            .heard
+            .map_or(true, |heard| now.duration_since(heard) >= HEARD_EVERY)
+        {
+            origin.heard = Some(now);
+            self.cluster.lock_peers().heard(header.origin, now);
+        }
         if let Some(expected) = origin.expected {
             if header.seq > expected {
                 let lost = header.seq - expected;
@@ -218,18 +250,16 @@ impl Inbound {
                         );
                         new.insert(Remote {
                             publisher,
-                            next: header.publisher_seq,
-                            in_frame: false,
+                            stream: Receiving::new(header.publisher_seq),
                         })
                     }
                 };
-                if header.publisher_seq != remote.next && remote.in_frame {
+                let verdict = remote.stream.receive(header.publisher_seq, kind);
+                if verdict.cut {
                     remote.publisher.abandon();
-                    remote.in_frame = false;
                     self.cluster.count_dropped(1);
                 }
-                remote.next = header.publisher_seq + 1;
-                if kind.starts_frame() || remote.in_frame {
+                if verdict.deliver {
                     let gate = remote.publisher.gate();
                     std::future::poll_fn(|cx| gate.poll_open(cx)).await;
                     let piece = Piece {
@@ -239,7 +269,7 @@ impl Inbound {
                         bytes: message.payload,
                     };
                     let taken = remote.publisher.publish_remote(&piece);
-                    remote.in_frame = taken && matches!(kind, PieceKind::First | PieceKind::Middle);
+                    remote.stream.delivered(kind, taken);
                 }
             }
         }
@@ -267,12 +297,6 @@ impl Inbound {
             bytes: delivered.1,
         };
         let subject = self.cluster.subjects.credit(instance);
-        if let Err(error) = self
-            .client
-            .publish(subject, credit.to_string().into())
-            .await
-        {
-            debug!(%error, "cannot give credit");
-        }
+        super::link::say(&self.client, subject, credit.to_string()).await;
     }
 }

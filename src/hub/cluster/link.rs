@@ -24,17 +24,36 @@ use crate::hub::cluster::inbound::{Event as InboundEvent, Inbound};
 use crate::hub::cluster::wire::{Ack, Announcement, Credit, Purpose};
 use crate::hub::cluster::{outbound, Cluster, LinkOrder, Settings, CONNECT_WAIT, HELLO_WAIT};
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
 
 /// How often a hub announces itself.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a hub may stay silent before the others count it gone.
 const SILENCE: Duration = Duration::from_secs(2);
+/// How long a hub gone silent is remembered: frames on the codes it wanted are counted as
+/// dropped here until it returns, leaves, or this passes.
+const SILENT_MEMORY: Duration = Duration::from_secs(60);
 /// Messages NATS may queue for one of this hub's subscriptions before it drops (slow consumer):
 /// the credit windows of four origin hubs.
 const SUBSCRIPTION_CAPACITY: usize = 4 * outbound::WINDOW_MESSAGES as usize;
 /// Commands the NATS client queues before a publish waits (at most 256 KiB each).
 const CLIENT_CAPACITY: usize = 64;
+/// How long leaving waits for NATS to take the `leave` announcement, and for the inbound task to
+/// stop (the hub waits a second in all for the cluster to leave).
+const LEAVE_FLUSH: Duration = Duration::from_millis(300);
+/// How long a control message may wait for the control connection to take it.
+const CONTROL_TIMEOUT: Duration = Duration::from_millis(250);
+/// The control connection's ping interval: it is idle for longer between heartbeats when nothing
+/// arrives, so a dead one misses a ping per heartbeat, three within about 1.5 s, and is dropped
+/// (a live one would need a round trip over a second to be taken for dead).
+const CONTROL_PING: Duration = Duration::from_millis(400);
+/// How long the other hubs may be heard while none acknowledges this hub's announcements before
+/// this hub takes its own sending side for dead and reconnects.
+const MUTE: Duration = Duration::from_secs(4);
+/// The data connection's ping interval: much longer, as a ping there waits behind the bulk
+/// data in the client's and the kernel's buffers (at 3 s, a 0.5 MB/s link was taken for dead);
+/// a dead data connection is usually found through the control connection first.
+const DATA_PING: Duration = Duration::from_secs(10);
 /// The longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -56,22 +75,34 @@ struct Inboxes {
     credits: Subscriber,
 }
 
-/// Connects, subscribes, starts the outbound and inbound tasks, then runs the link.
-pub(super) async fn start(tasks: Tasks) {
-    let Tasks {
-        cluster,
-        settings,
-        table,
-        hub,
-        orders,
-        ready,
-    } = tasks;
-    let (events_to, events) = mpsc::unbounded_channel();
+/// Which of the hub's two NATS connections: control traffic never waits behind data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Connection {
+    /// Announcements, acknowledgements, credit, heartbeats: small, never behind data.
+    Control,
+    /// Relayed pieces, both ways.
+    Data,
+}
+
+impl Connection {
+    fn name(self) -> &'static str {
+        match self {
+            Connection::Control => "control",
+            Connection::Data => "data",
+        }
+    }
+}
+
+/// The options of one of the hub's NATS connections; its events go to `events_to`.
+fn options(
+    settings: &Settings,
+    connection: Connection,
+    events_to: mpsc::UnboundedSender<(Connection, NatsEvent)>,
+) -> ConnectOptions {
     let options = ConnectOptions::new()
-        .name(format!("tej-hub {}", settings.name))
+        .name(format!("tej-hub {} {}", settings.name, connection.name()))
         // A hub never takes back its own messages.
         .no_echo()
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .client_capacity(CLIENT_CAPACITY)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -83,9 +114,17 @@ pub(super) async fn start(tasks: Tasks) {
         .event_callback(move |event| {
             let events_to = events_to.clone();
             async move {
-                let _ = events_to.send(event);
+                let _ = events_to.send((connection, event));
             }
         });
+    // async-nats pings only when a connection has been idle for the interval (any command or
+    // message resets it) and drops it after three unanswered pings.
+    let options = match connection {
+        Connection::Control => options.ping_interval(CONTROL_PING),
+        Connection::Data => options
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .ping_interval(DATA_PING),
+    };
     // NATS's own users keep anyone else from publishing on the cluster's subjects: the first
     // URL with credentials (`nats://user:password@host:port`) gives them.
     let credentials = settings
@@ -96,12 +135,34 @@ pub(super) async fn start(tasks: Tasks) {
         Some((user, password)) => options.user_and_password(user.to_owned(), password.to_owned()),
         None => options,
     };
-    let options = match &settings.tls_ca {
+    match &settings.tls_ca {
         Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
         None => options,
+    }
+}
+
+/// Connects, subscribes, starts the outbound and inbound tasks, then runs the link.
+pub(super) async fn start(tasks: Tasks) {
+    let Tasks {
+        cluster,
+        settings,
+        table,
+        hub,
+        orders,
+        ready,
+    } = tasks;
+    let (events_to, events) = mpsc::unbounded_channel();
+    let connected = async {
+        let control = options(&settings, Connection::Control, events_to.clone())
+            .connect(settings.servers.clone())
+            .await?;
+        let data = options(&settings, Connection::Data, events_to)
+            .connect(settings.servers.clone())
+            .await?;
+        Ok::<_, async_nats::ConnectError>((control, data))
     };
-    let client = match options.connect(settings.servers.clone()).await {
-        Ok(client) => client,
+    let (control, data) = match connected.await {
+        Ok(clients) => clients,
         Err(error) => {
             let _ = ready.send(());
             return warn!(%error, "cannot start the NATS client: serving without the cluster");
@@ -109,15 +170,15 @@ pub(super) async fn start(tasks: Tasks) {
     };
     let subjects = &cluster.subjects;
     let subscribed = async {
-        let data = client.subscribe(subjects.all_data()).await?;
+        let pieces = data.subscribe(subjects.all_data()).await?;
         let inboxes = Inboxes {
-            hubs: client.subscribe(subjects.hubs()).await?,
-            acks: client.subscribe(subjects.ack(cluster.instance)).await?,
-            credits: client.subscribe(subjects.credit(cluster.instance)).await?,
+            hubs: control.subscribe(subjects.hubs()).await?,
+            acks: control.subscribe(subjects.ack(cluster.instance)).await?,
+            credits: control.subscribe(subjects.credit(cluster.instance)).await?,
         };
-        Ok::<_, async_nats::SubscribeError>((data, inboxes))
+        Ok::<_, async_nats::SubscribeError>((pieces, inboxes))
     };
-    let (data, inboxes) = match subscribed.await {
+    let (pieces, inboxes) = match subscribed.await {
         Ok(subscribed) => subscribed,
         Err(error) => {
             let _ = ready.send(());
@@ -125,12 +186,15 @@ pub(super) async fn start(tasks: Tasks) {
         }
     };
     let (inbound_to, inbound_events) = mpsc::unbounded_channel();
-    let inbound = Inbound::new(cluster.clone(), client.clone(), table, hub);
-    actix_rt::spawn(inbound.run(data, inbound_events));
-    actix_rt::spawn(outbound::run(cluster.clone(), client.clone()));
+    let inbound = Inbound::new(cluster.clone(), control.clone(), table, hub);
+    actix_rt::spawn(inbound.run(pieces, inbound_events));
+    actix_rt::spawn(outbound::run(cluster.clone(), data.clone()));
     let link = Link {
         cluster,
-        client,
+        control,
+        data,
+        up: (false, false),
+        last_ack: Instant::now(),
         inbound: inbound_to,
         ready: Some(ready),
         ready_at: Instant::now() + CONNECT_WAIT,
@@ -139,10 +203,31 @@ pub(super) async fn start(tasks: Tasks) {
     link.run(inboxes, events, orders).await;
 }
 
+/// Publishes a control message, waiting at most [`CONTROL_TIMEOUT`] for the control connection
+/// to take it (it is stuck then, and its pings will find out); whether it did.
+pub(super) async fn say(client: &async_nats::Client, subject: String, text: String) -> bool {
+    match tokio::time::timeout(CONTROL_TIMEOUT, client.publish(subject, text.into())).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            debug!(%error, "cannot publish on the control connection");
+            false
+        }
+        Err(_) => {
+            debug!("the control connection took nothing in time");
+            false
+        }
+    }
+}
+
 /// The link task's state.
 struct Link {
     cluster: Arc<Cluster>,
-    client: async_nats::Client,
+    control: async_nats::Client,
+    data: async_nats::Client,
+    /// Whether the control and the data connection are up.
+    up: (bool, bool),
+    /// When another hub last acknowledged an announcement of this one.
+    last_ack: Instant,
     inbound: mpsc::UnboundedSender<InboundEvent>,
     ready: Option<oneshot::Sender<()>>,
     /// When to tell the hub it may serve.
@@ -155,23 +240,34 @@ impl Link {
     async fn run(
         mut self,
         mut inboxes: Inboxes,
-        mut events: mpsc::UnboundedReceiver<NatsEvent>,
+        mut events: mpsc::UnboundedReceiver<(Connection, NatsEvent)>,
         mut orders: mpsc::UnboundedReceiver<LinkOrder>,
     ) {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                Some(event) = events.recv() => self.on_event(event).await,
+                Some((connection, event)) = events.recv() => self.on_event(connection, event).await,
                 Some(message) = inboxes.hubs.next() => self.on_announcement(&message).await,
                 Some(message) = inboxes.acks.next() => self.on_ack(&message),
                 Some(message) = inboxes.credits.next() => self.on_credit(&message),
                 order = orders.recv() => match order {
                     Some(LinkOrder::Announce) => self.announce(Purpose::Change).await,
                     Some(LinkOrder::Leave(done)) => {
+                        // What this hub published reaches NATS before it says it leaves.
+                        let _ = tokio::time::timeout(LEAVE_FLUSH, self.data.flush()).await;
                         self.announce(Purpose::Leave).await;
-                        let _ = self.client.flush().await;
+                        let _ = tokio::time::timeout(LEAVE_FLUSH, self.control.flush()).await;
+                        // The NATS subscriptions must be dropped inside this runtime (dropping
+                        // one spawns its unsubscription), before the arbiter stops: the
+                        // inbound task's first, then the link's own on return.
+                        let (stopped, inbound_stopped) = oneshot::channel();
+                        if self.inbound.send(InboundEvent::Stop(stopped)).is_ok() {
+                            let _ = tokio::time::timeout(LEAVE_FLUSH, inbound_stopped).await;
+                        }
+                        drop(inboxes);
                         let _ = done.send(());
+                        return;
                     }
                     None => return,
                 },
@@ -185,29 +281,27 @@ impl Link {
         }
     }
 
-    async fn on_event(&mut self, event: NatsEvent) {
-        let cluster = &self.cluster;
+    async fn on_event(&mut self, connection: Connection, event: NatsEvent) {
+        let cluster = self.cluster.clone();
         match event {
             NatsEvent::Connected => {
                 self.failing = false;
-                let max_payload = self.client.server_info().max_payload;
-                info!(hub = %cluster.name, max_payload, "connected to NATS");
-                if max_payload > 0 {
-                    cluster.max_payload.store(max_payload, Ordering::Release);
+                info!(hub = %cluster.name, connection = connection.name(), "connected to NATS");
+                match connection {
+                    Connection::Control => self.up.0 = true,
+                    Connection::Data => self.up.1 = true,
                 }
-                cluster.connected.store(true, Ordering::Release);
-                cluster.lock_peers().touch_all(Instant::now());
-                cluster.notify();
-                self.announce(Purpose::Hello).await;
-                if self.ready.is_some() {
-                    self.ready_at = Instant::now() + HELLO_WAIT;
+                if self.up == (true, true) && !cluster.is_connected() {
+                    self.link_up().await;
                 }
             }
             NatsEvent::Disconnected => {
-                warn!(hub = %cluster.name, "disconnected from NATS: frames for other hubs are dropped and counted until it is back");
-                cluster.connected.store(false, Ordering::Release);
-                cluster.notify();
-                let _ = self.inbound.send(InboundEvent::Disconnected);
+                warn!(hub = %cluster.name, connection = connection.name(), "disconnected from NATS: frames for other hubs are dropped and counted until it is back");
+                match connection {
+                    Connection::Control => self.up.0 = false,
+                    Connection::Data => self.up.1 = false,
+                }
+                self.link_down();
             }
             NatsEvent::SlowConsumer(subscription) => {
                 let count = cluster
@@ -221,12 +315,58 @@ impl Link {
             // it would repeat that every couple of seconds.
             NatsEvent::ClientError(error) if !self.failing => {
                 self.failing = true;
-                warn!(hub = %cluster.name, %error, "cannot reach NATS; retrying");
+                warn!(hub = %cluster.name, connection = connection.name(), %error, "cannot reach NATS; retrying");
             }
             NatsEvent::ClientError(error) => {
-                debug!(hub = %cluster.name, %error, "NATS client error");
+                debug!(hub = %cluster.name, connection = connection.name(), %error, "NATS client error");
             }
-            other => warn!(hub = %cluster.name, event = %other, "NATS event"),
+            other => {
+                warn!(hub = %cluster.name, connection = connection.name(), event = %other, "NATS event");
+            }
+        }
+    }
+
+    /// Both connections are up: the hub crosses again and says hello.
+    async fn link_up(&mut self) {
+        let cluster = &self.cluster;
+        let max_payload = self.data.server_info().max_payload;
+        if max_payload > 0 {
+            cluster.max_payload.store(max_payload, Ordering::Release);
+        }
+        // The data subscription, renewed on reconnection, is written before the hello that
+        // makes the other hubs send on it.
+        let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.data.flush()).await;
+        cluster.connected.store(true, Ordering::Release);
+        cluster.lock_peers().touch_all(Instant::now());
+        self.last_ack = Instant::now();
+        cluster.notify();
+        self.announce(Purpose::Hello).await;
+        if self.ready.is_some() {
+            self.ready_at = Instant::now() + HELLO_WAIT;
+        }
+    }
+
+    /// The link is down (a connection dropped, or was found mute): nothing crosses until both
+    /// connections are up again.
+    fn link_down(&mut self) {
+        let cluster = &self.cluster;
+        if cluster.connected.swap(false, Ordering::AcqRel) {
+            cluster.notify();
+            let _ = self.inbound.send(InboundEvent::Disconnected);
+        }
+    }
+
+    /// The other hubs are heard but none has acknowledged this hub's announcements for
+    /// [`MUTE`]: what this hub sends does not reach NATS. Drops both connections (in the
+    /// background: a client stuck on a full socket takes the order when it can; the link is up
+    /// again once both report connected).
+    fn reconnect_mute(&mut self) {
+        warn!(hub = %self.cluster.name, "no hub acknowledged this hub's announcements: reconnecting to NATS");
+        self.link_down();
+        for client in [self.control.clone(), self.data.clone()] {
+            actix_rt::spawn(async move {
+                let _ = tokio::time::timeout(SILENCE, client.force_reconnect()).await;
+            });
         }
     }
 
@@ -248,11 +388,14 @@ impl Link {
             let mut peers = cluster.lock_peers();
             let seen = peers.announced(&announcement, Instant::now(), cluster.outbound.position());
             // Publishers see the interest before the hub acknowledges it.
-            cluster.set_remote_codes(peers.codes());
+            cluster.set_remote_codes(&peers);
             seen
         };
         for instance in seen.replaced {
-            let _ = self.inbound.send(InboundEvent::Departed(instance));
+            let _ = self.inbound.send(InboundEvent::Departed {
+                instance,
+                silent: false,
+            });
         }
         if seen.new {
             info!(hub = %cluster.name, remote = %announcement.name, "hub joined");
@@ -262,18 +405,21 @@ impl Link {
             instance: cluster.instance,
             version: announcement.version,
         };
-        let to = cluster.subjects.ack(announcement.instance);
-        if let Err(error) = self.client.publish(to, ack.to_string().into()).await {
-            debug!(%error, "cannot acknowledge an announcement");
-        }
+        say(
+            &self.control,
+            cluster.subjects.ack(announcement.instance),
+            ack.to_string(),
+        )
+        .await;
         if announcement.purpose == Purpose::Hello || seen.new {
             self.announce(Purpose::Answer).await;
         }
     }
 
-    fn on_ack(&self, message: &Message) {
+    fn on_ack(&mut self, message: &Message) {
         match Ack::parse(&String::from_utf8_lossy(&message.payload)) {
             Ok(ack) => {
+                self.last_ack = Instant::now();
                 self.cluster
                     .lock_peers()
                     .acknowledge(ack.instance, ack.version);
@@ -299,8 +445,18 @@ impl Link {
         if !self.cluster.is_connected() {
             return;
         }
+        let now = Instant::now();
+        let heard = self.cluster.lock_peers().heard_within(now, SILENCE);
+        if heard && now.duration_since(self.last_ack) > MUTE {
+            return self.reconnect_mute();
+        }
         self.announce(Purpose::Beat).await;
-        let gone = self.cluster.lock_peers().expire(Instant::now(), SILENCE);
+        let gone = {
+            let mut peers = self.cluster.lock_peers();
+            let gone = peers.expire(now, SILENCE, SILENT_MEMORY);
+            self.cluster.set_remote_codes(&peers);
+            gone
+        };
         for (instance, name) in gone {
             self.forget(instance, &name, "silent");
         }
@@ -312,10 +468,13 @@ impl Link {
         {
             let mut peers = cluster.lock_peers();
             peers.remove(instance);
-            cluster.set_remote_codes(peers.codes());
+            cluster.set_remote_codes(&peers);
         }
         warn!(hub = %cluster.name, remote = %name, why, "hub gone");
-        let _ = self.inbound.send(InboundEvent::Departed(instance));
+        let _ = self.inbound.send(InboundEvent::Departed {
+            instance,
+            silent: why == "silent",
+        });
         cluster.notify();
     }
 
@@ -335,12 +494,11 @@ impl Link {
                 name: cluster.name.clone(),
             }
         };
-        let published = self
-            .client
-            .publish(cluster.subjects.hubs(), announcement.to_string().into())
-            .await;
-        if let Err(error) = published {
-            debug!(%error, "cannot announce");
-        }
+        say(
+            &self.control,
+            cluster.subjects.hubs(),
+            announcement.to_string(),
+        )
+        .await;
     }
 }

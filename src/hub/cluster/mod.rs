@@ -20,6 +20,7 @@ mod inbound;
 mod link;
 mod outbound;
 mod peers;
+mod sequence;
 mod wire;
 
 use std::future::Future;
@@ -42,8 +43,8 @@ use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::relay::Piece;
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
-use crate::hub::registry::SessionId;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::SessionId;
 use outbound::Outbound;
 use peers::Peers;
 use wire::Subjects;
@@ -186,8 +187,10 @@ pub(crate) struct Cluster {
     /// The largest message the NATS server takes (`max_payload` of its `INFO`), read at each
     /// connection so the outbound task does not ask the client for its server info per piece.
     max_payload: AtomicUsize,
-    /// The codes other hubs want: bit `c % 64` of word `c / 64`.
-    remote_codes: [AtomicU64; 2],
+    /// The codes other hubs want.
+    remote_codes: CodeBits,
+    /// The codes hubs gone silent wanted (their subscribers miss those frames: counted here).
+    silent_codes: CodeBits,
     peers: Mutex<Peers>,
     local: Mutex<Local>,
     /// Bumped whenever an acknowledgement, a credit, a hub or the connection changes.
@@ -217,7 +220,8 @@ impl Cluster {
             subjects: Subjects::new(&settings.prefix),
             connected: AtomicBool::new(false),
             max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
-            remote_codes: [AtomicU64::new(0), AtomicU64::new(0)],
+            remote_codes: CodeBits::default(),
+            silent_codes: CodeBits::default(),
             peers: Mutex::new(Peers::default()),
             local: Mutex::new(Local {
                 codes: CodeSet::empty(),
@@ -259,18 +263,27 @@ impl Cluster {
     /// Whether another hub wants frames of `status`: if so, a publisher hands them to
     /// [`offer`](Self::offer).
     pub(crate) fn crosses(&self, status: Status) -> bool {
-        let code = status.code();
-        self.remote_codes[usize::from(code / 64)].load(Ordering::Acquire) & (1 << (code % 64)) != 0
+        self.remote_codes.contains(status) || self.silent_codes.contains(status)
     }
 
     /// Hands a piece of publisher `from` (whose read gate is `gate`) to the outbound task;
-    /// `false` (the piece counted as dropped) when the link is down, and then none of the rest
-    /// of its frame is offered.
+    /// `false` when it does not cross — the link is down, NATS is not taking data, or only hubs
+    /// gone silent want it (counted as dropped) — and then none of the rest of its frame is
+    /// offered.
     pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> bool {
-        if !self.is_connected() {
-            // A later piece is offered only while its frame crosses: it has begun.
-            self.count_dropped(outbound::frames_lost(piece.kind, piece.frames, true));
+        let (live, silent) = (
+            self.remote_codes.contains(piece.status),
+            self.silent_codes.contains(piece.status),
+        );
+        if !live || !self.is_connected() || self.outbound.is_shedding() {
+            if live || silent {
+                // A later piece is offered only while its frame crosses: it has begun.
+                self.count_dropped(outbound::frames_lost(piece.kind, piece.frames, true));
+            }
             return false;
+        }
+        if silent && piece.kind.starts_frame() {
+            self.count_dropped(outbound::frames_lost(piece.kind, piece.frames, false));
         }
         self.outbound.push(from, gate, piece);
         true
@@ -382,22 +395,16 @@ impl Cluster {
             messages_in: counter(&c.messages_in),
             bytes_in: counter(&c.bytes_in),
             local_codes: self.lock_local().codes.to_string(),
-            remote_codes: self.remote_code_set().to_string(),
+            remote_codes: self.remote_codes.get().to_string(),
             remote_hub_names,
         }
     }
 
-    fn remote_code_set(&self) -> CodeSet {
-        let low = u128::from(self.remote_codes[0].load(Ordering::Acquire));
-        let high = u128::from(self.remote_codes[1].load(Ordering::Acquire));
-        CodeSet::from_bits(high << 64 | low)
-    }
-
-    /// Publishes the codes the hubs seen want (before acknowledging their announcements).
-    fn set_remote_codes(&self, codes: CodeSet) {
-        let bits = codes.bits();
-        self.remote_codes[0].store(bits as u64, Ordering::Release);
-        self.remote_codes[1].store((bits >> 64) as u64, Ordering::Release);
+    /// Publishes the codes the hubs seen want (before acknowledging their announcements), and
+    /// those hubs gone silent wanted.
+    fn set_remote_codes(&self, peers: &Peers) {
+        self.remote_codes.set(peers.codes());
+        self.silent_codes.set(peers.silent_codes());
     }
 
     fn count_dropped(&self, frames: u64) {
@@ -421,6 +428,29 @@ impl Cluster {
 
     fn lock_local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A set of codes publishers on every thread read: bit `c % 64` of word `c / 64`.
+#[derive(Debug, Default)]
+struct CodeBits([AtomicU64; 2]);
+
+impl CodeBits {
+    fn contains(&self, status: Status) -> bool {
+        let code = status.code();
+        self.0[usize::from(code / 64)].load(Ordering::Acquire) & (1 << (code % 64)) != 0
+    }
+
+    fn get(&self) -> CodeSet {
+        let low = u128::from(self.0[0].load(Ordering::Acquire));
+        let high = u128::from(self.0[1].load(Ordering::Acquire));
+        CodeSet::from_bits(high << 64 | low)
+    }
+
+    fn set(&self, codes: CodeSet) {
+        let bits = codes.bits();
+        self.0[0].store(bits as u64, Ordering::Release);
+        self.0[1].store((bits >> 64) as u64, Ordering::Release);
     }
 }
 

@@ -8,23 +8,30 @@
 //! bytes of this hub's stream undelivered: a hub whose subscribers cannot keep up holds the
 //! publishers here back instead of overflowing NATS. While the link is down, nothing waits:
 //! what cannot cross is counted and dropped.
+//!
+//! NATS itself never holds the publishers back for long: when it takes nothing for
+//! [`PUBLISH_TIMEOUT`], or for [`HOLD_MAX`] while publishers are held (a dead or slow link), the
+//! queue is shed — what it holds and what publishers offer is counted and dropped — until the
+//! NATS client has written out all it took. Local subscribers never wait for the cluster.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use crate::frame::Status;
+use crate::hub::cluster::sequence::Sending;
 use crate::hub::cluster::wire::{Carried, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::relay::{Piece, PieceKind};
-use crate::hub::registry::SessionId;
+use crate::hub::session::SessionId;
 
 /// Bytes queued for NATS past which publishers are held back.
 const QUEUE_HIGH: u64 = 8 * 1024 * 1024;
@@ -34,8 +41,14 @@ pub(super) const WINDOW_MESSAGES: u64 = 1024;
 pub(super) const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 /// Room kept in a NATS message for its headers: a piece is cut to `max_payload` minus this.
 const HEADER_ROOM: usize = 512;
-/// Longest a publish may wait for the NATS client's own queue before the piece counts as lost.
+/// Longest a publish may wait for the NATS client's own queue before the queue is shed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest NATS may keep publishers held back (the queue full) before the queue is shed.
+const HOLD_MAX: Duration = Duration::from_millis(500);
+/// How often a waiting publish looks whether publishers have become held.
+const HOLD_CHECK: Duration = Duration::from_millis(50);
+/// How long the shed queue waits at a time for the NATS client to have written out all it took.
+const RECOVERY_CHECK: Duration = Duration::from_millis(500);
 /// How often a wait for credit looks again even if nothing was heard (a hub may have gone).
 const CREDIT_RECHECK: Duration = Duration::from_millis(100);
 
@@ -49,10 +62,19 @@ struct Envelope {
     bytes: Bytes,
 }
 
+/// What publishers queued, and since when they are held back.
+#[derive(Debug, Default)]
+struct Queue {
+    envelopes: VecDeque<Envelope>,
+    held_since: Option<Instant>,
+}
+
 /// The queue between publishers and the outbound task, and the stream's position.
 #[derive(Debug)]
 pub(super) struct Outbound {
-    queue: Mutex<VecDeque<Envelope>>,
+    queue: Mutex<Queue>,
+    /// Whether NATS is not taking data: pieces are counted and dropped instead of queued.
+    shedding: AtomicBool,
     backlog: Arc<Backlog>,
     wake: Notify,
     /// Messages published so far (the last sequence number).
@@ -64,7 +86,8 @@ pub(super) struct Outbound {
 impl Outbound {
     pub(super) fn new() -> Outbound {
         Outbound {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
+            shedding: AtomicBool::new(false),
             backlog: Backlog::new(QUEUE_HIGH),
             wake: Notify::new(),
             seq: AtomicU64::new(0),
@@ -72,29 +95,58 @@ impl Outbound {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Envelope>> {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `piece` of publisher `from`; holds the publisher back while the queue is full.
     pub(super) fn push(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) {
         self.backlog.charge(piece.bytes.len() as u64);
-        self.lock().push_back(Envelope {
-            from,
-            status: piece.status,
-            carried: Carried::Piece(piece.kind),
-            frames: piece.frames,
-            bytes: piece.bytes.clone(),
-        });
+        let full = {
+            let mut queue = self.lock();
+            queue.envelopes.push_back(Envelope {
+                from,
+                status: piece.status,
+                carried: Carried::Piece(piece.kind),
+                frames: piece.frames,
+                bytes: piece.bytes.clone(),
+            });
+            let full = self.backlog.is_full();
+            if full {
+                queue.held_since.get_or_insert_with(Instant::now);
+            }
+            full
+        };
         self.wake.notify_one();
-        if self.backlog.is_full() {
+        if full {
             self.backlog.block(gate);
+        }
+    }
+
+    /// Whether the queue is being shed: offered pieces are to be counted and dropped.
+    pub(super) fn is_shedding(&self) -> bool {
+        self.shedding.load(Ordering::Acquire)
+    }
+
+    /// Until when a publish begun at `began` may wait: [`PUBLISH_TIMEOUT`], or less while
+    /// publishers are held.
+    fn deadline(&self, began: Instant) -> Instant {
+        let limit = began + PUBLISH_TIMEOUT;
+        self.lock()
+            .held_since
+            .map_or(limit, |since| limit.min(since + HOLD_MAX))
+    }
+
+    /// The held publishers' wait restarts (it was for credit: a receiver's own pace).
+    fn hold_restarts(&self) {
+        if let Some(since) = self.lock().held_since.as_mut() {
+            *since = Instant::now();
         }
     }
 
     /// Queues the end of publisher `from`.
     pub(super) fn push_gone(&self, from: SessionId) {
-        self.lock().push_back(Envelope {
+        self.lock().envelopes.push_back(Envelope {
             from,
             status: Status::PING,
             carried: Carried::Gone,
@@ -114,21 +166,24 @@ impl Outbound {
 
     async fn next(&self) -> Envelope {
         loop {
-            if let Some(envelope) = self.lock().pop_front() {
+            if let Some(envelope) = self.lock().envelopes.pop_front() {
                 return envelope;
             }
             self.wake.notified().await;
         }
     }
-}
 
-/// One publisher's stream on NATS.
-#[derive(Debug, Default)]
-struct Stream {
-    /// Its last message sequence number.
-    seq: u64,
-    /// Whether a streamed frame of it is begun on NATS.
-    open: bool,
+    fn is_empty(&self) -> bool {
+        self.lock().envelopes.is_empty()
+    }
+
+    /// `len` bytes left the queue.
+    fn discharge(&self, len: u64) {
+        self.backlog.discharge(len);
+        if self.backlog.pending() <= QUEUE_HIGH / 2 {
+            self.lock().held_since = None;
+        }
+    }
 }
 
 /// Frames lost when a piece of `kind` ending `frames` frames cannot cross: a run loses its
@@ -149,9 +204,8 @@ struct Sender {
     /// The data subject of every code.
     subjects: Vec<Subject>,
     gone: Subject,
-    /// Per publisher that has published: its message sequence and whether a streamed frame of
-    /// it is begun on NATS.
-    streams: HashMap<SessionId, Stream>,
+    /// Per publisher that has published: its stream's numbering.
+    streams: HashMap<SessionId, Sending>,
 }
 
 /// The outbound task: publishes what publishers queue, in order, for as long as the hub runs.
@@ -169,10 +223,14 @@ pub(super) async fn run(cluster: Arc<Cluster>, client: async_nats::Client) {
         streams: HashMap::new(),
     };
     loop {
+        let outbound = &sender.cluster.outbound;
+        if outbound.is_shedding() && outbound.is_empty() {
+            sender.recover().await;
+        }
         let envelope = sender.cluster.outbound.next().await;
         let len = envelope.bytes.len() as u64;
         sender.send(envelope).await;
-        sender.cluster.outbound.backlog.discharge(len);
+        sender.cluster.outbound.discharge(len);
     }
 }
 
@@ -180,10 +238,7 @@ impl Sender {
     async fn send(&mut self, envelope: Envelope) {
         let from = envelope.from;
         let Carried::Piece(kind) = envelope.carried else {
-            let seq = self
-                .streams
-                .remove(&from)
-                .map_or(1, |stream| stream.seq + 1);
+            let seq = self.streams.remove(&from).unwrap_or_default().next();
             if self.cluster.is_connected() {
                 let subject = self.gone.clone();
                 let _ = self
@@ -200,8 +255,12 @@ impl Sender {
             .max(HEADER_ROOM);
         let subject = self.subjects[usize::from(envelope.status.code())].clone();
         for (part, frames, bytes) in split(kind, envelope.frames, &envelope.bytes, limit) {
-            let seq = self.streams.get(&from).map_or(1, |stream| stream.seq + 1);
-            let sent = self.wait_for_credit().await
+            let Some(seq) = self.streams.entry(from).or_default().plan(part) else {
+                // The rest of a frame that could not cross: counted when it failed.
+                continue;
+            };
+            let sent = !self.cluster.outbound.is_shedding()
+                && self.wait_for_credit().await
                 && self
                     .publish(
                         subject.clone(),
@@ -214,17 +273,12 @@ impl Sender {
                     .await;
             let stream = self.streams.entry(from).or_default();
             if !sent {
-                let begun = std::mem::take(&mut stream.open);
+                let begun = stream.failed(part);
                 self.cluster
                     .count_dropped(frames_lost(kind, envelope.frames, begun));
                 return;
             }
-            stream.seq = seq;
-            match part {
-                PieceKind::First => stream.open = true,
-                PieceKind::Last => stream.open = false,
-                PieceKind::Whole | PieceKind::Middle => {}
-            }
+            stream.sent(part);
         }
     }
 
@@ -240,14 +294,31 @@ impl Sender {
             return self.cluster.is_connected();
         }
         let mut changes = self.cluster.changes.subscribe();
-        loop {
+        let open = loop {
             if !self.cluster.is_connected() {
-                return false;
+                break false;
             }
             if window_open() {
-                return true;
+                break true;
             }
             let _ = tokio::time::timeout(CREDIT_RECHECK, changes.changed()).await;
+        };
+        self.cluster.outbound.hold_restarts();
+        open
+    }
+
+    /// The queue is shed and empty: waits until the NATS client has written out everything it
+    /// took (the link drained, or reconnected), then crosses again.
+    async fn recover(&self) {
+        loop {
+            let flushed = tokio::time::timeout(RECOVERY_CHECK, self.client.flush()).await;
+            if matches!(flushed, Ok(Ok(()))) {
+                self.cluster
+                    .outbound
+                    .shedding
+                    .store(false, Ordering::Release);
+                return info!(hub = %self.cluster.name, "NATS takes data again: crossing resumes");
+            }
         }
     }
 
@@ -276,11 +347,19 @@ impl Sender {
         };
         let mut headers = HeaderMap::new();
         headers.insert(DATA_HEADER, header.to_string());
-        let published = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            self.client.publish_with_headers(subject, headers, bytes),
-        )
-        .await;
+        let publish = self.client.publish_with_headers(subject, headers, bytes);
+        tokio::pin!(publish);
+        // The deadline moves closer when publishers become held during the wait.
+        let began = Instant::now();
+        let published = loop {
+            let deadline = outbound.deadline(began);
+            let check = deadline.min(Instant::now() + HOLD_CHECK);
+            match tokio::time::timeout_at(check, &mut publish).await {
+                Ok(result) => break Ok(result),
+                Err(elapsed) if Instant::now() >= deadline => break Err(elapsed),
+                Err(_) => {}
+            }
+        };
         match published {
             Ok(Ok(())) => {
                 outbound.seq.store(seq, Ordering::Release);
@@ -295,7 +374,8 @@ impl Sender {
                 false
             }
             Err(_) => {
-                warn!(hub = %self.cluster.name, "NATS took nothing for {PUBLISH_TIMEOUT:?}");
+                outbound.shedding.store(true, Ordering::Release);
+                warn!(hub = %self.cluster.name, "NATS is not taking data: frames for other hubs are dropped and counted until it does");
                 false
             }
         }

@@ -30,10 +30,20 @@ pub(crate) struct Seen {
     pub replaced: Vec<u64>,
 }
 
+/// A hub forgotten because it went silent: its subscribers may still be there, cut off.
+#[derive(Debug)]
+struct Ghost {
+    name: String,
+    codes: CodeSet,
+    since: Instant,
+}
+
 /// The other hubs, by instance.
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
     hubs: HashMap<u64, Peer>,
+    /// Hubs gone silent, remembered a while so that what their subscribers miss is counted.
+    ghosts: HashMap<u64, Ghost>,
 }
 
 impl Peers {
@@ -75,6 +85,9 @@ impl Peers {
         for instance in &replaced {
             self.hubs.remove(instance);
         }
+        self.ghosts.retain(|instance, ghost| {
+            *instance != announcement.instance && ghost.name != announcement.name
+        });
         let mut new = false;
         let peer = self.hubs.entry(announcement.instance).or_insert_with(|| {
             new = true;
@@ -96,8 +109,16 @@ impl Peers {
         self.hubs.remove(&instance).is_some()
     }
 
-    /// Forgets the hubs not heard from for `silence`; returns them.
-    pub(crate) fn expire(&mut self, now: Instant, silence: Duration) -> Vec<(u64, String)> {
+    /// Forgets the hubs not heard from for `silence` (remembering them as gone silent, and
+    /// forgetting those gone silent longer than `memory` ago); returns them.
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        silence: Duration,
+        memory: Duration,
+    ) -> Vec<(u64, String)> {
+        self.ghosts
+            .retain(|_, ghost| now.duration_since(ghost.since) <= memory);
         let gone: Vec<(u64, String)> = self
             .hubs
             .iter()
@@ -105,9 +126,37 @@ impl Peers {
             .map(|(instance, peer)| (*instance, peer.name.clone()))
             .collect();
         for (instance, _) in &gone {
-            self.hubs.remove(instance);
+            if let Some(peer) = self.hubs.remove(instance) {
+                let ghost = Ghost {
+                    name: peer.name,
+                    codes: peer.codes,
+                    since: now,
+                };
+                self.ghosts.insert(*instance, ghost);
+            }
         }
         gone
+    }
+
+    /// The codes the hubs gone silent wanted.
+    pub(crate) fn silent_codes(&self) -> CodeSet {
+        self.ghosts
+            .values()
+            .fold(CodeSet::empty(), |codes, ghost| codes.union(ghost.codes))
+    }
+
+    /// Hub `instance` was heard from (its data arrived).
+    pub(crate) fn heard(&mut self, instance: u64, now: Instant) {
+        if let Some(peer) = self.hubs.get_mut(&instance) {
+            peer.last_seen = peer.last_seen.max(now);
+        }
+    }
+
+    /// Whether some hub was heard from within `silence` of `now`.
+    pub(crate) fn heard_within(&self, now: Instant, silence: Duration) -> bool {
+        self.hubs
+            .values()
+            .any(|peer| now.duration_since(peer.last_seen) <= silence)
     }
 
     /// Counts every hub as heard from now (the link was down: silence proved nothing).
@@ -225,9 +274,37 @@ mod tests {
         let later = now + Duration::from_secs(3);
         peers.announced(&announcement(1, "a", 0), later, (0, 0));
         assert_eq!(
-            peers.expire(later, Duration::from_secs(2)),
+            peers.expire(later, Duration::from_secs(2), Duration::from_secs(60)),
             [(2, "b".to_owned())]
         );
         assert_eq!(peers.len(), 1);
+    }
+
+    #[test]
+    fn a_silent_hub_is_remembered_until_it_returns_or_a_while_passes() {
+        let mut peers = Peers::default();
+        let now = Instant::now();
+        let (silence, memory) = (Duration::from_secs(2), Duration::from_secs(60));
+        peers.announced(&announcement(1, "a", 0b10), now, (0, 0));
+        peers.announced(&announcement(2, "b", 0b100), now, (0, 0));
+        let later = now + Duration::from_secs(3);
+        peers.announced(&announcement(1, "a", 0b10), later, (0, 0));
+        peers.expire(later, silence, memory);
+        assert_eq!(peers.silent_codes(), CodeSet::from_bits(0b100));
+        // Back as another instance (restarted): no longer silent.
+        peers.announced(&announcement(3, "b", 0b100), later, (0, 0));
+        assert_eq!(peers.silent_codes(), CodeSet::empty());
+        let much_later = later + Duration::from_secs(10);
+        peers.announced(&announcement(3, "b", 0b100), much_later, (0, 0));
+        peers.expire(much_later, silence, memory);
+        assert_eq!(peers.silent_codes(), CodeSet::from_bits(0b10));
+        peers.expire(much_later + memory * 2, silence, memory);
+        assert_eq!(
+            peers.silent_codes(),
+            CodeSet::from_bits(0b100),
+            "a forgotten, b silent"
+        );
+        peers.expire(much_later + memory * 5, silence, memory);
+        assert_eq!(peers.silent_codes(), CodeSet::empty());
     }
 }

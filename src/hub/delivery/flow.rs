@@ -1,14 +1,14 @@
 //! Flow control between sessions on different arbiters: a publisher's read [`Gate`] and a
 //! subscriber's [`Backlog`].
 //!
-//! The router charges every piece it hands a subscriber to that subscriber's backlog *before*
-//! sending it, and the subscriber's writer discharges it once the bytes are on the socket, so the
-//! count covers the mailbox as well as the queue and is exact whichever thread looks. Under the
-//! `block` policy a subscriber whose backlog reaches its high-water mark closes the gate of each
-//! publisher that feeds it; the publisher's session stops reading its socket (TCP then pushes back
-//! on the peer) until every subscriber that closed its gate has drained below its low-water mark.
-//! These are the only structures shared across arbiter threads besides the router's mailbox, hence
-//! atomics and one short mutex, never held across an await.
+//! A [`Backlog`] counts the bytes queued for a subscriber (what its socket did not take when they
+//! were offered) until its writer has written them; bytes written through at once are never
+//! counted. Under the `block` policy a subscriber whose backlog reaches its high-water mark closes
+//! the gate of each publisher that feeds it; the publisher's session stops reading its socket
+//! (TCP then pushes back on the peer) until every subscriber that closed its gate has drained to
+//! its low-water mark (half). Both are shared across arbiter threads: atomics, and one short
+//! mutex (the gates a backlog holds closed) taken under the subscriber's outbox lock, never the
+//! reverse, and never across an await.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

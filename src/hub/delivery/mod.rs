@@ -9,7 +9,7 @@
 //! - [`outbox`]: `Outbox`, a subscriber's socket and stream state behind one lock; write-through,
 //!   held frames, slow-consumer policies; its writer task.
 //! - [`flow`]: `Gate` (a publisher's read gate) and `Backlog` (a subscriber's queued bytes).
-//! - [`transport`]: a session's stream (the TCP socket, or its end of a TLS bridge).
+//! - [`transport`]: a session's stream (the TCP socket, plain or with its TLS state beside it).
 //! - [`idle`]: `IdleTimer`, so idle connections give their read buffer back.
 //!
 //! # Ordering rules
@@ -28,6 +28,10 @@
 //!   `Arc` clone) and release it before they take any outbox lock.
 //! - outbox → backlog (the gates a full subscriber holds closed): under the outbox lock a full
 //!   backlog records the publisher's gate. Gates themselves are atomics, not locks.
+//! - outbox → tls (a TLS connection's rustls state, `hub::tls::TlsSocket`): a small piece is
+//!   sealed into records under the subscriber's outbox lock for write-through; the writer seals the
+//!   front of its queue with the tls lock alone, and the session's reader decrypts with it alone.
+//!   Nothing takes another lock while holding the tls lock.
 //! - No thread holds two outbox locks at once: a publisher offers a piece to one subscriber at a
 //!   time, the router changes one session's subscriptions at a time.
 //!

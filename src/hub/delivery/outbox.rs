@@ -13,7 +13,13 @@
 //! frames never interleave and each publisher's frames keep their order.
 //!
 //! The queue's size is counted in the subscriber's [`Backlog`]: bytes are charged when queued and
-//! discharged when written, and the policies act on that count (docs/hub.md). A subscriber's own
+//! discharged when written, and the policies act on that count (docs/hub.md).
+//!
+//! On a TLS connection the bytes are sealed into TLS records before they reach the socket
+//! ([`WriteHalf::seal`]): a small piece by the publisher under the lock, before its write-through;
+//! a queued piece by the writer when it reaches the front. So the queue holds records up front
+//! and plaintext behind, its count is what the client has not taken, and records go out in the
+//! order they were sealed. Lock order: this lock, then the connection's TLS lock (outbox → tls). A subscriber's own
 //! replies (control answers, pings) go through the same path, after the streamed frame on the
 //! wire if there is one.
 
@@ -35,8 +41,9 @@ use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::transport::WriteHalf;
 use crate::hub::ops::counters::{worth_a_line, SessionStats};
-use crate::hub::registry::SessionId;
-use crate::hub::router::{HubCounters, Kick, KickReason, OpenConnection, Reauthorize, SessionLink};
+use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
+use crate::hub::session::SessionId;
+use crate::hub::session::{Kick, KickReason, Reauthorize, SessionLink};
 
 /// Largest batch of queued bytes handed to one vectored write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -89,11 +96,23 @@ struct Held {
     blocking: bool,
 }
 
+/// Bytes queued for a subscriber's socket.
+#[derive(Debug)]
+struct Queued {
+    bytes: Bytes,
+    /// How many frames end in them.
+    frames: u32,
+    /// Whether they are ready for the socket: always on a plain connection; on a TLS one, once
+    /// sealed into records. Sealed pieces are a prefix of the queue (a publisher seals only when
+    /// the queue is empty, the writer only its front), so records go out in the order sealed.
+    sealed: bool,
+}
+
 /// A subscriber's stream state, behind its [`Outbox`]'s lock.
 #[derive(Debug)]
 struct Wire {
-    /// Bytes the socket has not taken yet, each with how many frames end in it.
-    queue: VecDeque<(Bytes, u32)>,
+    /// Bytes the socket has not taken yet.
+    queue: VecDeque<Queued>,
     policy: SlowPolicy,
     /// The publisher whose streamed frame is on the wire (started, not ended).
     current: Option<SessionId>,
@@ -125,7 +144,7 @@ enum Flush {
 }
 
 /// One session's outbound path: its socket's write half, its stream state and its writer task.
-/// Shared (`Arc`) by the session, its writer, the router's registry and publishers.
+/// Shared (`Arc`) by the session, its writer, the router and publishers.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     id: SessionId,
@@ -159,7 +178,7 @@ impl Outbox {
         session: SessionLink,
         counters: Arc<HubCounters>,
         stats: Arc<SessionStats>,
-        open: OpenConnection,
+        open: ConnectionGuard,
     ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             id,
@@ -390,11 +409,22 @@ impl Outbox {
         }
     }
 
-    /// Writes `bytes` through if nothing is queued and they are small; queues (and charges) what
-    /// the socket does not take, or all of a large piece, and wakes the writer.
+    /// Writes `bytes` through if nothing is queued and they are small (sealed into TLS records
+    /// first on a TLS connection); queues (and charges) what the socket does not take, or all of
+    /// a large piece (the writer seals it), and wakes the writer.
     fn push(&self, wire: &mut Wire, bytes: Bytes, frames: u32) {
         let was_empty = wire.queue.is_empty();
+        let mut sealed = !self.socket.seals();
         let rest = if was_empty && bytes.len() <= WRITE_THROUGH_MAX {
+            let bytes = match self.socket.seal(&bytes) {
+                Ok(records) => records,
+                Err(error) => {
+                    debug!(session = %self.id, %error, "TLS refused bytes");
+                    self.abort.cancel();
+                    return;
+                }
+            };
+            sealed = true;
             match self.socket.try_write(&bytes) {
                 Ok(written) => {
                     self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
@@ -412,7 +442,11 @@ impl Outbox {
             bytes
         };
         self.backlog.charge(rest.len() as u64);
-        wire.queue.push_back((rest, frames));
+        wire.queue.push_back(Queued {
+            bytes: rest,
+            frames,
+            sealed,
+        });
         if was_empty {
             wire.progress = Instant::now();
             self.wake.notify_one();
@@ -558,11 +592,19 @@ impl Outbox {
                     Flush::Idle
                 };
             }
+            let front = wire.queue.front().filter(|front| !front.sealed);
+            if let Some(plain) = front.map(|front| front.bytes.clone()) {
+                drop(wire);
+                return self.seal_front(&plain);
+            }
             batch.clear();
             let mut bytes = 0;
-            for (piece, _) in wire.queue.iter().take(WRITE_BATCH_SLICES) {
-                batch.push(piece.clone());
-                bytes += piece.len();
+            for queued in wire.queue.iter().take(WRITE_BATCH_SLICES) {
+                if !queued.sealed {
+                    break;
+                }
+                batch.push(queued.bytes.clone());
+                bytes += queued.bytes.len();
                 if bytes >= WRITE_BATCH_BYTES {
                     break;
                 }
@@ -586,21 +628,43 @@ impl Outbox {
         let mut wire = self.lock();
         let (mut left, mut frames) = (written, 0);
         while left > 0 {
-            let Some((front, ended)) = wire.queue.front_mut() else {
+            let Some(front) = wire.queue.front_mut() else {
                 break;
             };
-            if front.len() > left {
-                front.advance(left);
+            if front.bytes.len() > left {
+                front.bytes.advance(left);
                 break;
             }
-            left -= front.len();
-            frames += u64::from(*ended);
+            left -= front.bytes.len();
+            frames += u64::from(front.frames);
             wire.queue.pop_front();
         }
         wire.progress = Instant::now();
         self.backlog.discharge(written as u64);
         self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
         self.frames_out.fetch_add(frames, Ordering::Relaxed);
+        Flush::Wrote
+    }
+
+    /// Seals the front of the queue into TLS records, outside the outbox's lock: while the queue
+    /// is not empty nobody else seals, and only the writer removes its front. The backlog is
+    /// charged for the records instead of the plaintext.
+    fn seal_front(&self, plain: &Bytes) -> Flush {
+        let records = match self.socket.seal(plain) {
+            Ok(records) => records,
+            Err(error) => {
+                debug!(session = %self.id, %error, "TLS refused bytes");
+                return Flush::Failed;
+            }
+        };
+        let mut wire = self.lock();
+        let Some(front) = wire.queue.front_mut() else {
+            return Flush::Failed;
+        };
+        self.backlog.charge(records.len() as u64);
+        self.backlog.discharge(plain.len() as u64);
+        front.bytes = records;
+        front.sealed = true;
         Flush::Wrote
     }
 
@@ -614,7 +678,7 @@ impl Outbox {
         let queued: u64 = wire
             .queue
             .drain(..)
-            .map(|(bytes, _)| bytes.len() as u64)
+            .map(|queued| queued.bytes.len() as u64)
             .sum();
         wire.replies.clear();
         self.backlog.discharge(queued);
@@ -633,7 +697,7 @@ fn release_held(wire: &mut Wire) {
 
 /// The writer task: writes what publishers and the session queued whenever the socket can take
 /// it, and shuts the socket when the outbox closes.
-async fn write_loop(outbox: Arc<Outbox>, open: OpenConnection) {
+async fn write_loop(outbox: Arc<Outbox>, open: ConnectionGuard) {
     let mut turn = 0;
     let mut batch = Vec::new();
     loop {

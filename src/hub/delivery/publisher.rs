@@ -24,8 +24,8 @@ use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::outbox::{Offer, Outbox};
 use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::registry::SessionId;
-use crate::hub::router::HubCounters;
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::SessionId;
 
 /// One session's publishing side; see the module documentation.
 #[derive(Debug)]
@@ -39,17 +39,30 @@ pub(crate) struct Publisher {
     echo: bool,
     /// The codes it may publish on.
     allowed: CodeSet,
-    /// Whether the rest of the streamed frame in progress is denied.
-    denying: bool,
-    /// The subscribers taking the streamed frame in progress.
-    streaming: Vec<Arc<Outbox>>,
+    /// The streamed frame in progress, if any.
+    streamed: Streamed,
     /// The cluster, for frames other hubs want (`None` off a cluster, and for remote
     /// publishers).
     cluster: Option<Arc<Cluster>>,
-    /// Whether the streamed frame in progress crosses to the cluster.
-    crossing: bool,
     /// Whether anything of this publisher has crossed (the other hubs are told when it ends).
     crossed: bool,
+}
+
+/// Where a publisher stands in a streamed frame: its pieces after the first follow the first.
+#[derive(Debug, Default)]
+enum Streamed {
+    /// Between frames (or in a whole frame).
+    #[default]
+    None,
+    /// In a frame on a code it may not publish on: the rest goes nowhere.
+    Denied,
+    /// In a frame being delivered.
+    Delivering {
+        /// The subscribers that took its first piece (one that skips a piece takes no more).
+        subscribers: Vec<Arc<Outbox>>,
+        /// Whether it crosses to the cluster.
+        crossing: bool,
+    },
 }
 
 /// A publication on a code the session may not publish on: relayed to nobody (for a streamed
@@ -80,10 +93,8 @@ impl Publisher {
             counters,
             echo: false,
             allowed,
-            denying: false,
-            streaming: Vec::new(),
+            streamed: Streamed::None,
             cluster,
-            crossing: false,
             crossed: false,
         }
     }
@@ -115,7 +126,9 @@ impl Publisher {
     pub(crate) fn publish(&mut self, piece: &Piece) -> Result<(), Denied> {
         match piece.kind {
             PieceKind::Whole | PieceKind::First if !self.allowed.contains(piece.status) => {
-                self.denying = piece.kind == PieceKind::First;
+                if piece.kind == PieceKind::First {
+                    self.streamed = Streamed::Denied;
+                }
                 let frames = u64::from(piece.frames_begun());
                 self.counters
                     .denied_frames
@@ -125,30 +138,35 @@ impl Publisher {
                     frames,
                 });
             }
-            PieceKind::Middle | PieceKind::Last if self.denying => {
-                self.denying = piece.kind == PieceKind::Middle;
-            }
             PieceKind::Whole | PieceKind::First => {
                 let subscribers = self.table.subscribers(piece.status);
                 self.start(piece, &subscribers);
             }
-            PieceKind::Middle | PieceKind::Last => {
+            PieceKind::Middle | PieceKind::Last => self.continue_frame(piece),
+        }
+        Ok(())
+    }
+
+    /// Delivers a streamed frame's later piece where its first piece went.
+    fn continue_frame(&mut self, piece: &Piece) {
+        match &mut self.streamed {
+            Streamed::Denied => {}
+            Streamed::None => self.counters.codes.count(piece),
+            Streamed::Delivering {
+                subscribers,
+                crossing,
+            } => {
                 self.counters.codes.count(piece);
-                // A subscriber that skips a piece (gone, or the frame dropped while held) takes
-                // none of the rest.
                 let (id, gate) = (self.id, &self.gate);
-                self.streaming
-                    .retain(|outbox| outbox.offer(id, gate, piece) == Offer::Taken);
-                if let (true, Some(cluster)) = (self.crossing, &self.cluster) {
-                    self.crossing = cluster.offer(id, gate, piece);
-                }
-                if piece.kind == PieceKind::Last {
-                    self.streaming.clear();
-                    self.crossing = false;
+                subscribers.retain(|outbox| outbox.offer(id, gate, piece) == Offer::Taken);
+                if let (true, Some(cluster)) = (*crossing, &self.cluster) {
+                    *crossing = cluster.offer(id, gate, piece);
                 }
             }
         }
-        Ok(())
+        if piece.kind == PieceKind::Last {
+            self.streamed = Streamed::None;
+        }
     }
 
     /// Delivers a piece of a publisher on another hub (whose own hub checked its permissions)
@@ -172,24 +190,33 @@ impl Publisher {
     /// (the code's, as the table lists them now) and, if another hub wants it, to the cluster.
     fn start(&mut self, piece: &Piece, subscribers: &[Arc<Outbox>]) {
         self.counters.codes.count(piece);
+        let streams = piece.kind == PieceKind::First;
         let mut routed = false;
+        let mut taking = Vec::new();
         for outbox in subscribers {
             if outbox.id() == self.id && !self.echo {
                 continue;
             }
             routed = true;
             let taken = outbox.offer(self.id, &self.gate, piece) == Offer::Taken;
-            if taken && piece.kind == PieceKind::First {
-                self.streaming.push(outbox.clone());
+            if taken && streams {
+                taking.push(outbox.clone());
             }
         }
+        let mut crossing = false;
         if let Some(cluster) = &self.cluster {
             if cluster.crosses(piece.status) {
                 let taken = cluster.offer(self.id, &self.gate, piece);
-                self.crossing = taken && piece.kind == PieceKind::First;
+                crossing = taken && streams;
                 self.crossed |= taken;
                 routed = true;
             }
+        }
+        if streams {
+            self.streamed = Streamed::Delivering {
+                subscribers: taking,
+                crossing,
+            };
         }
         if !routed {
             // Per frame: a run of small frames read together is one piece.
@@ -204,10 +231,11 @@ impl Publisher {
     /// the middle of its streamed frame cannot get the rest of it. Other hubs it published to
     /// forget it.
     pub(crate) fn abandon(&mut self) {
-        for outbox in self.streaming.drain(..) {
-            outbox.publisher_gone(self.id);
+        if let Streamed::Delivering { subscribers, .. } = std::mem::take(&mut self.streamed) {
+            for outbox in subscribers {
+                outbox.publisher_gone(self.id);
+            }
         }
-        self.crossing = false;
         if let (true, Some(cluster)) = (std::mem::take(&mut self.crossed), &self.cluster) {
             cluster.publisher_gone(self.id);
         }

@@ -1,9 +1,8 @@
 //! The [`SubscriptionTable`]: per code, the outboxes of its subscribers, read by publishing
 //! sessions on their own threads.
 //!
-//! The router owns the subscriptions (its [`Registry`](super::registry::Registry)) and is the
-//! only writer here: it applies every change to the codes it touches *before* it answers the
-//! session's command. A publisher takes a code's list with one short read lock and an `Arc` clone,
+//! The router owns the subscriptions and is the only writer here: it applies every change to the
+//! codes it touches *before* it answers the session's command. A publisher takes a code's list with one short read lock and an `Arc` clone,
 //! then delivers without holding anything; so a publication read after a `SUB` was answered `OK`
 //! finds the new subscriber, and a change never waits for a fan-out in progress. A list is copied
 //! on write only while a publisher holds it; otherwise it is changed in place, so 10,000

@@ -1,38 +1,48 @@
-//! The byte stream a session runs on: the client's TCP socket, or — for a TLS connection — one end
-//! of a local socket pair whose other end the connection's TLS bridge (`tls.rs`) joins to the
-//! client's TLS stream. Both take non-blocking writes from any thread (the outbox writes through
-//! from publishers' threads) and report readiness, which is all a session needs.
+//! The byte stream a session runs on: the client's TCP socket, plain or with TLS. Both take
+//! non-blocking writes from any thread (the outbox writes through from publishers' threads) and
+//! report readiness, which is all a session needs.
+//!
+//! A TLS connection is its socket and the rustls state beside it ([`TlsSocket`]): the session's
+//! reader pulls records from the socket and decrypts them; the outbox encrypts ([`WriteHalf::seal`])
+//! and writes the records as it writes plain bytes, and queues what the socket does not take, so
+//! its back-pressure counts the client's bytes as it does for a plain connection. The rustls state
+//! has a lock of its own, taken briefly by the reader and under the subscriber's outbox lock by
+//! whoever seals: the order is outbox → tls, never the reverse (docs/architecture.md).
 
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio::net::{tcp, TcpStream};
+
+use crate::hub::tls::TlsSocket;
 
 /// A session's stream.
 #[derive(Debug)]
 pub(crate) enum Transport {
     /// The client's socket.
     Tcp(TcpStream),
-    /// The hub's end of a TLS connection's bridge.
-    Bridged(UnixStream),
+    /// The client's socket with its TLS state.
+    Tls(Arc<TlsSocket>),
 }
 
 /// The read half of a [`Transport`].
 #[derive(Debug)]
 pub(crate) enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
-    Bridged(unix::OwnedReadHalf),
+    Tls(Arc<TlsSocket>),
 }
 
 /// The write half of a [`Transport`].
 #[derive(Debug)]
 pub(crate) enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
-    Bridged(unix::OwnedWriteHalf),
+    Tls(Arc<TlsSocket>),
 }
 
 impl Transport {
@@ -43,10 +53,7 @@ impl Transport {
                 let (read, write) = stream.into_split();
                 (ReadHalf::Tcp(read), WriteHalf::Tcp(write))
             }
-            Transport::Bridged(stream) => {
-                let (read, write) = stream.into_split();
-                (ReadHalf::Bridged(read), WriteHalf::Bridged(write))
-            }
+            Transport::Tls(tls) => (ReadHalf::Tls(tls.clone()), WriteHalf::Tls(tls)),
         }
     }
 }
@@ -56,7 +63,7 @@ impl ReadHalf {
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             ReadHalf::Tcp(half) => half.as_ref().poll_read_ready(cx),
-            ReadHalf::Bridged(half) => half.as_ref().poll_read_ready(cx),
+            ReadHalf::Tls(tls) => tls.poll_read_ready(cx),
         }
     }
 }
@@ -69,41 +76,58 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ReadHalf::Tcp(half) => Pin::new(half).poll_read(cx, buf),
-            ReadHalf::Bridged(half) => Pin::new(half).poll_read(cx, buf),
+            ReadHalf::Tls(tls) => tls.poll_read(cx, buf),
         }
     }
 }
 
 impl WriteHalf {
+    /// Whether bytes must be [sealed](Self::seal) before they go to the socket.
+    pub(crate) fn seals(&self) -> bool {
+        matches!(self, WriteHalf::Tls(_))
+    }
+
+    /// The bytes to put on the socket for `bytes`: the same bytes on a plain connection, TLS
+    /// records on a TLS one. Called under the subscriber's outbox lock, or by its writer while
+    /// the outbox's queue is not empty, so records are sealed in the order they are written.
+    ///
+    /// # Errors
+    /// rustls's, if the TLS connection can take no more.
+    pub(crate) fn seal(&self, bytes: &Bytes) -> io::Result<Bytes> {
+        match self {
+            WriteHalf::Tcp(_) => Ok(bytes.clone()),
+            WriteHalf::Tls(tls) => tls.seal(bytes),
+        }
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            WriteHalf::Tcp(half) => half.as_ref(),
+            WriteHalf::Tls(tls) => tls.socket(),
+        }
+    }
+
     /// Writes what the socket takes now, from any thread.
     pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            WriteHalf::Tcp(half) => half.try_write(bytes),
-            WriteHalf::Bridged(half) => half.try_write(bytes),
-        }
+        self.socket().try_write(bytes)
     }
 
     /// As [`try_write`](Self::try_write), from several buffers.
     pub(crate) fn try_write_vectored(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            WriteHalf::Tcp(half) => half.try_write_vectored(slices),
-            WriteHalf::Bridged(half) => half.try_write_vectored(slices),
-        }
+        self.socket().try_write_vectored(slices)
     }
 
     /// Completes when the socket may take bytes again.
     pub(crate) async fn writable(&self) -> io::Result<()> {
-        match self {
-            WriteHalf::Tcp(half) => half.writable().await,
-            WriteHalf::Bridged(half) => half.writable().await,
-        }
+        self.socket().writable().await
     }
 
-    /// Ends the stream towards the peer (whoever still holds the socket).
+    /// Ends the stream towards the peer (whoever still holds the socket); on TLS, close_notify
+    /// first.
     pub(crate) fn shutdown(&self) -> io::Result<()> {
         match self {
             WriteHalf::Tcp(half) => SockRef::from(half.as_ref()).shutdown(Shutdown::Write),
-            WriteHalf::Bridged(half) => SockRef::from(half.as_ref()).shutdown(Shutdown::Write),
+            WriteHalf::Tls(tls) => tls.shutdown(),
         }
     }
 }

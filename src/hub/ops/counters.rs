@@ -1,6 +1,7 @@
 //! Counters for monitoring, kept where they are incremented and summed when someone looks:
 //! [`SessionStats`] (one connection's figures), [`CodeCounters`] (what was published per code) and
-//! [`Connections`] (the live sessions, for `/connz`, `/varz`, `/metrics` and the drain).
+//! [`Connections`] (the live sessions, for `/connz`, `/varz`, `/metrics` and the drain), and the
+//! hub-wide [`HubCounters`] with the [`ConnectionGuard`] each connection holds.
 //!
 //! Everything here is atomics written by the thread that does the work (the session's, or the
 //! publisher's for a code) with `Relaxed` increments: no lock and no message per frame. Readers
@@ -14,10 +15,12 @@ use std::time::{Instant, SystemTime};
 use dashmap::DashMap;
 
 use crate::frame::Status;
-use crate::hub::control::CodeSet;
+use crate::hub::admission::IpSlot;
+use crate::hub::cluster::Cluster;
+use crate::hub::control::{CodeSet, CounterSnapshot, EventCounts};
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::relay::Piece;
-use crate::hub::registry::SessionId;
+use crate::hub::session::SessionId;
 
 /// Whether a counter that went from `before` up by `added` is worth a log line at `warn`: the
 /// first count, then each time it doubles (a power of two lies in `(before, before + added]`
@@ -163,7 +166,7 @@ pub(crate) struct Totals {
 
 /// The sessions whose socket is open, by id, and the totals of those that have closed.
 ///
-/// A `DashMap` beside the router's registry because monitoring (`/connz`, on the HTTP thread) and
+/// A `DashMap` beside the router's map of sessions because monitoring (`/connz`, on the HTTP thread) and
 /// the drain read it without a hop to the router, which stays off the data path; its only writes
 /// are one insert at connect and one remove when the socket closes.
 #[derive(Debug, Default)]
@@ -226,6 +229,83 @@ impl Connections {
             totals.pending_bytes += outbox.pending();
         }
         totals
+    }
+}
+
+/// Hub-wide counters, updated from every arbiter without a hop (atomics), read by `INFO` and
+/// by shutdown.
+#[derive(Debug, Default)]
+pub(crate) struct HubCounters {
+    /// Publications that had no subscriber.
+    pub unrouted_frames: AtomicU64,
+    /// Sessions disconnected as slow consumers.
+    pub slow_consumers: AtomicU64,
+    /// Frames skipped for subscribers under the `drop` policy.
+    pub dropped_frames: AtomicU64,
+    /// TCP connections accepted since start: every one the listener accepted, whether it then
+    /// became a session, was refused by a connection limit or failed its TLS handshake.
+    pub connections: AtomicU64,
+    /// Connections whose socket is still open (the writer has not ended).
+    pub open: AtomicU64,
+    /// Frames published on codes their publisher may not publish on (relayed to nobody).
+    pub denied_frames: AtomicU64,
+    /// `AUTH`s refused for a wrong user or password.
+    pub auth_failures: AtomicU64,
+    /// Connections refused by `max-connections` or `max-connections-per-ip`.
+    pub refused_connections: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: AtomicU64,
+    /// The sessions whose socket is open, and the closed ones' totals (monitoring).
+    pub sessions: Connections,
+    /// Frames and bytes published per code (monitoring).
+    pub codes: CodeCounters,
+}
+
+impl HubCounters {
+    /// The hub-wide counters as they are now: what `INFO`, `/varz` and `/metrics` all show, with
+    /// the cluster's drops (0 off a cluster).
+    pub(crate) fn snapshot(&self, cluster: Option<&Cluster>) -> CounterSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CounterSnapshot {
+            connections: get(&self.connections),
+            open_connections: get(&self.open),
+            events: EventCounts {
+                unrouted_frames: get(&self.unrouted_frames),
+                slow_consumers: get(&self.slow_consumers),
+                dropped_frames: get(&self.dropped_frames),
+                denied_frames: get(&self.denied_frames),
+                auth_failures: get(&self.auth_failures),
+                refused_connections: get(&self.refused_connections),
+                tls_failures: get(&self.tls_failures),
+                cluster_dropped_frames: cluster.map_or(0, Cluster::dropped_frames),
+            },
+        }
+    }
+}
+
+/// A guard held by a connection from accept until its socket is closed (dropped by the session's
+/// writer): it counts the connection as open in [`HubCounters`] (so shutdown can wait for
+/// flushes to finish) and holds its address's slot under a per-address limit.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    counters: Arc<HubCounters>,
+    _slot: Option<IpSlot>,
+}
+
+impl ConnectionGuard {
+    /// Counts a newly admitted connection as open.
+    pub(crate) fn new(counters: Arc<HubCounters>, slot: Option<IpSlot>) -> ConnectionGuard {
+        counters.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard {
+            counters,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.counters.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

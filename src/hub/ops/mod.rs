@@ -27,7 +27,8 @@ use crate::hub::auth::Users;
 use crate::hub::cluster::Cluster;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::router::{HubCounters, KickReason};
+use crate::hub::ops::counters::HubCounters;
+use crate::hub::session::KickReason;
 use crate::hub::tls::TlsListener;
 
 /// What a running hub can be told to do (`tej-hub serve` maps signals to these).
@@ -61,7 +62,7 @@ impl Loaded {
     /// # Errors
     /// What [`HubConfig::validate`] finds, users that cannot be resolved, TLS files that cannot be
     /// used.
-    fn new(config: HubConfig) -> Result<Loaded, ConfigError> {
+    pub(crate) fn new(config: HubConfig) -> Result<Loaded, ConfigError> {
         config.validate()?;
         Ok(Loaded {
             users: Users::from_config(&config)?,
@@ -102,26 +103,23 @@ pub(crate) struct HubState {
 }
 
 impl HubState {
-    /// The state of a hub starting now with `config`.
-    ///
-    /// # Errors
-    /// As [`Loaded::new`].
+    /// The state of a hub starting now with `loaded` settings.
     pub(crate) fn new(
-        config: HubConfig,
+        loaded: Loaded,
         listen: SocketAddr,
         counters: Arc<HubCounters>,
         table: Arc<SubscriptionTable>,
         cluster: Option<Arc<Cluster>>,
-    ) -> Result<HubState, ConfigError> {
-        Ok(HubState {
-            loaded: RwLock::new(Arc::new(Loaded::new(config)?)),
+    ) -> HubState {
+        HubState {
+            loaded: RwLock::new(Arc::new(loaded)),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             listen,
             counters,
             table,
             cluster,
-        })
+        }
     }
 
     /// The settings now, and when they were loaded.

@@ -19,7 +19,7 @@ mod forwarder;
 mod generator;
 mod nats;
 mod report;
-mod wire;
+mod stamp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ use forwarder::Forwarder;
 use generator::{measure, Endpoint, HubAddrs, HubTls, Measured};
 use nats::{NatsServer, NatsTarget};
 use report::{grouped, matrix_table, Figures, NatsInfo, Report};
-use wire::{WireError, MAX_MESSAGE, STAMP_LEN};
+use stamp::{StampError, MAX_MESSAGE, STAMP_LEN};
 
 /// Most publishers.
 const MAX_PUBLISHERS: u64 = 256;
@@ -264,7 +264,7 @@ enum LoadError {
     },
     /// The peer sent what the bench never sends.
     #[error(transparent)]
-    Wire(#[from] WireError),
+    Wire(#[from] StampError),
     /// The hub answered `SUB` with `ERR`.
     #[error("the hub refused SUB {code}: {reason}")]
     Refused {

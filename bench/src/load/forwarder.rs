@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
-use super::wire::{whole_frames, MAX_MESSAGE};
+use super::stamp::{whole_frames, MAX_MESSAGE};
 use super::LoadError;
 
 /// Free buffer space before each read of a publisher's socket.
@@ -177,7 +177,7 @@ mod tests {
     use tej_hub::Status;
     use tokio::io::AsyncReadExt;
 
-    use super::super::wire::{frame, Batch, HEAD_LEN};
+    use super::super::stamp::{frame, Batch, HEAD_LEN};
     use super::*;
 
     /// Two subscribers get every whole frame two publishers send, each publisher's in order,

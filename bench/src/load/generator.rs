@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use super::forwarder::Ports;
 use super::nats::{NatsInbox, NatsOutlet, NatsTarget};
-use super::wire::{frame, Batch, Event, Reader, Stamp};
+use super::stamp::{frame, Batch, Event, Reader, Stamp};
 use super::{LoadError, Pace, Workload};
 
 /// Bytes per `write_all` a publisher aims for, and per read of a subscriber.

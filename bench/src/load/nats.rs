@@ -26,7 +26,7 @@ use tej_hub::Status;
 
 use super::super::hub::{Announces, ServerProcess};
 use super::generator::{within, CONNECT_TIMEOUT};
-use super::wire::Stamp;
+use super::stamp::Stamp;
 use super::LoadError;
 use crate::Failure;
 

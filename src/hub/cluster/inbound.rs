@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::hub::cluster::messages::{Carried, Credit, DataHeader, DATA_HEADER};
 use crate::hub::cluster::sequence::Receiving;
-use crate::hub::cluster::wire::{Carried, Credit, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::delivery::flow::Gate;

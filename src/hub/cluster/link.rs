@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::hub::cluster::inbound::{Event as InboundEvent, Inbound};
-use crate::hub::cluster::wire::{Ack, Announcement, Credit, Purpose};
+use crate::hub::cluster::messages::{Ack, Announcement, Credit, Purpose};
 use crate::hub::cluster::{outbound, Cluster, LinkOrder, Settings, CONNECT_WAIT, HELLO_WAIT};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::HubCounters;

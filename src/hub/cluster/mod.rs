@@ -18,10 +18,10 @@
 
 mod inbound;
 mod link;
+mod messages;
 mod outbound;
 mod peers;
 mod sequence;
-mod wire;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -45,9 +45,9 @@ use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
+use messages::Subjects;
 use outbound::Outbound;
 use peers::Peers;
-use wire::Subjects;
 
 /// How long a `SUB` that adds a code waits for the other hubs to acknowledge the new interest
 /// before it is answered anyway (a hub that does not answer is about to be declared gone).

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::frame::Status;
+use crate::hub::cluster::messages::{Carried, DataHeader, DATA_HEADER};
 use crate::hub::cluster::sequence::Sending;
-use crate::hub::cluster::wire::{Carried, DataHeader, DATA_HEADER};
 use crate::hub::cluster::Cluster;
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::relay::{Piece, PieceKind};

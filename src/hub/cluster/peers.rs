@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::hub::cluster::wire::Announcement;
+use crate::hub::cluster::messages::Announcement;
 use crate::hub::control::CodeSet;
 
 /// One other hub instance.
@@ -209,7 +209,7 @@ impl Peers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::cluster::wire::Purpose;
+    use crate::hub::cluster::messages::Purpose;
 
     fn announcement(instance: u64, name: &str, bits: u128) -> Announcement {
         Announcement {

@@ -3,7 +3,7 @@
 //! Publishers deliver without a hop. A publishing session finds its subscribers in the
 //! [`SubscriptionTable`](super::table::SubscriptionTable) and calls [`Outbox::offer`] on each,
 //! on its own thread. One small lock per subscriber guards that subscriber's stream state (the
-//! [`Wire`]): the queue of bytes its socket has not taken yet, the streamed frame on its wire, the
+//! [`StreamState`]): the queue of bytes its socket has not taken yet, the streamed frame on its wire, the
 //! frames held behind that frame, its slow-consumer policy. When nothing is queued the publisher
 //! writes a small piece (at most 16 KiB) to the subscriber's socket itself (a non-blocking write
 //! under the lock); what the socket does not take, and larger pieces, are queued, and the
@@ -110,7 +110,7 @@ struct Queued {
 
 /// A subscriber's stream state, behind its [`Outbox`]'s lock.
 #[derive(Debug)]
-struct Wire {
+struct StreamState {
     /// Bytes the socket has not taken yet.
     queue: VecDeque<Queued>,
     policy: SlowPolicy,
@@ -149,7 +149,7 @@ enum Flush {
 pub(crate) struct Outbox {
     id: SessionId,
     socket: WriteHalf,
-    wire: Mutex<Wire>,
+    state: Mutex<StreamState>,
     /// Wakes the writer when the queue gets bytes or the outbox closes.
     wake: Notify,
     backlog: Arc<Backlog>,
@@ -183,7 +183,7 @@ impl Outbox {
         let outbox = Arc::new(Outbox {
             id,
             socket,
-            wire: Mutex::new(Wire {
+            state: Mutex::new(StreamState {
                 queue: VecDeque::new(),
                 policy,
                 current: None,
@@ -213,10 +213,10 @@ impl Outbox {
         self.id
     }
 
-    fn lock(&self) -> MutexGuard<'_, Wire> {
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
         // Nothing under the lock panics; if something did, the state is still consistent
         // enough to close the connection.
-        self.wire.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bytes queued and not yet written.
@@ -261,11 +261,11 @@ impl Outbox {
 
     /// How long the queue has had bytes without the socket taking any; zero when it is empty.
     pub(crate) fn stuck_for(&self) -> Duration {
-        let wire = self.lock();
-        if wire.queue.is_empty() {
+        let state = self.lock();
+        if state.queue.is_empty() {
             return Duration::ZERO;
         }
-        wire.progress.elapsed()
+        state.progress.elapsed()
     }
 
     /// A token cancelled when the writer has ended (socket closed or failed).
@@ -287,16 +287,16 @@ impl Outbox {
     /// or held while another publisher's streamed frame is on the wire, under the subscriber's
     /// slow-consumer policy.
     pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> Offer {
-        let mut wire = self.lock();
-        if wire.refusing {
+        let mut state = self.lock();
+        if state.refusing {
             return Offer::Skipped;
         }
-        match (wire.current, piece.kind.starts_frame()) {
+        match (state.current, piece.kind.starts_frame()) {
             (None, true) => {}
             // The rest of a frame this subscriber is not taking (it was dropped while held).
             (None, false) => return Offer::Skipped,
             (Some(current), false) if current == from => {}
-            (Some(_), _) => return self.hold(&mut wire, from, gate, piece),
+            (Some(_), _) => return self.hold(&mut state, from, gate, piece),
         }
         let len = piece.bytes.len() as u64;
         let fits = if piece.kind.starts_frame() {
@@ -305,7 +305,7 @@ impl Outbox {
             self.backlog.has_room_to_continue(len)
         };
         if !fits {
-            match wire.policy {
+            match state.policy {
                 SlowPolicy::Block => {}
                 SlowPolicy::Drop if piece.kind.starts_frame() => {
                     self.count_drop(from, piece.frames_begun());
@@ -313,25 +313,31 @@ impl Outbox {
                 }
                 // A frame begun on the wire cannot be dropped in part.
                 SlowPolicy::Drop | SlowPolicy::Disconnect => {
-                    self.refuse(&mut wire, KickReason::SlowConsumer);
+                    self.refuse(&mut state, KickReason::SlowConsumer);
                     return Offer::Skipped;
                 }
             }
         }
-        self.push(&mut wire, piece.bytes.clone(), piece.frames);
+        self.push(&mut state, piece.bytes.clone(), piece.frames);
         match piece.kind {
-            PieceKind::First => wire.current = Some(from),
-            PieceKind::Last => self.end_frame(&mut wire),
+            PieceKind::First => state.current = Some(from),
+            PieceKind::Last => self.end_frame(&mut state),
             PieceKind::Whole | PieceKind::Middle => {}
         }
-        self.block_if_full(&wire, gate);
+        self.block_if_full(&state, gate);
         Offer::Taken
     }
 
     /// Holds `piece` behind the streamed frame on the wire.
-    fn hold(&self, wire: &mut Wire, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> Offer {
+    fn hold(
+        &self,
+        state: &mut StreamState,
+        from: SessionId,
+        gate: &Arc<Gate>,
+        piece: &Piece,
+    ) -> Offer {
         if piece.kind.starts_frame() {
-            wire.held.push_back(Held {
+            state.held.push_back(Held {
                 from,
                 gate: gate.clone(),
                 pieces: Vec::new(),
@@ -342,7 +348,7 @@ impl Outbox {
             });
         }
         // The publisher's one frame in progress here (earlier complete ones may be held too).
-        let Some(at) = wire
+        let Some(at) = state
             .held
             .iter()
             .rposition(|held| held.from == from && !held.complete)
@@ -350,7 +356,7 @@ impl Outbox {
             return Offer::Skipped;
         };
         let high = self.backlog.high();
-        let held = &mut wire.held[at];
+        let held = &mut state.held[at];
         held.pieces.push((piece.bytes.clone(), piece.frames));
         held.bytes += piece.bytes.len() as u64;
         held.frames += piece.frames;
@@ -358,7 +364,7 @@ impl Outbox {
         if held.bytes <= high || held.blocking {
             return Offer::Taken;
         }
-        match wire.policy {
+        match state.policy {
             SlowPolicy::Block => {
                 held.blocking = true;
                 gate.close();
@@ -366,12 +372,12 @@ impl Outbox {
             }
             // Nothing of a held frame is on the wire yet: drop all of it.
             SlowPolicy::Drop => {
-                let frames = wire.held.remove(at).map_or(1, |held| held.frames.max(1));
+                let frames = state.held.remove(at).map_or(1, |held| held.frames.max(1));
                 self.count_drop(from, frames);
                 Offer::Skipped
             }
             SlowPolicy::Disconnect => {
-                self.refuse(wire, KickReason::SlowConsumer);
+                self.refuse(state, KickReason::SlowConsumer);
                 Offer::Skipped
             }
         }
@@ -379,32 +385,32 @@ impl Outbox {
 
     /// The streamed frame on the wire has ended: the replies waiting for it go out, then the
     /// frames held behind it, up to the next one still streaming.
-    fn end_frame(&self, wire: &mut Wire) {
-        wire.current = None;
-        wire.reply_bytes = 0;
-        for reply in std::mem::take(&mut wire.replies) {
-            self.push(wire, reply, 1);
+    fn end_frame(&self, state: &mut StreamState) {
+        state.current = None;
+        state.reply_bytes = 0;
+        for reply in std::mem::take(&mut state.replies) {
+            self.push(state, reply, 1);
         }
-        while wire.current.is_none() {
-            let Some(held) = wire.held.pop_front() else {
+        while state.current.is_none() {
+            let Some(held) = state.held.pop_front() else {
                 return;
             };
             for (bytes, frames) in held.pieces {
-                self.push(wire, bytes, frames);
+                self.push(state, bytes, frames);
             }
             if !held.complete {
-                wire.current = Some(held.from);
+                state.current = Some(held.from);
             }
             if held.blocking {
                 held.gate.open();
             }
-            self.block_if_full(wire, &held.gate);
+            self.block_if_full(state, &held.gate);
         }
     }
 
     /// Under `block`, holds the publisher behind `gate` back while this subscriber is full.
-    fn block_if_full(&self, wire: &Wire, gate: &Arc<Gate>) {
-        if wire.policy == SlowPolicy::Block && self.backlog.is_full() {
+    fn block_if_full(&self, state: &StreamState, gate: &Arc<Gate>) {
+        if state.policy == SlowPolicy::Block && self.backlog.is_full() {
             self.backlog.block(gate);
         }
     }
@@ -412,8 +418,8 @@ impl Outbox {
     /// Writes `bytes` through if nothing is queued and they are small (sealed into TLS records
     /// first on a TLS connection); queues (and charges) what the socket does not take, or all of
     /// a large piece (the writer seals it), and wakes the writer.
-    fn push(&self, wire: &mut Wire, bytes: Bytes, frames: u32) {
-        let was_empty = wire.queue.is_empty();
+    fn push(&self, state: &mut StreamState, bytes: Bytes, frames: u32) {
+        let was_empty = state.queue.is_empty();
         let mut sealed = !self.socket.seals();
         let rest = if was_empty && bytes.len() <= WRITE_THROUGH_MAX {
             let bytes = match self.socket.seal(&bytes) {
@@ -442,13 +448,13 @@ impl Outbox {
             bytes
         };
         self.backlog.charge(rest.len() as u64);
-        wire.queue.push_back(Queued {
+        state.queue.push_back(Queued {
             bytes: rest,
             frames,
             sealed,
         });
         if was_empty {
-            wire.progress = Instant::now();
+            state.progress = Instant::now();
             self.wake.notify_one();
         }
     }
@@ -458,8 +464,8 @@ impl Outbox {
     /// # Errors
     /// [`ReplyRefused::TooManyHeld`] when too many replies wait for a streamed frame to end.
     pub(crate) fn reply(&self, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
-        let mut wire = self.lock();
-        self.queue_reply(&mut wire, wire_bytes)
+        let mut state = self.lock();
+        self.queue_reply(&mut state, wire_bytes)
     }
 
     /// Runs `subscribe` (which makes this session visible to publishers) and then queues the
@@ -473,22 +479,22 @@ impl Outbox {
         subscribe: impl FnOnce(),
         ack: Bytes,
     ) -> Result<(), ReplyRefused> {
-        let mut wire = self.lock();
+        let mut state = self.lock();
         subscribe();
-        self.queue_reply(&mut wire, ack)
+        self.queue_reply(&mut state, ack)
     }
 
-    fn queue_reply(&self, wire: &mut Wire, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
-        if wire.closed {
+    fn queue_reply(&self, state: &mut StreamState, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
+        if state.closed {
             return Ok(());
         }
-        if wire.current.is_none() {
-            self.push(wire, wire_bytes, 1);
+        if state.current.is_none() {
+            self.push(state, wire_bytes, 1);
             return Ok(());
         }
-        wire.reply_bytes += wire_bytes.len() as u64;
-        wire.replies.push(wire_bytes);
-        if wire.reply_bytes > MAX_HELD_REPLY_BYTES {
+        state.reply_bytes += wire_bytes.len() as u64;
+        state.replies.push(wire_bytes);
+        if state.reply_bytes > MAX_HELD_REPLY_BYTES {
             return Err(ReplyRefused::TooManyHeld);
         }
         Ok(())
@@ -497,28 +503,28 @@ impl Outbox {
     /// Publisher `from` went away: if its streamed frame is on this wire the frame cannot be
     /// completed and the session is told to end; its partial frames held here are discarded.
     pub(crate) fn publisher_gone(&self, from: SessionId) {
-        let mut wire = self.lock();
-        if wire.current == Some(from) {
+        let mut state = self.lock();
+        if state.current == Some(from) {
             debug!(session = %self.id, publisher = %from, "publisher gone mid-frame");
-            self.refuse(&mut wire, KickReason::PublisherGone);
+            self.refuse(&mut state, KickReason::PublisherGone);
         } else {
-            wire.held.retain(|held| held.from != from || held.complete);
+            state.held.retain(|held| held.from != from || held.complete);
         }
     }
 
     /// Stops taking deliveries and tells the session to end; the frames held here go, and the
     /// gates they held open again.
-    fn refuse(&self, wire: &mut Wire, reason: KickReason) {
-        if wire.refusing {
+    fn refuse(&self, state: &mut StreamState, reason: KickReason) {
+        if state.refusing {
             return;
         }
-        wire.refusing = true;
-        release_held(wire);
+        state.refusing = true;
+        release_held(state);
         if reason == KickReason::SlowConsumer {
             self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
             warn!(
                 session = %self.id,
-                policy = %wire.policy,
+                policy = %state.policy,
                 pending = self.backlog.pending(),
                 "slow consumer disconnected"
             );
@@ -542,13 +548,13 @@ impl Outbox {
     /// Lets the writer finish what is queued, within `deadline`, then shut the socket.
     pub(crate) fn close(&self, deadline: Duration) {
         {
-            let mut wire = self.lock();
-            if wire.closed {
+            let mut state = self.lock();
+            if state.closed {
                 return;
             }
-            wire.closed = true;
-            wire.refusing = true;
-            release_held(&mut wire);
+            state.closed = true;
+            state.refusing = true;
+            release_held(&mut state);
         }
         self.wake.notify_one();
         let abort = self.abort.clone();
@@ -564,10 +570,10 @@ impl Outbox {
     /// Stops writing at once and shuts the socket.
     pub(crate) fn abort(&self) {
         {
-            let mut wire = self.lock();
-            wire.closed = true;
-            wire.refusing = true;
-            release_held(&mut wire);
+            let mut state = self.lock();
+            state.closed = true;
+            state.refusing = true;
+            release_held(&mut state);
         }
         self.abort.cancel();
     }
@@ -581,25 +587,25 @@ impl Outbox {
             return Flush::Closed;
         }
         {
-            let mut wire = self.lock();
-            if wire.queue.is_empty() {
-                if wire.queue.capacity() > IDLE_QUEUE_SLOTS {
-                    wire.queue.shrink_to(IDLE_QUEUE_SLOTS);
+            let mut state = self.lock();
+            if state.queue.is_empty() {
+                if state.queue.capacity() > IDLE_QUEUE_SLOTS {
+                    state.queue.shrink_to(IDLE_QUEUE_SLOTS);
                 }
-                return if wire.closed {
+                return if state.closed {
                     Flush::Closed
                 } else {
                     Flush::Idle
                 };
             }
-            let front = wire.queue.front().filter(|front| !front.sealed);
+            let front = state.queue.front().filter(|front| !front.sealed);
             if let Some(plain) = front.map(|front| front.bytes.clone()) {
-                drop(wire);
+                drop(state);
                 return self.seal_front(&plain);
             }
             batch.clear();
             let mut bytes = 0;
-            for queued in wire.queue.iter().take(WRITE_BATCH_SLICES) {
+            for queued in state.queue.iter().take(WRITE_BATCH_SLICES) {
                 if !queued.sealed {
                     break;
                 }
@@ -625,10 +631,10 @@ impl Outbox {
                 return Flush::Failed;
             }
         };
-        let mut wire = self.lock();
+        let mut state = self.lock();
         let (mut left, mut frames) = (written, 0);
         while left > 0 {
-            let Some(front) = wire.queue.front_mut() else {
+            let Some(front) = state.queue.front_mut() else {
                 break;
             };
             if front.bytes.len() > left {
@@ -637,9 +643,9 @@ impl Outbox {
             }
             left -= front.bytes.len();
             frames += u64::from(front.frames);
-            wire.queue.pop_front();
+            state.queue.pop_front();
         }
-        wire.progress = Instant::now();
+        state.progress = Instant::now();
         self.backlog.discharge(written as u64);
         self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
         self.frames_out.fetch_add(frames, Ordering::Relaxed);
@@ -657,8 +663,8 @@ impl Outbox {
                 return Flush::Failed;
             }
         };
-        let mut wire = self.lock();
-        let Some(front) = wire.queue.front_mut() else {
+        let mut state = self.lock();
+        let Some(front) = state.queue.front_mut() else {
             return Flush::Failed;
         };
         self.backlog.charge(records.len() as u64);
@@ -671,24 +677,24 @@ impl Outbox {
     /// After the writer has ended: nothing more is taken, nothing queued stays charged, and
     /// whoever this subscriber held back goes on.
     fn finish(&self) {
-        let mut wire = self.lock();
-        wire.closed = true;
-        wire.refusing = true;
-        release_held(&mut wire);
-        let queued: u64 = wire
+        let mut state = self.lock();
+        state.closed = true;
+        state.refusing = true;
+        release_held(&mut state);
+        let queued: u64 = state
             .queue
             .drain(..)
             .map(|queued| queued.bytes.len() as u64)
             .sum();
-        wire.replies.clear();
+        state.replies.clear();
         self.backlog.discharge(queued);
         self.backlog.release(true);
     }
 }
 
-/// Discards the frames held on `wire`, opening the gates they held shut.
-fn release_held(wire: &mut Wire) {
-    for held in wire.held.drain(..) {
+/// Discards the frames held on `state`, opening the gates they held shut.
+fn release_held(state: &mut StreamState) {
+    for held in state.held.drain(..) {
         if held.blocking {
             held.gate.open();
         }

@@ -1,4 +1,4 @@
-//! The cluster's message texts (src/hub/cluster/wire.rs) over arbitrary bytes: what another hub,
+//! The cluster's message texts (src/hub/cluster/messages.rs) over arbitrary bytes: what another hub,
 //! or anything else able to publish on the cluster's NATS subjects, may send.
 //!
 //! Asserts: parsing never panics; whatever parses prints back to a text that parses to the same
@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tej_hub::fuzzing::cluster::wire::{Ack, Announcement, Credit, DataHeader, Subjects};
+use tej_hub::fuzzing::cluster::messages::{Ack, Announcement, Credit, DataHeader, Subjects};
 
 fuzz_target!(|input: &[u8]| {
     let text = String::from_utf8_lossy(input);

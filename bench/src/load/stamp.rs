@@ -51,18 +51,18 @@ impl Stamp {
     /// hands it out).
     ///
     /// # Errors
-    /// [`WireError::TooShort`] or [`WireError::TooLong`] for a message the bench never sends.
-    pub(super) fn parse(message: &[u8]) -> Result<Stamp, WireError> {
+    /// [`StampError::TooShort`] or [`StampError::TooLong`] for a message the bench never sends.
+    pub(super) fn parse(message: &[u8]) -> Result<Stamp, StampError> {
         let len = message.len() as u64;
         if len > MAX_MESSAGE {
-            return Err(WireError::TooLong {
+            return Err(StampError::TooLong {
                 len,
                 max: MAX_MESSAGE,
             });
         }
         match message.first_chunk::<STAMP_LEN>() {
             Some(stamp) => Ok(Stamp::read(stamp)),
-            None => Err(WireError::TooShort {
+            None => Err(StampError::TooShort {
                 len,
                 min: STAMP_LEN,
             }),
@@ -90,7 +90,7 @@ impl Stamp {
 
 /// What a subscriber's or the forwarder's peer sent that the bench never sends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum WireError {
+pub(super) enum StampError {
     /// A status byte with its most significant bit clear.
     #[error("byte {byte:#04x} is not a status byte (most significant bit clear)")]
     NotAStatus {
@@ -223,13 +223,13 @@ pub(super) struct Boundary {
 /// each 18-byte head) to the next, and says where its whole frames end. It reads nothing else.
 ///
 /// # Errors
-/// [`WireError::TooLong`]: a length prefix over `max_message`.
-pub(super) fn whole_frames(buf: &[u8], max_message: u64) -> Result<Boundary, WireError> {
+/// [`StampError::TooLong`]: a length prefix over `max_message`.
+pub(super) fn whole_frames(buf: &[u8], max_message: u64) -> Result<Boundary, StampError> {
     let mut at = 0;
     while let Some(head) = buf.get(at..at + HEAD_LEN) {
         let len = read_u64(head, LENGTH_AT);
         if len > max_message {
-            return Err(WireError::TooLong {
+            return Err(StampError::TooLong {
                 len,
                 max: max_message,
             });
@@ -333,9 +333,9 @@ impl Reader {
     /// message once its stamp is in).
     ///
     /// # Errors
-    /// A [`WireError`] for bytes the bench never sends, or what `on` returned; the stream cannot
+    /// A [`StampError`] for bytes the bench never sends, or what `on` returned; the stream cannot
     /// be read further.
-    pub(super) fn feed<E: From<WireError>>(
+    pub(super) fn feed<E: From<StampError>>(
         &mut self,
         mut bytes: &[u8],
         mut on: impl FnMut(Event<'_>) -> Result<(), E>,
@@ -389,39 +389,39 @@ impl Reader {
     }
 
     /// What follows `head`.
-    fn head(&mut self, head: &[u8; HEAD_LEN]) -> Result<State, WireError> {
+    fn head(&mut self, head: &[u8; HEAD_LEN]) -> Result<State, StampError> {
         let status = head[0];
         let files = read_u64(head, FILES_AT);
         let len = read_u64(head, LENGTH_AT);
         if status & 0x80 == 0 {
-            return Err(WireError::NotAStatus { byte: status });
+            return Err(StampError::NotAStatus { byte: status });
         }
         if files != 0 {
-            return Err(WireError::Files { files });
+            return Err(StampError::Files { files });
         }
         if status == CONTROL.to_byte() {
             return match usize::try_from(len) {
                 Ok(len) if len as u64 <= MAX_CONTROL => Ok(State::Control(len)),
-                _ => Err(WireError::TooLong {
+                _ => Err(StampError::TooLong {
                     len,
                     max: MAX_CONTROL,
                 }),
             };
         }
         if status != self.expected {
-            return Err(WireError::UnexpectedStatus {
+            return Err(StampError::UnexpectedStatus {
                 got: status & 0x7f,
                 expected: self.expected & 0x7f,
             });
         }
         if len < STAMP_LEN as u64 {
-            return Err(WireError::TooShort {
+            return Err(StampError::TooShort {
                 len,
                 min: STAMP_LEN,
             });
         }
         if len > MAX_MESSAGE {
-            return Err(WireError::TooLong {
+            return Err(StampError::TooLong {
                 len,
                 max: MAX_MESSAGE,
             });
@@ -447,7 +447,7 @@ mod tests {
     }
 
     /// Feeds `bytes` in pieces of `step` and collects what the reader reports.
-    fn read_all(reader: &mut Reader, bytes: &[u8], step: usize) -> Result<Vec<String>, WireError> {
+    fn read_all(reader: &mut Reader, bytes: &[u8], step: usize) -> Result<Vec<String>, StampError> {
         let mut seen = Vec::new();
         for piece in bytes.chunks(step) {
             reader.feed(piece, |event| {
@@ -457,7 +457,7 @@ mod tests {
                     }
                     Event::Control(text) => String::from_utf8_lossy(text).into_owned(),
                 });
-                Ok::<(), WireError>(())
+                Ok::<(), StampError>(())
             })?;
         }
         Ok(seen)
@@ -526,7 +526,7 @@ mod tests {
         }
         assert_eq!(
             Stamp::parse(&[0; 19]),
-            Err(WireError::TooShort { len: 19, min: 20 })
+            Err(StampError::TooShort { len: 19, min: 20 })
         );
     }
 
@@ -575,7 +575,7 @@ mod tests {
         );
         assert_eq!(
             whole_frames(&bytes, 99),
-            Err(WireError::TooLong { len: 100, max: 99 })
+            Err(StampError::TooLong { len: 100, max: 99 })
         );
     }
 
@@ -601,21 +601,21 @@ mod tests {
 
     #[test]
     fn the_reader_refuses_what_the_bench_never_sends() {
-        let cases: [(Vec<u8>, WireError); 5] = [
+        let cases: [(Vec<u8>, StampError); 5] = [
             (
                 frame(status(6), &[0; 20]),
-                WireError::UnexpectedStatus {
+                StampError::UnexpectedStatus {
                     got: 6,
                     expected: 5,
                 },
             ),
             (
                 frame(status(5), &[0; 19]),
-                WireError::TooShort { len: 19, min: 20 },
+                StampError::TooShort { len: 19, min: 20 },
             ),
             (
                 frame(CONTROL, &[b'x'; 70_000]),
-                WireError::TooLong {
+                StampError::TooLong {
                     len: 70_000,
                     max: MAX_CONTROL,
                 },
@@ -627,9 +627,9 @@ mod tests {
                     .to_wire()
                     .expect("encodes")
                     .to_vec(),
-                WireError::Files { files: 1 },
+                StampError::Files { files: 1 },
             ),
-            (vec![0x05; HEAD_LEN], WireError::NotAStatus { byte: 0x05 }),
+            (vec![0x05; HEAD_LEN], StampError::NotAStatus { byte: 0x05 }),
         ];
         for (bytes, error) in cases {
             assert_eq!(
@@ -641,7 +641,7 @@ mod tests {
         huge[LENGTH_AT..HEAD_LEN].copy_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(
             read_all(&mut Reader::new(status(5)), &huge, 4096),
-            Err(WireError::TooLong {
+            Err(StampError::TooLong {
                 len: u64::MAX,
                 max: MAX_MESSAGE
             })
@@ -668,7 +668,7 @@ mod tests {
                         std::hint::black_box(stamp);
                         frames += 1;
                     }
-                    Ok::<(), WireError>(())
+                    Ok::<(), StampError>(())
                 })
                 .expect("valid");
         }

@@ -12,7 +12,7 @@ pub use crate::hub::control::LimitSettings;
 use crate::hub::control::SlowPolicy;
 
 /// How the hub writes its logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -20,6 +20,34 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl LogFormat {
+    /// Every format.
+    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+
+    /// The format's name in settings: `text` or `json`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Parses `text` or `json`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for anything else.
+impl std::str::FromStr for LogFormat {
+    type Err = ConfigError;
+
+    fn from_str(name: &str) -> Result<LogFormat, ConfigError> {
+        LogFormat::ALL
+            .into_iter()
+            .find(|format| format.as_str() == name)
+            .ok_or(ConfigError::Invalid("log-format must be text or json"))
+    }
 }
 
 /// The hub's settings. `Default` gives the documented defaults.

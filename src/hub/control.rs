@@ -329,9 +329,7 @@ pub(crate) fn clip(text: &str) -> String {
 }
 
 /// What the hub does with a subscriber that cannot keep up.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowPolicy {
     /// Pause the publisher until the subscriber has room (`block`).
@@ -343,6 +341,9 @@ pub enum SlowPolicy {
 }
 
 impl SlowPolicy {
+    /// Every policy, in the order the documentation lists them.
+    pub const ALL: [SlowPolicy; 3] = [SlowPolicy::Block, SlowPolicy::Drop, SlowPolicy::Disconnect];
+
     /// The policy's lowercase name: `block`, `drop` or `disconnect`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -368,7 +369,7 @@ impl FromStr for SlowPolicy {
     type Err = ControlError;
 
     fn from_str(name: &str) -> Result<SlowPolicy, ControlError> {
-        [SlowPolicy::Block, SlowPolicy::Drop, SlowPolicy::Disconnect]
+        SlowPolicy::ALL
             .into_iter()
             .find(|policy| name.eq_ignore_ascii_case(policy.as_str()))
             .ok_or_else(|| ControlError::BadSlowArgument {

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use tej_hub::hub::config::{HubConfig, LogFormat};
 use tej_hub::hub::control::SlowPolicy;
@@ -38,7 +39,7 @@ pub(crate) struct Serve {
     max_pending_bytes: Option<u64>,
     /// What happens to a subscriber that cannot keep up, until it says otherwise with `SLOW`
     /// [default: block].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = slow_policy())]
     slow_consumer: Option<SlowPolicy>,
     /// Disconnect a subscriber (policy block) that writes nothing for this many seconds while
     /// bytes wait for it; 0 is off [default: 30].
@@ -58,7 +59,7 @@ pub(crate) struct Serve {
     #[arg(long)]
     stall_timeout: Option<u64>,
     /// Log format [default: text].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = log_format())]
     log_format: Option<LogFormat>,
     /// Seconds a connection has to authenticate (when the config has users) [default: 2].
     #[arg(long)]
@@ -352,6 +353,18 @@ pub(crate) fn serve(args: &Serve) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--slow-consumer`'s values: the policies' names, parsed by the library's own `FromStr`.
+fn slow_policy() -> impl TypedValueParser<Value = SlowPolicy> {
+    PossibleValuesParser::new(SlowPolicy::ALL.map(SlowPolicy::as_str))
+        .try_map(|name| name.parse::<SlowPolicy>())
+}
+
+/// `--log-format`'s values, parsed by the library's own `FromStr`.
+fn log_format() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(LogFormat::ALL.map(LogFormat::as_str))
+        .try_map(|name| name.parse::<LogFormat>())
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use crate::hub::control::{
 };
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::idle::{IdleTimer, SMALL_BUFFER};
-use crate::hub::delivery::outbox::Outbox;
+use crate::hub::delivery::outbox::{Outbox, OutboxContext};
 use crate::hub::delivery::publisher::Publisher;
 use crate::hub::delivery::relay::{Piece, RelayCodec};
 use crate::hub::delivery::table::SubscriptionTable;
@@ -365,17 +365,19 @@ impl Session {
         Session::create(move |ctx| {
             ctx.add_stream(pieces);
             let outbox = Outbox::start(
-                id,
                 write,
                 config.slow_consumer,
                 backlog.clone(),
-                SessionLink {
-                    kick: ctx.address().recipient(),
-                    reauthorize: ctx.address().recipient(),
+                OutboxContext {
+                    id,
+                    session: SessionLink {
+                        kick: ctx.address().recipient(),
+                        reauthorize: ctx.address().recipient(),
+                    },
+                    counters: counters.clone(),
+                    stats: stats.clone(),
+                    open,
                 },
-                counters.clone(),
-                stats.clone(),
-                open,
             );
             counters.sessions.insert(&outbox);
             let access = Access::new(users, certified);

@@ -166,20 +166,38 @@ pub(crate) struct Outbox {
     done: CancellationToken,
 }
 
+/// The session an outbox belongs to, and what it counts in: what [`Outbox::start`] shares with
+/// the session that starts it.
+#[derive(Debug)]
+pub(crate) struct OutboxContext {
+    /// The session.
+    pub id: SessionId,
+    /// How the outbox tells its session to end.
+    pub session: SessionLink,
+    /// The hub's counters.
+    pub counters: Arc<HubCounters>,
+    /// The connection's own figures.
+    pub stats: Arc<SessionStats>,
+    /// Dropped, and so counted closed, when the writer ends.
+    pub open: ConnectionGuard,
+}
+
 impl Outbox {
-    /// The outbox of session `id` writing to `socket`, with its writer task started on the
-    /// current arbiter. `open` is dropped, and so counted closed, when the writer ends.
-    #[allow(clippy::too_many_arguments)]
+    /// The outbox of `context`'s session writing to `socket` under `policy`, charging `backlog`,
+    /// with its writer task started on the current arbiter.
     pub(crate) fn start(
-        id: SessionId,
         socket: WriteHalf,
         policy: SlowPolicy,
         backlog: Arc<Backlog>,
-        session: SessionLink,
-        counters: Arc<HubCounters>,
-        stats: Arc<SessionStats>,
-        open: ConnectionGuard,
+        context: OutboxContext,
     ) -> Arc<Outbox> {
+        let OutboxContext {
+            id,
+            session,
+            counters,
+            stats,
+            open,
+        } = context;
         let outbox = Arc::new(Outbox {
             id,
             socket,

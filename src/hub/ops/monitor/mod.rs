@@ -1,5 +1,5 @@
 //! The monitoring listener (`--http ADDR`): actix-web on the hub's own actix `System`, off the
-//! data path. Every endpoint reads the hub's counters (atomics, `stats.rs`) and the live settings;
+//! data path. Every endpoint reads the hub's counters (atomics, `ops/counters.rs`) and the live settings;
 //! none sends a message to a session or takes a lock a publisher takes per frame (the
 //! subscription table's per-code read lock is taken once per code per `/subsz`).
 //!

@@ -317,6 +317,7 @@ fn hand_over(
                     permissions,
                 }),
                 None => {
+                    hub.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                     // The CN is the client's text: clipped and escaped.
                     let user = control::clip(&name);
                     return warn!(%peer, user = %user.escape_debug(), "client certificate names no user");

@@ -19,9 +19,11 @@
 //! ([`WriteHalf::seal`]): a small piece by the publisher under the lock, before its write-through;
 //! a queued piece by the writer when it reaches the front. So the queue holds records up front
 //! and plaintext behind, its count is what the client has not taken, and records go out in the
-//! order they were sealed. Lock order: this lock, then the connection's TLS lock (outbox → tls). A subscriber's own
-//! replies (control answers, pings) go through the same path, after the streamed frame on the
-//! wire if there is one.
+//! order they were sealed. Lock order: this lock, then the connection's TLS lock (outbox → tls;
+//! `delivery/mod.rs` lists them all).
+//!
+//! A subscriber's own replies (control answers, pings) go through the same path, after the
+//! streamed frame on the wire if there is one.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

@@ -28,6 +28,7 @@ fn user(name: &str, password: &str, publish: Option<&str>, subscribe: Option<&st
         password: cheap_hash(password),
         publish: publish.map(Into::into),
         subscribe: subscribe.map(Into::into),
+        groups: None,
     }
 }
 

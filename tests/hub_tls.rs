@@ -173,6 +173,7 @@ fn mutual(pki: &Pki) -> HubConfig {
             password: hash,
             publish: Some("5".into()),
             subscribe: Some("5".into()),
+            groups: None,
         }],
         ..pki.hub_config()
     }

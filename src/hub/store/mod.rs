@@ -30,6 +30,8 @@ mod segment;
 mod writer;
 
 #[cfg(test)]
+mod measure;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

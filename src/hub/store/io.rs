@@ -174,8 +174,7 @@ impl IoThread {
                 _ => RETENTION_TICK,
             };
             let (ops, cursors, shutdown) = self.queue.take(timeout);
-            let touched = !ops.is_empty();
-            if touched {
+            if !ops.is_empty() {
                 self.batch(ops);
             }
             if cursors {
@@ -187,7 +186,7 @@ impl IoThread {
                     last_sync = Instant::now();
                 }
             }
-            if touched || last_retention.elapsed() >= RETENTION_TICK {
+            if last_retention.elapsed() >= RETENTION_TICK {
                 self.retention();
                 last_retention = Instant::now();
             }
@@ -254,14 +253,24 @@ impl IoThread {
         StoreCounters::add(&counters.batches, 1);
         StoreCounters::add(&counters.frames, frames);
         StoreCounters::add(&counters.bytes, bytes);
+        // Before the acknowledgements: once a frame is acknowledged, its code is within limits.
+        let now = SystemTime::now();
+        for (code, writer) in self.writers.iter_mut().enumerate() {
+            if let (true, Some(writer)) = (touched[code], writer.as_mut()) {
+                retention::enforce(writer, now, cx);
+            }
+        }
         for mut ack in acks {
             if let Ok(seq) = ack.outcome {
                 let writer = self
                     .writers
                     .get(usize::from(ack.status.code()))
                     .and_then(Option::as_ref);
-                if let Some(refused) = writer.and_then(|writer| writer.refused(seq)) {
-                    ack.outcome = Err(refused.clone());
+                if let Some(writer) = writer {
+                    if let Some(refused) = writer.refused(seq) {
+                        writer.count_refusal(refused, cx);
+                        ack.outcome = Err(refused.clone());
+                    }
                 }
             }
             ack.deliver();

@@ -29,6 +29,11 @@ mod retention;
 mod segment;
 mod writer;
 
+#[cfg(test)]
+mod measure;
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,12 +43,16 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use crate::frame::Status;
-use crate::hub::control::CodeSet;
+use crate::hub::config::{DurableConfig, HubConfig};
+use crate::hub::control::{CodeSet, ControlError};
 use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::relay::Piece;
 use crate::hub::session::SessionId;
 
+// The session path's vocabulary (issue 22's next stage).
+#[allow(unused_imports)]
 pub(crate) use cursors::{CodeCursor, Cursor, CursorStore};
+#[allow(unused_imports)]
 pub(crate) use log::{StoreReader, StoredFrame};
 
 /// The default store directory.
@@ -209,6 +218,33 @@ impl StoreSettings {
         }
     }
 
+    /// The store settings `config` asks for; `None` when no code is durable.
+    ///
+    /// # Errors
+    /// [`StoreConfigError`] for a code list that does not parse, a code in two tables, a
+    /// duration that does not parse, a limit out of range or a reserved dead-letter code.
+    pub fn from_config(config: &HubConfig) -> Result<Option<StoreSettings>, StoreConfigError> {
+        let mut durable: Vec<DurableCodes> = Vec::new();
+        let mut all = CodeSet::empty();
+        for table in &config.durable {
+            let list = table.resolve()?;
+            if let Some(code) = list.codes.intersection(all).iter().next() {
+                return Err(StoreConfigError::Overlap { code: code.code() });
+            }
+            all = all.union(list.codes);
+            durable.push(list);
+        }
+        if durable.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(StoreSettings {
+            dir: config.store_dir.clone(),
+            sync: config.store_sync,
+            durable,
+            preallocate: false,
+        }))
+    }
+
     /// Every durable code.
     pub fn codes(&self) -> CodeSet {
         self.durable
@@ -222,6 +258,72 @@ impl StoreSettings {
             .iter()
             .find(|list| list.codes.contains(status))
             .map(|list| &list.limits)
+    }
+}
+
+impl DurableConfig {
+    /// The code list and limits this table asks for.
+    ///
+    /// # Errors
+    /// See [`StoreSettings::from_config`].
+    pub fn resolve(&self) -> Result<DurableCodes, StoreConfigError> {
+        let codes: CodeSet =
+            self.codes
+                .parse()
+                .map_err(|error: ControlError| StoreConfigError::Codes {
+                    codes: self.codes.clone(),
+                    reason: error.to_string(),
+                })?;
+        let duration = |setting: &'static str, text: &Option<String>| {
+            text.as_deref()
+                .map(|value| {
+                    humantime::parse_duration(value).map_err(|_| StoreConfigError::Duration {
+                        setting,
+                        value: value.to_owned(),
+                    })
+                })
+                .transpose()
+        };
+        let at_least_one = |setting: &'static str, value: Option<u64>| match value {
+            Some(0) => Err(StoreConfigError::Range {
+                setting,
+                requirement: "at least 1",
+                value: 0,
+            }),
+            _ => Ok(value),
+        };
+        let defaults = CodeLimits::default();
+        let dead_letter = self
+            .dead_letter
+            .map(|code| {
+                u8::try_from(code)
+                    .ok()
+                    .and_then(Status::new)
+                    .filter(|status| CodeSet::relayable().contains(*status))
+                    .ok_or(StoreConfigError::DeadLetter { code })
+            })
+            .transpose()?;
+        let limits = CodeLimits {
+            max_bytes: at_least_one("max_bytes", self.max_bytes)?,
+            max_age: duration("max_age", &self.max_age)?,
+            max_frames: at_least_one("max_frames", self.max_frames)?,
+            discard: self.discard.unwrap_or_default(),
+            keep_last: self.keep_last.unwrap_or(0),
+            max_frame_bytes: at_least_one("max_frame_bytes", self.max_frame_bytes)?,
+            segment_bytes: at_least_one("segment_bytes", self.segment_bytes)?
+                .unwrap_or(defaults.segment_bytes),
+            ack_wait: duration("ack_wait", &self.ack_wait)?.unwrap_or(defaults.ack_wait),
+            max_deliver: at_least_one("max_deliver", self.max_deliver)?,
+            dead_letter,
+        };
+        if limits.ack_wait.is_zero() {
+            return Err(StoreConfigError::Range {
+                setting: "ack_wait",
+                requirement: "longer than 0",
+                value: 0,
+            });
+        }
+        Ok(DurableCodes { codes, limits })
     }
 }
 

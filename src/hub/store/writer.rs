@@ -283,13 +283,19 @@ impl CodeWriter {
         // Its waiting whole frames stand; a frame it had begun to stream does not.
         let mut streaming = false;
         let before = self.waiting.len();
+        let mut dropped = 0;
         self.waiting.retain(|waiting| {
             if waiting.from != from {
                 return true;
             }
             match waiting.piece.kind {
                 PieceKind::Whole => !streaming,
-                PieceKind::First | PieceKind::Middle => {
+                PieceKind::First => {
+                    streaming = true;
+                    dropped += 1;
+                    false
+                }
+                PieceKind::Middle => {
                     streaming = true;
                     false
                 }
@@ -299,6 +305,7 @@ impl CodeWriter {
                 }
             }
         });
+        StoreCounters::add(&cx.counters.abandoned, dropped);
         if before != self.waiting.len() {
             self.recount_waiting();
         }
@@ -431,7 +438,7 @@ impl CodeWriter {
     }
 
     /// Counts a refusal and logs the first and then each doubling.
-    fn count_refusal(&self, refused: &StoreRefused, cx: WriteContext<'_>) {
+    pub(crate) fn count_refusal(&self, refused: &StoreRefused, cx: WriteContext<'_>) {
         let counter = match refused {
             StoreRefused::StoreFull { .. } => &cx.counters.refused_full,
             StoreRefused::FrameTooLarge { .. } => &cx.counters.refused_too_large,

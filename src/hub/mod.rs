@@ -35,6 +35,7 @@ mod cluster;
 pub mod config;
 pub mod control;
 mod delivery;
+mod durable;
 mod ops;
 mod rlimit;
 mod router;
@@ -60,6 +61,8 @@ use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
+use crate::hub::durable::Durables;
+use crate::hub::store::{Store, StoreCounters, StoreSettings};
 use crate::hub::session::SessionId;
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
@@ -147,6 +150,17 @@ pub async fn run_announced(
     let listen = listener.local_addr()?;
     let cluster_settings =
         cluster::Settings::from_config(&config, listen.port()).map_err(invalid)?;
+    let store_counters = Arc::new(StoreCounters::default());
+    let durables = match StoreSettings::from_config(&config).map_err(|error| invalid(error.into()))? {
+        Some(settings) => {
+            // Recovery reads every log's tail: blocking, before the hub takes connections.
+            let store = Store::open(settings.clone(), store_counters.clone())
+                .map_err(io::Error::other)?;
+            info!(dir = %settings.dir.display(), codes = %settings.codes(), sync = %settings.sync, "store opened");
+            Some(Durables::new(store, &settings))
+        }
+        None => None,
+    };
     let admission = Admission::new();
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -210,6 +224,7 @@ pub async fn run_announced(
                         counters: counters.clone(),
                         users: loaded.users.clone(),
                         cluster: cluster.clone(),
+                        durables: durables.clone(),
                     };
                     let tls = loaded.tls.clone();
                     hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot, tls);

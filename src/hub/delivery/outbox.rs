@@ -452,6 +452,25 @@ impl Outbox {
         Offer::Taken
     }
 
+    /// Closes `gate` until this subscriber's backlog drains if `len` more bytes do not fit now
+    /// (`continuing`: bytes of the streamed frame already on its wire); returns whether they did
+    /// not. A durable feed calls it before each piece so that it waits for room whatever the
+    /// subscriber's slow-consumer policy, instead of having its frames dropped or the subscriber
+    /// cut.
+    pub(crate) fn hold_back_until_room(&self, gate: &Arc<Gate>, len: u64, continuing: bool) -> bool {
+        let state = self.lock();
+        let fits = if continuing {
+            self.backlog.has_room_to_continue(len)
+        } else {
+            self.backlog.has_room(len)
+        };
+        if fits || state.refusing {
+            return false;
+        }
+        self.backlog.block(gate);
+        true
+    }
+
     /// Holds `piece` behind the streamed frame on the wire.
     fn hold(
         &self,

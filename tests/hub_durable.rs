@@ -1,0 +1,267 @@
+//! Durable codes end to end, against real `tej-hub serve` processes with their store in a
+//! temporary directory: publisher acknowledgements, a durable subscriber that was offline, the
+//! same across a `kill -9` and restart, redelivery after `ack_wait` and dead letters.
+
+#[path = "common/hub.rs"]
+mod hub_common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hub_common::{connect, control, control_frame, recv, reply_text, send, status, BinHub, Conn};
+use sha2::{Digest, Sha256};
+use tej_hub::Frame;
+
+/// A store directory removed when the test ends.
+struct StoreDir(PathBuf);
+
+impl StoreDir {
+    fn new(name: &str) -> StoreDir {
+        let dir = std::env::temp_dir().join(format!("tej-hub-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StoreDir(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for StoreDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A hub storing code 5 (and whatever `extra` flags add) in `dir`.
+fn durable_hub(dir: &StoreDir, extra: &[&str]) -> BinHub {
+    let mut flags = vec!["--durable", "5", "--store-dir", dir.path()];
+    flags.extend_from_slice(extra);
+    BinHub::start(&flags)
+}
+
+/// A hub with the TOML `config` written beside the store.
+fn configured_hub(dir: &StoreDir, config: &str) -> BinHub {
+    std::fs::create_dir_all(&dir.0).expect("create the store dir");
+    let file = dir.0.join("hub.toml");
+    std::fs::write(&file, config).expect("write the config");
+    BinHub::start(&["--config", file.to_str().expect("UTF-8"), "--store-dir", dir.path()])
+}
+
+/// Frame `i` of a test run: its number in the message, and a file of `i`-dependent bytes.
+fn numbered(code: u8, i: u64, file_len: usize) -> Frame {
+    let data: Vec<u8> = (0..file_len).map(|at| (at as u64 ^ i) as u8).collect();
+    Frame::builder(status(code))
+        .file("part", data)
+        .message(format!("frame {i}"))
+        .build()
+}
+
+/// Reads `MSG <name> <code> <seq>` then the frame it announces.
+async fn next_delivery(conn: &mut Conn, name: &str) -> (u64, Frame) {
+    let notice = recv(conn).await;
+    let text = reply_text(&notice, "a durable delivery");
+    let mut words = text.split(' ');
+    assert_eq!(words.next(), Some("MSG"), "{text}");
+    assert_eq!(words.next(), Some(name), "{text}");
+    let code: u8 = words.next().and_then(|c| c.parse().ok()).expect("a code");
+    let seq: u64 = words.next().and_then(|s| s.parse().ok()).expect("a sequence number");
+    let frame = recv(conn).await;
+    assert_eq!(frame.status.code(), code, "{text}");
+    (seq, frame)
+}
+
+/// Publishes `frames` with `PUBACK on` and returns the sequence numbers acknowledged, in order.
+async fn publish_acknowledged(conn: &mut Conn, frames: &[Frame]) -> Vec<u64> {
+    for frame in frames {
+        send(conn, frame.clone()).await;
+    }
+    let mut seqs = Vec::new();
+    for _ in frames {
+        let reply = reply_text(&recv(conn).await, "a stored frame");
+        let seq = reply
+            .strip_prefix("OK STORED 5 ")
+            .and_then(|seq| seq.parse().ok())
+            .unwrap_or_else(|| panic!("expected OK STORED 5 <seq>, got {reply:?}"));
+        seqs.push(seq);
+    }
+    seqs
+}
+
+fn message_number(frame: &Frame) -> u64 {
+    std::str::from_utf8(&frame.message)
+        .ok()
+        .and_then(|text| text.strip_prefix("frame "))
+        .and_then(|n| n.parse().ok())
+        .expect("a numbered frame")
+}
+
+#[tokio::test]
+async fn publishers_get_one_stored_reply_per_durable_frame_in_order() {
+    let dir = StoreDir::new("puback");
+    let hub = durable_hub(&dir, &[]);
+    let mut publisher = connect(hub.addr).await;
+    assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
+    let frames: Vec<Frame> = (0..200).map(|i| numbered(5, i, 100)).collect();
+    let seqs = publish_acknowledged(&mut publisher, &frames).await;
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    // A code that is not durable is relayed as before and not acknowledged.
+    send(&mut publisher, numbered(6, 0, 10)).await;
+    assert_eq!(control(&mut publisher, "PUBACK off").await, "OK PUBACK off");
+    let seqs = {
+        send(&mut publisher, numbered(5, 200, 10)).await;
+        control(&mut publisher, "PUBACK on").await
+    };
+    assert_eq!(seqs, "OK PUBACK on", "no STORED reply while PUBACK was off");
+    assert_eq!(publish_acknowledged(&mut publisher, &[numbered(5, 201, 10)]).await, [202]);
+}
+
+#[tokio::test]
+async fn puback_on_a_hub_without_durable_codes_is_refused() {
+    let hub = BinHub::start(&[]);
+    let mut conn = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut conn, "PUBACK on").await,
+        "ERR no durable codes on this hub"
+    );
+    assert_eq!(
+        control(&mut conn, "SUB 5 durable=d").await,
+        "ERR no durable codes on this hub"
+    );
+}
+
+/// The first test, scaled to the test suite: a durable subscriber goes offline, frames
+/// (among them a streamed one) are published, and it comes back — to the same hub, then to a hub
+/// restarted after `kill -9`.
+#[tokio::test]
+async fn an_offline_durable_subscriber_gets_everything_once_in_order_across_a_restart() {
+    let dir = StoreDir::new("offline");
+    let mut hub = durable_hub(&dir, &[]);
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=worker from=new").await,
+        "OK SUB 5 durable=worker from=new"
+    );
+    drop(subscriber);
+
+    // Mixed sizes: small frames, and a 3 MiB one (streamed: above the cut-through size).
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let mut frames: Vec<Frame> = (0..300).map(|i| numbered(5, i, (i as usize * 37) % 2000)).collect();
+    frames.insert(150, numbered(5, 1000, 3 * 1024 * 1024));
+    let digests: BTreeMap<u64, Vec<u8>> = frames
+        .iter()
+        .map(|frame| (message_number(frame), Sha256::digest(frame.to_wire().expect("encode")).to_vec()))
+        .collect();
+    let order: Vec<u64> = frames.iter().map(message_number).collect();
+    publish_acknowledged(&mut publisher, &frames).await;
+
+    // Back on the same hub: everything, in order, byte-identical; acknowledge the first half.
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=worker").await,
+        "OK SUB 5 durable=worker"
+    );
+    let mut last_seq = 0;
+    for (at, expected) in order.iter().enumerate() {
+        let (seq, frame) = next_delivery(&mut subscriber, "worker").await;
+        assert_eq!(seq, at as u64 + 1);
+        assert_eq!(message_number(&frame), *expected);
+        let digest = Sha256::digest(frame.to_wire().expect("encode")).to_vec();
+        assert_eq!(Some(&digest), digests.get(expected), "frame {expected} changed");
+        if at == order.len() / 2 {
+            send(&mut subscriber, control_frame(&format!("ACK worker 5 {seq}"))).await;
+        }
+        last_seq = seq;
+    }
+    assert_eq!(last_seq, order.len() as u64);
+    let acked = order.len() as u64 / 2 + 1;
+    // Let the hub read the ACK before it dies.
+    assert!(control(&mut subscriber, "INFO").await.starts_with("OK INFO"));
+
+    // kill -9 and restart on the same store: the unacknowledged half comes again, then live
+    // frames follow with no gap and no duplicate.
+    drop(subscriber);
+    drop(publisher);
+    drop(hub);
+    hub = durable_hub(&dir, &[]);
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=worker").await,
+        "OK SUB 5 durable=worker"
+    );
+    for seq in acked + 1..=order.len() as u64 {
+        let (got, frame) = next_delivery(&mut subscriber, "worker").await;
+        assert_eq!(got, seq);
+        assert_eq!(message_number(&frame), order[seq as usize - 1]);
+    }
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let live: Vec<Frame> = (2000..2010).map(|i| numbered(5, i, 64)).collect();
+    let seqs = publish_acknowledged(&mut publisher, &live).await;
+    assert_eq!(seqs[0], order.len() as u64 + 1, "sequence numbers go on after a restart");
+    for (i, seq) in (2000..2010).zip(seqs) {
+        let (got, frame) = next_delivery(&mut subscriber, "worker").await;
+        assert_eq!((got, message_number(&frame)), (seq, i));
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_is_held_by_one_session_at_a_time() {
+    let dir = StoreDir::new("in-use");
+    let hub = durable_hub(&dir, &[]);
+    let mut first = connect(hub.addr).await;
+    assert_eq!(control(&mut first, "SUB 5 durable=d").await, "OK SUB 5 durable=d");
+    let mut second = connect(hub.addr).await;
+    assert_eq!(control(&mut second, "SUB 5 durable=d").await, "ERR durable d in use");
+    assert_eq!(control(&mut second, "SUB 6 durable=e").await, "ERR code 6 is not durable");
+    assert_eq!(
+        control(&mut second, "ACK d 5 1").await,
+        "ERR durable d not attached for code 5"
+    );
+    drop(first);
+    // Freed when the first session ends (the hub notices the close within a moment).
+    let mut attached = String::new();
+    for _ in 0..50 {
+        attached = control(&mut second, "SUB 5 durable=d").await;
+        if attached.starts_with("OK") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(attached, "OK SUB 5 durable=d");
+}
+
+#[tokio::test]
+async fn unacknowledged_frames_are_redelivered_then_dead_lettered() {
+    let dir = StoreDir::new("redeliver");
+    let hub = configured_hub(
+        &dir,
+        "[[durable]]\ncodes = \"5\"\nack_wait = \"300ms\"\nmax_deliver = 3\ndead_letter = 9\n",
+    );
+    let mut dead = connect(hub.addr).await;
+    assert_eq!(control(&mut dead, "SUB 9").await, "OK SUB 9");
+    let mut subscriber = connect(hub.addr).await;
+    control(&mut subscriber, "SUB 5 durable=slow").await;
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    publish_acknowledged(&mut publisher, &[numbered(5, 1, 10), numbered(5, 2, 10)]).await;
+    // Frame 1 is acknowledged at once; frame 2 never is.
+    let (seq, _) = next_delivery(&mut subscriber, "slow").await;
+    assert_eq!(seq, 1);
+    send(&mut subscriber, control_frame("ACK slow 5 1")).await;
+    let mut deliveries = Vec::new();
+    for _ in 0..3 {
+        let (seq, frame) = next_delivery(&mut subscriber, "slow").await;
+        deliveries.push((seq, message_number(&frame)));
+    }
+    assert_eq!(deliveries, [(2, 2), (2, 2), (2, 2)], "delivered max_deliver times");
+    // Then on the dead-letter code, as a frame of code 9 with the same content.
+    let letter = recv(&mut dead).await;
+    assert_eq!(letter.status.code(), 9);
+    assert_eq!(message_number(&letter), 2);
+    assert_eq!(letter.files, numbered(5, 2, 10).files);
+    hub_common::expect_silence(&mut subscriber, Duration::from_millis(800)).await;
+    let _ = Path::new(dir.path());
+}

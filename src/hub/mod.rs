@@ -61,6 +61,7 @@ use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
+use crate::hub::control::CodeSet;
 use crate::hub::durable::Durables;
 use crate::hub::store::{Store, StoreCounters, StoreSettings};
 use crate::hub::session::SessionId;
@@ -178,13 +179,17 @@ pub async fn run_announced(
     let cluster_arbiter = cluster_settings.as_ref().map(|_| Arbiter::new());
     let cluster = match (cluster_settings, &cluster_arbiter) {
         (Some(settings), Some(arbiter)) => {
-            Some(Cluster::start(settings, table.clone(), counters.clone(), arbiter).await)
+            let store = durables.as_ref().map(|durables| durables.store().clone());
+            Some(Cluster::start(settings, table.clone(), counters.clone(), arbiter, store).await)
         }
         _ => None,
     };
     let (router_table, router_cluster) = (table.clone(), cluster.clone());
+    let durable_codes = durables
+        .as_ref()
+        .map_or(CodeSet::empty(), |durables| durables.store().durable());
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
-        Router::new(router_table, router_cluster)
+        Router::new(router_table, router_cluster, durable_codes)
     });
     info!(%listen, workers = workers.len(), "hub started");
     let state = Arc::new(HubState::new(

@@ -1,0 +1,468 @@
+//! The hub's side of `bench durable`: a `tej-hub serve --durable 5 --store-dir DIR
+//! --store-sync always|os` the bench spawns, and TEJ clients speaking the durable protocol
+//! (docs/benchmarks.md, "Durable codes"):
+//!
+//! - Publisher: control `PUBACK on` (reply `OK PUBACK on`; an `ERR` means the hub has no durable
+//!   codes), then frames on code 5, keeping at most `window` without their reply: one control
+//!   frame per durable frame, in publication order: `OK STORED 5 <seq>` (counted as stored),
+//!   `ERR store full 5` or any other `ERR` (counted, and the window slot freed).
+//! - Consumer: control `SUB 5 durable=<name> from=all` (reply `OK SUB 5 durable=<name>`), then
+//!   for each frame the control frame `MSG <name> 5 <seq>` followed by the frame. It acknowledges
+//!   cumulatively, `ACK <name> 5 <seq>` with the last sequence read, once after each socket read
+//!   that completed at least one frame (so one ACK per read of up to 256 KiB; never more than
+//!   the hub has in flight).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tej_hub::hub::control::CONTROL;
+use tej_hub::{Frame, Limits, Status, TejCodec, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::codec::Decoder;
+
+use super::super::hub::ServerProcess;
+use super::{Consume, DurableError, Outcome, Part, Publish};
+use crate::Failure;
+
+/// The durable code.
+pub(super) const CODE: u8 = 5;
+/// Bytes a publisher writes at most per `write_all`, and a reader reads per `read`.
+const IO_BYTES: usize = 256 * 1024;
+
+/// The hub's store sync policy measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sync {
+    /// `--store-sync always` (the default: fdatasync with group commit).
+    Always,
+    /// `--store-sync os` (written to the kernel only).
+    Os,
+}
+
+impl Sync {
+    /// `always` or `os`.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Sync::Always => "always",
+            Sync::Os => "os",
+        }
+    }
+}
+
+/// A spawned durable hub; killed when dropped.
+pub(super) struct DurableHub {
+    server: ServerProcess,
+}
+
+/// Why the hub cannot be measured for durability.
+pub(super) enum Missing {
+    /// The hub has no durable codes: it refused the flags or `PUBACK on`.
+    NoDurability(String),
+    /// Anything else.
+    Failed(Failure),
+}
+
+impl DurableHub {
+    /// Spawns `tej-hub serve --listen 127.0.0.1:0 --durable 5 --store-dir <store> --store-sync
+    /// <sync>`; a hub that refuses the flags has no durable codes.
+    pub(super) fn spawn(store: &Path, sync: Sync, deadline: Instant) -> Result<Self, Missing> {
+        let extra = [
+            "--durable".to_owned(),
+            CODE.to_string(),
+            "--store-dir".to_owned(),
+            store.display().to_string(),
+            "--store-sync".to_owned(),
+            sync.name().to_owned(),
+        ];
+        match ServerProcess::hub(&extra, deadline) {
+            Ok(server) => Ok(DurableHub { server }),
+            // clap's words for a flag it does not know.
+            Err(Failure::Failed(error)) if error.contains("unexpected argument") => Err(
+                Missing::NoDurability(format!("serve refused --durable: {}", first_line(&error))),
+            ),
+            Err(failure) => Err(Missing::Failed(failure)),
+        }
+    }
+
+    /// What the hub's exit and last log lines say.
+    pub(super) fn explain(&mut self) -> String {
+        self.server.explain()
+    }
+
+    /// Asks `PUBACK on` once on a connection of its own: `Ok(None)` when the hub answers
+    /// `OK PUBACK on`, `Ok(Some(reply))` when it refuses.
+    pub(super) async fn probe(&self, stall: Duration) -> Result<Option<String>, DurableError> {
+        let mut peer = Peer::connect(&self.server, stall).await?;
+        let reply = peer.command("PUBACK on", stall).await?;
+        Ok((reply != "OK PUBACK on").then_some(reply))
+    }
+
+    /// `spec.publishers` publishers, each keeping `spec.window` frames without their reply, for
+    /// `spec.seconds`.
+    pub(super) async fn publish(&self, spec: &Publish) -> Result<Outcome, DurableError> {
+        let mut peers = Vec::new();
+        for _ in 0..spec.publishers {
+            let mut peer = Peer::connect(&self.server, spec.stall).await?;
+            let reply = peer.command("PUBACK on", spec.stall).await?;
+            if reply != "OK PUBACK on" {
+                return Err(DurableError::Refused {
+                    command: "PUBACK on",
+                    reply,
+                });
+            }
+            peers.push(peer);
+        }
+        let start = Instant::now();
+        let stop = start + spec.seconds;
+        let mut tasks = tokio::task::JoinSet::new();
+        for peer in peers {
+            tasks.spawn(publish_one(peer, spec.size, spec.window, spec.stall, stop));
+        }
+        let mut outcome = Outcome::new(spec.size);
+        while let Some(done) = tasks.join_next().await {
+            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
+            outcome.add(done?, start);
+        }
+        Ok(outcome)
+    }
+
+    /// `spec.consumers` durable subscriptions named `<prefix><i>`, each reading from the start
+    /// until `spec.expect` frames, `spec.seconds` or a stall.
+    pub(super) async fn consume(
+        &self,
+        spec: &Consume,
+        prefix: &str,
+    ) -> Result<Outcome, DurableError> {
+        let mut peers = Vec::new();
+        for index in 0..spec.consumers {
+            let name = format!("{prefix}{index}");
+            let mut peer = Peer::connect(&self.server, spec.stall).await?;
+            let reply = peer
+                .command(&format!("SUB {CODE} durable={name} from=all"), spec.stall)
+                .await?;
+            if reply != format!("OK SUB {CODE} durable={name}") {
+                return Err(DurableError::Refused {
+                    command: "SUB durable",
+                    reply,
+                });
+            }
+            peers.push((peer, name));
+        }
+        let start = Instant::now();
+        let stop = start + spec.seconds;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (peer, name) in peers {
+            tasks.spawn(consume_one(
+                peer,
+                name,
+                spec.size,
+                spec.expect,
+                spec.stall,
+                stop,
+            ));
+        }
+        let mut outcome = Outcome::new(spec.size);
+        while let Some(done) = tasks.join_next().await {
+            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
+            outcome.add(done?, start);
+        }
+        Ok(outcome)
+    }
+}
+
+/// The first line of a (multi-line) error.
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .find(|line| line.contains("unexpected argument"))
+        .unwrap_or(text)
+        .trim()
+}
+
+/// A TEJ connection to the hub: what it reads, and its writing half.
+struct Peer {
+    inbound: Inbound,
+    write: OwnedWriteHalf,
+}
+
+/// A connection's reading half: a decoder and what was read but not decoded.
+struct Inbound {
+    read: OwnedReadHalf,
+    codec: TejCodec,
+    buf: BytesMut,
+}
+
+impl Peer {
+    async fn connect(server: &ServerProcess, stall: Duration) -> Result<Peer, DurableError> {
+        let stream = tokio::time::timeout(stall, TcpStream::connect(server.addr()))
+            .await
+            .map_err(|_| DurableError::Timeout("connecting to the hub"))?
+            .map_err(|source| DurableError::Io {
+                what: "cannot connect to the hub",
+                source,
+            })?;
+        // Commands and acknowledgements are small: not held back for the peer's delayed ack.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        Ok(Peer {
+            inbound: Inbound {
+                read,
+                codec: TejCodec::new(Limits::default()),
+                buf: BytesMut::with_capacity(IO_BYTES),
+            },
+            write,
+        })
+    }
+
+    /// Sends the control command `text`.
+    async fn send(&mut self, text: &str) -> Result<(), DurableError> {
+        self.write
+            .write_all(&frame(CONTROL, text.as_bytes()))
+            .await
+            .map_err(|source| DurableError::Io {
+                what: "cannot send a command",
+                source,
+            })
+    }
+
+    /// Sends `text` and returns the first control frame that answers it.
+    async fn command(&mut self, text: &str, stall: Duration) -> Result<String, DurableError> {
+        self.send(text).await?;
+        loop {
+            let frame = self.inbound.next(stall).await?;
+            if frame.status == CONTROL {
+                return Ok(String::from_utf8_lossy(&frame.message).into_owned());
+            }
+        }
+    }
+}
+
+impl Inbound {
+    /// The next whole frame, waiting at most `stall` for each read.
+    async fn next(&mut self, stall: Duration) -> Result<Frame, DurableError> {
+        loop {
+            if let Some(frame) = self.decoded()? {
+                return Ok(frame);
+            }
+            self.fill(stall).await?;
+        }
+    }
+
+    /// A frame already whole in the buffer.
+    fn decoded(&mut self) -> Result<Option<Frame>, DurableError> {
+        self.codec
+            .decode(&mut self.buf)
+            .map_err(|error| DurableError::Protocol(format!("undecodable frame: {error}")))
+    }
+
+    /// Reads once more into the buffer.
+    async fn fill(&mut self, stall: Duration) -> Result<(), DurableError> {
+        self.buf.reserve(IO_BYTES);
+        let read = tokio::time::timeout(stall, self.read.read_buf(&mut self.buf))
+            .await
+            .map_err(|_| DurableError::Stalled(stall))?
+            .map_err(|source| DurableError::Io {
+                what: "read failed",
+                source,
+            })?;
+        if read == 0 {
+            return Err(DurableError::Protocol(
+                "the hub closed the connection".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A message-only frame's bytes.
+fn frame(status: Status, message: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEAD_LEN + message.len());
+    bytes.push(status.to_byte());
+    bytes.push(PROTOCOL_VERSION);
+    bytes.extend_from_slice(&0u64.to_be_bytes());
+    bytes.extend_from_slice(&(message.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(message);
+    bytes
+}
+
+/// Bytes before a message-only frame's message: status, version, file count, message length.
+const HEAD_LEN: usize = 18;
+
+/// Publishes until `stop`, never more than `window` frames without their reply; then waits
+/// (each wait bounded by `stall`) for the replies still owed.
+async fn publish_one(
+    peer: Peer,
+    size: usize,
+    window: usize,
+    stall: Duration,
+    stop: Instant,
+) -> Result<Part, DurableError> {
+    let Peer { inbound, mut write } = peer;
+    let status = Status::new(CODE).unwrap_or_default();
+    let one = frame(status, &vec![0x5a; size]);
+    let per_write = (IO_BYTES / one.len()).clamp(1, window);
+    let batch = one.repeat(per_write);
+    let slots = Arc::new(Semaphore::new(window));
+    let (sent_tx, sent_rx) = watch::channel(None);
+    let reading = tokio::spawn(read_replies(inbound, slots.clone(), sent_rx, stall));
+    let mut sent = 0u64;
+    while Instant::now() < stop {
+        // A hub that stops answering leaves no slot: the reader reports the stall.
+        let Ok(Ok(permit)) = tokio::time::timeout(stall, slots.acquire()).await else {
+            break;
+        };
+        permit.forget();
+        let more = slots.available_permits().min(per_write - 1);
+        let more = match slots.try_acquire_many(u32::try_from(more).unwrap_or(0)) {
+            Ok(permits) if more > 0 => {
+                permits.forget();
+                more
+            }
+            _ => 0,
+        };
+        let count = 1 + more;
+        write
+            .write_all(&batch[..count * one.len()])
+            .await
+            .map_err(|source| DurableError::Io {
+                what: "publishing failed",
+                source,
+            })?;
+        sent += count as u64;
+    }
+    sent_tx.send_replace(Some(sent));
+    let part = reading
+        .await
+        .map_err(|error| DurableError::Task(error.to_string()))??;
+    drop(write);
+    Ok(part)
+}
+
+/// Reads a publisher's replies, one per frame in order, freeing a window slot for each, until
+/// the publisher has said how many it sent and each has its reply, or a read stalls.
+async fn read_replies(
+    mut inbound: Inbound,
+    slots: Arc<Semaphore>,
+    mut sent: watch::Receiver<Option<u64>>,
+    stall: Duration,
+) -> Result<Part, DurableError> {
+    let mut part = Part::default();
+    let mut answered = 0u64;
+    loop {
+        if let Some(total) = *sent.borrow_and_update() {
+            if answered >= total {
+                return Ok(part);
+            }
+        }
+        let frame = tokio::select! {
+            frame = inbound.next(stall) => frame,
+            changed = sent.changed() => {
+                changed.map_err(|_| DurableError::Task("the publisher ended".to_owned()))?;
+                continue;
+            }
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(DurableError::Stalled(_)) => {
+                part.stalled = Some(format!(
+                    "stalled: no reply for {}s after {answered} replies",
+                    stall.as_secs_f64()
+                ));
+                return Ok(part);
+            }
+            Err(error) => return Err(error),
+        };
+        if frame.status != CONTROL {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&frame.message);
+        answered += 1;
+        slots.add_permits(1);
+        if text.starts_with(&format!("OK STORED {CODE} ")) {
+            part.frames += 1;
+            part.last = Some(Instant::now());
+        } else if text.starts_with("ERR store full") {
+            part.refused += 1;
+        } else {
+            part.errors += 1;
+        }
+    }
+}
+
+/// Reads a durable subscription until `expect` frames, `stop` or a stall; acknowledges
+/// cumulatively after each read that completed a frame.
+async fn consume_one(
+    peer: Peer,
+    name: String,
+    size: usize,
+    expect: u64,
+    stall: Duration,
+    stop: Instant,
+) -> Result<Part, DurableError> {
+    let Peer {
+        mut inbound,
+        mut write,
+    } = peer;
+    let mut part = Part::default();
+    let header = format!("MSG {name} {CODE} ");
+    // The sequence announced by the last `MSG`, owed its frame.
+    let mut announced: Option<u64> = None;
+    let mut acked = 0u64;
+    let mut last_seq = 0u64;
+    while part.frames < expect && Instant::now() < stop {
+        while let Some(frame) = inbound.decoded()? {
+            if frame.status == CONTROL {
+                let text = String::from_utf8_lossy(&frame.message);
+                let Some(seq) = text.strip_prefix(&header) else {
+                    return Err(DurableError::Protocol(format!(
+                        "expected {header}<seq>, got {text:?}"
+                    )));
+                };
+                announced =
+                    Some(seq.trim().parse().map_err(|_| {
+                        DurableError::Protocol(format!("a bad sequence in {text:?}"))
+                    })?);
+                continue;
+            }
+            let Some(seq) = announced.take() else {
+                return Err(DurableError::Protocol("a frame without its MSG".to_owned()));
+            };
+            if frame.message.len() != size || !frame.files.is_empty() {
+                part.errors += 1;
+            }
+            last_seq = seq;
+            part.frames += 1;
+            part.last = Some(Instant::now());
+        }
+        if last_seq > acked {
+            let ack = frame(CONTROL, format!("ACK {name} {CODE} {last_seq}").as_bytes());
+            write
+                .write_all(&ack)
+                .await
+                .map_err(|source| DurableError::Io {
+                    what: "cannot send ACK",
+                    source,
+                })?;
+            acked = last_seq;
+        }
+        if part.frames >= expect {
+            break;
+        }
+        match inbound.fill(stall).await {
+            Ok(()) => {}
+            Err(DurableError::Stalled(_)) => {
+                part.stalled = Some(format!(
+                    "stalled: nothing for {}s after {} of {expect} frames",
+                    stall.as_secs_f64(),
+                    part.frames
+                ));
+                break;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(part)
+}

@@ -124,6 +124,16 @@ enum Workload {
     /// their targets; or one JSON object with --json. Exit status: 0 when every cell ran (stalls
     /// are reported, not failures); 1 when a cell failed or the --timeout passed; 2 for bad usage.
     Durable(durable::Durable),
+    /// One publisher to a queue group of subscribers (`SUB <code> group=workers`) beside the same
+    /// hub 1→1 and NATS's queue group (`queue_subscribe`), in one run.
+    ///
+    /// For each --sizes: throughput of the hub 1→1, the hub 1→group of --members, NATS 1→queue
+    /// group; then latency at --rate of the hub 1→1 and 1→group. Prints the ratios group ÷ 1→1
+    /// and group ÷ NATS, the spread of the members' shares and the p99 ratio with their targets,
+    /// or one JSON object with --json. A hub that refuses the group subscription is reported as
+    /// having no queue groups, the other cells still run. Exit status: 0 when no run lost,
+    /// reordered or duplicated a frame; 1 otherwise or on a failure; 2 for bad usage.
+    Group(load::Group),
 }
 
 /// Flags every workload takes: which hub, how long at most, how to print.
@@ -185,6 +195,7 @@ fn run(args: &Bench) -> Result<(), Failure> {
         Workload::Connections(workload) => connections::run(workload),
         Workload::Soak(workload) => soak::run(workload),
         Workload::Durable(workload) => durable::run(workload),
+        Workload::Group(workload) => load::group(workload),
     }
 }
 

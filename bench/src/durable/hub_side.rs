@@ -309,6 +309,7 @@ async fn publish_one(
     let (sent_tx, sent_rx) = watch::channel(None);
     let reading = tokio::spawn(read_replies(inbound, slots.clone(), sent_rx, stall));
     let mut sent = 0u64;
+    let mut write_stalled = None;
     while Instant::now() < stop {
         // A hub that stops answering leaves no slot: the reader reports the stall.
         let Ok(Ok(permit)) = tokio::time::timeout(stall, slots.acquire()).await else {
@@ -324,19 +325,35 @@ async fn publish_one(
             _ => 0,
         };
         let count = 1 + more;
-        write
-            .write_all(&batch[..count * one.len()])
-            .await
-            .map_err(|source| DurableError::Io {
+        let writing = write.write_all(&batch[..count * one.len()]);
+        match tokio::time::timeout(stall, writing).await {
+            Ok(written) => written.map_err(|source| DurableError::Io {
                 what: "publishing failed",
                 source,
-            })?;
+            })?,
+            Err(_) => {
+                write_stalled = Some(format!(
+                    "stalled: the hub read nothing for {}s",
+                    stall.as_secs_f64()
+                ));
+                break;
+            }
+        }
         sent += count as u64;
     }
-    sent_tx.send_replace(Some(sent));
-    let part = reading
+    // Frames of a write cut short may or may not have reached the hub: the reader stops at the
+    // stall bound whatever it is owed.
+    sent_tx.send_replace(Some(if write_stalled.is_some() {
+        u64::MAX
+    } else {
+        sent
+    }));
+    let mut part = reading
         .await
         .map_err(|error| DurableError::Task(error.to_string()))??;
+    if write_stalled.is_some() {
+        part.stalled = write_stalled;
+    }
     drop(write);
     Ok(part)
 }

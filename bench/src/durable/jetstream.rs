@@ -247,9 +247,9 @@ async fn consume_one(
     while part.frames < expect && Instant::now() < stop {
         match tokio::time::timeout(stall, messages.next()).await {
             Ok(Some(Ok(message))) => {
-                message
-                    .ack()
+                tokio::time::timeout(stall, message.ack())
                     .await
+                    .map_err(|_| DurableError::Timeout("acknowledging a message"))?
                     .map_err(|error| DurableError::nats("ack failed", error))?;
                 part.frames += 1;
                 part.last = Some(Instant::now());

@@ -201,15 +201,32 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    pub(super) fn new(size: usize) -> Outcome {
+    fn new(size: usize) -> Outcome {
         Outcome {
             size,
             ..Outcome::default()
         }
     }
 
+    /// The parts of every peer of a cell, started at `start`, as they end.
+    ///
+    /// # Errors
+    /// The first peer's error, or [`DurableError::Task`] when a peer's task panicked.
+    pub(super) async fn gather(
+        mut peers: tokio::task::JoinSet<Result<Part, DurableError>>,
+        size: usize,
+        start: Instant,
+    ) -> Result<Outcome, DurableError> {
+        let mut outcome = Outcome::new(size);
+        while let Some(done) = peers.join_next().await {
+            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
+            outcome.add(done?, start);
+        }
+        Ok(outcome)
+    }
+
     /// Adds one peer's part, its times counted from `start`.
-    pub(super) fn add(&mut self, part: Part, start: Instant) {
+    fn add(&mut self, part: Part, start: Instant) {
         self.frames += part.frames;
         self.errors += part.errors;
         self.refused += part.refused;

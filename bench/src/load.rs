@@ -42,6 +42,8 @@ use generator::{measure, Endpoint, HubAddrs, HubTls, Measured};
 pub(crate) use group::{group, Group};
 use nats::{NatsServer, NatsTarget};
 use report::{grouped, matrix_table, Figures, NatsInfo, Report};
+/// A message-only frame's bytes, for the durable bench too.
+pub(crate) use stamp::frame;
 use stamp::{StampError, MAX_MESSAGE, STAMP_LEN};
 
 /// Most publishers.

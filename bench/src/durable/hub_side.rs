@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tej_hub::hub::control::CONTROL;
-use tej_hub::{Frame, Limits, Status, TejCodec, PROTOCOL_VERSION};
+use tej_hub::{Frame, Limits, Status, TejCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 
 use super::super::hub::ServerProcess;
 use super::{Consume, DurableError, Outcome, Part, Publish};
+use crate::load::frame;
 use crate::Failure;
 
 /// The durable code.
@@ -122,12 +123,7 @@ impl DurableHub {
         for peer in peers {
             tasks.spawn(publish_one(peer, spec.size, spec.window, spec.stall, stop));
         }
-        let mut outcome = Outcome::new(spec.size);
-        while let Some(done) = tasks.join_next().await {
-            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
-            outcome.add(done?, start);
-        }
-        Ok(outcome)
+        Outcome::gather(tasks, spec.size, start).await
     }
 
     /// `spec.consumers` durable subscriptions named `<prefix><i>`, each reading from the start
@@ -165,12 +161,7 @@ impl DurableHub {
                 stop,
             ));
         }
-        let mut outcome = Outcome::new(spec.size);
-        while let Some(done) = tasks.join_next().await {
-            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
-            outcome.add(done?, start);
-        }
-        Ok(outcome)
+        Outcome::gather(tasks, spec.size, start).await
     }
 }
 
@@ -276,20 +267,6 @@ impl Inbound {
         Ok(())
     }
 }
-
-/// A message-only frame's bytes.
-fn frame(status: Status, message: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEAD_LEN + message.len());
-    bytes.push(status.to_byte());
-    bytes.push(PROTOCOL_VERSION);
-    bytes.extend_from_slice(&0u64.to_be_bytes());
-    bytes.extend_from_slice(&(message.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(message);
-    bytes
-}
-
-/// Bytes before a message-only frame's message: status, version, file count, message length.
-const HEAD_LEN: usize = 18;
 
 /// Publishes until `stop`, never more than `window` frames without their reply; then waits
 /// (each wait bounded by `stall`) for the replies still owed.

@@ -125,12 +125,7 @@ impl JetStream {
             let (payload, window, stall) = (payload.clone(), spec.window, spec.stall);
             tasks.spawn(publish_one(context, payload, window, stall, stop));
         }
-        let mut outcome = Outcome::new(spec.size);
-        while let Some(done) = tasks.join_next().await {
-            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
-            outcome.add(done?, start);
-        }
-        Ok(outcome)
+        Outcome::gather(tasks, spec.size, start).await
     }
 
     /// `spec.consumers` durable pull consumers named `<prefix><i>`, each reading the stream from
@@ -167,12 +162,7 @@ impl JetStream {
         for consumer in consumers {
             tasks.spawn(consume_one(consumer, spec.expect, spec.stall, stop));
         }
-        let mut outcome = Outcome::new(spec.size);
-        while let Some(done) = tasks.join_next().await {
-            let done = done.map_err(|error| DurableError::Task(error.to_string()))?;
-            outcome.add(done?, start);
-        }
-        Ok(outcome)
+        Outcome::gather(tasks, spec.size, start).await
     }
 }
 

@@ -12,6 +12,7 @@
 //!   that completed at least one frame (so one ACK per read of up to 256 KiB; never more than
 //!   the hub has in flight).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,72 +98,88 @@ impl DurableHub {
     /// Asks `PUBACK on` once on a connection of its own: `Ok(None)` when the hub answers
     /// `OK PUBACK on`, `Ok(Some(reply))` when it refuses.
     pub(super) async fn probe(&self, stall: Duration) -> Result<Option<String>, DurableError> {
-        let mut peer = Peer::connect(&self.server, stall).await?;
-        let reply = peer.command("PUBACK on", stall).await?;
-        Ok((reply != "OK PUBACK on").then_some(reply))
+        probe(self.server.addr(), stall).await
     }
 
-    /// `spec.publishers` publishers, each keeping `spec.window` frames without their reply, for
-    /// `spec.seconds`.
+    /// [`publish`] on this hub.
     pub(super) async fn publish(&self, spec: &Publish) -> Result<Outcome, DurableError> {
-        let mut peers = Vec::new();
-        for _ in 0..spec.publishers {
-            let mut peer = Peer::connect(&self.server, spec.stall).await?;
-            let reply = peer.command("PUBACK on", spec.stall).await?;
-            if reply != "OK PUBACK on" {
-                return Err(DurableError::Refused {
-                    command: "PUBACK on",
-                    reply,
-                });
-            }
-            peers.push(peer);
-        }
-        let start = Instant::now();
-        let stop = start + spec.seconds;
-        let mut tasks = tokio::task::JoinSet::new();
-        for peer in peers {
-            tasks.spawn(publish_one(peer, spec.size, spec.window, spec.stall, stop));
-        }
-        Outcome::gather(tasks, spec.size, start).await
+        publish(self.server.addr(), spec).await
     }
 
-    /// `spec.consumers` durable subscriptions named `<prefix><i>`, each reading from the start
-    /// until `spec.expect` frames, `spec.seconds` or a stall.
+    /// [`consume`] on this hub.
     pub(super) async fn consume(
         &self,
         spec: &Consume,
         prefix: &str,
     ) -> Result<Outcome, DurableError> {
-        let mut peers = Vec::new();
-        for index in 0..spec.consumers {
-            let name = format!("{prefix}{index}");
-            let mut peer = Peer::connect(&self.server, spec.stall).await?;
-            let reply = peer
-                .command(&format!("SUB {CODE} durable={name} from=all"), spec.stall)
-                .await?;
-            if reply != format!("OK SUB {CODE} durable={name}") {
-                return Err(DurableError::Refused {
-                    command: "SUB durable",
-                    reply,
-                });
-            }
-            peers.push((peer, name));
-        }
-        let start = Instant::now();
-        let stop = start + spec.seconds;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (peer, name) in peers {
-            tasks.spawn(consume_one(
-                peer,
-                name,
-                spec.size,
-                spec.expect,
-                spec.stall,
-                stop,
-            ));
-        }
-        Outcome::gather(tasks, spec.size, start).await
+        consume(self.server.addr(), spec, prefix).await
     }
+}
+
+/// Asks the hub at `addr` `PUBACK on` once on a connection of its own: `Ok(None)` when the hub
+/// answers `OK PUBACK on`, `Ok(Some(reply))` when it refuses.
+async fn probe(addr: SocketAddr, stall: Duration) -> Result<Option<String>, DurableError> {
+    let mut peer = Peer::connect(addr, stall).await?;
+    let reply = peer.command("PUBACK on", stall).await?;
+    Ok((reply != "OK PUBACK on").then_some(reply))
+}
+
+/// `spec.publishers` publishers on the hub at `addr`, each keeping `spec.window` frames without their reply, for
+/// `spec.seconds`.
+async fn publish(addr: SocketAddr, spec: &Publish) -> Result<Outcome, DurableError> {
+    let mut peers = Vec::new();
+    for _ in 0..spec.publishers {
+        let mut peer = Peer::connect(addr, spec.stall).await?;
+        let reply = peer.command("PUBACK on", spec.stall).await?;
+        if reply != "OK PUBACK on" {
+            return Err(DurableError::Refused {
+                command: "PUBACK on",
+                reply,
+            });
+        }
+        peers.push(peer);
+    }
+    let start = Instant::now();
+    let stop = start + spec.seconds;
+    let mut tasks = tokio::task::JoinSet::new();
+    for peer in peers {
+        tasks.spawn(publish_one(peer, spec.size, spec.window, spec.stall, stop));
+    }
+    Outcome::gather(tasks, spec.size, start).await
+}
+
+/// `spec.consumers` durable subscriptions on the hub at `addr`, named `<prefix><i>`, each reading from the start
+/// until `spec.expect` frames, `spec.seconds` or a stall.
+async fn consume(addr: SocketAddr, spec: &Consume, prefix: &str) -> Result<Outcome, DurableError> {
+    let mut peers = Vec::new();
+    for index in 0..spec.consumers {
+        let name = format!("{prefix}{index}");
+        let mut peer = Peer::connect(addr, spec.stall).await?;
+        let reply = peer
+            .command(&format!("SUB {CODE} durable={name} from=all"), spec.stall)
+            .await?;
+        if reply != format!("OK SUB {CODE} durable={name}") {
+            return Err(DurableError::Refused {
+                command: "SUB durable",
+                reply,
+            });
+        }
+        peers.push((peer, name));
+    }
+    let start = Instant::now();
+    let stop = start + spec.seconds;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (peer, name) in peers {
+        tasks.spawn(consume_one(
+            peer,
+            name,
+            spec.size,
+            spec.expect,
+            spec.stall,
+            stop,
+        ));
+    }
+    Outcome::gather(tasks, spec.size, start).await
 }
 
 /// The first line of a (multi-line) error.
@@ -187,8 +204,8 @@ struct Inbound {
 }
 
 impl Peer {
-    async fn connect(server: &ServerProcess, stall: Duration) -> Result<Peer, DurableError> {
-        let stream = tokio::time::timeout(stall, TcpStream::connect(server.addr()))
+    async fn connect(addr: SocketAddr, stall: Duration) -> Result<Peer, DurableError> {
+        let stream = tokio::time::timeout(stall, TcpStream::connect(addr))
             .await
             .map_err(|_| DurableError::Timeout("connecting to the hub"))?
             .map_err(|source| DurableError::Io {
@@ -459,4 +476,157 @@ async fn consume_one(
         }
     }
     Ok(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Frames a fake hub sends a durable subscriber before it waits for an `ACK`.
+    const FAKE_WINDOW: u64 = 8;
+
+    /// A fake hub speaking the durable protocol as docs/benchmarks.md describes it (with
+    /// `durable`), or refusing `PUBACK on` as a hub without durable codes does: enough to check
+    /// the bench's side of it until the hub has it.
+    async fn fake_hub(durable: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let store: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, store.clone(), durable));
+            }
+        });
+        addr
+    }
+
+    async fn serve(stream: TcpStream, store: Arc<Mutex<Vec<Bytes>>>, durable: bool) {
+        let (read, mut write) = stream.into_split();
+        let mut inbound = Inbound {
+            read,
+            codec: TejCodec::new(Limits::default()),
+            buf: BytesMut::new(),
+        };
+        let stall = Duration::from_secs(5);
+        let reply = |text: String| frame(CONTROL, text.as_bytes());
+        while let Ok(incoming) = inbound.next(stall).await {
+            if incoming.status != CONTROL {
+                let seq = {
+                    let mut store = store.lock().expect("the store");
+                    store.push(incoming.message.clone());
+                    store.len()
+                };
+                let _ = write
+                    .write_all(&reply(format!("OK STORED {CODE} {seq}")))
+                    .await;
+                continue;
+            }
+            let text = String::from_utf8_lossy(&incoming.message).into_owned();
+            if text.starts_with("ACK ") {
+                // A successful ACK has no reply.
+            } else if text == "PUBACK on" && durable {
+                let _ = write.write_all(&reply("OK PUBACK on".to_owned())).await;
+            } else if let Some(name) = text
+                .strip_prefix(&format!("SUB {CODE} durable="))
+                .and_then(|rest| rest.strip_suffix(" from=all"))
+            {
+                let name = name.to_owned();
+                let _ = write
+                    .write_all(&reply(format!("OK SUB {CODE} durable={name}")))
+                    .await;
+                let frames = store.lock().expect("the store").clone();
+                let mut acked = 0u64;
+                for (seq, message) in (1u64..).zip(frames) {
+                    while seq > acked + FAKE_WINDOW {
+                        let Ok(ack) = inbound.next(stall).await else {
+                            return;
+                        };
+                        let ack = String::from_utf8_lossy(&ack.message).into_owned();
+                        let prefix = format!("ACK {name} {CODE} ");
+                        acked = ack
+                            .strip_prefix(&prefix)
+                            .and_then(|seq| seq.parse().ok())
+                            .expect("a cumulative ACK");
+                    }
+                    let status = Status::new(CODE).expect("5");
+                    let mut bytes = reply(format!("MSG {name} {CODE} {seq}"));
+                    bytes.extend_from_slice(&frame(status, &message));
+                    if write.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            } else {
+                let _ = write
+                    .write_all(&reply(format!("ERR unknown command {text}")))
+                    .await;
+            }
+        }
+    }
+
+    /// Publishers keep their window and count every `OK STORED`; consumers read every stored
+    /// frame once, after its `MSG`, and acknowledge cumulatively so the hub's window moves.
+    #[tokio::test]
+    async fn publishes_and_consumes_with_acknowledgements() {
+        let addr = fake_hub(true).await;
+        let stall = Duration::from_secs(5);
+        assert_eq!(probe(addr, stall).await.expect("answers"), None);
+        let spec = Publish {
+            publishers: 2,
+            size: 100,
+            window: 16,
+            seconds: Duration::from_millis(300),
+            stall,
+        };
+        let published = publish(addr, &spec).await.expect("publishes");
+        assert!(published.frames > 0, "{published:?}");
+        assert_eq!((published.errors, published.refused), (0, 0));
+        assert!(published.stalled.is_empty(), "{published:?}");
+        let spec = Consume {
+            consumers: 2,
+            size: 100,
+            expect: published.frames,
+            seconds: Duration::from_secs(30),
+            stall,
+        };
+        let consumed = consume(addr, &spec, "test").await.expect("consumes");
+        assert_eq!(consumed.frames, 2 * published.frames, "{consumed:?}");
+        assert_eq!(consumed.errors, 0);
+        assert!(consumed.stalled.is_empty(), "{consumed:?}");
+    }
+
+    /// A hub without durable codes answers `PUBACK on` with `ERR`: found at once, not waited
+    /// for; a consumer of a hub that stops sending is reported as stalled.
+    #[tokio::test]
+    async fn a_hub_without_durability_and_a_stall_are_reported() {
+        let addr = fake_hub(false).await;
+        let stall = Duration::from_millis(300);
+        let reply = probe(addr, stall).await.expect("answers");
+        assert_eq!(reply.as_deref(), Some("ERR unknown command PUBACK on"));
+
+        // A consumer told to expect more than is stored stalls once it has what there is.
+        let addr = fake_hub(true).await;
+        let spec = Publish {
+            publishers: 1,
+            size: 20,
+            window: 4,
+            seconds: Duration::from_millis(50),
+            stall,
+        };
+        let published = publish(addr, &spec).await.expect("publishes");
+        let spec = Consume {
+            consumers: 1,
+            size: 20,
+            expect: published.frames + 1,
+            seconds: Duration::from_secs(30),
+            stall,
+        };
+        let consumed = consume(addr, &spec, "late").await.expect("consumes");
+        assert_eq!(consumed.frames, published.frames);
+        assert_eq!(consumed.stalled.len(), 1, "{consumed:?}");
+    }
 }

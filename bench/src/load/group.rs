@@ -401,7 +401,116 @@ impl GroupReport {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use bytes::{Bytes, BytesMut};
+    use tej_hub::hub::control::CONTROL;
+    use tej_hub::{Limits, TejCodec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+    use tokio_util::codec::Decoder;
+
+    use super::super::generator::measure;
+    use super::super::stamp::frame;
     use super::*;
+
+    /// The members of the fake hub's one group, each a queue to its connection's writer.
+    type Members = Arc<std::sync::Mutex<Vec<mpsc::UnboundedSender<Bytes>>>>;
+
+    /// A fake hub with one queue group on code 5 as issue 21 describes it (`SUB 5 group=workers`
+    /// answered `OK SUB 5 group=workers`, each frame to one member, in turn), or (without
+    /// `groups`) answering it with `ERR` as a hub without queue groups does.
+    async fn fake_hub(groups: bool) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let members = Members::default();
+        let turn = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, members.clone(), turn.clone(), groups));
+            }
+        });
+        addr
+    }
+
+    async fn serve(stream: TcpStream, members: Members, turn: Arc<AtomicUsize>, groups: bool) {
+        let (mut read, mut write) = stream.into_split();
+        let (queue, mut out) = mpsc::unbounded_channel::<Bytes>();
+        tokio::spawn(async move {
+            while let Some(bytes) = out.recv().await {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut codec = TejCodec::new(Limits::default());
+        let mut buf = BytesMut::new();
+        while matches!(read.read_buf(&mut buf).await, Ok(1..)) {
+            while let Ok(Some(incoming)) = codec.decode(&mut buf) {
+                if incoming.status == CONTROL {
+                    let text = String::from_utf8_lossy(&incoming.message).into_owned();
+                    let reply = if text == "SUB 5 group=workers" && groups {
+                        members.lock().expect("members").push(queue.clone());
+                        "OK SUB 5 group=workers".to_owned()
+                    } else {
+                        format!("ERR bad code {:?}", "group=workers")
+                    };
+                    let _ = queue.send(Bytes::from(frame(CONTROL, reply.as_bytes())));
+                    continue;
+                }
+                let members = members.lock().expect("members").clone();
+                if !members.is_empty() {
+                    let member = turn.fetch_add(1, Ordering::Relaxed) % members.len();
+                    let bytes = frame(incoming.status, &incoming.message);
+                    let _ = members[member].send(Bytes::from(bytes));
+                }
+            }
+        }
+    }
+
+    fn group_workload(subscribers: usize) -> Workload {
+        Workload {
+            publishers: 1,
+            subscribers,
+            size: 64,
+            status: Status::new(5).expect("5"),
+            pace: Pace::Frames(4_000),
+            seconds: Duration::from_secs(10),
+            group: true,
+        }
+    }
+
+    /// The generator's group run: the members subscribe with `group=workers`, the run ends when
+    /// the group has every frame, and loss and duplicates are counted over the group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_run_counts_over_the_group() {
+        let addr = fake_hub(true).await;
+        let workload = group_workload(4);
+        let endpoint = Endpoint::Hub(HubAddrs::one(addr), None);
+        let measured = measure(&workload, &endpoint).await.expect("measures");
+        let figures = Figures::new(&workload, &measured);
+        assert_eq!(figures.problem(), None);
+        assert_eq!(figures.per_subscriber(), [1_000; 4]);
+        assert_eq!(spread_pct(figures.per_subscriber()), Some(0.0));
+        assert!(measured.tallies.iter().all(|tally| tally.drained));
+    }
+
+    /// A hub without queue groups is found from its `ERR`, not waited for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hub_without_groups_is_found() {
+        let addr = fake_hub(false).await;
+        let endpoint = Endpoint::Hub(HubAddrs::one(addr), None);
+        let error = measure(&group_workload(2), &endpoint)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refusal(&error).as_deref(),
+            Some("bad code \"group=workers\"")
+        );
+    }
 
     #[test]
     fn spread_of_shares() {

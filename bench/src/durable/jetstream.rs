@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -40,7 +41,13 @@ const MAX_PAYLOAD: u64 = 8 << 20;
 /// dropped.
 pub(super) struct JetStream {
     server: ServerProcess,
+    /// What the clients' event callbacks reported (slow consumer, disconnection, errors), at
+    /// most [`KEPT_EVENTS`]: told beside a stall, which they may explain.
+    events: Arc<Mutex<Vec<String>>>,
 }
+
+/// Client events kept.
+const KEPT_EVENTS: usize = 20;
 
 impl JetStream {
     /// Spawns `nats-server -a 127.0.0.1 -p -1 -js -sd <store> -c <store>/nats.conf` (the
@@ -76,7 +83,10 @@ impl JetStream {
                     }
                     usage => usage,
                 })?;
-        Ok(JetStream { server })
+        Ok(JetStream {
+            server,
+            events: Arc::default(),
+        })
     }
 
     /// What the server's exit and last log lines say.
@@ -87,7 +97,24 @@ impl JetStream {
     /// A JetStream context on a client of its own.
     async fn context(&self, stall: Duration) -> Result<jetstream::Context, DurableError> {
         let url = format!("nats://{}", self.server.addr());
-        let client = tokio::time::timeout(stall, async_nats::connect(url))
+        let events = self.events.clone();
+        let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                if matches!(
+                    event,
+                    async_nats::Event::Connected | async_nats::Event::Closed
+                ) {
+                    return;
+                }
+                if let Ok(mut events) = events.lock() {
+                    if events.len() < KEPT_EVENTS {
+                        events.push(event.to_string());
+                    }
+                }
+            }
+        });
+        let client = tokio::time::timeout(stall, options.connect(url))
             .await
             .map_err(|_| DurableError::Timeout("connecting to nats-server"))?
             .map_err(|error| DurableError::nats("cannot connect", error))?;
@@ -162,7 +189,16 @@ impl JetStream {
         for consumer in consumers {
             tasks.spawn(consume_one(consumer, spec.expect, spec.stall, stop));
         }
-        Outcome::gather(tasks, spec.size, start).await
+        let mut outcome = Outcome::gather(tasks, spec.size, start).await?;
+        if !outcome.stalled.is_empty() {
+            let events = self.events.lock().map(|e| e.clone()).unwrap_or_default();
+            if !events.is_empty() {
+                outcome
+                    .stalled
+                    .push(format!("client events: {}", events.join(", ")));
+            }
+        }
+        Ok(outcome)
     }
 }
 

@@ -109,7 +109,6 @@ struct Stream {
 /// A piece waiting for the code's tail.
 struct Waiting {
     from: SessionId,
-    gate: Arc<Gate>,
     piece: Piece,
     ack: Option<AckSink>,
 }
@@ -258,12 +257,7 @@ impl CodeWriter {
             gate.close();
             self.held.push(gate.clone());
         }
-        self.waiting.push_back(Waiting {
-            from,
-            gate: gate.clone(),
-            piece,
-            ack,
-        });
+        self.waiting.push_back(Waiting { from, piece, ack });
     }
 
     /// Publisher `from` went away: its streamed frame (if it owns the tail) is cut off, and its
@@ -336,7 +330,6 @@ impl CodeWriter {
             while let Some(waiting) = self.waiting.pop_front() {
                 let owner = self.stream.as_ref().map(|stream| stream.from);
                 if owner.is_none() || owner == Some(waiting.from) {
-                    let _ = &waiting.gate;
                     self.apply(waiting.from, waiting.piece, waiting.ack, acks, cx);
                     progressed = true;
                 } else {
@@ -393,9 +386,9 @@ impl CodeWriter {
                 }
             }
             PieceKind::First => self.start_stream(from, &piece.bytes, cx),
-            PieceKind::Middle => self.continue_stream(from, &piece.bytes, cx),
+            PieceKind::Middle => self.continue_stream(from, &piece.bytes),
             PieceKind::Last => {
-                self.continue_stream(from, &piece.bytes, cx);
+                self.continue_stream(from, &piece.bytes);
                 self.finish_stream(from, ack, acks, cx);
             }
         }
@@ -604,7 +597,7 @@ impl CodeWriter {
         });
     }
 
-    fn continue_stream(&mut self, from: SessionId, bytes: &Bytes, cx: WriteContext<'_>) {
+    fn continue_stream(&mut self, from: SessionId, bytes: &Bytes) {
         let Some(stream) = self.stream.as_ref().filter(|stream| stream.from == from) else {
             return;
         };
@@ -613,11 +606,18 @@ impl CodeWriter {
         }
         let written = stream.written + bytes.len() as u64;
         let start = stream.start;
+        // The code's own limits were checked at the frame's start and are again at its end.
         let refused = self
             .failure
             .as_ref()
             .map(|(_, refused)| refused.clone())
-            .or_else(|| self.over_limits(written));
+            .or_else(|| {
+                (written > self.max_frame).then_some(StoreRefused::FrameTooLarge {
+                    status: self.status,
+                    len: written,
+                    max: self.max_frame,
+                })
+            });
         let refused = match refused {
             Some(refused) => {
                 self.truncate(start);
@@ -632,7 +632,6 @@ impl CodeWriter {
                 Err(error) => Some(self.fail(&error)),
             },
         };
-        let _ = cx;
         if let Some(stream) = self.stream.as_mut() {
             stream.written = written;
             stream.crc = crc32c::crc32c_append(stream.crc, bytes);
@@ -656,7 +655,20 @@ impl CodeWriter {
             ));
             return;
         };
-        if let Some(refused) = stream.failed {
+        let over = self.limits.discard == Discard::New
+            && self
+                .limits
+                .max_bytes
+                .is_some_and(|max| self.total_bytes() > max);
+        let failed = stream.failed.or_else(|| {
+            over.then(|| {
+                self.truncate(stream.start);
+                StoreRefused::StoreFull {
+                    status: self.status,
+                }
+            })
+        });
+        if let Some(refused) = failed {
             self.count_refusal(&refused, cx);
             acks.push(self.refusal(sink, refused));
             return;
@@ -779,15 +791,7 @@ impl CodeWriter {
     /// Appends the index entries not yet in the `.idx` file (a hint: not synced, errors logged).
     fn write_index(&mut self) {
         let active = &mut self.active;
-        let upto = active
-            .index
-            .len()
-            .min(self.committed.index_len.max(active.index_written));
-        let upto = if self.stream.is_none() {
-            active.index.len()
-        } else {
-            upto
-        };
+        let upto = active.index.len();
         if upto <= active.index_written {
             return;
         }
@@ -819,10 +823,11 @@ impl CodeWriter {
             return (0, 0);
         }
         let before = self.committed;
-        let len = self
-            .stream
-            .as_ref()
-            .map_or(self.active.len, |stream| stream.start);
+        // A streamed frame under way is not a record yet; a failed one's bytes are gone.
+        let len = match &self.stream {
+            Some(stream) if stream.failed.is_none() => stream.start,
+            _ => self.active.len,
+        };
         self.committed = Mark {
             len,
             next_seq: self.next_seq,

@@ -693,3 +693,39 @@ fn recovery_cuts_a_record_torn_at_any_byte() {
         assert_eq!(cut.map_or(0, |cut| cut.len), kept as u64);
     }
 }
+
+#[test]
+fn watchers_see_new_frames_and_readers_start_at_a_time() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(&settings(dir.path(), CodeLimits::default()));
+    let Some(mut watch) = store.watch(code(5)) else {
+        panic!("code 5 is durable");
+    };
+    assert!(store.watch(code(6)).is_none());
+    assert_eq!(*watch.borrow_and_update(), 0);
+    append_all(&store, &[numbered(1, 10), numbered(2, 10)]);
+    assert!(watch.has_changed().unwrap_or(false));
+    assert_eq!(*watch.borrow_and_update(), 2);
+    let between = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_millis(5));
+    append_all(&store, &[numbered(3, 10)]);
+    let read = read_all(&store, Position::Time(between));
+    assert_eq!(read.iter().map(|f| f.0).collect::<Vec<_>>(), [3]);
+    // A reader that caught up sees later frames on its next call.
+    let mut reader = store.reader(code(5), Position::Next).unwrap_or_else(|e| panic!("{e}"));
+    assert!(reader.next_frame().ok().flatten().is_none());
+    append_all(&store, &[numbered(4, 10)]);
+    assert_eq!(reader.next_frame().ok().flatten().map(|f| f.seq), Some(4));
+}
+
+/// Leaves a small store in `TEJ_STORE_SAMPLE_DIR`, for trying `tej-hub store` by hand.
+#[test]
+#[ignore = "writes a sample store where TEJ_STORE_SAMPLE_DIR says"]
+fn sample_store() {
+    let Some(dir) = std::env::var_os("TEJ_STORE_SAMPLE_DIR") else {
+        return;
+    };
+    let (store, _) = open(&settings(std::path::Path::new(&dir), limited(CodeLimits::default())));
+    let wires: Vec<Bytes> = (0..30).map(|i| numbered(i + 1, 500)).collect();
+    append_all(&store, &wires);
+}

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -212,14 +213,14 @@ pub(crate) fn open_code(
     settings: &StoreSettings,
     status: Status,
     limits: &CodeLimits,
-    counters: &StoreCounters,
+    counters: &Arc<StoreCounters>,
 ) -> Result<CodeWriter, StoreError> {
     let dir = segment::code_dir(&settings.dir, status);
     std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
     let cx = WriteContext {
         sync: settings.sync,
         preallocate: settings.preallocate,
-        counters,
+        counters: counters.clone(),
     };
     let firsts = segment::list(&dir).map_err(StoreError::io(&dir))?;
     let mut views: Vec<SegmentView> = Vec::new();
@@ -271,7 +272,7 @@ pub(crate) fn open_code(
         Some(files) => files,
         None => {
             let (file, idx, path) =
-                create_segment(&dir, 1, limits, cx).map_err(StoreError::io(&dir))?;
+                create_segment(&dir, 1, limits, &cx).map_err(StoreError::io(&dir))?;
             views.push(SegmentView {
                 first_seq: 1,
                 next_seq: 1,

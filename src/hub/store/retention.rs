@@ -16,7 +16,7 @@ use crate::hub::store::writer::{CodeWriter, WriteContext};
 use crate::hub::store::{Discard, StoreCounters};
 
 /// Deletes what `writer`'s limits say has to go.
-pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: WriteContext<'_>) {
+pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: &WriteContext) {
     let limits = writer.limits().clone();
     let expired_before = limits.max_age.map(|age| {
         unix_nanos(now).saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))

@@ -201,39 +201,17 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
         frames: u32::from(kind == PieceKind::Last),
         bytes,
     };
+    let send = |from: u64, piece: &Piece, ack: Option<AckSink>| {
+        store.append(SessionId::new(from), &gate, piece, ack);
+    };
     // Publisher 1 streams; publisher 2's whole frame waits for the tail, then follows.
-    store.append(
-        SessionId::new(1),
-        &gate,
-        &piece(PieceKind::First, big.slice(..1000)),
-        None,
-    );
-    store.append(
-        SessionId::new(2),
-        &gate,
-        &whole(std::slice::from_ref(&other)),
-        Some(ack.clone()),
-    );
-    store.append(
-        SessionId::new(1),
-        &gate,
-        &piece(PieceKind::Middle, big.slice(1000..300_000)),
-        None,
-    );
+    send(1, &piece(PieceKind::First, big.slice(..1000)), None);
+    send(2, &whole(std::slice::from_ref(&other)), Some(ack.clone()));
+    send(1, &piece(PieceKind::Middle, big.slice(1000..300_000)), None);
     // Publisher 3 starts a stream and goes away.
-    store.append(
-        SessionId::new(3),
-        &gate,
-        &piece(PieceKind::First, big.slice(..5000)),
-        None,
-    );
+    send(3, &piece(PieceKind::First, big.slice(..5000)), None);
     store.abandon(SessionId::new(3));
-    store.append(
-        SessionId::new(1),
-        &gate,
-        &piece(PieceKind::Last, big.slice(300_000..)),
-        Some(ack),
-    );
+    send(1, &piece(PieceKind::Last, big.slice(300_000..)), Some(ack));
     let mut got: Vec<u64> = (0..2)
         .map(|_| {
             acks.recv_timeout(WAIT)
@@ -712,7 +690,9 @@ fn watchers_see_new_frames_and_readers_start_at_a_time() {
     let read = read_all(&store, Position::Time(between));
     assert_eq!(read.iter().map(|f| f.0).collect::<Vec<_>>(), [3]);
     // A reader that caught up sees later frames on its next call.
-    let mut reader = store.reader(code(5), Position::Next).unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = store
+        .reader(code(5), Position::Next)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(reader.next_frame().ok().flatten().is_none());
     append_all(&store, &[numbered(4, 10)]);
     assert_eq!(reader.next_frame().ok().flatten().map(|f| f.seq), Some(4));
@@ -725,7 +705,10 @@ fn sample_store() {
     let Some(dir) = std::env::var_os("TEJ_STORE_SAMPLE_DIR") else {
         return;
     };
-    let (store, _) = open(&settings(std::path::Path::new(&dir), limited(CodeLimits::default())));
+    let (store, _) = open(&settings(
+        std::path::Path::new(&dir),
+        limited(CodeLimits::default()),
+    ));
     let wires: Vec<Bytes> = (0..30).map(|i| numbered(i + 1, 500)).collect();
     append_all(&store, &wires);
 }

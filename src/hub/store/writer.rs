@@ -57,11 +57,11 @@ impl Ack {
 }
 
 /// What the writer needs from the store's settings.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WriteContext<'a> {
+#[derive(Clone, Debug)]
+pub(crate) struct WriteContext {
     pub sync: SyncPolicy,
     pub preallocate: bool,
-    pub counters: &'a StoreCounters,
+    pub counters: Arc<StoreCounters>,
 }
 
 /// The segment being appended to.
@@ -244,7 +244,7 @@ impl CodeWriter {
         piece: Piece,
         ack: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         let owner = self.stream.as_ref().map(|stream| stream.from);
         if owner == Some(from) || (owner.is_none() && self.waiting.is_empty()) {
@@ -262,7 +262,7 @@ impl CodeWriter {
 
     /// Publisher `from` went away: its streamed frame (if it owns the tail) is cut off, and its
     /// waiting pieces of an unfinished frame dropped.
-    pub(crate) fn abandon(&mut self, from: SessionId, acks: &mut Vec<Ack>, cx: WriteContext<'_>) {
+    pub(crate) fn abandon(&mut self, from: SessionId, acks: &mut Vec<Ack>, cx: &WriteContext) {
         if self
             .stream
             .as_ref()
@@ -320,7 +320,7 @@ impl CodeWriter {
     }
 
     /// Writes the waiting pieces that may go now, in order, until none can.
-    fn drain_waiting(&mut self, acks: &mut Vec<Ack>, cx: WriteContext<'_>) {
+    fn drain_waiting(&mut self, acks: &mut Vec<Ack>, cx: &WriteContext) {
         if self.waiting.is_empty() {
             return;
         }
@@ -350,7 +350,7 @@ impl CodeWriter {
         piece: Piece,
         ack: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         match piece.kind {
             PieceKind::Whole => {
@@ -431,7 +431,7 @@ impl CodeWriter {
     }
 
     /// Counts a refusal and logs the first and then each doubling.
-    pub(crate) fn count_refusal(&self, refused: &StoreRefused, cx: WriteContext<'_>) {
+    pub(crate) fn count_refusal(&self, refused: &StoreRefused, cx: &WriteContext) {
         let counter = match refused {
             StoreRefused::StoreFull { .. } => &cx.counters.refused_full,
             StoreRefused::FrameTooLarge { .. } => &cx.counters.refused_too_large,
@@ -460,7 +460,7 @@ impl CodeWriter {
         frame: &[u8],
         sink: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         let len = frame.len() as u64;
         let refused = self
@@ -552,7 +552,7 @@ impl CodeWriter {
         self.unsynced = true;
     }
 
-    fn start_stream(&mut self, from: SessionId, bytes: &Bytes, cx: WriteContext<'_>) {
+    fn start_stream(&mut self, from: SessionId, bytes: &Bytes, cx: &WriteContext) {
         // The frame's length as far as its first piece announces it.
         let mut scanner = Scanner::new(Limits::frame_only(u64::MAX));
         let mut at = 0;
@@ -644,7 +644,7 @@ impl CodeWriter {
         from: SessionId,
         sink: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         let Some(stream) = self.stream.take_if(|stream| stream.from == from) else {
             acks.push(self.refusal(
@@ -736,7 +736,7 @@ impl CodeWriter {
 
     /// Seals the active segment (synced unless the policy is `os`) and starts the next at
     /// `next_seq`.
-    fn roll(&mut self, cx: WriteContext<'_>) -> std::io::Result<()> {
+    fn roll(&mut self, cx: &WriteContext) -> std::io::Result<()> {
         self.flush()?;
         if cx.sync != SyncPolicy::Os {
             rustix::fs::fdatasync(&self.active.file)?;
@@ -805,7 +805,7 @@ impl CodeWriter {
 
     /// Ends the batch: writes what is gathered, syncs under `always`, and makes everything
     /// written visible to readers. Returns the frames and bytes committed.
-    pub(crate) fn commit(&mut self, cx: WriteContext<'_>) -> (u64, u64) {
+    pub(crate) fn commit(&mut self, cx: &WriteContext) -> (u64, u64) {
         if self.failure.is_none() {
             let synced = self.flush().and_then(|()| {
                 if cx.sync == SyncPolicy::Always && self.unsynced {
@@ -855,7 +855,7 @@ impl CodeWriter {
     }
 
     /// Syncs the active segment if anything is unsynced (the `interval` timer).
-    pub(crate) fn sync(&mut self, cx: WriteContext<'_>) {
+    pub(crate) fn sync(&mut self, cx: &WriteContext) {
         if !self.unsynced {
             return;
         }
@@ -928,7 +928,7 @@ impl CodeWriter {
     }
 
     /// Seals the active segment so retention can delete it whole.
-    pub(crate) fn seal(&mut self, cx: WriteContext<'_>) -> std::io::Result<()> {
+    pub(crate) fn seal(&mut self, cx: &WriteContext) -> std::io::Result<()> {
         if self.active.len == 0 {
             return Ok(());
         }
@@ -977,7 +977,7 @@ pub(crate) fn create_segment(
     dir: &Path,
     first_seq: u64,
     limits: &CodeLimits,
-    cx: WriteContext<'_>,
+    cx: &WriteContext,
 ) -> std::io::Result<(File, File, PathBuf)> {
     let path = segment::log_path(dir, first_seq);
     let open = |path: &Path| {

@@ -464,9 +464,13 @@ fn many_appenders_share_syncs() {
 #[test]
 fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (store, _) = open(&settings(dir.path(), limited(CodeLimits::default())));
+    let (store, counters) = open(&settings(dir.path(), limited(CodeLimits::default())));
     let wires = [numbered(1, 100), numbered(2, 20_000), numbered(4, 100)];
     assert_eq!(seqs(&append_all(&store, &wires)), [1, 2, 3]);
+    // Counted across the rolls.
+    assert_eq!(counters.frames.load(Ordering::Relaxed), 3);
+    let frame_bytes: usize = wires.iter().map(Bytes::len).sum();
+    assert_eq!(counters.bytes.load(Ordering::Relaxed), frame_bytes as u64);
     let stats = &store.stats()[0];
     assert_eq!(stats.segments, 3, "{stats:?}");
     let read = read_all(&store, Position::First);

@@ -138,6 +138,10 @@ pub(crate) struct CodeWriter {
     rolled: Vec<SegmentView>,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// Frames and frame bytes written since the last commit point (a commit or a roll).
+    pending: (u64, u64),
+    /// Frames and frame bytes committed in this batch, for the counters.
+    batch: (u64, u64),
 }
 
 impl CodeWriter {
@@ -207,6 +211,8 @@ impl CodeWriter {
             failure: None,
             rolled: Vec::new(),
             unsynced: false,
+            pending: (0, 0),
+            batch: (0, 0),
         }
     }
 
@@ -550,6 +556,8 @@ impl CodeWriter {
         active.last_time = header.timestamp;
         self.next_seq = header.seq + 1;
         self.unsynced = true;
+        self.pending.0 += 1;
+        self.pending.1 += header.len;
     }
 
     fn start_stream(&mut self, from: SessionId, bytes: &Bytes, cx: &WriteContext) {
@@ -727,6 +735,7 @@ impl CodeWriter {
         self.active.last_time = mark.last_time;
         self.active.index.truncate(mark.index_len);
         self.next_seq = mark.next_seq;
+        self.pending = (0, 0);
         if let Some(stream) = self.stream.as_mut() {
             stream.failed.get_or_insert(refused.clone());
         }
@@ -785,6 +794,8 @@ impl CodeWriter {
         };
         self.buf_at = 0;
         self.unsynced = false;
+        self.batch.0 += std::mem::take(&mut self.pending.0);
+        self.batch.1 += std::mem::take(&mut self.pending.1);
         Ok(())
     }
 
@@ -804,7 +815,7 @@ impl CodeWriter {
     }
 
     /// Ends the batch: writes what is gathered, syncs under `always`, and makes everything
-    /// written visible to readers. Returns the frames and bytes committed.
+    /// written visible to readers. Returns the frames and frame bytes committed in the batch.
     pub(crate) fn commit(&mut self, cx: &WriteContext) -> (u64, u64) {
         if self.failure.is_none() {
             let synced = self.flush().and_then(|()| {
@@ -820,9 +831,8 @@ impl CodeWriter {
             }
         }
         if self.failure.is_some() {
-            return (0, 0);
+            return std::mem::take(&mut self.batch);
         }
-        let before = self.committed;
         // A streamed frame under way is not a record yet; a failed one's bytes are gone.
         let len = match &self.stream {
             Some(stream) if stream.failed.is_none() => stream.start,
@@ -837,8 +847,9 @@ impl CodeWriter {
         };
         self.write_index();
         self.publish();
-        let frames = self.committed.frames.saturating_sub(before.frames);
-        (frames, self.committed.len.saturating_sub(before.len))
+        self.batch.0 += std::mem::take(&mut self.pending.0);
+        self.batch.1 += std::mem::take(&mut self.pending.1);
+        std::mem::take(&mut self.batch)
     }
 
     /// Whether frame `seq` of this batch was rolled back, and why.

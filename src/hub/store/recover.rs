@@ -186,6 +186,10 @@ pub(crate) fn examine(
         },
     )
     .map_err(StoreError::io(&path))?;
+    if start > 0 && scanned.cut.as_ref().is_some_and(|cut| cut.at == start) {
+        // The index pointed at no record: a stale or damaged hint. The log decides.
+        return examine(dir, first_seq, verify, true, writable);
+    }
     entries.retain(|entry| entry.offset < scanned.end);
     let last_time = scanned
         .last_time

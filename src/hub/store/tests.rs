@@ -716,3 +716,33 @@ fn sample_store() {
     let wires: Vec<Bytes> = (0..30).map(|i| numbered(i + 1, 500)).collect();
     append_all(&store, &wires);
 }
+
+#[test]
+fn an_index_pointing_at_no_record_is_ignored() {
+    use crate::hub::store::index::{encode_all, IndexEntry};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings(dir.path(), CodeLimits::default());
+    let wires: Vec<Bytes> = (0..5).map(|i| numbered(i + 1, 100)).collect();
+    {
+        let (store, _) = open(&settings);
+        append_all(&store, &wires);
+    }
+    // A well-formed entry claiming frame 3 starts 10 bytes into frame 1.
+    let lie = [
+        IndexEntry {
+            seq: 1,
+            offset: 0,
+            timestamp: 1,
+        },
+        IndexEntry {
+            seq: 3,
+            offset: 10,
+            timestamp: 2,
+        },
+    ];
+    let idx = last_segment(dir.path()).with_extension("idx");
+    std::fs::write(&idx, encode_all(&lie)).unwrap_or_else(|e| panic!("{e}"));
+    let (store, counters) = open(&settings);
+    assert_eq!(counters.cut_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(read_all(&store, Position::First).len(), 5);
+}

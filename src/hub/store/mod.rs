@@ -470,7 +470,9 @@ impl StoreRefused {
 }
 
 /// Where the outcome of each stored frame goes: called on the I/O thread, once per frame, in
-/// publication order. It must not block (queue a message to the session and return).
+/// publication order within a code (a publisher's frames on two codes may be acknowledged out
+/// of order when one code's log is busy with another publisher's streamed frame). It must not
+/// block (queue a message to the session and return).
 pub(crate) type AckSink = Arc<dyn Fn(Result<Stored, StoreRefused>) + Send + Sync>;
 
 /// Where a reader starts.

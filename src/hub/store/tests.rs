@@ -256,13 +256,7 @@ proptest! {
     /// A crash at any byte of the last record: recovery cuts it, counts it and never returns it.
     #[test]
     fn a_torn_last_record_is_cut_at_every_offset(frames in 1usize..6, size in 0usize..300, cut in 0.0f64..1.0) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let settings = settings(dir.path(), CodeLimits::default());
-        let wires: Vec<Bytes> = (0..frames).map(|i| numbered(i + 1, size)).collect();
-        {
-            let (store, _) = open(&settings);
-            append_all(&store, &wires);
-        }
+        let (dir, settings, wires) = stored(frames, size);
         let path = last_segment(dir.path());
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let last = (HEADER_LEN + wires[frames - 1].len()) as u64;
@@ -285,15 +279,19 @@ proptest! {
     }
 }
 
-#[test]
-fn a_corrupt_frame_mid_log_is_found_and_never_returned() {
+/// A closed store of code 5 holding `count` frames of about `size` bytes (default limits).
+fn stored(count: usize, size: usize) -> (tempfile::TempDir, StoreSettings, Vec<Bytes>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let settings = settings(dir.path(), CodeLimits::default());
-    let wires: Vec<Bytes> = (0..10).map(|i| numbered(i + 1, 200)).collect();
-    {
-        let (store, _) = open(&settings);
-        append_all(&store, &wires);
-    }
+    let wires: Vec<Bytes> = (0..count).map(|i| numbered(i + 1, size)).collect();
+    let (store, _) = open(&settings);
+    append_all(&store, &wires);
+    (dir, settings, wires)
+}
+
+#[test]
+fn a_corrupt_frame_mid_log_is_found_and_never_returned() {
+    let (dir, settings, wires) = stored(10, 200);
     let path = last_segment(dir.path());
     let mut bytes = std::fs::read(&path).unwrap_or_default();
     // A byte inside frame 4's body.
@@ -720,13 +718,7 @@ fn sample_store() {
 #[test]
 fn an_index_pointing_at_no_record_is_ignored() {
     use crate::hub::store::index::{encode_all, IndexEntry};
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let settings = settings(dir.path(), CodeLimits::default());
-    let wires: Vec<Bytes> = (0..5).map(|i| numbered(i + 1, 100)).collect();
-    {
-        let (store, _) = open(&settings);
-        append_all(&store, &wires);
-    }
+    let (dir, settings, _) = stored(5, 100);
     // A well-formed entry claiming frame 3 starts 10 bytes into frame 1.
     let lie = [
         IndexEntry {

@@ -70,6 +70,18 @@ fn sink() -> (AckSink, Receiver<Result<Stored, StoreRefused>>) {
     (sink, rx)
 }
 
+/// The sequence numbers of the next `n` acknowledgements (0 for a refusal).
+fn received(acks: &Receiver<Result<Stored, StoreRefused>>, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            acks.recv_timeout(WAIT)
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |s| s.seq)
+        })
+        .collect()
+}
+
 fn whole(frames: &[Bytes]) -> Piece {
     let mut bytes = Vec::new();
     for frame in frames {
@@ -144,14 +156,7 @@ fn frames_read_back_byte_identical_and_numbered_across_reopens() {
             &whole(&frames[..10]),
             Some(ack),
         );
-        let got: Vec<u64> = (0..10)
-            .map(|_| {
-                acks.recv_timeout(WAIT)
-                    .ok()
-                    .and_then(|a| a.ok())
-                    .map_or(0, |s| s.seq)
-            })
-            .collect();
+        let got: Vec<u64> = received(&acks, 10);
         assert_eq!(got, (1..=10).collect::<Vec<u64>>());
         assert_eq!(
             seqs(&append_all(&store, &frames[10..30])),
@@ -212,14 +217,7 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
     send(3, &piece(PieceKind::First, big.slice(..5000)), None);
     store.abandon(SessionId::new(3));
     send(1, &piece(PieceKind::Last, big.slice(300_000..)), Some(ack));
-    let mut got: Vec<u64> = (0..2)
-        .map(|_| {
-            acks.recv_timeout(WAIT)
-                .ok()
-                .and_then(|a| a.ok())
-                .map_or(0, |s| s.seq)
-        })
-        .collect();
+    let mut got: Vec<u64> = received(&acks, 2);
     got.sort_unstable();
     assert_eq!(got, [1, 2]);
     let read = read_all(&store, Position::First);

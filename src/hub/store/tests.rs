@@ -736,3 +736,17 @@ fn an_index_pointing_at_no_record_is_ignored() {
     assert_eq!(counters.cut_bytes.load(Ordering::Relaxed), 0);
     assert_eq!(read_all(&store, Position::First).len(), 5);
 }
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings(dir.path(), CodeLimits::default());
+    let (first, _) = open(&settings);
+    let second = Store::open(settings.clone(), Arc::new(StoreCounters::default()));
+    assert!(matches!(
+        second,
+        Err(crate::hub::store::StoreError::Locked { .. })
+    ));
+    drop(first);
+    assert!(Store::open(settings, Arc::new(StoreCounters::default())).is_ok());
+}

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::codec::Limits;
 pub use crate::hub::control::LimitSettings;
 use crate::hub::control::SlowPolicy;
+use crate::hub::store::{Discard, StoreConfigError, SyncPolicy};
 
 /// How the hub writes its logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -129,6 +130,42 @@ pub struct HubConfig {
     /// Reach NATS over TLS only, trusting this CA (PEM); `None` (default) trusts the platform's
     /// roots for `tls://` servers and lets plain `nats://` ones be plain.
     pub cluster_tls_ca: Option<PathBuf>,
+    /// The durable code lists (`[[durable]]` tables, `--durable`); none (default) stores nothing.
+    pub durable: Vec<DurableConfig>,
+    /// Where durable codes are stored. Default `./tej-hub-data`.
+    pub store_dir: PathBuf,
+    /// When a stored frame is acknowledged: `always` (default), `interval=<duration>` or `os`
+    /// (docs/durability.md).
+    pub store_sync: SyncPolicy,
+}
+
+/// One `[[durable]]` table: codes whose frames are stored, with their limits. Absent keys take
+/// the defaults (no limit; `discard = "old"`; 64 MiB segments; `ack_wait = "30s"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurableConfig {
+    /// The codes, in the `SUB` grammar (`"5,10-20"`).
+    pub codes: String,
+    /// Most bytes kept per code.
+    pub max_bytes: Option<u64>,
+    /// Oldest frame kept, a duration (`"7d"`, `"90m"`).
+    pub max_age: Option<String>,
+    /// Most frames kept per code.
+    pub max_frames: Option<u64>,
+    /// At `max_bytes` / `max_frames`: `"old"` deletes the oldest, `"new"` refuses the frame.
+    pub discard: Option<Discard>,
+    /// The newest frames kept per code whatever the other limits say.
+    pub keep_last: Option<u64>,
+    /// Largest frame stored on these codes.
+    pub max_frame_bytes: Option<u64>,
+    /// Segment target size in bytes.
+    pub segment_bytes: Option<u64>,
+    /// Time a durable subscriber has to acknowledge a frame, a duration.
+    pub ack_wait: Option<String>,
+    /// Deliveries of a frame before it is dead-lettered; absent is unlimited.
+    pub max_deliver: Option<u64>,
+    /// The code dead-lettered frames are published on.
+    pub dead_letter: Option<u64>,
 }
 
 /// One `[[users]]` table.
@@ -198,6 +235,9 @@ impl Default for HubConfig {
             hub_name: None,
             cluster_prefix: "tej".into(),
             cluster_tls_ca: None,
+            durable: Vec::new(),
+            store_dir: PathBuf::from(crate::hub::store::DEFAULT_DIR),
+            store_sync: SyncPolicy::Always,
         }
     }
 }
@@ -241,6 +281,9 @@ pub enum ConfigError {
     /// The TLS settings are unusable.
     #[error("TLS: {0}")]
     Tls(#[from] crate::hub::tls::TlsError),
+    /// The durable store's settings are unusable.
+    #[error("store: {0}")]
+    Store(#[from] StoreConfigError),
 }
 
 impl HubConfig {
@@ -309,6 +352,7 @@ impl HubConfig {
         if self.auth_timeout == 0 {
             return Err(ConfigError::Invalid("auth-timeout must be at least 1"));
         }
+        crate::hub::store::StoreSettings::from_config(self)?;
         Ok(())
     }
 
@@ -353,6 +397,12 @@ impl HubConfig {
         {
             changed.push("cluster");
         }
+        if self.durable != other.durable
+            || self.store_dir != other.store_dir
+            || self.store_sync != other.store_sync
+        {
+            changed.push("store");
+        }
         changed
     }
 
@@ -368,6 +418,9 @@ impl HubConfig {
             hub_name: self.hub_name.clone(),
             cluster_prefix: self.cluster_prefix.clone(),
             cluster_tls_ca: self.cluster_tls_ca.clone(),
+            durable: self.durable.clone(),
+            store_dir: self.store_dir.clone(),
+            store_sync: self.store_sync,
             ..other.clone()
         }
     }
@@ -427,6 +480,40 @@ mod tests {
         assert_eq!(config.max_frame_bytes, 1024);
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(5)));
         assert_eq!(config.stall_timeout, 30);
+    }
+
+    #[test]
+    fn durable_tables_resolve_and_are_checked() {
+        let config = HubConfig::from_toml(
+            "store-sync = \"interval=2s\"\n[[durable]]\ncodes = \"5,10-12\"\nmax_bytes = 1000000\nmax_age = \"1h\"\ndiscard = \"new\"\nkeep_last = 1\nack_wait = \"5s\"\nmax_deliver = 3\ndead_letter = 99\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.store_sync,
+            SyncPolicy::Interval(Duration::from_secs(2))
+        );
+        let settings = crate::hub::store::StoreSettings::from_config(&config)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("durable codes"));
+        assert_eq!(settings.codes().to_string(), "5,10-12");
+        let limits = &settings.durable[0].limits;
+        assert_eq!(limits.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(limits.discard, Discard::New);
+        assert_eq!(limits.max_deliver, Some(3));
+        assert_eq!(limits.dead_letter.map(|s| s.code()), Some(99));
+        for bad in [
+            "[[durable]]\ncodes = \"2\"",
+            "[[durable]]\ncodes = \"5\"\nmax_age = \"soon\"",
+            "[[durable]]\ncodes = \"5\"\nsegment_bytes = 0",
+            "[[durable]]\ncodes = \"5\"\ndead_letter = 127",
+            "[[durable]]\ncodes = \"5-7\"\n[[durable]]\ncodes = \"7\"",
+            "store-sync = \"sometimes\"",
+        ] {
+            let refused =
+                HubConfig::from_toml(bad).map_or(true, |config| config.validate().is_err());
+            assert!(refused, "{bad}");
+        }
+        assert!(HubConfig::default().validate().is_ok());
     }
 
     #[test]

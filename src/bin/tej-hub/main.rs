@@ -1,11 +1,12 @@
 //! The `tej-hub` command: `serve` runs the hub; `pub` and `sub` try it from a shell; `bench`
 //! measures it (it runs `tej-hub-bench`, a crate of its own); `passwd` hashes a password for the
-//! hub's users.
+//! hub's users; `store` inspects a durable store's directory offline.
 
 mod bench;
 mod passwd;
 mod pubsub;
 mod serve;
+mod store;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,11 @@ enum Command {
     /// `cargo build --release` builds both; `tej-hub bench --help` lists the workloads.
     #[command(disable_help_flag = true)]
     Bench(bench::Bench),
+    /// Inspect a store directory offline (list, show, check); nothing is modified.
+    ///
+    /// Exit status: 0 on success; 1 when a file cannot be read, a frame is not found, or check
+    /// finds a torn or corrupt record; 2 for bad usage.
+    Store(store::Store),
 }
 
 /// Why a client command failed.
@@ -78,5 +84,6 @@ fn main() -> ExitCode {
         Command::Sub(args) => exit(pubsub::subscribe(&args)),
         Command::Bench(args) => bench::run(&args).unwrap_or_else(|failure| exit(Err(failure))),
         Command::Passwd(args) => exit(passwd::passwd(&args)),
+        Command::Store(args) => exit(store::run(&args)),
     }
 }

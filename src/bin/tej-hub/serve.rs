@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
-use tej_hub::hub::config::{HubConfig, LogFormat};
+use tej_hub::hub::config::{DurableConfig, HubConfig, LogFormat};
 use tej_hub::hub::control::SlowPolicy;
+use tej_hub::hub::store::SyncPolicy;
 use tej_hub::hub::Operation;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing_subscriber::filter::LevelFilter;
@@ -112,6 +113,19 @@ pub(crate) struct Serve {
     /// (PEM) [default: plain for nats:// URLs, the platform's roots for tls:// ones].
     #[arg(long, value_name = "FILE")]
     cluster_tls_ca: Option<PathBuf>,
+    /// Store the frames of these codes on disk (the SUB code-list grammar, e.g. 5,10-20) with the
+    /// default limits; `[[durable]]` tables in --config set limits (docs/durability.md)
+    /// [default: none].
+    #[arg(long, value_name = "CODES")]
+    durable: Option<String>,
+    /// Where durable codes are stored [default: ./tej-hub-data].
+    #[arg(long, value_name = "DIR")]
+    store_dir: Option<PathBuf>,
+    /// When a stored frame is acknowledged: always (fdatasync, shared by every frame written
+    /// meanwhile), interval=<duration> (synced on a timer) or os (written to the kernel)
+    /// [default: always].
+    #[arg(long, value_name = "POLICY")]
+    store_sync: Option<SyncPolicy>,
 }
 
 impl Serve {
@@ -143,8 +157,18 @@ impl Serve {
             max_connections,
             max_connections_per_ip,
             max_ingress_bytes_per_sec,
-            drain_seconds
+            drain_seconds,
+            store_sync
         );
+        if let Some(codes) = &self.durable {
+            config.durable.push(DurableConfig {
+                codes: codes.clone(),
+                ..DurableConfig::default()
+            });
+        }
+        if let Some(dir) = &self.store_dir {
+            config.store_dir.clone_from(dir);
+        }
         for (flag, setting) in [
             (&self.tls_cert, &mut config.tls_cert),
             (&self.tls_key, &mut config.tls_key),

@@ -1605,6 +1605,8 @@ mod tests {
                     refused_connections: 6,
                     tls_failures: 7,
                     cluster_dropped_frames: 8,
+                    group_moved_frames: 9,
+                    group_cut_frames: 10,
                 },
             },
             cluster: Some(ClusterView {
@@ -1657,7 +1659,8 @@ mod tests {
         assert_eq!(
             keys(&json["hub"]),
             "auth_failures,cluster_dropped_frames,connections,denied_frames,dropped_frames,\
-             open_connections,refused_connections,slow_consumers,tls_failures,unrouted_frames"
+             group_cut_frames,group_moved_frames,open_connections,refused_connections,\
+             slow_consumers,tls_failures,unrouted_frames"
         );
         assert_eq!(
             serde_json::from_value::<Info>(json).ok(),

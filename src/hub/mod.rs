@@ -165,8 +165,9 @@ pub async fn run_announced(
         _ => None,
     };
     let (router_table, router_cluster) = (table.clone(), cluster.clone());
+    let router_counters = counters.clone();
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
-        Router::new(router_table, router_cluster)
+        Router::new(router_table, router_cluster, router_counters)
     });
     info!(%listen, workers = workers.len(), "hub started");
     let state = Arc::new(HubState::new(

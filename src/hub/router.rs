@@ -35,6 +35,7 @@ use crate::hub::control::{CodeSet, GroupMembership, GroupName};
 use crate::hub::delivery::groups::{GroupMember, GroupStats, MemberStats};
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::{KickReason, SessionId};
 
 /// Session → router: a new session, before any of its frames.
@@ -151,17 +152,24 @@ pub(crate) struct Router {
     cluster: Option<Arc<Cluster>>,
     /// Every group with a member: its counters, and how many sessions are members.
     groups: HashMap<GroupName, (Arc<GroupStats>, usize)>,
+    /// The hub's counters (groups count their moved and cut frames there too).
+    counters: Arc<HubCounters>,
 }
 
 impl Router {
     /// A router with no sessions, keeping `table` up to date (and `cluster` told).
-    pub(crate) fn new(table: Arc<SubscriptionTable>, cluster: Option<Arc<Cluster>>) -> Router {
+    pub(crate) fn new(
+        table: Arc<SubscriptionTable>,
+        cluster: Option<Arc<Cluster>>,
+        counters: Arc<HubCounters>,
+    ) -> Router {
         Router {
             sessions: HashMap::new(),
             subscribers: [0; Status::COUNT],
             table,
             cluster,
             groups: HashMap::new(),
+            counters,
         }
     }
 
@@ -221,7 +229,7 @@ impl Router {
                 let entry = self
                     .groups
                     .entry(name.clone())
-                    .or_insert_with(|| (GroupStats::new(name.clone()), 0));
+                    .or_insert_with(|| (GroupStats::new(name.clone(), self.counters.clone()), 0));
                 entry.1 += 1;
                 member.groups.insert(
                     name.clone(),

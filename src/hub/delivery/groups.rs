@@ -51,11 +51,13 @@ pub(crate) struct GroupStats {
     pub cut_frames: AtomicU64,
     /// Frames no member could take (none left, or every one refused).
     pub unrouted_frames: AtomicU64,
+    /// The hub's counters, where moved and cut frames are counted too.
+    hub: Arc<HubCounters>,
 }
 
 impl GroupStats {
     /// The counters of a new group `name`.
-    pub(crate) fn new(name: GroupName) -> Arc<GroupStats> {
+    pub(crate) fn new(name: GroupName, hub: Arc<HubCounters>) -> Arc<GroupStats> {
         Arc::new(GroupStats {
             name,
             rotor: AtomicUsize::new(0),
@@ -64,12 +66,20 @@ impl GroupStats {
             moved_frames: AtomicU64::new(0),
             cut_frames: AtomicU64::new(0),
             unrouted_frames: AtomicU64::new(0),
+            hub,
         })
     }
 
     /// Counts `frames` cut.
     pub(crate) fn count_cut(&self, frames: u64) {
         self.cut_frames.fetch_add(frames, Ordering::Relaxed);
+        self.hub.group_cut_frames.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` moved to another member.
+    fn count_moved(&self, frames: u64) {
+        self.moved_frames.fetch_add(frames, Ordering::Relaxed);
+        self.hub.group_moved_frames.fetch_add(frames, Ordering::Relaxed);
     }
 }
 
@@ -261,12 +271,7 @@ pub(crate) fn redispatch(
             Some(())
         });
         match taken {
-            Some(()) => {
-                frame
-                    .group
-                    .moved_frames
-                    .fetch_add(frames, Ordering::Relaxed);
-            }
+            Some(()) => frame.group.count_moved(frames),
             None => {
                 if group.is_none() {
                     frame

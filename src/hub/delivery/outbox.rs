@@ -150,9 +150,10 @@ struct Queued {
 }
 
 impl Queued {
-    /// The piece's plaintext, if no byte of it has reached the socket.
-    fn unstarted(&self) -> Option<Bytes> {
-        match (self.started, self.sealed) {
+    /// The piece's plaintext, if no byte of it has reached the socket (`tls`: the connection
+    /// seals what it sends).
+    fn unstarted(&self, tls: bool) -> Option<Bytes> {
+        match (self.started, tls && self.sealed) {
             (true, _) => None,
             (false, false) => Some(self.bytes.clone()),
             (false, true) => self.plain.clone(),
@@ -763,8 +764,9 @@ impl Outbox {
         leaving: impl Fn(&Origin) -> bool,
         closing: bool,
     ) -> Vec<MovedFrame> {
+        let tls = self.socket.seals();
         let selected = |queued: &Queued| {
-            queued.group.as_ref().is_some_and(&leaving) && (closing || !queued.sealed)
+            queued.group.as_ref().is_some_and(&leaving) && (closing || !tls || !queued.sealed)
         };
         let mut moved = Vec::new();
         if state.queue.iter().skip(state.writing).any(&selected) {
@@ -795,7 +797,7 @@ impl Outbox {
                 }
                 let pieces: Option<Vec<(Bytes, u32)>> = frame
                     .iter()
-                    .map(|queued| Some((queued.unstarted()?, queued.frames)))
+                    .map(|queued| Some((queued.unstarted(tls)?, queued.frames)))
                     .collect();
                 let complete = frame
                     .last()

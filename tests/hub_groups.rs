@@ -191,10 +191,11 @@ async fn four_members_share_three_publishers_each_frame_once_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_member_gets_a_small_share_and_nothing_is_lost() {
-    // 12 KiB frames: 2,000 of them are 24 MB, far more than the socket buffers of the slow
-    // member's connection (a 4 KiB receive window) can hide.
-    const FRAMES: usize = 2_000;
-    const SIZE: usize = 12 * 1024;
+    // 16 KiB frames: 4,000 of them are 64 MB, far more than the socket buffers of the slow
+    // member's connection can hide (a 4 KiB receive window, but the hub's send buffer grows to
+    // a few MB on loopback).
+    const FRAMES: usize = 4_000;
+    const SIZE: usize = 16 * 1024;
     let hub = start_hub(test_config());
     let addr = hub.local_addr();
     let (out, mut events) = mpsc::unbounded_channel();
@@ -206,9 +207,9 @@ async fn a_slow_member_gets_a_small_share_and_nothing_is_lost() {
     }
     let mut slow = Framed::new(connect_small_window(addr).await, TejCodec::default());
     join(&mut slow, "5", "workers").await;
-    // 2 ms per 12 KiB frame: at most 6 MB/s, more than ten times slower than a prompt reader
-    // on loopback.
-    tasks.push(reader(3, slow, Some(Duration::from_millis(2)), out.clone()));
+    // 20 ms per 16 KiB frame: at most 0.8 MB/s, far more than ten times slower than a prompt
+    // reader on loopback.
+    tasks.push(reader(3, slow, Some(Duration::from_millis(20)), out.clone()));
 
     let mut publisher = connect(addr).await;
     publish(&mut publisher, 5, 0, FRAMES, SIZE).await;

@@ -351,8 +351,16 @@ async fn run_case(ops: Vec<Op>) {
                 model.slots[slot] = Some(sub);
             }
             Op::Disconnect(slot) => {
+                let member = model.slots[slot]
+                    .as_ref()
+                    .is_some_and(|sub| sub.groups.iter().any(|codes| !codes.is_empty()));
                 conns[slot] = None;
                 model.slots[slot] = None;
+                if member {
+                    // Until the hub sees the close, the group may still pick the member, and
+                    // what reaches its socket is lost with it (docs/hub.md, "Queue groups").
+                    settle(&mut conns).await;
+                }
             }
             Op::Sub(slot, codes) => subscription(&mut conns, &mut model, slot, "SUB", &codes).await,
             Op::Unsub(slot, codes) => {

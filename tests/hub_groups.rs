@@ -6,10 +6,13 @@
 
 #[path = "common/hub.rs"]
 mod hub_common;
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/python.rs"]
 mod python;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +28,7 @@ use hub_common::{
     cheap_hash, connect, connect_small_window, control, expect_silence, feed, flush, info, recv,
     send, start_hub, status, stop_hub, subscribe, test_config, within, Conn,
 };
+use http::{get_async, num, parse_metrics};
 use python::PyPeer;
 
 /// How long a whole run may take (debug build, a shared 2-core machine).
@@ -453,5 +457,59 @@ async fn a_python_reference_client_joins_a_group_with_control_frames() {
         assert_eq!(received["message_len"], json!(100));
     }
     python_member.succeeds().await;
+    stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_lists_groups_members_and_what_each_was_given() {
+    const FRAMES: usize = 30;
+    let hub = start_hub(HubConfig {
+        http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..test_config()
+    });
+    let web = hub.monitor_addr().expect("the monitoring address");
+    let addr = hub.local_addr();
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let mut member = connect(addr).await;
+        join(&mut member, "5-6", "workers").await;
+        members.push(member);
+    }
+    let mut publisher = connect(addr).await;
+    publish(&mut publisher, 5, 0, FRAMES, 100).await;
+    let mut received = 0;
+    while received < FRAMES {
+        for member in &mut members {
+            if let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(50), member.next()).await
+            {
+                received += 1;
+            }
+        }
+    }
+    let subsz = get_async(web, "/subsz").await.json();
+    let groups = subsz["groups"].as_array().expect("groups").clone();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let group = &groups[0];
+    assert_eq!(group["name"], json!("workers"));
+    assert_eq!(group["codes"], json!([5, 6]));
+    assert_eq!(num(group, "frames"), FRAMES as u64);
+    let list = group["members"].as_array().expect("members").clone();
+    assert_eq!(list.len(), 2);
+    let given: u64 = list.iter().map(|member| num(member, "frames")).sum();
+    assert_eq!(given, FRAMES as u64, "per member: {list:?}");
+    assert!(list.iter().all(|member| member["codes"] == json!([5, 6])));
+    let varz = get_async(web, "/varz").await.json();
+    assert_eq!(varz["groups"], subsz["groups"]);
+    assert_eq!(num(&varz, "group_moved_frames"), 0);
+    assert_eq!(num(&varz, "group_cut_frames"), 0);
+    let metrics = get_async(web, "/metrics").await;
+    let metrics = parse_metrics(&metrics.body);
+    assert_eq!(
+        metrics.get("tej_hub_group_frames_total{group=\"workers\"}"),
+        Some(&(FRAMES as f64))
+    );
+    assert_eq!(metrics.get("tej_hub_group_members{group=\"workers\"}"), Some(&2.0));
+    assert_eq!(metrics.get("tej_hub_group_cut_frames_total"), Some(&0.0));
     stop_hub(hub).await;
 }

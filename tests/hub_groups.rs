@@ -4,10 +4,10 @@
 //! that is also an ordinary subscriber are defined; the Python reference client joins with
 //! control frames only; `[[users]] groups` limits which groups a user may join.
 
-#[path = "common/hub.rs"]
-mod hub_common;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/hub.rs"]
+mod hub_common;
 #[path = "common/python.rs"]
 mod python;
 
@@ -24,11 +24,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
+use http::{get_async, num, parse_metrics};
 use hub_common::{
     cheap_hash, connect, connect_small_window, control, expect_silence, feed, flush, info, recv,
     send, start_hub, status, stop_hub, subscribe, test_config, within, Conn,
 };
-use http::{get_async, num, parse_metrics};
 use python::PyPeer;
 
 /// How long a whole run may take (debug build, a shared 2-core machine).
@@ -213,7 +213,12 @@ async fn a_slow_member_gets_a_small_share_and_nothing_is_lost() {
     join(&mut slow, "5", "workers").await;
     // 20 ms per 16 KiB frame: at most 0.8 MB/s, far more than ten times slower than a prompt
     // reader on loopback.
-    tasks.push(reader(3, slow, Some(Duration::from_millis(20)), out.clone()));
+    tasks.push(reader(
+        3,
+        slow,
+        Some(Duration::from_millis(20)),
+        out.clone(),
+    ));
 
     let mut publisher = connect(addr).await;
     publish(&mut publisher, 5, 0, FRAMES, SIZE).await;
@@ -280,7 +285,11 @@ async fn a_killed_member_s_queued_frames_go_to_another_member() {
     // What the stuck member's socket took is its (lost with its connection, as for any
     // subscriber); everything after that moved, and the one partly written was counted.
     let first = FRAMES - got.len();
-    assert!(got.len() >= FRAMES / 2, "only {} of {FRAMES} moved", got.len());
+    assert!(
+        got.len() >= FRAMES / 2,
+        "only {} of {FRAMES} moved",
+        got.len()
+    );
     assert_eq!(unique, (first..FRAMES).collect(), "the frames not started");
     assert_eq!(cut, 1, "the frame partly written");
     stop_hub(hub).await;
@@ -342,8 +351,15 @@ async fn a_member_that_also_subscribes_gets_each_frame_once() {
     // The ordinary subscription gets every frame, once however many of its groups pick it.
     exactly_once(&got[..1], &expected, "the member that subscribes too");
     let unique: HashSet<(usize, usize)> = got[1].iter().copied().collect();
-    assert_eq!(unique.len(), got[1].len(), "the other member: no frame twice");
-    assert!(got[1].len() < FRAMES, "the other member shares the group's frames");
+    assert_eq!(
+        unique.len(),
+        got[1].len(),
+        "the other member: no frame twice"
+    );
+    assert!(
+        got[1].len() < FRAMES,
+        "the other member shares the group's frames"
+    );
     for task in tasks {
         task.abort();
     }
@@ -359,14 +375,24 @@ async fn unsub_group_leaves_only_that_group_and_errors_are_typed() {
     join(&mut conn, "5-6", "workers").await;
     subscribe(&mut conn, "5", "5").await;
     assert_eq!(control(&mut conn, "UNSUB 5").await, "OK UNSUB 5");
-    assert_eq!(info(&mut conn).await["groups"], json!([{"name": "workers", "codes": [5, 6]}]));
+    assert_eq!(
+        info(&mut conn).await["groups"],
+        json!([{"name": "workers", "codes": [5, 6]}])
+    );
     send(&mut publisher, frame(5, 0, 0, 10)).await;
-    assert_eq!(id_of(&recv(&mut conn).await), (0, 0), "still a member for 5");
+    assert_eq!(
+        id_of(&recv(&mut conn).await),
+        (0, 0),
+        "still a member for 5"
+    );
     assert_eq!(
         control(&mut conn, "UNSUB 5 group=workers").await,
         "OK UNSUB 5 group=workers"
     );
-    assert_eq!(info(&mut conn).await["groups"], json!([{"name": "workers", "codes": [6]}]));
+    assert_eq!(
+        info(&mut conn).await["groups"],
+        json!([{"name": "workers", "codes": [6]}])
+    );
     send(&mut publisher, frame(5, 0, 1, 10)).await;
     expect_silence(&mut conn, QUIET).await;
     for (command, reply) in [
@@ -405,12 +431,18 @@ async fn users_join_only_the_groups_they_may() {
     });
     let addr = hub.local_addr();
     let mut worker = connect(addr).await;
-    assert_eq!(control(&mut worker, "AUTH worker pw").await, "OK AUTH worker");
+    assert_eq!(
+        control(&mut worker, "AUTH worker pw").await,
+        "OK AUTH worker"
+    );
     join(&mut worker, "5", "workers").await;
     join(&mut worker, "5", "scan-eu").await;
     for (command, reply) in [
         ("SUB 5 group=other", "ERR permission denied: group other"),
-        ("SUB 5 group=Workers", "ERR permission denied: group Workers"),
+        (
+            "SUB 5 group=Workers",
+            "ERR permission denied: group Workers",
+        ),
         ("SUB 5 group=scan", "ERR permission denied: group scan"),
         ("SUB 4 group=workers", "ERR permission denied: subscribe 4"),
     ] {
@@ -509,7 +541,10 @@ async fn monitoring_lists_groups_members_and_what_each_was_given() {
         metrics.get("tej_hub_group_frames_total{group=\"workers\"}"),
         Some(&(FRAMES as f64))
     );
-    assert_eq!(metrics.get("tej_hub_group_members{group=\"workers\"}"), Some(&2.0));
+    assert_eq!(
+        metrics.get("tej_hub_group_members{group=\"workers\"}"),
+        Some(&2.0)
+    );
     assert_eq!(metrics.get("tej_hub_group_cut_frames_total"), Some(&0.0));
     stop_hub(hub).await;
 }

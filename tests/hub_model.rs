@@ -157,11 +157,10 @@ impl Model {
 
     /// Whether any connected slot is a member of a group for `code`.
     fn grouped(&self, code: u8) -> bool {
-        self.slots.iter().flatten().any(|sub| {
-            sub.groups
-                .iter()
-                .any(|codes| codes.contains(status(code)))
-        })
+        self.slots
+            .iter()
+            .flatten()
+            .any(|sub| sub.groups.iter().any(|codes| codes.contains(status(code))))
     }
 
     /// Whether the connections that got a frame on `code` from `from`, `got`, are what the
@@ -173,18 +172,20 @@ impl Model {
             .filter(|&to| self.receives(to, from, code))
             .collect();
         if !ordinary.is_subset(got) {
-            return Err(format!("ordinary receivers {ordinary:?} not all in {got:?}"));
+            return Err(format!(
+                "ordinary receivers {ordinary:?} not all in {got:?}"
+            ));
         }
         let mut anywhere = ordinary.clone();
         let mut groups = 0;
-        for group in 0..GROUPS.len() {
+        for (group, name) in GROUPS.iter().enumerate() {
             let members = self.members(group, from, code);
             if members.is_empty() {
                 continue;
             }
             groups += 1;
             if members.is_disjoint(got) {
-                return Err(format!("group {} ({members:?}) missed it", GROUPS[group]));
+                return Err(format!("group {name} ({members:?}) missed it"));
             }
             anywhere.extend(members);
         }
@@ -441,7 +442,11 @@ async fn membership(
     let (Some(conn), Some(sub)) = (conns[slot].as_mut(), model.slots[slot].as_mut()) else {
         return;
     };
-    command(conn, &format!("{word} {} group={}", list(codes), GROUPS[group])).await;
+    command(
+        conn,
+        &format!("{word} {} group={}", list(codes), GROUPS[group]),
+    )
+    .await;
     for &code in codes {
         if word == "SUB" {
             sub.groups[group].insert(status(code));

@@ -149,7 +149,8 @@ pub(crate) struct Sub {
 
 /// A queue group's name, as `SUB ... group=` takes it.
 fn group_name(text: &str) -> Result<GroupName, String> {
-    text.parse().map_err(|error: ControlError| error.to_string())
+    text.parse()
+        .map_err(|error: ControlError| error.to_string())
 }
 
 /// A status `pub` may send: 0..=126 except 2.
@@ -276,7 +277,11 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
     runtime()?.block_on(async {
         let mut client = connect(&args.hub, &args.access).await?;
         let codes = args.codes.join(" ");
-        let options = args.group.clone().map(SubOptions::group).unwrap_or_default();
+        let options = args
+            .group
+            .clone()
+            .map(SubOptions::group)
+            .unwrap_or_default();
         let subscribing = client.subscribe_with(&codes, options.clone());
         let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, subscribing).await {
             Ok(Ok(subscribed)) => subscribed,

@@ -73,13 +73,17 @@ impl GroupStats {
     /// Counts `frames` cut.
     pub(crate) fn count_cut(&self, frames: u64) {
         self.cut_frames.fetch_add(frames, Ordering::Relaxed);
-        self.hub.group_cut_frames.fetch_add(frames, Ordering::Relaxed);
+        self.hub
+            .group_cut_frames
+            .fetch_add(frames, Ordering::Relaxed);
     }
 
     /// Counts `frames` moved to another member.
     fn count_moved(&self, frames: u64) {
         self.moved_frames.fetch_add(frames, Ordering::Relaxed);
-        self.hub.group_moved_frames.fetch_add(frames, Ordering::Relaxed);
+        self.hub
+            .group_moved_frames
+            .fetch_add(frames, Ordering::Relaxed);
     }
 }
 
@@ -142,7 +146,7 @@ impl Group {
                 continue;
             }
             let key = load(outbox);
-            if best.is_none_or(|(_, best)| key < best) {
+            if best.map_or(true, |(_, best)| key < best) {
                 best = Some((at, key));
             }
         }
@@ -263,7 +267,9 @@ pub(crate) fn redispatch(
             });
             let first = pieces.next()?;
             let outbox = group.give(from, &gate, &first, eligible, &[])?;
-            if pieces.any(|piece| outbox.offer_in_group(from, &gate, &piece, &group.stats) == Offer::Skipped) {
+            if pieces.any(|piece| {
+                outbox.offer_in_group(from, &gate, &piece, &group.stats) == Offer::Skipped
+            }) {
                 // Taken in part: the new member ends as a cut frame does.
                 group.stats.count_cut(1);
                 outbox.publisher_gone(from);
@@ -279,7 +285,9 @@ pub(crate) fn redispatch(
                         .unrouted_frames
                         .fetch_add(frames, Ordering::Relaxed);
                 }
-                counters.unrouted_frames.fetch_add(frames, Ordering::Relaxed);
+                counters
+                    .unrouted_frames
+                    .fetch_add(frames, Ordering::Relaxed);
             }
         }
     }

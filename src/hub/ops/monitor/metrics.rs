@@ -133,20 +133,33 @@ fn encode_groups(e: &mut DescriptorEncoder, groups: &[GroupView]) -> std::fmt::R
         .iter()
         .map(|group| [("group", group.name.clone())])
         .collect();
-    let series: [(&str, &str, fn(&GroupView) -> u64); 5] = [
-        ("tej_hub_group_frames", "Frames given to the group's members.", |g| g.frames),
-        ("tej_hub_group_bytes", "Bytes of the frames given to the group's members.", |g| {
-            g.bytes
-        }),
-        ("tej_hub_group_moved", "Frames moved from a leaving member to another.", |g| {
-            g.moved_frames
-        }),
-        ("tej_hub_group_cut", "Frames cut: partly written to a member that left.", |g| {
-            g.cut_frames
-        }),
-        ("tej_hub_group_unrouted", "Frames none of the group's members could take.", |g| {
-            g.unrouted_frames
-        }),
+    type Series = (&'static str, &'static str, fn(&GroupView) -> u64);
+    let series: [Series; 5] = [
+        (
+            "tej_hub_group_frames",
+            "Frames given to the group's members.",
+            |g| g.frames,
+        ),
+        (
+            "tej_hub_group_bytes",
+            "Bytes of the frames given to the group's members.",
+            |g| g.bytes,
+        ),
+        (
+            "tej_hub_group_moved",
+            "Frames moved from a leaving member to another.",
+            |g| g.moved_frames,
+        ),
+        (
+            "tej_hub_group_cut",
+            "Frames cut: partly written to a member that left.",
+            |g| g.cut_frames,
+        ),
+        (
+            "tej_hub_group_unrouted",
+            "Frames none of the group's members could take.",
+            |g| g.unrouted_frames,
+        ),
     ];
     let mut family = e.encode_descriptor(
         "tej_hub_group_members",

@@ -276,8 +276,9 @@ impl HubState {
 
     /// Every queue group with a member, by name, gathered from the table's per-code lists.
     pub(crate) fn groups(&self) -> Vec<GroupView> {
-        let mut groups: BTreeMap<String, (Arc<GroupStats>, BTreeMap<u64, MemberView>, Vec<u8>)> =
-            BTreeMap::new();
+        // Per name: the counters, the members by session, the codes.
+        type Gathered = (Arc<GroupStats>, BTreeMap<u64, MemberView>, Vec<u8>);
+        let mut groups: BTreeMap<String, Gathered> = BTreeMap::new();
         for code in 0..Status::COUNT {
             let Some(status) = u8::try_from(code).ok().and_then(Status::new) else {
                 continue;

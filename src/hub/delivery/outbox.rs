@@ -561,7 +561,12 @@ impl Outbox {
         let was_empty = state.queue.is_empty();
         let mut sealed = !self.socket.seals();
         let mut started = false;
+        let mut plain = None;
         let rest = if was_empty && bytes.len() <= WRITE_THROUGH_MAX {
+            if self.socket.seals() && group.is_some() {
+                // A group frame sealed here may still have to move if nothing of it is written.
+                plain = Some(bytes.clone());
+            }
             let bytes = match self.socket.seal(&bytes) {
                 Ok(records) => records,
                 Err(error) => {
@@ -595,7 +600,7 @@ impl Outbox {
             sealed,
             started,
             group,
-            plain: None,
+            plain,
         });
         if was_empty {
             state.progress = Instant::now();

@@ -463,20 +463,7 @@ async fn users_join_only_the_groups_they_may() {
 async fn a_python_reference_client_joins_a_group_with_control_frames() {
     let hub = start_hub(test_config());
     let port = hub.local_addr().port();
-    let spec = json!([{"status": 127, "files": [], "message": {"text": "SUB 5 group=workers"}}])
-        .to_string();
-    let mut python_member = PyPeer::client(
-        port,
-        &[
-            "--spec",
-            &spec,
-            "--expect",
-            "3",
-            "--ignore-pings",
-            "--wait",
-            "30",
-        ],
-    );
+    let mut python_member = PyPeer::commanding(port, &["SUB 5 group=workers"], 3);
     let ok = python_member.next_event("received").await;
     assert_eq!(ok["status"], json!(127));
     assert_eq!(ok["message_text"], json!("OK SUB 5 group=workers"));

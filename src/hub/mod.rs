@@ -19,8 +19,8 @@
 //! - Connections: `session` (the actor per connection), `router` (registration and
 //!   subscriptions, the only writer of the subscription table),
 //!   [`control`] (the control grammar), `client` ([`HubClient`], for applications).
-//! - `delivery`: the data path — relay codec, publisher, subscription table, outbox, flow
-//!   control, transport, idle buffers; its module doc states the ordering rules and the lock order.
+//! - `delivery`: the data path — relay codec, publisher, subscription table, queue groups,
+//!   outbox, flow control, transport, idle buffers; its module doc states the ordering rules and the lock order.
 //! - Admission and identity: `admission` (connection limits, ingress rate), [`auth`] (users,
 //!   permissions), [`tls`] (the TLS listener), [`config`] (settings from TOML and flags).
 //! - `ops`: operating a running hub — shutdown, drain, reload, the live settings, the counters

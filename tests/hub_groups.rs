@@ -27,7 +27,7 @@ use tokio_util::codec::Framed;
 use http::{get_async, num, parse_metrics};
 use hub_common::{
     cheap_hash, connect, connect_small_window, control, expect_silence, feed, flush, info, recv,
-    send, start_hub, status, stop_hub, subscribe, test_config, within, Conn,
+    send, start_hub, status, stop_hub, subscribe, test_config, within, Conn, PATIENCE,
 };
 use python::PyPeer;
 
@@ -534,4 +534,47 @@ async fn monitoring_lists_groups_members_and_what_each_was_given() {
     );
     assert_eq!(metrics.get("tej_hub_group_cut_frames_total"), Some(&0.0));
     stop_hub(hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_takes_members_out_of_groups_and_codes_they_may_no_longer_have() {
+    let dir = std::env::temp_dir().join(format!("tej-hub-groups-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let config = dir.join("hub.toml");
+    let users = |subscribe: &str, groups: &str| {
+        format!(
+            "[[users]]\nname = \"worker\"\npassword = \"{}\"\nsubscribe = \"{subscribe}\"\ngroups = {groups}\n",
+            cheap_hash("pw")
+        )
+    };
+    std::fs::write(&config, users("5-9", r#"["workers", "scan-*"]"#)).expect("write the config");
+    let mut hub = hub_common::BinHub::start(&["--config", config.to_str().expect("a UTF-8 path")]);
+    let mut worker = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut worker, "AUTH worker pw").await,
+        "OK AUTH worker"
+    );
+    join(&mut worker, "5-6", "workers").await;
+    join(&mut worker, "5", "scan-eu").await;
+
+    // scan-* goes, and code 6.
+    std::fs::write(&config, users("5", r#"["workers"]"#)).expect("rewrite the config");
+    hub.signal(rustix::process::Signal::HUP);
+    let narrowed = json!([{"name": "workers", "codes": [5]}]);
+    within(PATIENCE, "the worker's narrowed groups", async {
+        while info(&mut worker).await["groups"] != narrowed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        control(&mut worker, "SUB 5 group=scan-eu").await,
+        "ERR permission denied: group scan-eu"
+    );
+    let exit = tokio::task::block_in_place(|| {
+        hub.signal(rustix::process::Signal::TERM);
+        hub.wait_exit(Duration::from_secs(5))
+    });
+    assert_eq!(exit.and_then(|status| status.code()), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }

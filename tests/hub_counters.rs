@@ -235,6 +235,7 @@ fn bob() -> UserConfig {
         password: cheap_hash("builder"),
         publish: Some("5".into()),
         subscribe: Some("5".into()),
+        groups: None,
     }
 }
 

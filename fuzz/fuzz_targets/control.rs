@@ -55,8 +55,8 @@ fuzz_target!(|input: &[u8]| {
             assert_eq!(Command::parse(message.as_bytes()), Ok(command), "{message:?}");
         }
         Ok(command) => {
-            if let Command::Sub(set) | Command::Unsub(set) = command {
-                check_set(set);
+            if let Command::Sub(set, _) | Command::Unsub(set, _) = &command {
+                check_set(*set);
             }
             let text = command.to_string();
             assert_eq!(

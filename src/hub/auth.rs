@@ -27,23 +27,75 @@ use tokio::sync::oneshot;
 
 use crate::frame::Status;
 use crate::hub::config::{ConfigError, HubConfig};
-use crate::hub::control::CodeSet;
+use crate::hub::control::{CodeSet, GroupName};
 
-/// What a connection may do: the codes it may publish on and subscribe to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The queue groups a connection may join: any (no `groups` list), or those a list of names
+/// and `prefix*` patterns matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GroupPatterns(Option<Arc<[GroupPattern]>>);
+
+/// One entry of a `groups` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum GroupPattern {
+    /// This name.
+    Exact(GroupName),
+    /// Names starting with this (`"scan-*"`; `"*"` is every name).
+    Prefix(String),
+}
+
+impl GroupPatterns {
+    /// The patterns of a `groups` list; `None` allows any group.
+    ///
+    /// # Errors
+    /// The first entry that is neither a group name nor a name's prefix followed by `*`.
+    fn parse(list: Option<&[String]>) -> Result<GroupPatterns, String> {
+        let Some(list) = list else {
+            return Ok(GroupPatterns(None));
+        };
+        let patterns = list
+            .iter()
+            .map(|entry| match entry.strip_suffix('*') {
+                Some("") => Ok(GroupPattern::Prefix(String::new())),
+                Some(prefix) => prefix
+                    .parse::<GroupName>()
+                    .map(|_| GroupPattern::Prefix(prefix.to_owned())),
+                None => entry.parse().map(GroupPattern::Exact),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("groups = {list:?}: {error}"))?;
+        Ok(GroupPatterns(Some(patterns.into())))
+    }
+
+    /// Whether `name` may be joined.
+    pub(crate) fn allows(&self, name: &GroupName) -> bool {
+        self.0.as_ref().map_or(true, |patterns| {
+            patterns.iter().any(|pattern| match pattern {
+                GroupPattern::Exact(exact) => exact == name,
+                GroupPattern::Prefix(prefix) => name.as_str().starts_with(prefix.as_str()),
+            })
+        })
+    }
+}
+
+/// What a connection may do: the codes it may publish on and subscribe to, and the groups it
+/// may join.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Permissions {
     /// Codes it may publish on.
     pub publish: CodeSet,
     /// Codes it may subscribe to.
     pub subscribe: CodeSet,
+    /// Queue groups it may join (on codes it may subscribe to).
+    pub groups: GroupPatterns,
 }
 
 impl Permissions {
-    /// Every relayable code, both ways: an open hub's connections.
+    /// Every relayable code, both ways, and every group: an open hub's connections.
     pub const fn all() -> Permissions {
         Permissions {
             publish: CodeSet::relayable(),
             subscribe: CodeSet::relayable(),
+            groups: GroupPatterns(None),
         }
     }
 
@@ -61,6 +113,7 @@ impl Permissions {
         Ok(Permissions {
             publish: parse(publish, "publish")?,
             subscribe: parse(subscribe, "subscribe")?,
+            groups: GroupPatterns::default(),
         })
     }
 }
@@ -226,8 +279,10 @@ impl Users {
                 return Err(invalid("a name must be non-empty, without spaces".into()));
             }
             let hash = StoredHash::parse(&user.password).map_err(invalid)?;
-            let permissions =
-                Permissions::from_lists(&user.publish, &user.subscribe).map_err(invalid)?;
+            let permissions = Permissions {
+                groups: GroupPatterns::parse(user.groups.as_deref()).map_err(invalid)?,
+                ..Permissions::from_lists(&user.publish, &user.subscribe).map_err(invalid)?
+            };
             let entry = User { hash, permissions };
             if users.insert(user.name.clone(), entry).is_some() {
                 return Err(invalid("the name is given twice".into()));
@@ -253,7 +308,7 @@ impl Users {
 
     /// What an unauthenticated connection may do: `None` when it must authenticate first.
     pub fn anonymous(&self) -> Option<Permissions> {
-        self.anonymous
+        self.anonymous.clone()
     }
 
     /// Checks `password` for `user` on the checking threads; `Ok(None)` for a wrong password or
@@ -287,7 +342,10 @@ impl Users {
     /// The permissions of `user` now, for a session authenticated by other means (a client
     /// certificate).
     pub fn permissions(&self, user: &str) -> Option<Permissions> {
-        self.users.users.get(user).map(|entry| entry.permissions)
+        self.users
+            .users
+            .get(user)
+            .map(|entry| entry.permissions.clone())
     }
 }
 
@@ -344,7 +402,7 @@ fn verify_password(
     let entry = known.filter(|_| matches)?;
     Some(Authenticated {
         user: check.user.clone(),
-        permissions: entry.permissions,
+        permissions: entry.permissions.clone(),
     })
 }
 
@@ -425,8 +483,8 @@ impl Access {
     pub(crate) fn permissions(&self) -> Option<Permissions> {
         match &self.standing {
             Standing::Pending => None,
-            Standing::Anonymous(permissions) => Some(*permissions),
-            Standing::User(user) => Some(user.permissions),
+            Standing::Anonymous(permissions) => Some(permissions.clone()),
+            Standing::User(user) => Some(user.permissions.clone()),
         }
     }
 
@@ -502,6 +560,12 @@ impl Access {
         } else {
             Err(denied)
         }
+    }
+
+    /// Whether the connection may join group `name`.
+    pub(crate) fn may_join(&self, name: &GroupName) -> bool {
+        self.permissions()
+            .is_some_and(|permissions| permissions.groups.allows(name))
     }
 
     /// Counts `frames` denied on `status`; whether to tell the publisher now (at most once per
@@ -608,6 +672,7 @@ mod tests {
             ),
             publish: None,
             subscribe: None,
+            groups: None,
         };
         let config = HubConfig {
             users: vec![user("a", 64), user("b", 1024), user("c", 8)],

@@ -23,7 +23,9 @@ use tokio_util::codec::{Decoder, Encoder, Framed};
 use crate::codec::{CodecError, Limits, TejCodec};
 use crate::connection::ConnectionConfig;
 use crate::frame::{Frame, Status};
-use crate::hub::control::{CodeSet, Command, ControlError, Info, Password, Reply, CONTROL};
+use crate::hub::control::{
+    CodeSet, Command, ControlError, Info, Password, Reply, SubOptions, CONTROL,
+};
 use crate::stream::{FileFrame, FileSource, Part, PartCodec, StreamError};
 use crate::tls::{ClientTls, MaybeTls};
 
@@ -320,35 +322,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// before sending; the connection stays usable. Otherwise as [`command`](Self::command), and
     /// [`HubError::UnexpectedReply`] when the acknowledgement is not `OK SUB <list>`.
     pub async fn subscribe(&mut self, codes: &str) -> Result<CodeSet, HubError> {
-        match self.request_codes(Command::Sub, codes).await? {
-            Reply::Sub(set) => Ok(set),
+        self.subscribe_with(codes, SubOptions::default()).await
+    }
+
+    /// Joins queue group `group` for `codes` (`SUB <codes> group=<group>`): each frame on them
+    /// goes to one member of the group (docs/hub.md, "Queue groups"). Returns the set the hub
+    /// acknowledged.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe); a bad group name is refused before sending, and the
+    /// hub refuses a group the user may not join (`permission denied: group <name>`).
+    pub async fn subscribe_group(&mut self, codes: &str, group: &str) -> Result<CodeSet, HubError> {
+        let group = group
+            .parse()
+            .map_err(|error: ControlError| HubError::Refused(error.to_string()))?;
+        self.subscribe_with(codes, SubOptions::group(group)).await
+    }
+
+    /// Sends `SUB <codes>` with `options` and returns the set the hub acknowledged.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe), with `OK SUB <list>` and the same options expected.
+    pub async fn subscribe_with(
+        &mut self,
+        codes: &str,
+        options: SubOptions,
+    ) -> Result<CodeSet, HubError> {
+        match self
+            .request_codes(Command::Sub, codes, options.clone())
+            .await?
+        {
+            Reply::Sub(set, acked) if acked == options => Ok(set),
             reply => Err(unexpected(&reply)),
         }
     }
 
     /// Unsubscribes from `codes` (`UNSUB <codes>`, same list syntax as
-    /// [`subscribe`](Self::subscribe)) and returns the set the hub acknowledged.
+    /// [`subscribe`](Self::subscribe)) and returns the set the hub acknowledged. Group
+    /// memberships stay: [`unsubscribe_with`](Self::unsubscribe_with) leaves a group.
     ///
     /// # Errors
     /// As [`subscribe`](Self::subscribe), with `OK UNSUB <list>` expected.
     pub async fn unsubscribe(&mut self, codes: &str) -> Result<CodeSet, HubError> {
-        match self.request_codes(Command::Unsub, codes).await? {
-            Reply::Unsub(set) => Ok(set),
+        self.unsubscribe_with(codes, SubOptions::default()).await
+    }
+
+    /// Sends `UNSUB <codes>` with `options` (`group=<name>` leaves that group for the codes) and
+    /// returns the set the hub acknowledged.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe), with `OK UNSUB <list>` and the same options expected.
+    pub async fn unsubscribe_with(
+        &mut self,
+        codes: &str,
+        options: SubOptions,
+    ) -> Result<CodeSet, HubError> {
+        match self
+            .request_codes(Command::Unsub, codes, options.clone())
+            .await?
+        {
+            Reply::Unsub(set, acked) if acked == options => Ok(set),
             reply => Err(unexpected(&reply)),
         }
     }
 
-    /// Sends the code-list command `command(codes)`, or refuses a list the hub would refuse with
-    /// its reason.
+    /// Sends the code-list command `command(codes, options)`, or refuses a list the hub would
+    /// refuse with its reason.
     async fn request_codes(
         &mut self,
-        command: fn(CodeSet) -> Command,
+        command: fn(CodeSet, SubOptions) -> Command,
         codes: &str,
+        options: SubOptions,
     ) -> Result<Reply, HubError> {
         let codes = codes
             .parse()
             .map_err(|error: ControlError| HubError::Refused(error.to_string()))?;
-        self.command(&command(codes).message()).await
+        self.command(&command(codes, options).message()).await
     }
 
     /// Whether this connection receives its own publications on codes it subscribes to
@@ -847,11 +896,11 @@ mod tests {
         let set = |codes: &[u8]| codes.iter().filter_map(|c| Status::new(*c)).collect();
         assert_eq!(
             parse_reply(b"OK SUB 5,7-9").ok(),
-            Some(Reply::Sub(set(&[5, 7, 8, 9])))
+            Some(Reply::Sub(set(&[5, 7, 8, 9]), SubOptions::default()))
         );
         assert_eq!(
             parse_reply(b"OK UNSUB").ok(),
-            Some(Reply::Unsub(CodeSet::empty()))
+            Some(Reply::Unsub(CodeSet::empty(), SubOptions::default()))
         );
         assert!(matches!(
             parse_reply(b"ERR reserved code 2"),

@@ -180,6 +180,9 @@ pub struct UserConfig {
     pub publish: Option<String>,
     /// Codes the user may subscribe to; absent is none.
     pub subscribe: Option<String>,
+    /// Queue groups the user may join: names, or prefixes ending in `*` (`["workers",
+    /// "scan-*"]`); absent is any group. Joining is subscribing too: `subscribe` applies.
+    pub groups: Option<Vec<String>>,
 }
 
 /// The name and permissions only: a password hash is never shown.
@@ -189,6 +192,7 @@ impl std::fmt::Debug for UserConfig {
             .field("name", &self.name)
             .field("publish", &self.publish)
             .field("subscribe", &self.subscribe)
+            .field("groups", &self.groups)
             .finish_non_exhaustive()
     }
 }

@@ -13,8 +13,8 @@
 //! # Grammar
 //! ```text
 //! command  = ws* word (ws+ args)? ws*        ; words case-insensitive, ws = ASCII whitespace
-//! SUB   <codes>                              ; subscribe
-//! UNSUB <codes>                              ; unsubscribe
+//! SUB   <codes> option*                      ; subscribe (join a group with group=<name>)
+//! UNSUB <codes> option*                      ; unsubscribe (leave a group with group=<name>)
 //! ECHO  on | off                             ; receive own publications (if subscribed)
 //! INFO                                       ; no arguments
 //! SLOW  block | drop | disconnect            ; slow-consumer policy
@@ -23,7 +23,11 @@
 //! codes    = sep* item (sep+ item)* sep*     ; sep = ASCII whitespace or ','
 //! item     = number | number '-' number | '*'
 //! number   = digit+                          ; decimal, leading zeros allowed
+//! option   = key '=' value                   ; key case-insensitive, each key at most once
+//! group=<name>                               ; name: 1-32 of [A-Za-z0-9_.-], case-sensitive
 //! ```
+//! - The code list ends at the first whitespace-separated word holding `=`; every word from there
+//!   on is an option ([`SubOptions`]).
 //! - A range `a-b` is inclusive and has no spaces inside it (`1 - 3` is three tokens, and `-` is
 //!   a bad code).
 //! - `*` stands for every relayable code, `0..=127` except 2 (PING) and 127 (CONTROL). It may be
@@ -40,6 +44,8 @@
 //! ```text
 //! OK SUB <codes>      OK UNSUB <codes>    ; the normalized list (see CodeSet); the word alone
 //!                                         ;   for an empty set
+//! OK SUB <codes> group=<name>             ; joined the group for the codes
+//! OK UNSUB <codes> group=<name>           ; left the group for the codes
 //! OK ECHO on|off      OK SLOW <policy>    ; the setting now, lower case
 //! OK AUTH <user>                          ; authenticated as user
 //! OK INFO <json>                          ; one JSON object: Info
@@ -55,8 +61,13 @@ use std::str::FromStr;
 use crate::frame::{Frame, Status};
 
 mod info;
+mod options;
 
-pub use info::{ClusterView, CounterSnapshot, EventCounts, Info, LimitSettings, SessionCounters};
+pub use info::{
+    ClusterView, CounterSnapshot, EventCounts, GroupMembership, Info, LimitSettings,
+    SessionCounters,
+};
+pub use options::{GroupName, SubOptions, MAX_GROUP_NAME};
 
 /// The status of control frames: 127.
 pub const CONTROL: Status = match Status::new(127) {
@@ -403,10 +414,12 @@ impl fmt::Debug for Password {
 /// One control command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// `SUB <codes>`: add the codes to the session's subscriptions.
-    Sub(CodeSet),
-    /// `UNSUB <codes>`: remove the codes from the session's subscriptions.
-    Unsub(CodeSet),
+    /// `SUB <codes> [options]`: add the codes to the session's subscriptions, or with
+    /// `group=<name>` join that queue group for them.
+    Sub(CodeSet, SubOptions),
+    /// `UNSUB <codes> [options]`: remove the codes from the session's ordinary subscriptions, or
+    /// with `group=<name>` leave that group for them.
+    Unsub(CodeSet, SubOptions),
     /// `ECHO on|off`: whether the session receives its own publications on codes it subscribes to.
     Echo(bool),
     /// `INFO`: ask the hub about the session; the hub builds the reply.
@@ -435,7 +448,7 @@ impl Command {
     /// ```
     /// use tej_hub::hub::control::{CodeSet, Command, ControlError};
     /// let cmd = Command::parse(b"sub 5, 6 8-9\n").unwrap();
-    /// assert_eq!(cmd, Command::Sub("5-6,8-9".parse().unwrap()));
+    /// assert_eq!(cmd, Command::Sub("5-6,8-9".parse().unwrap(), Default::default()));
     /// assert_eq!(cmd.to_string(), "SUB 5-6,8-9");
     /// assert_eq!(Command::parse(b"SUB 5 2"), Err(ControlError::ReservedCode { code: 2 }));
     /// ```
@@ -454,9 +467,11 @@ impl Command {
             .unwrap_or((text, ""));
         let is = |name: &str| word.eq_ignore_ascii_case(name);
         if is("SUB") {
-            codes_argument("SUB", rest).map(Command::Sub)
+            let (codes, options) = codes_and_options("SUB", rest)?;
+            Ok(Command::Sub(codes, options))
         } else if is("UNSUB") {
-            codes_argument("UNSUB", rest).map(Command::Unsub)
+            let (codes, options) = codes_and_options("UNSUB", rest)?;
+            Ok(Command::Unsub(codes, options))
         } else if is("ECHO") {
             let argument = single_argument("ECHO", rest)?;
             if argument.eq_ignore_ascii_case("on") {
@@ -502,8 +517,8 @@ impl Command {
     /// The command word, upper case: `SUB`, `UNSUB`, `ECHO`, `INFO` or `SLOW`.
     pub const fn name(&self) -> &'static str {
         match self {
-            Command::Sub(_) => "SUB",
-            Command::Unsub(_) => "UNSUB",
+            Command::Sub(..) => "SUB",
+            Command::Unsub(..) => "UNSUB",
             Command::Echo(_) => "ECHO",
             Command::Info => "INFO",
             Command::Slow(_) => "SLOW",
@@ -519,8 +534,8 @@ impl Command {
     /// the change acknowledges `Command::Sub(whole_set)` instead.
     pub fn ack(&self) -> Option<Reply> {
         match self {
-            Command::Sub(set) => Some(Reply::Sub(*set)),
-            Command::Unsub(set) => Some(Reply::Unsub(*set)),
+            Command::Sub(set, options) => Some(Reply::Sub(*set, options.clone())),
+            Command::Unsub(set, options) => Some(Reply::Unsub(*set, options.clone())),
             Command::Echo(on) => Some(Reply::Echo(*on)),
             Command::Slow(policy) => Some(Reply::Slow(*policy)),
             Command::Info | Command::Auth { .. } => None,
@@ -552,8 +567,11 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())?;
         match self {
-            Command::Sub(set) | Command::Unsub(set) if !set.is_empty() => write!(f, " {set}"),
-            Command::Sub(_) | Command::Unsub(_) | Command::Info => Ok(()),
+            Command::Sub(set, options) | Command::Unsub(set, options) if !set.is_empty() => {
+                write!(f, " {set}{options}")
+            }
+            Command::Sub(_, options) | Command::Unsub(_, options) => write!(f, "{options}"),
+            Command::Info => Ok(()),
             Command::Echo(on) => f.write_str(if *on { " on" } else { " off" }),
             Command::Slow(policy) => write!(f, " {policy}"),
             // Never the password.
@@ -571,12 +589,31 @@ impl FromStr for Command {
     }
 }
 
-/// The code list after `command`, which must be there.
-fn codes_argument(command: &'static str, rest: &str) -> Result<CodeSet, ControlError> {
-    if rest.is_empty() {
+/// The code list after `command`, which must be there, and the options after it: the list ends
+/// at the first word holding `=`.
+fn codes_and_options(
+    command: &'static str,
+    rest: &str,
+) -> Result<(CodeSet, SubOptions), ControlError> {
+    // Each separator is one ASCII byte, so `at` is the byte offset of `word`.
+    let mut at = 0;
+    let mut codes_end = rest.len();
+    for word in rest.split(|c: char| c.is_ascii_whitespace()) {
+        if word.contains('=') {
+            codes_end = at;
+            break;
+        }
+        at += word.len() + 1;
+    }
+    let (codes, options) = rest.split_at(codes_end);
+    if codes
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .is_empty()
+    {
         return Err(ControlError::MissingArgument { command });
     }
-    rest.parse()
+    let codes = codes.parse()?;
+    Ok((codes, SubOptions::parse(options.split_ascii_whitespace())?))
 }
 
 /// The one whitespace-free argument after `command`.
@@ -629,17 +666,19 @@ pub fn err_reply(reason: impl fmt::Display) -> Frame {
 /// # Examples
 /// ```
 /// use tej_hub::hub::control::{CodeSet, Reply};
-/// let reply = Reply::Sub("5 7-9 8".parse().unwrap());
+/// let reply = Reply::Sub("5 7-9 8".parse().unwrap(), Default::default());
 /// assert_eq!(reply.to_string(), "OK SUB 5,7-9");
 /// assert_eq!(Reply::parse(b"OK SUB 5,7-9"), Ok(reply));
 /// assert_eq!(Reply::parse(b"ERR reserved code 2"), Ok(Reply::Err("reserved code 2".into())));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// `OK SUB <codes>`: the codes are subscribed to (`OK SUB` for none).
-    Sub(CodeSet),
-    /// `OK UNSUB <codes>`: the codes are unsubscribed from (`OK UNSUB` for none).
-    Unsub(CodeSet),
+    /// `OK SUB <codes> [options]`: the codes are subscribed to (`OK SUB` for none), or with
+    /// `group=<name>` the group is joined for them.
+    Sub(CodeSet, SubOptions),
+    /// `OK UNSUB <codes> [options]`: the codes are unsubscribed from (`OK UNSUB` for none), or
+    /// with `group=<name>` the group is left for them.
+    Unsub(CodeSet, SubOptions),
     /// `OK ECHO on|off`: whether the session receives its own publications now.
     Echo(bool),
     /// `OK SLOW <policy>`: the session's slow-consumer policy now.
@@ -684,8 +723,12 @@ impl Reply {
             argument: clip(argument),
         };
         match (word, argument) {
-            ("SUB", codes) => ack_codes("SUB", codes).map(Reply::Sub),
-            ("UNSUB", codes) => ack_codes("UNSUB", codes).map(Reply::Unsub),
+            ("SUB", argument) => {
+                ack_codes("SUB", argument).map(|(set, options)| Reply::Sub(set, options))
+            }
+            ("UNSUB", argument) => {
+                ack_codes("UNSUB", argument).map(|(set, options)| Reply::Unsub(set, options))
+            }
             ("ECHO", Some("on")) => Ok(Reply::Echo(true)),
             ("ECHO", Some("off")) => Ok(Reply::Echo(false)),
             ("ECHO", argument) => Err(bad("ECHO", argument.unwrap_or_default())),
@@ -714,28 +757,44 @@ impl Reply {
     }
 }
 
-/// The code list of `OK <word> <codes>`: absent for the empty set, else non-empty and normalized.
-fn ack_codes(word: &'static str, codes: Option<&str>) -> Result<CodeSet, ReplyError> {
-    let Some(codes) = codes else {
-        return Ok(CodeSet::empty());
+/// The code list and options of `OK <word> [codes] [options]`: the list absent for the empty
+/// set, else normalized; only the text `Display` prints is taken.
+fn ack_codes(
+    word: &'static str,
+    argument: Option<&str>,
+) -> Result<(CodeSet, SubOptions), ReplyError> {
+    let Some(argument) = argument else {
+        return Ok((CodeSet::empty(), SubOptions::default()));
     };
-    codes
-        .parse::<CodeSet>()
-        .ok()
-        .filter(|set| set.to_string() == codes)
-        .ok_or_else(|| ReplyError::BadArgument {
-            word,
-            argument: clip(codes),
-        })
+    let bad = || ReplyError::BadArgument {
+        word,
+        argument: clip(argument),
+    };
+    let mut words = argument.split(' ').peekable();
+    let set = match words.next_if(|codes| !codes.contains('=')) {
+        Some(codes) => codes
+            .parse::<CodeSet>()
+            .ok()
+            .filter(|set| set.to_string() == codes)
+            .ok_or_else(bad)?,
+        None => CodeSet::empty(),
+    };
+    let options = SubOptions::parse(words).map_err(|_| bad())?;
+    // One space between parts, lower-case keys: the canonical text only.
+    let canonical = format!("{set}{options}");
+    if canonical.trim_start() != argument {
+        return Err(bad());
+    }
+    Ok((set, options))
 }
 
 /// The reply's message, as the hub sends it: `OK SUB 5,7-9`, `OK ECHO on`, `OK INFO {..}`,
 /// `ERR reserved code 2`.
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (word, set) = match self {
-            Reply::Sub(set) => ("SUB", set),
-            Reply::Unsub(set) => ("UNSUB", set),
+        let (word, set, options) = match self {
+            Reply::Sub(set, options) => ("SUB", set, options),
+            Reply::Unsub(set, options) => ("UNSUB", set, options),
             Reply::Echo(on) => return f.write_str(if *on { "OK ECHO on" } else { "OK ECHO off" }),
             Reply::Slow(policy) => return write!(f, "OK SLOW {policy}"),
             Reply::Auth(user) => return write!(f, "OK AUTH {user}"),
@@ -748,9 +807,9 @@ impl fmt::Display for Reply {
             Reply::Err(reason) => return write!(f, "ERR {reason}"),
         };
         if set.is_empty() {
-            write!(f, "OK {word}")
+            write!(f, "OK {word}{options}")
         } else {
-            write!(f, "OK {word} {set}")
+            write!(f, "OK {word} {set}{options}")
         }
     }
 }
@@ -863,6 +922,41 @@ pub enum ControlError {
         /// How many files it carries.
         count: usize,
     },
+    /// A word after a code list is not `key=value`.
+    #[error("option {word:?} is not key=value")]
+    BadOption {
+        /// The word as sent, cut to 32 characters.
+        word: String,
+    },
+    /// An option's key is none the command knows (`group`).
+    #[error("unknown option {key:?}")]
+    UnknownOption {
+        /// The key as sent, cut to 32 characters.
+        key: String,
+    },
+    /// An option is given twice.
+    #[error("option {key} given twice")]
+    DuplicateOption {
+        /// The key, lower case.
+        key: &'static str,
+    },
+    /// `group=` with nothing after it.
+    #[error("empty group name")]
+    EmptyGroupName,
+    /// A group name longer than [`MAX_GROUP_NAME`] characters.
+    #[error("group name of {len} characters, more than {max}")]
+    GroupNameTooLong {
+        /// Its length, in characters.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// A group name with a character outside `[A-Za-z0-9_.-]`.
+    #[error("bad group name {name:?}: only A-Z a-z 0-9 _ . - allowed")]
+    BadGroupName {
+        /// The name as sent, cut to 32 characters.
+        name: String,
+    },
 }
 
 /// Status codes and code sets from plain numbers, for the hub's unit tests.
@@ -893,6 +987,70 @@ mod tests {
 
     fn parse(text: &str) -> Result<Command, ControlError> {
         Command::parse(text.as_bytes())
+    }
+
+    fn group(name: &str) -> GroupName {
+        name.parse()
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
+    }
+
+    #[test]
+    fn sub_and_unsub_take_a_group() {
+        let workers = SubOptions::group(group("workers"));
+        assert_eq!(
+            parse("SUB 5 group=workers"),
+            Ok(Command::Sub(set(&[5]), workers.clone()))
+        );
+        assert_eq!(
+            parse("sub 5, 6 7-8  GROUP=workers\n"),
+            Ok(Command::Sub(set(&[5, 6, 7, 8]), workers.clone()))
+        );
+        assert_eq!(
+            parse("UNSUB * group=workers"),
+            Ok(Command::Unsub(CodeSet::relayable(), workers.clone()))
+        );
+        assert_eq!(
+            parse("SUB group=workers"),
+            Err(ControlError::MissingArgument { command: "SUB" })
+        );
+        assert_eq!(
+            parse("SUB 5 group=a b"),
+            Err(ControlError::BadOption { word: "b".into() })
+        );
+        assert_eq!(
+            parse("SUB 5 group=a*"),
+            Err(ControlError::BadGroupName { name: "a*".into() })
+        );
+        assert_eq!(
+            parse("SUB 5 queue=a"),
+            Err(ControlError::UnknownOption {
+                key: "queue".into()
+            })
+        );
+        let command = Command::Sub(set(&[5, 6]), workers.clone());
+        assert_eq!(command.to_string(), "SUB 5-6 group=workers");
+        assert_eq!(parse(&command.message()), Ok(command.clone()));
+        let ack = command.ack().unwrap_or_else(|| Reply::Err(String::new()));
+        assert_eq!(ack.to_string(), "OK SUB 5-6 group=workers");
+        assert_eq!(Reply::parse(b"OK SUB 5-6 group=workers"), Ok(ack));
+        assert_eq!(
+            Reply::parse(b"OK UNSUB 5 group=workers"),
+            Ok(Reply::Unsub(set(&[5]), workers.clone()))
+        );
+        assert_eq!(
+            Reply::parse(b"OK UNSUB group=workers"),
+            Ok(Reply::Unsub(CodeSet::empty(), workers))
+        );
+        for bad in [
+            "OK SUB 5 GROUP=workers",
+            "OK SUB 5  group=workers",
+            "OK SUB 5 group=",
+            "OK SUB 5 group=a group=b",
+            "OK SUB 5 group=workers ",
+            "OK SUB 5 x=y",
+        ] {
+            assert!(Reply::parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1119,15 +1277,30 @@ mod tests {
 
     #[test]
     fn sub_and_unsub() {
-        assert_eq!(parse("SUB 5"), Ok(Command::Sub(set(&[5]))));
-        assert_eq!(parse("sub 5"), Ok(Command::Sub(set(&[5]))));
-        assert_eq!(parse("Sub 5, 6"), Ok(Command::Sub(set(&[5, 6]))));
+        assert_eq!(
+            parse("SUB 5"),
+            Ok(Command::Sub(set(&[5]), SubOptions::default()))
+        );
+        assert_eq!(
+            parse("sub 5"),
+            Ok(Command::Sub(set(&[5]), SubOptions::default()))
+        );
+        assert_eq!(
+            parse("Sub 5, 6"),
+            Ok(Command::Sub(set(&[5, 6]), SubOptions::default()))
+        );
         assert_eq!(
             parse("SUB 1,3 4-6"),
-            Ok(Command::Sub(set(&[1, 3, 4, 5, 6])))
+            Ok(Command::Sub(set(&[1, 3, 4, 5, 6]), SubOptions::default()))
         );
-        assert_eq!(parse("UNSUB 7-9"), Ok(Command::Unsub(set(&[7, 8, 9]))));
-        assert_eq!(parse("unsub *"), Ok(Command::Unsub(CodeSet::relayable())));
+        assert_eq!(
+            parse("UNSUB 7-9"),
+            Ok(Command::Unsub(set(&[7, 8, 9]), SubOptions::default()))
+        );
+        assert_eq!(
+            parse("unsub *"),
+            Ok(Command::Unsub(CodeSet::relayable(), SubOptions::default()))
+        );
         assert_eq!(
             parse("SUB 5 2"),
             Err(ControlError::ReservedCode { code: 2 })
@@ -1294,7 +1467,10 @@ mod tests {
     #[test]
     fn frames() {
         let ok = Frame::message(CONTROL, "SUB 5");
-        assert_eq!(parse_frame(&ok), Ok(Command::Sub(set(&[5]))));
+        assert_eq!(
+            parse_frame(&ok),
+            Ok(Command::Sub(set(&[5]), SubOptions::default()))
+        );
         let with_files = Frame::builder(CONTROL)
             .file("a", &b"x"[..])
             .file("b", &b""[..])
@@ -1312,7 +1488,7 @@ mod tests {
 
     #[test]
     fn replies() {
-        let ok = Reply::Sub(set(&[5])).to_frame();
+        let ok = Reply::Sub(set(&[5]), SubOptions::default()).to_frame();
         assert_eq!(ok.status, CONTROL);
         assert!(ok.files.is_empty());
         assert_eq!(ok.message, "OK SUB 5");
@@ -1325,11 +1501,23 @@ mod tests {
     /// Every reply the hub sends, as the hub sends it.
     fn every_reply() -> Vec<(Reply, &'static str)> {
         vec![
-            (Reply::Sub(set(&[5, 7, 8, 9])), "OK SUB 5,7-9"),
-            (Reply::Sub(CodeSet::relayable()), "OK SUB 0-1,3-126"),
-            (Reply::Sub(CodeSet::empty()), "OK SUB"),
-            (Reply::Unsub(set(&[3])), "OK UNSUB 3"),
-            (Reply::Unsub(CodeSet::empty()), "OK UNSUB"),
+            (
+                Reply::Sub(set(&[5, 7, 8, 9]), SubOptions::default()),
+                "OK SUB 5,7-9",
+            ),
+            (
+                Reply::Sub(CodeSet::relayable(), SubOptions::default()),
+                "OK SUB 0-1,3-126",
+            ),
+            (
+                Reply::Sub(CodeSet::empty(), SubOptions::default()),
+                "OK SUB",
+            ),
+            (Reply::Unsub(set(&[3]), SubOptions::default()), "OK UNSUB 3"),
+            (
+                Reply::Unsub(CodeSet::empty(), SubOptions::default()),
+                "OK UNSUB",
+            ),
             (Reply::Echo(true), "OK ECHO on"),
             (Reply::Echo(false), "OK ECHO off"),
             (Reply::Slow(SlowPolicy::Block), "OK SLOW block"),
@@ -1411,6 +1599,10 @@ mod tests {
             session: 3,
             peer: SocketAddr::from(([127, 0, 0, 1], 53960)),
             subscriptions: set(&[5, 7, 8, 9]),
+            groups: vec![GroupMembership {
+                name: group("workers"),
+                codes: set(&[6]),
+            }],
             user: Some("alice".into()),
             denied_frames: 1,
             echo: true,
@@ -1449,6 +1641,8 @@ mod tests {
                     refused_connections: 6,
                     tls_failures: 7,
                     cluster_dropped_frames: 8,
+                    group_moved_frames: 9,
+                    group_cut_frames: 10,
                 },
             },
             cluster: Some(ClusterView {
@@ -1495,13 +1689,14 @@ mod tests {
         };
         assert_eq!(
             keys(&json),
-            "cluster,counters,denied_frames,dropped_frames,echo,hub,limits,peer,pending_bytes,\
-             session,slow_consumer,subscriptions,user,version"
+            "cluster,counters,denied_frames,dropped_frames,echo,groups,hub,limits,peer,\
+             pending_bytes,session,slow_consumer,subscriptions,user,version"
         );
         assert_eq!(
             keys(&json["hub"]),
             "auth_failures,cluster_dropped_frames,connections,denied_frames,dropped_frames,\
-             open_connections,refused_connections,slow_consumers,tls_failures,unrouted_frames"
+             group_cut_frames,group_moved_frames,open_connections,refused_connections,\
+             slow_consumers,tls_failures,unrouted_frames"
         );
         assert_eq!(
             serde_json::from_value::<Info>(json).ok(),
@@ -1540,7 +1735,7 @@ mod tests {
         assert_eq!(ack("slow DROP"), Some("OK SLOW drop".into()));
         assert_eq!(ack("info"), None);
         assert_eq!(
-            Command::Unsub(CodeSet::empty())
+            Command::Unsub(CodeSet::empty(), SubOptions::default())
                 .ack()
                 .map(|r| r.to_string()),
             Some("OK UNSUB".into())
@@ -1549,8 +1744,14 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(Command::Sub(CodeSet::empty()).name(), "SUB");
-        assert_eq!(Command::Unsub(CodeSet::empty()).name(), "UNSUB");
+        assert_eq!(
+            Command::Sub(CodeSet::empty(), SubOptions::default()).name(),
+            "SUB"
+        );
+        assert_eq!(
+            Command::Unsub(CodeSet::empty(), SubOptions::default()).name(),
+            "UNSUB"
+        );
         assert_eq!(Command::Echo(true).name(), "ECHO");
         assert_eq!(Command::Info.name(), "INFO");
         assert_eq!(Command::Slow(SlowPolicy::Block).name(), "SLOW");
@@ -1709,8 +1910,8 @@ mod tests {
         fn replies_round_trip(bits in any::<u128>(), reason in "[ -~]{1,40}", user in "[!-~]{1,20}") {
             let set = CodeSet::from_bits(bits).intersection(CodeSet::relayable());
             for reply in [
-                Reply::Sub(set),
-                Reply::Unsub(set),
+                Reply::Sub(set, SubOptions::default()),
+                Reply::Unsub(set, SubOptions::default()),
                 Reply::Err(reason.clone()),
                 Reply::Auth(user.clone()),
             ] {
@@ -1737,7 +1938,7 @@ mod tests {
             let set = CodeSet::from_bits(bits).intersection(CodeSet::relayable());
             prop_assume!(!set.is_empty());
             prop_assert_eq!(set.to_string().parse::<CodeSet>(), Ok(set));
-            prop_assert_eq!(parse(&Command::Sub(set).to_string()), Ok(Command::Sub(set)));
+            prop_assert_eq!(parse(&Command::Sub(set, SubOptions::default()).to_string()), Ok(Command::Sub(set, SubOptions::default())));
             prop_assert_eq!(set.iter().count(), set.len());
         }
 

@@ -19,8 +19,8 @@
 //! - Connections: `session` (the actor per connection), `router` (registration and
 //!   subscriptions, the only writer of the subscription table),
 //!   [`control`] (the control grammar), `client` ([`HubClient`], for applications).
-//! - `delivery`: the data path — relay codec, publisher, subscription table, outbox, flow
-//!   control, transport, idle buffers; its module doc states the ordering rules and the lock order.
+//! - `delivery`: the data path — relay codec, publisher, subscription table, queue groups,
+//!   outbox, flow control, transport, idle buffers; its module doc states the ordering rules and the lock order.
 //! - Admission and identity: `admission` (connection limits, ingress rate), [`auth`] (users,
 //!   permissions), [`tls`] (the TLS listener), [`config`] (settings from TOML and flags).
 //! - `ops`: operating a running hub — shutdown, drain, reload, the live settings, the counters
@@ -169,8 +169,9 @@ pub async fn run_announced(
         _ => None,
     };
     let (router_table, router_cluster) = (table.clone(), cluster.clone());
+    let router_counters = counters.clone();
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
-        Router::new(router_table, router_cluster)
+        Router::new(router_table, router_cluster, router_counters)
     });
     info!(%listen, workers = workers.len(), "hub started");
     let state = Arc::new(HubState::new(

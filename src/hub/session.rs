@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::codec::{CodecError, Limits, TejCodec};
 use crate::frame::{Frame, Status};
 use crate::hub::admission::IngressLimit;
-use crate::hub::auth::{Access, Authenticated, Users};
+use crate::hub::auth::{Access, Authenticated, Permissions, Users};
 use crate::hub::cluster::Cluster;
 use crate::hub::config::HubConfig;
 use crate::hub::control::{
@@ -41,7 +41,9 @@ use crate::hub::delivery::relay::{Piece, RelayCodec};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::transport::{ReadHalf, Transport};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters, SessionStats};
-use crate::hub::router::{Query, Register, Router, Subscribe, Unregister, Unsubscribe};
+use crate::hub::router::{
+    Leave, Query, Register, Router, Subscribe, Subscriptions, Unregister, Unsubscribe,
+};
 
 /// A session's id. The accept loop allocates them from a counter, so they are unique and increasing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -377,6 +379,7 @@ impl Session {
                     counters: counters.clone(),
                     stats: stats.clone(),
                     open,
+                    table: Arc::downgrade(&table),
                 },
             );
             counters.sessions.insert(&outbox);
@@ -485,13 +488,24 @@ impl Session {
         let id = self.id;
         let ack = command.ack().map(|reply| reply.to_frame());
         match command {
-            Command::Sub(codes) => match self.access.subscription(codes) {
+            Command::Sub(codes, options) => match self.access.subscription(codes) {
                 Ok(codes) => {
+                    if let Some(name) = options.group.as_ref().filter(|n| !self.access.may_join(n))
+                    {
+                        let reason = format!("permission denied: group {name}");
+                        return self.reply(&control::err_reply(reason), ctx);
+                    }
                     // The router queues the OK itself, before publishers see the subscription.
-                    let Ok(ack) = Reply::Sub(codes).to_frame().to_wire() else {
+                    let Ok(ack) = Reply::Sub(codes, options.clone()).to_frame().to_wire() else {
                         return;
                     };
-                    let done = self.router.send(Subscribe { id, codes, ack });
+                    let group = options.group;
+                    let done = self.router.send(Subscribe {
+                        id,
+                        codes,
+                        ack,
+                        group,
+                    });
                     self.after_router(done, None, ctx);
                 }
                 Err(denied) => {
@@ -499,8 +513,9 @@ impl Session {
                     self.reply(&control::err_reply(reason), ctx);
                 }
             },
-            Command::Unsub(codes) => {
-                let done = self.router.send(Unsubscribe { id, codes });
+            Command::Unsub(codes, options) => {
+                let from = options.group.map_or(Leave::Ordinary, Leave::Group);
+                let done = self.router.send(Unsubscribe { id, codes, from });
                 self.after_router(done, ack, ctx);
             }
             Command::Echo(on) => {
@@ -516,9 +531,11 @@ impl Session {
                 let query = self.router.send(Query { id });
                 // Wait: no other frame of this session is handled before the answer is queued,
                 // so replies keep the order of the commands.
-                ctx.wait(query.into_actor(self).map(|codes, session, ctx| {
-                    let reply = match codes {
-                        Ok(codes) => Reply::Info(Box::new(session.info(codes))).to_frame(),
+                ctx.wait(query.into_actor(self).map(|subscriptions, session, ctx| {
+                    let reply = match subscriptions {
+                        Ok(subscriptions) => {
+                            Reply::Info(Box::new(session.info(subscriptions))).to_frame()
+                        }
                         Err(_) => control::err_reply("hub is shutting down"),
                     };
                     session.reply(&reply, ctx);
@@ -552,12 +569,11 @@ impl Session {
             match verified {
                 Ok(Ok(Some(authenticated))) => {
                     info!(session = %session.id, peer = %session.peer, user = %authenticated.user, "authenticated");
-                    let permissions = authenticated.permissions;
+                    let permissions = authenticated.permissions.clone();
                     session.publisher.allow(permissions.publish);
                     session.access.grant(authenticated);
                     let ack = Some(Reply::Auth(user).to_frame());
-                    let (id, codes) = (session.id, permissions.subscribe.complement());
-                    let done = session.router.send(Unsubscribe { id, codes });
+                    let done = session.narrow(permissions);
                     session.after_router(done, ack, ctx);
                 }
                 Ok(Ok(None)) => {
@@ -606,13 +622,30 @@ impl Session {
         }
     }
 
-    /// This session's `INFO`, subscribed to `subscriptions`.
-    fn info(&self, subscriptions: CodeSet) -> Info {
+    /// Tells the router to drop the subscriptions and group memberships `permissions` no longer
+    /// cover; the returned request is answered once it has.
+    fn narrow(&self, permissions: Permissions) -> Request<Router, Unsubscribe> {
+        let id = self.id;
+        self.router.do_send(Unsubscribe {
+            id,
+            codes: CodeSet::relayable(),
+            from: Leave::GroupsDenied(permissions.groups),
+        });
+        self.router.send(Unsubscribe {
+            id,
+            codes: permissions.subscribe.complement(),
+            from: Leave::Everything,
+        })
+    }
+
+    /// This session's `INFO`, with its `subscriptions` and groups.
+    fn info(&self, subscriptions: Subscriptions) -> Info {
         Info {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             session: self.id.get(),
             peer: self.peer,
-            subscriptions,
+            subscriptions: subscriptions.codes,
+            groups: subscriptions.groups,
             user: self.access.user().map(str::to_owned),
             denied_frames: self.access.denied_frames(),
             echo: self.publisher.echo(),
@@ -775,8 +808,7 @@ impl Handler<Reauthorize> for Session {
             Ok(permissions) => {
                 let permissions = permissions.unwrap_or_default();
                 self.publisher.allow(permissions.publish);
-                let (id, codes) = (self.id, permissions.subscribe.complement());
-                let done = self.router.send(Unsubscribe { id, codes });
+                let done = self.narrow(permissions);
                 self.after_router(done, None, ctx);
             }
             Err(revoked) => {

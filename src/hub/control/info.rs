@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CodeSet, SlowPolicy};
+use super::{CodeSet, GroupName, SlowPolicy};
 
 /// The reply to `INFO` (`OK INFO <json>`): this session's state, the hub's limits and counters.
 ///
 /// ```json
 /// {"version":"0.1.0","session":3,"peer":"127.0.0.1:53960","subscriptions":[5,7,8,9],
-///  "user":"alice","denied_frames":0,"echo":false,
+///  "groups":[{"name":"workers","codes":[6]}],"user":"alice","denied_frames":0,"echo":false,
 ///  "slow_consumer":"drop","pending_bytes":0,"dropped_frames":2,
 ///  "limits":{"max_frame_bytes":17179869184,...},
 ///  "counters":{"frames_in":4,"frames_out":4,"bytes_in":96,"bytes_out":154},
@@ -54,6 +54,10 @@ pub struct Info {
     /// The codes this session is subscribed to: a JSON array of numbers, ascending.
     #[serde(with = "code_list")]
     pub subscriptions: CodeSet,
+    /// The queue groups this session is a member of, by name, each with its codes (absent from
+    /// an older hub's `INFO`: none).
+    #[serde(default)]
+    pub groups: Vec<GroupMembership>,
     /// The authenticated user; `null` when anonymous.
     pub user: Option<String>,
     /// This session's publications on codes it may not publish on.
@@ -74,6 +78,17 @@ pub struct Info {
     pub hub: CounterSnapshot,
     /// The cluster link; `null` unless the hub is in a cluster (`--cluster`).
     pub cluster: Option<ClusterView>,
+}
+
+/// A session's membership of one queue group, as `INFO` shows it (`groups`):
+/// `{"name":"workers","codes":[5,6]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembership {
+    /// The group's name.
+    pub name: GroupName,
+    /// The codes the session takes frames of as a member of it: a JSON array, ascending.
+    #[serde(with = "code_list")]
+    pub codes: CodeSet,
 }
 
 /// One session's traffic, as `INFO` shows it (`counters`).
@@ -152,6 +167,12 @@ pub struct EventCounts {
     pub tls_failures: u64,
     /// Frames that should have crossed to other hubs and could not (0 off a cluster).
     pub cluster_dropped_frames: u64,
+    /// Queue-group frames moved from a leaving member to another (0 from an older hub).
+    #[serde(default)]
+    pub group_moved_frames: u64,
+    /// Queue-group frames cut: partly written to (or streamed to) a member that left.
+    #[serde(default)]
+    pub group_cut_frames: u64,
 }
 
 /// The cluster link as `INFO` and `/varz` show it (docs/cluster.md).

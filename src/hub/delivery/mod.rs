@@ -4,8 +4,10 @@
 //! - [`relay`]: `RelayCodec` cuts a connection's bytes into `Piece`s (whole frames, or a large
 //!   frame's chunks as they arrive).
 //! - [`publisher`]: `Publisher` picks a piece's targets and offers it to each.
-//! - [`table`]: `SubscriptionTable`, per code the subscribers' outboxes; written by the router,
-//!   read by publishers.
+//! - [`table`]: `SubscriptionTable`, per code the subscribers' outboxes and queue groups;
+//!   written by the router, read by publishers.
+//! - [`groups`]: queue groups — the choice of the member a frame goes to, and the move of a
+//!   leaving member's unstarted frames to another.
 //! - [`outbox`]: `Outbox`, a subscriber's socket and stream state behind one lock; write-through,
 //!   held frames, slow-consumer policies; its writer task.
 //! - [`flow`]: `Gate` (a publisher's read gate) and `Backlog` (a subscriber's queued bytes).
@@ -37,11 +39,14 @@
 //!   queue lock is released), admission's per-address counts, the live settings
 //!   (`ops::HubState`), a session's recorded codes (`ops::counters`).
 //! - No thread holds two outbox locks at once: a publisher offers a piece to one subscriber at a
-//!   time, the router changes one session's subscriptions at a time.
+//!   time, the router changes one session's subscriptions at a time, and a leaving group member's
+//!   frames are taken out under its own lock, which is released before they are offered to
+//!   another member.
 //!
 //! docs/architecture.md draws the path and explains each rule.
 
 pub(crate) mod flow;
+pub(crate) mod groups;
 pub(crate) mod idle;
 pub(crate) mod outbox;
 pub(crate) mod publisher;

@@ -24,11 +24,19 @@
 //!
 //! A subscriber's own replies (control answers, pings) go through the same path, after the
 //! streamed frame on the wire if there is one.
+//!
+//! Pieces given through a queue group (`delivery/groups.rs`) are tagged with their group
+//! ([`Origin`]). When the member leaves the group (`UNSUB ... group=`) or the hub (closed, cut
+//! as slow), its whole group frames that no byte of has reached the socket — queued behind what
+//! the writer has in hand, or held complete — are taken out under this lock and, once it is
+//! released, given to another member ([`groups::redispatch`]); a group frame already started is
+//! left to finish or, when the connection ends, counted as cut. On TLS a sealed piece keeps its
+//! plaintext beside its records (a refcount, not a copy) so that it can still move.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -37,10 +45,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::frame::Status;
 use crate::hub::auth::Users;
-use crate::hub::control::SlowPolicy;
+use crate::hub::control::{CodeSet, GroupName, SlowPolicy};
 use crate::hub::delivery::flow::{Backlog, Gate};
+use crate::hub::delivery::groups::{self, GroupStats, MovedFrame};
 use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::transport::WriteHalf;
 use crate::hub::ops::counters::{worth_a_line, SessionStats};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
@@ -82,10 +93,45 @@ pub(crate) enum ReplyRefused {
     TooManyHeld,
 }
 
+/// The queue group a piece was given through, and where it sits in its frame.
+#[derive(Clone, Debug)]
+struct Origin {
+    group: Arc<GroupStats>,
+    status: Status,
+    kind: PieceKind,
+    /// A sealed piece's plaintext, so that it can still move to another member.
+    plain: Option<Bytes>,
+}
+
+impl Origin {
+    fn new(group: Arc<GroupStats>, status: Status, kind: PieceKind) -> Origin {
+        Origin {
+            group,
+            status,
+            kind,
+            plain: None,
+        }
+    }
+}
+
+/// The kind of the `at`-th of `count` pieces of a held or moved frame whose first piece ends
+/// `first_frames` frames (a whole piece ends at least one, a streamed frame's first none).
+fn kind_at(at: usize, count: usize, complete: bool, first_frames: u32) -> PieceKind {
+    match at {
+        0 if first_frames > 0 => PieceKind::Whole,
+        0 => PieceKind::First,
+        at if complete && at + 1 == count => PieceKind::Last,
+        _ => PieceKind::Middle,
+    }
+}
+
 /// A frame held for a subscriber while another publisher's streamed frame is on its wire.
 #[derive(Debug)]
 struct Held {
     from: SessionId,
+    status: Status,
+    /// The group it was given through, if any.
+    group: Option<Arc<GroupStats>>,
     /// The publisher's read gate, closed while this frame is too large to wait (`blocking`).
     gate: Arc<Gate>,
     pieces: Vec<(Bytes, u32)>,
@@ -108,6 +154,23 @@ struct Queued {
     /// sealed into records. Sealed pieces are a prefix of the queue (a publisher seals only when
     /// the queue is empty, the writer only its front), so records go out in the order sealed.
     sealed: bool,
+    /// Whether part of them has reached the socket.
+    started: bool,
+    /// The group they were given through, if any (boxed: most pieces have none, and the queue
+    /// keeps its slots).
+    group: Option<Box<Origin>>,
+}
+
+impl Queued {
+    /// The piece's plaintext, if no byte of it has reached the socket (`tls`: the connection
+    /// seals what it sends).
+    fn unstarted(&self, tls: bool) -> Option<Bytes> {
+        match (self.started, tls && self.sealed) {
+            (true, _) => None,
+            (false, false) => Some(self.bytes.clone()),
+            (false, true) => self.group.as_ref().and_then(|origin| origin.plain.clone()),
+        }
+    }
 }
 
 /// A subscriber's stream state, behind its [`Outbox`]'s lock.
@@ -118,6 +181,10 @@ struct StreamState {
     policy: SlowPolicy,
     /// The publisher whose streamed frame is on the wire (started, not ended).
     current: Option<SessionId>,
+    /// The group that frame was given through, if any (its later pieces are tagged with it).
+    current_group: Option<Origin>,
+    /// How many pieces at the queue's front the writer has in hand (being written).
+    writing: usize,
     /// Frames of other publishers waiting for `current`'s frame to end, in arrival order.
     held: VecDeque<Held>,
     /// The session's own replies waiting for `current`'s frame to end.
@@ -166,6 +233,8 @@ pub(crate) struct Outbox {
     abort: CancellationToken,
     /// Cancelled by the writer when it has ended, however it ended.
     done: CancellationToken,
+    /// Where a leaving member's group frames find another member.
+    table: Weak<SubscriptionTable>,
 }
 
 /// The session an outbox belongs to, and what it counts in: what [`Outbox::start`] shares with
@@ -182,6 +251,8 @@ pub(crate) struct OutboxContext {
     pub stats: Arc<SessionStats>,
     /// Dropped, and so counted closed, when the writer ends.
     pub open: ConnectionGuard,
+    /// The hub's subscription table, for moving group frames when the session leaves.
+    pub table: Weak<SubscriptionTable>,
 }
 
 impl Outbox {
@@ -199,6 +270,7 @@ impl Outbox {
             counters,
             stats,
             open,
+            table,
         } = context;
         let outbox = Arc::new(Outbox {
             id,
@@ -207,6 +279,8 @@ impl Outbox {
                 queue: VecDeque::new(),
                 policy,
                 current: None,
+                current_group: None,
+                writing: 0,
                 held: VecDeque::new(),
                 replies: Vec::new(),
                 reply_bytes: 0,
@@ -223,6 +297,7 @@ impl Outbox {
             bytes_out: AtomicU64::new(0),
             abort: CancellationToken::new(),
             done: CancellationToken::new(),
+            table,
         });
         actix_rt::spawn(write_loop(outbox.clone(), open));
         outbox
@@ -242,6 +317,11 @@ impl Outbox {
     /// Bytes queued and not yet written.
     pub(crate) fn pending(&self) -> u64 {
         self.backlog.pending()
+    }
+
+    /// Whether the bytes queued are at or over the slow-consumer mark.
+    pub(crate) fn is_full(&self) -> bool {
+        self.backlog.is_full()
     }
 
     /// Frames skipped for this subscriber under `drop`.
@@ -307,6 +387,28 @@ impl Outbox {
     /// or held while another publisher's streamed frame is on the wire, under the subscriber's
     /// slow-consumer policy.
     pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> Offer {
+        self.offer_tagged(from, gate, piece, None)
+    }
+
+    /// [`offer`](Self::offer) of a frame's start given to this member through `group`: the frame
+    /// is tagged with it (its later pieces too), so that it can move if the member leaves.
+    pub(crate) fn offer_in_group(
+        &self,
+        from: SessionId,
+        gate: &Arc<Gate>,
+        piece: &Piece,
+        group: &Arc<GroupStats>,
+    ) -> Offer {
+        self.offer_tagged(from, gate, piece, Some(group))
+    }
+
+    fn offer_tagged(
+        &self,
+        from: SessionId,
+        gate: &Arc<Gate>,
+        piece: &Piece,
+        group: Option<&Arc<GroupStats>>,
+    ) -> Offer {
         let mut state = self.lock();
         if state.refusing {
             return Offer::Skipped;
@@ -316,7 +418,7 @@ impl Outbox {
             // The rest of a frame this subscriber is not taking (it was dropped while held).
             (None, false) => return Offer::Skipped,
             (Some(current), false) if current == from => {}
-            (Some(_), _) => return self.hold(&mut state, from, gate, piece),
+            (Some(_), _) => return self.hold(&mut state, from, gate, piece, group),
         }
         let len = piece.bytes.len() as u64;
         let fits = if piece.kind.starts_frame() {
@@ -338,7 +440,18 @@ impl Outbox {
                 }
             }
         }
-        self.push(&mut state, piece.bytes.clone(), piece.frames);
+        let origin = match (piece.kind.starts_frame(), group) {
+            (true, Some(group)) => Some(Origin::new(group.clone(), piece.status, piece.kind)),
+            (true, None) => None,
+            (false, _) => state.current_group.clone().map(|origin| Origin {
+                kind: piece.kind,
+                ..origin
+            }),
+        };
+        if piece.kind == PieceKind::First {
+            state.current_group = origin.clone();
+        }
+        self.push(&mut state, piece.bytes.clone(), piece.frames, origin);
         match piece.kind {
             PieceKind::First => state.current = Some(from),
             PieceKind::Last => self.end_frame(&mut state),
@@ -355,10 +468,13 @@ impl Outbox {
         from: SessionId,
         gate: &Arc<Gate>,
         piece: &Piece,
+        group: Option<&Arc<GroupStats>>,
     ) -> Offer {
         if piece.kind.starts_frame() {
             state.held.push_back(Held {
                 from,
+                status: piece.status,
+                group: group.cloned(),
                 gate: gate.clone(),
                 pieces: Vec::new(),
                 bytes: 0,
@@ -407,19 +523,29 @@ impl Outbox {
     /// frames held behind it, up to the next one still streaming.
     fn end_frame(&self, state: &mut StreamState) {
         state.current = None;
+        state.current_group = None;
         state.reply_bytes = 0;
         for reply in std::mem::take(&mut state.replies) {
-            self.push(state, reply, 1);
+            self.push(state, reply, 1, None);
         }
         while state.current.is_none() {
             let Some(held) = state.held.pop_front() else {
                 return;
             };
-            for (bytes, frames) in held.pieces {
-                self.push(state, bytes, frames);
+            let count = held.pieces.len();
+            let first_frames = held.pieces.first().map_or(0, |(_, frames)| *frames);
+            let origin = |at: usize| {
+                held.group.as_ref().map(|group| {
+                    let kind = kind_at(at, count, held.complete, first_frames);
+                    Origin::new(group.clone(), held.status, kind)
+                })
+            };
+            for (at, (bytes, frames)) in held.pieces.iter().enumerate() {
+                self.push(state, bytes.clone(), *frames, origin(at));
             }
             if !held.complete {
                 state.current = Some(held.from);
+                state.current_group = origin(1);
             }
             if held.blocking {
                 held.gate.open();
@@ -438,10 +564,16 @@ impl Outbox {
     /// Writes `bytes` through if nothing is queued and they are small (sealed into TLS records
     /// first on a TLS connection); queues (and charges) what the socket does not take, or all of
     /// a large piece (the writer seals it), and wakes the writer.
-    fn push(&self, state: &mut StreamState, bytes: Bytes, frames: u32) {
+    fn push(&self, state: &mut StreamState, bytes: Bytes, frames: u32, group: Option<Origin>) {
         let was_empty = state.queue.is_empty();
         let mut sealed = !self.socket.seals();
+        let mut started = false;
+        let mut group = group.map(Box::new);
         let rest = if was_empty && bytes.len() <= WRITE_THROUGH_MAX {
+            if let Some(origin) = group.as_mut().filter(|_| self.socket.seals()) {
+                // A group frame sealed here may still have to move if nothing of it is written.
+                origin.plain = Some(bytes.clone());
+            }
             let bytes = match self.socket.seal(&bytes) {
                 Ok(records) => records,
                 Err(error) => {
@@ -459,6 +591,7 @@ impl Outbox {
                             .fetch_add(u64::from(frames), Ordering::Relaxed);
                         return;
                     }
+                    started = written > 0;
                     bytes.slice(written..)
                 }
                 // Not writable now, or failed: the writer finds out which and acts.
@@ -472,6 +605,8 @@ impl Outbox {
             bytes: rest,
             frames,
             sealed,
+            started,
+            group,
         });
         if was_empty {
             state.progress = Instant::now();
@@ -509,7 +644,7 @@ impl Outbox {
             return Ok(());
         }
         if state.current.is_none() {
-            self.push(state, wire_bytes, 1);
+            self.push(state, wire_bytes, 1, None);
             return Ok(());
         }
         state.reply_bytes += wire_bytes.len() as u64;
@@ -565,9 +700,10 @@ impl Outbox {
         }
     }
 
-    /// Lets the writer finish what is queued, within `deadline`, then shut the socket.
+    /// Lets the writer finish what is queued, within `deadline`, then shut the socket. Group
+    /// frames not started go to other members instead.
     pub(crate) fn close(&self, deadline: Duration) {
-        {
+        let moved = {
             let mut state = self.lock();
             if state.closed {
                 return;
@@ -575,7 +711,9 @@ impl Outbox {
             state.closed = true;
             state.refusing = true;
             release_held(&mut state);
-        }
+            self.take_group_frames(&mut state, |_| true, true)
+        };
+        self.redispatch(moved);
         self.wake.notify_one();
         let abort = self.abort.clone();
         let done = self.done.clone();
@@ -587,15 +725,133 @@ impl Outbox {
         });
     }
 
-    /// Stops writing at once and shuts the socket.
+    /// Stops writing at once and shuts the socket. Group frames not started go to other
+    /// members.
     pub(crate) fn abort(&self) {
-        {
+        let moved = {
             let mut state = self.lock();
             state.closed = true;
             state.refusing = true;
             release_held(&mut state);
-        }
+            self.take_group_frames(&mut state, |_| true, true)
+        };
+        self.redispatch(moved);
         self.abort.cancel();
+    }
+
+    /// The session left group `name` for `codes` (the router has taken it out of their lists):
+    /// the group's frames queued or held here and not started go to other members.
+    pub(crate) fn leave_group(&self, name: &GroupName, codes: CodeSet) {
+        let moved = {
+            let mut state = self.lock();
+            let leaving =
+                |origin: &Origin| origin.group.name == *name && codes.contains(origin.status);
+            self.take_group_frames(&mut state, leaving, false)
+        };
+        self.redispatch(moved);
+    }
+
+    fn redispatch(&self, moved: Vec<MovedFrame>) {
+        if moved.is_empty() {
+            return;
+        }
+        match self.table.upgrade() {
+            Some(table) => groups::redispatch(&table, &self.counters, self.id, moved),
+            None => {
+                for frame in moved {
+                    frame.group.count_cut(1);
+                }
+            }
+        }
+    }
+
+    /// Takes out the whole group frames `leaving` selects that no byte of has reached the
+    /// socket, in order: queued behind what the writer has in hand, then held complete. Sealed
+    /// TLS pieces move only when the connection is `closing` (records taken out of the middle
+    /// of a live TLS stream would break it).
+    fn take_group_frames(
+        &self,
+        state: &mut StreamState,
+        leaving: impl Fn(&Origin) -> bool,
+        closing: bool,
+    ) -> Vec<MovedFrame> {
+        let tls = self.socket.seals();
+        let selected = |queued: &Queued| {
+            queued.group.as_deref().is_some_and(&leaving) && (closing || !tls || !queued.sealed)
+        };
+        let mut moved = Vec::new();
+        if state.queue.iter().skip(state.writing).any(&selected) {
+            let mut kept = VecDeque::with_capacity(state.queue.len());
+            let mut discharged = 0;
+            let mut entries = std::mem::take(&mut state.queue).into_iter().enumerate();
+            while let Some((at, queued)) = entries.next() {
+                let starts = queued
+                    .group
+                    .as_ref()
+                    .is_some_and(|origin| origin.kind.starts_frame());
+                if at < state.writing || !starts || !selected(&queued) {
+                    kept.push_back(queued);
+                    continue;
+                }
+                // A streamed frame's pieces follow each other in the queue (other frames are
+                // held while it is on the wire).
+                let mut frame = vec![queued];
+                while !frame
+                    .last()
+                    .and_then(|last| last.group.as_ref())
+                    .is_some_and(|origin| origin.kind.ends_frame())
+                {
+                    match entries.next() {
+                        Some((_, next)) => frame.push(next),
+                        None => break,
+                    }
+                }
+                let pieces: Option<Vec<(Bytes, u32)>> = frame
+                    .iter()
+                    .map(|queued| Some((queued.unstarted(tls)?, queued.frames)))
+                    .collect();
+                let complete = frame
+                    .last()
+                    .and_then(|last| last.group.as_ref())
+                    .is_some_and(|origin| origin.kind.ends_frame());
+                let origin = frame
+                    .first()
+                    .and_then(|first| first.group.as_deref().cloned());
+                match (pieces, origin) {
+                    (Some(pieces), Some(origin)) if complete && frame.iter().all(&selected) => {
+                        discharged += frame.iter().map(|q| q.bytes.len() as u64).sum::<u64>();
+                        moved.push(MovedFrame {
+                            status: origin.status,
+                            group: origin.group,
+                            pieces,
+                        });
+                    }
+                    _ => kept.extend(frame),
+                }
+            }
+            state.queue = kept;
+            self.backlog.discharge(discharged);
+        }
+        let held = std::mem::take(&mut state.held);
+        for held in held {
+            let group = held.group.clone().filter(|group| {
+                held.complete && leaving(&Origin::new(group.clone(), held.status, PieceKind::Whole))
+            });
+            match group {
+                Some(group) => {
+                    if held.blocking {
+                        held.gate.open();
+                    }
+                    moved.push(MovedFrame {
+                        status: held.status,
+                        group,
+                        pieces: held.pieces,
+                    });
+                }
+                None => state.held.push_back(held),
+            }
+        }
+        moved
     }
 
     /// One turn of the writer: a vectored write of the front of the queue. The lock is not held
@@ -635,6 +891,8 @@ impl Outbox {
                     break;
                 }
             }
+            // Until the write is accounted for, these are not to be moved.
+            state.writing = batch.len();
         }
         let mut slices = [IoSlice::new(&[]); WRITE_BATCH_SLICES];
         for (slice, piece) in slices.iter_mut().zip(batch.iter()) {
@@ -659,12 +917,14 @@ impl Outbox {
             };
             if front.bytes.len() > left {
                 front.bytes.advance(left);
+                front.started = true;
                 break;
             }
             left -= front.bytes.len();
             frames += u64::from(front.frames);
             state.queue.pop_front();
         }
+        state.writing = 0;
         state.progress = Instant::now();
         self.backlog.discharge(written as u64);
         self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
@@ -689,6 +949,9 @@ impl Outbox {
         };
         self.backlog.charge(records.len() as u64);
         self.backlog.discharge(plain.len() as u64);
+        if let Some(origin) = front.group.as_mut() {
+            origin.plain = Some(plain.clone());
+        }
         front.bytes = records;
         front.sealed = true;
         Flush::Wrote
@@ -696,27 +959,63 @@ impl Outbox {
 
     /// After the writer has ended: nothing more is taken, nothing queued stays charged, and
     /// whoever this subscriber held back goes on.
+    /// Group frames not started go to other members; those started are counted as cut.
     fn finish(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        state.refusing = true;
-        release_held(&mut state);
-        let queued: u64 = state
-            .queue
-            .drain(..)
-            .map(|queued| queued.bytes.len() as u64)
-            .sum();
-        state.replies.clear();
-        self.backlog.discharge(queued);
+        let moved = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.refusing = true;
+            state.writing = 0;
+            release_held(&mut state);
+            let moved = self.take_group_frames(&mut state, |_| true, true);
+            count_cut(
+                state
+                    .queue
+                    .iter()
+                    .filter_map(|queued| Some((queued.group.as_deref()?, queued.frames))),
+            );
+            let queued: u64 = state
+                .queue
+                .drain(..)
+                .map(|queued| queued.bytes.len() as u64)
+                .sum();
+            state.replies.clear();
+            self.backlog.discharge(queued);
+            moved
+        };
         self.backlog.release(true);
+        self.redispatch(moved);
     }
 }
 
-/// Discards the frames held on `state`, opening the gates they held shut.
+/// Counts as cut the group frames among `pieces` (a queue's, in order) that will never be
+/// written whole: each frame once, a frame whose start was written included.
+fn count_cut<'a>(pieces: impl Iterator<Item = (&'a Origin, u32)>) {
+    let mut first = true;
+    for (origin, frames) in pieces {
+        match origin.kind {
+            PieceKind::Whole => origin.group.count_cut(u64::from(frames.max(1))),
+            PieceKind::First => origin.group.count_cut(1),
+            PieceKind::Middle | PieceKind::Last if first => origin.group.count_cut(1),
+            PieceKind::Middle | PieceKind::Last => {}
+        }
+        first = false;
+    }
+}
+
+/// Discards the frames held on `state`, opening the gates they held shut; complete group frames
+/// stay, to move to another member (`take_group_frames`), and incomplete ones count as cut.
 fn release_held(state: &mut StreamState) {
-    for held in state.held.drain(..) {
+    let held = std::mem::take(&mut state.held);
+    for mut held in held {
         if held.blocking {
             held.gate.open();
+            held.blocking = false;
+        }
+        match (&held.group, held.complete) {
+            (Some(_), true) => state.held.push_back(held),
+            (Some(group), false) => group.count_cut(1),
+            (None, _) => {}
         }
     }
 }

@@ -8,6 +8,10 @@
 //! the next one. What each subscriber does with a piece — write it, queue it, hold it behind
 //! another streamed frame, drop it — is its [`Outbox`]'s business.
 //!
+//! A code with queue groups also gives each frame to one member of each group
+//! ([`Group::give`], `groups.rs`); a session that gets it that way is not given it again as an
+//! ordinary subscriber. A code without groups costs one branch more than before.
+//!
 //! In a cluster, a frame whose code another hub wants is also handed to the [`Cluster`] (the
 //! whole frame: the decision is taken at its first piece). Publishers of other hubs are
 //! publishers here too, without a cluster of their own: nothing crosses twice.
@@ -21,6 +25,7 @@ use crate::frame::Status;
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
 use crate::hub::delivery::flow::Gate;
+use crate::hub::delivery::groups::{Group, Groups};
 use crate::hub::delivery::outbox::{Offer, Outbox};
 use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
@@ -46,6 +51,9 @@ pub(crate) struct Publisher {
     cluster: Option<Arc<Cluster>>,
     /// Whether anything of this publisher has crossed (the other hubs are told when it ends).
     crossed: bool,
+    /// The members given the frame being delivered through its code's groups (reused, so a
+    /// frame allocates nothing).
+    given: Vec<Arc<Outbox>>,
 }
 
 /// Where a publisher stands in a streamed frame: its pieces after the first follow the first.
@@ -96,6 +104,7 @@ impl Publisher {
             streamed: Streamed::None,
             cluster,
             crossed: false,
+            given: Vec::new(),
         }
     }
 
@@ -139,8 +148,8 @@ impl Publisher {
                 });
             }
             PieceKind::Whole | PieceKind::First => {
-                let subscribers = self.table.subscribers(piece.status);
-                self.start(piece, &subscribers);
+                let route = self.table.route(piece.status);
+                self.start(piece, &route.subscribers, route.groups.as_ref());
             }
             PieceKind::Middle | PieceKind::Last => self.continue_frame(piece),
         }
@@ -178,26 +187,36 @@ impl Publisher {
             // Never denied: a remote publisher may publish on every relayable code.
             return self.publish(piece).is_ok();
         }
-        let subscribers = self.table.subscribers(piece.status);
-        if subscribers.is_empty() {
+        let route = self.table.route(piece.status);
+        if route.subscribers.is_empty() && route.groups.is_none() {
             return false;
         }
-        self.start(piece, &subscribers);
+        self.start(piece, &route.subscribers, route.groups.as_ref());
         true
     }
 
     /// Delivers a whole frame (or run), or a streamed frame's first piece, to `subscribers`
     /// (the code's, as the table lists them now) and, if another hub wants it, to the cluster.
-    fn start(&mut self, piece: &Piece, subscribers: &[Arc<Outbox>]) {
+    fn start(&mut self, piece: &Piece, subscribers: &[Arc<Outbox>], groups: Option<&Groups>) {
         self.counters.codes.count(piece);
         let streams = piece.kind == PieceKind::First;
         let mut routed = false;
         let mut taking = Vec::new();
+        if let Some(groups) = groups {
+            routed = self.give_to_groups(piece, groups);
+            if streams {
+                taking.extend(self.given.iter().cloned());
+            }
+        }
         for outbox in subscribers {
             if outbox.id() == self.id && !self.echo {
                 continue;
             }
             routed = true;
+            if !self.given.is_empty() && self.given.iter().any(|given| Arc::ptr_eq(given, outbox)) {
+                // It has the frame as a group's member: once is enough.
+                continue;
+            }
             let taken = outbox.offer(self.id, &self.gate, piece) == Offer::Taken;
             if taken && streams {
                 taking.push(outbox.clone());
@@ -212,6 +231,7 @@ impl Publisher {
                 routed = true;
             }
         }
+        self.given.clear();
         if streams {
             self.streamed = Streamed::Delivering {
                 subscribers: taking,
@@ -225,6 +245,23 @@ impl Publisher {
                 .fetch_add(u64::from(piece.frames_begun()), Ordering::Relaxed);
             trace!(session = %self.id, status = %piece.status, "publication without subscribers");
         }
+    }
+
+    /// Gives `piece` to one member of each of `groups` (recorded in `given`); returns whether any
+    /// group has a member that may receive it.
+    fn give_to_groups(&mut self, piece: &Piece, groups: &[Group]) -> bool {
+        let (id, echo) = (self.id, self.echo);
+        let eligible = |outbox: &Outbox| echo || outbox.id() != id;
+        let mut routed = false;
+        for group in groups {
+            routed |= group.members.iter().any(|member| eligible(&member.outbox));
+            if let Some(outbox) = group.give(id, &self.gate, piece, eligible, &self.given) {
+                if !self.given.iter().any(|given| Arc::ptr_eq(given, &outbox)) {
+                    self.given.push(outbox);
+                }
+            }
+        }
+        routed
     }
 
     /// The publisher has ended (or, for a remote one, lost part of its frame): subscribers in

@@ -7,27 +7,55 @@
 //! finds the new subscriber, and a change never waits for a fan-out in progress. A list is copied
 //! on write only while a publisher holds it; otherwise it is changed in place, so 10,000
 //! subscriptions to one code cost 10,000 pushes, not 10,000 copies.
+//!
+//! Each code's queue groups ([`Groups`], `delivery/groups.rs`) sit beside its subscribers under
+//! the same lock, so a publisher reads both at once; a code without groups has `None` there and
+//! costs publishers one branch.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::frame::Status;
+use crate::hub::control::GroupName;
+use crate::hub::delivery::groups::{Group, GroupMember, GroupStats, Groups};
 use crate::hub::delivery::outbox::Outbox;
 
 /// One code's subscribers, in subscription order.
 pub(crate) type Subscribers = Arc<Vec<Arc<Outbox>>>;
 
+/// What a publisher reads for one code.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    /// The ordinary subscribers.
+    pub subscribers: Subscribers,
+    /// The queue groups, `None` when the code has none.
+    pub groups: Option<Groups>,
+}
+
 /// Per code, the outboxes of its subscribers; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct SubscriptionTable {
-    codes: [RwLock<Subscribers>; Status::COUNT],
+    codes: [RwLock<Route>; Status::COUNT],
 }
 
 impl SubscriptionTable {
     /// A table with no subscriber.
     pub(crate) fn new() -> SubscriptionTable {
         SubscriptionTable {
-            codes: std::array::from_fn(|_| RwLock::new(Arc::new(Vec::new()))),
+            codes: std::array::from_fn(|_| {
+                RwLock::new(Route {
+                    subscribers: Arc::new(Vec::new()),
+                    groups: None,
+                })
+            }),
         }
+    }
+
+    /// The subscribers and groups of `status` now.
+    pub(crate) fn route(&self, status: Status) -> Route {
+        self.codes[usize::from(status.code())]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The subscribers of `status` now.
@@ -35,15 +63,66 @@ impl SubscriptionTable {
         self.codes[usize::from(status.code())]
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .subscribers
+            .clone()
+    }
+
+    /// The groups of `status` now.
+    pub(crate) fn groups(&self, status: Status) -> Option<Groups> {
+        self.codes[usize::from(status.code())]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .groups
             .clone()
     }
 
     /// Changes the list of `status`: in place unless a publisher holds it.
     fn change(&self, status: Status, change: impl FnOnce(&mut Vec<Arc<Outbox>>)) {
-        let mut list = self.codes[usize::from(status.code())]
+        let mut route = self.codes[usize::from(status.code())]
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        change(Arc::make_mut(&mut list));
+        change(Arc::make_mut(&mut route.subscribers));
+    }
+
+    /// Changes the groups of `status` (copied if a publisher holds them); a code left without
+    /// a group goes back to `None`.
+    fn change_groups(&self, status: Status, change: impl FnOnce(&mut Vec<Group>)) {
+        let mut route = self.codes[usize::from(status.code())]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let groups = route.groups.get_or_insert_with(|| Arc::new(Vec::new()));
+        change(Arc::make_mut(groups));
+        if groups.is_empty() {
+            route.groups = None;
+        }
+    }
+
+    /// Adds `member` to group `stats` on `status` (the router adds each once).
+    pub(crate) fn join(&self, status: Status, stats: &Arc<GroupStats>, member: GroupMember) {
+        self.change_groups(status, |groups| {
+            match groups
+                .iter_mut()
+                .find(|group| Arc::ptr_eq(&group.stats, stats))
+            {
+                Some(group) => group.members.push(member),
+                None => groups.push(Group {
+                    stats: stats.clone(),
+                    members: vec![member],
+                }),
+            }
+        });
+    }
+
+    /// Takes `outbox` out of group `name` on `status`; a group left without members goes.
+    pub(crate) fn leave(&self, status: Status, name: &GroupName, outbox: &Arc<Outbox>) {
+        self.change_groups(status, |groups| {
+            for group in groups.iter_mut().filter(|group| group.stats.name == *name) {
+                group
+                    .members
+                    .retain(|member| !Arc::ptr_eq(&member.outbox, outbox));
+            }
+            groups.retain(|group| !group.members.is_empty());
+        });
     }
 
     /// Adds `outbox` to the subscribers of `status` (the router adds each once).

@@ -52,6 +52,32 @@ log-format = "json"
 }
 
 
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def record(seq, frame_bytes):
+    """A store record (docs/durability.md): header with CRCs, then the frame."""
+    head = struct.pack('>IQQQI', 0x544A5331, seq, 1_700_000_000_000_000_000 + seq,
+                       len(frame_bytes), crc32c(frame_bytes))
+    return head + struct.pack('>I', crc32c(head)) + frame_bytes
+
+
+LOG = b''.join(record(i + 1, f) for i, f in enumerate(
+    [FRAMES['message'], FRAMES['files'], FRAMES['large'], FRAMES['empty']]))
+STORE_SEEDS = {
+    'log': LOG,
+    'torn': LOG[:-7],
+    'flipped': LOG[:60] + bytes([LOG[60] ^ 4]) + LOG[61:],
+    'lengths': bytes([0, 40, 0, 1]) + bytes([5]) + b'hello' + bytes([0]) + bytes([200]) + bytes(range(200)),
+}
+
+
 def write(target, name, data):
     os.makedirs(f'seeds/{target}', exist_ok=True)
     with open(f'seeds/{target}/{name}', 'wb') as out:
@@ -65,3 +91,5 @@ for i, command in enumerate(COMMANDS):
     write('control', f'{i:02}', command)
 for name, text in CONFIGS.items():
     write('config', name, text.encode())
+for name, data in STORE_SEEDS.items():
+    write('store_recovery', name, data)

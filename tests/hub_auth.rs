@@ -217,23 +217,7 @@ async fn anonymous_connections_get_the_anonymous_permissions() {
 async fn a_python_reference_client_authenticates_with_a_control_frame() {
     let hub = start_hub(secured());
     let port = hub.local_addr().port();
-    let spec = json!([
-        {"status": 127, "files": [], "message": {"text": "AUTH bob builder"}},
-        {"status": 127, "files": [], "message": {"text": "SUB 5"}},
-    ])
-    .to_string();
-    let mut python = PyPeer::client(
-        port,
-        &[
-            "--spec",
-            &spec,
-            "--expect",
-            "3",
-            "--ignore-pings",
-            "--wait",
-            "30",
-        ],
-    );
+    let mut python = PyPeer::commanding(port, &["AUTH bob builder", "SUB 5"], 3);
     assert_eq!(
         python.next_event("received").await["message_text"],
         json!("OK AUTH bob")

@@ -25,19 +25,7 @@ async fn python_subscriber_gets_rust_and_python_publications() {
     let port = hub.local_addr().port();
 
     // The Python subscriber: SUB 5, then the OK and two publications.
-    let spec = json!([{"status": 127, "files": [], "message": {"text": "SUB 5"}}]).to_string();
-    let mut python_sub = PyPeer::client(
-        port,
-        &[
-            "--spec",
-            &spec,
-            "--expect",
-            "3",
-            "--ignore-pings",
-            "--wait",
-            "30",
-        ],
-    );
+    let mut python_sub = PyPeer::commanding(port, &["SUB 5"], 3);
     let ok = python_sub.next_event("received").await;
     assert_eq!(ok["status"], json!(127));
     assert_eq!(ok["message_text"], json!("OK SUB 5"));

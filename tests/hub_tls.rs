@@ -11,6 +11,7 @@ mod pki;
 mod python;
 
 use std::path::Path;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -492,4 +493,68 @@ async fn a_stuck_tls_subscriber_is_cut_at_the_same_pending_bytes_as_a_plain_one(
         tls.abs_diff(plain) <= RECORD,
         "a stuck subscriber took {plain} bytes plain but {tls} over TLS"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_group_member_s_unstarted_frames_move_to_another_member() {
+    // As tests/hub_groups.rs does over plain TCP: a member over TLS that does not read, with 120
+    // streamed 96 KiB frames queued (10.5 MiB, beyond what its socket buffers take), is dropped;
+    // the frames not started on its socket — their plaintext kept beside any sealed records —
+    // reach the other member whole, once each.
+    const FRAMES: usize = 120;
+    const SIZE: usize = 96 * 1024;
+    let pki = Pki::new("groups");
+    let hub = start_hub(HubConfig {
+        cut_through_bytes: 64 * 1024,
+        max_pending_bytes: 64 * MIB as u64,
+        ..pki.hub_config()
+    });
+    let addr = hub.local_addr();
+    let tls = pki.client(None);
+    let join = "SUB 5 group=workers";
+    let mut stuck = framed(addr, Some(&tls), true).await;
+    assert_eq!(command(&mut stuck, join).await, format!("OK {join}"));
+    let mut publisher = framed(addr, Some(&tls), false).await;
+    for seq in 0..FRAMES {
+        let mut message = format!("{seq} ").into_bytes();
+        message.resize(SIZE, b'x');
+        within(
+            PATIENCE,
+            "a feed",
+            publisher.feed(Frame::message(status(5), message)),
+        )
+        .await
+        .expect("feed");
+    }
+    // Its frames are all offered before its INFO is answered.
+    assert!(command(&mut publisher, "INFO").await.starts_with("OK INFO"));
+    let mut other = framed(addr, Some(&tls), false).await;
+    assert_eq!(command(&mut other, join).await, format!("OK {join}"));
+    drop(stuck);
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), other.next()).await
+    {
+        assert_eq!(frame.message.len(), SIZE, "a whole frame");
+        let text = String::from_utf8_lossy(&frame.message[..8]).into_owned();
+        got.push(text.split(' ').next().and_then(|n| n.parse::<usize>().ok()));
+    }
+    let got: Vec<usize> = got
+        .into_iter()
+        .map(|seq| seq.expect("a numbered frame"))
+        .collect();
+    let unique: std::collections::HashSet<usize> = got.iter().copied().collect();
+    assert_eq!(unique.len(), got.len(), "no frame twice: {got:?}");
+    assert!(
+        got.len() >= FRAMES / 2,
+        "only {} of {FRAMES} moved",
+        got.len()
+    );
+    let first = FRAMES - got.len();
+    assert_eq!(unique, (first..FRAMES).collect(), "the frames not started");
+    let info = command(&mut publisher, "INFO").await;
+    assert!(
+        info.contains(&format!("\"group_moved_frames\":{}", got.len())),
+        "{info}"
+    );
+    stop_hub(hub).await;
 }

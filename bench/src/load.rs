@@ -1,4 +1,4 @@
-//! `tej-hub bench throughput`, `bench latency` and `bench matrix`: many small or large messages
+//! `tej-hub bench throughput`, `bench latency`, `bench matrix` and `bench group`: many small or large messages
 //! from P publishers to S subscribers through a hub, in the spirit of `nats bench`, and the same
 //! bytes through a plain forwarder as the yardstick (`--yardstick`), through a real NATS
 //! server (`--nats`), and across two hubs joined in a cluster (`--cross-hub`).
@@ -12,11 +12,13 @@
 //! - [`forwarder`]: the yardstick, on a runtime of its own;
 //! - [`nats`]: the NATS yardstick: `nats-server` and its async-nats clients;
 //! - [`cross_hub`]: the cluster of two hubs and its `nats-server` for `--cross-hub`;
+//! - [`group`]: `bench group`, a queue group of subscribers beside 1→1 and NATS's queue group;
 //! - [`report`]: the figures, as tables or JSON.
 
 mod cross_hub;
 mod forwarder;
 mod generator;
+mod group;
 mod nats;
 mod report;
 mod stamp;
@@ -37,8 +39,11 @@ use crate::Failure;
 use cross_hub::{CrossHub, CrossHubInfo};
 use forwarder::Forwarder;
 use generator::{measure, Endpoint, HubAddrs, HubTls, Measured};
+pub(crate) use group::{group, Group};
 use nats::{NatsServer, NatsTarget};
 use report::{grouped, matrix_table, Figures, NatsInfo, Report};
+/// A message-only frame's bytes, for the durable bench too.
+pub(crate) use stamp::frame;
 use stamp::{StampError, MAX_MESSAGE, STAMP_LEN};
 
 /// Most publishers.
@@ -369,6 +374,9 @@ pub(super) struct Workload {
     pub(super) pace: Pace,
     /// The cap on publishing (`throughput`) or how long to publish (`latency`).
     pub(super) seconds: Duration,
+    /// The subscribers form one queue group (`SUB <code> group=workers`, NATS
+    /// `queue_subscribe`): each frame goes to one of them, not to each.
+    pub(super) group: bool,
 }
 
 impl Workload {
@@ -404,6 +412,7 @@ impl Workload {
             status: peers.code,
             pace,
             seconds: Duration::from_secs(seconds),
+            group: false,
         }
     }
 

@@ -17,6 +17,7 @@
 
 mod big_file;
 mod connections;
+mod durable;
 mod hub;
 mod load;
 mod soak;
@@ -42,7 +43,7 @@ const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
 /// Measure a tej-hub over loopback TCP (workloads: big-file, throughput, latency, matrix,
-/// connections, soak).
+/// connections, soak, group, durable).
 #[derive(Parser)]
 #[command(name = "tej-hub-bench", version, about)]
 struct Bench {
@@ -112,6 +113,27 @@ enum Workload {
     /// with --json. Exit status: 0 when nothing was violated; 1 on a violation, a failure or the
     /// timeout (at least --duration + 180 s); 2 for bad usage.
     Soak(soak::Soak),
+    /// Durable codes beside NATS JetStream (file storage) and the disk itself, interleaved:
+    /// publish with acknowledgements and durable consume with acknowledgements.
+    ///
+    /// Spawns `tej-hub serve --durable 5 --store-dir DIR --store-sync always|os` and
+    /// `nats-server -js -sd DIR` (the Debian package) in turn for each payload size, on stores in a
+    /// temporary directory, and measures the disk there (sequential write + fdatasync, small
+    /// synced writes). A hub without durable codes is reported as such and JetStream still runs.
+    /// Every run is printed, then the medians of --rounds with the ratios hub ÷ JetStream and
+    /// their targets; or one JSON object with --json. Exit status: 0 when every cell ran (stalls
+    /// are reported, not failures); 1 when a cell failed or the --timeout passed; 2 for bad usage.
+    Durable(durable::Durable),
+    /// One publisher to a queue group of subscribers (`SUB <code> group=workers`) beside the same
+    /// hub 1→1 and NATS's queue group (`queue_subscribe`), in one run.
+    ///
+    /// For each --sizes: throughput of the hub 1→1, the hub 1→group of --members, NATS 1→queue
+    /// group; then latency at --rate of the hub 1→1 and 1→group. Prints the ratios group ÷ 1→1
+    /// and group ÷ NATS, the spread of the members' shares and the p99 ratio with their targets,
+    /// or one JSON object with --json. A hub that refuses the group subscription is reported as
+    /// having no queue groups, the other cells still run. Exit status: 0 when no run lost,
+    /// reordered or duplicated a frame; 1 otherwise or on a failure; 2 for bad usage.
+    Group(load::Group),
 }
 
 /// Flags every workload takes: which hub, how long at most, how to print.
@@ -172,6 +194,8 @@ fn run(args: &Bench) -> Result<(), Failure> {
         Workload::Matrix(workload) => load::matrix(workload),
         Workload::Connections(workload) => connections::run(workload),
         Workload::Soak(workload) => soak::run(workload),
+        Workload::Durable(workload) => durable::run(workload),
+        Workload::Group(workload) => load::group(workload),
     }
 }
 

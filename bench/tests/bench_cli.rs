@@ -273,3 +273,125 @@ fn throughput_and_latency_across_two_hubs() {
     assert_eq!(added["target"], 2.0, "{report}");
     assert!(added["met"].is_boolean(), "{report}");
 }
+
+/// `bench group`: NATS's queue group of 4 runs and shares every frame out exactly once; the hub's
+/// group cells run when the hub has queue groups, and otherwise the report says it has none
+/// (the hub answered the group subscription with `ERR`) instead of hanging. Skipped like the
+/// tests above where `nats-server` is not installed.
+#[test]
+fn group_beside_nats_queue_group() {
+    if !nats::available("group_beside_nats_queue_group") {
+        return;
+    }
+    let args = [
+        "group",
+        "--sizes",
+        "128",
+        "--frames",
+        "20000",
+        "--seconds",
+        "1",
+        "--rate",
+        "1000",
+    ];
+    let report = bench_json(&args, 120, PATIENCE);
+    assert_eq!(report["bench"], "group", "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let cell = &report["cells"][0];
+    assert_eq!(cell["size_bytes"], 128, "{report}");
+    assert_eq!(cell["hub_one"]["frames_delivered"], 20_000, "{report}");
+    let nats = &cell["nats_group"];
+    assert_eq!(nats["frames_delivered"], 20_000, "{report}");
+    assert_eq!(nats["lost"], 0, "{report}");
+    assert_eq!(nats["duplicated"], 0, "{report}");
+    let shares = nats["per_subscriber_frames"].as_array().expect("shares");
+    assert_eq!(shares.len(), 4, "{report}");
+    assert!(cell["nats_spread_pct"].as_f64().is_some(), "{report}");
+    let latency = &report["latency"];
+    assert_eq!(
+        latency["hub_one"]["latency_us"]["samples"], 1000,
+        "{report}"
+    );
+    match report["hub_groups"].as_bool() {
+        Some(true) => {
+            assert_eq!(cell["hub_group"]["frames_delivered"], 20_000, "{report}");
+            assert!(cell["ratio_group_to_one"].as_f64().is_some(), "{report}");
+            assert!(cell["ratio_group_to_nats"].as_f64().is_some(), "{report}");
+            assert!(cell["spread_pct"].as_f64().is_some(), "{report}");
+            assert!(
+                latency["ratio_p99_group_to_one"].as_f64().is_some(),
+                "{report}"
+            );
+        }
+        Some(false) => {
+            assert!(report["hub_no_groups_reason"].is_string(), "{report}");
+            assert_eq!(cell["hub_group"], Value::Null, "{report}");
+        }
+        None => panic!("no hub_groups in {report}"),
+    }
+}
+
+/// `bench durable`: JetStream (file storage) publishes with PubAcks and a durable pull consumer
+/// reads back with acks; the disk baseline runs; the hub's cells run when it has durable codes,
+/// and otherwise the report says it has none instead of hanging. Short and small: the figures
+/// only have to exist. Skipped like the tests above where `nats-server` is not installed.
+#[test]
+fn durable_beside_jetstream_and_the_disk() {
+    if !nats::available("durable_beside_jetstream_and_the_disk") {
+        return;
+    }
+    let args = [
+        "durable",
+        "--sizes",
+        "128",
+        "--publishers",
+        "1",
+        "--consumers",
+        "1",
+        "--seconds",
+        "1",
+        "--stall",
+        "5",
+        "--disk-bytes",
+        "8MiB",
+        "--disk-seconds",
+        "1",
+    ];
+    let report = bench_json(&args, 120, PATIENCE);
+    assert_eq!(report["bench"], "durable", "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let disk = &report["disk"][0];
+    assert!(
+        disk["sequential_fdatasync_mb_per_s"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    assert!(
+        disk["synced_4k_writes_per_s"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    let runs = report["runs"].as_array().expect("runs");
+    let jetstream: Vec<&Value> = runs
+        .iter()
+        .filter(|run| run["side"] == "jetstream")
+        .collect();
+    assert_eq!(jetstream.len(), 2, "publish and consume: {report}");
+    for run in &jetstream {
+        assert!(run["frames"].as_u64() > Some(0), "{report}");
+        assert!(run["frames_per_s"].as_f64() > Some(0.0), "{report}");
+        assert_eq!(run["errors"], 0, "{report}");
+    }
+    let hub_runs = runs.iter().filter(|run| run["side"] != "jetstream").count();
+    match report["hub"]["durable"].as_bool() {
+        // Both sync policies, publish and consume.
+        Some(true) => assert_eq!(hub_runs, 4, "{report}"),
+        Some(false) => {
+            assert_eq!(hub_runs, 0, "{report}");
+            assert!(report["hub"]["missing"].is_string(), "{report}");
+        }
+        None => panic!("no hub.durable in {report}"),
+    }
+    assert!(
+        report["medians"][0]["jetstream"]["frames_per_s"].as_f64() > Some(0.0),
+        "{report}"
+    );
+}

@@ -68,7 +68,7 @@ impl GroupPatterns {
 
     /// Whether `name` may be joined.
     pub(crate) fn allows(&self, name: &GroupName) -> bool {
-        self.0.as_ref().is_none_or(|patterns| {
+        self.0.as_ref().map_or(true, |patterns| {
             patterns.iter().any(|pattern| match pattern {
                 GroupPattern::Exact(exact) => exact == name,
                 GroupPattern::Prefix(prefix) => name.as_str().starts_with(prefix.as_str()),
@@ -342,7 +342,10 @@ impl Users {
     /// The permissions of `user` now, for a session authenticated by other means (a client
     /// certificate).
     pub fn permissions(&self, user: &str) -> Option<Permissions> {
-        self.users.users.get(user).map(|entry| entry.permissions.clone())
+        self.users
+            .users
+            .get(user)
+            .map(|entry| entry.permissions.clone())
     }
 }
 

@@ -19,8 +19,8 @@
 //! - Connections: `session` (the actor per connection), `router` (registration and
 //!   subscriptions, the only writer of the subscription table),
 //!   [`control`] (the control grammar), `client` ([`HubClient`], for applications).
-//! - `delivery`: the data path — relay codec, publisher, subscription table, outbox, flow
-//!   control, transport, idle buffers; its module doc states the ordering rules and the lock order.
+//! - `delivery`: the data path — relay codec, publisher, subscription table, queue groups,
+//!   outbox, flow control, transport, idle buffers; its module doc states the ordering rules and the lock order.
 //! - Admission and identity: `admission` (connection limits, ingress rate), [`auth`] (users,
 //!   permissions), [`tls`] (the TLS listener), [`config`] (settings from TOML and flags).
 //! - `ops`: operating a running hub — shutdown, drain, reload, the live settings, the counters
@@ -40,9 +40,6 @@ mod ops;
 mod rlimit;
 mod router;
 mod session;
-// The session path (PUBACK, durable subscriptions) is wired to the store in issue 22's next
-// stage; until then only the tests and `tej-hub store` use it.
-#[allow(dead_code)]
 pub mod store;
 mod tls;
 
@@ -188,8 +185,9 @@ pub async fn run_announced(
     let durable_codes = durables
         .as_ref()
         .map_or(CodeSet::empty(), |durables| durables.store().durable());
+    let router_counters = counters.clone();
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
-        Router::new(router_table, router_cluster, durable_codes)
+        Router::new(router_table, router_cluster, router_counters, durable_codes)
     });
     info!(%listen, workers = workers.len(), "hub started");
     let state = Arc::new(HubState::new(

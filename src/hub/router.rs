@@ -35,6 +35,7 @@ use crate::hub::control::{CodeSet, GroupMembership, GroupName};
 use crate::hub::delivery::groups::{GroupMember, GroupStats, MemberStats};
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::{KickReason, SessionId};
 
 /// Session → router: a new session, before any of its frames.
@@ -151,6 +152,8 @@ pub(crate) struct Router {
     cluster: Option<Arc<Cluster>>,
     /// Every group with a member: its counters, and how many sessions are members.
     groups: HashMap<GroupName, (Arc<GroupStats>, usize)>,
+    /// The hub's counters (groups count their moved and cut frames there too).
+    counters: Arc<HubCounters>,
 }
 
 impl Router {
@@ -160,6 +163,7 @@ impl Router {
     pub(crate) fn new(
         table: Arc<SubscriptionTable>,
         cluster: Option<Arc<Cluster>>,
+        counters: Arc<HubCounters>,
         durable: CodeSet,
     ) -> Router {
         let mut subscribers = [0; Status::COUNT];
@@ -172,6 +176,7 @@ impl Router {
             table,
             cluster,
             groups: HashMap::new(),
+            counters,
         }
     }
 
@@ -225,13 +230,16 @@ impl Router {
         let Some(member) = self.sessions.get_mut(&id) else {
             return CodeSet::empty();
         };
-        let before = member.groups.get(name).map_or(CodeSet::empty(), |m| m.codes);
+        let before = member
+            .groups
+            .get(name)
+            .map_or(CodeSet::empty(), |m| m.codes);
         match (before.is_empty(), codes.is_empty()) {
             (true, false) => {
                 let entry = self
                     .groups
                     .entry(name.clone())
-                    .or_insert_with(|| (GroupStats::new(name.clone()), 0));
+                    .or_insert_with(|| (GroupStats::new(name.clone(), self.counters.clone()), 0));
                 entry.1 += 1;
                 member.groups.insert(
                     name.clone(),
@@ -442,11 +450,11 @@ impl Handler<Subscribe> for Router {
             .as_ref()
             .and_then(|cluster| cluster.want(added))
         {
-            Some(acknowledged) => Box::pin(
-                acknowledged.into_actor(self).map(move |(), router, _| {
+            Some(acknowledged) => {
+                Box::pin(acknowledged.into_actor(self).map(move |(), router, _| {
                     router.complete_subscribe(id, added, group.as_ref(), ack);
-                }),
-            ),
+                }))
+            }
             None => {
                 self.complete_subscribe(id, added, group.as_ref(), ack);
                 Box::pin(fut::ready(()))

@@ -521,7 +521,8 @@ impl Session {
             }
             Command::Sub(codes, options) => match self.access.subscription(codes) {
                 Ok(codes) => {
-                    if let Some(name) = options.group.as_ref().filter(|n| !self.access.may_join(n)) {
+                    if let Some(name) = options.group.as_ref().filter(|n| !self.access.may_join(n))
+                    {
                         let reason = format!("permission denied: group {name}");
                         return self.reply(&control::err_reply(reason), ctx);
                     }

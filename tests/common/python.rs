@@ -95,6 +95,29 @@ impl PyPeer {
         PyPeer::start(&all)
     }
 
+    /// A client peer that sends the control commands `commands` (each a status-127 frame), then
+    /// reads until it has received `expect` frames (pings not counted), for at most 30 s.
+    pub fn commanding(port: u16, commands: &[&str], expect: usize) -> PyPeer {
+        let spec: Vec<Value> = commands
+            .iter()
+            .map(|text| json!({"status": 127, "files": [], "message": {"text": text}}))
+            .collect();
+        let spec = Value::Array(spec).to_string();
+        let expect = expect.to_string();
+        PyPeer::client(
+            port,
+            &[
+                "--spec",
+                &spec,
+                "--expect",
+                &expect,
+                "--ignore-pings",
+                "--wait",
+                "30",
+            ],
+        )
+    }
+
     /// The next JSON record from the peer.
     pub async fn next(&mut self) -> Value {
         let line = tokio::time::timeout(WAIT, self.lines.next_line())

@@ -15,6 +15,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tej_hub::hub::control::CONTROL;
@@ -38,6 +40,8 @@ pub(super) const IO_BYTES: usize = 256 * 1024;
 const DRAIN: Duration = Duration::from_secs(10);
 /// How long one connect or one `SUB` handshake may take.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The queue group's name, on the hub and on NATS.
+pub(super) const GROUP: &str = "workers";
 /// Latency samples a subscriber keeps at most (8 bytes each); later frames are counted but not
 /// sampled.
 const MAX_SAMPLES: usize = 16_000_000;
@@ -67,12 +71,21 @@ impl Endpoint {
     }
 
     /// A subscriber ready to receive: connected, and subscribed to `status` on a hub (or its
-    /// subject on NATS).
-    async fn subscriber(&self, status: Status) -> Result<Inbox, LoadError> {
+    /// subject on NATS), as a member of the queue group [`GROUP`] when `group`.
+    async fn subscriber(&self, status: Status, group: bool) -> Result<Inbox, LoadError> {
         let (addr, tls) = match self {
             Endpoint::Hub(addrs, tls) => (addrs.subscribers, tls.as_ref()),
+            Endpoint::Forwarder(_) if group => {
+                return Err(LoadError::Refused {
+                    code: status.code(),
+                    reason: "the forwarder has no queue groups".to_owned(),
+                })
+            }
             Endpoint::Forwarder(ports) => (ports.subscribers, None),
-            Endpoint::Nats(target) => return Ok(Inbox::Nats(target.subscriber().await?)),
+            Endpoint::Nats(target) => {
+                let queue = group.then_some(GROUP);
+                return Ok(Inbox::Nats(target.subscriber(queue).await?));
+            }
         };
         let mut subscriber = Subscriber {
             stream: connect(addr, tls).await?,
@@ -84,7 +97,7 @@ impl Endpoint {
             within(
                 CONNECT_TIMEOUT,
                 "waiting for OK SUB",
-                subscriber.subscribe(status),
+                subscriber.subscribe(status, group),
             )
             .await??;
         }
@@ -292,19 +305,27 @@ impl Inbox {
         }
     }
 
-    /// Reads and tallies until it has `finish.total` frames, or `finish.drain_until` passes once
-    /// that total is known.
+    /// Reads and tallies until it has `finish.total` frames (a member of a queue group: until
+    /// the group has them), or `finish.drain_until` passes once that total is known.
     async fn receive(
         mut self,
         mut tally: Tally,
         epoch: Instant,
         mut finish: watch::Receiver<Option<Finish>>,
+        group: Option<Arc<GroupProgress>>,
     ) -> Result<Tally, LoadError> {
         let sample = tally.latencies.is_some();
+        let mut complete = group.as_ref().map(|group| group.complete.subscribe());
         loop {
             let known = *finish.borrow_and_update();
             if let Some(finish) = known {
-                if tally.frames >= finish.total {
+                let have = group
+                    .as_ref()
+                    .map_or(tally.frames, |group| group.received.load(Ordering::Acquire));
+                if have >= finish.total {
+                    if let Some(group) = &group {
+                        group.complete.send_replace(true);
+                    }
                     tally.drained = true;
                     return Ok(tally);
                 }
@@ -316,6 +337,7 @@ impl Inbox {
                     changed.map_err(|_| LoadError::Gone("the publishers"))?;
                     continue;
                 }
+                () = completed(complete.as_mut()) => continue,
                 () = drain(known) => return Ok(tally),
             };
             let now_ns = if sample { since(epoch) } else { 0 };
@@ -323,16 +345,27 @@ impl Inbox {
             self.count(&mut tally, now_ns)?;
             if tally.frames > before {
                 tally.last = Some(Instant::now());
+                if let Some(group) = &group {
+                    group
+                        .received
+                        .fetch_add(tally.frames - before, Ordering::AcqRel);
+                }
             }
         }
     }
 }
 
 impl Subscriber {
-    /// Sends `SUB <code>` and reads until the hub answers it.
-    async fn subscribe(&mut self, status: Status) -> Result<(), LoadError> {
+    /// Sends `SUB <code>` (`SUB <code> group=<GROUP>` when `group`) and reads until the hub
+    /// answers it.
+    async fn subscribe(&mut self, status: Status, group: bool) -> Result<(), LoadError> {
         let code = status.code();
-        let command = frame(CONTROL, format!("SUB {code}").as_bytes());
+        let sub = if group {
+            format!("SUB {code} group={GROUP}")
+        } else {
+            format!("SUB {code}")
+        };
+        let command = frame(CONTROL, sub.as_bytes());
         self.stream
             .write_all(&command)
             .await
@@ -349,7 +382,7 @@ impl Subscriber {
             })?;
         }
         match reply {
-            Some(reply) if reply == format!("OK SUB {code}") => Ok(()),
+            Some(reply) if reply == format!("OK {}", &sub) => Ok(()),
             Some(reply) => match reply.strip_prefix("ERR ") {
                 Some(reason) => Err(LoadError::Refused {
                     code,
@@ -368,6 +401,25 @@ impl Subscriber {
             Ok(n) => Ok(n),
             Err(source) => Err(LoadError::io("read failed", source)),
         }
+    }
+}
+
+/// What the members of a queue group share: the frames all of them received, and whether the
+/// group has every frame sent (set by the member that sees it, to wake the others).
+pub(super) struct GroupProgress {
+    received: AtomicU64,
+    complete: watch::Sender<bool>,
+}
+
+/// Completes once a queue group has every frame; never outside a group.
+async fn completed(complete: Option<&mut watch::Receiver<bool>>) {
+    match complete {
+        Some(complete) => {
+            if complete.wait_for(|done| *done).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -574,7 +626,7 @@ pub(super) async fn measure(
     let epoch = Instant::now();
     let mut subscribers = Vec::new();
     for index in 0..workload.subscribers {
-        let subscriber = endpoint.subscriber(workload.status).await;
+        let subscriber = endpoint.subscriber(workload.status, workload.group).await;
         subscribers.push(subscriber.map_err(|error| error.at("subscriber", index))?);
     }
     endpoint.ready(workload.subscribers).await?;
@@ -586,11 +638,17 @@ pub(super) async fn measure(
 
     let (finished, finish) = watch::channel(None);
     let sample = matches!(workload.pace, Pace::Rate(_));
+    let group = workload.group.then(|| {
+        Arc::new(GroupProgress {
+            received: AtomicU64::new(0),
+            complete: watch::channel(false).0,
+        })
+    });
     // Dropping the set (an early return) aborts every task still running.
     let mut tasks = JoinSet::new();
     for (index, subscriber) in subscribers.into_iter().enumerate() {
         let tally = Tally::new(workload.publishers, sample);
-        let receiving = subscriber.receive(tally, epoch, finish.clone());
+        let receiving = subscriber.receive(tally, epoch, finish.clone(), group.clone());
         tasks.spawn(async move { Outcome::Received(index, receiving.await) });
     }
     let start = Instant::now();
@@ -712,6 +770,7 @@ mod tests {
                 status: Status::new(9).expect("9"),
                 pace,
                 seconds: Duration::from_millis(500),
+                group: false,
             };
             let measured = runtime
                 .block_on(measure(&workload, &Endpoint::Forwarder(forwarder.ports())))
@@ -759,7 +818,7 @@ mod tests {
                 let epoch = Instant::now();
                 let (finished, finish) = watch::channel(None);
                 let receiving =
-                    tokio::spawn(subscriber.receive(Tally::new(1, false), epoch, finish));
+                    tokio::spawn(subscriber.receive(Tally::new(1, false), epoch, finish, None));
                 let start = Instant::now();
                 let batch = Batch::new(status, size, 0, IO_BYTES);
                 let pace = Pace::Frames(frames);

@@ -204,16 +204,22 @@ impl NatsTarget {
         })
     }
 
-    /// A subscriber of its own, its subscription confirmed by the server.
-    pub(super) async fn subscriber(&self) -> Result<NatsInbox, LoadError> {
+    /// A subscriber of its own, its subscription confirmed by the server; a member of the queue
+    /// group `queue` when given.
+    pub(super) async fn subscriber(&self, queue: Option<&str>) -> Result<NatsInbox, LoadError> {
         let client = self.client().await?;
-        let subscription = client
-            .subscribe(self.subject.clone())
-            .await
-            .map_err(|error| LoadError::Nats {
-                what: "cannot subscribe",
-                error: error.to_string(),
-            })?;
+        let subscribing = match queue {
+            Some(queue) => {
+                client
+                    .queue_subscribe(self.subject.clone(), queue.to_owned())
+                    .await
+            }
+            None => client.subscribe(self.subject.clone()).await,
+        };
+        let subscription = subscribing.map_err(|error| LoadError::Nats {
+            what: "cannot subscribe",
+            error: error.to_string(),
+        })?;
         flush(&client).await?;
         Ok(NatsInbox {
             subscription,

@@ -109,6 +109,11 @@ pub(super) struct Figures {
     drained: bool,
     /// Latency, when sampled (`latency`).
     latency: Option<Latency>,
+    /// Frames each subscriber received, in connection order (the members' shares of a queue
+    /// group).
+    per_subscriber: Vec<u64>,
+    /// Whether the subscribers were one queue group (each frame to one of them).
+    group: bool,
 }
 
 impl Figures {
@@ -131,13 +136,26 @@ impl Figures {
             capped: measured.capped,
             drained: measured.tallies.iter().all(|tally| tally.drained),
             latency: None,
+            per_subscriber: measured.tallies.iter().map(|tally| tally.frames).collect(),
+            group: workload.group,
         };
+        // A queue group receives each publisher's frames once between its members.
+        let mut group_received = vec![0u64; measured.sent.len()];
         let mut samples = Vec::new();
         for tally in &measured.tallies {
             figures.delivered += tally.frames;
-            for (track, &sent) in tally.tracks.iter().zip(&measured.sent) {
-                figures.lost += sent.saturating_sub(track.received);
-                figures.duplicated += track.received.saturating_sub(sent);
+            for ((track, &sent), received) in tally
+                .tracks
+                .iter()
+                .zip(&measured.sent)
+                .zip(&mut group_received)
+            {
+                if workload.group {
+                    *received += track.received;
+                } else {
+                    figures.lost += sent.saturating_sub(track.received);
+                    figures.duplicated += track.received.saturating_sub(sent);
+                }
                 figures.reordered += track.reordered;
             }
             if let Some(last) = tally.last {
@@ -146,6 +164,12 @@ impl Figures {
             }
             if let Some(latencies) = &tally.latencies {
                 samples.extend_from_slice(latencies);
+            }
+        }
+        if workload.group {
+            for (&received, &sent) in group_received.iter().zip(&measured.sent) {
+                figures.lost += sent.saturating_sub(received);
+                figures.duplicated += received.saturating_sub(sent);
             }
         }
         let per_second = |count: u64, seconds: f64| {
@@ -164,8 +188,23 @@ impl Figures {
         figures
     }
 
+    /// Delivered frames per second.
+    pub(super) fn frames_per_s(&self) -> f64 {
+        self.frames_per_s
+    }
+
+    /// The latency p99 in µs, when sampled.
+    pub(super) fn p99(&self) -> Option<f64> {
+        self.latency.map(|latency| latency.p99)
+    }
+
+    /// Frames each subscriber received.
+    pub(super) fn per_subscriber(&self) -> &[u64] {
+        &self.per_subscriber
+    }
+
     /// What went wrong, if anything: loss, reordering, duplicates.
-    fn problem(&self) -> Option<String> {
+    pub(super) fn problem(&self) -> Option<String> {
         (self.lost + self.reordered + self.duplicated > 0).then(|| {
             format!(
                 "{} lost, {} reordered, {} duplicated of {} frames",
@@ -175,8 +214,8 @@ impl Figures {
     }
 
     /// The figures as a JSON object.
-    fn json(&self) -> Value {
-        json!({
+    pub(super) fn json(&self) -> Value {
+        let mut object = json!({
             "frames_sent": self.sent,
             "frames_delivered": self.delivered,
             "lost": self.lost,
@@ -196,7 +235,11 @@ impl Figures {
                 }
                 object
             }),
-        })
+        });
+        if self.group {
+            object["per_subscriber_frames"] = json!(self.per_subscriber);
+        }
+        object
     }
 
     /// The figure a matrix cell is judged by.
@@ -210,7 +253,7 @@ impl Figures {
 }
 
 /// `value` rounded to `places` decimals, for JSON.
-fn round(value: f64, places: i32) -> f64 {
+pub(super) fn round(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
     (value * scale).round() / scale
 }

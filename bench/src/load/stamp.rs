@@ -130,7 +130,7 @@ pub(super) enum StampError {
 }
 
 /// A message-only frame on `status` carrying `message`.
-pub(super) fn frame(status: Status, message: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(status: Status, message: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEAD_LEN + message.len());
     bytes.push(status.to_byte());
     bytes.push(PROTOCOL_VERSION);

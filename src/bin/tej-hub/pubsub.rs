@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tej_hub::hub::control::{ControlError, GroupName, SubOptions};
 use tej_hub::hub::{Credentials, HubClient, HubError, HubOptions};
 use tej_hub::stream::{FileFrame, FileSource, Part};
 use tej_hub::{ClientTls, MaybeTls};
@@ -135,11 +136,21 @@ pub(crate) struct Sub {
     /// Exit after N frames.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+    /// Join queue group NAME for the codes: each frame goes to one member of the group
+    /// (1-32 characters of A-Z a-z 0-9 _ . -).
+    #[arg(long, value_name = "NAME", value_parser = group_name)]
+    group: Option<GroupName>,
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
     #[command(flatten)]
     access: Access,
+}
+
+/// A queue group's name, as `SUB ... group=` takes it.
+fn group_name(text: &str) -> Result<GroupName, String> {
+    text.parse()
+        .map_err(|error: ControlError| error.to_string())
 }
 
 /// A status `pub` may send: 0..=126 except 2.
@@ -266,12 +277,17 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
     runtime()?.block_on(async {
         let mut client = connect(&args.hub, &args.access).await?;
         let codes = args.codes.join(" ");
-        let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, client.subscribe(&codes)).await
-        {
+        let options = args
+            .group
+            .clone()
+            .map(SubOptions::group)
+            .unwrap_or_default();
+        let subscribing = client.subscribe_with(&codes, options.clone());
+        let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, subscribing).await {
             Ok(Ok(subscribed)) => subscribed,
             Ok(Err(HubError::Refused(reason))) => {
                 return Err(Failure::Failed(format!(
-                    "hub refused SUB {codes}: {reason}"
+                    "hub refused SUB {codes}{options}: {reason}"
                 )))
             }
             Ok(Err(error)) => return Err(Failure::Failed(format!("cannot subscribe: {error}"))),
@@ -283,7 +299,13 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
             }
         };
         // Scripts and tests wait for this line before publishing.
-        eprintln!("tej-hub: subscribed to {subscribed} on {}", args.hub);
+        match &args.group {
+            Some(group) => eprintln!(
+                "tej-hub: subscribed to {subscribed} in group {group} on {}",
+                args.hub
+            ),
+            None => eprintln!("tej-hub: subscribed to {subscribed} on {}", args.hub),
+        }
         let mut receiver = Receiver::new(args.out.as_deref());
         while args.count.map_or(true, |count| receiver.frames < count) {
             let part = match client.next_part().await {

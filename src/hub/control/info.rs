@@ -167,6 +167,12 @@ pub struct EventCounts {
     pub tls_failures: u64,
     /// Frames that should have crossed to other hubs and could not (0 off a cluster).
     pub cluster_dropped_frames: u64,
+    /// Queue-group frames moved from a leaving member to another (0 from an older hub).
+    #[serde(default)]
+    pub group_moved_frames: u64,
+    /// Queue-group frames cut: partly written to (or streamed to) a member that left.
+    #[serde(default)]
+    pub group_cut_frames: u64,
 }
 
 /// The cluster link as `INFO` and `/varz` show it (docs/cluster.md).

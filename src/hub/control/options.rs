@@ -259,7 +259,10 @@ mod tests {
     #[test]
     fn group_names() {
         for good in ["a", "workers", "scan-2.eu_West", &"x".repeat(32)] {
-            assert_eq!(good.parse::<GroupName>().map(|n| n.to_string()), Ok(good.to_owned()));
+            assert_eq!(
+                good.parse::<GroupName>().map(|n| n.to_string()),
+                Ok(good.to_owned())
+            );
         }
         assert_eq!("".parse::<GroupName>(), Err(ControlError::EmptyGroupName));
         assert_eq!(
@@ -268,7 +271,10 @@ mod tests {
         );
         for bad in ["a b", "a*", "é", "a/b", "a=b", "a\u{1}"] {
             assert!(
-                matches!(bad.parse::<GroupName>(), Err(ControlError::BadGroupName { .. })),
+                matches!(
+                    bad.parse::<GroupName>(),
+                    Err(ControlError::BadGroupName { .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -287,11 +293,15 @@ mod tests {
         );
         assert_eq!(
             SubOptions::parse(["colour=red"]),
-            Err(ControlError::UnknownOption { key: "colour".into() })
+            Err(ControlError::UnknownOption {
+                key: "colour".into()
+            })
         );
         assert_eq!(
             SubOptions::parse(["group"]),
-            Err(ControlError::BadOption { word: "group".into() })
+            Err(ControlError::BadOption {
+                word: "group".into()
+            })
         );
         assert_eq!(
             SubOptions::parse(["group="]),

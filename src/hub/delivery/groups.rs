@@ -51,11 +51,13 @@ pub(crate) struct GroupStats {
     pub cut_frames: AtomicU64,
     /// Frames no member could take (none left, or every one refused).
     pub unrouted_frames: AtomicU64,
+    /// The hub's counters, where moved and cut frames are counted too.
+    hub: Arc<HubCounters>,
 }
 
 impl GroupStats {
     /// The counters of a new group `name`.
-    pub(crate) fn new(name: GroupName) -> Arc<GroupStats> {
+    pub(crate) fn new(name: GroupName, hub: Arc<HubCounters>) -> Arc<GroupStats> {
         Arc::new(GroupStats {
             name,
             rotor: AtomicUsize::new(0),
@@ -64,12 +66,24 @@ impl GroupStats {
             moved_frames: AtomicU64::new(0),
             cut_frames: AtomicU64::new(0),
             unrouted_frames: AtomicU64::new(0),
+            hub,
         })
     }
 
     /// Counts `frames` cut.
     pub(crate) fn count_cut(&self, frames: u64) {
         self.cut_frames.fetch_add(frames, Ordering::Relaxed);
+        self.hub
+            .group_cut_frames
+            .fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` moved to another member.
+    fn count_moved(&self, frames: u64) {
+        self.moved_frames.fetch_add(frames, Ordering::Relaxed);
+        self.hub
+            .group_moved_frames
+            .fetch_add(frames, Ordering::Relaxed);
     }
 }
 
@@ -132,7 +146,7 @@ impl Group {
                 continue;
             }
             let key = load(outbox);
-            if best.is_none_or(|(_, best)| key < best) {
+            if best.map_or(true, |(_, best)| key < best) {
                 best = Some((at, key));
             }
         }
@@ -253,7 +267,9 @@ pub(crate) fn redispatch(
             });
             let first = pieces.next()?;
             let outbox = group.give(from, &gate, &first, eligible, &[])?;
-            if pieces.any(|piece| outbox.offer_in_group(from, &gate, &piece, &group.stats) == Offer::Skipped) {
+            if pieces.any(|piece| {
+                outbox.offer_in_group(from, &gate, &piece, &group.stats) == Offer::Skipped
+            }) {
                 // Taken in part: the new member ends as a cut frame does.
                 group.stats.count_cut(1);
                 outbox.publisher_gone(from);
@@ -261,12 +277,7 @@ pub(crate) fn redispatch(
             Some(())
         });
         match taken {
-            Some(()) => {
-                frame
-                    .group
-                    .moved_frames
-                    .fetch_add(frames, Ordering::Relaxed);
-            }
+            Some(()) => frame.group.count_moved(frames),
             None => {
                 if group.is_none() {
                     frame
@@ -274,7 +285,9 @@ pub(crate) fn redispatch(
                         .unrouted_frames
                         .fetch_add(frames, Ordering::Relaxed);
                 }
-                counters.unrouted_frames.fetch_add(frames, Ordering::Relaxed);
+                counters
+                    .unrouted_frames
+                    .fetch_add(frames, Ordering::Relaxed);
             }
         }
     }

@@ -50,8 +50,8 @@ use crate::hub::auth::Users;
 use crate::hub::control::{CodeSet, GroupName, SlowPolicy};
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::groups::{self, GroupStats, MovedFrame};
-use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::transport::WriteHalf;
 use crate::hub::ops::counters::{worth_a_line, SessionStats};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
@@ -99,6 +99,19 @@ struct Origin {
     group: Arc<GroupStats>,
     status: Status,
     kind: PieceKind,
+    /// A sealed piece's plaintext, so that it can still move to another member.
+    plain: Option<Bytes>,
+}
+
+impl Origin {
+    fn new(group: Arc<GroupStats>, status: Status, kind: PieceKind) -> Origin {
+        Origin {
+            group,
+            status,
+            kind,
+            plain: None,
+        }
+    }
 }
 
 /// The kind of the `at`-th of `count` pieces of a held or moved frame whose first piece ends
@@ -143,19 +156,19 @@ struct Queued {
     sealed: bool,
     /// Whether part of them has reached the socket.
     started: bool,
-    /// The group they were given through, if any.
-    group: Option<Origin>,
-    /// A sealed group piece's plaintext, so that it can still move to another member.
-    plain: Option<Bytes>,
+    /// The group they were given through, if any (boxed: most pieces have none, and the queue
+    /// keeps its slots).
+    group: Option<Box<Origin>>,
 }
 
 impl Queued {
-    /// The piece's plaintext, if no byte of it has reached the socket.
-    fn unstarted(&self) -> Option<Bytes> {
-        match (self.started, self.sealed) {
+    /// The piece's plaintext, if no byte of it has reached the socket (`tls`: the connection
+    /// seals what it sends).
+    fn unstarted(&self, tls: bool) -> Option<Bytes> {
+        match (self.started, tls && self.sealed) {
             (true, _) => None,
             (false, false) => Some(self.bytes.clone()),
-            (false, true) => self.plain.clone(),
+            (false, true) => self.group.as_ref().and_then(|origin| origin.plain.clone()),
         }
     }
 }
@@ -428,11 +441,7 @@ impl Outbox {
             }
         }
         let origin = match (piece.kind.starts_frame(), group) {
-            (true, Some(group)) => Some(Origin {
-                group: group.clone(),
-                status: piece.status,
-                kind: piece.kind,
-            }),
+            (true, Some(group)) => Some(Origin::new(group.clone(), piece.status, piece.kind)),
             (true, None) => None,
             (false, _) => state.current_group.clone().map(|origin| Origin {
                 kind: piece.kind,
@@ -545,10 +554,9 @@ impl Outbox {
             let count = held.pieces.len();
             let first_frames = held.pieces.first().map_or(0, |(_, frames)| *frames);
             let origin = |at: usize| {
-                held.group.as_ref().map(|group| Origin {
-                    group: group.clone(),
-                    status: held.status,
-                    kind: kind_at(at, count, held.complete, first_frames),
+                held.group.as_ref().map(|group| {
+                    let kind = kind_at(at, count, held.complete, first_frames);
+                    Origin::new(group.clone(), held.status, kind)
                 })
             };
             for (at, (bytes, frames)) in held.pieces.iter().enumerate() {
@@ -579,7 +587,12 @@ impl Outbox {
         let was_empty = state.queue.is_empty();
         let mut sealed = !self.socket.seals();
         let mut started = false;
+        let mut group = group.map(Box::new);
         let rest = if was_empty && bytes.len() <= WRITE_THROUGH_MAX {
+            if let Some(origin) = group.as_mut().filter(|_| self.socket.seals()) {
+                // A group frame sealed here may still have to move if nothing of it is written.
+                origin.plain = Some(bytes.clone());
+            }
             let bytes = match self.socket.seal(&bytes) {
                 Ok(records) => records,
                 Err(error) => {
@@ -613,7 +626,6 @@ impl Outbox {
             sealed,
             started,
             group,
-            plain: None,
         });
         if was_empty {
             state.progress = Instant::now();
@@ -782,8 +794,9 @@ impl Outbox {
         leaving: impl Fn(&Origin) -> bool,
         closing: bool,
     ) -> Vec<MovedFrame> {
+        let tls = self.socket.seals();
         let selected = |queued: &Queued| {
-            queued.group.as_ref().is_some_and(&leaving) && (closing || !queued.sealed)
+            queued.group.as_deref().is_some_and(&leaving) && (closing || !tls || !queued.sealed)
         };
         let mut moved = Vec::new();
         if state.queue.iter().skip(state.writing).any(&selected) {
@@ -814,13 +827,15 @@ impl Outbox {
                 }
                 let pieces: Option<Vec<(Bytes, u32)>> = frame
                     .iter()
-                    .map(|queued| Some((queued.unstarted()?, queued.frames)))
+                    .map(|queued| Some((queued.unstarted(tls)?, queued.frames)))
                     .collect();
                 let complete = frame
                     .last()
                     .and_then(|last| last.group.as_ref())
                     .is_some_and(|origin| origin.kind.ends_frame());
-                let origin = frame.first().and_then(|first| first.group.clone());
+                let origin = frame
+                    .first()
+                    .and_then(|first| first.group.as_deref().cloned());
                 match (pieces, origin) {
                     (Some(pieces), Some(origin)) if complete && frame.iter().all(&selected) => {
                         discharged += frame.iter().map(|q| q.bytes.len() as u64).sum::<u64>();
@@ -839,12 +854,7 @@ impl Outbox {
         let held = std::mem::take(&mut state.held);
         for held in held {
             let group = held.group.clone().filter(|group| {
-                held.complete
-                    && leaving(&Origin {
-                        group: group.clone(),
-                        status: held.status,
-                        kind: PieceKind::Whole,
-                    })
+                held.complete && leaving(&Origin::new(group.clone(), held.status, PieceKind::Whole))
             });
             match group {
                 Some(group) => {
@@ -958,8 +968,8 @@ impl Outbox {
         };
         self.backlog.charge(records.len() as u64);
         self.backlog.discharge(plain.len() as u64);
-        if front.group.is_some() {
-            front.plain = Some(plain.clone());
+        if let Some(origin) = front.group.as_mut() {
+            origin.plain = Some(plain.clone());
         }
         front.bytes = records;
         front.sealed = true;
@@ -981,7 +991,7 @@ impl Outbox {
                 state
                     .queue
                     .iter()
-                    .filter_map(|queued| Some((queued.group.as_ref()?, queued.frames))),
+                    .filter_map(|queued| Some((queued.group.as_deref()?, queued.frames))),
             );
             let queued: u64 = state
                 .queue

@@ -255,6 +255,10 @@ pub(crate) struct HubCounters {
     pub refused_connections: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_failures: AtomicU64,
+    /// Queue-group frames moved from a leaving member to another.
+    pub group_moved_frames: AtomicU64,
+    /// Queue-group frames cut because the member they were partly written to left.
+    pub group_cut_frames: AtomicU64,
     /// The sessions whose socket is open, and the closed ones' totals (monitoring).
     pub sessions: Connections,
     /// Frames and bytes published per code (monitoring).
@@ -278,6 +282,8 @@ impl HubCounters {
                 refused_connections: get(&self.refused_connections),
                 tls_failures: get(&self.tls_failures),
                 cluster_dropped_frames: cluster.map_or(0, Cluster::dropped_frames),
+                group_moved_frames: get(&self.group_moved_frames),
+                group_cut_frames: get(&self.group_cut_frames),
             },
         }
     }

@@ -136,8 +136,11 @@ pub(crate) fn spawn(
         .name("tej-hub-store".into())
         .spawn(move || {
             let mut thread = IoThread {
-                sync: settings.sync,
-                preallocate: settings.preallocate,
+                cx: WriteContext {
+                    sync: settings.sync,
+                    preallocate: settings.preallocate,
+                    counters,
+                },
                 writers: {
                     let mut by_code: Vec<Option<CodeWriter>> = Vec::new();
                     by_code.resize_with(crate::frame::Status::COUNT, || None);
@@ -148,7 +151,6 @@ pub(crate) fn spawn(
                     by_code
                 },
                 queue,
-                counters,
                 cursors,
             };
             thread.run();
@@ -156,11 +158,9 @@ pub(crate) fn spawn(
 }
 
 struct IoThread {
-    sync: SyncPolicy,
-    preallocate: bool,
+    cx: WriteContext,
     writers: Vec<Option<CodeWriter>>,
     queue: Arc<Queue>,
-    counters: Arc<StoreCounters>,
     cursors: CursorFile,
 }
 
@@ -169,7 +169,7 @@ impl IoThread {
         let mut last_sync = Instant::now();
         let mut last_retention = Instant::now();
         loop {
-            let timeout = match self.sync {
+            let timeout = match self.cx.sync {
                 SyncPolicy::Interval(every) => every.min(RETENTION_TICK),
                 _ => RETENTION_TICK,
             };
@@ -180,7 +180,7 @@ impl IoThread {
             if cursors {
                 self.save_cursors();
             }
-            if let SyncPolicy::Interval(every) = self.sync {
+            if let SyncPolicy::Interval(every) = self.cx.sync {
                 if last_sync.elapsed() >= every || shutdown {
                     self.sync_all();
                     last_sync = Instant::now();
@@ -191,7 +191,7 @@ impl IoThread {
                 last_retention = Instant::now();
             }
             if shutdown && self.queue.lock().ops.is_empty() {
-                if self.sync != SyncPolicy::Always {
+                if self.cx.sync != SyncPolicy::Always {
                     self.sync_all();
                 }
                 self.save_cursors();
@@ -203,12 +203,7 @@ impl IoThread {
 
     /// Writes `ops`, commits every touched log, then delivers the acknowledgements.
     fn batch(&mut self, ops: VecDeque<Op>) {
-        let counters = self.counters.clone();
-        let cx = WriteContext {
-            sync: self.sync,
-            preallocate: self.preallocate,
-            counters: &counters,
-        };
+        let cx = &self.cx;
         let mut acks: Vec<Ack> = Vec::new();
         let mut touched = [false; crate::frame::Status::COUNT];
         let mut taken = 0u64;
@@ -250,9 +245,9 @@ impl IoThread {
                 bytes += b;
             }
         }
-        StoreCounters::add(&counters.batches, 1);
-        StoreCounters::add(&counters.frames, frames);
-        StoreCounters::add(&counters.bytes, bytes);
+        StoreCounters::add(&cx.counters.batches, 1);
+        StoreCounters::add(&cx.counters.frames, frames);
+        StoreCounters::add(&cx.counters.bytes, bytes);
         // Before the acknowledgements: once a frame is acknowledged, its code is within limits.
         let now = SystemTime::now();
         for (code, writer) in self.writers.iter_mut().enumerate() {
@@ -281,24 +276,14 @@ impl IoThread {
     }
 
     fn sync_all(&mut self) {
-        let counters = self.counters.clone();
-        let cx = WriteContext {
-            sync: self.sync,
-            preallocate: self.preallocate,
-            counters: &counters,
-        };
+        let cx = &self.cx;
         for writer in self.writers.iter_mut().flatten() {
             writer.sync(cx);
         }
     }
 
     fn retention(&mut self) {
-        let counters = self.counters.clone();
-        let cx = WriteContext {
-            sync: self.sync,
-            preallocate: self.preallocate,
-            counters: &counters,
-        };
+        let cx = &self.cx;
         let now = SystemTime::now();
         for writer in self.writers.iter_mut().flatten() {
             retention::enforce(writer, now, cx);
@@ -306,7 +291,7 @@ impl IoThread {
     }
 
     fn save_cursors(&mut self) {
-        let durable = self.sync != SyncPolicy::Os;
+        let durable = self.cx.sync != SyncPolicy::Os;
         if let Err(error) = self.cursors.save(durable) {
             warn!(%error, "cannot save the durable cursors");
         }

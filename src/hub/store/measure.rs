@@ -161,14 +161,14 @@ fn measure_append() {
         for threads in [1, 4] {
             let (rate, syncs) = append_rate(&store, &counters, &small, threads);
             println!(
-                "store-bench: always preallocate={preallocate} 128 B x {threads} threads: {rate:.0} frames/s, {syncs:.0} syncs/s, {:.0} frames/sync",
+                "\nstore-bench: always preallocate={preallocate} 128 B x {threads} threads: {rate:.0} frames/s, {syncs:.0} syncs/s, {:.0} frames/sync",
                 rate / syncs.max(1.0)
             );
         }
         let large = frame_of(1024 * 1024 + 64);
         let (rate, syncs) = append_rate(&store, &counters, &large, 1);
         println!(
-            "store-bench: always preallocate={preallocate} 1 MiB x 1 thread: {rate:.1} frames/s, {:.0} MB/s, {syncs:.0} syncs/s",
+            "\nstore-bench: always preallocate={preallocate} 1 MiB x 1 thread: {rate:.1} frames/s, {:.0} MB/s, {syncs:.0} syncs/s",
             rate * large.len() as f64 / 1e6
         );
         drop(store);
@@ -191,8 +191,12 @@ fn measure_recovery() {
         let frame = frame_of(1024 * 1024);
         let frames = gib * 1024;
         let acked = Arc::new(AtomicU64::new(0));
-        let counted = acked.clone();
-        let ack: AckSink = Arc::new(move |_| {
+        let refused = Arc::new(AtomicU64::new(0));
+        let (counted, counted_refused) = (acked.clone(), refused.clone());
+        let ack: AckSink = Arc::new(move |outcome| {
+            if outcome.is_err() {
+                counted_refused.fetch_add(1, Ordering::Relaxed);
+            }
             counted.fetch_add(1, Ordering::Relaxed);
         });
         let gate = Gate::new();
@@ -208,8 +212,9 @@ fn measure_recovery() {
             std::thread::sleep(Duration::from_millis(10));
         }
         println!(
-            "store-bench: built {gib} GiB ({} frames, {} bytes) in {:.1} s",
+            "\nstore-bench: built {gib} GiB ({} frames stored, {} refused, {} bytes) in {:.1} s",
             counters.frames.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
             counters.bytes.load(Ordering::Relaxed),
             built.elapsed().as_secs_f64()
         );

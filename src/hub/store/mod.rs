@@ -403,6 +403,12 @@ pub enum StoreError {
     /// The I/O thread could not be started.
     #[error("cannot start the store's I/O thread: {0}")]
     Thread(std::io::Error),
+    /// Another process (another hub) has the store directory open.
+    #[error("{path} is in use by another process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
 }
 
 impl StoreError {
@@ -470,7 +476,9 @@ impl StoreRefused {
 }
 
 /// Where the outcome of each stored frame goes: called on the I/O thread, once per frame, in
-/// publication order. It must not block (queue a message to the session and return).
+/// publication order within a code (a publisher's frames on two codes may be acknowledged out
+/// of order when one code's log is busy with another publisher's streamed frame). It must not
+/// block (queue a message to the session and return).
 pub(crate) type AckSink = Arc<dyn Fn(Result<Stored, StoreRefused>) + Send + Sync>;
 
 /// Where a reader starts.
@@ -563,6 +571,9 @@ pub(crate) struct Store {
     queue: Arc<io::Queue>,
     cursors: CursorStore,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held open (and `flock`ed) while the store is: a second hub on the same directory would
+    /// interleave its records with ours.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Store {
@@ -585,6 +596,7 @@ impl Store {
         counters: Arc<StoreCounters>,
     ) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(&settings.dir).map_err(StoreError::io(&settings.dir))?;
+        let lock = lock_dir(&settings.dir)?;
         let mut writers = Vec::new();
         let mut logs: Vec<Option<Arc<log::CodeShared>>> = vec![None; Status::COUNT];
         for list in &settings.durable {
@@ -605,6 +617,7 @@ impl Store {
             queue,
             cursors,
             thread: Mutex::new(Some(thread)),
+            _lock: lock,
         }))
     }
 
@@ -667,6 +680,22 @@ impl Store {
             .ok_or(StoreError::NotDurable {
                 code: status.code(),
             })
+    }
+}
+
+/// Takes the store directory's lock file (`lock`), or fails if another process holds it.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(StoreError::io(&path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked { path }),
+        Err(error) => Err(StoreError::io(&path)(error.into())),
     }
 }
 

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -185,6 +186,10 @@ pub(crate) fn examine(
         },
     )
     .map_err(StoreError::io(&path))?;
+    if start > 0 && scanned.cut.as_ref().is_some_and(|cut| cut.at == start) {
+        // The index pointed at no record: a stale or damaged hint. The log decides.
+        return examine(dir, first_seq, verify, true, writable);
+    }
     entries.retain(|entry| entry.offset < scanned.end);
     let last_time = scanned
         .last_time
@@ -212,14 +217,14 @@ pub(crate) fn open_code(
     settings: &StoreSettings,
     status: Status,
     limits: &CodeLimits,
-    counters: &StoreCounters,
+    counters: &Arc<StoreCounters>,
 ) -> Result<CodeWriter, StoreError> {
     let dir = segment::code_dir(&settings.dir, status);
     std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
     let cx = WriteContext {
         sync: settings.sync,
         preallocate: settings.preallocate,
-        counters,
+        counters: counters.clone(),
     };
     let firsts = segment::list(&dir).map_err(StoreError::io(&dir))?;
     let mut views: Vec<SegmentView> = Vec::new();
@@ -271,7 +276,7 @@ pub(crate) fn open_code(
         Some(files) => files,
         None => {
             let (file, idx, path) =
-                create_segment(&dir, 1, limits, cx).map_err(StoreError::io(&dir))?;
+                create_segment(&dir, 1, limits, &cx).map_err(StoreError::io(&dir))?;
             views.push(SegmentView {
                 first_seq: 1,
                 next_seq: 1,

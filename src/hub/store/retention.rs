@@ -9,14 +9,14 @@
 
 use std::time::SystemTime;
 
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::hub::store::record::unix_nanos;
 use crate::hub::store::writer::{CodeWriter, WriteContext};
 use crate::hub::store::{Discard, StoreCounters};
 
 /// Deletes what `writer`'s limits say has to go.
-pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: WriteContext<'_>) {
+pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: &WriteContext) {
     let limits = writer.limits().clone();
     let expired_before = limits.max_age.map(|age| {
         unix_nanos(now).saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
@@ -42,8 +42,9 @@ pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: WriteContext
             break;
         };
         let old = limits.discard == Discard::Old;
-        let over = (old && limits.max_bytes.is_some_and(|max| total_bytes > max))
-            || (old && limits.max_frames.is_some_and(|max| total_frames > max))
+        let over = (old
+            && (limits.max_bytes.is_some_and(|max| total_bytes > max)
+                || limits.max_frames.is_some_and(|max| total_frames > max)))
             || expired_before.is_some_and(|before| oldest.last_time < before);
         if !over || total_frames - oldest.frames() < limits.keep_last {
             break;
@@ -57,7 +58,7 @@ pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: WriteContext
     if segments_deleted > 0 {
         StoreCounters::add(&cx.counters.segments_deleted, segments_deleted);
         StoreCounters::add(&cx.counters.frames_deleted, frames_deleted);
-        info!(
+        debug!(
             code = writer.status().code(),
             segments = segments_deleted,
             frames = frames_deleted,

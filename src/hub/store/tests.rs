@@ -70,6 +70,18 @@ fn sink() -> (AckSink, Receiver<Result<Stored, StoreRefused>>) {
     (sink, rx)
 }
 
+/// The sequence numbers of the next `n` acknowledgements (0 for a refusal).
+fn received(acks: &Receiver<Result<Stored, StoreRefused>>, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            acks.recv_timeout(WAIT)
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |s| s.seq)
+        })
+        .collect()
+}
+
 fn whole(frames: &[Bytes]) -> Piece {
     let mut bytes = Vec::new();
     for frame in frames {
@@ -144,14 +156,7 @@ fn frames_read_back_byte_identical_and_numbered_across_reopens() {
             &whole(&frames[..10]),
             Some(ack),
         );
-        let got: Vec<u64> = (0..10)
-            .map(|_| {
-                acks.recv_timeout(WAIT)
-                    .ok()
-                    .and_then(|a| a.ok())
-                    .map_or(0, |s| s.seq)
-            })
-            .collect();
+        let got: Vec<u64> = received(&acks, 10);
         assert_eq!(got, (1..=10).collect::<Vec<u64>>());
         assert_eq!(
             seqs(&append_all(&store, &frames[10..30])),
@@ -201,47 +206,18 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
         frames: u32::from(kind == PieceKind::Last),
         bytes,
     };
+    let send = |from: u64, piece: &Piece, ack: Option<AckSink>| {
+        store.append(SessionId::new(from), &gate, piece, ack);
+    };
     // Publisher 1 streams; publisher 2's whole frame waits for the tail, then follows.
-    store.append(
-        SessionId::new(1),
-        &gate,
-        &piece(PieceKind::First, big.slice(..1000)),
-        None,
-    );
-    store.append(
-        SessionId::new(2),
-        &gate,
-        &whole(std::slice::from_ref(&other)),
-        Some(ack.clone()),
-    );
-    store.append(
-        SessionId::new(1),
-        &gate,
-        &piece(PieceKind::Middle, big.slice(1000..300_000)),
-        None,
-    );
+    send(1, &piece(PieceKind::First, big.slice(..1000)), None);
+    send(2, &whole(std::slice::from_ref(&other)), Some(ack.clone()));
+    send(1, &piece(PieceKind::Middle, big.slice(1000..300_000)), None);
     // Publisher 3 starts a stream and goes away.
-    store.append(
-        SessionId::new(3),
-        &gate,
-        &piece(PieceKind::First, big.slice(..5000)),
-        None,
-    );
+    send(3, &piece(PieceKind::First, big.slice(..5000)), None);
     store.abandon(SessionId::new(3));
-    store.append(
-        SessionId::new(1),
-        &gate,
-        &piece(PieceKind::Last, big.slice(300_000..)),
-        Some(ack),
-    );
-    let mut got: Vec<u64> = (0..2)
-        .map(|_| {
-            acks.recv_timeout(WAIT)
-                .ok()
-                .and_then(|a| a.ok())
-                .map_or(0, |s| s.seq)
-        })
-        .collect();
+    send(1, &piece(PieceKind::Last, big.slice(300_000..)), Some(ack));
+    let mut got: Vec<u64> = received(&acks, 2);
     got.sort_unstable();
     assert_eq!(got, [1, 2]);
     let read = read_all(&store, Position::First);
@@ -278,13 +254,7 @@ proptest! {
     /// A crash at any byte of the last record: recovery cuts it, counts it and never returns it.
     #[test]
     fn a_torn_last_record_is_cut_at_every_offset(frames in 1usize..6, size in 0usize..300, cut in 0.0f64..1.0) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let settings = settings(dir.path(), CodeLimits::default());
-        let wires: Vec<Bytes> = (0..frames).map(|i| numbered(i + 1, size)).collect();
-        {
-            let (store, _) = open(&settings);
-            append_all(&store, &wires);
-        }
+        let (dir, settings, wires) = stored(frames, size);
         let path = last_segment(dir.path());
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let last = (HEADER_LEN + wires[frames - 1].len()) as u64;
@@ -307,15 +277,19 @@ proptest! {
     }
 }
 
-#[test]
-fn a_corrupt_frame_mid_log_is_found_and_never_returned() {
+/// A closed store of code 5 holding `count` frames of about `size` bytes (default limits).
+fn stored(count: usize, size: usize) -> (tempfile::TempDir, StoreSettings, Vec<Bytes>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let settings = settings(dir.path(), CodeLimits::default());
-    let wires: Vec<Bytes> = (0..10).map(|i| numbered(i + 1, 200)).collect();
-    {
-        let (store, _) = open(&settings);
-        append_all(&store, &wires);
-    }
+    let wires: Vec<Bytes> = (0..count).map(|i| numbered(i + 1, size)).collect();
+    let (store, _) = open(&settings);
+    append_all(&store, &wires);
+    (dir, settings, wires)
+}
+
+#[test]
+fn a_corrupt_frame_mid_log_is_found_and_never_returned() {
+    let (dir, settings, wires) = stored(10, 200);
     let path = last_segment(dir.path());
     let mut bytes = std::fs::read(&path).unwrap_or_default();
     // A byte inside frame 4's body.
@@ -486,9 +460,13 @@ fn many_appenders_share_syncs() {
 #[test]
 fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (store, _) = open(&settings(dir.path(), limited(CodeLimits::default())));
+    let (store, counters) = open(&settings(dir.path(), limited(CodeLimits::default())));
     let wires = [numbered(1, 100), numbered(2, 20_000), numbered(4, 100)];
     assert_eq!(seqs(&append_all(&store, &wires)), [1, 2, 3]);
+    // Counted across the rolls.
+    assert_eq!(counters.frames.load(Ordering::Relaxed), 3);
+    let frame_bytes: usize = wires.iter().map(Bytes::len).sum();
+    assert_eq!(counters.bytes.load(Ordering::Relaxed), frame_bytes as u64);
     let stats = &store.stats()[0];
     assert_eq!(stats.segments, 3, "{stats:?}");
     let read = read_all(&store, Position::First);
@@ -692,4 +670,83 @@ fn recovery_cuts_a_record_torn_at_any_byte() {
         assert_eq!(frames.len(), 2, "kept {kept}");
         assert_eq!(cut.map_or(0, |cut| cut.len), kept as u64);
     }
+}
+
+#[test]
+fn watchers_see_new_frames_and_readers_start_at_a_time() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(&settings(dir.path(), CodeLimits::default()));
+    let Some(mut watch) = store.watch(code(5)) else {
+        panic!("code 5 is durable");
+    };
+    assert!(store.watch(code(6)).is_none());
+    assert_eq!(*watch.borrow_and_update(), 0);
+    append_all(&store, &[numbered(1, 10), numbered(2, 10)]);
+    assert!(watch.has_changed().unwrap_or(false));
+    assert_eq!(*watch.borrow_and_update(), 2);
+    let between = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_millis(5));
+    append_all(&store, &[numbered(3, 10)]);
+    let read = read_all(&store, Position::Time(between));
+    assert_eq!(read.iter().map(|f| f.0).collect::<Vec<_>>(), [3]);
+    // A reader that caught up sees later frames on its next call.
+    let mut reader = store
+        .reader(code(5), Position::Next)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(reader.next_frame().ok().flatten().is_none());
+    append_all(&store, &[numbered(4, 10)]);
+    assert_eq!(reader.next_frame().ok().flatten().map(|f| f.seq), Some(4));
+}
+
+/// Leaves a small store in `TEJ_STORE_SAMPLE_DIR`, for trying `tej-hub store` by hand.
+#[test]
+#[ignore = "writes a sample store where TEJ_STORE_SAMPLE_DIR says"]
+fn sample_store() {
+    let Some(dir) = std::env::var_os("TEJ_STORE_SAMPLE_DIR") else {
+        return;
+    };
+    let (store, _) = open(&settings(
+        std::path::Path::new(&dir),
+        limited(CodeLimits::default()),
+    ));
+    let wires: Vec<Bytes> = (0..30).map(|i| numbered(i + 1, 500)).collect();
+    append_all(&store, &wires);
+}
+
+#[test]
+fn an_index_pointing_at_no_record_is_ignored() {
+    use crate::hub::store::index::{encode_all, IndexEntry};
+    let (dir, settings, _) = stored(5, 100);
+    // A well-formed entry claiming frame 3 starts 10 bytes into frame 1.
+    let lie = [
+        IndexEntry {
+            seq: 1,
+            offset: 0,
+            timestamp: 1,
+        },
+        IndexEntry {
+            seq: 3,
+            offset: 10,
+            timestamp: 2,
+        },
+    ];
+    let idx = last_segment(dir.path()).with_extension("idx");
+    std::fs::write(&idx, encode_all(&lie)).unwrap_or_else(|e| panic!("{e}"));
+    let (store, counters) = open(&settings);
+    assert_eq!(counters.cut_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(read_all(&store, Position::First).len(), 5);
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings(dir.path(), CodeLimits::default());
+    let (first, _) = open(&settings);
+    let second = Store::open(settings.clone(), Arc::new(StoreCounters::default()));
+    assert!(matches!(
+        second,
+        Err(crate::hub::store::StoreError::Locked { .. })
+    ));
+    drop(first);
+    assert!(Store::open(settings, Arc::new(StoreCounters::default())).is_ok());
 }

@@ -57,11 +57,11 @@ impl Ack {
 }
 
 /// What the writer needs from the store's settings.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WriteContext<'a> {
+#[derive(Clone, Debug)]
+pub(crate) struct WriteContext {
     pub sync: SyncPolicy,
     pub preallocate: bool,
-    pub counters: &'a StoreCounters,
+    pub counters: Arc<StoreCounters>,
 }
 
 /// The segment being appended to.
@@ -109,7 +109,6 @@ struct Stream {
 /// A piece waiting for the code's tail.
 struct Waiting {
     from: SessionId,
-    gate: Arc<Gate>,
     piece: Piece,
     ack: Option<AckSink>,
 }
@@ -139,6 +138,10 @@ pub(crate) struct CodeWriter {
     rolled: Vec<SegmentView>,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// Frames and frame bytes written since the last commit point (a commit or a roll).
+    pending: (u64, u64),
+    /// Frames and frame bytes committed in this batch, for the counters.
+    batch: (u64, u64),
 }
 
 impl CodeWriter {
@@ -208,6 +211,8 @@ impl CodeWriter {
             failure: None,
             rolled: Vec::new(),
             unsynced: false,
+            pending: (0, 0),
+            batch: (0, 0),
         }
     }
 
@@ -245,7 +250,7 @@ impl CodeWriter {
         piece: Piece,
         ack: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         let owner = self.stream.as_ref().map(|stream| stream.from);
         if owner == Some(from) || (owner.is_none() && self.waiting.is_empty()) {
@@ -258,17 +263,12 @@ impl CodeWriter {
             gate.close();
             self.held.push(gate.clone());
         }
-        self.waiting.push_back(Waiting {
-            from,
-            gate: gate.clone(),
-            piece,
-            ack,
-        });
+        self.waiting.push_back(Waiting { from, piece, ack });
     }
 
     /// Publisher `from` went away: its streamed frame (if it owns the tail) is cut off, and its
     /// waiting pieces of an unfinished frame dropped.
-    pub(crate) fn abandon(&mut self, from: SessionId, acks: &mut Vec<Ack>, cx: WriteContext<'_>) {
+    pub(crate) fn abandon(&mut self, from: SessionId, acks: &mut Vec<Ack>, cx: &WriteContext) {
         if self
             .stream
             .as_ref()
@@ -326,7 +326,7 @@ impl CodeWriter {
     }
 
     /// Writes the waiting pieces that may go now, in order, until none can.
-    fn drain_waiting(&mut self, acks: &mut Vec<Ack>, cx: WriteContext<'_>) {
+    fn drain_waiting(&mut self, acks: &mut Vec<Ack>, cx: &WriteContext) {
         if self.waiting.is_empty() {
             return;
         }
@@ -336,7 +336,6 @@ impl CodeWriter {
             while let Some(waiting) = self.waiting.pop_front() {
                 let owner = self.stream.as_ref().map(|stream| stream.from);
                 if owner.is_none() || owner == Some(waiting.from) {
-                    let _ = &waiting.gate;
                     self.apply(waiting.from, waiting.piece, waiting.ack, acks, cx);
                     progressed = true;
                 } else {
@@ -357,7 +356,7 @@ impl CodeWriter {
         piece: Piece,
         ack: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         match piece.kind {
             PieceKind::Whole => {
@@ -393,9 +392,9 @@ impl CodeWriter {
                 }
             }
             PieceKind::First => self.start_stream(from, &piece.bytes, cx),
-            PieceKind::Middle => self.continue_stream(from, &piece.bytes, cx),
+            PieceKind::Middle => self.continue_stream(from, &piece.bytes),
             PieceKind::Last => {
-                self.continue_stream(from, &piece.bytes, cx);
+                self.continue_stream(from, &piece.bytes);
                 self.finish_stream(from, ack, acks, cx);
             }
         }
@@ -438,7 +437,7 @@ impl CodeWriter {
     }
 
     /// Counts a refusal and logs the first and then each doubling.
-    pub(crate) fn count_refusal(&self, refused: &StoreRefused, cx: WriteContext<'_>) {
+    pub(crate) fn count_refusal(&self, refused: &StoreRefused, cx: &WriteContext) {
         let counter = match refused {
             StoreRefused::StoreFull { .. } => &cx.counters.refused_full,
             StoreRefused::FrameTooLarge { .. } => &cx.counters.refused_too_large,
@@ -467,7 +466,7 @@ impl CodeWriter {
         frame: &[u8],
         sink: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         let len = frame.len() as u64;
         let refused = self
@@ -557,9 +556,11 @@ impl CodeWriter {
         active.last_time = header.timestamp;
         self.next_seq = header.seq + 1;
         self.unsynced = true;
+        self.pending.0 += 1;
+        self.pending.1 += header.len;
     }
 
-    fn start_stream(&mut self, from: SessionId, bytes: &Bytes, cx: WriteContext<'_>) {
+    fn start_stream(&mut self, from: SessionId, bytes: &Bytes, cx: &WriteContext) {
         // The frame's length as far as its first piece announces it.
         let mut scanner = Scanner::new(Limits::frame_only(u64::MAX));
         let mut at = 0;
@@ -604,7 +605,7 @@ impl CodeWriter {
         });
     }
 
-    fn continue_stream(&mut self, from: SessionId, bytes: &Bytes, cx: WriteContext<'_>) {
+    fn continue_stream(&mut self, from: SessionId, bytes: &Bytes) {
         let Some(stream) = self.stream.as_ref().filter(|stream| stream.from == from) else {
             return;
         };
@@ -613,11 +614,18 @@ impl CodeWriter {
         }
         let written = stream.written + bytes.len() as u64;
         let start = stream.start;
+        // The code's own limits were checked at the frame's start and are again at its end.
         let refused = self
             .failure
             .as_ref()
             .map(|(_, refused)| refused.clone())
-            .or_else(|| self.over_limits(written));
+            .or_else(|| {
+                (written > self.max_frame).then_some(StoreRefused::FrameTooLarge {
+                    status: self.status,
+                    len: written,
+                    max: self.max_frame,
+                })
+            });
         let refused = match refused {
             Some(refused) => {
                 self.truncate(start);
@@ -632,7 +640,6 @@ impl CodeWriter {
                 Err(error) => Some(self.fail(&error)),
             },
         };
-        let _ = cx;
         if let Some(stream) = self.stream.as_mut() {
             stream.written = written;
             stream.crc = crc32c::crc32c_append(stream.crc, bytes);
@@ -645,7 +652,7 @@ impl CodeWriter {
         from: SessionId,
         sink: Option<AckSink>,
         acks: &mut Vec<Ack>,
-        cx: WriteContext<'_>,
+        cx: &WriteContext,
     ) {
         let Some(stream) = self.stream.take_if(|stream| stream.from == from) else {
             acks.push(self.refusal(
@@ -656,7 +663,20 @@ impl CodeWriter {
             ));
             return;
         };
-        if let Some(refused) = stream.failed {
+        let over = self.limits.discard == Discard::New
+            && self
+                .limits
+                .max_bytes
+                .is_some_and(|max| self.total_bytes() > max);
+        let failed = stream.failed.or_else(|| {
+            over.then(|| {
+                self.truncate(stream.start);
+                StoreRefused::StoreFull {
+                    status: self.status,
+                }
+            })
+        });
+        if let Some(refused) = failed {
             self.count_refusal(&refused, cx);
             acks.push(self.refusal(sink, refused));
             return;
@@ -715,6 +735,7 @@ impl CodeWriter {
         self.active.last_time = mark.last_time;
         self.active.index.truncate(mark.index_len);
         self.next_seq = mark.next_seq;
+        self.pending = (0, 0);
         if let Some(stream) = self.stream.as_mut() {
             stream.failed.get_or_insert(refused.clone());
         }
@@ -724,7 +745,7 @@ impl CodeWriter {
 
     /// Seals the active segment (synced unless the policy is `os`) and starts the next at
     /// `next_seq`.
-    fn roll(&mut self, cx: WriteContext<'_>) -> std::io::Result<()> {
+    fn roll(&mut self, cx: &WriteContext) -> std::io::Result<()> {
         self.flush()?;
         if cx.sync != SyncPolicy::Os {
             rustix::fs::fdatasync(&self.active.file)?;
@@ -773,21 +794,15 @@ impl CodeWriter {
         };
         self.buf_at = 0;
         self.unsynced = false;
+        self.batch.0 += std::mem::take(&mut self.pending.0);
+        self.batch.1 += std::mem::take(&mut self.pending.1);
         Ok(())
     }
 
     /// Appends the index entries not yet in the `.idx` file (a hint: not synced, errors logged).
     fn write_index(&mut self) {
         let active = &mut self.active;
-        let upto = active
-            .index
-            .len()
-            .min(self.committed.index_len.max(active.index_written));
-        let upto = if self.stream.is_none() {
-            active.index.len()
-        } else {
-            upto
-        };
+        let upto = active.index.len();
         if upto <= active.index_written {
             return;
         }
@@ -800,8 +815,8 @@ impl CodeWriter {
     }
 
     /// Ends the batch: writes what is gathered, syncs under `always`, and makes everything
-    /// written visible to readers. Returns the frames and bytes committed.
-    pub(crate) fn commit(&mut self, cx: WriteContext<'_>) -> (u64, u64) {
+    /// written visible to readers. Returns the frames and frame bytes committed in the batch.
+    pub(crate) fn commit(&mut self, cx: &WriteContext) -> (u64, u64) {
         if self.failure.is_none() {
             let synced = self.flush().and_then(|()| {
                 if cx.sync == SyncPolicy::Always && self.unsynced {
@@ -816,13 +831,13 @@ impl CodeWriter {
             }
         }
         if self.failure.is_some() {
-            return (0, 0);
+            return std::mem::take(&mut self.batch);
         }
-        let before = self.committed;
-        let len = self
-            .stream
-            .as_ref()
-            .map_or(self.active.len, |stream| stream.start);
+        // A streamed frame under way is not a record yet; a failed one's bytes are gone.
+        let len = match &self.stream {
+            Some(stream) if stream.failed.is_none() => stream.start,
+            _ => self.active.len,
+        };
         self.committed = Mark {
             len,
             next_seq: self.next_seq,
@@ -832,8 +847,9 @@ impl CodeWriter {
         };
         self.write_index();
         self.publish();
-        let frames = self.committed.frames.saturating_sub(before.frames);
-        (frames, self.committed.len.saturating_sub(before.len))
+        self.batch.0 += std::mem::take(&mut self.pending.0);
+        self.batch.1 += std::mem::take(&mut self.pending.1);
+        std::mem::take(&mut self.batch)
     }
 
     /// Whether frame `seq` of this batch was rolled back, and why.
@@ -850,7 +866,7 @@ impl CodeWriter {
     }
 
     /// Syncs the active segment if anything is unsynced (the `interval` timer).
-    pub(crate) fn sync(&mut self, cx: WriteContext<'_>) {
+    pub(crate) fn sync(&mut self, cx: &WriteContext) {
         if !self.unsynced {
             return;
         }
@@ -923,7 +939,7 @@ impl CodeWriter {
     }
 
     /// Seals the active segment so retention can delete it whole.
-    pub(crate) fn seal(&mut self, cx: WriteContext<'_>) -> std::io::Result<()> {
+    pub(crate) fn seal(&mut self, cx: &WriteContext) -> std::io::Result<()> {
         if self.active.len == 0 {
             return Ok(());
         }
@@ -972,7 +988,7 @@ pub(crate) fn create_segment(
     dir: &Path,
     first_seq: u64,
     limits: &CodeLimits,
-    cx: WriteContext<'_>,
+    cx: &WriteContext,
 ) -> std::io::Result<(File, File, PathBuf)> {
     let path = segment::log_path(dir, first_seq);
     let open = |path: &Path| {

@@ -13,7 +13,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::hub::control::ClusterView;
+use crate::hub::ops::monitor::views::GroupView;
 use crate::hub::ops::HubState;
+
+/// The most queue groups `/metrics` has series for (the first by name): group names are bounded
+/// in length and charset, not in number, and a scrape must stay bounded. `/subsz` lists them all.
+const MAX_METRIC_GROUPS: usize = 100;
 
 /// The content type of OpenMetrics text.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -120,6 +125,61 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
     counters(e, &list)
 }
 
+/// Per queue group (at most [`MAX_METRIC_GROUPS`]): members now, frames and bytes given, frames
+/// moved, cut and unrouted.
+fn encode_groups(e: &mut DescriptorEncoder, groups: &[GroupView]) -> std::fmt::Result {
+    let groups = &groups[..groups.len().min(MAX_METRIC_GROUPS)];
+    let labels: Vec<[(&str, String); 1]> = groups
+        .iter()
+        .map(|group| [("group", group.name.clone())])
+        .collect();
+    type Series = (&'static str, &'static str, fn(&GroupView) -> u64);
+    let series: [Series; 5] = [
+        (
+            "tej_hub_group_frames",
+            "Frames given to the group's members.",
+            |g| g.frames,
+        ),
+        (
+            "tej_hub_group_bytes",
+            "Bytes of the frames given to the group's members.",
+            |g| g.bytes,
+        ),
+        (
+            "tej_hub_group_moved",
+            "Frames moved from a leaving member to another.",
+            |g| g.moved_frames,
+        ),
+        (
+            "tej_hub_group_cut",
+            "Frames cut: partly written to a member that left.",
+            |g| g.cut_frames,
+        ),
+        (
+            "tej_hub_group_unrouted",
+            "Frames none of the group's members could take.",
+            |g| g.unrouted_frames,
+        ),
+    ];
+    let mut family = e.encode_descriptor(
+        "tej_hub_group_members",
+        "Sessions in the queue group now.",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for (group, label) in groups.iter().zip(&labels) {
+        ConstGauge::new(signed(group.members.len() as u64)).encode(family.encode_family(label)?)?;
+    }
+    for (name, help, value) in series {
+        let kind = ConstCounter::new(0u64).metric_type();
+        let mut family = e.encode_descriptor(name, help, None, kind)?;
+        for (group, label) in groups.iter().zip(&labels) {
+            ConstCounter::new(value(group)).encode(family.encode_family(label)?)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for HubCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let state = &self.state;
@@ -138,7 +198,7 @@ impl Collector for HubCollector {
             "Bytes handed to subscribers, not yet written.",
             signed(totals.pending_bytes),
         )?;
-        let list: [(&str, &str, u64); 12] = [
+        let list: [(&str, &str, u64); 14] = [
             (
                 "tej_hub_connections_accepted",
                 "TCP connections accepted since start (refused and failed TLS included).",
@@ -199,6 +259,16 @@ impl Collector for HubCollector {
                 "TLS handshakes that failed or timed out.",
                 counts.events.tls_failures,
             ),
+            (
+                "tej_hub_group_moved_frames",
+                "Queue-group frames moved from a leaving member to another.",
+                counts.events.group_moved_frames,
+            ),
+            (
+                "tej_hub_group_cut_frames",
+                "Queue-group frames cut: partly written to a member that left.",
+                counts.events.group_cut_frames,
+            ),
         ];
         counters(e, &list)?;
         let rss = signed(super::views::rss_bytes());
@@ -244,6 +314,7 @@ impl Collector for HubCollector {
                 true,
             ),
         ];
+        encode_groups(e, &state.groups())?;
         for (i, (name, help, is_counter)) in per_code.into_iter().enumerate() {
             let kind = if is_counter {
                 ConstCounter::new(0u64).metric_type()

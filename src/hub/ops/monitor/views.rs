@@ -2,12 +2,16 @@
 //! endpoint's documentation), and how each is gathered from the running hub. `/metrics` reads the
 //! same figures.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::frame::Status;
 use crate::hub::control::{ClusterView, CounterSnapshot, EventCounts, LimitSettings};
+use crate::hub::delivery::groups::GroupStats;
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::ops::counters::Totals;
 use crate::hub::ops::HubState;
@@ -59,6 +63,8 @@ pub(crate) struct Varz {
     pub limits: LimitSettings,
     /// The cluster link: its state, traffic and drops (`null` off a cluster; docs/cluster.md).
     pub cluster: Option<ClusterView>,
+    /// The queue groups with a member, by name.
+    pub groups: Vec<GroupView>,
 }
 
 /// `GET /connz`: one page of the open connections.
@@ -153,11 +159,49 @@ impl Connection {
     }
 }
 
-/// `GET /subsz`: the codes with a subscriber or traffic.
+/// `GET /subsz`: the codes with a subscriber or traffic, and the queue groups.
 #[derive(Debug, Serialize)]
 pub(crate) struct Subsz {
     /// Ascending by code.
     pub codes: Vec<CodeView>,
+    /// The queue groups with a member, by name.
+    pub groups: Vec<GroupView>,
+}
+
+/// One queue group in `/subsz` and `/varz`.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct GroupView {
+    /// Its name.
+    pub name: String,
+    /// The codes it has members for, ascending.
+    pub codes: Vec<u8>,
+    /// Frames given to its members (a moved frame counts again).
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub bytes: u64,
+    /// Frames moved from a leaving member to another.
+    pub moved_frames: u64,
+    /// Frames cut: partly written to a member that left.
+    pub cut_frames: u64,
+    /// Frames none of its members could take.
+    pub unrouted_frames: u64,
+    /// Its members, by session id.
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a queue group.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct MemberView {
+    /// The session id.
+    pub session: u64,
+    /// The codes it is a member for.
+    pub codes: Vec<u8>,
+    /// Frames given to it through the group.
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub bytes: u64,
+    /// Bytes queued for it now (all its traffic).
+    pub pending_bytes: u64,
 }
 
 /// One code in `/subsz`.
@@ -226,7 +270,56 @@ impl HubState {
             config_loaded_at: rfc3339(loaded.at),
             limits: loaded.config.limit_settings(),
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
+            groups: self.groups(),
         }
+    }
+
+    /// Every queue group with a member, by name, gathered from the table's per-code lists.
+    pub(crate) fn groups(&self) -> Vec<GroupView> {
+        // Per name: the counters, the members by session, the codes.
+        type Gathered = (Arc<GroupStats>, BTreeMap<u64, MemberView>, Vec<u8>);
+        let mut groups: BTreeMap<String, Gathered> = BTreeMap::new();
+        for code in 0..Status::COUNT {
+            let Some(status) = u8::try_from(code).ok().and_then(Status::new) else {
+                continue;
+            };
+            let Some(list) = self.table.groups(status) else {
+                continue;
+            };
+            for group in list.iter() {
+                let (_, members, codes) = groups
+                    .entry(group.stats.name.to_string())
+                    .or_insert_with(|| (group.stats.clone(), BTreeMap::new(), Vec::new()));
+                codes.push(status.code());
+                for member in &group.members {
+                    let session = member.outbox.id().get();
+                    let view = members.entry(session).or_insert_with(|| MemberView {
+                        session,
+                        codes: Vec::new(),
+                        frames: member.given.frames.load(Ordering::Relaxed),
+                        bytes: member.given.bytes.load(Ordering::Relaxed),
+                        pending_bytes: member.outbox.pending(),
+                    });
+                    view.codes.push(status.code());
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(name, (stats, members, codes))| {
+                let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+                GroupView {
+                    name,
+                    codes,
+                    frames: get(&stats.frames),
+                    bytes: get(&stats.bytes),
+                    moved_frames: get(&stats.moved_frames),
+                    cut_frames: get(&stats.cut_frames),
+                    unrouted_frames: get(&stats.unrouted_frames),
+                    members: members.into_values().collect(),
+                }
+            })
+            .collect()
     }
 
     /// Every open connection, by session id.
@@ -254,7 +347,10 @@ impl HubState {
                 })
             })
             .collect();
-        Subsz { codes }
+        Subsz {
+            codes,
+            groups: self.groups(),
+        }
     }
 
     /// How long the hub has run.

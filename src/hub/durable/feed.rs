@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::frame::Status;
 use crate::hub::control::{GroupName, Reply};
 use crate::hub::delivery::flow::Gate;
-use crate::hub::delivery::outbox::{Offer, Outbox};
+use crate::hub::delivery::outbox::{FileRange, Offer, Outbox};
 use crate::hub::delivery::publisher::Publisher;
 use crate::hub::delivery::relay::{Piece, PieceKind, CHUNK};
 use crate::hub::durable::{DurableCounters, Durables, InFlight, Window};
@@ -37,6 +37,8 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 /// How long a feed waits before it looks again at a subscriber with no room for a frame larger
 /// than half its high-water mark (such a frame needs an empty queue, which no gate announces).
 const ROOM_RECHECK: Duration = Duration::from_millis(2);
+/// Largest file range queued at once for `sendfile` (the backlog counts it until written).
+const FILE_RANGE: u64 = 4 * CHUNK as u64;
 /// How long a feed waits after a failed read before it tries again.
 const READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -308,17 +310,25 @@ impl Feed {
         Delivered::Yes
     }
 
-    /// Waits until the subscriber has room for `piece`, then offers it.
-    async fn offer(&self, piece: &Piece, gate: &Arc<Gate>) -> Delivered {
-        let continuing = !piece.kind.starts_frame();
-        let len = piece.bytes.len() as u64;
+    /// Waits until the subscriber has room for `len` more bytes (`continuing` the frame on its
+    /// wire); `false` when it went away meanwhile.
+    async fn room_for(&self, len: u64, continuing: bool, gate: &Arc<Gate>) -> bool {
         let done = self.outbox.done();
         while self.outbox.hold_back_until_room(gate, len, continuing) {
             tokio::select! {
                 () = std::future::poll_fn(|cx| gate.poll_open(cx)), if gate.is_closed() => {}
                 () = tokio::time::sleep(ROOM_RECHECK), if !gate.is_closed() => {}
-                () = done.cancelled() => return Delivered::Gone,
+                () = done.cancelled() => return false,
             }
+        }
+        true
+    }
+
+    /// Waits until the subscriber has room for `piece`, then offers it.
+    async fn offer(&self, piece: &Piece, gate: &Arc<Gate>) -> Delivered {
+        let continuing = !piece.kind.starts_frame();
+        if !self.room_for(piece.bytes.len() as u64, continuing, gate).await {
+            return Delivered::Gone;
         }
         match self.outbox.offer(self.id, gate, piece) {
             Offer::Taken => Delivered::Yes,
@@ -326,16 +336,63 @@ impl Feed {
         }
     }
 
-    /// Streams a large frame a chunk at a time to `target`: the subscriber (with the notice in
-    /// front of the first chunk) or the dead-letter code (with the status byte changed).
-    async fn stream(&mut self, frame: &StoredFrame, mut target: Target<'_>, gate: &Arc<Gate>) -> Delivered {
+    /// Queues the rest of `frame` from `at` as file ranges the subscriber's writer sends with
+    /// `sendfile`; the frame's first piece is on the subscriber's wire.
+    async fn send_rest(&self, frame: &StoredFrame, mut at: u64, gate: &Arc<Gate>) -> Delivered {
+        while at < frame.len {
+            let len = (frame.len - at).min(FILE_RANGE);
+            if !self.room_for(len, true, gate).await {
+                return Delivered::Gone;
+            }
+            let range = FileRange {
+                file: frame.file.clone(),
+                offset: frame.offset + at,
+                len,
+            };
+            at += len;
+            if self.outbox.offer_file(self.id, range, at == frame.len) == Offer::Skipped {
+                return Delivered::Gone;
+            }
+        }
+        Delivered::Yes
+    }
+
+    /// Streams a large frame to `target`: the subscriber (with the notice in front of the first
+    /// chunk) or the dead-letter code (with the status byte changed). Read a chunk at a time;
+    /// to a plain TCP subscriber only the first chunk is read, the rest is sent from the file
+    /// with `sendfile` once the whole frame's checksum has been verified.
+    async fn stream(
+        &mut self,
+        frame: &StoredFrame,
+        mut target: Target<'_>,
+        gate: &Arc<Gate>,
+    ) -> Delivered {
         let notice = match target {
             Target::Subscriber => self.notice_prefix().wire(frame.seq),
             Target::DeadLetter(_) => Bytes::new(),
         };
+        let zero_copy = matches!(target, Target::Subscriber) && self.outbox.sends_files();
+        if zero_copy {
+            let file = frame.clone();
+            match tokio::task::spawn_blocking(move || file.verify()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    self.corrupt(frame);
+                    return Delivered::Skipped;
+                }
+                Ok(Err(error)) => {
+                    warn!(durable = %self.name, status = %self.status, seq = frame.seq, %error, "durable read failed");
+                    return Delivered::Skipped;
+                }
+                Err(_) => return Delivered::Gone,
+            }
+        }
         let mut at = 0u64;
         let mut crc = 0u32;
         while at < frame.len {
+            if zero_copy && at > 0 && self.outbox.takes_file_from(self.id) {
+                return self.send_rest(frame, at, gate).await;
+            }
             let want = (frame.len - at).min(CHUNK as u64) as usize;
             let file = frame.clone();
             let read = tokio::task::spawn_blocking(move || {
@@ -353,7 +410,7 @@ impl Feed {
             };
             crc = crc32c::crc32c_append(crc, &chunk);
             let last = at + want as u64 == frame.len;
-            if last && crc != frame.crc {
+            if last && !zero_copy && crc != frame.crc {
                 self.corrupt(frame);
                 return self.cut(at);
             }

@@ -315,3 +315,198 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
         started.elapsed()
     );
 }
+
+/// A 256 MiB frame read at about 40 MB/s (over 5 s) by a durable subscriber whose code has a
+/// 1 s `ack_wait`: it is not delivered again while it is being read (`ack_wait` counts from
+/// its last byte written), and it is delivered again, byte-identical, once `ack_wait` has run
+/// out after it was read whole without an acknowledgement; after the `ACK` nothing comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its_end() {
+    const LEN: u64 = 256 * MIB as u64;
+    const RATE: f64 = 40e6;
+    let dir = StoreDir::new("slow-reader");
+    let hub = configured_hub(&dir, "[[durable]]\ncodes = \"5\"\nack_wait = \"1s\"\n");
+    let (mut write, replies) = raw_publisher(&hub).await;
+    let sent = write_streamed(&mut write, 5, LEN, 256, None)
+        .await
+        .expect("stream 256 MiB")
+        .expect("sent whole");
+    // Stored (the reply comes after the sync) before the subscriber reads it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dir.bytes() < LEN {
+        assert!(Instant::now() < deadline, "the 256 MiB frame was not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(write);
+    let replies = within(Duration::from_secs(60), "the stored reply", replies)
+        .await
+        .expect("the reply task");
+    assert_eq!(replies, ["OK STORED 5 1"]);
+
+    let (mut reader, mut write) = raw_subscriber(&hub, "slow", "from=all").await;
+    let notice = reader.control().await;
+    assert_eq!(notice, "MSG slow 5 1");
+    reader.throttle(Some(RATE));
+    let started = Instant::now();
+    let frame = reader.next().await.expect("the 256 MiB frame, read slowly");
+    let read_whole = Instant::now();
+    reader.throttle(None);
+    assert_eq!(frame.digest, sent, "the frame read back");
+    let reading = read_whole - started;
+    assert!(reading > Duration::from_secs(5), "read in {reading:?}: not slow enough to test");
+    // Had ack_wait counted from the start of the frame, it would have run out 5 s before the
+    // end and the redelivery would follow the frame at once.
+    let again = reader.control().await;
+    let gap = read_whole.elapsed();
+    assert_eq!(again, "MSG slow 5 1");
+    assert!(
+        gap >= Duration::from_millis(400),
+        "redelivered {gap:?} after the frame was read whole (ack_wait 1 s from its last byte)"
+    );
+    let frame = reader.next().await.expect("the frame again");
+    assert_eq!(frame.digest, sent, "the frame redelivered");
+    write.write_all(&control_wire("ACK slow 5 1")).await.expect("ACK");
+    if let Ok(next) = tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
+        panic!("nothing after the ACK, got {next:?}");
+    }
+    eprintln!("256 MiB read in {reading:?}; redelivered {gap:?} after its last byte was read");
+    assert_no_panic(&hub);
+}
+
+/// Replies to `frames` published with `PUBACK on`, in order.
+async fn publish_replies(conn: &mut hub_common::Conn, frames: &[Frame]) -> Vec<String> {
+    for frame in frames {
+        send(conn, frame.clone()).await;
+    }
+    let mut replies = Vec::new();
+    for _ in frames {
+        replies.push(reply_text(&recv(conn).await, "a PUBACK reply"));
+    }
+    replies
+}
+
+/// Every delivery on `conn` (cursor `name`) until 500 ms of silence: sequence numbers and frame
+/// numbers; each acknowledged.
+async fn drain(conn: &mut hub_common::Conn, name: &str) -> Vec<(u64, u64)> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    loop {
+        let notice = match tokio::time::timeout(Duration::from_millis(500), conn.next()).await {
+            Err(_) => return got,
+            Ok(Some(Ok(notice))) => notice,
+            Ok(other) => panic!("the hub closed or failed: {other:?}"),
+        };
+        let text = reply_text(&notice, "a notice");
+        let (_, seq) = durable::parse_notice(&text, name);
+        let frame = recv(conn).await;
+        got.push((seq, message_number(&frame)));
+        send(conn, hub_common::control_frame(&format!("ACK {name} 5 {seq}"))).await;
+    }
+}
+
+/// Start positions at the hub: `from=last` with `keep_last = 1` gets the latest frame at once
+/// (then live ones), `from=seq:N` starts at N, `from=time:T` at the first frame stored at or
+/// after T.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_positions_last_seq_and_time() {
+    let dir = StoreDir::new("positions");
+    let hub = configured_hub(&dir, "[[durable]]\ncodes = \"5\"\nkeep_last = 1\n");
+    let mut publisher = connect(hub.addr).await;
+    assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
+    let early: Vec<Frame> = (1..=5).map(|i| numbered(5, i, 100)).collect();
+    assert_eq!(publish_acknowledged(&mut publisher, &early).await, [1, 2, 3, 4, 5]);
+    // Stored timestamps are the hub's clock: T is between the two batches.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late: Vec<Frame> = (6..=10).map(|i| numbered(5, i, 100)).collect();
+    assert_eq!(publish_acknowledged(&mut publisher, &late).await, [6, 7, 8, 9, 10]);
+
+    let mut last = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut last, "SUB 5 durable=last from=last").await,
+        "OK SUB 5 durable=last from=last"
+    );
+    assert_eq!(drain(&mut last, "last").await, [(10, 10)], "the latest frame, once");
+    publish_acknowledged(&mut publisher, &[numbered(5, 11, 100)]).await;
+    assert_eq!(drain(&mut last, "last").await, [(11, 11)], "then live frames");
+
+    let mut from_seq = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut from_seq, "SUB 5 durable=seq from=seq:4").await,
+        "OK SUB 5 durable=seq from=seq:4"
+    );
+    let expected: Vec<(u64, u64)> = (4..=11).map(|i| (i, i)).collect();
+    assert_eq!(drain(&mut from_seq, "seq").await, expected);
+
+    let time = humantime::format_rfc3339_nanos(between).to_string();
+    let mut from_time = connect(hub.addr).await;
+    let reply = control(&mut from_time, &format!("SUB 5 durable=time from=time:{time}")).await;
+    assert!(reply.starts_with("OK SUB 5 durable=time from=time:"), "{reply}");
+    let expected: Vec<(u64, u64)> = (6..=11).map(|i| (i, i)).collect();
+    assert_eq!(drain(&mut from_time, "time").await, expected);
+    assert_no_panic(&hub);
+}
+
+/// A hub whose code 5 has `limits` (TOML lines of a `[[durable]]` table), with `count` frames
+/// of `size`-byte files published with `PUBACK on`; returns the hub, its store and the replies.
+async fn limited(name: &str, limits: &str, count: u64, size: usize) -> (BinHub, StoreDir, Vec<String>) {
+    let dir = StoreDir::new(name);
+    let hub = configured_hub(&dir, &format!("[[durable]]\ncodes = \"5\"\n{limits}\n"));
+    let mut publisher = connect(hub.addr).await;
+    assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
+    let frames: Vec<Frame> = (1..=count).map(|i| numbered(5, i, size)).collect();
+    let replies = publish_replies(&mut publisher, &frames).await;
+    (hub, dir, replies)
+}
+
+/// `discard = "new"` at `max_frames` and at `max_bytes`: the frames over the limit are refused
+/// with `ERR store full 5`, those before it stored; nothing stored is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_new_refuses_frames_over_max_frames_and_max_bytes() {
+    let (_hub, _dir, replies) = limited("new-frames", "max_frames = 8\ndiscard = \"new\"", 12, 100).await;
+    let stored: Vec<String> = (1..=8).map(|seq| format!("OK STORED 5 {seq}")).collect();
+    assert_eq!(&replies[..8], &stored[..]);
+    assert_eq!(&replies[8..], ["ERR store full 5"; 4]);
+
+    // Records are the frames plus a header: 10 frames of about 1,030 bytes exceed 8,000.
+    let (hub, _dir, replies) = limited("new-bytes", "max_bytes = 8000\ndiscard = \"new\"", 10, 1000).await;
+    let ok = replies.iter().take_while(|reply| reply.starts_with("OK STORED 5 ")).count();
+    assert!((5..10).contains(&ok), "stored {ok} of 10 1 KB frames under 8000 bytes: {replies:?}");
+    assert!(replies[ok..].iter().all(|reply| reply == "ERR store full 5"), "{replies:?}");
+    let mut subscriber = connect(hub.addr).await;
+    control(&mut subscriber, "SUB 5 durable=all from=all").await;
+    let expected: Vec<(u64, u64)> = (1..=ok as u64).map(|i| (i, i)).collect();
+    assert_eq!(drain(&mut subscriber, "all").await, expected, "what was stored is kept");
+}
+
+/// `discard = "old"` (the default) at `max_frames` and at `max_bytes`: every frame is stored,
+/// the oldest are deleted, and a `from=all` cursor starts at the first one kept; what is kept
+/// is within the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_old_deletes_the_oldest_and_from_all_starts_at_the_first_kept() {
+    for (name, limits, check_bytes) in [
+        ("old-frames", "max_frames = 8\ndiscard = \"old\"", false),
+        ("old-bytes", "max_bytes = 20000", true),
+    ] {
+        let (hub, _dir, replies) = limited(name, limits, 40, 1000).await;
+        let stored: Vec<String> = (1..=40).map(|seq| format!("OK STORED 5 {seq}")).collect();
+        assert_eq!(replies, stored, "{name}: every frame stored");
+        let mut subscriber = connect(hub.addr).await;
+        control(&mut subscriber, "SUB 5 durable=all from=all").await;
+        let got = drain(&mut subscriber, "all").await;
+        let first = got.first().expect("something is kept").0;
+        assert!(first > 1, "{name}: the oldest are gone");
+        let expected: Vec<(u64, u64)> = (first..=40).map(|i| (i, i)).collect();
+        assert_eq!(got, expected, "{name}: from the first kept to the last, in order");
+        let kept = got.len();
+        if check_bytes {
+            let bytes: usize = (first..=40)
+                .map(|i| numbered(5, i, 1000).to_wire().expect("encode").len())
+                .sum();
+            assert!(bytes <= 20000 && kept >= 10, "{name}: kept {kept} frames, {bytes} bytes");
+        } else {
+            assert!((4..=8).contains(&kept), "{name}: kept {kept} frames under max_frames 8");
+        }
+    }
+}

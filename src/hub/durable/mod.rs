@@ -195,13 +195,21 @@ impl Durables {
                 StartAt::Seq(seq) => Position::Seq(seq),
                 StartAt::Time(time) => Position::Time(time),
             };
-            let reader = self
-                .store
-                .reader(status, position)
-                .map_err(|_| DurableRefused::Store {
-                    code: status.code(),
-                })?;
-            starts.insert(status.code(), reader.next_seq().saturating_sub(1));
+            let refused = |_| DurableRefused::Store {
+                code: status.code(),
+            };
+            let mut reader = self.store.reader(status, position).map_err(refused)?;
+            // A reader from a time starts at the index entry before it and skips older frames
+            // as it reads: the cursor starts at the first frame it returns (a few record
+            // headers read, within one index interval).
+            let start = match position {
+                Position::Time(_) => match reader.next_frame().map_err(refused)? {
+                    Some(frame) => frame.seq,
+                    None => reader.next_seq(),
+                },
+                _ => reader.next_seq(),
+            };
+            starts.insert(status.code(), start.saturating_sub(1));
         }
         let cursor = self.store.cursors().update(name.as_str(), |cursor| {
             for (code, acked) in starts {

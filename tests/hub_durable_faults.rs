@@ -510,3 +510,192 @@ async fn discard_old_deletes_the_oldest_and_from_all_starts_at_the_first_kept() 
         }
     }
 }
+
+/// A tmpfs mounted for one test, unmounted (and its mount point removed) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a `size` tmpfs at a new directory; `None` (after printing `SKIPPED`) when this
+    /// process is not root or the mount fails outside CI. Under CI it must work.
+    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "{test} needs root under CI");
+            eprintln!("SKIPPED {test}: needs root");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("tej-hub-tmpfs-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status();
+        if !matches!(mounted, Ok(status) if status.success()) {
+            let _ = std::fs::remove_dir(&dir);
+            assert!(std::env::var_os("CI").is_none(), "{test}: mount -t tmpfs failed under CI");
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs ({mounted:?})");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount").arg(&self.0).status();
+        if !matches!(unmounted, Ok(status) if status.success()) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The store on a 64 MiB tmpfs that fills up: durable publishers get `ERR store full 5` (and
+/// the hub logs it), a non-durable code keeps relaying meanwhile, and once space is freed (a
+/// ballast file deleted) frames are stored again without a restart; a `from=all` subscriber
+/// then gets every stored frame byte-identical, `tej-hub store check` finds nothing corrupt,
+/// and the hub never panicked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_space_returns() {
+    let Some(tmpfs) = Tmpfs::mount("disk_full", "64m") else {
+        return;
+    };
+    const SIZE: usize = 512 * 1024;
+    let ballast = tmpfs.0.join("ballast");
+    std::fs::write(&ballast, vec![7u8; 24 * MIB]).expect("write the ballast");
+    let dir = StoreDir::within(&tmpfs.0, "full");
+    let hub = durable_hub(&dir, &[]);
+    let mut relayed = connect(hub.addr).await;
+    subscribe(&mut relayed, "6", "6").await;
+    let mut publisher = connect(hub.addr).await;
+    assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
+
+    // Fill it: about 40 MiB are left.
+    let mut stored = Vec::new();
+    let mut number = 0u64;
+    let full = loop {
+        number += 1;
+        assert!(number < 200, "the 64 MiB store never filled up");
+        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)]).await.remove(0);
+        if reply == "ERR store full 5" {
+            break number;
+        }
+        stored.push((durable::stored_seq(&reply), number));
+    };
+    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+    assert!(stored.len() >= 40, "only {} frames of 512 KiB fit in ~40 MiB", stored.len());
+    assert!(
+        log_line(&hub, &["frame not stored", "store full 5"], PATIENCE).is_some(),
+        "the refusal is logged: {:?}",
+        hub.logs()
+    );
+
+    // Still full: refused again; meanwhile code 6 is relayed as usual.
+    for i in 0..20 {
+        send(&mut publisher, numbered(6, i, 10_000)).await;
+    }
+    assert_eq!(
+        publish_replies(&mut publisher, &[numbered(5, full + 1, SIZE)]).await,
+        ["ERR store full 5"]
+    );
+    for i in 0..20 {
+        assert_eq!(recv(&mut relayed).await, numbered(6, i, 10_000), "relayed while the store is full");
+    }
+
+    // Space returns: stored again, by the same hub.
+    std::fs::remove_file(&ballast).expect("delete the ballast");
+    number = full + 1;
+    let resumed = loop {
+        number += 1;
+        assert!(number < full + 50, "frames were not stored again after space returned");
+        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)]).await.remove(0);
+        if reply != "ERR store full 5" {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stored.push((durable::stored_seq(&resumed), number));
+    for _ in 0..10 {
+        number += 1;
+        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)]).await.remove(0);
+        stored.push((durable::stored_seq(&reply), number));
+    }
+    let mut subscriber = connect(hub.addr).await;
+    control(&mut subscriber, "SUB 5 durable=all from=all").await;
+    for &(seq, number) in &stored {
+        let (got, frame) = next_delivery(&mut subscriber, "all").await;
+        assert_eq!(got, seq);
+        assert_eq!(frame, numbered(5, number, SIZE), "seq {seq} read back");
+        send(&mut subscriber, hub_common::control_frame(&format!("ACK all 5 {seq}"))).await;
+    }
+    expect_silence(&mut subscriber, Duration::from_millis(300)).await;
+    assert_no_panic(&hub);
+    drop(hub);
+    let (clean, report) = dir.check();
+    assert!(clean, "tej-hub store check after a full disk: {report}");
+    eprintln!("disk full: {} frames stored, refused at frame {full}, resumed with {resumed}", stored.len());
+    drop(dir);
+    drop(tmpfs);
+}
+
+/// Starts the Python reference client as durable subscriber `py` (`SUB 5 durable=py <from>`),
+/// acknowledging frames up to `ack_upto`, expecting `expect` frames; retries while the hub has
+/// not yet noticed that the previous client of the cursor left (`ERR durable py in use`).
+async fn python_durable(port: u16, from: &str, ack_upto: u64, expect: usize) -> PyPeer {
+    let command = format!("SUB 5 durable=py{from}");
+    let spec = json!([{"status": 127, "files": [], "message": {"text": command}}]).to_string();
+    for _ in 0..20 {
+        let expect = expect.to_string();
+        let ack = ack_upto.to_string();
+        let args = ["--spec", &spec, "--expect", &expect, "--ignore-pings", "--wait", "30", "--ack-upto", &ack];
+        let mut peer = PyPeer::client(port, &args);
+        let reply = peer.next_event("received").await;
+        assert_eq!(reply["status"], json!(127));
+        if reply["message_text"] == json!("ERR durable py in use") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(reply["message_text"], json!(format!("OK {command}")));
+        return peer;
+    }
+    panic!("the cursor py stayed in use");
+}
+
+/// Reads `MSG py 5 <seq>` and the frame after it from the Python client; checks both.
+async fn python_delivery(peer: &mut PyPeer, seq: u64, frame: &Frame) {
+    let notice = peer.next_event("received").await;
+    assert_eq!(notice["status"], json!(127));
+    assert_eq!(notice["message_text"], json!(format!("MSG py 5 {seq}")));
+    let received = peer.next_event("received").await;
+    assert_eq!(python::digest_of_record(&received), digest(frame), "seq {seq}");
+}
+
+/// The Python reference client (tej-protoc 0.2.4) as a durable subscriber with control frames
+/// only: `SUB 5 durable=py from=all`, `MSG` + frame pairs, `ACK`s for the first six; it
+/// reconnects and gets only the four it did not acknowledge, then live frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_reference_client_subscribes_durably_with_control_frames_only() {
+    let dir = StoreDir::new("python");
+    let hub = durable_hub(&dir, &[]);
+    let mut publisher = connect(hub.addr).await;
+    assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
+    let frames: Vec<Frame> = (1..=12).map(|i| numbered(5, i, (i as usize) * 7000)).collect();
+    publish_acknowledged(&mut publisher, &frames[..10]).await;
+
+    let mut first = python_durable(hub.addr.port(), " from=all", 6, 21).await;
+    for seq in 1..=10 {
+        python_delivery(&mut first, seq, &frames[seq as usize - 1]).await;
+    }
+    first.succeeds().await;
+
+    let mut second = python_durable(hub.addr.port(), "", 12, 13).await;
+    for seq in 7..=10 {
+        python_delivery(&mut second, seq, &frames[seq as usize - 1]).await;
+    }
+    publish_acknowledged(&mut publisher, &frames[10..]).await;
+    for seq in 11..=12 {
+        python_delivery(&mut second, seq, &frames[seq as usize - 1]).await;
+    }
+    second.succeeds().await;
+    assert_no_panic(&hub);
+}

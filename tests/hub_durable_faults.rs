@@ -316,9 +316,9 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
     );
 }
 
-/// A 256 MiB frame read at about 40 MB/s (over 5 s) by a durable subscriber whose code has a
-/// 1 s `ack_wait`: it is not delivered again while it is being read (`ack_wait` counts from
-/// its last byte written), and it is delivered again, byte-identical, once `ack_wait` has run
+/// A 256 MiB frame read at about 40 MB/s (over 5 s, stopping for 2 s near its end) by a durable
+/// subscriber whose code has a 1 s `ack_wait`: it is not delivered again while it is being read
+/// (`ack_wait` counts from its last byte written to the socket), and it is delivered again, byte-identical, once `ack_wait` has run
 /// out after it was read whole without an acknowledgement; after the `ACK` nothing comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its_end() {
@@ -343,10 +343,22 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
         .expect("the reply task");
     assert_eq!(replies, ["OK STORED 5 1"]);
 
-    let (mut reader, mut write) = raw_subscriber(&hub, "slow", "from=all").await;
+    // A 256 KiB receive buffer (no autotuning: loopback's may grow to 32 MiB), so that what
+    // the hub has written to the socket is within a few MiB of what the test has read.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(256 * 1024).expect("SO_RCVBUF");
+    let stream = within(PATIENCE, "connect", socket.connect(hub.addr)).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    write.write_all(&control_wire("SUB 5 durable=slow from=all")).await.expect("SUB");
+    let mut reader = RawReader::new(read);
+    assert_eq!(reader.control().await, "OK SUB 5 durable=slow from=all");
     let notice = reader.control().await;
     assert_eq!(notice, "MSG slow 5 1");
     reader.throttle(Some(RATE));
+    // And stops for 2 s with 10 MiB left: by then the hub has queued the frame's last piece
+    // (a subscriber's queue holds 16 MiB) but cannot have written it to the socket (the
+    // kernel's buffers hold at most 4 MiB sent and 256 KiB received).
+    reader.stall(LEN - 10 * MIB as u64, Duration::from_secs(2));
     let started = Instant::now();
     let frame = reader.next().await.expect("the 256 MiB frame, read slowly");
     let read_whole = Instant::now();
@@ -354,8 +366,9 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     assert_eq!(frame.digest, sent, "the frame read back");
     let reading = read_whole - started;
     assert!(reading > Duration::from_secs(5), "read in {reading:?}: not slow enough to test");
-    // Had ack_wait counted from the start of the frame, it would have run out 5 s before the
-    // end and the redelivery would follow the frame at once.
+    // Had ack_wait counted from the start of the frame, or from when its last piece was
+    // queued, it would have run out during the stall and the redelivery would follow the frame
+    // at once.
     let again = reader.control().await;
     let gap = read_whole.elapsed();
     assert_eq!(again, "MSG slow 5 1");
@@ -697,5 +710,123 @@ async fn the_python_reference_client_subscribes_durably_with_control_frames_only
         python_delivery(&mut second, seq, &frames[seq as usize - 1]).await;
     }
     second.succeeds().await;
+    assert_no_panic(&hub);
+}
+
+/// Attaches a raw durable subscriber, retrying while the hub has not yet noticed that the
+/// cursor's previous session left.
+async fn raw_subscriber_retrying(hub: &BinHub, name: &str) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
+    for _ in 0..50 {
+        let (read, mut write) = connect_raw(hub.addr).await.into_split();
+        let command = format!("SUB 5 durable={name}");
+        write.write_all(&control_wire(&command)).await.expect("send SUB");
+        let mut reader = RawReader::new(read);
+        let reply = reader.control().await;
+        if reply == format!("OK {command}") {
+            return (reader, write);
+        }
+        assert_eq!(reply, format!("ERR durable {name} in use"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("durable {name} stayed in use");
+}
+
+/// Reads deliveries `from..=to` of cursor `name`, checking each against `digests` (by sequence
+/// number, from 1) and acknowledging as it goes; `at_seq` runs once after frame `at` is read.
+async fn replay(
+    reader: &mut RawReader<OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    digests: &[[u8; 32]],
+) {
+    for expected in range {
+        let (seq, frame) = reader.delivery(name).await;
+        assert_eq!(seq, expected, "in order, no gap, no duplicate");
+        assert_eq!(Some(&frame.digest), digests.get(seq as usize - 1), "seq {seq} byte-identical");
+        if seq % 16 == 0 || frame.len > MIB as u64 {
+            write.write_all(&control_wire(&format!("ACK {name} 5 {seq}"))).await.expect("ACK");
+        }
+    }
+}
+
+/// The issue's offline test at full size: two durable subscribers go offline, 10,000 mixed
+/// frames (a 1 GiB one among them) are published with acknowledgements; the first comes back
+/// and gets every frame once, in order, byte-identical, then live frames published during its
+/// replay with no gap or duplicate at the hand-over; the hub is `kill -9`ed and restarted, and
+/// the second gets all of it too. Prints the time and the hub's peak RSS. Heavy for CI: run it
+/// with `cargo test --release --test hub_durable_faults -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "1 GiB: run with --ignored"]
+async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_restart() {
+    const FRAMES: u64 = 10_000;
+    const HUGE_AT: u64 = 7_000;
+    const LIVE: u64 = 10;
+    let started = Instant::now();
+    let dir = StoreDir::new("offline-1gib");
+    let mut hub = durable_hub(&dir, &[]);
+    for name in ["first", "second"] {
+        let (_reader, _write) = raw_subscriber(&hub, name, "from=new").await;
+    }
+    let mut rng = Rng(0x1_0000_0000);
+    let (mut write, replies) = raw_publisher(&hub).await;
+    let mut digests: Vec<[u8; 32]> = Vec::new();
+    for i in 1..=FRAMES {
+        if i == HUGE_AT {
+            let digest = write_streamed(&mut write, 5, 1 << 30, i, None)
+                .await
+                .expect("stream 1 GiB")
+                .expect("sent whole");
+            digests.push(digest);
+            continue;
+        }
+        let size = match rng.range(0, 100) {
+            0..=89 => rng.range(0, 8192),
+            90..=97 => rng.range(8192, 256 * 1024),
+            _ => rng.range(MIB as u64 + 1, 4 * MIB as u64),
+        } as usize;
+        let wire = numbered(5, i, size).to_wire().expect("encode");
+        digests.push(sha(&wire));
+        write.write_all(&wire).await.expect("publish");
+    }
+    let published = started.elapsed();
+    // Every frame acknowledged, in order, before the subscribers return.
+    let mut live_publisher = connect(hub.addr).await;
+    assert_eq!(control(&mut live_publisher, "PUBACK on").await, "OK PUBACK on");
+    drop(write);
+    let replies = within(Duration::from_secs(120), "the stored replies", replies)
+        .await
+        .expect("the reply task");
+    let expected: Vec<String> = (1..=FRAMES).map(|seq| format!("OK STORED 5 {seq}")).collect();
+    assert!(replies == expected, "{} replies, not OK STORED 1..{FRAMES}", replies.len());
+
+    let (mut reader, mut ack) = raw_subscriber_retrying(&hub, "first").await;
+    replay(&mut reader, &mut ack, "first", 1..=9_000, &digests).await;
+    // Live frames published while the replay is still 1,000 frames behind.
+    let live: Vec<Frame> = (FRAMES + 1..=FRAMES + LIVE).map(|i| numbered(5, i, 1000)).collect();
+    let seqs = publish_acknowledged(&mut live_publisher, &live).await;
+    assert_eq!(seqs, (FRAMES + 1..=FRAMES + LIVE).collect::<Vec<_>>());
+    digests.extend(live.iter().map(|frame| sha(&frame.to_wire().expect("encode"))));
+    replay(&mut reader, &mut ack, "first", 9_001..=FRAMES + LIVE, &digests).await;
+    let first_done = started.elapsed();
+    let peak_before = hub.peak_rss_kib();
+
+    // kill -9, restart: the second cursor gets everything too.
+    drop((reader, ack, live_publisher));
+    drop(hub);
+    hub = durable_hub(&dir, &[]);
+    let (mut reader, mut ack) = raw_subscriber_retrying(&hub, "second").await;
+    replay(&mut reader, &mut ack, "second", 1..=FRAMES + LIVE, &digests).await;
+    if let Ok(next) = tokio::time::timeout(Duration::from_secs(1), reader.next()).await {
+        panic!("nothing after the last frame, got {next:?}");
+    }
+    let peak_after = hub.peak_rss_kib();
+    eprintln!(
+        "offline 1 GiB: published {FRAMES} frames in {published:?}; first replay done at \
+         {first_done:?}; restart and second replay done at {:?}; hub peak RSS {peak_before} KiB \
+         (first hub), {peak_after} KiB (restarted hub); store {} bytes",
+        started.elapsed(),
+        dir.bytes()
+    );
     assert_no_panic(&hub);
 }

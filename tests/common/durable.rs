@@ -236,6 +236,8 @@ pub struct RawReader<R> {
     inner: BufReader<R>,
     /// Bytes per second, and since when with how many bytes read.
     rate: Option<(f64, Instant, u64)>,
+    /// A pause, once, after this many bytes read at the rate.
+    stall: Option<(u64, Duration)>,
 }
 
 impl<R: AsyncRead + Unpin> RawReader<R> {
@@ -244,12 +246,18 @@ impl<R: AsyncRead + Unpin> RawReader<R> {
         RawReader {
             inner: BufReader::with_capacity(64 * 1024, inner),
             rate: None,
+            stall: None,
         }
     }
 
     /// From now on, reads no faster than `bytes_per_second` (`None`: full speed).
     pub fn throttle(&mut self, bytes_per_second: Option<f64>) {
         self.rate = bytes_per_second.map(|rate| (rate, Instant::now(), 0));
+    }
+
+    /// Once `after` bytes have been read at the throttled rate, stops reading for `pause`.
+    pub fn stall(&mut self, after: u64, pause: Duration) {
+        self.stall = Some((after, pause));
     }
 
     async fn exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
@@ -281,6 +289,13 @@ impl<R: AsyncRead + Unpin> RawReader<R> {
             left -= got as u64;
             if let Some((rate, since, read)) = &mut self.rate {
                 *read += got as u64;
+                if let Some((after, pause)) = self.stall {
+                    if *read >= after {
+                        self.stall = None;
+                        tokio::time::sleep(pause).await;
+                        *since += pause;
+                    }
+                }
                 let due = *since + Duration::from_secs_f64(*read as f64 / *rate);
                 tokio::time::sleep_until(due.into()).await;
             }

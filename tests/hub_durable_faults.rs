@@ -9,10 +9,10 @@
 //! Large frames are written and read on raw sockets a chunk at a time and compared by SHA-256
 //! of their wire bytes: no test holds a large frame whole.
 
-#[path = "common/hub.rs"]
-mod hub_common;
 #[path = "common/durable.rs"]
 mod durable;
+#[path = "common/hub.rs"]
+mod hub_common;
 #[path = "common/python.rs"]
 mod python;
 
@@ -80,7 +80,10 @@ fn assert_no_panic(hub: &BinHub) {
 /// sequence numbers of `OK STORED 5 <seq>` in order, and any other reply) until the socket ends.
 async fn raw_publisher(hub: &BinHub) -> (OwnedWriteHalf, tokio::task::JoinHandle<Vec<String>>) {
     let (read, mut write) = connect_raw(hub.addr).await.into_split();
-    write.write_all(&control_wire("PUBACK on")).await.expect("send PUBACK on");
+    write
+        .write_all(&control_wire("PUBACK on"))
+        .await
+        .expect("send PUBACK on");
     let mut replies = RawReader::new(read);
     match replies.next().await {
         Ok(reply) => assert_eq!(reply.text(), "OK PUBACK on"),
@@ -97,10 +100,17 @@ async fn raw_publisher(hub: &BinHub) -> (OwnedWriteHalf, tokio::task::JoinHandle
 }
 
 /// A raw durable subscriber attached with `SUB 5 durable=<name> <from>`.
-async fn raw_subscriber(hub: &BinHub, name: &str, from: &str) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
+async fn raw_subscriber(
+    hub: &BinHub,
+    name: &str,
+    from: &str,
+) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
     let (read, mut write) = connect_raw(hub.addr).await.into_split();
     let command = format!("SUB 5 durable={name} {from}");
-    write.write_all(&control_wire(&command)).await.expect("send SUB");
+    write
+        .write_all(&control_wire(&command))
+        .await
+        .expect("send SUB");
     let mut reader = RawReader::new(read);
     assert_eq!(reader.control().await, format!("OK {}", &command));
     (reader, write)
@@ -108,7 +118,11 @@ async fn raw_subscriber(hub: &BinHub, name: &str, from: &str) -> (RawReader<Owne
 
 /// Writes [`numbered`] frames `(id, file size)` of code 5, noting each one's SHA-256 in `sent`
 /// first; stops at the first failed write (the hub was killed).
-async fn write_small(write: &mut OwnedWriteHalf, frames: Vec<(u64, usize)>, sent: &Mutex<Vec<[u8; 32]>>) {
+async fn write_small(
+    write: &mut OwnedWriteHalf,
+    frames: Vec<(u64, usize)>,
+    sent: &Mutex<Vec<[u8; 32]>>,
+) {
     for (id, size) in frames {
         let wire = numbered(5, id, size).to_wire().expect("encode");
         sent.lock().expect("sent").push(sha(&wire));
@@ -157,8 +171,12 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
         };
         let hub = durable_hub(&dir, &[]);
         if expect_cut {
-            let line = log_line(&hub, &["cut a torn or corrupt tail", "code=5", "cut_bytes="], PATIENCE)
-                .unwrap_or_else(|| panic!("round {round}: no recovery line; logs: {:?}", hub.logs()));
+            let line = log_line(
+                &hub,
+                &["cut a torn or corrupt tail", "code=5", "cut_bytes="],
+                PATIENCE,
+            )
+            .unwrap_or_else(|| panic!("round {round}: no recovery line; logs: {:?}", hub.logs()));
             assert!(!line.contains("cut_bytes=0 "), "{line}");
             cuts_logged += 1;
         }
@@ -176,7 +194,11 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
                 _ => rng.range(MIB as u64 + 1, 3 * MIB as u64) as usize,
             })
             .collect();
-        let lead = if kind == Round::Small { sizes.len() } else { 20 };
+        let lead = if kind == Round::Small {
+            sizes.len()
+        } else {
+            20
+        };
         let tail: Vec<usize> = sizes.split_off(lead.min(sizes.len()));
         let kill_after = Duration::from_millis(rng.range(30, 600));
         let cut_at = rng.range(8 * MIB as u64, 56 * MIB as u64);
@@ -235,7 +257,10 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
             .await
             .expect("the reply task");
         let sent = sent.lock().expect("sent").clone();
-        assert!(replies.len() <= sent.len(), "round {round}: more replies than frames");
+        assert!(
+            replies.len() <= sent.len(),
+            "round {round}: more replies than frames"
+        );
         // The 64 MiB frame is the 21st: its acknowledgement may have been lost to the kill.
         if kind == Round::Big && replies.len() > 20 {
             big_acked += 1;
@@ -243,7 +268,10 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
         let mut last = acked.keys().next_back().copied().unwrap_or(0);
         for (text, digest) in replies.iter().zip(&sent) {
             let seq = stored_seq(text);
-            assert!(seq > last, "round {round}: seq {seq} acknowledged after {last}");
+            assert!(
+                seq > last,
+                "round {round}: seq {seq} acknowledged after {last}"
+            );
             last = seq;
             acked.insert(seq, *digest);
         }
@@ -259,11 +287,19 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
     // Everything, from the start, once.
     let hub = durable_hub(&dir, &[]);
     if expect_cut {
-        assert!(log_line(&hub, &["cut a torn or corrupt tail", "cut_bytes="], PATIENCE).is_some());
+        assert!(log_line(
+            &hub,
+            &["cut a torn or corrupt tail", "cut_bytes="],
+            PATIENCE
+        )
+        .is_some());
         cuts_logged += 1;
     }
     let (mut reader, mut write) = raw_subscriber(&hub, "check", "from=all").await;
-    let last_acked = *acked.keys().next_back().expect("something was acknowledged");
+    let last_acked = *acked
+        .keys()
+        .next_back()
+        .expect("something was acknowledged");
     let mut seq_expected = 1u64;
     let mut bigs = 0;
     loop {
@@ -272,7 +308,11 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
                 let logs = hub.logs();
                 let listing = std::process::Command::new("sh")
                     .arg("-c")
-                    .arg(format!("ls -laR {0}; {1} store list {0}", dir.path(), env!("CARGO_BIN_EXE_tej-hub")))
+                    .arg(format!(
+                        "ls -laR {0}; {1} store list {0}",
+                        dir.path(),
+                        env!("CARGO_BIN_EXE_tej-hub")
+                    ))
                     .output()
                     .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
                 panic!(
@@ -290,20 +330,38 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
         };
         let (seq, frame) = next;
         assert_eq!(seq, seq_expected, "sequence numbers in order, each once");
-        assert!(sent_whole.contains(&frame.digest), "seq {seq}: a frame never sent whole (torn?)");
+        assert!(
+            sent_whole.contains(&frame.digest),
+            "seq {seq}: a frame never sent whole (torn?)"
+        );
         if let Some(digest) = acked.get(&seq) {
-            assert_eq!(&frame.digest, digest, "seq {seq}: not the frame acknowledged with it");
+            assert_eq!(
+                &frame.digest, digest,
+                "seq {seq}: not the frame acknowledged with it"
+            );
         }
         bigs += usize::from(frame.len > 64 * MIB as u64);
         // The window holds 1,024 frames or 64 MiB unacknowledged: acknowledge as we go.
         if seq % 16 == 0 || frame.len > MIB as u64 {
-            write.write_all(&control_wire(&format!("ACK check 5 {seq}"))).await.expect("ACK");
+            write
+                .write_all(&control_wire(&format!("ACK check 5 {seq}")))
+                .await
+                .expect("ACK");
         }
         seq_expected += 1;
     }
-    assert!(seq_expected > last_acked, "every acknowledged frame delivered");
-    assert!(bigs >= big_acked, "{bigs} 64 MiB frames delivered, {big_acked} acknowledged");
-    assert_eq!(cuts_logged, 3, "each restart after a torn frame logged its cut");
+    assert!(
+        seq_expected > last_acked,
+        "every acknowledged frame delivered"
+    );
+    assert!(
+        bigs >= big_acked,
+        "{bigs} 64 MiB frames delivered, {big_acked} acknowledged"
+    );
+    assert_eq!(
+        cuts_logged, 3,
+        "each restart after a torn frame logged its cut"
+    );
     assert_no_panic(&hub);
     drop(hub);
     let (clean, report) = dir.check();
@@ -334,7 +392,10 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     // Stored (the reply comes after the sync) before the subscriber reads it.
     let deadline = Instant::now() + Duration::from_secs(60);
     while dir.bytes() < LEN {
-        assert!(Instant::now() < deadline, "the 256 MiB frame was not stored");
+        assert!(
+            Instant::now() < deadline,
+            "the 256 MiB frame was not stored"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(write);
@@ -347,9 +408,14 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     // the hub has written to the socket is within a few MiB of what the test has read.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(256 * 1024).expect("SO_RCVBUF");
-    let stream = within(PATIENCE, "connect", socket.connect(hub.addr)).await.expect("connect");
+    let stream = within(PATIENCE, "connect", socket.connect(hub.addr))
+        .await
+        .expect("connect");
     let (read, mut write) = stream.into_split();
-    write.write_all(&control_wire("SUB 5 durable=slow from=all")).await.expect("SUB");
+    write
+        .write_all(&control_wire("SUB 5 durable=slow from=all"))
+        .await
+        .expect("SUB");
     let mut reader = RawReader::new(read);
     assert_eq!(reader.control().await, "OK SUB 5 durable=slow from=all");
     let notice = reader.control().await;
@@ -365,7 +431,10 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     reader.throttle(None);
     assert_eq!(frame.digest, sent, "the frame read back");
     let reading = read_whole - started;
-    assert!(reading > Duration::from_secs(5), "read in {reading:?}: not slow enough to test");
+    assert!(
+        reading > Duration::from_secs(5),
+        "read in {reading:?}: not slow enough to test"
+    );
     // Had ack_wait counted from the start of the frame, or from when its last piece was
     // queued, it would have run out during the stall and the redelivery would follow the frame
     // at once.
@@ -378,7 +447,10 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     );
     let frame = reader.next().await.expect("the frame again");
     assert_eq!(frame.digest, sent, "the frame redelivered");
-    write.write_all(&control_wire("ACK slow 5 1")).await.expect("ACK");
+    write
+        .write_all(&control_wire("ACK slow 5 1"))
+        .await
+        .expect("ACK");
     if let Ok(next) = tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
         panic!("nothing after the ACK, got {next:?}");
     }
@@ -413,7 +485,11 @@ async fn drain(conn: &mut hub_common::Conn, name: &str) -> Vec<(u64, u64)> {
         let (_, seq) = durable::parse_notice(&text, name);
         let frame = recv(conn).await;
         got.push((seq, message_number(&frame)));
-        send(conn, hub_common::control_frame(&format!("ACK {name} 5 {seq}"))).await;
+        send(
+            conn,
+            hub_common::control_frame(&format!("ACK {name} 5 {seq}")),
+        )
+        .await;
     }
 }
 
@@ -427,22 +503,36 @@ async fn start_positions_last_seq_and_time() {
     let mut publisher = connect(hub.addr).await;
     assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
     let early: Vec<Frame> = (1..=5).map(|i| numbered(5, i, 100)).collect();
-    assert_eq!(publish_acknowledged(&mut publisher, &early).await, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        publish_acknowledged(&mut publisher, &early).await,
+        [1, 2, 3, 4, 5]
+    );
     // Stored timestamps are the hub's clock: T is between the two batches.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let between = SystemTime::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late: Vec<Frame> = (6..=10).map(|i| numbered(5, i, 100)).collect();
-    assert_eq!(publish_acknowledged(&mut publisher, &late).await, [6, 7, 8, 9, 10]);
+    assert_eq!(
+        publish_acknowledged(&mut publisher, &late).await,
+        [6, 7, 8, 9, 10]
+    );
 
     let mut last = connect(hub.addr).await;
     assert_eq!(
         control(&mut last, "SUB 5 durable=last from=last").await,
         "OK SUB 5 durable=last from=last"
     );
-    assert_eq!(drain(&mut last, "last").await, [(10, 10)], "the latest frame, once");
+    assert_eq!(
+        drain(&mut last, "last").await,
+        [(10, 10)],
+        "the latest frame, once"
+    );
     publish_acknowledged(&mut publisher, &[numbered(5, 11, 100)]).await;
-    assert_eq!(drain(&mut last, "last").await, [(11, 11)], "then live frames");
+    assert_eq!(
+        drain(&mut last, "last").await,
+        [(11, 11)],
+        "then live frames"
+    );
 
     let mut from_seq = connect(hub.addr).await;
     assert_eq!(
@@ -454,8 +544,15 @@ async fn start_positions_last_seq_and_time() {
 
     let time = humantime::format_rfc3339_nanos(between).to_string();
     let mut from_time = connect(hub.addr).await;
-    let reply = control(&mut from_time, &format!("SUB 5 durable=time from=time:{time}")).await;
-    assert!(reply.starts_with("OK SUB 5 durable=time from=time:"), "{reply}");
+    let reply = control(
+        &mut from_time,
+        &format!("SUB 5 durable=time from=time:{time}"),
+    )
+    .await;
+    assert!(
+        reply.starts_with("OK SUB 5 durable=time from=time:"),
+        "{reply}"
+    );
     let expected: Vec<(u64, u64)> = (6..=11).map(|i| (i, i)).collect();
     assert_eq!(drain(&mut from_time, "time").await, expected);
     assert_no_panic(&hub);
@@ -463,7 +560,12 @@ async fn start_positions_last_seq_and_time() {
 
 /// A hub whose code 5 has `limits` (TOML lines of a `[[durable]]` table), with `count` frames
 /// of `size`-byte files published with `PUBACK on`; returns the hub, its store and the replies.
-async fn limited(name: &str, limits: &str, count: u64, size: usize) -> (BinHub, StoreDir, Vec<String>) {
+async fn limited(
+    name: &str,
+    limits: &str,
+    count: u64,
+    size: usize,
+) -> (BinHub, StoreDir, Vec<String>) {
     let dir = StoreDir::new(name);
     let hub = configured_hub(&dir, &format!("[[durable]]\ncodes = \"5\"\n{limits}\n"));
     let mut publisher = connect(hub.addr).await;
@@ -477,20 +579,37 @@ async fn limited(name: &str, limits: &str, count: u64, size: usize) -> (BinHub, 
 /// with `ERR store full 5`, those before it stored; nothing stored is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_new_refuses_frames_over_max_frames_and_max_bytes() {
-    let (_hub, _dir, replies) = limited("new-frames", "max_frames = 8\ndiscard = \"new\"", 12, 100).await;
+    let (_hub, _dir, replies) =
+        limited("new-frames", "max_frames = 8\ndiscard = \"new\"", 12, 100).await;
     let stored: Vec<String> = (1..=8).map(|seq| format!("OK STORED 5 {seq}")).collect();
     assert_eq!(&replies[..8], &stored[..]);
     assert_eq!(&replies[8..], ["ERR store full 5"; 4]);
 
     // Records are the frames plus a header: 10 frames of about 1,030 bytes exceed 8,000.
-    let (hub, _dir, replies) = limited("new-bytes", "max_bytes = 8000\ndiscard = \"new\"", 10, 1000).await;
-    let ok = replies.iter().take_while(|reply| reply.starts_with("OK STORED 5 ")).count();
-    assert!((5..10).contains(&ok), "stored {ok} of 10 1 KB frames under 8000 bytes: {replies:?}");
-    assert!(replies[ok..].iter().all(|reply| reply == "ERR store full 5"), "{replies:?}");
+    let (hub, _dir, replies) =
+        limited("new-bytes", "max_bytes = 8000\ndiscard = \"new\"", 10, 1000).await;
+    let ok = replies
+        .iter()
+        .take_while(|reply| reply.starts_with("OK STORED 5 "))
+        .count();
+    assert!(
+        (5..10).contains(&ok),
+        "stored {ok} of 10 1 KB frames under 8000 bytes: {replies:?}"
+    );
+    assert!(
+        replies[ok..]
+            .iter()
+            .all(|reply| reply == "ERR store full 5"),
+        "{replies:?}"
+    );
     let mut subscriber = connect(hub.addr).await;
     control(&mut subscriber, "SUB 5 durable=all from=all").await;
     let expected: Vec<(u64, u64)> = (1..=ok as u64).map(|i| (i, i)).collect();
-    assert_eq!(drain(&mut subscriber, "all").await, expected, "what was stored is kept");
+    assert_eq!(
+        drain(&mut subscriber, "all").await,
+        expected,
+        "what was stored is kept"
+    );
 }
 
 /// `discard = "old"` (the default) at `max_frames` and at `max_bytes`: every frame is stored,
@@ -511,15 +630,24 @@ async fn discard_old_deletes_the_oldest_and_from_all_starts_at_the_first_kept() 
         let first = got.first().expect("something is kept").0;
         assert!(first > 1, "{name}: the oldest are gone");
         let expected: Vec<(u64, u64)> = (first..=40).map(|i| (i, i)).collect();
-        assert_eq!(got, expected, "{name}: from the first kept to the last, in order");
+        assert_eq!(
+            got, expected,
+            "{name}: from the first kept to the last, in order"
+        );
         let kept = got.len();
         if check_bytes {
             let bytes: usize = (first..=40)
                 .map(|i| numbered(5, i, 1000).to_wire().expect("encode").len())
                 .sum();
-            assert!(bytes <= 20000 && kept >= 10, "{name}: kept {kept} frames, {bytes} bytes");
+            assert!(
+                bytes <= 20000 && kept >= 10,
+                "{name}: kept {kept} frames, {bytes} bytes"
+            );
         } else {
-            assert!((4..=8).contains(&kept), "{name}: kept {kept} frames under max_frames 8");
+            assert!(
+                (4..=8).contains(&kept),
+                "{name}: kept {kept} frames under max_frames 8"
+            );
         }
     }
 }
@@ -532,7 +660,10 @@ impl Tmpfs {
     /// process is not root or the mount fails outside CI. Under CI it must work.
     fn mount(test: &str, size: &str) -> Option<Tmpfs> {
         if !rustix::process::geteuid().is_root() {
-            assert!(std::env::var_os("CI").is_none(), "{test} needs root under CI");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test} needs root under CI"
+            );
             eprintln!("SKIPPED {test}: needs root");
             return None;
         }
@@ -544,7 +675,10 @@ impl Tmpfs {
             .status();
         if !matches!(mounted, Ok(status) if status.success()) {
             let _ = std::fs::remove_dir(&dir);
-            assert!(std::env::var_os("CI").is_none(), "{test}: mount -t tmpfs failed under CI");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: mount -t tmpfs failed under CI"
+            );
             eprintln!("SKIPPED {test}: cannot mount a tmpfs ({mounted:?})");
             return None;
         }
@@ -556,7 +690,10 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let unmounted = std::process::Command::new("umount").arg(&self.0).status();
         if !matches!(unmounted, Ok(status) if status.success()) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
         let _ = std::fs::remove_dir(&self.0);
     }
@@ -588,7 +725,9 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
     let full = loop {
         number += 1;
         assert!(number < 200, "the 64 MiB store never filled up");
-        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)]).await.remove(0);
+        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)])
+            .await
+            .remove(0);
         if reply == "ERR store full 5" {
             break number;
         }
@@ -596,7 +735,11 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
     };
     let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
-    assert!(stored.len() >= 40, "only {} frames of 512 KiB fit in ~40 MiB", stored.len());
+    assert!(
+        stored.len() >= 40,
+        "only {} frames of 512 KiB fit in ~40 MiB",
+        stored.len()
+    );
     assert!(
         log_line(&hub, &["frame not stored", "store full 5"], PATIENCE).is_some(),
         "the refusal is logged: {:?}",
@@ -612,7 +755,11 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
         ["ERR store full 5"]
     );
     for i in 0..20 {
-        assert_eq!(recv(&mut relayed).await, numbered(6, i, 10_000), "relayed while the store is full");
+        assert_eq!(
+            recv(&mut relayed).await,
+            numbered(6, i, 10_000),
+            "relayed while the store is full"
+        );
     }
 
     // Space returns: stored again, by the same hub.
@@ -620,8 +767,13 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
     number = full + 1;
     let resumed = loop {
         number += 1;
-        assert!(number < full + 50, "frames were not stored again after space returned");
-        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)]).await.remove(0);
+        assert!(
+            number < full + 50,
+            "frames were not stored again after space returned"
+        );
+        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)])
+            .await
+            .remove(0);
         if reply != "ERR store full 5" {
             break reply;
         }
@@ -630,7 +782,9 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
     stored.push((durable::stored_seq(&resumed), number));
     for _ in 0..10 {
         number += 1;
-        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)]).await.remove(0);
+        let reply = publish_replies(&mut publisher, &[numbered(5, number, SIZE)])
+            .await
+            .remove(0);
         stored.push((durable::stored_seq(&reply), number));
     }
     let mut subscriber = connect(hub.addr).await;
@@ -639,14 +793,21 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
         let (got, frame) = next_delivery(&mut subscriber, "all").await;
         assert_eq!(got, seq);
         assert_eq!(frame, numbered(5, number, SIZE), "seq {seq} read back");
-        send(&mut subscriber, hub_common::control_frame(&format!("ACK all 5 {seq}"))).await;
+        send(
+            &mut subscriber,
+            hub_common::control_frame(&format!("ACK all 5 {seq}")),
+        )
+        .await;
     }
     expect_silence(&mut subscriber, Duration::from_millis(300)).await;
     assert_no_panic(&hub);
     drop(hub);
     let (clean, report) = dir.check();
     assert!(clean, "tej-hub store check after a full disk: {report}");
-    eprintln!("disk full: {} frames stored, refused at frame {full}, resumed with {resumed}", stored.len());
+    eprintln!(
+        "disk full: {} frames stored, refused at frame {full}, resumed with {resumed}",
+        stored.len()
+    );
     drop(dir);
     drop(tmpfs);
 }
@@ -660,7 +821,17 @@ async fn python_durable(port: u16, from: &str, ack_upto: u64, expect: usize) -> 
     for _ in 0..20 {
         let expect = expect.to_string();
         let ack = ack_upto.to_string();
-        let args = ["--spec", &spec, "--expect", &expect, "--ignore-pings", "--wait", "30", "--ack-upto", &ack];
+        let args = [
+            "--spec",
+            &spec,
+            "--expect",
+            &expect,
+            "--ignore-pings",
+            "--wait",
+            "30",
+            "--ack-upto",
+            &ack,
+        ];
         let mut peer = PyPeer::client(port, &args);
         let reply = peer.next_event("received").await;
         assert_eq!(reply["status"], json!(127));
@@ -680,7 +851,11 @@ async fn python_delivery(peer: &mut PyPeer, seq: u64, frame: &Frame) {
     assert_eq!(notice["status"], json!(127));
     assert_eq!(notice["message_text"], json!(format!("MSG py 5 {seq}")));
     let received = peer.next_event("received").await;
-    assert_eq!(python::digest_of_record(&received), digest(frame), "seq {seq}");
+    assert_eq!(
+        python::digest_of_record(&received),
+        digest(frame),
+        "seq {seq}"
+    );
 }
 
 /// The Python reference client (tej-protoc 0.2.4) as a durable subscriber with control frames
@@ -692,7 +867,9 @@ async fn the_python_reference_client_subscribes_durably_with_control_frames_only
     let hub = durable_hub(&dir, &[]);
     let mut publisher = connect(hub.addr).await;
     assert_eq!(control(&mut publisher, "PUBACK on").await, "OK PUBACK on");
-    let frames: Vec<Frame> = (1..=12).map(|i| numbered(5, i, (i as usize) * 7000)).collect();
+    let frames: Vec<Frame> = (1..=12)
+        .map(|i| numbered(5, i, (i as usize) * 7000))
+        .collect();
     publish_acknowledged(&mut publisher, &frames[..10]).await;
 
     let mut first = python_durable(hub.addr.port(), " from=all", 6, 21).await;
@@ -715,11 +892,17 @@ async fn the_python_reference_client_subscribes_durably_with_control_frames_only
 
 /// Attaches a raw durable subscriber, retrying while the hub has not yet noticed that the
 /// cursor's previous session left.
-async fn raw_subscriber_retrying(hub: &BinHub, name: &str) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
+async fn raw_subscriber_retrying(
+    hub: &BinHub,
+    name: &str,
+) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
     for _ in 0..50 {
         let (read, mut write) = connect_raw(hub.addr).await.into_split();
         let command = format!("SUB 5 durable={name}");
-        write.write_all(&control_wire(&command)).await.expect("send SUB");
+        write
+            .write_all(&control_wire(&command))
+            .await
+            .expect("send SUB");
         let mut reader = RawReader::new(read);
         let reply = reader.control().await;
         if reply == format!("OK {command}") {
@@ -743,9 +926,16 @@ async fn replay(
     for expected in range {
         let (seq, frame) = reader.delivery(name).await;
         assert_eq!(seq, expected, "in order, no gap, no duplicate");
-        assert_eq!(Some(&frame.digest), digests.get(seq as usize - 1), "seq {seq} byte-identical");
+        assert_eq!(
+            Some(&frame.digest),
+            digests.get(seq as usize - 1),
+            "seq {seq} byte-identical"
+        );
         if seq % 16 == 0 || frame.len > MIB as u64 {
-            write.write_all(&control_wire(&format!("ACK {name} 5 {seq}"))).await.expect("ACK");
+            write
+                .write_all(&control_wire(&format!("ACK {name} 5 {seq}")))
+                .await
+                .expect("ACK");
         }
     }
 }
@@ -792,22 +982,43 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
     let published = started.elapsed();
     // Every frame acknowledged, in order, before the subscribers return.
     let mut live_publisher = connect(hub.addr).await;
-    assert_eq!(control(&mut live_publisher, "PUBACK on").await, "OK PUBACK on");
+    assert_eq!(
+        control(&mut live_publisher, "PUBACK on").await,
+        "OK PUBACK on"
+    );
     drop(write);
     let replies = within(Duration::from_secs(120), "the stored replies", replies)
         .await
         .expect("the reply task");
-    let expected: Vec<String> = (1..=FRAMES).map(|seq| format!("OK STORED 5 {seq}")).collect();
-    assert!(replies == expected, "{} replies, not OK STORED 1..{FRAMES}", replies.len());
+    let expected: Vec<String> = (1..=FRAMES)
+        .map(|seq| format!("OK STORED 5 {seq}"))
+        .collect();
+    assert!(
+        replies == expected,
+        "{} replies, not OK STORED 1..{FRAMES}",
+        replies.len()
+    );
 
     let (mut reader, mut ack) = raw_subscriber_retrying(&hub, "first").await;
     replay(&mut reader, &mut ack, "first", 1..=9_000, &digests).await;
     // Live frames published while the replay is still 1,000 frames behind.
-    let live: Vec<Frame> = (FRAMES + 1..=FRAMES + LIVE).map(|i| numbered(5, i, 1000)).collect();
+    let live: Vec<Frame> = (FRAMES + 1..=FRAMES + LIVE)
+        .map(|i| numbered(5, i, 1000))
+        .collect();
     let seqs = publish_acknowledged(&mut live_publisher, &live).await;
     assert_eq!(seqs, (FRAMES + 1..=FRAMES + LIVE).collect::<Vec<_>>());
-    digests.extend(live.iter().map(|frame| sha(&frame.to_wire().expect("encode"))));
-    replay(&mut reader, &mut ack, "first", 9_001..=FRAMES + LIVE, &digests).await;
+    digests.extend(
+        live.iter()
+            .map(|frame| sha(&frame.to_wire().expect("encode"))),
+    );
+    replay(
+        &mut reader,
+        &mut ack,
+        "first",
+        9_001..=FRAMES + LIVE,
+        &digests,
+    )
+    .await;
     let first_done = started.elapsed();
     let peak_before = hub.peak_rss_kib();
 

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use tej_hub::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::hub_common::{control_frame, pattern, recv, reply_text, status, BinHub, Conn, MIB, PATIENCE};
+use super::hub_common::{
+    control_frame, pattern, recv, reply_text, status, BinHub, Conn, MIB, PATIENCE,
+};
 
 /// A store directory removed when the test ends.
 pub struct StoreDir(pub PathBuf);
@@ -89,7 +91,12 @@ pub fn configured_hub(dir: &StoreDir, config: &str) -> BinHub {
     std::fs::create_dir_all(&dir.0).expect("create the store dir");
     let file = dir.0.join("hub.toml");
     std::fs::write(&file, config).expect("write the config");
-    BinHub::start(&["--config", file.to_str().expect("UTF-8"), "--store-dir", dir.path()])
+    BinHub::start(&[
+        "--config",
+        file.to_str().expect("UTF-8"),
+        "--store-dir",
+        dir.path(),
+    ])
 }
 
 /// Frame `i` of a test run: its number in the message, and a file of `i`-dependent bytes.
@@ -116,7 +123,10 @@ pub fn parse_notice(text: &str, name: &str) -> (u8, u64) {
     assert_eq!(words.next(), Some("MSG"), "{text}");
     assert_eq!(words.next(), Some(name), "{text}");
     let code: u8 = words.next().and_then(|c| c.parse().ok()).expect("a code");
-    let seq: u64 = words.next().and_then(|s| s.parse().ok()).expect("a sequence number");
+    let seq: u64 = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("a sequence number");
     assert_eq!(words.next(), None, "{text}");
     (code, seq)
 }
@@ -158,7 +168,9 @@ pub fn sha(bytes: &[u8]) -> [u8; 32] {
 
 /// The wire bytes of control command `command`.
 pub fn control_wire(command: &str) -> bytes::Bytes {
-    control_frame(command).to_wire().expect("a control frame encodes")
+    control_frame(command)
+        .to_wire()
+        .expect("a control frame encodes")
 }
 
 /// Writes a one-file frame of `code` whose file is `file_len` bytes (deterministic in `seed`,
@@ -225,7 +237,11 @@ pub struct RawFrame {
 impl RawFrame {
     /// A control frame's text.
     pub fn text(&self) -> String {
-        assert_eq!(self.code, 127, "expected a control frame, got code {}", self.code);
+        assert_eq!(
+            self.code, 127,
+            "expected a control frame, got code {}",
+            self.code
+        );
         String::from_utf8(self.message.clone()).expect("control replies are text")
     }
 }
@@ -309,7 +325,8 @@ impl<R: AsyncRead + Unpin> RawReader<R> {
     /// The socket ends or fails, a read takes longer than [`PATIENCE`], or the bytes are not a
     /// frame a test sends (over 1,000 files or a message over 16 MiB).
     pub async fn next(&mut self) -> std::io::Result<RawFrame> {
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
         let mut hasher = Sha256::new();
         let [status] = self.field::<1>(&mut hasher).await?;
         let [version] = self.field::<1>(&mut hasher).await?;
@@ -348,12 +365,17 @@ impl<R: AsyncRead + Unpin> RawReader<R> {
 
     /// The next frame, which must be a control frame; its text.
     pub async fn control(&mut self) -> String {
-        self.next().await.expect("a control frame from the hub").text()
+        self.next()
+            .await
+            .expect("a control frame from the hub")
+            .text()
     }
 
     /// Reads `MSG <name> <code> <seq>` and the frame it announces.
     pub async fn delivery(&mut self, name: &str) -> (u64, RawFrame) {
-        self.try_delivery(name).await.unwrap_or_else(|error| panic!("a durable delivery: {error}"))
+        self.try_delivery(name)
+            .await
+            .unwrap_or_else(|error| panic!("a durable delivery: {error}"))
     }
 
     /// As [`delivery`](Self::delivery), returning what failed.

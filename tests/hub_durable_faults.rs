@@ -17,6 +17,7 @@ mod hub_common;
 mod python;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -76,9 +77,15 @@ fn assert_no_panic(hub: &BinHub) {
     );
 }
 
-/// A raw publisher with `PUBACK on`: its writing half, and a task collecting its replies (the
-/// sequence numbers of `OK STORED 5 <seq>` in order, and any other reply) until the socket ends.
-async fn raw_publisher(hub: &BinHub) -> (OwnedWriteHalf, tokio::task::JoinHandle<Vec<String>>) {
+/// A raw publisher with `PUBACK on`: its writing half, the count of replies so far, and a task
+/// collecting the replies' texts in order until the socket ends.
+async fn raw_publisher(
+    hub: &BinHub,
+) -> (
+    OwnedWriteHalf,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
     let (read, mut write) = connect_raw(hub.addr).await.into_split();
     write
         .write_all(&control_wire("PUBACK on"))
@@ -89,14 +96,23 @@ async fn raw_publisher(hub: &BinHub) -> (OwnedWriteHalf, tokio::task::JoinHandle
         Ok(reply) => assert_eq!(reply.text(), "OK PUBACK on"),
         Err(error) => panic!("PUBACK on: {error}; hub logs: {:?}", hub.logs()),
     }
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
     let task = tokio::spawn(async move {
         let mut texts = Vec::new();
-        while let Ok(frame) = replies.next().await {
-            texts.push(frame.text());
+        loop {
+            match replies.next().await {
+                Ok(frame) => {
+                    texts.push(frame.text());
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+                // A quiet spell (a large frame being stored); the caller bounds the whole wait.
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(_) => return texts,
+            }
         }
-        texts
     });
-    (write, task)
+    (write, count, task)
 }
 
 /// A raw durable subscriber attached with `SUB 5 durable=<name> <from>`.
@@ -181,7 +197,7 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
             cuts_logged += 1;
         }
         assert_no_panic(&hub);
-        let (mut write, replies) = raw_publisher(&hub).await;
+        let (mut write, count, replies) = raw_publisher(&hub).await;
         // The frames sent whole on this connection, in order: the k-th acknowledgement is the
         // k-th of them.
         let sent: Arc<Mutex<Vec<[u8; 32]>>> = Arc::default();
@@ -234,7 +250,14 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
             }
             Round::Torn => {
                 // Let the frames before it be stored, so that what grows is the torn one.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                let deadline = Instant::now() + PATIENCE;
+                while count.load(Ordering::Relaxed) < 20 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: 20 frames not stored"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let before = dir.bytes();
                 let torn = write_streamed(&mut write, 5, 64 * MIB as u64, big_seed, Some(cut_at))
                     .await
@@ -384,7 +407,7 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     const RATE: f64 = 40e6;
     let dir = StoreDir::new("slow-reader");
     let hub = configured_hub(&dir, "[[durable]]\ncodes = \"5\"\nack_wait = \"1s\"\n");
-    let (mut write, replies) = raw_publisher(&hub).await;
+    let (mut write, _, replies) = raw_publisher(&hub).await;
     let sent = write_streamed(&mut write, 5, LEN, 256, None)
         .await
         .expect("stream 256 MiB")
@@ -959,7 +982,7 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
         let (_reader, _write) = raw_subscriber(&hub, name, "from=new").await;
     }
     let mut rng = Rng(0x1_0000_0000);
-    let (mut write, replies) = raw_publisher(&hub).await;
+    let (mut write, _, replies) = raw_publisher(&hub).await;
     let mut digests: Vec<[u8; 32]> = Vec::new();
     for i in 1..=FRAMES {
         if i == HUGE_AT {

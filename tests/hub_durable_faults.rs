@@ -115,21 +115,29 @@ async fn raw_publisher(
     (write, count, task)
 }
 
-/// A raw durable subscriber attached with `SUB 5 durable=<name> <from>`.
+/// A raw durable subscriber attached with `SUB 5 durable=<name><options>`, retrying while the
+/// hub has not yet noticed that the cursor's previous session left.
 async fn raw_subscriber(
     hub: &BinHub,
     name: &str,
-    from: &str,
+    options: &str,
 ) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
-    let (read, mut write) = connect_raw(hub.addr).await.into_split();
-    let command = format!("SUB 5 durable={name} {from}");
-    write
-        .write_all(&control_wire(&command))
-        .await
-        .expect("send SUB");
-    let mut reader = RawReader::new(read);
-    assert_eq!(reader.control().await, format!("OK {}", &command));
-    (reader, write)
+    let command = format!("SUB 5 durable={name}{options}");
+    for _ in 0..50 {
+        let (read, mut write) = connect_raw(hub.addr).await.into_split();
+        write
+            .write_all(&control_wire(&command))
+            .await
+            .expect("send SUB");
+        let mut reader = RawReader::new(read);
+        let reply = reader.control().await;
+        if reply == format!("OK {command}") {
+            return (reader, write);
+        }
+        assert_eq!(reply, format!("ERR durable {name} in use"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("durable {name} stayed in use");
 }
 
 /// Writes [`numbered`] frames `(id, file size)` of code 5, noting each one's SHA-256 in `sent`
@@ -194,6 +202,7 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
             )
             .unwrap_or_else(|| panic!("round {round}: no recovery line; logs: {:?}", hub.logs()));
             assert!(!line.contains("cut_bytes=0 "), "{line}");
+            eprintln!("round {round}: {line}");
             cuts_logged += 1;
         }
         assert_no_panic(&hub);
@@ -318,7 +327,7 @@ async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
         .is_some());
         cuts_logged += 1;
     }
-    let (mut reader, mut write) = raw_subscriber(&hub, "check", "from=all").await;
+    let (mut reader, mut write) = raw_subscriber(&hub, "check", " from=all").await;
     let last_acked = *acked
         .keys()
         .next_back()
@@ -913,30 +922,6 @@ async fn the_python_reference_client_subscribes_durably_with_control_frames_only
     assert_no_panic(&hub);
 }
 
-/// Attaches a raw durable subscriber, retrying while the hub has not yet noticed that the
-/// cursor's previous session left.
-async fn raw_subscriber_retrying(
-    hub: &BinHub,
-    name: &str,
-) -> (RawReader<OwnedReadHalf>, OwnedWriteHalf) {
-    for _ in 0..50 {
-        let (read, mut write) = connect_raw(hub.addr).await.into_split();
-        let command = format!("SUB 5 durable={name}");
-        write
-            .write_all(&control_wire(&command))
-            .await
-            .expect("send SUB");
-        let mut reader = RawReader::new(read);
-        let reply = reader.control().await;
-        if reply == format!("OK {command}") {
-            return (reader, write);
-        }
-        assert_eq!(reply, format!("ERR durable {name} in use"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("durable {name} stayed in use");
-}
-
 /// Reads deliveries `from..=to` of cursor `name`, checking each against `digests` (by sequence
 /// number, from 1) and acknowledging as it goes; `at_seq` runs once after frame `at` is read.
 async fn replay(
@@ -979,10 +964,10 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
     let dir = StoreDir::new("offline-1gib");
     let mut hub = durable_hub(&dir, &[]);
     for name in ["first", "second"] {
-        let (_reader, _write) = raw_subscriber(&hub, name, "from=new").await;
+        let (_reader, _write) = raw_subscriber(&hub, name, " from=new").await;
     }
     let mut rng = Rng(0x1_0000_0000);
-    let (mut write, _, replies) = raw_publisher(&hub).await;
+    let (mut write, count, replies) = raw_publisher(&hub).await;
     let mut digests: Vec<[u8; 32]> = Vec::new();
     for i in 1..=FRAMES {
         if i == HUGE_AT {
@@ -1009,6 +994,12 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
         control(&mut live_publisher, "PUBACK on").await,
         "OK PUBACK on"
     );
+    // The replies come before the publisher closes its side (see
+    // a_publisher_closing_its_side_still_gets_every_stored_reply).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Relaxed) < FRAMES as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(write);
     let replies = within(Duration::from_secs(120), "the stored replies", replies)
         .await
@@ -1022,7 +1013,7 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
         replies.len()
     );
 
-    let (mut reader, mut ack) = raw_subscriber_retrying(&hub, "first").await;
+    let (mut reader, mut ack) = raw_subscriber(&hub, "first", "").await;
     replay(&mut reader, &mut ack, "first", 1..=9_000, &digests).await;
     // Live frames published while the replay is still 1,000 frames behind.
     let live: Vec<Frame> = (FRAMES + 1..=FRAMES + LIVE)
@@ -1049,7 +1040,7 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
     drop((reader, ack, live_publisher));
     drop(hub);
     hub = durable_hub(&dir, &[]);
-    let (mut reader, mut ack) = raw_subscriber_retrying(&hub, "second").await;
+    let (mut reader, mut ack) = raw_subscriber(&hub, "second", "").await;
     replay(&mut reader, &mut ack, "second", 1..=FRAMES + LIVE, &digests).await;
     if let Ok(next) = tokio::time::timeout(Duration::from_secs(1), reader.next()).await {
         panic!("nothing after the last frame, got {next:?}");

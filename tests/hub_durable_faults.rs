@@ -1055,3 +1055,32 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
     );
     assert_no_panic(&hub);
 }
+
+/// A publisher that sends its frames and closes its side at once (`shutdown(SHUT_WR)`), then
+/// reads until the hub closes: it still gets one stored reply per frame, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_closing_its_side_still_gets_every_stored_reply() {
+    const FRAMES: u64 = 2000;
+    let dir = StoreDir::new("half-close");
+    let hub = durable_hub(&dir, &[]);
+    let (mut write, _, replies) = raw_publisher(&hub).await;
+    for i in 1..=FRAMES {
+        let wire = numbered(5, i, (i as usize * 131) % 5000)
+            .to_wire()
+            .expect("encode");
+        write.write_all(&wire).await.expect("publish");
+    }
+    write.shutdown().await.expect("shutdown(SHUT_WR)");
+    let replies = within(PATIENCE, "the hub to close", replies)
+        .await
+        .expect("the reply task");
+    let expected: Vec<String> = (1..=FRAMES)
+        .map(|seq| format!("OK STORED 5 {seq}"))
+        .collect();
+    assert!(
+        replies == expected,
+        "{} replies of {FRAMES} before the hub closed",
+        replies.len()
+    );
+    assert_no_panic(&hub);
+}

@@ -177,7 +177,7 @@ enum Round {
 async fn every_acknowledged_frame_survives_twenty_kill_9s_once_in_order() {
     const ROUNDS: usize = 20;
     let dir = StoreDir::new("crash-loop");
-    let mut rng = Rng(0x22_d0_ab1e);
+    let mut rng = Rng(0x22d0_ab1e);
     // Sequence number → SHA-256 of the frame acknowledged with it.
     let mut acked: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
     // Every frame sent whole.
@@ -488,6 +488,19 @@ async fn a_slowly_read_256_mib_frame_is_redelivered_only_after_ack_wait_from_its
     }
     eprintln!("256 MiB read in {reading:?}; redelivered {gap:?} after its last byte was read");
     assert_no_panic(&hub);
+}
+
+/// Checks that `replies` are `OK STORED 5 1` to `OK STORED 5 <frames>`, in order.
+fn assert_stored_in_order(replies: &[String], frames: u64) {
+    let expected: Vec<String> = (1..=frames)
+        .map(|seq| format!("OK STORED 5 {seq}"))
+        .collect();
+    assert!(
+        replies == expected,
+        "{} replies, not OK STORED 5 1..={frames} (first {:?})",
+        replies.len(),
+        replies.first()
+    );
 }
 
 /// Replies to `frames` published with `PUBACK on`, in order.
@@ -1004,14 +1017,7 @@ async fn an_offline_subscriber_gets_10000_frames_with_a_1_gib_one_across_a_resta
     let replies = within(Duration::from_secs(120), "the stored replies", replies)
         .await
         .expect("the reply task");
-    let expected: Vec<String> = (1..=FRAMES)
-        .map(|seq| format!("OK STORED 5 {seq}"))
-        .collect();
-    assert!(
-        replies == expected,
-        "{} replies, not OK STORED 1..{FRAMES}",
-        replies.len()
-    );
+    assert_stored_in_order(&replies, FRAMES);
 
     let (mut reader, mut ack) = raw_subscriber(&hub, "first", "").await;
     replay(&mut reader, &mut ack, "first", 1..=9_000, &digests).await;
@@ -1074,13 +1080,6 @@ async fn a_publisher_closing_its_side_still_gets_every_stored_reply() {
     let replies = within(PATIENCE, "the hub to close", replies)
         .await
         .expect("the reply task");
-    let expected: Vec<String> = (1..=FRAMES)
-        .map(|seq| format!("OK STORED 5 {seq}"))
-        .collect();
-    assert!(
-        replies == expected,
-        "{} replies of {FRAMES} before the hub closed",
-        replies.len()
-    );
+    assert_stored_in_order(&replies, FRAMES);
     assert_no_panic(&hub);
 }

@@ -5,100 +5,22 @@
 
 #[path = "common/hub.rs"]
 mod hub_common;
+#[path = "common/durable.rs"]
+mod durable;
 #[path = "common/nats.rs"]
 mod nats;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use hub_common::{connect, control, control_frame, recv, reply_text, send, status, BinHub, Conn};
+use durable::{
+    configured_hub, durable_hub, message_number, next_delivery, numbered, publish_acknowledged,
+    StoreDir,
+};
+use hub_common::{connect, control, control_frame, recv, send, BinHub};
 use sha2::{Digest, Sha256};
 use tej_hub::Frame;
-
-/// A store directory removed when the test ends.
-struct StoreDir(PathBuf);
-
-impl StoreDir {
-    fn new(name: &str) -> StoreDir {
-        let dir = std::env::temp_dir().join(format!("tej-hub-durable-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        StoreDir(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temp path")
-    }
-}
-
-impl Drop for StoreDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A hub storing code 5 (and whatever `extra` flags add) in `dir`.
-fn durable_hub(dir: &StoreDir, extra: &[&str]) -> BinHub {
-    let mut flags = vec!["--durable", "5", "--store-dir", dir.path()];
-    flags.extend_from_slice(extra);
-    BinHub::start(&flags)
-}
-
-/// A hub with the TOML `config` written beside the store.
-fn configured_hub(dir: &StoreDir, config: &str) -> BinHub {
-    std::fs::create_dir_all(&dir.0).expect("create the store dir");
-    let file = dir.0.join("hub.toml");
-    std::fs::write(&file, config).expect("write the config");
-    BinHub::start(&["--config", file.to_str().expect("UTF-8"), "--store-dir", dir.path()])
-}
-
-/// Frame `i` of a test run: its number in the message, and a file of `i`-dependent bytes.
-fn numbered(code: u8, i: u64, file_len: usize) -> Frame {
-    let data: Vec<u8> = (0..file_len).map(|at| (at as u64 ^ i) as u8).collect();
-    Frame::builder(status(code))
-        .file("part", data)
-        .message(format!("frame {i}"))
-        .build()
-}
-
-/// Reads `MSG <name> <code> <seq>` then the frame it announces.
-async fn next_delivery(conn: &mut Conn, name: &str) -> (u64, Frame) {
-    let notice = recv(conn).await;
-    let text = reply_text(&notice, "a durable delivery");
-    let mut words = text.split(' ');
-    assert_eq!(words.next(), Some("MSG"), "{text}");
-    assert_eq!(words.next(), Some(name), "{text}");
-    let code: u8 = words.next().and_then(|c| c.parse().ok()).expect("a code");
-    let seq: u64 = words.next().and_then(|s| s.parse().ok()).expect("a sequence number");
-    let frame = recv(conn).await;
-    assert_eq!(frame.status.code(), code, "{text}");
-    (seq, frame)
-}
-
-/// Publishes `frames` with `PUBACK on` and returns the sequence numbers acknowledged, in order.
-async fn publish_acknowledged(conn: &mut Conn, frames: &[Frame]) -> Vec<u64> {
-    for frame in frames {
-        send(conn, frame.clone()).await;
-    }
-    let mut seqs = Vec::new();
-    for _ in frames {
-        let reply = reply_text(&recv(conn).await, "a stored frame");
-        let seq = reply
-            .strip_prefix("OK STORED 5 ")
-            .and_then(|seq| seq.parse().ok())
-            .unwrap_or_else(|| panic!("expected OK STORED 5 <seq>, got {reply:?}"));
-        seqs.push(seq);
-    }
-    seqs
-}
-
-fn message_number(frame: &Frame) -> u64 {
-    std::str::from_utf8(&frame.message)
-        .ok()
-        .and_then(|text| text.strip_prefix("frame "))
-        .and_then(|n| n.parse().ok())
-        .expect("a numbered frame")
-}
 
 #[tokio::test]
 async fn publishers_get_one_stored_reply_per_durable_frame_in_order() {

@@ -114,6 +114,10 @@ pub(crate) enum KickReason {
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a publisher that closed its side waits for the stored replies it is owed.
+const PUBACK_DRAIN: Duration = Duration::from_secs(10);
+/// How often it looks.
+const PUBACK_POLL: Duration = Duration::from_millis(5);
 /// How often a draining session looks for a frame boundary to close at.
 const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
@@ -811,6 +815,17 @@ impl StreamHandler<Result<Piece, CodecError>> for Session {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The peer closed its side: the stored replies it is owed go out first (bounded).
+        if self.publisher.puback_pending().load(Ordering::Relaxed) > 0 {
+            let deadline = Instant::now() + PUBACK_DRAIN;
+            ctx.run_interval(PUBACK_POLL, move |session, ctx| {
+                let pending = session.publisher.puback_pending().load(Ordering::Relaxed);
+                if pending == 0 || Instant::now() >= deadline {
+                    session.end(Ending::PeerClosed, None, ctx);
+                }
+            });
+            return;
+        }
         self.end(Ending::PeerClosed, None, ctx);
     }
 }

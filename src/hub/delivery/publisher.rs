@@ -20,7 +20,7 @@
 //! whole frame: the decision is taken at its first piece). Publishers of other hubs are
 //! publishers here too, without a cluster of their own: nothing crosses twice.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tracing::trace;
@@ -60,6 +60,9 @@ pub(crate) struct Publisher {
     store: Option<Arc<Store>>,
     /// Where the store reports each stored frame (the session's `PUBACK`).
     puback: Option<Puback>,
+    /// Frames handed to the store with a `PUBACK` sink whose outcome has not been reported yet
+    /// (the sink counts them down), so that a publisher closing its side still gets them.
+    puback_pending: Arc<AtomicU64>,
     /// Whether the frame in progress is being stored.
     storing: bool,
     /// The members given the frame being delivered through its code's groups (reused, so a
@@ -127,6 +130,7 @@ impl Publisher {
             crossed: false,
             store: None,
             puback: None,
+            puback_pending: Arc::default(),
             storing: false,
             given: Vec::new(),
         }
@@ -145,9 +149,15 @@ impl Publisher {
     }
 
     /// Sets where the store reports each of this publisher's stored frames, from the next frame
-    /// on (`None`: not reported).
+    /// on (`None`: not reported). The sink must count [`puback_pending`](Self::puback_pending)
+    /// down once per outcome.
     pub(crate) fn set_puback(&mut self, sink: Option<AckSink>) {
         self.puback = sink.map(Puback);
+    }
+
+    /// Frames handed to the store whose `PUBACK` outcome has not been reported yet.
+    pub(crate) fn puback_pending(&self) -> &Arc<AtomicU64> {
+        &self.puback_pending
     }
 
     /// Appends `piece` to the store if its frame's code is durable (decided at the frame's
@@ -162,6 +172,10 @@ impl Publisher {
         let stored = self.storing;
         if stored {
             let puback = self.puback.as_ref().map(|puback| puback.0.clone());
+            if puback.is_some() {
+                self.puback_pending
+                    .fetch_add(u64::from(piece.frames), Ordering::Relaxed);
+            }
             store.append(self.id, &self.gate, piece, puback);
         }
         if piece.kind.ends_frame() {

@@ -28,7 +28,7 @@
 mod feed;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -195,13 +195,21 @@ impl Durables {
                 StartAt::Seq(seq) => Position::Seq(seq),
                 StartAt::Time(time) => Position::Time(time),
             };
-            let reader = self
-                .store
-                .reader(status, position)
-                .map_err(|_| DurableRefused::Store {
-                    code: status.code(),
-                })?;
-            starts.insert(status.code(), reader.next_seq().saturating_sub(1));
+            let refused = |_| DurableRefused::Store {
+                code: status.code(),
+            };
+            let mut reader = self.store.reader(status, position).map_err(refused)?;
+            // A reader from a time starts at the index entry before it and skips older frames
+            // as it reads: the cursor starts at the first frame it returns (a few record
+            // headers read, within one index interval).
+            let start = match position {
+                Position::Time(_) => match reader.next_frame().map_err(refused)? {
+                    Some(frame) => frame.seq,
+                    None => reader.next_seq(),
+                },
+                _ => reader.next_seq(),
+            };
+            starts.insert(status.code(), start.saturating_sub(1));
         }
         let cursor = self.store.cursors().update(name.as_str(), |cursor| {
             for (code, acked) in starts {
@@ -270,6 +278,9 @@ pub(crate) struct Window {
     pub bytes: u64,
     /// Delivery counts carried over from the cursor (frames redelivered before a detach).
     pub carried: BTreeMap<u64, u32>,
+    /// Frames after `acked` taken out unacknowledged (dead-lettered, gone): the position
+    /// passes them once the frames before them are acknowledged.
+    pub settled: BTreeSet<u64>,
 }
 
 impl Window {
@@ -290,8 +301,23 @@ impl Window {
             Some(&oldest) => seq.min(oldest - 1),
             None => seq,
         };
+        self.advance(acked)
+    }
+
+    /// Moves the acknowledged position to `acked` (if later) and past the settled frames right
+    /// after it; returns whether it moved.
+    fn advance(&mut self, acked: u64) -> bool {
+        let mut acked = acked.max(self.acked);
+        // A peer's ACK may name any number: no overflow.
+        while let Some(next) = acked
+            .checked_add(1)
+            .filter(|next| self.settled.remove(next))
+        {
+            acked = next;
+        }
+        self.settled = self.settled.split_off(&acked.saturating_add(1));
         let moved = acked > self.acked;
-        self.acked = self.acked.max(acked);
+        self.acked = acked;
         moved
     }
 
@@ -306,9 +332,10 @@ impl Window {
             Some(&oldest) => oldest - 1,
             None => seq.max(self.acked),
         };
-        let moved = acked > self.acked;
-        self.acked = self.acked.max(acked);
-        moved
+        if seq > acked {
+            self.settled.insert(seq);
+        }
+        self.advance(acked)
     }
 
     /// The delivery counts of frames delivered more than once, for the cursor.
@@ -505,6 +532,9 @@ mod tests {
         assert!(window.ack(15));
         assert_eq!((window.acked, window.bytes), (15, 0));
         assert!(window.in_flight.is_empty());
+        // An acknowledgement of any number is taken without overflow.
+        assert!(window.ack(u64::MAX));
+        assert_eq!(window.acked, u64::MAX);
     }
 
     #[test]

@@ -21,10 +21,13 @@ const FEED_IDS: u64 = 1 << 62;
 static NEXT_FEED: AtomicU64 = AtomicU64::new(0);
 
 /// Where the store reports a publisher's stored frames: one reply each, in publication order,
-/// into its outbox. A session that lets too many replies wait behind a streamed frame it is
-/// receiving is closed, as for any reply.
-fn puback_sink(outbox: Arc<Outbox>) -> AckSink {
+/// into its outbox, counting `pending` down. A session that lets too many replies wait behind a
+/// streamed frame it is receiving is closed, as for any reply.
+fn puback_sink(outbox: Arc<Outbox>, pending: Arc<AtomicU64>) -> AckSink {
     Arc::new(move |outcome| {
+        // Counted down after the reply is queued: a session waiting for it to reach 0 before
+        // it closes (the publisher closed its side) then flushes it.
+        let _pending = Pending(&pending);
         let reply = match outcome {
             Ok(stored) => Reply::Stored {
                 status: stored.status,
@@ -41,14 +44,27 @@ fn puback_sink(outbox: Arc<Outbox>) -> AckSink {
     })
 }
 
+/// Counts a `PUBACK` outcome as reported when dropped (whichever way the sink returns).
+struct Pending<'a>(&'a AtomicU64);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
 impl Session {
     /// `PUBACK on|off`: from the next frame on, each frame published on a durable code is
-    /// answered `OK STORED <code> <seq>` or `ERR <why>`.
+    /// answered `OK STORED <code> <seq>` or `ERR <why>`. A publisher that closes its side after
+    /// its last frame still gets the replies it is owed (for up to 10 s) before the hub closes.
     pub(super) fn set_puback(&mut self, on: bool, ctx: &mut Context<Self>) {
         if on && !self.publisher.stores() {
             return self.reply(&control::err_reply(DurableRefused::NoStore), ctx);
         }
-        let sink = on.then(|| puback_sink(self.outbox.clone()));
+        let pending = self.publisher.puback_pending().clone();
+        let sink = on.then(|| puback_sink(self.outbox.clone(), pending));
         self.publisher.set_puback(sink);
         self.reply(&Reply::Puback(on).to_frame(), ctx);
     }

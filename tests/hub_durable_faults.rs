@@ -1083,3 +1083,75 @@ async fn a_publisher_closing_its_side_still_gets_every_stored_reply() {
     assert_stored_in_order(&replies, FRAMES);
     assert_no_panic(&hub);
 }
+
+/// CPU seconds (user + system) the process `pid` has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .map(|&at| fields.get(at).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum();
+    let per_second = rustix::param::clock_ticks_per_second() as f64;
+    ticks / per_second
+}
+
+/// The large-frame measurement: a 4 GiB frame stored, then replayed to three durable
+/// subscribers that connect afterwards, one after the other (plain TCP: the zero-copy path).
+/// Prints the store time, each replay's time and the hub's CPU seconds per GB replayed, and
+/// checks the hub's peak RSS stays within 128 MiB and every copy is byte-identical.
+#[tokio::test]
+#[ignore = "4 GiB: run with --ignored --nocapture"]
+async fn a_4_gib_frame_is_replayed_to_three_late_subscribers_in_bounded_memory() {
+    const LEN: u64 = 4 << 30;
+    let dir = StoreDir::new("replay-4gib");
+    let hub = durable_hub(&dir, &[]);
+    let names = ["one", "two", "three"];
+    for name in names {
+        let (_reader, _write) = raw_subscriber(&hub, name, " from=new").await;
+    }
+    let started = Instant::now();
+    let (mut write, count, replies) = raw_publisher(&hub).await;
+    let digest = write_streamed(&mut write, 5, LEN, 4, None)
+        .await
+        .expect("stream 4 GiB")
+        .expect("sent whole");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while count.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(write);
+    let replies = within(Duration::from_secs(60), "the stored reply", replies)
+        .await
+        .expect("the reply task");
+    assert_eq!(replies, ["OK STORED 5 1"]);
+    let stored = started.elapsed();
+    println!("4 GiB frame stored and acknowledged in {stored:.2?}");
+    for name in names {
+        let cpu_before = cpu_seconds(hub.pid());
+        let began = Instant::now();
+        let (mut reader, mut ack) = raw_subscriber(&hub, name, "").await;
+        let (seq, frame) = reader.delivery(name).await;
+        assert_eq!((seq, frame.len), (1, frame.len));
+        assert_eq!(frame.digest, digest, "{name}: the replayed frame differs");
+        ack.write_all(&control_wire(&format!("ACK {name} 5 1")))
+            .await
+            .expect("ACK");
+        let took = began.elapsed();
+        let cpu = cpu_seconds(hub.pid()) - cpu_before;
+        let gb = frame.len as f64 / 1e9;
+        println!(
+            "{name}: replayed {:.2} GB in {took:.2?} ({:.0} MB/s), hub CPU {cpu:.2} s = {:.3} s/GB",
+            gb,
+            gb * 1e3 / took.as_secs_f64(),
+            cpu / gb
+        );
+    }
+    let peak = hub.peak_rss_kib();
+    println!("hub peak RSS {peak} KiB");
+    assert!(peak <= 128 * 1024, "hub peak RSS {peak} KiB over 128 MiB");
+}

@@ -21,7 +21,8 @@ struct StoreDir(PathBuf);
 
 impl StoreDir {
     fn new(name: &str) -> StoreDir {
-        let dir = std::env::temp_dir().join(format!("tej-hub-durable-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tej-hub-durable-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         StoreDir(dir)
     }
@@ -49,7 +50,12 @@ fn configured_hub(dir: &StoreDir, config: &str) -> BinHub {
     std::fs::create_dir_all(&dir.0).expect("create the store dir");
     let file = dir.0.join("hub.toml");
     std::fs::write(&file, config).expect("write the config");
-    BinHub::start(&["--config", file.to_str().expect("UTF-8"), "--store-dir", dir.path()])
+    BinHub::start(&[
+        "--config",
+        file.to_str().expect("UTF-8"),
+        "--store-dir",
+        dir.path(),
+    ])
 }
 
 /// Frame `i` of a test run: its number in the message, and a file of `i`-dependent bytes.
@@ -69,7 +75,10 @@ async fn next_delivery(conn: &mut Conn, name: &str) -> (u64, Frame) {
     assert_eq!(words.next(), Some("MSG"), "{text}");
     assert_eq!(words.next(), Some(name), "{text}");
     let code: u8 = words.next().and_then(|c| c.parse().ok()).expect("a code");
-    let seq: u64 = words.next().and_then(|s| s.parse().ok()).expect("a sequence number");
+    let seq: u64 = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("a sequence number");
     let frame = recv(conn).await;
     assert_eq!(frame.status.code(), code, "{text}");
     (seq, frame)
@@ -117,7 +126,10 @@ async fn publishers_get_one_stored_reply_per_durable_frame_in_order() {
         control(&mut publisher, "PUBACK on").await
     };
     assert_eq!(seqs, "OK PUBACK on", "no STORED reply while PUBACK was off");
-    assert_eq!(publish_acknowledged(&mut publisher, &[numbered(5, 201, 10)]).await, [202]);
+    assert_eq!(
+        publish_acknowledged(&mut publisher, &[numbered(5, 201, 10)]).await,
+        [202]
+    );
 }
 
 #[tokio::test]
@@ -151,11 +163,18 @@ async fn an_offline_durable_subscriber_gets_everything_once_in_order_across_a_re
     // Mixed sizes: small frames, and a 3 MiB one (streamed: above the cut-through size).
     let mut publisher = connect(hub.addr).await;
     control(&mut publisher, "PUBACK on").await;
-    let mut frames: Vec<Frame> = (0..300).map(|i| numbered(5, i, (i as usize * 37) % 2000)).collect();
+    let mut frames: Vec<Frame> = (0..300)
+        .map(|i| numbered(5, i, (i as usize * 37) % 2000))
+        .collect();
     frames.insert(150, numbered(5, 1000, 3 * 1024 * 1024));
     let digests: BTreeMap<u64, Vec<u8>> = frames
         .iter()
-        .map(|frame| (message_number(frame), Sha256::digest(frame.to_wire().expect("encode")).to_vec()))
+        .map(|frame| {
+            (
+                message_number(frame),
+                Sha256::digest(frame.to_wire().expect("encode")).to_vec(),
+            )
+        })
         .collect();
     let order: Vec<u64> = frames.iter().map(message_number).collect();
     publish_acknowledged(&mut publisher, &frames).await;
@@ -172,9 +191,17 @@ async fn an_offline_durable_subscriber_gets_everything_once_in_order_across_a_re
         assert_eq!(seq, at as u64 + 1);
         assert_eq!(message_number(&frame), *expected);
         let digest = Sha256::digest(frame.to_wire().expect("encode")).to_vec();
-        assert_eq!(Some(&digest), digests.get(expected), "frame {expected} changed");
+        assert_eq!(
+            Some(&digest),
+            digests.get(expected),
+            "frame {expected} changed"
+        );
         if at == order.len() / 2 {
-            send(&mut subscriber, control_frame(&format!("ACK worker 5 {seq}"))).await;
+            send(
+                &mut subscriber,
+                control_frame(&format!("ACK worker 5 {seq}")),
+            )
+            .await;
         }
         last_seq = seq;
     }
@@ -183,7 +210,9 @@ async fn an_offline_durable_subscriber_gets_everything_once_in_order_across_a_re
     // Let the hub read the ACK before it dies, and its I/O thread save the cursor (within its
     // next batch: acknowledgements are saved asynchronously; one lost to a crash means the
     // frames come again, at least once).
-    assert!(control(&mut subscriber, "INFO").await.starts_with("OK INFO"));
+    assert!(control(&mut subscriber, "INFO")
+        .await
+        .starts_with("OK INFO"));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // kill -9 and restart on the same store: the unacknowledged half comes again, then live
@@ -206,7 +235,11 @@ async fn an_offline_durable_subscriber_gets_everything_once_in_order_across_a_re
     control(&mut publisher, "PUBACK on").await;
     let live: Vec<Frame> = (2000..2010).map(|i| numbered(5, i, 64)).collect();
     let seqs = publish_acknowledged(&mut publisher, &live).await;
-    assert_eq!(seqs[0], order.len() as u64 + 1, "sequence numbers go on after a restart");
+    assert_eq!(
+        seqs[0],
+        order.len() as u64 + 1,
+        "sequence numbers go on after a restart"
+    );
     for (i, seq) in (2000..2010).zip(seqs) {
         let (got, frame) = next_delivery(&mut subscriber, "worker").await;
         assert_eq!((got, message_number(&frame)), (seq, i));
@@ -218,10 +251,19 @@ async fn a_cursor_is_held_by_one_session_at_a_time() {
     let dir = StoreDir::new("in-use");
     let hub = durable_hub(&dir, &[]);
     let mut first = connect(hub.addr).await;
-    assert_eq!(control(&mut first, "SUB 5 durable=d").await, "OK SUB 5 durable=d");
+    assert_eq!(
+        control(&mut first, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
     let mut second = connect(hub.addr).await;
-    assert_eq!(control(&mut second, "SUB 5 durable=d").await, "ERR durable d in use");
-    assert_eq!(control(&mut second, "SUB 6 durable=e").await, "ERR code 6 is not durable");
+    assert_eq!(
+        control(&mut second, "SUB 5 durable=d").await,
+        "ERR durable d in use"
+    );
+    assert_eq!(
+        control(&mut second, "SUB 6 durable=e").await,
+        "ERR code 6 is not durable"
+    );
     assert_eq!(
         control(&mut second, "ACK d 5 1").await,
         "ERR durable d not attached for code 5"
@@ -262,7 +304,11 @@ async fn unacknowledged_frames_are_redelivered_then_dead_lettered() {
         let (seq, frame) = next_delivery(&mut subscriber, "slow").await;
         deliveries.push((seq, message_number(&frame)));
     }
-    assert_eq!(deliveries, [(2, 2), (2, 2), (2, 2)], "delivered max_deliver times");
+    assert_eq!(
+        deliveries,
+        [(2, 2), (2, 2), (2, 2)],
+        "delivered max_deliver times"
+    );
     // Then on the dead-letter code, as a frame of code 9 with the same content.
     let letter = recv(&mut dead).await;
     assert_eq!(letter.status.code(), 9);
@@ -297,7 +343,10 @@ async fn a_durable_cursor_on_another_hub_gets_what_was_published_while_it_was_aw
         if info["cluster"]["remote_hubs"] == 1 && info["cluster"]["connected"] == true {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "hubs did not meet: {info}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hubs did not meet: {info}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

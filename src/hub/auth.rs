@@ -342,7 +342,10 @@ impl Users {
     /// The permissions of `user` now, for a session authenticated by other means (a client
     /// certificate).
     pub fn permissions(&self, user: &str) -> Option<Permissions> {
-        self.users.users.get(user).map(|entry| entry.permissions.clone())
+        self.users
+            .users
+            .get(user)
+            .map(|entry| entry.permissions.clone())
     }
 }
 

@@ -348,7 +348,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         codes: &str,
         options: SubOptions,
     ) -> Result<CodeSet, HubError> {
-        match self.request_codes(Command::Sub, codes, options.clone()).await? {
+        match self
+            .request_codes(Command::Sub, codes, options.clone())
+            .await?
+        {
             Reply::Sub(set, acked) if acked == options => Ok(set),
             reply => Err(unexpected(&reply)),
         }
@@ -374,7 +377,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         codes: &str,
         options: SubOptions,
     ) -> Result<CodeSet, HubError> {
-        match self.request_codes(Command::Unsub, codes, options.clone()).await? {
+        match self
+            .request_codes(Command::Unsub, codes, options.clone())
+            .await?
+        {
             Reply::Unsub(set, acked) if acked == options => Ok(set),
             reply => Err(unexpected(&reply)),
         }

@@ -73,8 +73,8 @@ mod info;
 mod options;
 
 pub use info::{
-    ClusterView, CounterSnapshot, EventCounts, GroupMembership, Info, LimitSettings,
-    SessionCounters,
+    ClusterView, CounterSnapshot, DurableCodeView, DurableView, EventCounts, GroupMembership, Info,
+    LimitSettings, SessionCounters, StoreTotals,
 };
 pub use options::{GroupName, StartAt, SubOptions, MAX_GROUP_NAME};
 
@@ -628,7 +628,10 @@ fn codes_and_options(
         at += word.len() + 1;
     }
     let (codes, options) = rest.split_at(codes_end);
-    if codes.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
+    if codes
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .is_empty()
+    {
         return Err(ControlError::MissingArgument { command });
     }
     let codes = codes.parse()?;
@@ -835,7 +838,8 @@ impl Reply {
             ("PUBACK", Some("off")) => Ok(Reply::Puback(false)),
             ("PUBACK", argument) => Err(bad("PUBACK", argument.unwrap_or_default())),
             ("STORED", Some(argument)) => {
-                let (status, seq) = code_and_seq(argument).ok_or_else(|| bad("STORED", argument))?;
+                let (status, seq) =
+                    code_and_seq(argument).ok_or_else(|| bad("STORED", argument))?;
                 Ok(Reply::Stored { status, seq })
             }
             ("INFO", Some(json)) => serde_json::from_str(json)
@@ -1133,7 +1137,8 @@ mod tests {
     }
 
     fn group(name: &str) -> GroupName {
-        name.parse().unwrap_or_else(|error| panic!("{name}: {error}"))
+        name.parse()
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
     }
 
     #[test]
@@ -1165,7 +1170,9 @@ mod tests {
         );
         assert_eq!(
             parse("SUB 5 queue=a"),
-            Err(ControlError::UnknownOption { key: "queue".into() })
+            Err(ControlError::UnknownOption {
+                key: "queue".into()
+            })
         );
         let command = Command::Sub(set(&[5, 6]), workers.clone());
         assert_eq!(command.to_string(), "SUB 5-6 group=workers");
@@ -1417,15 +1424,30 @@ mod tests {
 
     #[test]
     fn sub_and_unsub() {
-        assert_eq!(parse("SUB 5"), Ok(Command::Sub(set(&[5]), SubOptions::default())));
-        assert_eq!(parse("sub 5"), Ok(Command::Sub(set(&[5]), SubOptions::default())));
-        assert_eq!(parse("Sub 5, 6"), Ok(Command::Sub(set(&[5, 6]), SubOptions::default())));
+        assert_eq!(
+            parse("SUB 5"),
+            Ok(Command::Sub(set(&[5]), SubOptions::default()))
+        );
+        assert_eq!(
+            parse("sub 5"),
+            Ok(Command::Sub(set(&[5]), SubOptions::default()))
+        );
+        assert_eq!(
+            parse("Sub 5, 6"),
+            Ok(Command::Sub(set(&[5, 6]), SubOptions::default()))
+        );
         assert_eq!(
             parse("SUB 1,3 4-6"),
             Ok(Command::Sub(set(&[1, 3, 4, 5, 6]), SubOptions::default()))
         );
-        assert_eq!(parse("UNSUB 7-9"), Ok(Command::Unsub(set(&[7, 8, 9]), SubOptions::default())));
-        assert_eq!(parse("unsub *"), Ok(Command::Unsub(CodeSet::relayable(), SubOptions::default())));
+        assert_eq!(
+            parse("UNSUB 7-9"),
+            Ok(Command::Unsub(set(&[7, 8, 9]), SubOptions::default()))
+        );
+        assert_eq!(
+            parse("unsub *"),
+            Ok(Command::Unsub(CodeSet::relayable(), SubOptions::default()))
+        );
         assert_eq!(
             parse("SUB 5 2"),
             Err(ControlError::ReservedCode { code: 2 })
@@ -1593,7 +1615,10 @@ mod tests {
     #[test]
     fn frames() {
         let ok = Frame::message(CONTROL, "SUB 5");
-        assert_eq!(parse_frame(&ok), Ok(Command::Sub(set(&[5]), SubOptions::default())));
+        assert_eq!(
+            parse_frame(&ok),
+            Ok(Command::Sub(set(&[5]), SubOptions::default()))
+        );
         let with_files = Frame::builder(CONTROL)
             .file("a", &b"x"[..])
             .file("b", &b""[..])
@@ -1624,11 +1649,23 @@ mod tests {
     /// Every reply the hub sends, as the hub sends it.
     fn every_reply() -> Vec<(Reply, &'static str)> {
         vec![
-            (Reply::Sub(set(&[5, 7, 8, 9]), SubOptions::default()), "OK SUB 5,7-9"),
-            (Reply::Sub(CodeSet::relayable(), SubOptions::default()), "OK SUB 0-1,3-126"),
-            (Reply::Sub(CodeSet::empty(), SubOptions::default()), "OK SUB"),
+            (
+                Reply::Sub(set(&[5, 7, 8, 9]), SubOptions::default()),
+                "OK SUB 5,7-9",
+            ),
+            (
+                Reply::Sub(CodeSet::relayable(), SubOptions::default()),
+                "OK SUB 0-1,3-126",
+            ),
+            (
+                Reply::Sub(CodeSet::empty(), SubOptions::default()),
+                "OK SUB",
+            ),
             (Reply::Unsub(set(&[3]), SubOptions::default()), "OK UNSUB 3"),
-            (Reply::Unsub(CodeSet::empty(), SubOptions::default()), "OK UNSUB"),
+            (
+                Reply::Unsub(CodeSet::empty(), SubOptions::default()),
+                "OK UNSUB",
+            ),
             (Reply::Echo(true), "OK ECHO on"),
             (Reply::Echo(false), "OK ECHO off"),
             (Reply::Slow(SlowPolicy::Block), "OK SLOW block"),
@@ -1852,8 +1889,14 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(Command::Sub(CodeSet::empty(), SubOptions::default()).name(), "SUB");
-        assert_eq!(Command::Unsub(CodeSet::empty(), SubOptions::default()).name(), "UNSUB");
+        assert_eq!(
+            Command::Sub(CodeSet::empty(), SubOptions::default()).name(),
+            "SUB"
+        );
+        assert_eq!(
+            Command::Unsub(CodeSet::empty(), SubOptions::default()).name(),
+            "UNSUB"
+        );
         assert_eq!(Command::Echo(true).name(), "ECHO");
         assert_eq!(Command::Info.name(), "INFO");
         assert_eq!(Command::Slow(SlowPolicy::Block).name(), "SLOW");
@@ -1904,9 +1947,14 @@ mod tests {
         );
         assert_eq!(
             parse("ACK jobs 5-6 1"),
-            Err(ControlError::BadCode { token: "5-6".into() })
+            Err(ControlError::BadCode {
+                token: "5-6".into()
+            })
         );
-        assert_eq!(parse("ACK jobs 2 1"), Err(ControlError::ReservedCode { code: 2 }));
+        assert_eq!(
+            parse("ACK jobs 2 1"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
         assert_eq!(
             parse("ACK jobs 5 x"),
             Err(ControlError::BadSequence { seq: "x".into() })
@@ -1956,7 +2004,13 @@ mod tests {
             assert_eq!(reply.to_string(), text);
             assert_eq!(Reply::parse(text.as_bytes()), Ok(reply), "{text}");
         }
-        for bad in ["OK STORED 5", "OK STORED 05 7", "OK STORED 2 7", "MSG jobs 5", "MSG a*b 5 1"] {
+        for bad in [
+            "OK STORED 5",
+            "OK STORED 05 7",
+            "OK STORED 2 7",
+            "MSG jobs 5",
+            "MSG a*b 5 1",
+        ] {
             assert!(Reply::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }

@@ -225,7 +225,10 @@ impl Router {
         let Some(member) = self.sessions.get_mut(&id) else {
             return CodeSet::empty();
         };
-        let before = member.groups.get(name).map_or(CodeSet::empty(), |m| m.codes);
+        let before = member
+            .groups
+            .get(name)
+            .map_or(CodeSet::empty(), |m| m.codes);
         match (before.is_empty(), codes.is_empty()) {
             (true, false) => {
                 let entry = self
@@ -442,11 +445,11 @@ impl Handler<Subscribe> for Router {
             .as_ref()
             .and_then(|cluster| cluster.want(added))
         {
-            Some(acknowledged) => Box::pin(
-                acknowledged.into_actor(self).map(move |(), router, _| {
+            Some(acknowledged) => {
+                Box::pin(acknowledged.into_actor(self).map(move |(), router, _| {
                     router.complete_subscribe(id, added, group.as_ref(), ack);
-                }),
-            ),
+                }))
+            }
             None => {
                 self.complete_subscribe(id, added, group.as_ref(), ack);
                 Box::pin(fut::ready(()))

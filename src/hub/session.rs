@@ -521,7 +521,8 @@ impl Session {
             }
             Command::Sub(codes, options) => match self.access.subscription(codes) {
                 Ok(codes) => {
-                    if let Some(name) = options.group.as_ref().filter(|n| !self.access.may_join(n)) {
+                    if let Some(name) = options.group.as_ref().filter(|n| !self.access.may_join(n))
+                    {
                         let reason = format!("permission denied: group {name}");
                         return self.reply(&control::err_reply(reason), ctx);
                     }
@@ -691,8 +692,12 @@ impl Session {
                 bytes_in: self.stats.bytes_in(),
                 bytes_out: self.outbox.bytes_out(),
             },
-            hub: self.counters.snapshot(self.cluster.as_deref()),
+            hub: self
+                .counters
+                .snapshot(self.cluster.as_deref(), self.durables.as_deref()),
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
+            puback: self.publisher.puback(),
+            durable: self.attachments.view(),
         }
     }
 

@@ -134,7 +134,9 @@ impl FromStr for StartAt {
             None if is("new") => Ok(StartAt::New),
             None if is("all") => Ok(StartAt::All),
             None if is("last") => Ok(StartAt::Last),
-            Some(seq) if is("seq") && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(seq)
+                if is("seq") && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 seq.parse().map(StartAt::Seq).map_err(|_| bad())
             }
             Some(time) if is("time") => humantime::parse_rfc3339_weak(time)
@@ -259,7 +261,10 @@ mod tests {
     #[test]
     fn group_names() {
         for good in ["a", "workers", "scan-2.eu_West", &"x".repeat(32)] {
-            assert_eq!(good.parse::<GroupName>().map(|n| n.to_string()), Ok(good.to_owned()));
+            assert_eq!(
+                good.parse::<GroupName>().map(|n| n.to_string()),
+                Ok(good.to_owned())
+            );
         }
         assert_eq!("".parse::<GroupName>(), Err(ControlError::EmptyGroupName));
         assert_eq!(
@@ -268,7 +273,10 @@ mod tests {
         );
         for bad in ["a b", "a*", "é", "a/b", "a=b", "a\u{1}"] {
             assert!(
-                matches!(bad.parse::<GroupName>(), Err(ControlError::BadGroupName { .. })),
+                matches!(
+                    bad.parse::<GroupName>(),
+                    Err(ControlError::BadGroupName { .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -287,11 +295,15 @@ mod tests {
         );
         assert_eq!(
             SubOptions::parse(["colour=red"]),
-            Err(ControlError::UnknownOption { key: "colour".into() })
+            Err(ControlError::UnknownOption {
+                key: "colour".into()
+            })
         );
         assert_eq!(
             SubOptions::parse(["group"]),
-            Err(ControlError::BadOption { word: "group".into() })
+            Err(ControlError::BadOption {
+                word: "group".into()
+            })
         );
         assert_eq!(
             SubOptions::parse(["group="]),
@@ -320,7 +332,14 @@ mod tests {
             assert_eq!(text.parse(), Ok(start), "{text}");
             assert_eq!(start.to_string().parse(), Ok(start), "{text}");
         }
-        for bad in ["", "seq:", "seq:-1", "seq:99999999999999999999", "time:yesterday", "old"] {
+        for bad in [
+            "",
+            "seq:",
+            "seq:-1",
+            "seq:99999999999999999999",
+            "time:yesterday",
+            "old",
+        ] {
             assert!(
                 matches!(bad.parse::<StartAt>(), Err(ControlError::BadStart { .. })),
                 "{bad:?}"

@@ -253,7 +253,9 @@ pub(crate) fn redispatch(
             });
             let first = pieces.next()?;
             let outbox = group.give(from, &gate, &first, eligible, &[])?;
-            if pieces.any(|piece| outbox.offer_in_group(from, &gate, &piece, &group.stats) == Offer::Skipped) {
+            if pieces.any(|piece| {
+                outbox.offer_in_group(from, &gate, &piece, &group.stats) == Offer::Skipped
+            }) {
                 // Taken in part: the new member ends as a cut frame does.
                 group.stats.count_cut(1);
                 outbox.publisher_gone(from);
@@ -274,7 +276,9 @@ pub(crate) fn redispatch(
                         .unrouted_frames
                         .fetch_add(frames, Ordering::Relaxed);
                 }
-                counters.unrouted_frames.fetch_add(frames, Ordering::Relaxed);
+                counters
+                    .unrouted_frames
+                    .fetch_add(frames, Ordering::Relaxed);
             }
         }
     }

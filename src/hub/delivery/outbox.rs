@@ -50,8 +50,8 @@ use crate::hub::auth::Users;
 use crate::hub::control::{CodeSet, GroupName, SlowPolicy};
 use crate::hub::delivery::flow::{Backlog, Gate};
 use crate::hub::delivery::groups::{self, GroupStats, MovedFrame};
-use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::relay::{Piece, PieceKind};
+use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::transport::WriteHalf;
 use crate::hub::ops::counters::{worth_a_line, SessionStats};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
@@ -457,7 +457,12 @@ impl Outbox {
     /// not. A durable feed calls it before each piece so that it waits for room whatever the
     /// subscriber's slow-consumer policy, instead of having its frames dropped or the subscriber
     /// cut.
-    pub(crate) fn hold_back_until_room(&self, gate: &Arc<Gate>, len: u64, continuing: bool) -> bool {
+    pub(crate) fn hold_back_until_room(
+        &self,
+        gate: &Arc<Gate>,
+        len: u64,
+        continuing: bool,
+    ) -> bool {
         let state = self.lock();
         let fits = if continuing {
             self.backlog.has_room_to_continue(len)

@@ -144,6 +144,11 @@ impl Publisher {
         self.store.is_some()
     }
 
+    /// Whether `PUBACK` is on.
+    pub(crate) fn puback(&self) -> bool {
+        self.puback.is_some()
+    }
+
     /// Sets where the store reports each of this publisher's stored frames, from the next frame
     /// on (`None`: not reported).
     pub(crate) fn set_puback(&mut self, sink: Option<AckSink>) {

@@ -99,6 +99,11 @@ impl CursorStore {
         lock(&self.table).get(name).cloned()
     }
 
+    /// Every cursor, by name.
+    pub(crate) fn all(&self) -> BTreeMap<String, Cursor> {
+        lock(&self.table).clone()
+    }
+
     /// The names of every cursor.
     pub(crate) fn names(&self) -> Vec<String> {
         lock(&self.table).keys().cloned().collect()

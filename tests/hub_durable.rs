@@ -58,6 +58,52 @@ fn configured_hub(dir: &StoreDir, config: &str) -> BinHub {
     ])
 }
 
+/// The saved cursors of the store in `dir`, as `tej-hub store cursors` lists them: (name, code,
+/// acked, pending).
+fn saved_cursors(dir: &StoreDir) -> Vec<(String, u8, u64, usize)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        .args(["store", "cursors", dir.path()])
+        .output()
+        .expect("run tej-hub store cursors");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                [name, code, acked, pending] => Some((
+                    name.to_owned(),
+                    code.parse().ok()?,
+                    acked.parse().ok()?,
+                    pending.parse().ok()?,
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Waits (at most 10 s) until `tej-hub store cursors` shows cursor `name` acknowledged up to
+/// `acked` on `code`: the hub has read the `ACK` and its I/O thread saved it.
+async fn wait_for_saved_ack(dir: &StoreDir, name: &str, code: u8, acked: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = saved_cursors(dir);
+        if saved
+            .iter()
+            .any(|(n, c, a, _)| n == name && *c == code && *a >= acked)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cursor {name} not saved at {acked} on {code}: {saved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Frame `i` of a test run: its number in the message, and a file of `i`-dependent bytes.
 fn numbered(code: u8, i: u64, file_len: usize) -> Frame {
     let data: Vec<u8> = (0..file_len).map(|at| (at as u64 ^ i) as u8).collect();
@@ -207,13 +253,9 @@ async fn an_offline_durable_subscriber_gets_everything_once_in_order_across_a_re
     }
     assert_eq!(last_seq, order.len() as u64);
     let acked = order.len() as u64 / 2 + 1;
-    // Let the hub read the ACK before it dies, and its I/O thread save the cursor (within its
-    // next batch: acknowledgements are saved asynchronously; one lost to a crash means the
-    // frames come again, at least once).
-    assert!(control(&mut subscriber, "INFO")
-        .await
-        .starts_with("OK INFO"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let the hub's I/O thread save the cursor before the hub dies (acknowledgements are saved
+    // asynchronously; one lost to a crash means the frames come again, at least once).
+    wait_for_saved_ack(&dir, "worker", 5, acked).await;
 
     // kill -9 and restart on the same store: the unacknowledged half comes again, then live
     // frames follow with no gap and no duplicate.

@@ -67,7 +67,7 @@ use crate::hub::session::SessionId;
 use crate::hub::store::{Store, StoreCounters, StoreSettings};
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
-pub use client::{Credentials, HubClient, HubError, HubOptions};
+pub use client::{Credentials, Delivery, HubClient, HubError, HubOptions};
 use cluster::Cluster;
 use delivery::table::SubscriptionTable;
 use delivery::transport::Transport;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tej_hub::hub::control::StartAt;
 use tej_hub::hub::{Credentials, HubClient, HubError, HubOptions};
 use tej_hub::stream::{FileFrame, FileSource, Part};
 use tej_hub::{ClientTls, MaybeTls};
@@ -56,6 +57,10 @@ pub(crate) struct Pub {
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
+    /// Wait until the hub has stored the frame (`PUBACK on`; the code must be durable), print
+    /// `stored <code> <seq>`, and fail with the hub's reason when it refuses to store it.
+    #[arg(long)]
+    ack: bool,
     #[command(flatten)]
     access: Access,
 }
@@ -135,6 +140,13 @@ pub(crate) struct Sub {
     /// Exit after N frames.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+    /// Attach to the durable subscription NAME: the codes' stored frames, each acknowledged
+    /// (`ACK`) once written out; a later `sub --durable NAME` resumes after the last one.
+    #[arg(long, value_name = "NAME")]
+    durable: Option<String>,
+    /// Where a new durable subscription starts: new, all, last, seq:N or time:RFC3339.
+    #[arg(long, value_name = "START", requires = "durable")]
+    from: Option<StartAt>,
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
@@ -184,6 +196,13 @@ pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
             .check(&CLI_LIMITS)
             .map_err(|error| Failure::Failed(format!("cannot publish: {error}")))?;
         let mut client = connect(&args.hub, &args.access).await?;
+        if args.ack {
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.set_puback(true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(Failure::Failed(format!("PUBACK on: {error}"))),
+                Err(_) => return Err(Failure::Failed("the hub did not answer PUBACK".into())),
+            }
+        }
         let bar = if frame.file_count() > 0 {
             progress_bar(frame.encoded_len(), "sending")
         } else {
@@ -206,6 +225,23 @@ pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
                 error => error,
             };
             return Err(Failure::Failed(format!("cannot publish: {error}")));
+        }
+        if args.ack {
+            // Stored under the hub's sync policy: with `always`, after its fdatasync.
+            match tokio::time::timeout(CLOSE_TIMEOUT, client.next_stored()).await {
+                Ok(Ok((status, seq))) => println!("stored {} {seq}", status.code()),
+                Ok(Err(HubError::Refused(reason))) => {
+                    return Err(Failure::Failed(format!("not stored: {reason}")))
+                }
+                Ok(Err(error)) => return Err(Failure::Failed(format!("not stored: {error}"))),
+                Err(_) => {
+                    return Err(Failure::Failed(format!(
+                        "frame sent, but the hub did not say it stored it within {}s (is code {} durable?)",
+                        CLOSE_TIMEOUT.as_secs(),
+                        args.status.code()
+                    )))
+                }
+            }
         }
         match tokio::time::timeout(CLOSE_TIMEOUT, client.close()).await {
             Ok(Ok(())) => Ok(()),
@@ -266,8 +302,13 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
     runtime()?.block_on(async {
         let mut client = connect(&args.hub, &args.access).await?;
         let codes = args.codes.join(" ");
-        let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, client.subscribe(&codes)).await
-        {
+        let subscribing = async {
+            match &args.durable {
+                Some(name) => client.subscribe_durable(&codes, name, args.from).await,
+                None => client.subscribe(&codes).await,
+            }
+        };
+        let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, subscribing).await {
             Ok(Ok(subscribed)) => subscribed,
             Ok(Err(HubError::Refused(reason))) => {
                 return Err(Failure::Failed(format!(
@@ -297,9 +338,18 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
                     return Err(Failure::Failed(error.to_string()));
                 }
             };
+            let end = matches!(part, Part::End);
             if let Err(failure) = receiver.part(part) {
                 receiver.abort();
                 return Err(failure);
+            }
+            // Acknowledged once written out (and saved with --out): a crash before this gets
+            // the frame again.
+            if let (true, Some(delivery)) = (end, client.delivery().cloned()) {
+                client
+                    .ack(&delivery)
+                    .await
+                    .map_err(|error| Failure::Failed(format!("cannot acknowledge: {error}")))?;
             }
         }
         Ok(())

@@ -3,6 +3,8 @@
 //! same across a `kill -9` and restart, redelivery after `ack_wait` and dead letters, and a
 //! durable cursor on one hub of a cluster fed by publishers on another.
 
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
 #[path = "common/nats.rs"]
@@ -12,7 +14,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hub_common::{connect, control, control_frame, recv, reply_text, send, status, BinHub, Conn};
+use http::{get_async, num, parse_metrics};
+use hub_common::{
+    connect, control, control_frame, info, recv, reply_text, send, status, BinHub, Conn,
+};
 use sha2::{Digest, Sha256};
 use tej_hub::Frame;
 
@@ -410,4 +415,220 @@ async fn a_durable_cursor_on_another_hub_gets_what_was_published_while_it_was_aw
             assert_eq!(frame, numbered(5, 100, 2 * 1024 * 1024));
         }
     }
+}
+
+/// The one durable subscription `name` of `/varz`'s `store` (or of `/subsz`'s `durable`).
+fn subscription<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .and_then(|list| list.iter().find(|sub| sub["name"] == name))
+        .unwrap_or_else(|| panic!("no durable {name} in {list}"))
+}
+
+/// Five frames stored, delivered to a durable subscriber that acknowledged three: `INFO`,
+/// `/varz`, `/subsz`, `/metrics` and `tej-hub store cursors` agree on the code's log and the
+/// cursor, attached and then detached.
+#[tokio::test]
+async fn monitoring_shows_the_stored_code_and_the_cursor() {
+    let dir = StoreDir::new("monitor");
+    let hub = durable_hub(&dir, &["--http", "127.0.0.1:0"]);
+    let web = hub.monitor_addr();
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=watch from=all").await,
+        "OK SUB 5 durable=watch from=all"
+    );
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let frames: Vec<Frame> = (0..5).map(|i| numbered(5, i, 100 * i as usize)).collect();
+    let lens: Vec<u64> = frames
+        .iter()
+        .map(|frame| frame.to_wire().expect("encode").len() as u64)
+        .collect();
+    assert_eq!(
+        publish_acknowledged(&mut publisher, &frames).await,
+        [1, 2, 3, 4, 5]
+    );
+    for seq in 1..=5 {
+        assert_eq!(next_delivery(&mut subscriber, "watch").await.0, seq);
+    }
+    send(&mut subscriber, control_frame("ACK watch 5 3")).await;
+
+    // INFO comes after the ACK is handled: the session's own cursor, and the hub's store.
+    let mine = info(&mut subscriber).await;
+    assert_eq!(mine["puback"], false);
+    let cursor = &mine["durable"][0];
+    assert_eq!(cursor["name"], "watch");
+    assert_eq!(cursor["attached"], true);
+    let code = &cursor["codes"][0];
+    assert_eq!(
+        (
+            num(code, "code"),
+            num(code, "acked"),
+            num(code, "unacked_frames")
+        ),
+        (5, 3, 2)
+    );
+    assert_eq!(num(code, "unacked_bytes"), lens[3] + lens[4]);
+    assert_eq!(num(&mine["hub"]["store"], "frames"), 5);
+    assert_eq!(num(&mine["hub"]["store"], "acks"), 1);
+    assert_eq!(info(&mut publisher).await["puback"], true);
+
+    let varz = get_async(web, "/varz").await.json();
+    let store = &varz["store"];
+    assert_eq!(store["dir"], dir.path());
+    assert_eq!(store["sync"], "always");
+    assert_eq!(
+        (
+            num(store, "frames"),
+            num(store, "delivered"),
+            num(store, "acks")
+        ),
+        (5, 5, 1)
+    );
+    // Frames with their record headers, as in the logs.
+    let header = tej_hub::hub::store::record::HEADER_LEN as u64;
+    assert_eq!(num(store, "bytes"), lens.iter().sum::<u64>() + 5 * header);
+    assert!(num(store, "syncs") >= 1);
+    assert_eq!(num(store, "refused_full"), 0);
+    let log = &store["codes"][0];
+    assert_eq!(
+        [
+            num(log, "code"),
+            num(log, "frames"),
+            num(log, "first_seq"),
+            num(log, "last_seq"),
+            num(log, "segments")
+        ],
+        [5, 5, 1, 5, 1]
+    );
+    assert!(
+        num(log, "bytes") > lens.iter().sum::<u64>(),
+        "records have headers: {log}"
+    );
+    assert!(log["oldest_age_seconds"].is_u64(), "{log}");
+    let watch = subscription(&store["subscriptions"], "watch");
+    assert_eq!(watch["attached"], true);
+    assert_eq!(watch["codes"][0], *code, "/varz and INFO disagree");
+    let subsz = get_async(web, "/subsz").await.json();
+    assert_eq!(subscription(&subsz["durable"], "watch")["codes"][0], *code);
+
+    let metrics = parse_metrics(&get_async(web, "/metrics").await.body);
+    for (series, value) in [
+        ("tej_hub_store_frames_total", 5.0),
+        ("tej_hub_durable_delivered_total", 5.0),
+        ("tej_hub_durable_acks_total", 1.0),
+        ("tej_hub_store_refused_full_total", 0.0),
+        ("tej_hub_store_code_frames{code=\"5\"}", 5.0),
+        ("tej_hub_store_code_last_seq{code=\"5\"}", 5.0),
+        ("tej_hub_store_code_segments{code=\"5\"}", 1.0),
+    ] {
+        assert_eq!(metrics.get(series), Some(&value), "{series}");
+    }
+
+    // Detached: the cursor stays where it was acknowledged, nothing in flight.
+    drop(subscriber);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let watch = loop {
+        let varz = get_async(web, "/varz").await.json();
+        let watch = subscription(&varz["store"]["subscriptions"], "watch").clone();
+        if watch["attached"] == false {
+            break watch;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still attached: {watch}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let code = &watch["codes"][0];
+    assert_eq!(
+        (
+            num(code, "acked"),
+            num(code, "unacked_frames"),
+            num(code, "unacked_bytes")
+        ),
+        (3, 0, 0)
+    );
+    wait_for_saved_ack(&dir, "watch", 5, 3).await;
+    assert_eq!(saved_cursors(&dir), [("watch".to_owned(), 5, 3, 0)]);
+}
+
+/// Runs the `tej-hub` CLI with `args`: (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tej-hub"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tej-hub");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `pub --ack` prints each frame's sequence number once stored; `sub --durable` gets them,
+/// acknowledges them, and a later `sub --durable` with the same name resumes after them.
+#[tokio::test]
+async fn cli_pub_ack_then_sub_durable_resumes_after_what_it_acknowledged() {
+    let dir = StoreDir::new("cli");
+    let hub = durable_hub(&dir, &[]);
+    let addr = hub.addr.to_string();
+    for (message, seq) in [("one", 1), ("two", 2)] {
+        let published = cli(&["pub", "5", "--ack", "-m", message, "--hub", &addr]);
+        assert_eq!(
+            published,
+            (Some(0), format!("stored 5 {seq}\n"), String::new())
+        );
+    }
+    let got = cli(&[
+        "sub",
+        "5",
+        "--durable",
+        "cli",
+        "--from",
+        "all",
+        "--count",
+        "2",
+        "--hub",
+        &addr,
+    ]);
+    assert_eq!(got.0, Some(0), "{got:?}");
+    assert_eq!(
+        got.1,
+        "status: 5\nmessage: one\n\nstatus: 5\nmessage: two\n"
+    );
+    wait_for_saved_ack(&dir, "cli", 5, 2).await;
+
+    let published = cli(&["pub", "5", "--ack", "-m", "three", "--hub", &addr]);
+    assert_eq!(published.1, "stored 5 3\n", "{published:?}");
+    let got = cli(&[
+        "sub",
+        "5",
+        "--durable",
+        "cli",
+        "--count",
+        "1",
+        "--hub",
+        &addr,
+    ]);
+    assert_eq!(
+        (got.0, got.1.as_str()),
+        (Some(0), "status: 5\nmessage: three\n"),
+        "{got:?}"
+    );
+
+    // A hub without durable codes refuses PUBACK: pub --ack fails with the reason.
+    let plain = BinHub::start(&[]);
+    let refused = cli(&[
+        "pub",
+        "5",
+        "--ack",
+        "-m",
+        "x",
+        "--hub",
+        &plain.addr.to_string(),
+    ]);
+    assert_ne!(refused.0, Some(0), "{refused:?}");
+    assert!(refused.2.contains("no durable codes"), "{refused:?}");
 }

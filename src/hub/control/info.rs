@@ -125,7 +125,7 @@ pub struct DurableCodeView {
 pub struct StoreTotals {
     /// Frames stored.
     pub frames: u64,
-    /// Bytes of frames stored.
+    /// Bytes written to the logs for them (frames with their record headers).
     pub bytes: u64,
     /// `fdatasync` calls.
     pub syncs: u64,

@@ -1790,6 +1790,11 @@ mod tests {
                     tls_failures: 7,
                     cluster_dropped_frames: 8,
                 },
+                store: Some(StoreTotals {
+                    frames: 9,
+                    acks: 10,
+                    ..StoreTotals::default()
+                }),
             },
             cluster: Some(ClusterView {
                 hub: "a".into(),
@@ -1806,6 +1811,19 @@ mod tests {
                 remote_codes: "5-6".into(),
                 remote_hub_names: vec!["b".into()],
             }),
+            puback: true,
+            durable: vec![DurableView {
+                name: group("audit"),
+                attached: true,
+                codes: vec![DurableCodeView {
+                    code: 5,
+                    acked: 12,
+                    unacked_frames: 2,
+                    unacked_bytes: 300,
+                    redelivered: 1,
+                    dead_lettered: 0,
+                }],
+            }],
         }
     }
 
@@ -1835,14 +1853,17 @@ mod tests {
         };
         assert_eq!(
             keys(&json),
-            "cluster,counters,denied_frames,dropped_frames,echo,groups,hub,limits,peer,\
-             pending_bytes,session,slow_consumer,subscriptions,user,version"
+            "cluster,counters,denied_frames,dropped_frames,durable,echo,groups,hub,limits,peer,\
+             pending_bytes,puback,session,slow_consumer,subscriptions,user,version"
         );
         assert_eq!(
             keys(&json["hub"]),
             "auth_failures,cluster_dropped_frames,connections,denied_frames,dropped_frames,\
-             open_connections,refused_connections,slow_consumers,tls_failures,unrouted_frames"
+             open_connections,refused_connections,slow_consumers,store,tls_failures,\
+             unrouted_frames"
         );
+        assert_eq!(json["durable"][0]["codes"][0]["unacked_bytes"], 300);
+        assert_eq!(json["hub"]["store"]["acks"], 10);
         assert_eq!(
             serde_json::from_value::<Info>(json).ok(),
             Some(info.clone())
@@ -1856,10 +1877,30 @@ mod tests {
         let text = serde_json::to_string(&anonymous).unwrap_or_default();
         assert!(text.contains("\"user\":null") && text.contains("\"cluster\":null"));
         assert!(text.contains("\"subscriptions\":[]"));
-        assert_eq!(serde_json::from_str::<Info>(&text).ok(), Some(anonymous));
+        assert_eq!(
+            serde_json::from_str::<Info>(&text).ok(),
+            Some(anonymous.clone())
+        );
         // A newer hub's extra keys are ignored; a code above 127 is not a subscription.
         let extra = text.replacen('{', "{\"new\":1,", 1);
         assert!(serde_json::from_str::<Info>(&extra).is_ok());
+        // An older hub's INFO, without puback, durable and hub.store, still parses.
+        let mut old = serde_json::to_value(&anonymous).unwrap_or_default();
+        if let Some(object) = old.as_object_mut() {
+            object.remove("puback");
+            object.remove("durable");
+        }
+        if let Some(hub) = old["hub"].as_object_mut() {
+            hub.remove("store");
+        }
+        let parsed = serde_json::from_value::<Info>(old).ok();
+        assert_eq!(
+            parsed
+                .as_ref()
+                .map(|info| (info.puback, info.durable.len())),
+            Some((false, 0))
+        );
+        assert_eq!(parsed.and_then(|info| info.hub.store), None);
         let bad = text.replace("\"subscriptions\":[]", "\"subscriptions\":[128]");
         assert!(serde_json::from_str::<Info>(&bad).is_err());
     }

@@ -3,8 +3,6 @@
 //! same across a `kill -9` and restart, redelivery after `ack_wait` and dead letters, and a
 //! durable cursor on one hub of a cluster fed by publishers on another.
 
-#[path = "common/http.rs"]
-mod http;
 #[path = "common/hub.rs"]
 mod hub_common;
 #[path = "common/nats.rs"]
@@ -14,10 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{get_async, num, parse_metrics};
 use hub_common::{
     connect, control, control_frame, info, recv, reply_text, send, status, BinHub, Conn,
 };
+use nats::http::{get_async, num, parse_metrics};
 use sha2::{Digest, Sha256};
 use tej_hub::Frame;
 

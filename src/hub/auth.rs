@@ -68,7 +68,7 @@ impl GroupPatterns {
 
     /// Whether `name` may be joined.
     pub(crate) fn allows(&self, name: &GroupName) -> bool {
-        self.0.as_ref().is_none_or(|patterns| {
+        self.0.as_ref().map_or(true, |patterns| {
             patterns.iter().any(|pattern| match pattern {
                 GroupPattern::Exact(exact) => exact == name,
                 GroupPattern::Prefix(prefix) => name.as_str().starts_with(prefix.as_str()),

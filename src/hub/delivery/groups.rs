@@ -132,7 +132,7 @@ impl Group {
                 continue;
             }
             let key = load(outbox);
-            if best.is_none_or(|(_, best)| key < best) {
+            if best.map_or(true, |(_, best)| key < best) {
                 best = Some((at, key));
             }
         }

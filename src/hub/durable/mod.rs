@@ -507,6 +507,9 @@ impl Window {
     }
 }
 
+/// A new acknowledged position and the redelivery counts to record with it.
+pub(crate) type Recorded = (u64, BTreeMap<u64, u32>);
+
 /// One attached code, as the session sees it.
 struct AttachedCode {
     window: Rc<RefCell<Window>>,
@@ -592,7 +595,7 @@ impl Attachments {
         name: &GroupName,
         status: Status,
         seq: u64,
-    ) -> Result<Option<(u64, BTreeMap<u64, u32>)>, DurableRefused> {
+    ) -> Result<Option<Recorded>, DurableRefused> {
         let code = self
             .cursors
             .get(name)
@@ -621,7 +624,9 @@ impl Attachments {
             .keys()
             .copied()
             .filter(|&code| {
-                codes.is_none_or(|codes| Status::new(code).is_some_and(|s| codes.contains(s)))
+                codes.map_or(true, |codes| {
+                    Status::new(code).is_some_and(|s| codes.contains(s))
+                })
             })
             .collect();
         let tasks = removed

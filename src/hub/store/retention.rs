@@ -42,8 +42,9 @@ pub(crate) fn enforce(writer: &mut CodeWriter, now: SystemTime, cx: WriteContext
             break;
         };
         let old = limits.discard == Discard::Old;
-        let over = (old && limits.max_bytes.is_some_and(|max| total_bytes > max))
-            || (old && limits.max_frames.is_some_and(|max| total_frames > max))
+        let over = (old
+            && (limits.max_bytes.is_some_and(|max| total_bytes > max)
+                || limits.max_frames.is_some_and(|max| total_frames > max)))
             || expired_before.is_some_and(|before| oldest.last_time < before);
         if !over || total_frames - oldest.frames() < limits.keep_last {
             break;

@@ -120,6 +120,9 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
     counters(e, &list)
 }
 
+/// How a per-code series reads its value from a durable code's figures.
+type Column = fn(&super::views::StoredCode) -> u64;
+
 /// One family of per-code series: `values` as (code, value); a counter or a gauge.
 fn per_code(
     e: &mut DescriptorEncoder,
@@ -358,7 +361,7 @@ impl Collector for HubCollector {
             let column = |value: fn(&super::views::StoredCode) -> u64| -> Vec<(u8, u64)> {
                 stored.iter().map(|c| (c.code, value(c))).collect()
             };
-            let gauges: [(&str, &str, fn(&super::views::StoredCode) -> u64); 6] = [
+            let gauges: [(&str, &str, Column); 6] = [
                 (
                     "tej_hub_store_code_frames",
                     "Frames kept in the code's log.",

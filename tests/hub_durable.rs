@@ -630,3 +630,65 @@ async fn cli_pub_ack_then_sub_durable_resumes_after_what_it_acknowledged() {
     assert_ne!(refused.0, Some(0), "{refused:?}");
     assert!(refused.2.contains("no durable codes"), "{refused:?}");
 }
+
+/// `HubClient` end to end: `next_stored` gives each publication's sequence number; a durable
+/// subscriber's `MSG` notices are never taken for a command's reply (an `INFO` sent while stored
+/// frames stream in gets its own reply), `delivery` names each frame, and `ack` moves the cursor.
+#[tokio::test]
+async fn hub_client_publishes_with_acks_and_consumes_durably() {
+    use tej_hub::hub::control::StartAt;
+    use tej_hub::hub::HubClient;
+
+    let dir = StoreDir::new("client");
+    let hub = durable_hub(&dir, &[]);
+    let mut subscriber = HubClient::connect(hub.addr).await.expect("connect");
+    let subscribed = subscriber
+        .subscribe_durable("5", "typed", Some(StartAt::All))
+        .await
+        .expect("SUB durable");
+    assert_eq!(subscribed.to_string(), "5");
+    let mut publisher = HubClient::connect(hub.addr).await.expect("connect");
+    publisher.set_puback(true).await.expect("PUBACK on");
+    for i in 0..3 {
+        publisher
+            .publish(numbered(5, i, 10))
+            .await
+            .expect("publish");
+    }
+    for seq in 1..=3 {
+        let (stored, got) = publisher.next_stored().await.expect("stored");
+        assert_eq!((stored.code(), got), (5, seq));
+    }
+    for seq in 1..=3 {
+        let frame = subscriber
+            .next_frame()
+            .await
+            .expect("a frame")
+            .expect("open");
+        assert_eq!(message_number(&frame), seq - 1);
+        let delivery = subscriber.delivery().cloned().expect("a durable delivery");
+        assert_eq!(
+            (delivery.name.as_str(), delivery.status.code(), delivery.seq),
+            ("typed", 5, seq)
+        );
+        subscriber.ack(&delivery).await.expect("ACK");
+        if seq == 1 {
+            // The feed offered the three frames in one batch: the next two and their notices are
+            // on their way before INFO's reply, and must not be taken for it.
+            let info = subscriber.info().await.expect("INFO among deliveries");
+            assert_eq!(info.durable[0].name.as_str(), "typed");
+        }
+    }
+    let code = subscriber.info().await.expect("INFO").durable[0].codes[0];
+    assert_eq!(
+        (code.acked, code.unacked_frames, code.unacked_bytes),
+        (3, 0, 0)
+    );
+    // Without a store, PUBACK is refused with the reason.
+    let plain = BinHub::start(&[]);
+    let mut refused = HubClient::connect(plain.addr).await.expect("connect");
+    assert!(matches!(
+        refused.set_puback(true).await,
+        Err(tej_hub::hub::HubError::Refused(reason)) if reason.contains("no durable codes")
+    ));
+}

@@ -57,8 +57,9 @@ pub(crate) struct Pub {
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
-    /// Wait until the hub has stored the frame (`PUBACK on`; the code must be durable), print
-    /// `stored <code> <seq>`, and fail with the hub's reason when it refuses to store it.
+    /// Wait until the hub has stored the frame (`PUBACK on`), print `stored <code> <seq>`, and
+    /// fail with the hub's reason when it refuses to store it. The code must be durable: the hub
+    /// answers nothing for other codes, and pub gives up after 10 s.
     #[arg(long)]
     ack: bool,
     #[command(flatten)]

@@ -73,8 +73,8 @@ mod info;
 mod options;
 
 pub use info::{
-    ClusterView, CounterSnapshot, EventCounts, GroupMembership, Info, LimitSettings,
-    SessionCounters,
+    ClusterView, CounterSnapshot, DurableCodeView, DurableView, EventCounts, GroupMembership, Info,
+    LimitSettings, SessionCounters, StoreTotals,
 };
 pub use options::{GroupName, StartAt, SubOptions, MAX_GROUP_NAME};
 
@@ -838,7 +838,8 @@ impl Reply {
             ("PUBACK", Some("off")) => Ok(Reply::Puback(false)),
             ("PUBACK", argument) => Err(bad("PUBACK", argument.unwrap_or_default())),
             ("STORED", Some(argument)) => {
-                let (status, seq) = code_and_seq(argument).ok_or_else(|| bad("STORED", argument))?;
+                let (status, seq) =
+                    code_and_seq(argument).ok_or_else(|| bad("STORED", argument))?;
                 Ok(Reply::Stored { status, seq })
             }
             ("INFO", Some(json)) => serde_json::from_str(json)
@@ -1791,6 +1792,11 @@ mod tests {
                     group_moved_frames: 9,
                     group_cut_frames: 10,
                 },
+                store: Some(StoreTotals {
+                    frames: 9,
+                    acks: 10,
+                    ..StoreTotals::default()
+                }),
             },
             cluster: Some(ClusterView {
                 hub: "a".into(),
@@ -1807,6 +1813,19 @@ mod tests {
                 remote_codes: "5-6".into(),
                 remote_hub_names: vec!["b".into()],
             }),
+            puback: true,
+            durable: vec![DurableView {
+                name: group("audit"),
+                attached: true,
+                codes: vec![DurableCodeView {
+                    code: 5,
+                    acked: 12,
+                    unacked_frames: 2,
+                    unacked_bytes: 300,
+                    redelivered: 1,
+                    dead_lettered: 0,
+                }],
+            }],
         }
     }
 
@@ -1836,15 +1855,17 @@ mod tests {
         };
         assert_eq!(
             keys(&json),
-            "cluster,counters,denied_frames,dropped_frames,echo,groups,hub,limits,peer,\
-             pending_bytes,session,slow_consumer,subscriptions,user,version"
+            "cluster,counters,denied_frames,dropped_frames,durable,echo,groups,hub,limits,peer,\
+             pending_bytes,puback,session,slow_consumer,subscriptions,user,version"
         );
         assert_eq!(
             keys(&json["hub"]),
             "auth_failures,cluster_dropped_frames,connections,denied_frames,dropped_frames,\
              group_cut_frames,group_moved_frames,open_connections,refused_connections,\
-             slow_consumers,tls_failures,unrouted_frames"
+             slow_consumers,store,tls_failures,unrouted_frames"
         );
+        assert_eq!(json["durable"][0]["codes"][0]["unacked_bytes"], 300);
+        assert_eq!(json["hub"]["store"]["acks"], 10);
         assert_eq!(
             serde_json::from_value::<Info>(json).ok(),
             Some(info.clone())
@@ -1858,10 +1879,30 @@ mod tests {
         let text = serde_json::to_string(&anonymous).unwrap_or_default();
         assert!(text.contains("\"user\":null") && text.contains("\"cluster\":null"));
         assert!(text.contains("\"subscriptions\":[]"));
-        assert_eq!(serde_json::from_str::<Info>(&text).ok(), Some(anonymous));
+        assert_eq!(
+            serde_json::from_str::<Info>(&text).ok(),
+            Some(anonymous.clone())
+        );
         // A newer hub's extra keys are ignored; a code above 127 is not a subscription.
         let extra = text.replacen('{', "{\"new\":1,", 1);
         assert!(serde_json::from_str::<Info>(&extra).is_ok());
+        // An older hub's INFO, without puback, durable and hub.store, still parses.
+        let mut old = serde_json::to_value(&anonymous).unwrap_or_default();
+        if let Some(object) = old.as_object_mut() {
+            object.remove("puback");
+            object.remove("durable");
+        }
+        if let Some(hub) = old["hub"].as_object_mut() {
+            hub.remove("store");
+        }
+        let parsed = serde_json::from_value::<Info>(old).ok();
+        assert_eq!(
+            parsed
+                .as_ref()
+                .map(|info| (info.puback, info.durable.len())),
+            Some((false, 0))
+        );
+        assert_eq!(parsed.and_then(|info| info.hub.store), None);
         let bad = text.replace("\"subscriptions\":[]", "\"subscriptions\":[128]");
         assert!(serde_json::from_str::<Info>(&bad).is_err());
     }
@@ -1949,9 +1990,14 @@ mod tests {
         );
         assert_eq!(
             parse("ACK jobs 5-6 1"),
-            Err(ControlError::BadCode { token: "5-6".into() })
+            Err(ControlError::BadCode {
+                token: "5-6".into()
+            })
         );
-        assert_eq!(parse("ACK jobs 2 1"), Err(ControlError::ReservedCode { code: 2 }));
+        assert_eq!(
+            parse("ACK jobs 2 1"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
         assert_eq!(
             parse("ACK jobs 5 x"),
             Err(ControlError::BadSequence { seq: "x".into() })
@@ -2001,7 +2047,13 @@ mod tests {
             assert_eq!(reply.to_string(), text);
             assert_eq!(Reply::parse(text.as_bytes()), Ok(reply), "{text}");
         }
-        for bad in ["OK STORED 5", "OK STORED 05 7", "OK STORED 2 7", "MSG jobs 5", "MSG a*b 5 1"] {
+        for bad in [
+            "OK STORED 5",
+            "OK STORED 05 7",
+            "OK STORED 2 7",
+            "MSG jobs 5",
+            "MSG a*b 5 1",
+        ] {
             assert!(Reply::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }

@@ -57,14 +57,14 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
-use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
 use crate::hub::control::CodeSet;
 use crate::hub::durable::Durables;
-use crate::hub::store::{Store, StoreCounters, StoreSettings};
+use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
 use crate::hub::session::SessionId;
+use crate::hub::store::{Store, StoreCounters, StoreSettings};
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
-pub use client::{Credentials, HubClient, HubError, HubOptions};
+pub use client::{Credentials, Delivery, HubClient, HubError, HubOptions};
 use cluster::Cluster;
 use delivery::table::SubscriptionTable;
 use delivery::transport::Transport;
@@ -149,13 +149,15 @@ pub async fn run_announced(
     let cluster_settings =
         cluster::Settings::from_config(&config, listen.port()).map_err(invalid)?;
     let store_counters = Arc::new(StoreCounters::default());
-    let durables = match StoreSettings::from_config(&config).map_err(|error| invalid(error.into()))? {
+    let durables = match StoreSettings::from_config(&config)
+        .map_err(|error| invalid(error.into()))?
+    {
         Some(settings) => {
             // Recovery reads every log's tail: blocking, before the hub takes connections.
-            let store = Store::open(settings.clone(), store_counters.clone())
-                .map_err(io::Error::other)?;
+            let store =
+                Store::open(settings.clone(), store_counters.clone()).map_err(io::Error::other)?;
             info!(dir = %settings.dir.display(), codes = %settings.codes(), sync = %settings.sync, "store opened");
-            Some(Durables::new(store, &settings))
+            Some(Durables::new(store, &settings, store_counters.clone()))
         }
         None => None,
     };
@@ -196,6 +198,7 @@ pub async fn run_announced(
         counters.clone(),
         table.clone(),
         cluster.clone(),
+        durables.clone(),
     ));
     let http = match monitor {
         Some(monitor) => Some(ops::monitor::start(monitor, state.clone())?),

@@ -696,8 +696,12 @@ impl Session {
                 bytes_in: self.stats.bytes_in(),
                 bytes_out: self.outbox.bytes_out(),
             },
-            hub: self.counters.snapshot(self.cluster.as_deref()),
+            hub: self
+                .counters
+                .snapshot(self.cluster.as_deref(), self.durables.as_deref()),
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
+            puback: self.publisher.puback(),
+            durable: self.attachments.view(),
         }
     }
 

@@ -42,10 +42,10 @@ use crate::hub::control::{ClusterView, CodeSet};
 use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::relay::Piece;
 use crate::hub::delivery::table::SubscriptionTable;
-use crate::hub::store::Store;
 use crate::hub::ops::counters::worth_a_line;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
+use crate::hub::store::Store;
 use messages::Subjects;
 use outbound::Outbound;
 use peers::Peers;
@@ -229,7 +229,9 @@ impl Cluster {
             silent_codes: CodeBits::default(),
             peers: Mutex::new(Peers::default()),
             local: Mutex::new(Local {
-                codes: store.as_ref().map_or(CodeSet::empty(), |store| store.durable()),
+                codes: store
+                    .as_ref()
+                    .map_or(CodeSet::empty(), |store| store.durable()),
                 version: 0,
                 since: [0; Status::COUNT],
             }),

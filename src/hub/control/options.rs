@@ -134,7 +134,9 @@ impl FromStr for StartAt {
             None if is("new") => Ok(StartAt::New),
             None if is("all") => Ok(StartAt::All),
             None if is("last") => Ok(StartAt::Last),
-            Some(seq) if is("seq") && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(seq)
+                if is("seq") && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 seq.parse().map(StartAt::Seq).map_err(|_| bad())
             }
             Some(time) if is("time") => humantime::parse_rfc3339_weak(time)
@@ -330,7 +332,14 @@ mod tests {
             assert_eq!(text.parse(), Ok(start), "{text}");
             assert_eq!(start.to_string().parse(), Ok(start), "{text}");
         }
-        for bad in ["", "seq:", "seq:-1", "seq:99999999999999999999", "time:yesterday", "old"] {
+        for bad in [
+            "",
+            "seq:",
+            "seq:-1",
+            "seq:99999999999999999999",
+            "time:yesterday",
+            "old",
+        ] {
             assert!(
                 matches!(bad.parse::<StartAt>(), Err(ControlError::BadStart { .. })),
                 "{bad:?}"

@@ -528,7 +528,12 @@ impl Outbox {
     /// not. A durable feed calls it before each piece so that it waits for room whatever the
     /// subscriber's slow-consumer policy, instead of having its frames dropped or the subscriber
     /// cut.
-    pub(crate) fn hold_back_until_room(&self, gate: &Arc<Gate>, len: u64, continuing: bool) -> bool {
+    pub(crate) fn hold_back_until_room(
+        &self,
+        gate: &Arc<Gate>,
+        len: u64,
+        continuing: bool,
+    ) -> bool {
         let state = self.lock();
         let fits = if continuing {
             self.backlog.has_room_to_continue(len)

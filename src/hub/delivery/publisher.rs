@@ -148,6 +148,11 @@ impl Publisher {
         self.store.is_some()
     }
 
+    /// Whether `PUBACK` is on.
+    pub(crate) fn puback(&self) -> bool {
+        self.puback.is_some()
+    }
+
     /// Sets where the store reports each of this publisher's stored frames, from the next frame
     /// on (`None`: not reported). The sink must count [`puback_pending`](Self::puback_pending)
     /// down once per outcome.

@@ -296,9 +296,7 @@ impl Feed {
         );
         DurableCounters::add(&self.counters.delivered, 1);
         let written_at_bytes = self.outbox.bytes_out() + self.outbox.pending();
-        let mut window = self.window.borrow_mut();
-        window.bytes += frame.len;
-        window.in_flight.insert(
+        self.window.borrow_mut().insert(
             frame.seq,
             InFlight {
                 len: frame.len,
@@ -483,7 +481,10 @@ impl Feed {
     }
 
     fn dead_letter_status_byte(&self) -> u8 {
-        0x80 | self.limits.dead_letter.map_or(self.status.code(), Status::code)
+        0x80 | self
+            .limits
+            .dead_letter
+            .map_or(self.status.code(), Status::code)
     }
 
     /// Notes which frames in flight are now written whole, and delivers again those whose
@@ -547,16 +548,12 @@ impl Feed {
     }
 
     async fn redeliver(&mut self, seq: u64, deliveries: u32, gate: &Arc<Gate>) -> Delivered {
-        {
-            let mut window = self.window.borrow_mut();
-            if let Some(frame) = window.in_flight.remove(&seq) {
-                window.bytes -= frame.len;
-            }
-        }
+        self.window.borrow_mut().take(seq);
         let Some(loaded) = self.reread(seq).await else {
             return self.settle(seq);
         };
         DurableCounters::add(&self.counters.redelivered, 1);
+        self.window.borrow().figures.redelivered();
         debug!(durable = %self.name, status = %self.status, seq, deliveries, "redelivered");
         self.deliver(loaded, deliveries, gate).await
     }
@@ -565,8 +562,10 @@ impl Feed {
     /// dead-letter code (if any) with its status byte changed, and leaves the window.
     async fn dead_letter(&mut self, seq: u64, gate: &Arc<Gate>) -> Delivered {
         DurableCounters::add(&self.counters.dead_lettered, 1);
+        self.window.borrow().figures.dead_lettered();
         warn!(durable = %self.name, status = %self.status, seq, dead_letter = ?self.limits.dead_letter.map(Status::code), "dead-lettered");
-        if let (Some(loaded), Some(mut publisher)) = (self.reread(seq).await, self.dead_letters.take())
+        if let (Some(loaded), Some(mut publisher)) =
+            (self.reread(seq).await, self.dead_letters.take())
         {
             match loaded {
                 Loaded::Whole { bytes, .. } if !bytes.is_empty() => {
@@ -584,7 +583,9 @@ impl Feed {
                 }
                 Loaded::Whole { .. } => {}
                 Loaded::Large(frame) => {
-                    if self.stream(&frame, Target::DeadLetter(&mut publisher), gate).await
+                    if self
+                        .stream(&frame, Target::DeadLetter(&mut publisher), gate)
+                        .await
                         == Delivered::Gone
                     {
                         publisher.abandon();

@@ -20,8 +20,12 @@
 //! a frame only once it is stored under the sync policy, and the hand-over from replay to live
 //! frames has no gap and no duplicate by construction (it is the same reader).
 //!
+//! Monitoring (`/varz`, `/subsz`, `/metrics`) reads every cursor from the store and the attached
+//! ones' windows through [`CodeFigures`]: atomics each window publishes whenever it changes, on
+//! its own thread, so that no other thread ever touches a window.
+//!
 //! # Lock order
-//! `Durables`' table is a leaf, taken alone. A feed takes the subscriber's outbox lock through
+//! `Durables`' tables (`attached`, `figures`) are leaves, each taken alone. A feed takes the subscriber's outbox lock through
 //! [`Outbox`](crate::hub::delivery::outbox::Outbox)'s methods and holds nothing else meanwhile;
 //! windows are `RefCell`s on the subscriber's thread, not locks.
 
@@ -30,7 +34,7 @@ mod feed;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -38,9 +42,11 @@ use actix::SpawnHandle;
 use tokio::sync::Notify;
 
 use crate::frame::Status;
-use crate::hub::control::{CodeSet, GroupName, StartAt};
+use crate::hub::control::{CodeSet, DurableCodeView, DurableView, GroupName, StartAt, StoreTotals};
 use crate::hub::session::SessionId;
-use crate::hub::store::{CodeCursor, CodeLimits, Position, Store, StoreSettings};
+use crate::hub::store::{
+    CodeCursor, CodeLimits, Position, Store, StoreCounters, StoreSettings, SyncPolicy,
+};
 
 pub(crate) use feed::{feed, Feed};
 
@@ -103,14 +109,65 @@ impl DurableCounters {
     }
 }
 
+/// One code of a cursor as monitoring sees it: written by its window (on the subscriber's
+/// thread) and its feed, read from any thread. Kept for the hub's lifetime per cursor and code,
+/// across attachments, so the redelivery counts add up.
+#[derive(Debug, Default)]
+pub(crate) struct CodeFigures {
+    /// Whether a session's window holds it now.
+    attached: AtomicBool,
+    acked: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl CodeFigures {
+    /// The figures of `code`, for monitoring; `acked` is the cursor's saved position.
+    fn view(&self, code: u8, acked: u64) -> DurableCodeView {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let attached = self.attached.load(Ordering::Relaxed);
+        DurableCodeView {
+            code,
+            acked: if attached {
+                get(&self.acked).max(acked)
+            } else {
+                acked
+            },
+            unacked_frames: if attached { get(&self.frames) } else { 0 },
+            unacked_bytes: if attached { get(&self.bytes) } else { 0 },
+            redelivered: get(&self.redelivered),
+            dead_lettered: get(&self.dead_lettered),
+        }
+    }
+
+    /// Counts a redelivery.
+    pub(crate) fn redelivered(&self) {
+        self.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a dead letter.
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+}
 /// The hub's durable cursors: which session each is attached to; see the module documentation.
 pub(crate) struct Durables {
     store: Arc<Store>,
     /// Per code, its limits (`ack_wait`, `max_deliver`, `dead_letter`); `None` if not durable.
     limits: Vec<Option<CodeLimits>>,
     counters: Arc<DurableCounters>,
+    /// The store's own counters (written by its I/O thread).
+    store_counters: Arc<StoreCounters>,
+    /// The store's directory and sync policy, for `/varz`.
+    dir: std::path::PathBuf,
+    sync: SyncPolicy,
     /// Cursor name → the session attached to it. A leaf lock.
     attached: Mutex<HashMap<GroupName, SessionId>>,
+    /// Cursor name → per code, its figures (created at the first attach of this run). A leaf
+    /// lock.
+    figures: Mutex<HashMap<GroupName, BTreeMap<u8, Arc<CodeFigures>>>>,
 }
 
 impl std::fmt::Debug for Durables {
@@ -120,8 +177,13 @@ impl std::fmt::Debug for Durables {
 }
 
 impl Durables {
-    /// The cursors over `store`'s logs, opened with `settings`.
-    pub(crate) fn new(store: Arc<Store>, settings: &StoreSettings) -> Arc<Durables> {
+    /// The cursors over `store`'s logs, opened with `settings` and counting into
+    /// `store_counters`.
+    pub(crate) fn new(
+        store: Arc<Store>,
+        settings: &StoreSettings,
+        store_counters: Arc<StoreCounters>,
+    ) -> Arc<Durables> {
         let limits = (0..Status::COUNT)
             .map(|code| {
                 u8::try_from(code)
@@ -134,8 +196,101 @@ impl Durables {
             store,
             limits,
             counters: Arc::default(),
+            store_counters,
+            dir: settings.dir.clone(),
+            sync: settings.sync,
             attached: Mutex::new(HashMap::new()),
+            figures: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The store's directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The store's sync policy.
+    pub(crate) fn sync(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    /// The store's and durable delivery's counters now.
+    pub(crate) fn totals(&self) -> StoreTotals {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (store, durable) = (&self.store_counters, &self.counters);
+        StoreTotals {
+            frames: get(&store.frames),
+            bytes: get(&store.bytes),
+            syncs: get(&store.syncs),
+            batches: get(&store.batches),
+            refused_full: get(&store.refused_full),
+            refused_too_large: get(&store.refused_too_large),
+            io_errors: get(&store.io_errors),
+            abandoned: get(&store.abandoned),
+            cut_bytes: get(&store.cut_bytes),
+            segments_deleted: get(&store.segments_deleted),
+            frames_deleted: get(&store.frames_deleted),
+            delivered: get(&durable.delivered),
+            redelivered: get(&durable.redelivered),
+            dead_lettered: get(&durable.dead_lettered),
+            acks: get(&durable.acks),
+        }
+    }
+
+    /// The figures of code `status` of cursor `name`, shared by every window of it this run.
+    pub(crate) fn figures(&self, name: &GroupName, status: Status) -> Arc<CodeFigures> {
+        self.figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.clone())
+            .or_default()
+            .entry(status.code())
+            .or_default()
+            .clone()
+    }
+
+    /// Every cursor in the store, by name, with its attached windows' figures.
+    pub(crate) fn view(&self) -> Vec<DurableView> {
+        // Each table alone, never two at once.
+        let cursors = self.store.cursors().all();
+        let figures = self
+            .figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let attached = self
+            .attached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        cursors
+            .into_iter()
+            .filter_map(|(name, cursor)| {
+                let name: GroupName = name.parse().ok()?;
+                let codes = cursor
+                    .codes
+                    .iter()
+                    .map(|(&code, saved)| {
+                        figures
+                            .get(&name)
+                            .and_then(|codes| codes.get(&code))
+                            .map_or(
+                                DurableCodeView {
+                                    code,
+                                    acked: saved.acked,
+                                    ..DurableCodeView::default()
+                                },
+                                |figures| figures.view(code, saved.acked),
+                            )
+                    })
+                    .collect();
+                Some(DurableView {
+                    attached: attached.contains_key(&name),
+                    name,
+                    codes,
+                })
+            })
+            .collect()
     }
 
     /// The store.
@@ -281,9 +436,38 @@ pub(crate) struct Window {
     /// Frames after `acked` taken out unacknowledged (dead-lettered, gone): the position
     /// passes them once the frames before them are acknowledged.
     pub settled: BTreeSet<u64>,
+    /// Where this window publishes its figures for monitoring.
+    pub figures: Arc<CodeFigures>,
 }
 
 impl Window {
+    /// Publishes the acknowledged position and what is in flight for monitoring.
+    fn publish(&self) {
+        let figures = &self.figures;
+        figures.acked.store(self.acked, Ordering::Relaxed);
+        figures
+            .frames
+            .store(self.in_flight.len() as u64, Ordering::Relaxed);
+        figures.bytes.store(self.bytes, Ordering::Relaxed);
+    }
+
+    /// Records frame `seq` as delivered and not acknowledged.
+    pub(crate) fn insert(&mut self, seq: u64, frame: InFlight) {
+        self.bytes += frame.len;
+        if let Some(old) = self.in_flight.insert(seq, frame) {
+            self.bytes -= old.len;
+        }
+        self.publish();
+    }
+
+    /// Takes frame `seq` out of flight to deliver it again.
+    pub(crate) fn take(&mut self, seq: u64) {
+        if let Some(frame) = self.in_flight.remove(&seq) {
+            self.bytes -= frame.len;
+        }
+        self.publish();
+    }
+
     /// Whether another frame may go out: a frame always may when none is in flight.
     pub(crate) fn has_room(&self) -> bool {
         self.in_flight.is_empty()
@@ -318,6 +502,7 @@ impl Window {
         self.settled = self.settled.split_off(&acked.saturating_add(1));
         let moved = acked > self.acked;
         self.acked = acked;
+        self.publish();
         moved
     }
 
@@ -348,6 +533,9 @@ impl Window {
     }
 }
 
+/// A new acknowledged position and the redelivery counts to record with it.
+pub(crate) type Recorded = (u64, BTreeMap<u64, u32>);
+
 /// One attached code, as the session sees it.
 struct AttachedCode {
     window: Rc<RefCell<Window>>,
@@ -377,23 +565,29 @@ impl std::fmt::Debug for Attachments {
 }
 
 impl Attachments {
-    /// Adds code `status` of cursor `name`, acknowledged up to `cursor.acked`; returns what its
-    /// feed shares with the session. `None` if it is attached already.
+    /// Adds code `status` of cursor `name`, acknowledged up to `cursor.acked`, publishing its
+    /// window to `figures`; returns what its feed shares with the session. `None` if it is
+    /// attached already.
     pub(crate) fn add(
         &mut self,
         name: &GroupName,
         status: Status,
         cursor: CodeCursor,
+        figures: Arc<CodeFigures>,
     ) -> Option<(Rc<RefCell<Window>>, Rc<Notify>)> {
         let codes = self.cursors.entry(name.clone()).or_default();
         if codes.contains_key(&status.code()) {
             return None;
         }
-        let window = Rc::new(RefCell::new(Window {
+        figures.attached.store(true, Ordering::Relaxed);
+        let window = Window {
             acked: cursor.acked,
             carried: cursor.deliveries,
+            figures,
             ..Window::default()
-        }));
+        };
+        window.publish();
+        let window = Rc::new(RefCell::new(window));
         let wake = Rc::new(Notify::new());
         codes.insert(
             status.code(),
@@ -427,7 +621,7 @@ impl Attachments {
         name: &GroupName,
         status: Status,
         seq: u64,
-    ) -> Result<Option<(u64, BTreeMap<u64, u32>)>, DurableRefused> {
+    ) -> Result<Option<Recorded>, DurableRefused> {
         let code = self
             .cursors
             .get(name)
@@ -456,12 +650,19 @@ impl Attachments {
             .keys()
             .copied()
             .filter(|&code| {
-                codes.is_none_or(|codes| Status::new(code).is_some_and(|s| codes.contains(s)))
+                codes.map_or(true, |codes| {
+                    Status::new(code).is_some_and(|s| codes.contains(s))
+                })
             })
             .collect();
         let tasks = removed
             .iter()
-            .filter_map(|code| attached.remove(code).and_then(|code| code.task))
+            .filter_map(|code| attached.remove(code))
+            .filter_map(|code| {
+                let window = code.window.borrow();
+                window.figures.attached.store(false, Ordering::Relaxed);
+                code.task
+            })
             .collect();
         let empty = attached.is_empty();
         if empty {
@@ -475,23 +676,24 @@ impl Attachments {
         self.cursors.keys().cloned().collect()
     }
 
-    /// Per attached cursor, its codes, acknowledged positions and frames in flight (for `INFO`).
-    pub(crate) fn view(&self) -> Vec<(GroupName, Vec<(u8, u64, usize, u64)>)> {
-        let mut view: Vec<_> = self
+    /// Every attached cursor with its codes' windows, by name (`INFO`'s `durable`).
+    pub(crate) fn view(&self) -> Vec<DurableView> {
+        let mut view: Vec<DurableView> = self
             .cursors
             .iter()
-            .map(|(name, codes)| {
-                let codes = codes
+            .map(|(name, codes)| DurableView {
+                name: name.clone(),
+                attached: true,
+                codes: codes
                     .iter()
                     .map(|(&code, attached)| {
                         let window = attached.window.borrow();
-                        (code, window.acked, window.in_flight.len(), window.bytes)
+                        window.figures.view(code, window.acked)
                     })
-                    .collect();
-                (name.clone(), codes)
+                    .collect(),
             })
             .collect();
-        view.sort_by(|a, b| a.0.cmp(&b.0));
+        view.sort_by(|a, b| a.name.cmp(&b.name));
         view
     }
 }

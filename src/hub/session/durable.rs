@@ -94,7 +94,8 @@ impl Session {
             let Some(status) = Status::new(code) else {
                 continue;
             };
-            let Some((window, wake)) = self.attachments.add(&name, status, cursor) else {
+            let figures = durables.figures(&name, status);
+            let Some((window, wake)) = self.attachments.add(&name, status, cursor, figures) else {
                 continue;
             };
             let limits = durables.limits(status);

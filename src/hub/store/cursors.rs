@@ -61,6 +61,24 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The cursors saved in `dir`, by name (none if there is no file yet).
+///
+/// # Errors
+/// [`StoreError::Io`] when the file cannot be read; [`StoreError::Corrupt`] when it does not
+/// check out.
+pub(crate) fn load(dir: &Path) -> Result<BTreeMap<String, Cursor>, StoreError> {
+    let path = dir.join(FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&bytes).ok_or_else(|| StoreError::Corrupt {
+            path,
+            offset: 0,
+            reason: "the cursor file does not check out".into(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Table::new()),
+        Err(error) => Err(StoreError::io(&path)(error)),
+    }
+}
+
 impl CursorStore {
     /// Loads the cursors saved in `dir` (none if there is no file yet).
     ///
@@ -71,17 +89,7 @@ impl CursorStore {
         dir: &Path,
         queue: Arc<Queue>,
     ) -> Result<(CursorStore, CursorFile), StoreError> {
-        let path = dir.join(FILE);
-        let table = match std::fs::read(&path) {
-            Ok(bytes) => decode(&bytes).ok_or_else(|| StoreError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: "the cursor file does not check out".into(),
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Table::new(),
-            Err(error) => return Err(StoreError::io(&path)(error)),
-        };
-        let table = Arc::new(Mutex::new(table));
+        let table = Arc::new(Mutex::new(load(dir)?));
         Ok((
             CursorStore {
                 table: table.clone(),
@@ -97,6 +105,11 @@ impl CursorStore {
     /// The cursor named `name`.
     pub(crate) fn get(&self, name: &str) -> Option<Cursor> {
         lock(&self.table).get(name).cloned()
+    }
+
+    /// Every cursor, by name.
+    pub(crate) fn all(&self) -> BTreeMap<String, Cursor> {
+        lock(&self.table).clone()
     }
 
     /// The names of every cursor.

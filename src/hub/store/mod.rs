@@ -520,7 +520,7 @@ pub struct CodeStats {
 pub struct StoreCounters {
     /// Frames stored (acknowledged as stored).
     pub frames: AtomicU64,
-    /// Bytes of frames stored.
+    /// Bytes written to the logs for them (frames with their record headers).
     pub bytes: AtomicU64,
     /// `fdatasync` calls.
     pub syncs: AtomicU64,

@@ -1094,7 +1094,12 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or_default();
     let ticks: f64 = [11, 12]
         .iter()
-        .map(|&at| fields.get(at).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0))
+        .map(|&at| {
+            fields
+                .get(at)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
         .sum();
     let per_second = rustix::param::clock_ticks_per_second() as f64;
     ticks / per_second

@@ -61,7 +61,7 @@ use crate::hub::control::CodeSet;
 use crate::hub::durable::Durables;
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
 use crate::hub::session::SessionId;
-use crate::hub::store::{Store, StoreCounters, StoreSettings};
+use crate::hub::store::{Backend, Store, StoreCounters, StoreSettings};
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
 pub use client::{Credentials, Delivery, HubClient, HubError, HubOptions};
@@ -154,7 +154,7 @@ pub async fn run_announced(
     {
         Some(settings) => {
             // Recovery reads every log's tail: blocking, before the hub takes connections.
-            let store =
+            let store: Arc<dyn Backend> =
                 Store::open(settings.clone(), store_counters.clone()).map_err(io::Error::other)?;
             info!(dir = %settings.dir.display(), codes = %settings.codes(), sync = %settings.sync, "store opened");
             Some(Durables::new(store, &settings, store_counters.clone()))

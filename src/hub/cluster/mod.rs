@@ -45,7 +45,7 @@ use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
-use crate::hub::store::Store;
+use crate::hub::store::Backend;
 use messages::Subjects;
 use outbound::Outbound;
 use peers::Peers;
@@ -200,7 +200,7 @@ pub(crate) struct Cluster {
     orders: mpsc::UnboundedSender<LinkOrder>,
     counters: ClusterCounters,
     /// The durable store: frames from other hubs on durable codes are stored here too.
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn Backend>>,
 }
 
 /// A future the router awaits before answering a `SUB`.
@@ -216,7 +216,7 @@ impl Cluster {
         table: Arc<SubscriptionTable>,
         hub: Arc<HubCounters>,
         arbiter: &Arbiter,
-        store: Option<Arc<Store>>,
+        store: Option<Arc<dyn Backend>>,
     ) -> Arc<Cluster> {
         let (orders, ordered) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -264,7 +264,7 @@ impl Cluster {
     }
 
     /// The durable store, for the publishers of other hubs' frames.
-    pub(crate) fn store(&self) -> Option<Arc<Store>> {
+    pub(crate) fn store(&self) -> Option<Arc<dyn Backend>> {
         self.store.clone()
     }
 

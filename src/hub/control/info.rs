@@ -125,7 +125,7 @@ pub struct DurableCodeView {
 pub struct StoreTotals {
     /// Frames stored.
     pub frames: u64,
-    /// Bytes written to the logs for them (frames with their record headers).
+    /// Bytes of those frames (as received; the record headers not counted).
     pub bytes: u64,
     /// `fdatasync` calls.
     pub syncs: u64,

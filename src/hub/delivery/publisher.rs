@@ -35,7 +35,7 @@ use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
-use crate::hub::store::{AckSink, Store};
+use crate::hub::store::{AckSink, Backend};
 
 /// One session's publishing side; see the module documentation.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub(crate) struct Publisher {
     /// Whether anything of this publisher has crossed (the other hubs are told when it ends).
     crossed: bool,
     /// The durable store, for frames on durable codes.
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn Backend>>,
     /// Where the store reports each stored frame (the session's `PUBACK`).
     puback: Option<Puback>,
     /// Frames handed to the store with a `PUBACK` sink whose outcome has not been reported yet
@@ -138,7 +138,7 @@ impl Publisher {
 
     /// Appends the frames on durable codes to `store` from now on.
     #[must_use]
-    pub(crate) fn storing(mut self, store: Option<Arc<Store>>) -> Publisher {
+    pub(crate) fn storing(mut self, store: Option<Arc<dyn Backend>>) -> Publisher {
         self.store = store;
         self
     }

@@ -134,7 +134,8 @@ impl WriteHalf {
                 let socket: &TcpStream = half.as_ref();
                 socket.try_io(tokio::io::Interest::WRITABLE, || {
                     let mut at = offset;
-                    rustix::fs::sendfile(socket, file, Some(&mut at), count).map_err(io::Error::from)
+                    rustix::fs::sendfile(socket, file, Some(&mut at), count)
+                        .map_err(io::Error::from)
                 })
             }
             WriteHalf::Tls(_) => Err(io::ErrorKind::Unsupported.into()),

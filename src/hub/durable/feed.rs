@@ -325,7 +325,10 @@ impl Feed {
     /// Waits until the subscriber has room for `piece`, then offers it.
     async fn offer(&self, piece: &Piece, gate: &Arc<Gate>) -> Delivered {
         let continuing = !piece.kind.starts_frame();
-        if !self.room_for(piece.bytes.len() as u64, continuing, gate).await {
+        if !self
+            .room_for(piece.bytes.len() as u64, continuing, gate)
+            .await
+        {
             return Delivered::Gone;
         }
         match self.outbox.offer(self.id, gate, piece) {

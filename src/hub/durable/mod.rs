@@ -45,7 +45,7 @@ use crate::frame::Status;
 use crate::hub::control::{CodeSet, DurableCodeView, DurableView, GroupName, StartAt, StoreTotals};
 use crate::hub::session::SessionId;
 use crate::hub::store::{
-    CodeCursor, CodeLimits, Position, Store, StoreCounters, StoreSettings, SyncPolicy,
+    Backend, CodeCursor, CodeLimits, Position, StoreCounters, StoreSettings, SyncPolicy,
 };
 
 pub(crate) use feed::{feed, Feed};
@@ -154,7 +154,7 @@ impl CodeFigures {
 }
 /// The hub's durable cursors: which session each is attached to; see the module documentation.
 pub(crate) struct Durables {
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     /// Per code, its limits (`ack_wait`, `max_deliver`, `dead_letter`); `None` if not durable.
     limits: Vec<Option<CodeLimits>>,
     counters: Arc<DurableCounters>,
@@ -180,7 +180,7 @@ impl Durables {
     /// The cursors over `store`'s logs, opened with `settings` and counting into
     /// `store_counters`.
     pub(crate) fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Backend>,
         settings: &StoreSettings,
         store_counters: Arc<StoreCounters>,
     ) -> Arc<Durables> {
@@ -294,7 +294,7 @@ impl Durables {
     }
 
     /// The store.
-    pub(crate) fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<dyn Backend> {
         &self.store
     }
 

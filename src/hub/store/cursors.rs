@@ -112,31 +112,11 @@ impl CursorStore {
         lock(&self.table).clone()
     }
 
-    /// The names of every cursor.
-    pub(crate) fn names(&self) -> Vec<String> {
-        lock(&self.table).keys().cloned().collect()
-    }
-
-    /// Sets the cursor `name`; saved by the I/O thread shortly after.
-    pub(crate) fn set(&self, name: &str, cursor: Cursor) {
-        lock(&self.table).insert(name.to_owned(), cursor);
-        self.queue.cursors_changed();
-    }
-
     /// Changes the cursor `name` in place (created empty if absent); saved shortly after.
     pub(crate) fn update<R>(&self, name: &str, change: impl FnOnce(&mut Cursor) -> R) -> R {
         let result = change(lock(&self.table).entry(name.to_owned()).or_default());
         self.queue.cursors_changed();
         result
-    }
-
-    /// Deletes the cursor `name`; returns whether it existed.
-    pub(crate) fn remove(&self, name: &str) -> bool {
-        let existed = lock(&self.table).remove(name).is_some();
-        if existed {
-            self.queue.cursors_changed();
-        }
-        existed
     }
 }
 
@@ -268,7 +248,7 @@ mod tests {
         let (again, _) =
             CursorStore::open(dir.path(), Queue::new()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.get("worker"), store.get("worker"));
-        assert_eq!(again.names(), ["worker"]);
+        assert_eq!(again.all().keys().collect::<Vec<_>>(), ["worker"]);
         let path = dir.path().join(FILE);
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         bytes[9] ^= 0x10;

@@ -45,6 +45,7 @@ use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
+use crate::hub::store::Backend;
 use messages::Subjects;
 use outbound::Outbound;
 use peers::Peers;
@@ -198,6 +199,8 @@ pub(crate) struct Cluster {
     outbound: Outbound,
     orders: mpsc::UnboundedSender<LinkOrder>,
     counters: ClusterCounters,
+    /// The durable store: frames from other hubs on durable codes are stored here too.
+    store: Option<Arc<dyn Backend>>,
 }
 
 /// A future the router awaits before answering a `SUB`.
@@ -206,12 +209,14 @@ pub(crate) type Acknowledged = Pin<Box<dyn Future<Output = ()> + Send>>;
 impl Cluster {
     /// Connects to NATS (in the background; waits up to a couple of seconds for the first
     /// connection and the other hubs' hellos) and starts the link, outbound and inbound tasks on
-    /// `arbiter`.
+    /// `arbiter`. The durable codes of `store` are wanted from the start and for good: frames
+    /// published on other hubs are stored here, whether a durable subscriber is connected or not.
     pub(crate) async fn start(
         settings: Settings,
         table: Arc<SubscriptionTable>,
         hub: Arc<HubCounters>,
         arbiter: &Arbiter,
+        store: Option<Arc<dyn Backend>>,
     ) -> Arc<Cluster> {
         let (orders, ordered) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -224,7 +229,9 @@ impl Cluster {
             silent_codes: CodeBits::default(),
             peers: Mutex::new(Peers::default()),
             local: Mutex::new(Local {
-                codes: CodeSet::empty(),
+                codes: store
+                    .as_ref()
+                    .map_or(CodeSet::empty(), |store| store.durable()),
                 version: 0,
                 since: [0; Status::COUNT],
             }),
@@ -232,6 +239,7 @@ impl Cluster {
             outbound: Outbound::new(),
             orders,
             counters: ClusterCounters::default(),
+            store,
         });
         let (ready, started) = oneshot::channel();
         let tasks = link::Tasks {
@@ -253,6 +261,11 @@ impl Cluster {
             info!(hub = %cluster.name, remote_hubs = cluster.view().remote_hubs, "joined the cluster");
         }
         cluster
+    }
+
+    /// The durable store, for the publishers of other hubs' frames.
+    pub(crate) fn store(&self) -> Option<Arc<dyn Backend>> {
+        self.store.clone()
     }
 
     /// Whether the NATS connection is up.

@@ -1160,3 +1160,46 @@ async fn a_4_gib_frame_is_replayed_to_three_late_subscribers_in_bounded_memory()
     println!("hub peak RSS {peak} KiB");
     assert!(peak <= 128 * 1024, "hub peak RSS {peak} KiB over 128 MiB");
 }
+
+/// Four publishers stream large frames on one durable code at once, each with `PUBACK on`: the
+/// log's tail belongs to one streamed frame at a time, the others wait — and the owner must
+/// never be among those held back (the first build deadlocked here: the hub stopped reading all
+/// four, found by `tej-hub bench durable`'s 4 × 1 MiB cell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_publishers_streaming_large_frames_at_once_are_all_stored() {
+    const PUBLISHERS: u64 = 4;
+    // Frames larger than what the store lets wait behind the tail's owner (4 MiB), so that a
+    // publisher is held back in the middle of its frame.
+    const FRAMES: u64 = 4;
+    const FRAME_BYTES: u64 = 12 * MIB as u64;
+    let dir = StoreDir::new("four-streams");
+    let hub = durable_hub(&dir, &[]);
+    let mut tasks = Vec::new();
+    for publisher in 0..PUBLISHERS {
+        let (mut write, count, replies) = raw_publisher(&hub).await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..FRAMES {
+                write_streamed(&mut write, 5, FRAME_BYTES, publisher * 1000 + i, None)
+                    .await
+                    .expect("stream a frame")
+                    .expect("sent whole");
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count.load(Ordering::Relaxed) < FRAMES as usize && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(write);
+            replies.await.expect("the reply task")
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        let replies = within(Duration::from_secs(90), "four publishers' replies", task)
+            .await
+            .expect("a publisher task");
+        assert_eq!(replies.len(), FRAMES as usize, "{replies:?}");
+        seqs.extend(replies.iter().map(|reply| stored_seq(reply)));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=PUBLISHERS * FRAMES).collect::<Vec<_>>());
+}

@@ -131,7 +131,7 @@ pub(crate) struct CodeWriter {
     stream: Option<Stream>,
     waiting: VecDeque<Waiting>,
     waiting_bytes: u64,
-    held: Vec<Arc<Gate>>,
+    held: Vec<(SessionId, Arc<Gate>)>,
     /// This batch failed from this sequence number on, for this reason.
     failure: Option<(u64, StoreRefused)>,
     /// Segments sealed since the last publish, in their final form.
@@ -256,12 +256,13 @@ impl CodeWriter {
         if owner == Some(from) || (owner.is_none() && self.waiting.is_empty()) {
             self.apply(from, piece, ack, acks, cx);
             self.drain_waiting(acks, cx);
+            self.free_owner();
             return;
         }
         self.waiting_bytes += piece.bytes.len() as u64;
-        if self.waiting_bytes > WAIT_HIGH && !self.held.iter().any(|held| Arc::ptr_eq(held, gate)) {
+        if self.waiting_bytes > WAIT_HIGH && !self.held.iter().any(|(held, _)| *held == from) {
             gate.close();
-            self.held.push(gate.clone());
+            self.held.push((from, gate.clone()));
         }
         self.waiting.push_back(Waiting { from, piece, ack });
     }
@@ -319,10 +320,26 @@ impl CodeWriter {
             .map(|waiting| waiting.piece.bytes.len() as u64)
             .sum();
         if self.waiting_bytes <= WAIT_HIGH / 2 {
-            for gate in self.held.drain(..) {
+            for (_, gate) in self.held.drain(..) {
                 gate.open();
             }
         }
+    }
+
+    /// Opens the gate of the publisher that owns the tail, if its pieces were held back while
+    /// another one did: it must be able to finish its frame, or every publisher waits for it
+    /// (found with four publishers streaming 1 MiB frames at once: the hub stopped reading).
+    fn free_owner(&mut self) {
+        let Some(owner) = self.stream.as_ref().map(|stream| stream.from) else {
+            return;
+        };
+        self.held.retain(|(from, gate)| {
+            if *from == owner {
+                gate.open();
+                return false;
+            }
+            true
+        });
     }
 
     /// Writes the waiting pieces that may go now, in order, until none can.
@@ -348,6 +365,7 @@ impl CodeWriter {
             }
         }
         self.recount_waiting();
+        self.free_owner();
     }
 
     fn apply(

@@ -65,7 +65,7 @@ mod options;
 
 pub use info::{
     ClusterView, CounterSnapshot, EventCounts, GroupMembership, Info, LimitSettings,
-    SessionCounters,
+    RemoteGroupView, SessionCounters,
 };
 pub use options::{GroupName, SubOptions, MAX_GROUP_NAME};
 
@@ -1659,6 +1659,15 @@ mod tests {
                 local_codes: "5".into(),
                 remote_codes: "5-6".into(),
                 remote_hub_names: vec!["b".into()],
+                group_redispatched_frames: 11,
+                group_lost_frames: 12,
+                remote_groups: vec![RemoteGroupView {
+                    hub: "b".into(),
+                    group: "workers".parse().unwrap_or_else(|error| panic!("{error}")),
+                    codes: CodeSet::from_bits(1 << 5),
+                    members: 2,
+                    load: 13,
+                }],
             }),
         }
     }

@@ -168,6 +168,9 @@ pub async fn run_announced(
         }
         _ => None,
     };
+    if let Some(cluster) = &cluster {
+        table.set_cluster(cluster);
+    }
     let (router_table, router_cluster) = (table.clone(), cluster.clone());
     let router_counters = counters.clone();
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {

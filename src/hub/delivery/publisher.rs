@@ -337,7 +337,9 @@ impl Publisher {
                 crossing,
             };
         }
-        if !routed {
+        // Another hub's frame meant for no one here (its groups were chosen elsewhere) is not
+        // this hub's unrouted frame: every hub receives what any hub wants.
+        if !routed && matches!(destined, Destined::Here) {
             // Per frame: a run of small frames read together is one piece.
             self.counters
                 .unrouted_frames

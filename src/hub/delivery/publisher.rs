@@ -81,17 +81,17 @@ enum Destined<'a> {
 
 impl Destined<'_> {
     /// Whether a local group `name` takes the frame.
-    fn takes(&self, name: &GroupName) -> bool {
+    fn takes(self, name: &GroupName) -> bool {
         match self {
             Destined::Here => true,
             Destined::Chosen { choices, here } => {
-                choices.and_then(|choices| choices.chosen(name)) == Some(*here)
+                choices.and_then(|choices| choices.chosen(name)) == Some(here)
             }
         }
     }
 
     /// Whether ordinary subscribers take it (not a re-dispatch).
-    fn to_subscribers(&self) -> bool {
+    fn reaches_subscribers(self) -> bool {
         !matches!(self, Destined::Chosen { choices: Some(choices), .. } if choices.redispatch)
     }
 }
@@ -291,7 +291,7 @@ impl Publisher {
                 self.unserved.push(name.clone());
             }
         }
-        let subscribers = if destined.to_subscribers() {
+        let subscribers = if destined.reaches_subscribers() {
             subscribers
         } else {
             &[]

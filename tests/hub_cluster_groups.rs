@@ -13,24 +13,26 @@
 mod hub_common;
 #[path = "common/nats.rs"]
 mod nats;
+#[path = "common/tagged.rs"]
+mod tagged;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tej_hub::{Frame, TejCodec};
+use tej_hub::TejCodec;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
 use hub_common::{
     connect, connect_small_window, control, control_frame, feed, flush, info, send, status,
-    subscribe, within, BinHub, Conn,
+    subscribe, BinHub, Conn,
 };
 use nats::NatsServer;
+use tagged::{collect, frame, id_of, in_order_per_publisher};
 
 /// How long the hubs may take to see each other's groups.
 const CLUSTER_PATIENCE: Duration = Duration::from_secs(10);
@@ -40,28 +42,6 @@ const RUN: Duration = Duration::from_secs(120);
 const QUIET: Duration = Duration::from_millis(1500);
 /// The group's code.
 const CODE: u8 = 5;
-
-/// Frame `seq` of publisher `publisher`: its message is `P<publisher> <seq> ` padded to `size`.
-fn frame(publisher: usize, seq: usize, size: usize) -> Frame {
-    let mut text = format!("P{publisher} {seq} ").into_bytes();
-    text.resize(size.max(text.len()), b'x');
-    Frame::message(status(CODE), Bytes::from(text))
-}
-
-/// The (publisher, sequence) of a frame of [`frame`].
-fn id_of(frame: &Frame) -> (usize, usize) {
-    let text = String::from_utf8_lossy(&frame.message[..frame.message.len().min(32)]).into_owned();
-    let mut words = text.split(' ');
-    let publisher = words.next().and_then(|word| word.strip_prefix('P'));
-    let seq = words.next();
-    match (
-        publisher.and_then(|n| n.parse().ok()),
-        seq.and_then(|n| n.parse().ok()),
-    ) {
-        (Some(publisher), Some(seq)) => (publisher, seq),
-        _ => panic!("not a test frame: {text:?}"),
-    }
-}
 
 /// Three hubs `a`, `b`, `c` on one NATS server, once each sees the other two.
 struct Cluster {
@@ -202,7 +182,7 @@ fn publisher(addr: SocketAddr, publisher: usize, count: usize, size: usize) -> J
     tokio::spawn(async move {
         let mut conn = connect(addr).await;
         for seq in 0..count {
-            feed(&mut conn, frame(publisher, seq, size)).await;
+            feed(&mut conn, frame(status(CODE), publisher, seq, size)).await;
             if seq % 64 == 63 {
                 flush(&mut conn).await;
             }
@@ -210,28 +190,6 @@ fn publisher(addr: SocketAddr, publisher: usize, count: usize, size: usize) -> J
         flush(&mut conn).await;
         conn
     })
-}
-
-/// Per reader, the ids it got, once `done` says enough arrived and then [`QUIET`] passed.
-async fn collect(
-    readers: usize,
-    events: &mut mpsc::UnboundedReceiver<(usize, (usize, usize))>,
-    done: impl Fn(&[Vec<(usize, usize)>]) -> bool,
-) -> Vec<Vec<(usize, usize)>> {
-    let mut got = vec![Vec::new(); readers];
-    within(RUN, "every frame", async {
-        while !done(&got) {
-            let Some((index, id)) = events.recv().await else {
-                return;
-            };
-            got[index].push(id);
-        }
-    })
-    .await;
-    while let Ok(Some((index, id))) = tokio::time::timeout(QUIET, events.recv()).await {
-        got[index].push(id);
-    }
-    got
 }
 
 /// Asserts that `readers` together got every id of `expected` exactly once.
@@ -254,16 +212,6 @@ fn exactly_once(readers: &[Vec<(usize, usize)>], expected: &HashSet<(usize, usiz
         expected.len(),
         "{who}: other frames than published"
     );
-}
-
-/// Asserts that `ids` are in publication order per publisher.
-fn in_order_per_publisher(ids: &[(usize, usize)], who: &str) {
-    let mut last: HashMap<usize, usize> = HashMap::new();
-    for &(publisher, seq) in ids {
-        if let Some(before) = last.insert(publisher, seq) {
-            assert!(seq > before, "{who}: P{publisher} {seq} after {before}");
-        }
-    }
 }
 
 /// Every (publisher, seq) of `per_publisher` frames from each of 3 publishers.
@@ -314,7 +262,7 @@ async fn a_group_spans_hubs_each_frame_once_local_members_first() {
         .map(|at| publisher(cluster.addr(at), at, PER_PUBLISHER, 200))
         .collect();
     let total = 3 * PER_PUBLISHER;
-    let got = collect(5, &mut events, |got| {
+    let got = collect(5, &mut events, RUN, QUIET, |got| {
         got[..4].iter().map(Vec::len).sum::<usize>() >= total && got[4].len() >= total
     })
     .await;
@@ -376,7 +324,7 @@ async fn a_hub_s_members_all_leaving_mid_run_lose_nothing() {
         .map(|at| publisher(cluster.addr(at), at, PER_PUBLISHER, 16 * 1024))
         .collect();
     let total = 3 * PER_PUBLISHER;
-    let got = collect(5, &mut events, |got| {
+    let got = collect(5, &mut events, RUN, QUIET, |got| {
         got[..4].iter().map(Vec::len).sum::<usize>() >= total && got[4].len() >= total
     })
     .await;

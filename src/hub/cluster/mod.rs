@@ -415,15 +415,8 @@ impl Cluster {
 
     /// Counts queue-group frames no hub could take.
     pub(crate) fn count_group_lost(&self, frames: u64) {
-        if frames == 0 {
-            return;
-        }
-        let before = self
-            .counters
-            .group_lost_frames
-            .fetch_add(frames, Ordering::Relaxed);
-        if worth_a_line(before, frames) {
-            let group_lost_frames = before + frames;
+        if let Some(group_lost_frames) = add_worth_a_line(&self.counters.group_lost_frames, frames)
+        {
             warn!(hub = %self.name, group_lost_frames, "queue-group frames had no member left anywhere");
         }
     }
@@ -615,12 +608,7 @@ impl Cluster {
     }
 
     fn count_dropped(&self, frames: u64) {
-        let before = self
-            .counters
-            .dropped_frames
-            .fetch_add(frames, Ordering::Relaxed);
-        if worth_a_line(before, frames) {
-            let dropped_frames = before + frames;
+        if let Some(dropped_frames) = add_worth_a_line(&self.counters.dropped_frames, frames) {
             warn!(hub = %self.name, dropped_frames, "frames could not cross to the cluster");
         }
     }
@@ -636,6 +624,15 @@ impl Cluster {
     fn lock_local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Adds `frames` to `counter`; its new total when that is worth a log line.
+fn add_worth_a_line(counter: &AtomicU64, frames: u64) -> Option<u64> {
+    if frames == 0 {
+        return None;
+    }
+    let before = counter.fetch_add(frames, Ordering::Relaxed);
+    worth_a_line(before, frames).then_some(before + frames)
 }
 
 /// A set of codes publishers on every thread read: bit `c % 64` of word `c / 64`.

@@ -361,25 +361,13 @@ impl Cluster {
             .of(status)
             .iter()
             .filter(|(name, _)| !taken_here(name))
-            .filter_map(|(name, hubs)| Some((name.clone(), self.pick_hub(hubs)?)))
+            .filter_map(|(name, hubs)| Some((name.clone(), pick_hub(hubs, &self.rotor)?)))
             .take(MAX_GROUPS)
             .collect();
         (!choices.is_empty()).then_some(GroupChoices {
             redispatch,
             choices,
         })
-    }
-
-    /// The hub with the lowest load per member among `hubs`; ties round-robin.
-    fn pick_hub(&self, hubs: &[RemoteHub]) -> Option<u64> {
-        let count = hubs.len();
-        let start = self.rotor.fetch_add(1, Ordering::Relaxed) % count.max(1);
-        let per_member =
-            |hub: &RemoteHub| u128::from(hub.load) * 1000 / u128::from(hub.members.max(1));
-        (0..count)
-            .map(|step| &hubs[(start + step) % count])
-            .min_by_key(|hub| per_member(hub))
-            .map(|hub| hub.instance)
     }
 
     /// Passes on a whole frame chosen for this hub in `groups` that no member here took: once,
@@ -626,6 +614,19 @@ impl Cluster {
     }
 }
 
+/// The hub with the lowest load per member among `hubs`; ties round-robin, from a start `rotor`
+/// moves on each time.
+fn pick_hub(hubs: &[RemoteHub], rotor: &AtomicUsize) -> Option<u64> {
+    let count = hubs.len();
+    let start = rotor.fetch_add(1, Ordering::Relaxed) % count.max(1);
+    // Per member, in thousandths of a byte: exact enough, and no division by zero.
+    let per_member = |hub: &RemoteHub| u128::from(hub.load) * 1000 / u128::from(hub.members.max(1));
+    (0..count)
+        .map(|step| &hubs[(start + step) % count])
+        .min_by_key(|hub| per_member(hub))
+        .map(|hub| hub.instance)
+}
+
 /// Adds `frames` to `counter`; its new total when that is worth a log line.
 fn add_worth_a_line(counter: &AtomicU64, frames: u64) -> Option<u64> {
     if frames == 0 {
@@ -671,6 +672,26 @@ mod tests {
     fn settings(toml: &str) -> Result<Option<Settings>, ConfigError> {
         let config = HubConfig::from_toml(toml).unwrap_or_else(|error| panic!("{error}"));
         Settings::from_config(&config, 9100)
+    }
+
+    #[test]
+    fn the_hub_with_the_least_load_per_member_is_chosen_equals_in_turn() {
+        let rotor = AtomicUsize::new(0);
+        let hub = |instance, members, load| RemoteHub {
+            instance,
+            members,
+            load,
+        };
+        assert_eq!(pick_hub(&[], &rotor), None);
+        // 300 bytes over 3 members is less per member than 200 over 1.
+        let loaded = [hub(1, 1, 200), hub(2, 3, 300)];
+        for _ in 0..3 {
+            assert_eq!(pick_hub(&loaded, &rotor), Some(2));
+        }
+        let idle = [hub(1, 1, 0), hub(2, 2, 0), hub(3, 1, 0)];
+        let mut picked: Vec<u64> = (0..6).filter_map(|_| pick_hub(&idle, &rotor)).collect();
+        picked.sort_unstable();
+        assert_eq!(picked, [1, 1, 2, 2, 3, 3], "round-robin among equals");
     }
 
     #[test]

@@ -260,7 +260,11 @@ impl Link {
                 Some(message) = inboxes.acks.next() => self.on_ack(&message),
                 Some(message) = inboxes.credits.next() => self.on_credit(&message),
                 order = orders.recv() => match order {
-                    Some(LinkOrder::Announce) => self.announce(Purpose::Change).await,
+                    Some(LinkOrder::Announce) => {
+                        // Cleared before the state is read: a later change orders another.
+                        self.cluster.announce_due.store(false, Ordering::Release);
+                        self.announce(Purpose::Change).await;
+                    }
                     Some(LinkOrder::Leave(done)) => {
                         // What this hub published reaches NATS before it says it leaves.
                         let _ = tokio::time::timeout(LEAVE_FLUSH, self.data.flush()).await;

@@ -236,6 +236,8 @@ pub(crate) struct Cluster {
     changes: watch::Sender<u64>,
     outbound: Outbound,
     orders: mpsc::UnboundedSender<LinkOrder>,
+    /// Whether an `Announce` order is on its way to the link (cleared as the link takes it).
+    announce_due: AtomicBool,
     counters: ClusterCounters,
 }
 
@@ -275,6 +277,7 @@ impl Cluster {
             changes: watch::Sender::new(0),
             outbound: Outbound::new(),
             orders,
+            announce_due: AtomicBool::new(false),
             counters: ClusterCounters::default(),
         });
         let (ready, started) = oneshot::channel();
@@ -437,7 +440,7 @@ impl Cluster {
             local.since[usize::from(status.code())] = version;
         }
         local.groups = groups;
-        let _ = self.orders.send(LinkOrder::Announce);
+        self.order_announcement();
     }
 
     /// This hub's groups as announced: the first [`MAX_GROUPS`], with their members' queued
@@ -481,7 +484,7 @@ impl Cluster {
                 for status in added.iter() {
                     local.since[usize::from(status.code())] = version;
                 }
-                let _ = self.orders.send(LinkOrder::Announce);
+                self.order_announcement();
             }
             codes
                 .iter()
@@ -526,7 +529,7 @@ impl Cluster {
         }
         local.codes = local.codes.difference(removed);
         local.version += 1;
-        let _ = self.orders.send(LinkOrder::Announce);
+        self.order_announcement();
     }
 
     /// Tells the other hubs this one is leaving (at shutdown), waiting at most a moment.
@@ -598,6 +601,14 @@ impl Cluster {
     fn count_dropped(&self, frames: u64) {
         if let Some(dropped_frames) = add_worth_a_line(&self.counters.dropped_frames, frames) {
             warn!(hub = %self.name, dropped_frames, "frames could not cross to the cluster");
+        }
+    }
+
+    /// Asks the link to announce the local interest; changes made before it reads them share
+    /// one announcement (a restart of many group members is not one announcement each).
+    fn order_announcement(&self) {
+        if !self.announce_due.swap(true, Ordering::AcqRel) {
+            let _ = self.orders.send(LinkOrder::Announce);
         }
     }
 

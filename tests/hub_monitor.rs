@@ -378,7 +378,11 @@ fn chromium() -> Option<&'static str> {
 /// `screenshot`, also saves a PNG there.
 fn chromium_dom(url: &str, budget_ms: u64, screenshot: Option<&std::path::Path>) -> String {
     let browser = chromium().expect("chromium is installed (scripts/test installs it)");
-    let profile = std::env::temp_dir().join(format!("tej-hub-chromium-{}", std::process::id()));
+    // A profile per run: two browsers on one profile refuse to start (tests run in parallel).
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let profile =
+        std::env::temp_dir().join(format!("tej-hub-chromium-{}-{run}", std::process::id()));
     let mut command = std::process::Command::new(browser);
     command.args([
         "--headless",
@@ -520,4 +524,60 @@ async fn the_dashboard_shows_sessions_and_a_live_rate_in_a_browser() {
         reader.await.expect("a reader task");
     }
     stop_hub(hub).await;
+}
+
+/// A hub storing code 5: the dashboard's store section shows the code's log and the durable
+/// subscription, with what the hub reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_store_in_a_browser() {
+    let dir = std::env::temp_dir().join(format!("tej-hub-dashboard-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hub = start_hub(HubConfig {
+        durable: vec![tej_hub::hub::config::DurableConfig {
+            codes: "5".into(),
+            ..Default::default()
+        }],
+        store_dir: dir.clone(),
+        ..monitored()
+    });
+    let web = hub.monitor_addr().expect("the monitoring address");
+    let mut subscriber = connect(hub.local_addr()).await;
+    send(
+        &mut subscriber,
+        Frame::message(status(127), "SUB 5 durable=dash from=all"),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut subscriber).await.message,
+        &b"OK SUB 5 durable=dash from=all"[..]
+    );
+    let mut publisher = connect(hub.local_addr()).await;
+    send(&mut publisher, Frame::message(status(127), "PUBACK on")).await;
+    assert_eq!(recv(&mut publisher).await.message, &b"OK PUBACK on"[..]);
+    for _ in 0..3 {
+        send(&mut publisher, Frame::message(status(5), "stored")).await;
+    }
+    for seq in 1..=3 {
+        let stored = recv(&mut publisher).await;
+        assert_eq!(stored.message, format!("OK STORED 5 {seq}").as_bytes());
+    }
+    let url = format!("http://{web}/");
+    let dom = tokio::task::spawn_blocking(move || chromium_dom(&url, 3000, None))
+        .await
+        .expect("the browser thread");
+    assert!(
+        dom.contains("data-stored-code=\"5\""),
+        "code 5 not in the store's table:\n{dom}"
+    );
+    assert!(
+        dom.contains("data-durable=\"dash\""),
+        "durable dash not in the store's table:\n{dom}"
+    );
+    assert!(
+        dom.contains("<span id=\"store-frames\">3</span>"),
+        "3 frames stored not shown:\n{dom}"
+    );
+    drop(subscriber);
+    stop_hub(hub).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,7 +24,7 @@ use crate::codec::{CodecError, Limits, TejCodec};
 use crate::connection::ConnectionConfig;
 use crate::frame::{Frame, Status};
 use crate::hub::control::{
-    CodeSet, Command, ControlError, Info, Password, Reply, SubOptions, CONTROL,
+    CodeSet, Command, ControlError, GroupName, Info, Password, Reply, StartAt, SubOptions, CONTROL,
 };
 use crate::stream::{FileFrame, FileSource, Part, PartCodec, StreamError};
 use crate::tls::{ClientTls, MaybeTls};
@@ -165,6 +165,44 @@ pub struct HubClient<S = TcpStream> {
     /// Replies the hub still owes: commands handed to the codec whose reply has not been read.
     /// More than one only after a command call was cancelled while waiting.
     owed: usize,
+    /// `OK STORED` outcomes read before [`HubClient::next_stored`] asked for them, oldest first.
+    stored: VecDeque<(Status, u64)>,
+    /// The `MSG` notice read for the frame that comes next.
+    notice: Option<Delivery>,
+    /// The `MSG` notice of the frame handed out last (`None`: not a durable delivery).
+    delivery: Option<Delivery>,
+}
+
+/// A durable delivery's notice (`MSG <name> <code> <seq>`): which cursor, code and sequence
+/// number the frame that follows it is, to acknowledge with [`HubClient::ack`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The durable subscription's (cursor's) name.
+    pub name: GroupName,
+    /// The code.
+    pub status: Status,
+    /// The frame's sequence number in the code's log.
+    pub seq: u64,
+}
+
+/// What a control frame read outside a command's reply is.
+enum Notice {
+    /// `MSG`: a durable frame follows.
+    Msg(Delivery),
+    /// `OK STORED`: a published frame is stored.
+    Stored(Status, u64),
+}
+
+/// `frame` as a notice, if it is one: notices are never replies to commands.
+fn notice_of(frame: &Frame) -> Option<Notice> {
+    if frame.status != CONTROL {
+        return None;
+    }
+    match Reply::parse(&frame.message).ok()? {
+        Reply::Msg { name, status, seq } => Some(Notice::Msg(Delivery { name, status, seq })),
+        Reply::Stored { status, seq } => Some(Notice::Stored(status, seq)),
+        _ => None,
+    }
 }
 
 impl HubClient {
@@ -298,6 +336,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         HubClient {
             framed: framed.map_codec(ClientCodec::new),
             relayed: VecDeque::new(),
+            stored: VecDeque::new(),
+            notice: None,
+            delivery: None,
             replay: VecDeque::new(),
             owed: 0,
         }
@@ -426,6 +467,107 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         }
     }
 
+    /// Whether each frame this connection publishes on a durable code is acknowledged once
+    /// stored (`PUBACK on|off`): read the outcomes with [`next_stored`](Self::next_stored).
+    ///
+    /// # Errors
+    /// As [`command`](Self::command) (`ERR no durable codes on this hub`), and
+    /// [`HubError::UnexpectedReply`] when the acknowledgement is not `OK PUBACK on|off`.
+    pub async fn set_puback(&mut self, on: bool) -> Result<(), HubError> {
+        match self.command(&Command::Puback(on).message()).await? {
+            Reply::Puback(puback) if puback == on => Ok(()),
+            reply => Err(unexpected(&reply)),
+        }
+    }
+
+    /// The next published frame's outcome under `PUBACK on`: its code and sequence number once
+    /// stored (`OK STORED <code> <seq>`), in publication order. Relayed frames and `MSG`
+    /// notices read meanwhile are kept for [`next_frame`](Self::next_frame).
+    ///
+    /// # Errors
+    /// [`HubError::Refused`] with the hub's reason when it refused to store the frame (`store
+    /// full`, ...); [`HubError::Closed`] when the connection ended; [`HubError::Io`],
+    /// [`HubError::Codec`] as for [`next_frame`](Self::next_frame).
+    pub async fn next_stored(&mut self) -> Result<(Status, u64), HubError> {
+        if let Some(stored) = self.stored.pop_front() {
+            return Ok(stored);
+        }
+        if self.framed.codec().relayed_mid_frame() {
+            return Err(HubError::InsideFrame);
+        }
+        self.flush_cancelled_command().await?;
+        self.framed.codec_mut().mode = Mode::Frames;
+        loop {
+            let Some(incoming) = self.framed.next().await.transpose()? else {
+                return Err(HubError::Closed { reason: None });
+            };
+            let Incoming::Frame(frame) = incoming else {
+                return Err(HubError::InsideFrame);
+            };
+            match notice_of(&frame) {
+                Some(Notice::Stored(status, seq)) => return Ok((status, seq)),
+                Some(Notice::Msg(_)) => self.relayed.push_back(frame),
+                None if frame.status == CONTROL && self.owed > 0 => self.owed -= 1,
+                None if frame.status == CONTROL => {
+                    parse_reply(&frame.message).and_then(|reply| Err(unexpected(&reply)))?
+                }
+                None if frame.status == Status::PING => {}
+                None => self.relayed.push_back(frame),
+            }
+        }
+    }
+
+    /// Attaches to the durable subscription `name` over `codes` (`SUB <codes> durable=<name>
+    /// [from=...]`; `from` places a new cursor, default `new`): the codes' stored frames follow,
+    /// each announced by a notice ([`delivery`](Self::delivery)) and to be acknowledged with
+    /// [`ack`](Self::ack). Returns the set the hub acknowledged.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe); a bad name is refused before sending; the hub refuses
+    /// a code that is not durable or a cursor another session holds.
+    pub async fn subscribe_durable(
+        &mut self,
+        codes: &str,
+        name: &str,
+        from: Option<StartAt>,
+    ) -> Result<CodeSet, HubError> {
+        let name = name
+            .parse()
+            .map_err(|error: ControlError| HubError::Refused(error.to_string()))?;
+        let options = SubOptions {
+            durable: Some(name),
+            from,
+            ..SubOptions::default()
+        };
+        self.subscribe_with(codes, options).await
+    }
+
+    /// The `MSG` notice of the frame [`next_frame`](Self::next_frame) or
+    /// [`next_part`](Self::next_part) (from its `Head`) handed out last; `None` when that frame
+    /// is not a durable delivery.
+    pub fn delivery(&self) -> Option<&Delivery> {
+        self.delivery.as_ref()
+    }
+
+    /// Acknowledges every frame of `delivery`'s cursor and code up to its sequence number
+    /// (`ACK <name> <code> <seq>`, cumulative). The hub answers nothing on success; a refusal
+    /// (`ERR durable <name> not attached ...`) is reported by the next read, as any `ERR` no
+    /// command asked for.
+    ///
+    /// # Errors
+    /// [`HubError::Io`]: the write failed.
+    pub async fn ack(&mut self, delivery: &Delivery) -> Result<(), HubError> {
+        let command = Command::Ack {
+            name: delivery.name.clone(),
+            status: delivery.status,
+            seq: delivery.seq,
+        };
+        self.framed
+            .send(Frame::message(CONTROL, command.message()))
+            .await?;
+        Ok(())
+    }
+
     /// Sends the control command `text` as is and waits for its reply (any but `ERR`).
     ///
     /// # Errors
@@ -454,7 +596,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
             let Incoming::Frame(frame) = incoming else {
                 return Err(HubError::InsideFrame);
             };
-            if frame.status == CONTROL {
+            if let Some(notice) = notice_of(&frame) {
+                match notice {
+                    // Kept in order with the frame it announces.
+                    Notice::Msg(_) => self.relayed.push_back(frame),
+                    Notice::Stored(status, seq) => self.stored.push_back((status, seq)),
+                }
+            } else if frame.status == CONTROL {
                 self.owed = self.owed.saturating_sub(1);
                 if self.owed == 0 {
                     return parse_reply(&frame.message);
@@ -501,8 +649,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         if !self.replay.is_empty() || self.framed.codec().relayed_mid_frame() {
             return Err(HubError::InsideFrame);
         }
-        if let Some(frame) = self.relayed.pop_front() {
-            return Ok(Some(frame));
+        while let Some(frame) = self.relayed.pop_front() {
+            if let Some(frame) = self.unsolicited(frame)? {
+                return Ok(Some(frame));
+            }
         }
         self.flush_cancelled_command().await?;
         self.framed.codec_mut().mode = Mode::Frames;
@@ -561,9 +711,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
         if let Some(part) = self.replay.pop_front() {
             return Ok(Some(part));
         }
-        if let Some(frame) = self.relayed.pop_front() {
-            self.replay = Part::of_frame(&frame).into();
-            return Ok(self.replay.pop_front());
+        while let Some(frame) = self.relayed.pop_front() {
+            if let Some(frame) = self.unsolicited(frame)? {
+                self.replay = Part::of_frame(&frame).into();
+                return Ok(self.replay.pop_front());
+            }
         }
         self.flush_cancelled_command().await?;
         self.framed.codec_mut().mode = Mode::Parts;
@@ -572,7 +724,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
                 return Ok(None);
             };
             match incoming {
-                Incoming::Part(part) => return Ok(Some(part)),
+                Incoming::Part(part) => {
+                    if let Part::Head { .. } = part {
+                        self.delivery = self.notice.take();
+                    }
+                    return Ok(Some(part));
+                }
                 // A control or ping frame, collected whole by the codec.
                 Incoming::Frame(frame) => {
                     if let Some(frame) = self.unsolicited(frame)? {
@@ -596,6 +753,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
     /// A frame read outside a command: `Some` for a relayed frame, `None` for what is skipped (a
     /// ping answer, the reply to a cancelled command), or the error a control frame stands for.
     fn unsolicited(&mut self, frame: Frame) -> Result<Option<Frame>, HubError> {
+        match notice_of(&frame) {
+            Some(Notice::Msg(delivery)) => {
+                self.notice = Some(delivery);
+                return Ok(None);
+            }
+            Some(Notice::Stored(status, seq)) => {
+                self.stored.push_back((status, seq));
+                return Ok(None);
+            }
+            None => {}
+        }
         if frame.status == CONTROL {
             if self.owed > 0 {
                 // The reply to a command whose call was cancelled.
@@ -610,7 +778,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HubClient<S> {
                 Err(error) => error,
             });
         }
-        Ok((frame.status != Status::PING).then_some(frame))
+        if frame.status == Status::PING {
+            return Ok(None);
+        }
+        self.delivery = self.notice.take();
+        Ok(Some(frame))
     }
 
     /// Publishes a frame whose files are read from disk as they are sent, through a bounded

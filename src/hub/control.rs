@@ -19,12 +19,17 @@
 //! INFO                                       ; no arguments
 //! SLOW  block | drop | disconnect            ; slow-consumer policy
 //! AUTH  <user> <password>                    ; password = the rest of the line (may hold spaces)
+//! PUBACK on | off                            ; one reply per frame published on a durable code
+//! ACK   <name> <code> <seq>                  ; acknowledge a durable subscription's frames of
+//!                                            ;   <code> up to <seq> (cumulative; no reply)
 //!
 //! codes    = sep* item (sep+ item)* sep*     ; sep = ASCII whitespace or ','
 //! item     = number | number '-' number | '*'
 //! number   = digit+                          ; decimal, leading zeros allowed
 //! option   = key '=' value                   ; key case-insensitive, each key at most once
 //! group=<name>                               ; name: 1-32 of [A-Za-z0-9_.-], case-sensitive
+//! durable=<name>                             ; the same names; a durable subscription's cursor
+//! from=new|all|last|seq:<n>|time:<rfc3339>   ; where a new cursor starts (with durable= only)
 //! ```
 //! - The code list ends at the first whitespace-separated word holding `=`; every word from there
 //!   on is an option ([`SubOptions`]).
@@ -49,6 +54,10 @@
 //! OK ECHO on|off      OK SLOW <policy>    ; the setting now, lower case
 //! OK AUTH <user>                          ; authenticated as user
 //! OK INFO <json>                          ; one JSON object: Info
+//! OK PUBACK on|off                        ; the setting now
+//! OK STORED <code> <seq>                  ; a durable frame is stored (with PUBACK on)
+//! MSG <name> <code> <seq>                 ; not a reply: announces that the next frame is
+//!                                         ;   <code>'s frame <seq> for durable subscription <name>
 //! ERR <reason>                            ; refused (ControlError's Display, or the hub's
 //!                                         ;   reason for closing the connection)
 //! ```
@@ -64,10 +73,10 @@ mod info;
 mod options;
 
 pub use info::{
-    ClusterView, CounterSnapshot, EventCounts, GroupMembership, Info, LimitSettings,
-    RemoteGroupView, SessionCounters,
+    ClusterView, CounterSnapshot, DurableCodeView, DurableView, EventCounts, GroupMembership, Info,
+    LimitSettings, RemoteGroupView, SessionCounters, StoreTotals,
 };
-pub use options::{GroupName, SubOptions, MAX_GROUP_NAME};
+pub use options::{GroupName, StartAt, SubOptions, MAX_GROUP_NAME};
 
 /// The status of control frames: 127.
 pub const CONTROL: Status = match Status::new(127) {
@@ -433,6 +442,19 @@ pub enum Command {
         /// The password: the rest of the line.
         password: Password,
     },
+    /// `PUBACK on|off`: whether each frame the session publishes on a durable code is answered
+    /// `OK STORED <code> <seq>` (or `ERR <why>`) once stored.
+    Puback(bool),
+    /// `ACK <name> <code> <seq>`: durable subscription `name` has processed every frame of
+    /// `status` up to `seq` it was given.
+    Ack {
+        /// The durable subscription.
+        name: GroupName,
+        /// The code.
+        status: Status,
+        /// The highest sequence number acknowledged.
+        seq: u64,
+    },
 }
 
 impl Command {
@@ -442,7 +464,7 @@ impl Command {
     /// [`ControlError::NotText`] when `message` is not ASCII, [`ControlError::Empty`] when it is
     /// blank, [`ControlError::Unknown`] for an unknown command word, and the argument errors
     /// ([`ControlError::MissingArgument`], [`ControlError::UnexpectedArgument`], the code list
-    /// errors, [`ControlError::BadEchoArgument`], [`ControlError::BadSlowArgument`]).
+    /// errors, [`ControlError::BadOnOff`], [`ControlError::BadSlowArgument`], the `ACK` argument errors).
     ///
     /// # Examples
     /// ```
@@ -473,16 +495,11 @@ impl Command {
             let (codes, options) = codes_and_options("UNSUB", rest)?;
             Ok(Command::Unsub(codes, options))
         } else if is("ECHO") {
-            let argument = single_argument("ECHO", rest)?;
-            if argument.eq_ignore_ascii_case("on") {
-                Ok(Command::Echo(true))
-            } else if argument.eq_ignore_ascii_case("off") {
-                Ok(Command::Echo(false))
-            } else {
-                Err(ControlError::BadEchoArgument {
-                    argument: clip(argument),
-                })
-            }
+            on_off("ECHO", rest).map(Command::Echo)
+        } else if is("PUBACK") {
+            on_off("PUBACK", rest).map(Command::Puback)
+        } else if is("ACK") {
+            ack_arguments(rest)
         } else if is("INFO") {
             match rest.split_ascii_whitespace().next() {
                 Some(argument) => Err(ControlError::UnexpectedArgument {
@@ -523,6 +540,8 @@ impl Command {
             Command::Info => "INFO",
             Command::Slow(_) => "SLOW",
             Command::Auth { .. } => "AUTH",
+            Command::Puback(_) => "PUBACK",
+            Command::Ack { .. } => "ACK",
         }
     }
 
@@ -538,7 +557,8 @@ impl Command {
             Command::Unsub(set, options) => Some(Reply::Unsub(*set, options.clone())),
             Command::Echo(on) => Some(Reply::Echo(*on)),
             Command::Slow(policy) => Some(Reply::Slow(*policy)),
-            Command::Info | Command::Auth { .. } => None,
+            Command::Puback(on) => Some(Reply::Puback(*on)),
+            Command::Info | Command::Auth { .. } | Command::Ack { .. } => None,
         }
     }
 
@@ -576,6 +596,8 @@ impl fmt::Display for Command {
             Command::Slow(policy) => write!(f, " {policy}"),
             // Never the password.
             Command::Auth { user, .. } => write!(f, " {}", clip(user)),
+            Command::Puback(on) => f.write_str(if *on { " on" } else { " off" }),
+            Command::Ack { name, status, seq } => write!(f, " {name} {} {seq}", status.code()),
         }
     }
 }
@@ -614,6 +636,51 @@ fn codes_and_options(
     }
     let codes = codes.parse()?;
     Ok((codes, SubOptions::parse(options.split_ascii_whitespace())?))
+}
+
+/// `on` or `off` (any case), the one argument of `ECHO` and `PUBACK`.
+fn on_off(command: &'static str, rest: &str) -> Result<bool, ControlError> {
+    let argument = single_argument(command, rest)?;
+    if argument.eq_ignore_ascii_case("on") {
+        Ok(true)
+    } else if argument.eq_ignore_ascii_case("off") {
+        Ok(false)
+    } else {
+        Err(ControlError::BadOnOff {
+            command,
+            argument: clip(argument),
+        })
+    }
+}
+
+/// `ACK`'s three arguments: `<name> <code> <seq>`.
+fn ack_arguments(rest: &str) -> Result<Command, ControlError> {
+    let mut arguments = rest.split_ascii_whitespace();
+    let missing = ControlError::MissingArgument { command: "ACK" };
+    let (Some(name), Some(code), Some(seq)) =
+        (arguments.next(), arguments.next(), arguments.next())
+    else {
+        return Err(missing);
+    };
+    if let Some(extra) = arguments.next() {
+        return Err(ControlError::UnexpectedArgument {
+            command: "ACK",
+            argument: clip(extra),
+        });
+    }
+    let status = match code.parse::<CodeSet>()? {
+        set if set.len() == 1 => set.iter().next(),
+        _ => None,
+    }
+    .ok_or_else(|| ControlError::BadCode { token: clip(code) })?;
+    let seq = parse_code(seq)
+        .filter(|&seq| seq < u64::MAX)
+        .ok_or_else(|| ControlError::BadSequence { seq: clip(seq) })?;
+    Ok(Command::Ack {
+        name: name.parse()?,
+        status,
+        seq,
+    })
 }
 
 /// The one whitespace-free argument after `command`.
@@ -687,6 +754,25 @@ pub enum Reply {
     Auth(String),
     /// `OK INFO <json>`: the session's state, the hub's limits and counters.
     Info(Box<Info>),
+    /// `OK PUBACK on|off`: whether the session's durable frames are acknowledged now.
+    Puback(bool),
+    /// `OK STORED <code> <seq>`: a frame the session published is stored as `seq` of its code.
+    Stored {
+        /// The frame's code.
+        status: Status,
+        /// Its sequence number in the code's log.
+        seq: u64,
+    },
+    /// `MSG <name> <code> <seq>`: the next frame on the wire is frame `seq` of `status`,
+    /// delivered through durable subscription `name` (acknowledge it with `ACK`).
+    Msg {
+        /// The durable subscription.
+        name: GroupName,
+        /// The frame's code.
+        status: Status,
+        /// Its sequence number.
+        seq: u64,
+    },
     /// `ERR <reason>` (`ERR` for an empty reason): the command was refused, or the hub is closing
     /// the connection and says why.
     Err(String),
@@ -712,6 +798,12 @@ impl Reply {
             } else {
                 Ok(Reply::Err(reason.to_owned()))
             };
+        }
+        if let Some(delivery) = text.strip_prefix("MSG ") {
+            return parse_msg(delivery).ok_or_else(|| ReplyError::BadArgument {
+                word: "MSG",
+                argument: clip(delivery),
+            });
         }
         let acknowledged = text.strip_prefix("OK ").ok_or_else(unknown)?;
         let (word, argument) = match acknowledged.split_once(' ') {
@@ -742,6 +834,14 @@ impl Reply {
             }
             ("AUTH", Some(user)) if !user.is_empty() => Ok(Reply::Auth(user.to_owned())),
             ("AUTH", argument) => Err(bad("AUTH", argument.unwrap_or_default())),
+            ("PUBACK", Some("on")) => Ok(Reply::Puback(true)),
+            ("PUBACK", Some("off")) => Ok(Reply::Puback(false)),
+            ("PUBACK", argument) => Err(bad("PUBACK", argument.unwrap_or_default())),
+            ("STORED", Some(argument)) => {
+                let (status, seq) =
+                    code_and_seq(argument).ok_or_else(|| bad("STORED", argument))?;
+                Ok(Reply::Stored { status, seq })
+            }
             ("INFO", Some(json)) => serde_json::from_str(json)
                 .map(|info| Reply::Info(Box::new(info)))
                 .map_err(|error| ReplyError::BadInfo {
@@ -755,6 +855,29 @@ impl Reply {
     pub fn to_frame(&self) -> Frame {
         Frame::message(CONTROL, self.to_string())
     }
+}
+
+/// `<code> <seq>` as the hub prints them: a relayable code and a sequence number, canonical.
+fn code_and_seq(text: &str) -> Option<(Status, u64)> {
+    let (code, seq) = text.split_once(' ')?;
+    let status = code
+        .parse::<u8>()
+        .ok()
+        .and_then(Status::new)
+        .filter(|status| CodeSet::relayable().contains(*status))?;
+    let seq = seq.parse::<u64>().ok()?;
+    (format!("{} {seq}", status.code()) == text).then_some((status, seq))
+}
+
+/// The arguments of `MSG <name> <code> <seq>`.
+fn parse_msg(text: &str) -> Option<Reply> {
+    let (name, rest) = text.split_once(' ')?;
+    let (status, seq) = code_and_seq(rest)?;
+    Some(Reply::Msg {
+        name: name.parse().ok()?,
+        status,
+        seq,
+    })
 }
 
 /// The code list and options of `OK <word> [codes] [options]`: the list absent for the empty
@@ -802,6 +925,13 @@ impl fmt::Display for Reply {
                 // Plain structs of numbers, strings and lists: serializing cannot fail.
                 let json = serde_json::to_string(info).map_err(|_| fmt::Error)?;
                 return write!(f, "OK INFO {json}");
+            }
+            Reply::Puback(on) => {
+                return f.write_str(if *on { "OK PUBACK on" } else { "OK PUBACK off" })
+            }
+            Reply::Stored { status, seq } => return write!(f, "OK STORED {} {seq}", status.code()),
+            Reply::Msg { name, status, seq } => {
+                return write!(f, "MSG {name} {} {seq}", status.code())
             }
             Reply::Err(reason) if reason.is_empty() => return f.write_str("ERR"),
             Reply::Err(reason) => return write!(f, "ERR {reason}"),
@@ -904,12 +1034,6 @@ pub enum ControlError {
     /// A code list has no item at all.
     #[error("empty code list")]
     EmptyList,
-    /// `ECHO` got something other than `on` or `off`.
-    #[error("echo takes on or off, not {argument:?}")]
-    BadEchoArgument {
-        /// The argument as sent, cut to 32 characters.
-        argument: String,
-    },
     /// `SLOW` got something other than `block`, `drop` or `disconnect`.
     #[error("slow takes block, drop or disconnect, not {argument:?}")]
     BadSlowArgument {
@@ -939,6 +1063,29 @@ pub enum ControlError {
     DuplicateOption {
         /// The key, lower case.
         key: &'static str,
+    },
+    /// `ECHO` or `PUBACK` got something other than `on` or `off`.
+    #[error("{} takes on or off, not {argument:?}", command.to_ascii_lowercase())]
+    BadOnOff {
+        /// The command word, upper case.
+        command: &'static str,
+        /// The argument as sent, cut to 32 characters.
+        argument: String,
+    },
+    /// `from=` is none of `new`, `all`, `last`, `seq:<n>`, `time:<RFC 3339>`.
+    #[error("from takes new, all, last, seq:<n> or time:<rfc3339>, not {value:?}")]
+    BadStart {
+        /// The value as sent, cut to 32 characters.
+        value: String,
+    },
+    /// `from=` without `durable=`: only a durable subscription has a start.
+    #[error("from= needs durable=")]
+    StartWithoutDurable,
+    /// `ACK`'s sequence number is not a number below 2^64 - 1.
+    #[error("bad sequence number {seq:?}")]
+    BadSequence {
+        /// The argument as sent, cut to 32 characters.
+        seq: String,
     },
     /// `group=` with nothing after it.
     #[error("empty group name")]
@@ -1357,7 +1504,8 @@ mod tests {
         );
         assert_eq!(
             parse("ECHO yes"),
-            Err(ControlError::BadEchoArgument {
+            Err(ControlError::BadOnOff {
+                command: "ECHO",
                 argument: "yes".to_owned()
             })
         );
@@ -1644,6 +1792,11 @@ mod tests {
                     group_moved_frames: 9,
                     group_cut_frames: 10,
                 },
+                store: Some(StoreTotals {
+                    frames: 9,
+                    acks: 10,
+                    ..StoreTotals::default()
+                }),
             },
             cluster: Some(ClusterView {
                 hub: "a".into(),
@@ -1669,6 +1822,19 @@ mod tests {
                     load: 13,
                 }],
             }),
+            puback: true,
+            durable: vec![DurableView {
+                name: group("audit"),
+                attached: true,
+                codes: vec![DurableCodeView {
+                    code: 5,
+                    acked: 12,
+                    unacked_frames: 2,
+                    unacked_bytes: 300,
+                    redelivered: 1,
+                    dead_lettered: 0,
+                }],
+            }],
         }
     }
 
@@ -1698,15 +1864,17 @@ mod tests {
         };
         assert_eq!(
             keys(&json),
-            "cluster,counters,denied_frames,dropped_frames,echo,groups,hub,limits,peer,\
-             pending_bytes,session,slow_consumer,subscriptions,user,version"
+            "cluster,counters,denied_frames,dropped_frames,durable,echo,groups,hub,limits,peer,\
+             pending_bytes,puback,session,slow_consumer,subscriptions,user,version"
         );
         assert_eq!(
             keys(&json["hub"]),
             "auth_failures,cluster_dropped_frames,connections,denied_frames,dropped_frames,\
              group_cut_frames,group_moved_frames,open_connections,refused_connections,\
-             slow_consumers,tls_failures,unrouted_frames"
+             slow_consumers,store,tls_failures,unrouted_frames"
         );
+        assert_eq!(json["durable"][0]["codes"][0]["unacked_bytes"], 300);
+        assert_eq!(json["hub"]["store"]["acks"], 10);
         assert_eq!(
             serde_json::from_value::<Info>(json).ok(),
             Some(info.clone())
@@ -1720,10 +1888,30 @@ mod tests {
         let text = serde_json::to_string(&anonymous).unwrap_or_default();
         assert!(text.contains("\"user\":null") && text.contains("\"cluster\":null"));
         assert!(text.contains("\"subscriptions\":[]"));
-        assert_eq!(serde_json::from_str::<Info>(&text).ok(), Some(anonymous));
+        assert_eq!(
+            serde_json::from_str::<Info>(&text).ok(),
+            Some(anonymous.clone())
+        );
         // A newer hub's extra keys are ignored; a code above 127 is not a subscription.
         let extra = text.replacen('{', "{\"new\":1,", 1);
         assert!(serde_json::from_str::<Info>(&extra).is_ok());
+        // An older hub's INFO, without puback, durable and hub.store, still parses.
+        let mut old = serde_json::to_value(&anonymous).unwrap_or_default();
+        if let Some(object) = old.as_object_mut() {
+            object.remove("puback");
+            object.remove("durable");
+        }
+        if let Some(hub) = old["hub"].as_object_mut() {
+            hub.remove("store");
+        }
+        let parsed = serde_json::from_value::<Info>(old).ok();
+        assert_eq!(
+            parsed
+                .as_ref()
+                .map(|info| (info.puback, info.durable.len())),
+            Some((false, 0))
+        );
+        assert_eq!(parsed.and_then(|info| info.hub.store), None);
         let bad = text.replace("\"subscriptions\":[]", "\"subscriptions\":[128]");
         assert!(serde_json::from_str::<Info>(&bad).is_err());
     }
@@ -1789,6 +1977,97 @@ mod tests {
     }
 
     #[test]
+    fn durable_commands_and_replies() {
+        let jobs: GroupName = "jobs".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(parse("puback ON"), Ok(Command::Puback(true)));
+        assert_eq!(Command::Puback(false).to_string(), "PUBACK off");
+        assert_eq!(
+            Command::Puback(true).ack().map(|reply| reply.to_string()),
+            Some("OK PUBACK on".to_owned())
+        );
+        let ack = Command::Ack {
+            name: jobs.clone(),
+            status: status(5),
+            seq: 42,
+        };
+        assert_eq!(parse("ACK jobs 5 42"), Ok(ack.clone()));
+        assert_eq!(parse(&ack.to_string()), Ok(ack.clone()));
+        assert_eq!(ack.ack(), None);
+        assert_eq!(
+            parse("ACK jobs 5"),
+            Err(ControlError::MissingArgument { command: "ACK" })
+        );
+        assert_eq!(
+            parse("ACK jobs 5-6 1"),
+            Err(ControlError::BadCode {
+                token: "5-6".into()
+            })
+        );
+        assert_eq!(
+            parse("ACK jobs 2 1"),
+            Err(ControlError::ReservedCode { code: 2 })
+        );
+        assert_eq!(
+            parse("ACK jobs 5 x"),
+            Err(ControlError::BadSequence { seq: "x".into() })
+        );
+        assert_eq!(
+            parse("ACK jobs 5 18446744073709551615"),
+            Err(ControlError::BadSequence {
+                seq: "18446744073709551615".into()
+            })
+        );
+        assert_eq!(
+            parse("ACK jobs 5 1 2"),
+            Err(ControlError::UnexpectedArgument {
+                command: "ACK",
+                argument: "2".into()
+            })
+        );
+        assert_eq!(
+            parse("SUB 5 durable=jobs from=all"),
+            Ok(Command::Sub(
+                set(&[5]),
+                SubOptions::durable(jobs.clone(), Some(StartAt::All))
+            ))
+        );
+        for (reply, text) in [
+            (Reply::Puback(true), "OK PUBACK on"),
+            (
+                Reply::Stored {
+                    status: status(5),
+                    seq: 7,
+                },
+                "OK STORED 5 7",
+            ),
+            (
+                Reply::Msg {
+                    name: jobs.clone(),
+                    status: status(126),
+                    seq: 1,
+                },
+                "MSG jobs 126 1",
+            ),
+            (
+                Reply::Sub(set(&[5]), SubOptions::durable(jobs.clone(), None)),
+                "OK SUB 5 durable=jobs",
+            ),
+        ] {
+            assert_eq!(reply.to_string(), text);
+            assert_eq!(Reply::parse(text.as_bytes()), Ok(reply), "{text}");
+        }
+        for bad in [
+            "OK STORED 5",
+            "OK STORED 05 7",
+            "OK STORED 2 7",
+            "MSG jobs 5",
+            "MSG a*b 5 1",
+        ] {
+            assert!(Reply::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn error_reasons() {
         let cases: [(ControlError, &str); 13] = [
             (ControlError::NotText, "command is not ascii text"),
@@ -1827,7 +2106,8 @@ mod tests {
             ),
             (ControlError::EmptyList, "empty code list"),
             (
-                ControlError::BadEchoArgument {
+                ControlError::BadOnOff {
+                    command: "ECHO",
                     argument: "yes".into(),
                 },
                 "echo takes on or off, not \"yes\"",

@@ -35,13 +35,11 @@ mod cluster;
 pub mod config;
 pub mod control;
 mod delivery;
+mod durable;
 mod ops;
 mod rlimit;
 mod router;
 mod session;
-// The session path (PUBACK, durable subscriptions) is wired to the store in issue 22's next
-// stage; until then only the tests and `tej-hub store` use it.
-#[allow(dead_code)]
 pub mod store;
 mod tls;
 
@@ -59,11 +57,14 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use crate::hub::config::{ConfigError, HubConfig};
+use crate::hub::control::CodeSet;
+use crate::hub::durable::Durables;
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters};
 use crate::hub::session::SessionId;
+use crate::hub::store::{Backend, Store, StoreCounters, StoreSettings};
 use admission::{Admission, IpSlot, Refused};
 use auth::Authenticated;
-pub use client::{Credentials, HubClient, HubError, HubOptions};
+pub use client::{Credentials, Delivery, HubClient, HubError, HubOptions};
 use cluster::Cluster;
 use delivery::table::SubscriptionTable;
 use delivery::transport::Transport;
@@ -147,6 +148,19 @@ pub async fn run_announced(
     let listen = listener.local_addr()?;
     let cluster_settings =
         cluster::Settings::from_config(&config, listen.port()).map_err(invalid)?;
+    let store_counters = Arc::new(StoreCounters::default());
+    let durables = match StoreSettings::from_config(&config)
+        .map_err(|error| invalid(error.into()))?
+    {
+        Some(settings) => {
+            // Recovery reads every log's tail: blocking, before the hub takes connections.
+            let store: Arc<dyn Backend> =
+                Store::open(settings.clone(), store_counters.clone()).map_err(io::Error::other)?;
+            info!(dir = %settings.dir.display(), codes = %settings.codes(), sync = %settings.sync, "store opened");
+            Some(Durables::new(store, &settings, store_counters.clone()))
+        }
+        None => None,
+    };
     let admission = Admission::new();
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -164,7 +178,8 @@ pub async fn run_announced(
     let cluster_arbiter = cluster_settings.as_ref().map(|_| Arbiter::new());
     let cluster = match (cluster_settings, &cluster_arbiter) {
         (Some(settings), Some(arbiter)) => {
-            Some(Cluster::start(settings, table.clone(), counters.clone(), arbiter).await)
+            let store = durables.as_ref().map(|durables| durables.store().clone());
+            Some(Cluster::start(settings, table.clone(), counters.clone(), arbiter, store).await)
         }
         _ => None,
     };
@@ -172,9 +187,12 @@ pub async fn run_announced(
         table.set_cluster(cluster);
     }
     let (router_table, router_cluster) = (table.clone(), cluster.clone());
+    let durable_codes = durables
+        .as_ref()
+        .map_or(CodeSet::empty(), |durables| durables.store().durable());
     let router_counters = counters.clone();
     let router = Router::start_in_arbiter(&workers[0].handle(), move |_| {
-        Router::new(router_table, router_cluster, router_counters)
+        Router::new(router_table, router_cluster, router_counters, durable_codes)
     });
     info!(%listen, workers = workers.len(), "hub started");
     let state = Arc::new(HubState::new(
@@ -183,6 +201,7 @@ pub async fn run_announced(
         counters.clone(),
         table.clone(),
         cluster.clone(),
+        durables.clone(),
     ));
     let http = match monitor {
         Some(monitor) => Some(ops::monitor::start(monitor, state.clone())?),
@@ -214,6 +233,7 @@ pub async fn run_announced(
                         counters: counters.clone(),
                         users: loaded.users.clone(),
                         cluster: cluster.clone(),
+                        durables: durables.clone(),
                     };
                     let tls = loaded.tls.clone();
                     hand_over(stream, peer, SessionId::new(next_id), worker, hub, slot, tls);

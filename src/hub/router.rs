@@ -158,14 +158,21 @@ pub(crate) struct Router {
 
 impl Router {
     /// A router with no sessions, keeping `table` up to date (and `cluster` told).
+    /// The `durable` codes count as wanted for good (the store subscribes to them), so the
+    /// cluster never withdraws them.
     pub(crate) fn new(
         table: Arc<SubscriptionTable>,
         cluster: Option<Arc<Cluster>>,
         counters: Arc<HubCounters>,
+        durable: CodeSet,
     ) -> Router {
+        let mut subscribers = [0; Status::COUNT];
+        for status in durable.iter() {
+            subscribers[usize::from(status.code())] = 1;
+        }
         Router {
             sessions: HashMap::new(),
-            subscribers: [0; Status::COUNT],
+            subscribers,
             table,
             cluster,
             groups: HashMap::new(),

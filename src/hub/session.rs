@@ -40,10 +40,13 @@ use crate::hub::delivery::publisher::Publisher;
 use crate::hub::delivery::relay::{Piece, RelayCodec};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::delivery::transport::{ReadHalf, Transport};
+use crate::hub::durable::{Attachments, Durables};
 use crate::hub::ops::counters::{ConnectionGuard, HubCounters, SessionStats};
 use crate::hub::router::{
     Leave, Query, Register, Router, Subscribe, Subscriptions, Unregister, Unsubscribe,
 };
+
+mod durable;
 
 /// A session's id. The accept loop allocates them from a counter, so they are unique and increasing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +114,10 @@ pub(crate) enum KickReason {
 
 /// How long a closing session may take to flush what it has queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a publisher that closed its side waits for the stored replies it is owed.
+const PUBACK_DRAIN: Duration = Duration::from_secs(10);
+/// How often it looks.
+const PUBACK_POLL: Duration = Duration::from_millis(5);
 /// How often a draining session looks for a frame boundary to close at.
 const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
@@ -314,6 +321,12 @@ pub(crate) struct Session {
     ending: Option<Ending>,
     /// The cluster this hub belongs to, if any (`INFO`).
     cluster: Option<Arc<Cluster>>,
+    /// What publishers read (for the publishers of durable feeds' dead letters).
+    table: Arc<SubscriptionTable>,
+    /// The hub's durable cursors, if it stores anything.
+    durables: Option<Arc<Durables>>,
+    /// The durable cursors this session is attached to.
+    attachments: Attachments,
 }
 
 /// What a session is started with besides its socket.
@@ -330,6 +343,8 @@ pub(crate) struct SessionContext {
     pub users: Option<Arc<Users>>,
     /// The cluster this hub belongs to, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// The durable store's cursors, if the hub has durable codes.
+    pub durables: Option<Arc<Durables>>,
 }
 
 impl Session {
@@ -349,6 +364,7 @@ impl Session {
             counters,
             users,
             cluster,
+            durables,
         } = hub;
         let (read, write) = stream.into_split();
         let activity = Rc::new(ReadActivity::new());
@@ -389,11 +405,12 @@ impl Session {
             let publisher = Publisher::new(
                 id,
                 gate.clone(),
-                table,
+                table.clone(),
                 counters.clone(),
                 allowed,
                 cluster.clone(),
-            );
+            )
+            .storing(durables.as_ref().map(|durables| durables.store().clone()));
             Session {
                 id,
                 peer,
@@ -411,6 +428,9 @@ impl Session {
                 draining: false,
                 ending: None,
                 cluster,
+                table,
+                durables,
+                attachments: Attachments::default(),
             }
         });
     }
@@ -488,6 +508,21 @@ impl Session {
         let id = self.id;
         let ack = command.ack().map(|reply| reply.to_frame());
         match command {
+            Command::Sub(codes, options) if options.durable.is_some() => {
+                match (self.access.subscription(codes), options.durable.clone()) {
+                    (Ok(codes), Some(name)) => self.subscribe_durable(codes, name, options, ctx),
+                    (Err(denied), _) => {
+                        let reason = format!("permission denied: subscribe {denied}");
+                        self.reply(&control::err_reply(reason), ctx);
+                    }
+                    (Ok(_), None) => {}
+                }
+            }
+            Command::Unsub(codes, options) if options.durable.is_some() => {
+                if let Some(name) = options.durable.clone() {
+                    self.unsubscribe_durable(codes, name, options, ctx);
+                }
+            }
             Command::Sub(codes, options) => match self.access.subscription(codes) {
                 Ok(codes) => {
                     if let Some(name) = options.group.as_ref().filter(|n| !self.access.may_join(n))
@@ -542,6 +577,8 @@ impl Session {
                 }));
             }
             Command::Auth { user, password } => self.authenticate(user, password, ctx),
+            Command::Puback(on) => self.set_puback(on, ctx),
+            Command::Ack { name, status, seq } => self.acknowledge(name, status, seq, ctx),
         }
     }
 
@@ -659,8 +696,12 @@ impl Session {
                 bytes_in: self.stats.bytes_in(),
                 bytes_out: self.outbox.bytes_out(),
             },
-            hub: self.counters.snapshot(self.cluster.as_deref()),
+            hub: self
+                .counters
+                .snapshot(self.cluster.as_deref(), self.durables.as_deref()),
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
+            puback: self.publisher.puback(),
+            durable: self.attachments.view(),
         }
     }
 
@@ -754,6 +795,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.publisher.abandon();
+        self.detach_durables();
         self.router.do_send(Unregister { id: self.id });
         let reason = self.ending.clone().unwrap_or(Ending::PeerClosed);
         info!(session = %self.id, peer = %self.peer, %reason, "disconnected");
@@ -777,6 +819,17 @@ impl StreamHandler<Result<Piece, CodecError>> for Session {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The peer closed its side: the stored replies it is owed go out first (bounded).
+        if self.publisher.puback_pending().load(Ordering::Relaxed) > 0 {
+            let deadline = Instant::now() + PUBACK_DRAIN;
+            ctx.run_interval(PUBACK_POLL, move |session, ctx| {
+                let pending = session.publisher.puback_pending().load(Ordering::Relaxed);
+                if pending == 0 || Instant::now() >= deadline {
+                    session.end(Ending::PeerClosed, None, ctx);
+                }
+            });
+            return;
+        }
         self.end(Ending::PeerClosed, None, ctx);
     }
 }

@@ -8,7 +8,7 @@ print() on an invalid start bit, thread tracebacks) goes to stderr.
 
     peer.py server [--echo] [--greet TEXT] [--timeout SECS] [--verbose]
     peer.py client --port P --spec JSON [--expect N] [--ping-interval SECS]
-                   [--wait SECS] [--ignore-pings] [--verbose]
+                   [--wait SECS] [--ignore-pings] [--ack-upto SEQ] [--verbose]
     peer.py check
 
 Frame records (events "sent", "received", "ping"):
@@ -298,7 +298,28 @@ def run_client(args):
                 cond.notify_all()
 
         def received(self, files, message):
+            if args.ack_upto is not None:
+                self._acknowledge(message)
             self._frame("received", files, message)
+
+        def _acknowledge(self, message):
+            # A durable subscription with control frames only: `MSG <name> <code> <seq>` comes
+            # before each frame; the frame after it is acknowledged (`ACK <name> <code> <seq>`)
+            # if seq <= --ack-upto, before it is counted (so before the client may close).
+            text = None
+            if self.custom_status == 127 and message:
+                text = bytes(message).decode("utf-8", "replace")
+            if text is not None and text.startswith("MSG "):
+                state["notice"] = text.split(" ")
+                return
+            notice = state.pop("notice", None)
+            if notice is None or len(notice) != 4:
+                return
+            _, name, code, seq = notice
+            if int(seq) <= args.ack_upto:
+                builder = protocol.BytesBuilder(127)
+                builder.set_message(f"ACK {name} {code} {seq}".encode("utf-8"))
+                send_whole(sock, builder.bytes())
 
         def ping_received(self, files, message):
             self._frame("ping", files, message)
@@ -436,6 +457,9 @@ def main(argv=None):
                     help="max seconds to wait for --expect frames")
     cp.add_argument("--ignore-pings", action="store_true",
                     help="do not count ping frames towards --expect")
+    cp.add_argument("--ack-upto", type=int, default=None, metavar="SEQ",
+                    help="a durable subscriber: acknowledge each frame announced by "
+                         "`MSG <name> <code> <seq>` with seq <= SEQ (`ACK <name> <code> <seq>`)")
     cp.add_argument("--tls-ca", metavar="FILE", default=None,
                     help="wrap the socket in TLS (Python's ssl), trusting the CA in FILE")
     cp.add_argument("--tls-server-name", metavar="NAME", default="localhost",

@@ -6,7 +6,7 @@
 //!   codes), then frames on code 5, keeping at most `window` without their reply: one control
 //!   frame per durable frame, in publication order: `OK STORED 5 <seq>` (counted as stored),
 //!   `ERR store full 5` or any other `ERR` (counted, and the window slot freed).
-//! - Consumer: control `SUB 5 durable=<name> from=all` (reply `OK SUB 5 durable=<name>`), then
+//! - Consumer: control `SUB 5 durable=<name> from=all` (reply `OK SUB 5 durable=<name> from=all`), then
 //!   for each frame the control frame `MSG <name> 5 <seq>` followed by the frame. It acknowledges
 //!   cumulatively, `ACK <name> 5 <seq>` with the last sequence read, once after each socket read
 //!   that completed at least one frame (so one ACK per read of up to 256 KiB; never more than
@@ -158,7 +158,7 @@ async fn consume(addr: SocketAddr, spec: &Consume, prefix: &str) -> Result<Outco
         let reply = peer
             .command(&format!("SUB {CODE} durable={name} from=all"), spec.stall)
             .await?;
-        if reply != format!("OK SUB {CODE} durable={name}") {
+        if reply != format!("OK SUB {CODE} durable={name} from=all") {
             return Err(DurableError::Refused {
                 command: "SUB durable",
                 reply,
@@ -537,7 +537,7 @@ mod tests {
             {
                 let name = name.to_owned();
                 let _ = write
-                    .write_all(&reply(format!("OK SUB {CODE} durable={name}")))
+                    .write_all(&reply(format!("OK SUB {CODE} durable={name} from=all")))
                     .await;
                 let frames = store.lock().expect("the store").clone();
                 let mut acked = 0u64;

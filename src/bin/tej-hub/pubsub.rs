@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tej_hub::hub::control::{ControlError, GroupName, SubOptions};
+use tej_hub::hub::control::{ControlError, GroupName, StartAt, SubOptions};
 use tej_hub::hub::{Credentials, HubClient, HubError, HubOptions};
 use tej_hub::stream::{FileFrame, FileSource, Part};
 use tej_hub::{ClientTls, MaybeTls};
@@ -57,6 +57,11 @@ pub(crate) struct Pub {
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
+    /// Wait until the hub has stored the frame (`PUBACK on`), print `stored <code> <seq>`, and
+    /// fail with the hub's reason when it refuses to store it. The code must be durable: the hub
+    /// answers nothing for other codes, and pub gives up after 10 s.
+    #[arg(long)]
+    ack: bool,
     #[command(flatten)]
     access: Access,
 }
@@ -140,6 +145,13 @@ pub(crate) struct Sub {
     /// (1-32 characters of A-Z a-z 0-9 _ . -).
     #[arg(long, value_name = "NAME", value_parser = group_name)]
     group: Option<GroupName>,
+    /// Attach to the durable subscription NAME: the codes' stored frames, each acknowledged
+    /// (`ACK`) once written out; a later `sub --durable NAME` resumes after the last one.
+    #[arg(long, value_name = "NAME", value_parser = group_name, conflicts_with = "group")]
+    durable: Option<GroupName>,
+    /// Where a new durable subscription starts: new, all, last, seq:N or time:RFC3339.
+    #[arg(long, value_name = "START", requires = "durable")]
+    from: Option<StartAt>,
     /// The hub's address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HUB)]
     hub: String,
@@ -195,6 +207,13 @@ pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
             .check(&CLI_LIMITS)
             .map_err(|error| Failure::Failed(format!("cannot publish: {error}")))?;
         let mut client = connect(&args.hub, &args.access).await?;
+        if args.ack {
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.set_puback(true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(Failure::Failed(format!("PUBACK on: {error}"))),
+                Err(_) => return Err(Failure::Failed("the hub did not answer PUBACK".into())),
+            }
+        }
         let bar = if frame.file_count() > 0 {
             progress_bar(frame.encoded_len(), "sending")
         } else {
@@ -217,6 +236,23 @@ pub(crate) fn publish(args: &Pub) -> Result<(), Failure> {
                 error => error,
             };
             return Err(Failure::Failed(format!("cannot publish: {error}")));
+        }
+        if args.ack {
+            // Stored under the hub's sync policy: with `always`, after its fdatasync.
+            match tokio::time::timeout(CLOSE_TIMEOUT, client.next_stored()).await {
+                Ok(Ok((status, seq))) => println!("stored {} {seq}", status.code()),
+                Ok(Err(HubError::Refused(reason))) => {
+                    return Err(Failure::Failed(format!("not stored: {reason}")))
+                }
+                Ok(Err(error)) => return Err(Failure::Failed(format!("not stored: {error}"))),
+                Err(_) => {
+                    return Err(Failure::Failed(format!(
+                        "frame sent, but the hub did not say it stored it within {}s (is code {} durable?)",
+                        CLOSE_TIMEOUT.as_secs(),
+                        args.status.code()
+                    )))
+                }
+            }
         }
         match tokio::time::timeout(CLOSE_TIMEOUT, client.close()).await {
             Ok(Ok(())) => Ok(()),
@@ -277,11 +313,11 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
     runtime()?.block_on(async {
         let mut client = connect(&args.hub, &args.access).await?;
         let codes = args.codes.join(" ");
-        let options = args
-            .group
-            .clone()
-            .map(SubOptions::group)
-            .unwrap_or_default();
+        let options = SubOptions {
+            group: args.group.clone(),
+            durable: args.durable.clone(),
+            from: args.from,
+        };
         let subscribing = client.subscribe_with(&codes, options.clone());
         let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, subscribing).await {
             Ok(Ok(subscribed)) => subscribed,
@@ -319,9 +355,18 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
                     return Err(Failure::Failed(error.to_string()));
                 }
             };
+            let end = matches!(part, Part::End);
             if let Err(failure) = receiver.part(part) {
                 receiver.abort();
                 return Err(failure);
+            }
+            // Acknowledged once written out (and saved with --out): a crash before this gets
+            // the frame again.
+            if let (true, Some(delivery)) = (end, client.delivery().cloned()) {
+                client
+                    .ack(&delivery)
+                    .await
+                    .map_err(|error| Failure::Failed(format!("cannot acknowledge: {error}")))?;
             }
         }
         Ok(())

@@ -1,5 +1,5 @@
 //! `tej-hub store`: a durable store's directory, offline — `list` its codes, `show` one frame,
-//! `check` every checksum. Reads only: a torn tail is reported, the hub cuts it when it opens.
+//! `check` every checksum, `cursors` the durable subscriptions' saved positions. Reads only: a torn tail is reported, the hub cuts it when it opens.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +38,12 @@ enum StoreCommand {
     },
     /// Verify every record header and frame CRC; report torn or corrupt tails.
     Check {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// Each saved durable cursor: name, code, acknowledged sequence number, frames awaiting
+    /// redelivery (as the hub last saved them).
+    Cursors {
         /// The store directory.
         dir: PathBuf,
     },
@@ -133,6 +139,23 @@ pub(crate) fn run(args: &Store) -> Result<(), Failure> {
             } else {
                 Err(failed("the frame's CRC does not match"))
             }
+        }
+        StoreCommand::Cursors { dir } => {
+            let cursors = inspect::cursors(dir).map_err(failed)?;
+            println!(
+                "{:<32} {:>4} {:>12} {:>8}",
+                "name", "code", "acked", "pending"
+            );
+            for cursor in cursors {
+                println!(
+                    "{:<32} {:>4} {:>12} {:>8}",
+                    cursor.name,
+                    cursor.code,
+                    cursor.acked,
+                    cursor.pending.len()
+                );
+            }
+            Ok(())
         }
         StoreCommand::Check { dir } => {
             let checks = inspect::check(dir).map_err(failed)?;

@@ -264,7 +264,8 @@ impl Inbound {
                             self.hub.clone(),
                             CodeSet::relayable(),
                             None,
-                        );
+                        )
+                        .storing(self.cluster.store());
                         new.insert(Remote {
                             publisher,
                             stream: Receiving::new(header.publisher_seq),

@@ -52,6 +52,7 @@ use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
+use crate::hub::store::Backend;
 pub(crate) use messages::GroupChoices;
 use messages::{AnnouncedGroup, Subjects, MAX_GROUPS};
 use outbound::Outbound;
@@ -239,6 +240,8 @@ pub(crate) struct Cluster {
     /// Whether an `Announce` order is on its way to the link (cleared as the link takes it).
     announce_due: AtomicBool,
     counters: ClusterCounters,
+    /// The durable store: frames from other hubs on durable codes are stored here too.
+    store: Option<Arc<dyn Backend>>,
 }
 
 /// A future the router awaits before answering a `SUB`.
@@ -247,12 +250,14 @@ pub(crate) type Acknowledged = Pin<Box<dyn Future<Output = ()> + Send>>;
 impl Cluster {
     /// Connects to NATS (in the background; waits up to a couple of seconds for the first
     /// connection and the other hubs' hellos) and starts the link, outbound and inbound tasks on
-    /// `arbiter`.
+    /// `arbiter`. The durable codes of `store` are wanted from the start and for good: frames
+    /// published on other hubs are stored here, whether a durable subscriber is connected or not.
     pub(crate) async fn start(
         settings: Settings,
         table: Arc<SubscriptionTable>,
         hub: Arc<HubCounters>,
         arbiter: &Arbiter,
+        store: Option<Arc<dyn Backend>>,
     ) -> Arc<Cluster> {
         let (orders, ordered) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -269,7 +274,9 @@ impl Cluster {
             redispatch_gate: Gate::new(),
             peers: Mutex::new(Peers::default()),
             local: Mutex::new(Local {
-                codes: CodeSet::empty(),
+                codes: store
+                    .as_ref()
+                    .map_or(CodeSet::empty(), |store| store.durable()),
                 version: 0,
                 since: [0; Status::COUNT],
                 groups: Vec::new(),
@@ -279,6 +286,7 @@ impl Cluster {
             orders,
             announce_due: AtomicBool::new(false),
             counters: ClusterCounters::default(),
+            store,
         });
         let (ready, started) = oneshot::channel();
         let tasks = link::Tasks {
@@ -300,6 +308,11 @@ impl Cluster {
             info!(hub = %cluster.name, remote_hubs = cluster.view().remote_hubs, "joined the cluster");
         }
         cluster
+    }
+
+    /// The durable store, for the publishers of other hubs' frames.
+    pub(crate) fn store(&self) -> Option<Arc<dyn Backend>> {
+        self.store.clone()
     }
 
     /// Whether the NATS connection is up.

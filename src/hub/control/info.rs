@@ -78,6 +78,81 @@ pub struct Info {
     pub hub: CounterSnapshot,
     /// The cluster link; `null` unless the hub is in a cluster (`--cluster`).
     pub cluster: Option<ClusterView>,
+    /// Whether this session's durable publications are acknowledged (`PUBACK`; absent from an
+    /// older hub's `INFO`: off).
+    #[serde(default)]
+    pub puback: bool,
+    /// The durable cursors this session is attached to, by name (absent from an older hub's
+    /// `INFO`: none).
+    #[serde(default)]
+    pub durable: Vec<DurableView>,
+}
+
+/// A durable subscription (a named cursor), as `INFO` (the session's attached ones), `/varz`
+/// and `/subsz` (every cursor of the store) show it:
+/// `{"name":"audit","attached":true,"codes":[{"code":5,"acked":12,...}]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableView {
+    /// The cursor's name.
+    pub name: GroupName,
+    /// Whether a session is attached to it now (always `true` in `INFO`).
+    pub attached: bool,
+    /// Its codes, ascending.
+    pub codes: Vec<DurableCodeView>,
+}
+
+/// One code of a durable subscription ([`DurableView`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableCodeView {
+    /// The code.
+    pub code: u8,
+    /// Every frame up to this sequence number is acknowledged.
+    pub acked: u64,
+    /// Frames delivered and not acknowledged (0 while detached).
+    pub unacked_frames: u64,
+    /// Bytes of those frames (0 while detached).
+    pub unacked_bytes: u64,
+    /// Frames of the code delivered again after `ack_wait`, since the hub started.
+    pub redelivered: u64,
+    /// Frames of the code moved to the dead-letter code after `max_deliver`, since the hub
+    /// started.
+    pub dead_lettered: u64,
+}
+
+/// The store's and durable delivery's counters since the hub started, as `INFO`'s `hub.store`,
+/// `/varz`'s `store` and `/metrics` show them (docs/durability.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreTotals {
+    /// Frames stored.
+    pub frames: u64,
+    /// Bytes of those frames (as received; the record headers not counted).
+    pub bytes: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Write batches (one group commit each).
+    pub batches: u64,
+    /// Frames refused: the disk full, or a code at its limit under `discard = new`.
+    pub refused_full: u64,
+    /// Frames refused as larger than their code's `max_frame_bytes`.
+    pub refused_too_large: u64,
+    /// Frames refused by another I/O error.
+    pub io_errors: u64,
+    /// Streamed frames dropped because their publisher went away.
+    pub abandoned: u64,
+    /// Bytes cut from torn or corrupt tails at recovery.
+    pub cut_bytes: u64,
+    /// Segments deleted by retention.
+    pub segments_deleted: u64,
+    /// Frames deleted by retention.
+    pub frames_deleted: u64,
+    /// Frames delivered through durable subscriptions (redeliveries included).
+    pub delivered: u64,
+    /// Frames delivered again after `ack_wait`.
+    pub redelivered: u64,
+    /// Frames moved to the dead-letter code (or dropped, without one) after `max_deliver`.
+    pub dead_lettered: u64,
+    /// `ACK`s received.
+    pub acks: u64,
 }
 
 /// A session's membership of one queue group, as `INFO` shows it (`groups`):
@@ -146,6 +221,10 @@ pub struct CounterSnapshot {
     /// What happened to frames and connections, by the same keys everywhere.
     #[serde(flatten)]
     pub events: EventCounts,
+    /// The store's counters; `null` on a hub without durable codes (absent from an older hub's
+    /// `INFO`).
+    #[serde(default)]
+    pub store: Option<StoreTotals>,
 }
 
 /// The event counters of a [`CounterSnapshot`], with the keys `INFO`'s `hub` and `/varz` share.

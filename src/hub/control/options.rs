@@ -1,9 +1,11 @@
 //! The options after a `SUB`/`UNSUB` code list: `key=value` words, one match arm per key in
-//! [`SubOptions::parse`]. Today one key, `group=<name>` ([`GroupName`]).
+//! [`SubOptions::parse`]: `group=<name>` ([`GroupName`]), `durable=<name>` (the same names) and
+//! `from=<start>` ([`StartAt`]).
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{clip, ControlError};
 
@@ -91,17 +93,110 @@ pub struct SubOptions {
     /// `group=<name>`: join (`SUB`) or leave (`UNSUB`) this queue group for the codes instead of
     /// subscribing to them as an ordinary subscriber.
     pub group: Option<GroupName>,
+    /// `durable=<name>`: the subscription is the named durable cursor over the codes' stored
+    /// frames (`SUB`), or detaches from it (`UNSUB`; the cursor stays).
+    pub durable: Option<GroupName>,
+    /// `from=<start>`: where a new durable cursor starts (only with `durable=`).
+    pub from: Option<StartAt>,
+}
+
+/// Where a new durable cursor starts (`from=`): `new`, `all`, `last`, `seq:<n>` or
+/// `time:<RFC 3339>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// Frames stored from now on (the default).
+    New,
+    /// Every frame kept.
+    All,
+    /// The newest frame kept, then what follows.
+    Last,
+    /// The frame with this sequence number (or the first kept after it).
+    Seq(u64),
+    /// The first frame stored at or after this time.
+    Time(SystemTime),
+}
+
+/// Parses `new`, `all`, `last`, `seq:<n>` or `time:<RFC 3339>` (words case-insensitive).
+///
+/// # Errors
+/// [`ControlError::BadStart`] for anything else.
+impl FromStr for StartAt {
+    type Err = ControlError;
+
+    fn from_str(text: &str) -> Result<StartAt, ControlError> {
+        let bad = || ControlError::BadStart { value: clip(text) };
+        let (word, argument) = match text.split_once(':') {
+            Some((word, argument)) => (word, Some(argument)),
+            None => (text, None),
+        };
+        let is = |name: &str| word.eq_ignore_ascii_case(name);
+        match argument {
+            None if is("new") => Ok(StartAt::New),
+            None if is("all") => Ok(StartAt::All),
+            None if is("last") => Ok(StartAt::Last),
+            Some(seq)
+                if is("seq") && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                seq.parse().map(StartAt::Seq).map_err(|_| bad())
+            }
+            Some(time) if is("time") => humantime::parse_rfc3339_weak(time)
+                .map(StartAt::Time)
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// `new`, `all`, `last`, `seq:<n>` or `time:<RFC 3339, UTC>` (to the second when whole).
+impl fmt::Display for StartAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartAt::New => f.write_str("new"),
+            StartAt::All => f.write_str("all"),
+            StartAt::Last => f.write_str("last"),
+            StartAt::Seq(seq) => write!(f, "seq:{seq}"),
+            StartAt::Time(time) => {
+                let whole = time
+                    .duration_since(UNIX_EPOCH)
+                    .is_ok_and(|since| since.subsec_nanos() == 0);
+                if whole {
+                    write!(f, "time:{}", humantime::format_rfc3339_seconds(*time))
+                } else {
+                    write!(f, "time:{}", humantime::format_rfc3339_nanos(*time))
+                }
+            }
+        }
+    }
+}
+
+impl StartAt {
+    /// The start `at` seconds after the Unix epoch (for tests and clients building commands).
+    pub fn at_unix(seconds: u64) -> StartAt {
+        StartAt::Time(UNIX_EPOCH + Duration::from_secs(seconds))
+    }
 }
 
 impl SubOptions {
     /// Options in a group: `group=<name>`.
     pub fn group(name: GroupName) -> SubOptions {
-        SubOptions { group: Some(name) }
+        SubOptions {
+            group: Some(name),
+            ..SubOptions::default()
+        }
+    }
+
+    /// Options of a durable subscription: `durable=<name>`, and `from=<start>` if given.
+    pub fn durable(name: GroupName, from: Option<StartAt>) -> SubOptions {
+        SubOptions {
+            durable: Some(name),
+            from,
+            ..SubOptions::default()
+        }
     }
 
     /// Whether no option is set.
     pub fn is_empty(&self) -> bool {
-        self.group.is_none()
+        self.group.is_none() && self.durable.is_none() && self.from.is_none()
     }
 
     /// Parses the option words (already split on whitespace), in any order.
@@ -121,17 +216,37 @@ impl SubOptions {
                     return Err(ControlError::DuplicateOption { key: "group" });
                 }
                 options.group = Some(value.parse()?);
+            } else if key.eq_ignore_ascii_case("durable") {
+                if options.durable.is_some() {
+                    return Err(ControlError::DuplicateOption { key: "durable" });
+                }
+                options.durable = Some(value.parse()?);
+            } else if key.eq_ignore_ascii_case("from") {
+                if options.from.is_some() {
+                    return Err(ControlError::DuplicateOption { key: "from" });
+                }
+                options.from = Some(value.parse()?);
             } else {
                 return Err(ControlError::UnknownOption { key: clip(key) });
             }
+        }
+        if options.from.is_some() && options.durable.is_none() {
+            return Err(ControlError::StartWithoutDurable);
         }
         Ok(options)
     }
 }
 
-/// The options as they follow a code list: ` group=<name>`, or nothing.
+/// The options as they follow a code list, each with a leading space, in the order
+/// `durable=`, `from=`, `group=`; nothing when none is set.
 impl fmt::Display for SubOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(durable) = &self.durable {
+            write!(f, " durable={durable}")?;
+        }
+        if let Some(from) = &self.from {
+            write!(f, " from={from}")?;
+        }
         if let Some(group) = &self.group {
             write!(f, " group={group}")?;
         }
@@ -193,6 +308,50 @@ mod tests {
         assert_eq!(
             SubOptions::parse(["group="]),
             Err(ControlError::EmptyGroupName)
+        );
+    }
+
+    #[test]
+    fn durable_options() {
+        let name = |text: &str| text.parse::<GroupName>().unwrap_or_else(|_| unreachable!());
+        let parsed = SubOptions::parse(["from=SEQ:17", "Durable=jobs"]);
+        assert_eq!(
+            parsed,
+            Ok(SubOptions::durable(name("jobs"), Some(StartAt::Seq(17))))
+        );
+        assert_eq!(
+            parsed.map(|options| options.to_string()),
+            Ok(" durable=jobs from=seq:17".to_owned())
+        );
+        for (text, start) in [
+            ("new", StartAt::New),
+            ("all", StartAt::All),
+            ("LAST", StartAt::Last),
+            ("time:2026-12-07T10:00:00Z", StartAt::at_unix(1_796_637_600)),
+        ] {
+            assert_eq!(text.parse(), Ok(start), "{text}");
+            assert_eq!(start.to_string().parse(), Ok(start), "{text}");
+        }
+        for bad in [
+            "",
+            "seq:",
+            "seq:-1",
+            "seq:99999999999999999999",
+            "time:yesterday",
+            "old",
+        ] {
+            assert!(
+                matches!(bad.parse::<StartAt>(), Err(ControlError::BadStart { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            SubOptions::parse(["from=all"]),
+            Err(ControlError::StartWithoutDurable)
+        );
+        assert_eq!(
+            SubOptions::parse(["durable=a", "durable=b"]),
+            Err(ControlError::DuplicateOption { key: "durable" })
         );
     }
 }

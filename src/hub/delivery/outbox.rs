@@ -144,10 +144,26 @@ struct Held {
     blocking: bool,
 }
 
+/// A range of a stored frame's segment file, queued for a plain TCP subscriber and written with
+/// `sendfile` (a durable replay's zero-copy path): the bytes go from the page cache to the socket
+/// without passing through the hub's memory.
+#[derive(Debug)]
+pub(crate) struct FileRange {
+    /// The segment file.
+    pub file: Arc<std::fs::File>,
+    /// Where the range starts in it.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+}
+
 /// Bytes queued for a subscriber's socket.
 #[derive(Debug)]
 struct Queued {
+    /// The bytes (empty when `file` holds them instead).
     bytes: Bytes,
+    /// The bytes, when they are a file range (never sealed, never a group's).
+    file: Option<FileRange>,
     /// How many frames end in them.
     frames: u32,
     /// Whether they are ready for the socket: always on a plain connection; on a TLS one, once
@@ -162,6 +178,13 @@ struct Queued {
 }
 
 impl Queued {
+    /// Bytes not yet written.
+    fn len(&self) -> u64 {
+        self.file
+            .as_ref()
+            .map_or(self.bytes.len() as u64, |range| range.len)
+    }
+
     /// The piece's plaintext, if no byte of it has reached the socket (`tls`: the connection
     /// seals what it sends).
     fn unstarted(&self, tls: bool) -> Option<Bytes> {
@@ -461,6 +484,69 @@ impl Outbox {
         Offer::Taken
     }
 
+    /// Whether the connection can take file ranges at all (plain TCP, not TLS).
+    pub(crate) fn sends_files(&self) -> bool {
+        !self.socket.seals()
+    }
+
+    /// Whether file ranges can be queued here ([`offer_file`](Self::offer_file)): a plain TCP
+    /// connection whose wire carries publisher `from`'s streamed frame now.
+    pub(crate) fn takes_file_from(&self, from: SessionId) -> bool {
+        !self.socket.seals() && self.lock().current == Some(from)
+    }
+
+    /// Queues `range`, the next bytes of publisher `from`'s streamed frame on this wire (see
+    /// [`takes_file_from`](Self::takes_file_from)); `last`: the frame ends with it. The caller
+    /// has waited for room ([`hold_back_until_room`](Self::hold_back_until_room)).
+    pub(crate) fn offer_file(&self, from: SessionId, range: FileRange, last: bool) -> Offer {
+        let mut state = self.lock();
+        if state.refusing || state.current != Some(from) || self.socket.seals() {
+            return Offer::Skipped;
+        }
+        let was_empty = state.queue.is_empty();
+        self.backlog.charge(range.len);
+        state.queue.push_back(Queued {
+            bytes: Bytes::new(),
+            file: Some(range),
+            frames: u32::from(last),
+            sealed: true,
+            started: false,
+            group: None,
+        });
+        if was_empty {
+            state.progress = Instant::now();
+            self.wake.notify_one();
+        }
+        if last {
+            self.end_frame(&mut state);
+        }
+        Offer::Taken
+    }
+
+    /// Closes `gate` until this subscriber's backlog drains if `len` more bytes do not fit now
+    /// (`continuing`: bytes of the streamed frame already on its wire); returns whether they did
+    /// not. A durable feed calls it before each piece so that it waits for room whatever the
+    /// subscriber's slow-consumer policy, instead of having its frames dropped or the subscriber
+    /// cut.
+    pub(crate) fn hold_back_until_room(
+        &self,
+        gate: &Arc<Gate>,
+        len: u64,
+        continuing: bool,
+    ) -> bool {
+        let state = self.lock();
+        let fits = if continuing {
+            self.backlog.has_room_to_continue(len)
+        } else {
+            self.backlog.has_room(len)
+        };
+        if fits || state.refusing {
+            return false;
+        }
+        self.backlog.block(gate);
+        true
+    }
+
     /// Holds `piece` behind the streamed frame on the wire.
     fn hold(
         &self,
@@ -603,6 +689,7 @@ impl Outbox {
         self.backlog.charge(rest.len() as u64);
         state.queue.push_back(Queued {
             bytes: rest,
+            file: None,
             frames,
             sealed,
             started,
@@ -819,7 +906,7 @@ impl Outbox {
                     .and_then(|first| first.group.as_deref().cloned());
                 match (pieces, origin) {
                     (Some(pieces), Some(origin)) if complete && frame.iter().all(&selected) => {
-                        discharged += frame.iter().map(|q| q.bytes.len() as u64).sum::<u64>();
+                        discharged += frame.iter().map(Queued::len).sum::<u64>();
                         moved.push(MovedFrame {
                             status: origin.status,
                             group: origin.group,
@@ -874,6 +961,11 @@ impl Outbox {
                     Flush::Idle
                 };
             }
+            if let Some(range) = state.queue.front().and_then(|front| front.file.as_ref()) {
+                let (file, offset, len) = (range.file.clone(), range.offset, range.len);
+                drop(state);
+                return self.send_front(&file, offset, len);
+            }
             let front = state.queue.front().filter(|front| !front.sealed);
             if let Some(plain) = front.map(|front| front.bytes.clone()) {
                 drop(state);
@@ -882,7 +974,7 @@ impl Outbox {
             batch.clear();
             let mut bytes = 0;
             for queued in state.queue.iter().take(WRITE_BATCH_SLICES) {
-                if !queued.sealed {
+                if !queued.sealed || queued.file.is_some() {
                     break;
                 }
                 batch.push(queued.bytes.clone());
@@ -932,6 +1024,40 @@ impl Outbox {
         Flush::Wrote
     }
 
+    /// Sends the file range at the front of the queue with `sendfile`, outside the outbox's lock
+    /// (as a vectored write: only the writer removes the front).
+    fn send_front(&self, file: &std::fs::File, offset: u64, len: u64) -> Flush {
+        let count = usize::try_from(len.min(WRITE_BATCH_BYTES as u64 * 4)).unwrap_or(usize::MAX);
+        let written = match self.socket.try_send_file(file, offset, count) {
+            Ok(0) => return Flush::Failed,
+            Ok(written) => written,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+            Err(error) => {
+                debug!(session = %self.id, %error, "sendfile failed");
+                return Flush::Failed;
+            }
+        };
+        let mut state = self.lock();
+        let Some(front) = state.queue.front_mut() else {
+            return Flush::Failed;
+        };
+        let mut frames = 0;
+        if let Some(range) = front.file.as_mut() {
+            range.offset += written as u64;
+            range.len -= written as u64;
+            front.started = true;
+            if range.len == 0 {
+                frames = u64::from(front.frames);
+                state.queue.pop_front();
+            }
+        }
+        state.progress = Instant::now();
+        self.backlog.discharge(written as u64);
+        self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+        self.frames_out.fetch_add(frames, Ordering::Relaxed);
+        Flush::Wrote
+    }
+
     /// Seals the front of the queue into TLS records, outside the outbox's lock: while the queue
     /// is not empty nobody else seals, and only the writer removes its front. The backlog is
     /// charged for the records instead of the plaintext.
@@ -974,11 +1100,7 @@ impl Outbox {
                     .iter()
                     .filter_map(|queued| Some((queued.group.as_deref()?, queued.frames))),
             );
-            let queued: u64 = state
-                .queue
-                .drain(..)
-                .map(|queued| queued.bytes.len() as u64)
-                .sum();
+            let queued: u64 = state.queue.drain(..).map(|queued| queued.len()).sum();
             state.replies.clear();
             self.backlog.discharge(queued);
             moved

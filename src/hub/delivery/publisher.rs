@@ -12,6 +12,10 @@
 //! ([`Group::give`], `groups.rs`); a session that gets it that way is not given it again as an
 //! ordinary subscriber. A code without groups costs one branch more than before.
 //!
+//! A frame on a durable code is also appended to the [`Store`] (its later pieces follow its first
+//! there too), which answers the publisher `OK STORED <code> <seq>` per frame once stored when
+//! its `PUBACK` is on. A stored frame is routed, whoever subscribes.
+//!
 //! In a cluster, a frame whose code another hub wants is also handed to the [`Cluster`] (the
 //! whole frame: the decision is taken at its first piece). Publishers of other hubs are
 //! publishers here too, without a cluster of their own: nothing crosses twice.
@@ -23,7 +27,7 @@
 //! inbound task to pass on ([`Publisher::publish_remote`]). A code with no group on another hub
 //! costs one atomic read more, and only when it crosses.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tracing::trace;
@@ -38,6 +42,7 @@ use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
+use crate::hub::store::{AckSink, Backend};
 
 /// One session's publishing side; see the module documentation.
 #[derive(Debug)]
@@ -58,6 +63,15 @@ pub(crate) struct Publisher {
     cluster: Option<Arc<Cluster>>,
     /// Whether anything of this publisher has crossed (the other hubs are told when it ends).
     crossed: bool,
+    /// The durable store, for frames on durable codes.
+    store: Option<Arc<dyn Backend>>,
+    /// Where the store reports each stored frame (the session's `PUBACK`).
+    puback: Option<Puback>,
+    /// Frames handed to the store with a `PUBACK` sink whose outcome has not been reported yet
+    /// (the sink counts them down), so that a publisher closing its side still gets them.
+    puback_pending: Arc<AtomicU64>,
+    /// Whether the frame in progress is being stored.
+    storing: bool,
     /// The members given the frame being delivered through its code's groups (reused, so a
     /// frame allocates nothing).
     given: Vec<Arc<Outbox>>,
@@ -93,6 +107,16 @@ impl Destined<'_> {
     /// Whether ordinary subscribers take it (not a re-dispatch).
     fn reaches_subscribers(self) -> bool {
         !matches!(self, Destined::Chosen { choices: Some(choices), .. } if choices.redispatch)
+    }
+}
+
+/// Where the store reports a publisher's stored frames.
+#[derive(Clone)]
+struct Puback(AckSink);
+
+impl std::fmt::Debug for Puback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Puback(..)")
     }
 }
 
@@ -144,9 +168,66 @@ impl Publisher {
             streamed: Streamed::None,
             cluster,
             crossed: false,
+            store: None,
+            puback: None,
+            puback_pending: Arc::default(),
+            storing: false,
             given: Vec::new(),
             unserved: Vec::new(),
         }
+    }
+
+    /// Appends the frames on durable codes to `store` from now on.
+    #[must_use]
+    pub(crate) fn storing(mut self, store: Option<Arc<dyn Backend>>) -> Publisher {
+        self.store = store;
+        self
+    }
+
+    /// Whether the hub stores anything (`PUBACK` has something to acknowledge).
+    pub(crate) fn stores(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Whether `PUBACK` is on.
+    pub(crate) fn puback(&self) -> bool {
+        self.puback.is_some()
+    }
+
+    /// Sets where the store reports each of this publisher's stored frames, from the next frame
+    /// on (`None`: not reported). The sink must count [`puback_pending`](Self::puback_pending)
+    /// down once per outcome.
+    pub(crate) fn set_puback(&mut self, sink: Option<AckSink>) {
+        self.puback = sink.map(Puback);
+    }
+
+    /// Frames handed to the store whose `PUBACK` outcome has not been reported yet.
+    pub(crate) fn puback_pending(&self) -> &Arc<AtomicU64> {
+        &self.puback_pending
+    }
+
+    /// Appends `piece` to the store if its frame's code is durable (decided at the frame's
+    /// start); returns whether it did.
+    fn store(&mut self, piece: &Piece) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        if piece.kind.starts_frame() {
+            self.storing = store.durable().contains(piece.status);
+        }
+        let stored = self.storing;
+        if stored {
+            let puback = self.puback.as_ref().map(|puback| puback.0.clone());
+            if puback.is_some() {
+                self.puback_pending
+                    .fetch_add(u64::from(piece.frames), Ordering::Relaxed);
+            }
+            store.append(self.id, &self.gate, piece, puback);
+        }
+        if piece.kind.ends_frame() {
+            self.storing = false;
+        }
+        stored
     }
 
     /// Sets the codes the session may publish on, from its next frame on.
@@ -189,15 +270,20 @@ impl Publisher {
                 });
             }
             PieceKind::Whole | PieceKind::First => {
+                let stored = self.store(piece);
                 let route = self.table.route(piece.status);
                 self.start(
                     piece,
                     &route.subscribers,
                     route.groups.as_ref(),
                     Destined::Here,
+                    stored,
                 );
             }
-            PieceKind::Middle | PieceKind::Last => self.continue_frame(piece),
+            PieceKind::Middle | PieceKind::Last => {
+                self.store(piece);
+                self.continue_frame(piece);
+            }
         }
         Ok(())
     }
@@ -240,6 +326,7 @@ impl Publisher {
             // Never denied: a remote publisher may publish on every relayable code.
             return (self.publish(piece).is_ok(), Vec::new());
         }
+        let stored = self.store(piece);
         let route = self.table.route(piece.status);
         let chosen_here = choices.is_some_and(|choices| {
             choices
@@ -247,29 +334,37 @@ impl Publisher {
                 .iter()
                 .any(|(_, instance)| *instance == here)
         });
-        if route.subscribers.is_empty() && route.groups.is_none() && !chosen_here {
+        if route.subscribers.is_empty() && route.groups.is_none() && !chosen_here && !stored {
             return (false, Vec::new());
         }
         let destined = Destined::Chosen { choices, here };
-        self.start(piece, &route.subscribers, route.groups.as_ref(), destined);
+        self.start(
+            piece,
+            &route.subscribers,
+            route.groups.as_ref(),
+            destined,
+            stored,
+        );
         (true, std::mem::take(&mut self.unserved))
     }
 
     /// Delivers a whole frame (or run), or a streamed frame's first piece, to `subscribers`
     /// (the code's, as the table lists them now) and, if another hub wants it, to the cluster.
+    /// `stored`: the store took it, so it is routed whoever else takes it.
     fn start(
         &mut self,
         piece: &Piece,
         subscribers: &[Arc<Outbox>],
         groups: Option<&Groups>,
         destined: Destined<'_>,
+        stored: bool,
     ) {
         self.counters.codes.count(piece);
         let streams = piece.kind == PieceKind::First;
-        let mut routed = false;
+        let mut routed = stored;
         let mut taking = Vec::new();
         if let Some(groups) = groups {
-            routed = self.give_to_groups(piece, groups, destined);
+            routed |= self.give_to_groups(piece, groups, destined);
             if streams {
                 taking.extend(self.given.iter().cloned());
             }
@@ -383,6 +478,9 @@ impl Publisher {
         }
         if let (true, Some(cluster)) = (std::mem::take(&mut self.crossed), &self.cluster) {
             cluster.publisher_gone(self.id);
+        }
+        if let (true, Some(store)) = (std::mem::take(&mut self.storing), &self.store) {
+            store.abandon(self.id);
         }
     }
 }

@@ -117,6 +117,31 @@ impl WriteHalf {
         self.socket().try_write_vectored(slices)
     }
 
+    /// Sends `count` bytes of `file` from `offset` with `sendfile` (the kernel copies from its
+    /// page cache to the socket), what the socket takes now, from any thread. Plain TCP only:
+    /// TLS must encrypt in user space.
+    ///
+    /// # Errors
+    /// `Unsupported` on TLS; `WouldBlock` when the socket takes nothing now; the kernel's error.
+    pub(crate) fn try_send_file(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        count: usize,
+    ) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(half) => {
+                let socket: &TcpStream = half.as_ref();
+                socket.try_io(tokio::io::Interest::WRITABLE, || {
+                    let mut at = offset;
+                    rustix::fs::sendfile(socket, file, Some(&mut at), count)
+                        .map_err(io::Error::from)
+                })
+            }
+            WriteHalf::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
     /// Completes when the socket may take bytes again.
     pub(crate) async fn writable(&self) -> io::Result<()> {
         self.socket().writable().await

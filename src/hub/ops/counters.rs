@@ -20,6 +20,7 @@ use crate::hub::cluster::Cluster;
 use crate::hub::control::{CodeSet, CounterSnapshot, EventCounts};
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::delivery::relay::Piece;
+use crate::hub::durable::Durables;
 use crate::hub::session::SessionId;
 
 /// Whether a counter that went from `before` up by `added` is worth a log line at `warn`: the
@@ -268,7 +269,11 @@ pub(crate) struct HubCounters {
 impl HubCounters {
     /// The hub-wide counters as they are now: what `INFO`, `/varz` and `/metrics` all show, with
     /// the cluster's drops (0 off a cluster).
-    pub(crate) fn snapshot(&self, cluster: Option<&Cluster>) -> CounterSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        cluster: Option<&Cluster>,
+        durables: Option<&Durables>,
+    ) -> CounterSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         CounterSnapshot {
             connections: get(&self.connections),
@@ -285,6 +290,7 @@ impl HubCounters {
                 group_moved_frames: get(&self.group_moved_frames),
                 group_cut_frames: get(&self.group_cut_frames),
             },
+            store: durables.map(Durables::totals),
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::hub::auth::Users;
 use crate::hub::cluster::Cluster;
 use crate::hub::config::{ConfigError, HubConfig};
 use crate::hub::delivery::table::SubscriptionTable;
+use crate::hub::durable::Durables;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::KickReason;
 use crate::hub::tls::TlsListener;
@@ -100,6 +101,9 @@ pub(crate) struct HubState {
     pub table: Arc<SubscriptionTable>,
     /// The cluster this hub belongs to, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// The durable cursors and, through them, the store and its counters (`None`: no durable
+    /// code).
+    pub durables: Option<Arc<Durables>>,
 }
 
 impl HubState {
@@ -110,6 +114,7 @@ impl HubState {
         counters: Arc<HubCounters>,
         table: Arc<SubscriptionTable>,
         cluster: Option<Arc<Cluster>>,
+        durables: Option<Arc<Durables>>,
     ) -> HubState {
         HubState {
             loaded: RwLock::new(Arc::new(loaded)),
@@ -119,6 +124,7 @@ impl HubState {
             counters,
             table,
             cluster,
+            durables,
         }
     }
 

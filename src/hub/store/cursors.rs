@@ -61,6 +61,24 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The cursors saved in `dir`, by name (none if there is no file yet).
+///
+/// # Errors
+/// [`StoreError::Io`] when the file cannot be read; [`StoreError::Corrupt`] when it does not
+/// check out.
+pub(crate) fn load(dir: &Path) -> Result<BTreeMap<String, Cursor>, StoreError> {
+    let path = dir.join(FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&bytes).ok_or_else(|| StoreError::Corrupt {
+            path,
+            offset: 0,
+            reason: "the cursor file does not check out".into(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Table::new()),
+        Err(error) => Err(StoreError::io(&path)(error)),
+    }
+}
+
 impl CursorStore {
     /// Loads the cursors saved in `dir` (none if there is no file yet).
     ///
@@ -71,17 +89,7 @@ impl CursorStore {
         dir: &Path,
         queue: Arc<Queue>,
     ) -> Result<(CursorStore, CursorFile), StoreError> {
-        let path = dir.join(FILE);
-        let table = match std::fs::read(&path) {
-            Ok(bytes) => decode(&bytes).ok_or_else(|| StoreError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: "the cursor file does not check out".into(),
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Table::new(),
-            Err(error) => return Err(StoreError::io(&path)(error)),
-        };
-        let table = Arc::new(Mutex::new(table));
+        let table = Arc::new(Mutex::new(load(dir)?));
         Ok((
             CursorStore {
                 table: table.clone(),
@@ -99,15 +107,9 @@ impl CursorStore {
         lock(&self.table).get(name).cloned()
     }
 
-    /// The names of every cursor.
-    pub(crate) fn names(&self) -> Vec<String> {
-        lock(&self.table).keys().cloned().collect()
-    }
-
-    /// Sets the cursor `name`; saved by the I/O thread shortly after.
-    pub(crate) fn set(&self, name: &str, cursor: Cursor) {
-        lock(&self.table).insert(name.to_owned(), cursor);
-        self.queue.cursors_changed();
+    /// Every cursor, by name.
+    pub(crate) fn all(&self) -> BTreeMap<String, Cursor> {
+        lock(&self.table).clone()
     }
 
     /// Changes the cursor `name` in place (created empty if absent); saved shortly after.
@@ -115,15 +117,6 @@ impl CursorStore {
         let result = change(lock(&self.table).entry(name.to_owned()).or_default());
         self.queue.cursors_changed();
         result
-    }
-
-    /// Deletes the cursor `name`; returns whether it existed.
-    pub(crate) fn remove(&self, name: &str) -> bool {
-        let existed = lock(&self.table).remove(name).is_some();
-        if existed {
-            self.queue.cursors_changed();
-        }
-        existed
     }
 }
 
@@ -255,7 +248,7 @@ mod tests {
         let (again, _) =
             CursorStore::open(dir.path(), Queue::new()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.get("worker"), store.get("worker"));
-        assert_eq!(again.names(), ["worker"]);
+        assert_eq!(again.all().keys().collect::<Vec<_>>(), ["worker"]);
         let path = dir.path().join(FILE);
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         bytes[9] ^= 0x10;

@@ -1,5 +1,6 @@
 //! The offline view of a store directory, for `tej-hub store` (an operator at 3 a.m., the hub
-//! stopped or running): list the codes, show one frame, check every checksum. Nothing here
+//! stopped or running): list the codes, show one frame, check every checksum, list the saved
+//! cursors. Nothing here
 //! writes to the store: a torn tail is reported, not cut (the hub cuts it when it opens).
 
 use std::fs::File;
@@ -51,6 +52,41 @@ pub fn list(dir: &Path) -> Result<Vec<CodeStats>, StoreError> {
         .into_iter()
         .map(|status| Ok(stats_of(status, &segments(dir, status)?)))
         .collect()
+}
+
+/// One code of a saved durable cursor (the `cursors` file as the hub last saved it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedCursor {
+    /// The cursor's (durable subscription's) name.
+    pub name: String,
+    /// The code.
+    pub code: u8,
+    /// Every frame up to this sequence number is acknowledged.
+    pub acked: u64,
+    /// Frames past `acked` delivered more than once and not acknowledged: (seq, deliveries).
+    pub pending: Vec<(u64, u32)>,
+}
+
+/// Every saved cursor in `dir`, by name then code (none when the hub never saved one).
+///
+/// # Errors
+/// [`StoreError::Io`] when the cursor file cannot be read, [`StoreError::Corrupt`] when it does
+/// not check out.
+pub fn cursors(dir: &Path) -> Result<Vec<SavedCursor>, StoreError> {
+    Ok(super::cursors::load(dir)?
+        .into_iter()
+        .flat_map(|(name, cursor)| {
+            cursor
+                .codes
+                .into_iter()
+                .map(move |(code, position)| SavedCursor {
+                    name: name.clone(),
+                    code,
+                    acked: position.acked,
+                    pending: position.deliveries.into_iter().collect(),
+                })
+        })
+        .collect())
 }
 
 /// One segment checked.

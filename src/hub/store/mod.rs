@@ -463,18 +463,6 @@ pub(crate) enum StoreRefused {
     },
 }
 
-impl StoreRefused {
-    /// The refused frame's code.
-    pub(crate) fn status(&self) -> Status {
-        match self {
-            StoreRefused::StoreFull { status }
-            | StoreRefused::FrameTooLarge { status, .. }
-            | StoreRefused::Io { status, .. }
-            | StoreRefused::Malformed { status } => *status,
-        }
-    }
-}
-
 /// Where the outcome of each stored frame goes: called on the I/O thread, once per frame, in
 /// publication order within a code (a publisher's frames on two codes may be acknowledged out
 /// of order when one code's log is busy with another publisher's streamed frame). It must not
@@ -520,7 +508,7 @@ pub struct CodeStats {
 pub struct StoreCounters {
     /// Frames stored (acknowledged as stored).
     pub frames: AtomicU64,
-    /// Bytes of frames stored.
+    /// Bytes of those frames (as received; the record headers not counted).
     pub bytes: AtomicU64,
     /// `fdatasync` calls.
     pub syncs: AtomicU64,
@@ -548,9 +536,12 @@ impl StoreCounters {
     }
 }
 
-/// What a store backend provides to the hub. [`Store`] is the file-backed one; a backend on
-/// another engine (JetStream streams, docs/durability.md) implements the same methods.
-pub(crate) trait Backend: Send + Sync {
+/// What a store backend provides to the hub, which holds it as `Arc<dyn Backend>` (publishers,
+/// the cluster's inbound publishers, durable subscriptions). [`Store`] is the file-backed one; a
+/// backend on another engine (JetStream streams, docs/durability.md) implements the same methods.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    /// See [`Store::durable`].
+    fn durable(&self) -> CodeSet;
     /// See [`Store::append`].
     fn append(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece, ack: Option<AckSink>);
     /// See [`Store::abandon`].
@@ -561,6 +552,8 @@ pub(crate) trait Backend: Send + Sync {
     fn watch(&self, status: Status) -> Option<tokio::sync::watch::Receiver<u64>>;
     /// See [`Store::stats`].
     fn stats(&self) -> Vec<CodeStats>;
+    /// See [`Store::cursors`].
+    fn cursors(&self) -> &CursorStore;
 }
 
 /// The file-backed durable store; see the module documentation.
@@ -700,6 +693,10 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
 }
 
 impl Backend for Store {
+    fn durable(&self) -> CodeSet {
+        Store::durable(self)
+    }
+
     fn append(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece, ack: Option<AckSink>) {
         Store::append(self, from, gate, piece, ack);
     }
@@ -718,6 +715,10 @@ impl Backend for Store {
 
     fn stats(&self) -> Vec<CodeStats> {
         Store::stats(self)
+    }
+
+    fn cursors(&self) -> &CursorStore {
+        Store::cursors(self)
     }
 }
 

@@ -64,6 +64,38 @@ function showCluster(c) {
   setText("cluster-slow", c.slow_consumers);
 }
 
+function showStore(st) {
+  const section = document.getElementById("store");
+  section.hidden = !st;
+  if (!st) return;
+  setText("store-dir", st.dir);
+  setText("store-sync", st.sync);
+  setText("store-frames", st.frames);
+  setText("store-bytes", human(st.bytes));
+  setText("store-syncs", st.syncs);
+  setText("store-refused", st.refused_full).className = st.refused_full > 0 ? "bad" : "";
+  setText("store-delivered", st.delivered);
+  setText("store-redelivered", st.redelivered);
+  setText("store-dead", st.dead_lettered);
+  document.querySelector("#store-codes tbody").replaceChildren(...st.codes.map(code => {
+    const tr = document.createElement("tr");
+    tr.dataset.storedCode = String(code.code);
+    tr.append(cell(code.code), cell(code.frames), cell(human(code.bytes)), cell(code.first_seq),
+      cell(code.last_seq), cell(code.segments),
+      cell(code.oldest_age_seconds === null ? "-" : code.oldest_age_seconds));
+    return tr;
+  }));
+  const rows = st.subscriptions.flatMap(sub => sub.codes.map(code => {
+    const tr = document.createElement("tr");
+    tr.dataset.durable = sub.name;
+    tr.append(cell(sub.name, "text"), cell(sub.attached ? "yes" : "no", "text"), cell(code.code),
+      cell(code.acked), cell(code.unacked_frames), cell(human(code.unacked_bytes)),
+      cell(code.redelivered), cell(code.dead_lettered));
+    return tr;
+  }));
+  document.querySelector("#store-subscriptions tbody").replaceChildren(...rows);
+}
+
 function showVarz(v) {
   setText("version", v.version);
   setText("listen", v.listen);
@@ -77,6 +109,7 @@ function showVarz(v) {
   setText("dropped", v.dropped_frames);
   setText("rss", human(v.rss_bytes) + "B");
   showCluster(v.cluster);
+  showStore(v.store);
   // Rates on the hub's clock over the last second or more of samples: right whatever the
   // browser's timers do (a background tab, or a headless browser's virtual time).
   samples.push({ t: v.uptime_ms, framesIn: v.frames_in, bytesIn: v.bytes_in, framesOut: v.frames_out });

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::hub::control::ClusterView;
+use crate::hub::control::{ClusterView, StoreTotals};
 use crate::hub::ops::monitor::views::GroupView;
 use crate::hub::ops::HubState;
 
@@ -135,6 +135,33 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
     counters(e, &list)
 }
 
+/// How a per-code series reads its value from a durable code's figures.
+type Column = fn(&super::views::StoredCode) -> u64;
+
+/// One family of per-code series: `values` as (code, value); a counter or a gauge.
+fn per_code(
+    e: &mut DescriptorEncoder,
+    (name, help, is_counter): (&str, &str, bool),
+    values: &[(u8, u64)],
+) -> std::fmt::Result {
+    let kind = if is_counter {
+        ConstCounter::new(0u64).metric_type()
+    } else {
+        ConstGauge::new(0i64).metric_type()
+    };
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for &(code, value) in values {
+        let label = [("code", code.to_string())];
+        let series = family.encode_family(&label)?;
+        if is_counter {
+            ConstCounter::new(value).encode(series)?;
+        } else {
+            ConstGauge::new(signed(value)).encode(series)?;
+        }
+    }
+    Ok(())
+}
+
 /// Per queue group (at most [`MAX_METRIC_GROUPS`]): members now, frames and bytes given, frames
 /// moved, cut and unrouted.
 fn encode_groups(e: &mut DescriptorEncoder, groups: &[GroupView]) -> std::fmt::Result {
@@ -188,6 +215,80 @@ fn encode_groups(e: &mut DescriptorEncoder, groups: &[GroupView]) -> std::fmt::R
         }
     }
     Ok(())
+}
+
+/// The store's and durable delivery's counters (only on a hub with durable codes).
+fn encode_store(e: &mut DescriptorEncoder, totals: &StoreTotals) -> std::fmt::Result {
+    let list: [(&str, &str, u64); 15] = [
+        ("tej_hub_store_frames", "Frames stored.", totals.frames),
+        (
+            "tej_hub_store_bytes",
+            "Bytes of frames stored.",
+            totals.bytes,
+        ),
+        (
+            "tej_hub_store_syncs",
+            "fdatasync calls of the store.",
+            totals.syncs,
+        ),
+        (
+            "tej_hub_store_batches",
+            "Write batches of the store (one group commit each).",
+            totals.batches,
+        ),
+        (
+            "tej_hub_store_refused_full",
+            "Frames refused: disk full or a code at its limit under discard = new.",
+            totals.refused_full,
+        ),
+        (
+            "tej_hub_store_refused_too_large",
+            "Frames refused as larger than their code's max_frame_bytes.",
+            totals.refused_too_large,
+        ),
+        (
+            "tej_hub_store_io_errors",
+            "Frames refused by another I/O error.",
+            totals.io_errors,
+        ),
+        (
+            "tej_hub_store_abandoned",
+            "Streamed frames dropped because their publisher went away.",
+            totals.abandoned,
+        ),
+        (
+            "tej_hub_store_cut_bytes",
+            "Bytes cut from torn or corrupt tails at recovery.",
+            totals.cut_bytes,
+        ),
+        (
+            "tej_hub_store_segments_deleted",
+            "Segments deleted by retention.",
+            totals.segments_deleted,
+        ),
+        (
+            "tej_hub_store_frames_deleted",
+            "Frames deleted by retention.",
+            totals.frames_deleted,
+        ),
+        (
+            "tej_hub_durable_delivered",
+            "Frames delivered through durable subscriptions (redeliveries included).",
+            totals.delivered,
+        ),
+        (
+            "tej_hub_durable_redelivered",
+            "Frames delivered again after ack_wait.",
+            totals.redelivered,
+        ),
+        (
+            "tej_hub_durable_dead_lettered",
+            "Frames moved to the dead-letter code after max_deliver.",
+            totals.dead_lettered,
+        ),
+        ("tej_hub_durable_acks", "ACKs received.", totals.acks),
+    ];
+    counters(e, &list)
 }
 
 impl Collector for HubCollector {
@@ -305,40 +406,76 @@ impl Collector for HubCollector {
             encode_cluster(e, &cluster)?;
         }
 
+        encode_groups(e, &state.groups())?;
         // Per code: at most 128 label values, only codes with a subscriber or traffic.
         let codes = state.subsz().codes;
-        let labels: Vec<[(&str, String); 1]> = codes
-            .iter()
-            .map(|c| [("code", c.code.to_string())])
-            .collect();
-        let per_code: [(&str, &str, bool); 3] = [
+        let column = |value: fn(&super::views::CodeView) -> u64| -> Vec<(u8, u64)> {
+            codes.iter().map(|c| (c.code, value(c))).collect()
+        };
+        per_code(
+            e,
             (
                 "tej_hub_code_subscribers",
                 "Sessions subscribed to the code.",
                 false,
             ),
+            &column(|c| c.subscribers as u64),
+        )?;
+        per_code(
+            e,
             ("tej_hub_code_frames", "Frames published on the code.", true),
+            &column(|c| c.frames),
+        )?;
+        per_code(
+            e,
             (
                 "tej_hub_code_bytes",
                 "Bytes of the frames published on the code.",
                 true,
             ),
-        ];
-        encode_groups(e, &state.groups())?;
-        for (i, (name, help, is_counter)) in per_code.into_iter().enumerate() {
-            let kind = if is_counter {
-                ConstCounter::new(0u64).metric_type()
-            } else {
-                ConstGauge::new(0i64).metric_type()
+            &column(|c| c.bytes),
+        )?;
+        if let Some(totals) = counts.store {
+            encode_store(e, &totals)?;
+            // Per durable code: at most 126 label values (127 is control, 2 is PING).
+            let stored = state.stored_codes();
+            let column = |value: fn(&super::views::StoredCode) -> u64| -> Vec<(u8, u64)> {
+                stored.iter().map(|c| (c.code, value(c))).collect()
             };
-            let mut family = e.encode_descriptor(name, help, None, kind)?;
-            for (code, label) in codes.iter().zip(&labels) {
-                let series = family.encode_family(label)?;
-                match i {
-                    0 => ConstGauge::new(signed(code.subscribers as u64)).encode(series)?,
-                    1 => ConstCounter::new(code.frames).encode(series)?,
-                    _ => ConstCounter::new(code.bytes).encode(series)?,
-                }
+            let gauges: [(&str, &str, Column); 6] = [
+                (
+                    "tej_hub_store_code_frames",
+                    "Frames kept in the code's log.",
+                    |c| c.frames,
+                ),
+                (
+                    "tej_hub_store_code_bytes",
+                    "Bytes on disk of the code's log.",
+                    |c| c.bytes,
+                ),
+                (
+                    "tej_hub_store_code_first_seq",
+                    "The oldest kept frame's sequence number.",
+                    |c| c.first_seq,
+                ),
+                (
+                    "tej_hub_store_code_last_seq",
+                    "The newest kept frame's sequence number.",
+                    |c| c.last_seq,
+                ),
+                (
+                    "tej_hub_store_code_segments",
+                    "Segment files of the code's log.",
+                    |c| c.segments,
+                ),
+                (
+                    "tej_hub_store_code_oldest_age_seconds",
+                    "Seconds since the oldest kept frame was stored (0 when empty).",
+                    |c| c.oldest_age_seconds.unwrap_or(0),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                per_code(e, (name, help, false), &column(value))?;
             }
         }
         Ok(())

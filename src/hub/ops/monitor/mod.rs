@@ -1,7 +1,11 @@
 //! The monitoring listener (`--http ADDR`): actix-web on the hub's own actix `System`, off the
 //! data path. Every endpoint reads the hub's counters (atomics, `ops/counters.rs`) and the live settings;
 //! none sends a message to a session or takes a lock a publisher takes per frame (the
-//! subscription table's per-code read lock is taken once per code per `/subsz`).
+//! subscription table's per-code read lock is taken once per code per `/subsz`). With a store,
+//! `/varz`, `/subsz` and `/metrics` also take, once per request, each durable code's view lock
+//! (the store's I/O thread takes it once per batch) and the cursor table's and `Durables`' leaf
+//! locks (taken per `ACK`, not per frame); the attached windows are read from the atomics they
+//! publish to, never from the subscribers' threads.
 //!
 //! - `GET /healthz`, `/varz`, `/connz`, `/subsz`: JSON, one serde type per body ([`views`]).
 //! - `GET /metrics`: OpenMetrics text ([`metrics`]).

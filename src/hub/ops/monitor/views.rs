@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::frame::Status;
-use crate::hub::control::{ClusterView, CounterSnapshot, EventCounts, LimitSettings};
+use crate::hub::control::{
+    ClusterView, CounterSnapshot, DurableView, EventCounts, LimitSettings, StoreTotals,
+};
 use crate::hub::delivery::groups::GroupStats;
 use crate::hub::delivery::outbox::Outbox;
 use crate::hub::ops::counters::Totals;
@@ -65,6 +67,45 @@ pub(crate) struct Varz {
     pub cluster: Option<ClusterView>,
     /// The queue groups with a member, by name.
     pub groups: Vec<GroupView>,
+    /// The durable store: its counters, codes and subscriptions (`null` on a hub without durable
+    /// codes; docs/durability.md).
+    pub store: Option<StoreView>,
+}
+
+/// `/varz`'s `store`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StoreView {
+    /// The store directory (`--store-dir`).
+    pub dir: String,
+    /// The sync policy (`--store-sync`).
+    pub sync: String,
+    /// The store's and durable delivery's counters since start, with the keys of `INFO`'s
+    /// `hub.store`.
+    #[serde(flatten)]
+    pub totals: StoreTotals,
+    /// Each durable code's log, ascending.
+    pub codes: Vec<StoredCode>,
+    /// Every durable subscription (cursor) of the store, by name.
+    pub subscriptions: Vec<DurableView>,
+}
+
+/// One durable code's log in `/varz`'s `store`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct StoredCode {
+    /// The code.
+    pub code: u8,
+    /// Frames kept.
+    pub frames: u64,
+    /// Bytes on disk (records with their headers).
+    pub bytes: u64,
+    /// The oldest kept frame's sequence number (the next one's when empty).
+    pub first_seq: u64,
+    /// The newest kept frame's sequence number (`first_seq - 1` when empty).
+    pub last_seq: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Seconds since the oldest kept frame was stored (`null` when empty).
+    pub oldest_age_seconds: Option<u64>,
 }
 
 /// `GET /connz`: one page of the open connections.
@@ -159,11 +200,14 @@ impl Connection {
     }
 }
 
-/// `GET /subsz`: the codes with a subscriber or traffic, and the queue groups.
+/// `GET /subsz`: the codes with a subscriber or traffic, the queue groups and the durable
+/// subscriptions.
 #[derive(Debug, Serialize)]
 pub(crate) struct Subsz {
     /// Ascending by code.
     pub codes: Vec<CodeView>,
+    /// Every durable subscription (cursor), by name; empty on a hub without durable codes.
+    pub durable: Vec<DurableView>,
     /// The queue groups with a member, by name.
     pub groups: Vec<GroupView>,
 }
@@ -243,7 +287,8 @@ impl HubState {
 
     /// The hub-wide counters, as `INFO` shows them.
     pub(crate) fn counts(&self) -> CounterSnapshot {
-        self.counters.snapshot(self.cluster.as_deref())
+        self.counters
+            .snapshot(self.cluster.as_deref(), self.durables.as_deref())
     }
 
     /// `/varz`.
@@ -271,7 +316,48 @@ impl HubState {
             limits: loaded.config.limit_settings(),
             cluster: self.cluster.as_ref().map(|cluster| cluster.view()),
             groups: self.groups(),
+            store: self.store_view(),
         }
+    }
+
+    /// `/varz`'s `store` (`None` without one).
+    fn store_view(&self) -> Option<StoreView> {
+        let durables = self.durables.as_ref()?;
+        Some(StoreView {
+            dir: durables.dir().display().to_string(),
+            sync: durables.sync().to_string(),
+            totals: durables.totals(),
+            codes: self.stored_codes(),
+            subscriptions: durables.view(),
+        })
+    }
+
+    /// Every durable code's log, ascending (empty without a store).
+    pub(crate) fn stored_codes(&self) -> Vec<StoredCode> {
+        let Some(durables) = &self.durables else {
+            return Vec::new();
+        };
+        let now = SystemTime::now();
+        let mut codes: Vec<StoredCode> = durables
+            .store()
+            .stats()
+            .into_iter()
+            .map(|stats| StoredCode {
+                code: stats.status.code(),
+                frames: stats.frames,
+                bytes: stats.bytes,
+                first_seq: stats.first_seq,
+                last_seq: stats.last_seq,
+                segments: stats.segments,
+                oldest_age_seconds: stats.oldest.map(|oldest| {
+                    now.duration_since(oldest)
+                        .unwrap_or(Duration::ZERO)
+                        .as_secs()
+                }),
+            })
+            .collect();
+        codes.sort_by_key(|code| code.code);
+        codes
     }
 
     /// Every queue group with a member, by name, gathered from the table's per-code lists.
@@ -350,6 +436,11 @@ impl HubState {
         Subsz {
             codes,
             groups: self.groups(),
+            durable: self
+                .durables
+                .as_ref()
+                .map(|durables| durables.view())
+                .unwrap_or_default(),
         }
     }
 

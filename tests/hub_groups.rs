@@ -10,16 +10,17 @@ mod http;
 mod hub_common;
 #[path = "common/python.rs"]
 mod python;
+#[path = "common/tagged.rs"]
+mod tagged;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 use tej_hub::hub::config::{HubConfig, UserConfig};
-use tej_hub::{Frame, TejCodec};
+use tej_hub::TejCodec;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
@@ -30,34 +31,12 @@ use hub_common::{
     send, start_hub, status, stop_hub, subscribe, test_config, within, Conn, PATIENCE,
 };
 use python::PyPeer;
+use tagged::{collect, frame, id_of, in_order_per_publisher};
 
 /// How long a whole run may take (debug build, a shared 2-core machine).
 const RUN: Duration = Duration::from_secs(120);
 /// How long a connection must stay silent to show that nothing more is coming.
 const QUIET: Duration = Duration::from_millis(400);
-
-/// Frame `seq` of publisher `publisher` on `code`: its message is `P<publisher> <seq> ` padded
-/// with `x` to `size` bytes.
-fn frame(code: u8, publisher: usize, seq: usize, size: usize) -> Frame {
-    let mut text = format!("P{publisher} {seq} ").into_bytes();
-    text.resize(size.max(text.len()), b'x');
-    Frame::message(status(code), Bytes::from(text))
-}
-
-/// The (publisher, sequence) of a frame of [`frame`].
-fn id_of(frame: &Frame) -> (usize, usize) {
-    let text = String::from_utf8_lossy(&frame.message[..frame.message.len().min(32)]).into_owned();
-    let mut words = text.split(' ');
-    let publisher = words
-        .next()
-        .and_then(|word| word.strip_prefix('P'))
-        .and_then(|n| n.parse().ok());
-    let seq = words.next().and_then(|n| n.parse().ok());
-    match (publisher, seq) {
-        (Some(publisher), Some(seq)) => (publisher, seq),
-        _ => panic!("not a test frame: {text:?}"),
-    }
-}
 
 /// Reads `conn` in a task, sending `(index, id)` for each relayed frame, sleeping `delay`
 /// after each one (a slow reader).
@@ -82,27 +61,6 @@ fn reader(
     })
 }
 
-/// Per reader, the ids it got, once `done` says enough arrived; then `QUIET` more, so that a
-/// late duplicate would be seen.
-async fn collect(
-    readers: usize,
-    events: &mut mpsc::UnboundedReceiver<(usize, (usize, usize))>,
-    done: impl Fn(&[Vec<(usize, usize)>]) -> bool,
-) -> Vec<Vec<(usize, usize)>> {
-    let mut got = vec![Vec::new(); readers];
-    within(RUN, "every frame", async {
-        while !done(&got) {
-            let (index, id) = events.recv().await.expect("readers run");
-            got[index].push(id);
-        }
-    })
-    .await;
-    while let Ok(Some((index, id))) = tokio::time::timeout(QUIET, events.recv()).await {
-        got[index].push(id);
-    }
-    got
-}
-
 /// Joins `group` for `codes` and checks the reply.
 async fn join(conn: &mut Conn, codes: &str, group: &str) {
     let reply = control(conn, &format!("SUB {codes} group={group}")).await;
@@ -112,22 +70,12 @@ async fn join(conn: &mut Conn, codes: &str, group: &str) {
 /// Publishes `count` frames of `size` bytes as publisher `publisher` on `code`.
 async fn publish(conn: &mut Conn, code: u8, publisher: usize, count: usize, size: usize) {
     for seq in 0..count {
-        feed(conn, frame(code, publisher, seq, size)).await;
+        feed(conn, frame(status(code), publisher, seq, size)).await;
         if seq % 64 == 63 {
             flush(conn).await;
         }
     }
     flush(conn).await;
-}
-
-/// Asserts that `ids` are in publication order per publisher.
-fn in_order_per_publisher(ids: &[(usize, usize)], who: &str) {
-    let mut last: HashMap<usize, usize> = HashMap::new();
-    for &(publisher, seq) in ids {
-        if let Some(before) = last.insert(publisher, seq) {
-            assert!(seq > before, "{who}: P{publisher} {seq} after {before}");
-        }
-    }
 }
 
 /// Asserts that the members' ids together are `expected`, each exactly once.
@@ -167,7 +115,7 @@ async fn four_members_share_three_publishers_each_frame_once_and_in_order() {
             conn
         }));
     }
-    let got = collect(5, &mut events, |got| {
+    let got = collect(5, &mut events, RUN, QUIET, |got| {
         got[..4].iter().map(Vec::len).sum::<usize>() >= total && got[4].len() >= total
     })
     .await;
@@ -222,7 +170,7 @@ async fn a_slow_member_gets_a_small_share_and_nothing_is_lost() {
 
     let mut publisher = connect(addr).await;
     publish(&mut publisher, 5, 0, FRAMES, SIZE).await;
-    let got = collect(4, &mut events, |got| {
+    let got = collect(4, &mut events, RUN, QUIET, |got| {
         got.iter().map(Vec::len).sum::<usize>() >= FRAMES
     })
     .await;
@@ -309,7 +257,7 @@ async fn two_groups_on_one_code_each_get_every_frame_once() {
     }
     let mut publisher = connect(addr).await;
     publish(&mut publisher, 7, 0, FRAMES, 100).await;
-    let got = collect(4, &mut events, |got| {
+    let got = collect(4, &mut events, RUN, QUIET, |got| {
         got.iter().map(Vec::len).sum::<usize>() >= 2 * FRAMES
     })
     .await;
@@ -346,7 +294,7 @@ async fn a_member_that_also_subscribes_gets_each_frame_once() {
     ];
     let mut publisher = connect(addr).await;
     publish(&mut publisher, 5, 0, FRAMES, 100).await;
-    let got = collect(2, &mut events, |got| got[0].len() >= FRAMES).await;
+    let got = collect(2, &mut events, RUN, QUIET, |got| got[0].len() >= FRAMES).await;
     let expected: HashSet<(usize, usize)> = (0..FRAMES).map(|seq| (0, seq)).collect();
     // The ordinary subscription gets every frame, once however many of its groups pick it.
     exactly_once(&got[..1], &expected, "the member that subscribes too");
@@ -379,7 +327,7 @@ async fn unsub_group_leaves_only_that_group_and_errors_are_typed() {
         info(&mut conn).await["groups"],
         json!([{"name": "workers", "codes": [5, 6]}])
     );
-    send(&mut publisher, frame(5, 0, 0, 10)).await;
+    send(&mut publisher, frame(status(5), 0, 0, 10)).await;
     assert_eq!(
         id_of(&recv(&mut conn).await),
         (0, 0),
@@ -393,7 +341,7 @@ async fn unsub_group_leaves_only_that_group_and_errors_are_typed() {
         info(&mut conn).await["groups"],
         json!([{"name": "workers", "codes": [6]}])
     );
-    send(&mut publisher, frame(5, 0, 1, 10)).await;
+    send(&mut publisher, frame(status(5), 0, 1, 10)).await;
     expect_silence(&mut conn, QUIET).await;
     for (command, reply) in [
         ("SUB 5 group=", "ERR empty group name"),
@@ -470,7 +418,7 @@ async fn a_python_reference_client_joins_a_group_with_control_frames() {
     // The only member: it gets both frames, each once.
     let mut publisher = connect(hub.local_addr()).await;
     for seq in 0..2 {
-        send(&mut publisher, frame(5, 0, seq, 100)).await;
+        send(&mut publisher, frame(status(5), 0, seq, 100)).await;
         let received = python_member.next_event("received").await;
         assert_eq!(received["status"], json!(5));
         assert_eq!(received["message_len"], json!(100));

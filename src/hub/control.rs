@@ -74,7 +74,7 @@ mod options;
 
 pub use info::{
     ClusterView, CounterSnapshot, DurableCodeView, DurableView, EventCounts, GroupMembership, Info,
-    LimitSettings, SessionCounters, StoreTotals,
+    LimitSettings, RemoteGroupView, SessionCounters, StoreTotals,
 };
 pub use options::{GroupName, StartAt, SubOptions, MAX_GROUP_NAME};
 
@@ -1812,6 +1812,15 @@ mod tests {
                 local_codes: "5".into(),
                 remote_codes: "5-6".into(),
                 remote_hub_names: vec!["b".into()],
+                group_redispatched_frames: 11,
+                group_lost_frames: 12,
+                remote_groups: vec![RemoteGroupView {
+                    hub: "b".into(),
+                    group: "workers".parse().unwrap_or_else(|error| panic!("{error}")),
+                    codes: CodeSet::from_bits(1 << 5),
+                    members: 2,
+                    load: 13,
+                }],
             }),
             puback: true,
             durable: vec![DurableView {

@@ -183,6 +183,9 @@ pub async fn run_announced(
         }
         _ => None,
     };
+    if let Some(cluster) = &cluster {
+        table.set_cluster(cluster);
+    }
     let (router_table, router_cluster) = (table.clone(), cluster.clone());
     let durable_codes = durables
         .as_ref()

@@ -30,7 +30,7 @@ use actix::{
 use bytes::Bytes;
 
 use crate::frame::Status;
-use crate::hub::cluster::Cluster;
+use crate::hub::cluster::{Cluster, LocalGroup};
 use crate::hub::control::{CodeSet, GroupMembership, GroupName};
 use crate::hub::delivery::groups::{GroupMember, GroupStats, MemberStats};
 use crate::hub::delivery::outbox::Outbox;
@@ -266,7 +266,31 @@ impl Router {
             (true, true) => {}
         }
         self.count_interest(before, codes);
+        if before != codes {
+            self.tell_cluster_groups();
+        }
         codes
+    }
+
+    /// Tells the cluster this hub's groups, after a membership changed (a scan of the sessions:
+    /// memberships change at the pace of `SUB`s, not of frames).
+    fn tell_cluster_groups(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut groups: BTreeMap<&GroupName, LocalGroup> = BTreeMap::new();
+        for member in self.sessions.values() {
+            for (name, membership) in &member.groups {
+                let group = groups.entry(name).or_insert_with(|| LocalGroup {
+                    name: name.clone(),
+                    codes: CodeSet::empty(),
+                    members: Vec::new(),
+                });
+                group.codes = group.codes.union(membership.codes);
+                group.members.push(member.outbox.clone());
+            }
+        }
+        cluster.set_groups(groups.into_values().collect());
     }
 
     /// Makes session `id`'s new subscriptions `added` (in `group`, if any) visible to

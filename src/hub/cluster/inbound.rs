@@ -8,6 +8,10 @@
 //! origin hub holds its publishers back. A gap in a remote publisher's sequence (messages lost)
 //! or its hub going away cuts the streamed frame it was sending: its subscribers here are closed
 //! as for a publisher that went away.
+//!
+//! A frame's queue groups here take it only when its origin chose this hub for them (the
+//! [`GROUPS_HEADER`]); chosen here for a group without a member left, a whole frame is passed on
+//! once ([`Cluster::redispatch`]), a streamed one is counted lost.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -21,7 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::hub::cluster::messages::{Carried, Credit, DataHeader, DATA_HEADER};
+use crate::hub::cluster::messages::{
+    Carried, Credit, DataHeader, GroupChoices, DATA_HEADER, GROUPS_HEADER,
+};
 use crate::hub::cluster::sequence::Receiving;
 use crate::hub::cluster::Cluster;
 use crate::hub::control::CodeSet;
@@ -192,6 +198,17 @@ impl Inbound {
             }
             None => return debug!(subject = %message.subject, "cluster message without its header"),
         };
+        let choices = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(GROUPS_HEADER))
+            .and_then(|value| match GroupChoices::parse(value.as_str()) {
+                Ok(choices) => Some(choices),
+                Err(error) => {
+                    debug!(%error, "unreadable groups header: the frame's groups take it nowhere");
+                    None
+                }
+            });
         let counters = &self.cluster.counters;
         counters.messages_in.fetch_add(1, Ordering::Relaxed);
         counters
@@ -269,8 +286,21 @@ impl Inbound {
                         frames: header.frames,
                         bytes: message.payload,
                     };
-                    let taken = remote.publisher.publish_remote(&piece);
+                    let here = self.cluster.instance;
+                    let (taken, unserved) =
+                        remote
+                            .publisher
+                            .publish_remote(&piece, choices.as_ref(), here);
                     remote.stream.delivered(kind, taken);
+                    if !unserved.is_empty() {
+                        if choices.as_ref().is_some_and(|choices| choices.redispatch) {
+                            // Passed on once already: never again.
+                            let frames = u64::from(piece.frames_begun()) * unserved.len() as u64;
+                            self.cluster.count_group_lost(frames);
+                        } else {
+                            self.cluster.redispatch(&piece, &unserved);
+                        }
+                    }
                 }
             }
         }

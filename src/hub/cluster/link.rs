@@ -28,6 +28,9 @@ use crate::hub::ops::counters::HubCounters;
 
 /// How often a hub announces itself.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How often the load of this hub's queue groups is looked at: announced again (a `Beat`) when
+/// it changed.
+const LOAD_REFRESH: Duration = Duration::from_millis(250);
 /// How long a hub may stay silent before the others count it gone.
 const SILENCE: Duration = Duration::from_secs(2);
 /// How long a hub gone silent is remembered: frames on the codes it wanted are counted as
@@ -199,6 +202,7 @@ pub(super) async fn start(tasks: Tasks) {
         ready: Some(ready),
         ready_at: Instant::now() + CONNECT_WAIT,
         failing: false,
+        loads: Vec::new(),
     };
     link.run(inboxes, events, orders).await;
 }
@@ -234,6 +238,8 @@ struct Link {
     ready_at: Instant,
     /// Whether a failed connection attempt has been logged since the link was last up.
     failing: bool,
+    /// The loads of this hub's groups as last announced.
+    loads: Vec<u64>,
 }
 
 impl Link {
@@ -245,6 +251,8 @@ impl Link {
     ) {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut load = tokio::time::interval(LOAD_REFRESH);
+        load.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some((connection, event)) = events.recv() => self.on_event(connection, event).await,
@@ -252,7 +260,11 @@ impl Link {
                 Some(message) = inboxes.acks.next() => self.on_ack(&message),
                 Some(message) = inboxes.credits.next() => self.on_credit(&message),
                 order = orders.recv() => match order {
-                    Some(LinkOrder::Announce) => self.announce(Purpose::Change).await,
+                    Some(LinkOrder::Announce) => {
+                        // Cleared before the state is read: a later change orders another.
+                        self.cluster.announce_due.store(false, Ordering::Release);
+                        self.announce(Purpose::Change).await;
+                    }
                     Some(LinkOrder::Leave(done)) => {
                         // What this hub published reaches NATS before it says it leaves.
                         let _ = tokio::time::timeout(LEAVE_FLUSH, self.data.flush()).await;
@@ -272,6 +284,7 @@ impl Link {
                     None => return,
                 },
                 _ = beat.tick() => self.on_beat().await,
+                _ = load.tick() => self.refresh_load().await,
                 () = tokio::time::sleep_until(self.ready_at), if self.ready.is_some() => {
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(());
@@ -478,8 +491,23 @@ impl Link {
         cluster.notify();
     }
 
-    /// Announces this hub's interest now (asking for acknowledgements).
-    async fn announce(&self, purpose: Purpose) {
+    /// Announces the load of this hub's groups again if it changed since it was last announced.
+    async fn refresh_load(&mut self) {
+        let changed = {
+            let local = self.cluster.lock_local();
+            let groups = Cluster::announced_groups(&local);
+            !groups
+                .iter()
+                .map(|group| group.load)
+                .eq(self.loads.iter().copied())
+        };
+        if changed {
+            self.announce(Purpose::Beat).await;
+        }
+    }
+
+    /// Announces this hub's interest and groups now (asking for acknowledgements).
+    async fn announce(&mut self, purpose: Purpose) {
         let cluster = &self.cluster;
         if !cluster.is_connected() {
             return;
@@ -492,8 +520,12 @@ impl Link {
                 purpose,
                 codes: local.codes,
                 name: cluster.name.clone(),
+                groups: Cluster::announced_groups(&local),
             }
         };
+        self.loads.clear();
+        self.loads
+            .extend(announcement.groups.iter().map(|group| group.load));
         say(
             &self.control,
             cluster.subjects.hubs(),

@@ -4,7 +4,9 @@
 //! Every hub instance has a random 64-bit id (a restarted hub is a new instance). Subjects, with
 //! `P` the cluster prefix:
 //! - `P.data.<code>`: a relayed piece, its bytes as the payload (the frames' exact wire bytes),
-//!   described by the [`DATA_HEADER`] header; `P.data.gone`: a publisher's end.
+//!   described by the [`DATA_HEADER`] header, and at a frame's start by the [`GROUPS_HEADER`]
+//!   when queue groups on other hubs are to take it ([`GroupChoices`]); `P.data.gone`: a
+//!   publisher's end.
 //! - `P.hubs`: [`Announcement`]s (interest, heartbeats, hello, leave); acknowledged on
 //!   `P.ack.<instance>`.
 //! - `P.credit.<instance>`: [`Credit`] to an origin hub: how far its stream has been delivered.
@@ -15,12 +17,20 @@
 use std::fmt;
 
 use crate::frame::Status;
-use crate::hub::control::CodeSet;
+use crate::hub::control::{CodeSet, GroupName};
 // Relative, so that src/fuzzing.rs can compile this file beside its own copy of relay.rs.
 use super::super::delivery::relay::PieceKind;
 
 /// The header describing a relayed piece.
 pub const DATA_HEADER: &str = "Tej";
+
+/// The header naming, per queue group, the hub chosen to give a frame to one of its members.
+pub const GROUPS_HEADER: &str = "Tej-Groups";
+
+/// The most queue groups one announcement lists, and one frame's [`GroupChoices`] names: a hub
+/// with more announces the first ones by name (their frames elsewhere then stay with the other
+/// hubs' members), so an announcement stays under about 4 KiB.
+pub const MAX_GROUPS: usize = 64;
 
 /// A message from another hub that cannot be read (another version, or not a hub at all).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -131,8 +141,49 @@ impl Purpose {
     }
 }
 
-/// A hub's interest: the codes its local subscribers want, at an interest version.
-/// Text: `<instance> <version> <purpose> <codes> <name>` (hex instance and code bits).
+/// One queue group of a hub, as it announces it: its members there, the codes they take and
+/// their queued bytes. Text: `<name>:<codes>:<members>:<load>` (hex code bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnouncedGroup {
+    /// The group.
+    pub name: GroupName,
+    /// The codes its members on the hub take.
+    pub codes: CodeSet,
+    /// How many sessions of the hub are members.
+    pub members: u32,
+    /// The bytes queued for those members, summed (refreshed while it changes).
+    pub load: u64,
+}
+
+impl fmt::Display for AnnouncedGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{:x}:{}:{}",
+            self.name,
+            self.codes.bits(),
+            self.members,
+            self.load
+        )
+    }
+}
+
+impl AnnouncedGroup {
+    fn parse(text: &str) -> Option<AnnouncedGroup> {
+        let mut fields = text.split(':');
+        let group = AnnouncedGroup {
+            name: fields.next()?.parse().ok()?,
+            codes: CodeSet::from_bits(u128::from_str_radix(fields.next()?, 16).ok()?),
+            members: fields.next()?.parse().ok()?,
+            load: fields.next()?.parse().ok()?,
+        };
+        fields.next().is_none().then_some(group)
+    }
+}
+
+/// A hub's interest: the codes its local subscribers want, at an interest version, and its
+/// queue groups. Text: `<instance> <version> <purpose> <codes> <name>[ <groups>]` (hex instance
+/// and code bits; groups comma-separated [`AnnouncedGroup`]s, at most [`MAX_GROUPS`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announcement {
     /// The hub instance.
@@ -145,6 +196,9 @@ pub struct Announcement {
     pub codes: CodeSet,
     /// The hub's name.
     pub name: String,
+    /// Its queue groups (membership is versioned with the interest; loads are refreshed by
+    /// announcements of the same version).
+    pub groups: Vec<AnnouncedGroup>,
 }
 
 impl fmt::Display for Announcement {
@@ -157,7 +211,12 @@ impl fmt::Display for Announcement {
             self.purpose.letter(),
             self.codes.bits(),
             self.name
-        )
+        )?;
+        for (at, group) in self.groups.iter().take(MAX_GROUPS).enumerate() {
+            let separator = if at == 0 { ' ' } else { ',' };
+            write!(f, "{separator}{group}")?;
+        }
+        Ok(())
     }
 }
 
@@ -165,19 +224,29 @@ impl Announcement {
     /// Reads an announcement.
     pub fn parse(text: &str) -> Result<Announcement, WireError> {
         let fail = || malformed("announcement", text);
-        let mut fields = text.splitn(5, ' ');
+        let mut fields = text.splitn(6, ' ');
         let mut next = || fields.next().ok_or_else(fail);
         let instance = u64::from_str_radix(next()?, 16).map_err(|_| fail())?;
         let version = next()?.parse().map_err(|_| fail())?;
         let purpose = Purpose::from_letter(next()?).ok_or_else(fail)?;
         let codes = u128::from_str_radix(next()?, 16).map_err(|_| fail())?;
         let name = next()?.to_owned();
+        let mut groups = Vec::new();
+        if let Some(listed) = fields.next() {
+            for group in listed.split(',') {
+                if groups.len() == MAX_GROUPS {
+                    return Err(fail());
+                }
+                groups.push(AnnouncedGroup::parse(group).ok_or_else(fail)?);
+            }
+        }
         Ok(Announcement {
             instance,
             version,
             purpose,
             codes: CodeSet::from_bits(codes),
             name,
+            groups,
         })
     }
 }
@@ -324,6 +393,63 @@ impl DataHeader {
     }
 }
 
+/// Per queue group, the hub chosen to give a frame to one of its members (docs/cluster.md,
+/// "Queue groups across hubs"): the [`GROUPS_HEADER`] of a frame's first message. Text:
+/// `<o|r> <group>=<instance> ...` (hex instance, at most [`MAX_GROUPS`] choices); `r` marks a
+/// re-dispatch, which only the groups named take and which is never re-dispatched again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupChoices {
+    /// Whether the frame is sent again by a chosen hub that had no member left.
+    pub redispatch: bool,
+    /// The groups and the hub instance chosen for each.
+    pub choices: Vec<(GroupName, u64)>,
+}
+
+impl GroupChoices {
+    /// The hub chosen for group `name`, if any.
+    pub fn chosen(&self, name: &GroupName) -> Option<u64> {
+        self.choices
+            .iter()
+            .find(|(group, _)| group == name)
+            .map(|(_, instance)| *instance)
+    }
+
+    /// Reads a groups header.
+    pub fn parse(text: &str) -> Result<GroupChoices, WireError> {
+        let fail = || malformed("groups header", text);
+        let mut fields = text.split(' ');
+        let redispatch = match fields.next() {
+            Some("o") => false,
+            Some("r") => true,
+            _ => return Err(fail()),
+        };
+        let mut choices = Vec::new();
+        for field in fields {
+            if choices.len() == MAX_GROUPS {
+                return Err(fail());
+            }
+            let (name, instance) = field.split_once('=').ok_or_else(fail)?;
+            let name: GroupName = name.parse().map_err(|_| fail())?;
+            let instance = u64::from_str_radix(instance, 16).map_err(|_| fail())?;
+            choices.push((name, instance));
+        }
+        Ok(GroupChoices {
+            redispatch,
+            choices,
+        })
+    }
+}
+
+impl fmt::Display for GroupChoices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.redispatch { "r" } else { "o" })?;
+        for (name, instance) in self.choices.iter().take(MAX_GROUPS) {
+            write!(f, " {name}={instance:016x}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +461,29 @@ mod tests {
             version: 7,
             purpose: Purpose::Change,
             codes: CodeSet::from_bits(1 << 5 | 1 << 127),
-            name: "hub a:8000".into(),
+            name: "a:8000".into(),
+            groups: Vec::new(),
+        };
+        assert_eq!(
+            Announcement::parse(&announcement.to_string()),
+            Ok(announcement.clone())
+        );
+        let announcement = Announcement {
+            groups: vec![
+                AnnouncedGroup {
+                    name: "scan-2.eu_west".parse().unwrap(),
+                    codes: CodeSet::from_bits(1 << 5),
+                    members: 2,
+                    load: 1 << 40,
+                },
+                AnnouncedGroup {
+                    name: "w".parse().unwrap(),
+                    codes: CodeSet::from_bits(1 << 127),
+                    members: 1,
+                    load: 0,
+                },
+            ],
+            ..announcement
         };
         assert_eq!(
             Announcement::parse(&announcement.to_string()),
@@ -377,9 +525,42 @@ mod tests {
         for text in ["", "zz 1 c 0 a", "1 1 x 0 a", "1 1 c 0"] {
             assert!(Announcement::parse(text).is_err(), "{text:?}");
         }
+        for text in [
+            "1 1 c 0 a g:20:1",
+            "1 1 c 0 a g:20:1:0:9",
+            "1 1 c 0 a b*d:20:1:0",
+            "1 1 c 0 a g:20:1:0,",
+        ] {
+            assert!(Announcement::parse(text).is_err(), "{text:?}");
+        }
+        let many = vec!["g:20:1:0"; MAX_GROUPS + 1].join(",");
+        assert!(Announcement::parse(&format!("1 1 c 0 a {many}")).is_err());
+        for text in ["", "x", "o g", "o g=zz", "o a b=1", "r =1"] {
+            assert!(GroupChoices::parse(text).is_err(), "{text:?}");
+        }
         assert!(DataHeader::parse("1 2 3 4 5 Q 0").is_err());
         assert!(Credit::parse("1 2").is_err());
         assert!(Ack::parse("1").is_err());
+    }
+
+    #[test]
+    fn group_choices_read_back_as_written() {
+        for redispatch in [false, true] {
+            let choices = GroupChoices {
+                redispatch,
+                choices: vec![
+                    ("workers".parse().unwrap(), u64::MAX),
+                    ("scan".parse().unwrap(), 1),
+                ],
+            };
+            assert_eq!(
+                GroupChoices::parse(&choices.to_string()),
+                Ok(choices.clone())
+            );
+            assert_eq!(choices.chosen(&"scan".parse().unwrap()), Some(1));
+            assert_eq!(choices.chosen(&"nobody".parse().unwrap()), None);
+        }
+        assert_eq!(GroupChoices::parse("o"), Ok(GroupChoices::default()));
     }
 
     #[test]

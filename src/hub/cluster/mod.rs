@@ -15,6 +15,12 @@
 //! hand pieces to [`Cluster::offer`]; the router calls [`Cluster::want`] before it answers a
 //! `SUB` (the answer waits until every other hub has acknowledged the new interest) and
 //! [`Cluster::unwant`] when a code has no subscriber left.
+//!
+//! Queue groups span the hubs (docs/cluster.md, "Queue groups across hubs"): the router tells
+//! the cluster this hub's groups ([`Cluster::set_groups`]), the link announces them with their
+//! load, and a publisher whose frame no local member takes asks [`Cluster::choose`] for a hub
+//! with members; a chosen hub without members left sends the frame on once
+//! ([`Cluster::redispatch`]).
 
 mod inbound;
 mod link;
@@ -28,7 +34,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use actix::Arbiter;
@@ -38,17 +44,19 @@ use tracing::{info, warn};
 
 use crate::frame::Status;
 use crate::hub::config::{ConfigError, HubConfig};
-use crate::hub::control::{ClusterView, CodeSet};
+use crate::hub::control::{ClusterView, CodeSet, GroupName, RemoteGroupView};
 use crate::hub::delivery::flow::Gate;
-use crate::hub::delivery::relay::Piece;
+use crate::hub::delivery::outbox::Outbox;
+use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::delivery::table::SubscriptionTable;
 use crate::hub::ops::counters::worth_a_line;
 use crate::hub::ops::counters::HubCounters;
 use crate::hub::session::SessionId;
 use crate::hub::store::Backend;
-use messages::Subjects;
+pub(crate) use messages::GroupChoices;
+use messages::{AnnouncedGroup, Subjects, MAX_GROUPS};
 use outbound::Outbound;
-use peers::Peers;
+use peers::{Peers, RemoteGroups, RemoteHub};
 
 /// How long a `SUB` that adds a code waits for the other hubs to acknowledge the new interest
 /// before it is answered anyway (a hub that does not answer is about to be declared gone).
@@ -57,6 +65,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// How long the hub waits at start, once connected, for the other hubs to announce themselves.
 const HELLO_WAIT: Duration = Duration::from_millis(300);
+/// The publisher id this hub's passed-on group frames cross under (no session has it: local
+/// ids count up from 1, remote ones have the top bit set).
+const REDISPATCHER: u64 = 1 << 62;
 /// NATS's default `max_payload`, until a server says otherwise.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
@@ -157,6 +168,22 @@ pub(crate) struct ClusterCounters {
     pub messages_in: AtomicU64,
     /// Bytes of relayed pieces received from other hubs.
     pub bytes_in: AtomicU64,
+    /// Queue-group frames this hub sent on to another hub: chosen here, it had no member left.
+    pub group_redispatched_frames: AtomicU64,
+    /// Queue-group frames no member anywhere could take once this hub had to pass them on.
+    pub group_lost_frames: AtomicU64,
+}
+
+/// One queue group of this hub, as the router tells the cluster: the codes its members take
+/// and their outboxes (whose queued bytes are the load the link announces).
+#[derive(Clone, Debug)]
+pub(crate) struct LocalGroup {
+    /// The group.
+    pub name: GroupName,
+    /// The codes its members here take.
+    pub codes: CodeSet,
+    /// Its members here.
+    pub members: Vec<Arc<Outbox>>,
 }
 
 /// The codes this hub's subscribers want, at an interest version.
@@ -164,8 +191,10 @@ pub(crate) struct ClusterCounters {
 struct Local {
     codes: CodeSet,
     version: u64,
-    /// Per code, the version that added it.
+    /// Per code, the version that added it (or changed its groups).
     since: [u64; Status::COUNT],
+    /// The queue groups with members here (announced with the interest).
+    groups: Vec<LocalGroup>,
 }
 
 /// Orders from the hub to the link task.
@@ -192,12 +221,24 @@ pub(crate) struct Cluster {
     remote_codes: CodeBits,
     /// The codes hubs gone silent wanted (their subscribers miss those frames: counted here).
     silent_codes: CodeBits,
+    /// The codes some group on another hub takes: only for these does a publisher read
+    /// `remote_groups`.
+    group_codes: CodeBits,
+    /// The groups of the other hubs, per code (replaced whole on each announcement).
+    remote_groups: RwLock<Arc<RemoteGroups>>,
+    /// Where the round-robin among equally loaded hubs starts.
+    rotor: AtomicUsize,
+    /// The read gate of the frames this hub passes on (nobody reads it: they are few, bounded
+    /// by what was chosen for this hub).
+    redispatch_gate: Arc<Gate>,
     peers: Mutex<Peers>,
     local: Mutex<Local>,
     /// Bumped whenever an acknowledgement, a credit, a hub or the connection changes.
     changes: watch::Sender<u64>,
     outbound: Outbound,
     orders: mpsc::UnboundedSender<LinkOrder>,
+    /// Whether an `Announce` order is on its way to the link (cleared as the link takes it).
+    announce_due: AtomicBool,
     counters: ClusterCounters,
     /// The durable store: frames from other hubs on durable codes are stored here too.
     store: Option<Arc<dyn Backend>>,
@@ -227,6 +268,10 @@ impl Cluster {
             max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
             remote_codes: CodeBits::default(),
             silent_codes: CodeBits::default(),
+            group_codes: CodeBits::default(),
+            remote_groups: RwLock::new(Arc::new(RemoteGroups::default())),
+            rotor: AtomicUsize::new(0),
+            redispatch_gate: Gate::new(),
             peers: Mutex::new(Peers::default()),
             local: Mutex::new(Local {
                 codes: store
@@ -234,10 +279,12 @@ impl Cluster {
                     .map_or(CodeSet::empty(), |store| store.durable()),
                 version: 0,
                 since: [0; Status::COUNT],
+                groups: Vec::new(),
             }),
             changes: watch::Sender::new(0),
             outbound: Outbound::new(),
             orders,
+            announce_due: AtomicBool::new(false),
             counters: ClusterCounters::default(),
             store,
         });
@@ -279,11 +326,17 @@ impl Cluster {
         self.remote_codes.contains(status) || self.silent_codes.contains(status)
     }
 
-    /// Hands a piece of publisher `from` (whose read gate is `gate`) to the outbound task;
-    /// `false` when it does not cross — the link is down, NATS is not taking data, or only hubs
-    /// gone silent want it (counted as dropped) — and then none of the rest of its frame is
-    /// offered.
-    pub(crate) fn offer(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) -> bool {
+    /// Hands a piece of publisher `from` (whose read gate is `gate`) to the outbound task, with
+    /// the hubs chosen for its groups at a frame's start; `false` when it does not cross — the
+    /// link is down, NATS is not taking data, or only hubs gone silent want it (counted as
+    /// dropped) — and then none of the rest of its frame is offered.
+    pub(crate) fn offer(
+        &self,
+        from: SessionId,
+        gate: &Arc<Gate>,
+        piece: &Piece,
+        choices: Option<GroupChoices>,
+    ) -> bool {
         let (live, silent) = (
             self.remote_codes.contains(piece.status),
             self.silent_codes.contains(piece.status),
@@ -298,8 +351,125 @@ impl Cluster {
         if silent && piece.kind.starts_frame() {
             self.count_dropped(outbound::frames_lost(piece.kind, piece.frames, false));
         }
-        self.outbound.push(from, gate, piece);
+        self.outbound.push(from, gate, piece, choices);
         true
+    }
+
+    /// For a frame of `status` starting now, the hub chosen for each group with members on
+    /// other hubs and none here that took it (`taken_here`); `None` when there is no such group.
+    /// The rule (docs/cluster.md): the lowest announced load per member, round-robin among
+    /// equals.
+    pub(crate) fn choose(
+        &self,
+        status: Status,
+        taken_here: impl Fn(&GroupName) -> bool,
+        redispatch: bool,
+    ) -> Option<GroupChoices> {
+        if !self.group_codes.contains(status) {
+            return None;
+        }
+        let remote = self
+            .remote_groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let choices: Vec<(GroupName, u64)> = remote
+            .of(status)
+            .iter()
+            .filter(|(name, _)| !taken_here(name))
+            .filter_map(|(name, hubs)| Some((name.clone(), pick_hub(hubs, &self.rotor)?)))
+            .take(MAX_GROUPS)
+            .collect();
+        (!choices.is_empty()).then_some(GroupChoices {
+            redispatch,
+            choices,
+        })
+    }
+
+    /// Passes on a whole frame chosen for this hub in `groups` that no member here took: once,
+    /// to another hub with members of each group, marked so that it is never passed on again.
+    /// What has nowhere to go is counted lost. Returns the frames sent on.
+    pub(crate) fn redispatch(&self, piece: &Piece, groups: &[GroupName]) -> u64 {
+        let frames = u64::from(piece.frames_begun());
+        let choices = if piece.kind == PieceKind::Whole {
+            self.choose(piece.status, |name| !groups.contains(name), true)
+        } else {
+            // A streamed frame is not kept whole anywhere: it cannot be sent again.
+            None
+        };
+        let chosen = choices.as_ref().map_or(0, |choices| choices.choices.len());
+        let lost = (groups.len() - chosen.min(groups.len())) as u64 * frames;
+        let mut sent = 0;
+        if let Some(choices) = choices {
+            if self.is_connected() && !self.outbound.is_shedding() {
+                let from = SessionId::new(REDISPATCHER);
+                self.outbound
+                    .push(from, &self.redispatch_gate, piece, Some(choices));
+                sent = frames;
+            } else {
+                self.count_group_lost(frames * chosen as u64);
+            }
+        }
+        self.count_group_lost(lost);
+        self.counters
+            .group_redispatched_frames
+            .fetch_add(sent, Ordering::Relaxed);
+        sent
+    }
+
+    /// Counts queue-group frames no hub could take.
+    pub(crate) fn count_group_lost(&self, frames: u64) {
+        if let Some(group_lost_frames) = add_worth_a_line(&self.counters.group_lost_frames, frames)
+        {
+            warn!(hub = %self.name, group_lost_frames, "queue-group frames had no member left anywhere");
+        }
+    }
+
+    /// Sets this hub's queue groups (the router, after each membership change). A change of a
+    /// group's codes or member count is a new interest version, announced and acknowledged as
+    /// a `SUB` is: a `SUB ... group=` that [`want`](Self::want)s its codes after this waits for
+    /// the other hubs to know the member.
+    pub(crate) fn set_groups(&self, groups: Vec<LocalGroup>) {
+        let mut local = self.lock_local();
+        let summary = |groups: &[LocalGroup]| -> Vec<(GroupName, CodeSet, usize)> {
+            groups
+                .iter()
+                .map(|group| (group.name.clone(), group.codes, group.members.len()))
+                .collect()
+        };
+        let (before, after) = (summary(&local.groups), summary(&groups));
+        if before == after {
+            local.groups = groups;
+            return;
+        }
+        let changed = before
+            .iter()
+            .chain(&after)
+            .filter(|group| !(before.contains(group) && after.contains(group)))
+            .fold(CodeSet::empty(), |codes, group| codes.union(group.1));
+        local.version += 1;
+        let version = local.version;
+        for status in changed.iter() {
+            local.since[usize::from(status.code())] = version;
+        }
+        local.groups = groups;
+        self.order_announcement();
+    }
+
+    /// This hub's groups as announced: the first [`MAX_GROUPS`], with their members' queued
+    /// bytes now.
+    fn announced_groups(local: &Local) -> Vec<AnnouncedGroup> {
+        local
+            .groups
+            .iter()
+            .take(MAX_GROUPS)
+            .map(|group| AnnouncedGroup {
+                name: group.name.clone(),
+                codes: group.codes,
+                members: u32::try_from(group.members.len()).unwrap_or(u32::MAX),
+                load: group.members.iter().map(|outbox| outbox.pending()).sum(),
+            })
+            .collect()
     }
 
     /// Publisher `from`, which offered pieces before, has ended: the other hubs forget it (and
@@ -327,7 +497,7 @@ impl Cluster {
                 for status in added.iter() {
                     local.since[usize::from(status.code())] = version;
                 }
-                let _ = self.orders.send(LinkOrder::Announce);
+                self.order_announcement();
             }
             codes
                 .iter()
@@ -372,7 +542,7 @@ impl Cluster {
         }
         local.codes = local.codes.difference(removed);
         local.version += 1;
-        let _ = self.orders.send(LinkOrder::Announce);
+        self.order_announcement();
     }
 
     /// Tells the other hubs this one is leaving (at shutdown), waiting at most a moment.
@@ -390,10 +560,20 @@ impl Cluster {
 
     /// The link's state and counters.
     pub(crate) fn view(&self) -> ClusterView {
-        let (remote_hubs, remote_hub_names) = {
+        let (remote_hubs, remote_hub_names, groups) = {
             let peers = self.lock_peers();
-            (peers.len(), peers.names())
+            (peers.len(), peers.names(), peers.groups())
         };
+        let remote_groups = groups
+            .into_iter()
+            .map(|(hub, group)| RemoteGroupView {
+                hub,
+                group: group.name,
+                codes: group.codes,
+                members: group.members,
+                load: group.load,
+            })
+            .collect();
         let counter = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let c = &self.counters;
         ClusterView {
@@ -410,6 +590,9 @@ impl Cluster {
             local_codes: self.lock_local().codes.to_string(),
             remote_codes: self.remote_codes.get().to_string(),
             remote_hub_names,
+            group_redispatched_frames: counter(&c.group_redispatched_frames),
+            group_lost_frames: counter(&c.group_lost_frames),
+            remote_groups,
         }
     }
 
@@ -418,16 +601,27 @@ impl Cluster {
     fn set_remote_codes(&self, peers: &Peers) {
         self.remote_codes.set(peers.codes());
         self.silent_codes.set(peers.silent_codes());
+        let groups = peers.remote_groups();
+        // The list before the bits: a publisher that sees a bit finds its groups.
+        let codes = groups.codes();
+        *self
+            .remote_groups
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(groups);
+        self.group_codes.set(codes);
     }
 
     fn count_dropped(&self, frames: u64) {
-        let before = self
-            .counters
-            .dropped_frames
-            .fetch_add(frames, Ordering::Relaxed);
-        if worth_a_line(before, frames) {
-            let dropped_frames = before + frames;
+        if let Some(dropped_frames) = add_worth_a_line(&self.counters.dropped_frames, frames) {
             warn!(hub = %self.name, dropped_frames, "frames could not cross to the cluster");
+        }
+    }
+
+    /// Asks the link to announce the local interest; changes made before it reads them share
+    /// one announcement (a restart of many group members is not one announcement each).
+    fn order_announcement(&self) {
+        if !self.announce_due.swap(true, Ordering::AcqRel) {
+            let _ = self.orders.send(LinkOrder::Announce);
         }
     }
 
@@ -442,6 +636,28 @@ impl Cluster {
     fn lock_local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The hub with the lowest load per member among `hubs`; ties round-robin, from a start `rotor`
+/// moves on each time.
+fn pick_hub(hubs: &[RemoteHub], rotor: &AtomicUsize) -> Option<u64> {
+    let count = hubs.len();
+    let start = rotor.fetch_add(1, Ordering::Relaxed) % count.max(1);
+    // Per member, in thousandths of a byte: exact enough, and no division by zero.
+    let per_member = |hub: &RemoteHub| u128::from(hub.load) * 1000 / u128::from(hub.members.max(1));
+    (0..count)
+        .map(|step| &hubs[(start + step) % count])
+        .min_by_key(|hub| per_member(hub))
+        .map(|hub| hub.instance)
+}
+
+/// Adds `frames` to `counter`; its new total when that is worth a log line.
+fn add_worth_a_line(counter: &AtomicU64, frames: u64) -> Option<u64> {
+    if frames == 0 {
+        return None;
+    }
+    let before = counter.fetch_add(frames, Ordering::Relaxed);
+    worth_a_line(before, frames).then_some(before + frames)
 }
 
 /// A set of codes publishers on every thread read: bit `c % 64` of word `c / 64`.
@@ -480,6 +696,26 @@ mod tests {
     fn settings(toml: &str) -> Result<Option<Settings>, ConfigError> {
         let config = HubConfig::from_toml(toml).unwrap_or_else(|error| panic!("{error}"));
         Settings::from_config(&config, 9100)
+    }
+
+    #[test]
+    fn the_hub_with_the_least_load_per_member_is_chosen_equals_in_turn() {
+        let rotor = AtomicUsize::new(0);
+        let hub = |instance, members, load| RemoteHub {
+            instance,
+            members,
+            load,
+        };
+        assert_eq!(pick_hub(&[], &rotor), None);
+        // 300 bytes over 3 members is less per member than 200 over 1.
+        let loaded = [hub(1, 1, 200), hub(2, 3, 300)];
+        for _ in 0..3 {
+            assert_eq!(pick_hub(&loaded, &rotor), Some(2));
+        }
+        let idle = [hub(1, 1, 0), hub(2, 2, 0), hub(3, 1, 0)];
+        let mut picked: Vec<u64> = (0..6).filter_map(|_| pick_hub(&idle, &rotor)).collect();
+        picked.sort_unstable();
+        assert_eq!(picked, [1, 1, 2, 2, 3, 3], "round-robin among equals");
     }
 
     #[test]

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::frame::Status;
-use crate::hub::cluster::messages::{Carried, DataHeader, DATA_HEADER};
+use crate::hub::cluster::messages::{
+    Carried, DataHeader, GroupChoices, DATA_HEADER, GROUPS_HEADER,
+};
 use crate::hub::cluster::sequence::Sending;
 use crate::hub::cluster::Cluster;
 use crate::hub::delivery::flow::{Backlog, Gate};
@@ -60,6 +62,8 @@ struct Envelope {
     carried: Carried,
     frames: u32,
     bytes: Bytes,
+    /// At a frame's start, the hubs chosen for its groups (boxed: most frames have none).
+    choices: Option<Box<GroupChoices>>,
 }
 
 /// What publishers queued, and since when they are held back.
@@ -99,8 +103,15 @@ impl Outbound {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `piece` of publisher `from`; holds the publisher back while the queue is full.
-    pub(super) fn push(&self, from: SessionId, gate: &Arc<Gate>, piece: &Piece) {
+    /// Queues `piece` of publisher `from` (with the hubs chosen for its groups); holds the
+    /// publisher back while the queue is full.
+    pub(super) fn push(
+        &self,
+        from: SessionId,
+        gate: &Arc<Gate>,
+        piece: &Piece,
+        choices: Option<GroupChoices>,
+    ) {
         self.backlog.charge(piece.bytes.len() as u64);
         let full = {
             let mut queue = self.lock();
@@ -110,6 +121,7 @@ impl Outbound {
                 carried: Carried::Piece(piece.kind),
                 frames: piece.frames,
                 bytes: piece.bytes.clone(),
+                choices: choices.map(Box::new),
             });
             let full = self.backlog.is_full();
             if full {
@@ -152,6 +164,7 @@ impl Outbound {
             carried: Carried::Gone,
             frames: 0,
             bytes: Bytes::new(),
+            choices: None,
         });
         self.wake.notify_one();
     }
@@ -242,7 +255,15 @@ impl Sender {
             if self.cluster.is_connected() {
                 let subject = self.gone.clone();
                 let _ = self
-                    .publish(subject, &envelope, Carried::Gone, 0, seq, Bytes::new())
+                    .publish(
+                        subject,
+                        &envelope,
+                        Carried::Gone,
+                        0,
+                        seq,
+                        Bytes::new(),
+                        None,
+                    )
                     .await;
             }
             return;
@@ -254,7 +275,10 @@ impl Sender {
             .saturating_sub(HEADER_ROOM)
             .max(HEADER_ROOM);
         let subject = self.subjects[usize::from(envelope.status.code())].clone();
+        let mut choices = envelope.choices.as_deref();
         for (part, frames, bytes) in split(kind, envelope.frames, &envelope.bytes, limit) {
+            // The choice travels with the frame's first message only.
+            let choices = choices.take();
             let Some(seq) = self.streams.entry(from).or_default().plan(part) else {
                 // The rest of a frame that could not cross: counted when it failed.
                 continue;
@@ -269,6 +293,7 @@ impl Sender {
                         frames,
                         seq,
                         bytes,
+                        choices,
                     )
                     .await;
             let stream = self.streams.entry(from).or_default();
@@ -323,6 +348,7 @@ impl Sender {
     }
 
     /// Publishes one message of the stream; `false` if NATS did not take it.
+    #[allow(clippy::too_many_arguments)]
     async fn publish(
         &self,
         subject: Subject,
@@ -331,6 +357,7 @@ impl Sender {
         frames: u32,
         publisher_seq: u64,
         bytes: Bytes,
+        choices: Option<&GroupChoices>,
     ) -> bool {
         let outbound = &self.cluster.outbound;
         let len = bytes.len() as u64;
@@ -347,6 +374,9 @@ impl Sender {
         };
         let mut headers = HeaderMap::new();
         headers.insert(DATA_HEADER, header.to_string());
+        if let Some(choices) = choices {
+            headers.insert(GROUPS_HEADER, choices.to_string());
+        }
         let publish = self.client.publish_with_headers(subject, headers, bytes);
         tokio::pin!(publish);
         // The deadline moves closer when publishers become held during the wait.

@@ -6,14 +6,63 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::hub::cluster::messages::Announcement;
-use crate::hub::control::CodeSet;
+use crate::frame::Status;
+use crate::hub::cluster::messages::{AnnouncedGroup, Announcement};
+use crate::hub::control::{CodeSet, GroupName};
+
+/// Another hub with members of a group on a code, as the choice sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RemoteHub {
+    /// The hub instance.
+    pub instance: u64,
+    /// Its members of the group.
+    pub members: u32,
+    /// The bytes queued for them, as last announced.
+    pub load: u64,
+}
+
+/// Per code, the groups other hubs have members of, and those hubs: what a publisher reads to
+/// choose a hub for a frame no local member takes.
+#[derive(Debug)]
+pub(crate) struct RemoteGroups {
+    codes: Vec<Vec<(GroupName, Vec<RemoteHub>)>>,
+}
+
+impl Default for RemoteGroups {
+    fn default() -> RemoteGroups {
+        RemoteGroups {
+            codes: vec![Vec::new(); Status::COUNT],
+        }
+    }
+}
+
+impl RemoteGroups {
+    /// The groups with members on other hubs for `status`, and those hubs.
+    pub(crate) fn of(&self, status: Status) -> &[(GroupName, Vec<RemoteHub>)] {
+        self.codes
+            .get(usize::from(status.code()))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The codes some group on another hub takes.
+    pub(crate) fn codes(&self) -> CodeSet {
+        let bits = self
+            .codes
+            .iter()
+            .enumerate()
+            .filter(|(_, groups)| !groups.is_empty())
+            .fold(0u128, |bits, (code, _)| bits | 1 << code);
+        CodeSet::from_bits(bits)
+    }
+}
 
 /// One other hub instance.
 #[derive(Debug)]
 struct Peer {
     name: String,
     codes: CodeSet,
+    /// Its queue groups, as last announced.
+    groups: Vec<AnnouncedGroup>,
     last_seen: Instant,
     /// The highest of this hub's interest versions it acknowledged.
     acked: u64,
@@ -94,14 +143,56 @@ impl Peers {
             Peer {
                 name: announcement.name.clone(),
                 codes: CodeSet::empty(),
+                groups: Vec::new(),
                 last_seen: now,
                 acked: 0,
                 credit: position,
             }
         });
         peer.codes = announcement.codes;
+        peer.groups.clone_from(&announcement.groups);
         peer.last_seen = now;
         Seen { new, replaced }
+    }
+
+    /// The groups the hubs seen have members of, per code.
+    pub(crate) fn remote_groups(&self) -> RemoteGroups {
+        let mut groups = RemoteGroups::default();
+        let mut hubs: Vec<(&u64, &Peer)> = self.hubs.iter().collect();
+        // A stable order, so that round-robin among equals goes round.
+        hubs.sort_by_key(|(instance, _)| **instance);
+        for (instance, peer) in hubs {
+            for group in peer.groups.iter().filter(|group| group.members > 0) {
+                let hub = RemoteHub {
+                    instance: *instance,
+                    members: group.members,
+                    load: group.load,
+                };
+                for status in group.codes.iter() {
+                    let listed = &mut groups.codes[usize::from(status.code())];
+                    match listed.iter_mut().find(|(name, _)| *name == group.name) {
+                        Some((_, hubs)) => hubs.push(hub),
+                        None => listed.push((group.name.clone(), vec![hub])),
+                    }
+                }
+            }
+        }
+        groups
+    }
+
+    /// The hubs seen with their groups, for monitoring: (hub name, group).
+    pub(crate) fn groups(&self) -> Vec<(String, AnnouncedGroup)> {
+        let mut groups: Vec<(String, AnnouncedGroup)> = self
+            .hubs
+            .values()
+            .flat_map(|peer| {
+                peer.groups
+                    .iter()
+                    .map(|group| (peer.name.clone(), group.clone()))
+            })
+            .collect();
+        groups.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+        groups
     }
 
     /// Forgets hub `instance`; whether it was known.
@@ -218,7 +309,46 @@ mod tests {
             purpose: Purpose::Beat,
             codes: CodeSet::from_bits(bits),
             name: name.into(),
+            groups: Vec::new(),
         }
+    }
+
+    #[test]
+    fn remote_groups_list_per_code_the_hubs_with_members() {
+        let mut peers = Peers::default();
+        let now = Instant::now();
+        let group = |name: &str, bits: u128, members: u32, load: u64| AnnouncedGroup {
+            name: name.parse().unwrap(),
+            codes: CodeSet::from_bits(bits),
+            members,
+            load,
+        };
+        let mut b = announcement(2, "b", 0b110);
+        b.groups = vec![group("w", 0b110, 2, 10), group("x", 0b100, 0, 0)];
+        let mut c = announcement(1, "c", 0b10);
+        c.groups = vec![group("w", 0b10, 1, 3)];
+        peers.announced(&b, now, (0, 0));
+        peers.announced(&c, now, (0, 0));
+        let groups = peers.remote_groups();
+        let code = |c: u8| Status::new(c).unwrap();
+        let w: GroupName = "w".parse().unwrap();
+        let hub = |instance, members, load| RemoteHub {
+            instance,
+            members,
+            load,
+        };
+        assert_eq!(
+            groups.of(code(1)),
+            [(w.clone(), vec![hub(1, 1, 3), hub(2, 2, 10)])]
+        );
+        assert_eq!(
+            groups.of(code(2)),
+            [(w, vec![hub(2, 2, 10)])],
+            "x has no member"
+        );
+        assert!(groups.of(code(3)).is_empty());
+        assert_eq!(groups.codes(), CodeSet::from_bits(0b110));
+        assert_eq!(peers.groups().len(), 3);
     }
 
     #[test]

@@ -284,6 +284,32 @@ pub struct ClusterView {
     pub remote_codes: String,
     /// The other hubs' names.
     pub remote_hub_names: Vec<String>,
+    /// Queue-group frames this hub was chosen for, had no member left for, and sent on to
+    /// another hub (0 from an older hub).
+    #[serde(default)]
+    pub group_redispatched_frames: u64,
+    /// Queue-group frames this hub had to pass on and no hub had members for.
+    #[serde(default)]
+    pub group_lost_frames: u64,
+    /// The queue groups the other hubs announce.
+    #[serde(default)]
+    pub remote_groups: Vec<RemoteGroupView>,
+}
+
+/// A queue group on another hub, as that hub announced it (`INFO`, `/varz`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteGroupView {
+    /// The hub's name.
+    pub hub: String,
+    /// The group.
+    pub group: GroupName,
+    /// The codes its members there take.
+    #[serde(with = "code_list")]
+    pub codes: CodeSet,
+    /// How many members it has there.
+    pub members: u32,
+    /// The bytes queued for them, as last announced.
+    pub load: u64,
 }
 
 /// A [`CodeSet`] as a JSON array of its codes, ascending; parsing refuses numbers above 127.

@@ -221,7 +221,9 @@ impl MovedFrame {
 }
 
 /// Gives `moved` (taken in order from `leaving`'s outbox) to other members of their groups, in
-/// order, by the choice rule; what nobody takes counts as unrouted for its group and the hub.
+/// order, by the choice rule; a whole frame no member here takes goes to another hub with
+/// members, in a cluster ([`Cluster::redispatch`](crate::hub::cluster::Cluster::redispatch));
+/// what nobody takes counts as unrouted for its group and the hub.
 ///
 /// A moved frame is offered as from a publisher of its own (an id derived from `leaving`'s, far
 /// above any session's), so that it never joins a streamed frame on the new member's wire and
@@ -275,6 +277,20 @@ pub(crate) fn redispatch(
                 outbox.publisher_gone(from);
             }
             Some(())
+        });
+        // No member here: a whole frame goes to another hub's members, once.
+        let taken = taken.or_else(|| {
+            let [(bytes, count)] = frame.pieces.as_slice() else {
+                return None;
+            };
+            let cluster = table.cluster()?;
+            let piece = Piece {
+                status: frame.status,
+                kind: PieceKind::Whole,
+                frames: *count,
+                bytes: bytes.clone(),
+            };
+            (cluster.redispatch(&piece, std::slice::from_ref(&frame.group.name)) > 0).then_some(())
         });
         match taken {
             Some(()) => frame.group.count_moved(frames),

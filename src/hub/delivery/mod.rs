@@ -34,7 +34,8 @@
 //!   sealed into records under the subscriber's outbox lock for write-through; the writer seals the
 //!   front of its queue with the tls lock alone, and the session's reader decrypts with it alone.
 //!   Nothing takes another lock while holding the tls lock.
-//! - Leaves, each taken alone and released before any other: the cluster's locks (its peers, its
+//! - Leaves, each taken alone and released before any other: the cluster's locks (its peers —
+//!   under which the link replaces the other hubs' groups, which publishers read alone —, its
 //!   local interest, its outbound queue, whose backlog holds a publisher's gate only after the
 //!   queue lock is released), admission's per-address counts, the live settings
 //!   (`ops::HubState`), a session's recorded codes (`ops::counters`).

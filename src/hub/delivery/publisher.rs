@@ -19,6 +19,13 @@
 //! In a cluster, a frame whose code another hub wants is also handed to the [`Cluster`] (the
 //! whole frame: the decision is taken at its first piece). Publishers of other hubs are
 //! publishers here too, without a cluster of their own: nothing crosses twice.
+//!
+//! Groups span the hubs: a local publisher's frame goes to a local member of each group if one
+//! takes it, and the cluster names a hub with members for each group that has members only
+//! elsewhere ([`Cluster::choose`]); another hub's frame goes to a group here only if its origin
+//! named this hub for that group, and what such a group cannot take is handed back to the
+//! inbound task to pass on ([`Publisher::publish_remote`]). A code with no group on another hub
+//! costs one atomic read more, and only when it crosses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,8 +33,8 @@ use std::sync::Arc;
 use tracing::trace;
 
 use crate::frame::Status;
-use crate::hub::cluster::Cluster;
-use crate::hub::control::CodeSet;
+use crate::hub::cluster::{Cluster, GroupChoices};
+use crate::hub::control::{CodeSet, GroupName};
 use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::groups::{Group, Groups};
 use crate::hub::delivery::outbox::{Offer, Outbox};
@@ -68,6 +75,39 @@ pub(crate) struct Publisher {
     /// The members given the frame being delivered through its code's groups (reused, so a
     /// frame allocates nothing).
     given: Vec<Arc<Outbox>>,
+    /// The groups no local member took the frame being delivered for (a remote hub is chosen
+    /// for them, or, for another hub's frame, it is passed on).
+    unserved: Vec<GroupName>,
+}
+
+/// Which of a code's local groups a frame is for.
+#[derive(Clone, Copy, Debug)]
+enum Destined<'a> {
+    /// A local publisher's frame: every group here.
+    Here,
+    /// Another hub's frame: the groups its origin chose this hub (`here`) for; with a
+    /// re-dispatch, nothing else.
+    Chosen {
+        choices: Option<&'a GroupChoices>,
+        here: u64,
+    },
+}
+
+impl Destined<'_> {
+    /// Whether a local group `name` takes the frame.
+    fn takes(self, name: &GroupName) -> bool {
+        match self {
+            Destined::Here => true,
+            Destined::Chosen { choices, here } => {
+                choices.and_then(|choices| choices.chosen(name)) == Some(here)
+            }
+        }
+    }
+
+    /// Whether ordinary subscribers take it (not a re-dispatch).
+    fn reaches_subscribers(self) -> bool {
+        !matches!(self, Destined::Chosen { choices: Some(choices), .. } if choices.redispatch)
+    }
 }
 
 /// Where the store reports a publisher's stored frames.
@@ -133,6 +173,7 @@ impl Publisher {
             puback_pending: Arc::default(),
             storing: false,
             given: Vec::new(),
+            unserved: Vec::new(),
         }
     }
 
@@ -231,7 +272,13 @@ impl Publisher {
             PieceKind::Whole | PieceKind::First => {
                 let stored = self.store(piece);
                 let route = self.table.route(piece.status);
-                self.start(piece, &route.subscribers, route.groups.as_ref(), stored);
+                self.start(
+                    piece,
+                    &route.subscribers,
+                    route.groups.as_ref(),
+                    Destined::Here,
+                    stored,
+                );
             }
             PieceKind::Middle | PieceKind::Last => {
                 self.store(piece);
@@ -254,7 +301,7 @@ impl Publisher {
                 let (id, gate) = (self.id, &self.gate);
                 subscribers.retain(|outbox| outbox.offer(id, gate, piece) == Offer::Taken);
                 if let (true, Some(cluster)) = (*crossing, &self.cluster) {
-                    *crossing = cluster.offer(id, gate, piece);
+                    *crossing = cluster.offer(id, gate, piece, None);
                 }
             }
         }
@@ -265,20 +312,40 @@ impl Publisher {
 
     /// Delivers a piece of a publisher on another hub (whose own hub checked its permissions)
     /// as [`publish`](Self::publish) does, except for a frame no session here subscribes to:
-    /// every hub receives what any hub wants, so such a frame stops here, uncounted. Returns
-    /// whether the piece was taken (for a frame's start: whether anybody here wanted it).
-    pub(crate) fn publish_remote(&mut self, piece: &Piece) -> bool {
+    /// every hub receives what any hub wants, so such a frame stops here, uncounted. A frame's
+    /// groups here take it only if `choices` names this hub (`here`) for them. Returns whether
+    /// the piece was taken (for a frame's start: whether anybody here wanted it), and the groups
+    /// it was chosen here for that no member here took (to be passed on).
+    pub(crate) fn publish_remote(
+        &mut self,
+        piece: &Piece,
+        choices: Option<&GroupChoices>,
+        here: u64,
+    ) -> (bool, Vec<GroupName>) {
         if !piece.kind.starts_frame() {
             // Never denied: a remote publisher may publish on every relayable code.
-            return self.publish(piece).is_ok();
+            return (self.publish(piece).is_ok(), Vec::new());
         }
         let stored = self.store(piece);
         let route = self.table.route(piece.status);
-        if route.subscribers.is_empty() && route.groups.is_none() && !stored {
-            return false;
+        let chosen_here = choices.is_some_and(|choices| {
+            choices
+                .choices
+                .iter()
+                .any(|(_, instance)| *instance == here)
+        });
+        if route.subscribers.is_empty() && route.groups.is_none() && !chosen_here && !stored {
+            return (false, Vec::new());
         }
-        self.start(piece, &route.subscribers, route.groups.as_ref(), stored);
-        true
+        let destined = Destined::Chosen { choices, here };
+        self.start(
+            piece,
+            &route.subscribers,
+            route.groups.as_ref(),
+            destined,
+            stored,
+        );
+        (true, std::mem::take(&mut self.unserved))
     }
 
     /// Delivers a whole frame (or run), or a streamed frame's first piece, to `subscribers`
@@ -289,6 +356,7 @@ impl Publisher {
         piece: &Piece,
         subscribers: &[Arc<Outbox>],
         groups: Option<&Groups>,
+        destined: Destined<'_>,
         stored: bool,
     ) {
         self.counters.codes.count(piece);
@@ -296,11 +364,33 @@ impl Publisher {
         let mut routed = stored;
         let mut taking = Vec::new();
         if let Some(groups) = groups {
-            routed |= self.give_to_groups(piece, groups);
+            routed |= self.give_to_groups(piece, groups, destined);
             if streams {
                 taking.extend(self.given.iter().cloned());
             }
         }
+        if let Destined::Chosen {
+            choices: Some(choices),
+            here,
+        } = destined
+        {
+            // Chosen here for a group without a member here (any more): passed on.
+            let local = |name: &GroupName| {
+                groups.is_some_and(|groups| groups.iter().any(|group| group.stats.name == *name))
+            };
+            for (name, _) in choices
+                .choices
+                .iter()
+                .filter(|(name, instance)| *instance == here && !local(name))
+            {
+                self.unserved.push(name.clone());
+            }
+        }
+        let subscribers = if destined.reaches_subscribers() {
+            subscribers
+        } else {
+            &[]
+        };
         for outbox in subscribers {
             if outbox.id() == self.id && !self.echo {
                 continue;
@@ -318,20 +408,33 @@ impl Publisher {
         let mut crossing = false;
         if let Some(cluster) = &self.cluster {
             if cluster.crosses(piece.status) {
-                let taken = cluster.offer(self.id, &self.gate, piece);
+                let unserved = &self.unserved;
+                let taken_here = |name: &GroupName| {
+                    groups
+                        .is_some_and(|groups| groups.iter().any(|group| group.stats.name == *name))
+                        && !unserved.contains(name)
+                };
+                let choices = cluster.choose(piece.status, taken_here, false);
+                self.unserved.clear();
+                let taken = cluster.offer(self.id, &self.gate, piece, choices);
                 crossing = taken && streams;
                 self.crossed |= taken;
                 routed = true;
             }
         }
         self.given.clear();
+        if matches!(destined, Destined::Here) {
+            self.unserved.clear();
+        }
         if streams {
             self.streamed = Streamed::Delivering {
                 subscribers: taking,
                 crossing,
             };
         }
-        if !routed {
+        // Another hub's frame meant for no one here (its groups were chosen elsewhere) is not
+        // this hub's unrouted frame: every hub receives what any hub wants.
+        if !routed && matches!(destined, Destined::Here) {
             // Per frame: a run of small frames read together is one piece.
             self.counters
                 .unrouted_frames
@@ -340,18 +443,25 @@ impl Publisher {
         }
     }
 
-    /// Gives `piece` to one member of each of `groups` (recorded in `given`); returns whether any
-    /// group has a member that may receive it.
-    fn give_to_groups(&mut self, piece: &Piece, groups: &[Group]) -> bool {
+    /// Gives `piece` to one member of each of `groups` it is `destined` for (recorded in
+    /// `given`; the groups none took in `unserved`); returns whether any such group has a
+    /// member that may receive it.
+    fn give_to_groups(&mut self, piece: &Piece, groups: &[Group], destined: Destined<'_>) -> bool {
         let (id, echo) = (self.id, self.echo);
         let eligible = |outbox: &Outbox| echo || outbox.id() != id;
         let mut routed = false;
-        for group in groups {
+        for group in groups
+            .iter()
+            .filter(|group| destined.takes(&group.stats.name))
+        {
             routed |= group.members.iter().any(|member| eligible(&member.outbox));
-            if let Some(outbox) = group.give(id, &self.gate, piece, eligible, &self.given) {
-                if !self.given.iter().any(|given| Arc::ptr_eq(given, &outbox)) {
-                    self.given.push(outbox);
+            match group.give(id, &self.gate, piece, eligible, &self.given) {
+                Some(outbox) => {
+                    if !self.given.iter().any(|given| Arc::ptr_eq(given, &outbox)) {
+                        self.given.push(outbox);
+                    }
                 }
+                None => self.unserved.push(group.stats.name.clone()),
             }
         }
         routed

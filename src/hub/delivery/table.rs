@@ -12,9 +12,10 @@
 //! the same lock, so a publisher reads both at once; a code without groups has `None` there and
 //! costs publishers one branch.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 
 use crate::frame::Status;
+use crate::hub::cluster::Cluster;
 use crate::hub::control::GroupName;
 use crate::hub::delivery::groups::{Group, GroupMember, GroupStats, Groups};
 use crate::hub::delivery::outbox::Outbox;
@@ -35,6 +36,9 @@ pub(crate) struct Route {
 #[derive(Debug)]
 pub(crate) struct SubscriptionTable {
     codes: [RwLock<Route>; Status::COUNT],
+    /// The cluster, set once it has started: a leaving member's group frames that no member
+    /// here can take go to another hub's members (weak: the cluster's tasks hold the table).
+    cluster: OnceLock<Weak<Cluster>>,
 }
 
 impl SubscriptionTable {
@@ -47,7 +51,18 @@ impl SubscriptionTable {
                     groups: None,
                 })
             }),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Records the hub's cluster (once, at start).
+    pub(crate) fn set_cluster(&self, cluster: &Arc<Cluster>) {
+        let _ = self.cluster.set(Arc::downgrade(cluster));
+    }
+
+    /// The hub's cluster, if it has one.
+    pub(crate) fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.get().and_then(Weak::upgrade)
     }
 
     /// The subscribers and groups of `status` now.

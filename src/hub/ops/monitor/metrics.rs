@@ -85,7 +85,17 @@ fn encode_cluster(e: &mut DescriptorEncoder, cluster: &ClusterView) -> std::fmt:
         "Other hubs this one sees.",
         signed(cluster.remote_hubs as u64),
     )?;
-    let list: [(&str, &str, u64); 7] = [
+    let list: [(&str, &str, u64); 9] = [
+        (
+            "tej_hub_cluster_group_redispatched_frames",
+            "Queue-group frames chosen for this hub, without a member left here, sent on to another hub.",
+            cluster.group_redispatched_frames,
+        ),
+        (
+            "tej_hub_cluster_group_lost_frames",
+            "Queue-group frames this hub had to pass on that no hub had members for.",
+            cluster.group_lost_frames,
+        ),
         (
             "tej_hub_cluster_dropped_frames",
             "Frames that could not cross to other hubs, or were cut by a loss.",

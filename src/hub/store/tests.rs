@@ -232,6 +232,53 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
         .all(|c| c.cut.is_none()));
 }
 
+/// Pieces waiting for the tail are applied in each publisher's order: a publisher whose first
+/// piece must still wait keeps its later pieces behind it, even when the tail frees up in the
+/// same pass (the first build applied publisher 2's last piece before its first: `store
+/// malformed` to the publisher, and a frame spliced out of the log).
+#[test]
+fn waiting_pieces_keep_each_publishers_order() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(&settings(dir.path(), CodeLimits::default()));
+    let big = |fill: u8| {
+        wire(
+            &Frame::builder(code(5))
+                .file("big", vec![fill; 300_000])
+                .message("end")
+                .build(),
+        )
+    };
+    let (zero, one, two) = (big(0), big(1), big(2));
+    let (ack, acks) = sink();
+    let gate = Gate::new();
+    let send = |from: u64, kind, bytes: Bytes| {
+        let piece = Piece {
+            status: code(5),
+            kind,
+            frames: u32::from(kind == PieceKind::Last),
+            bytes,
+        };
+        let ack = (kind == PieceKind::Last).then(|| ack.clone());
+        store.append(SessionId::new(from), &gate, &piece, ack);
+    };
+    // Publisher 0 owns the tail; 1 and 2 wait, their pieces interleaved.
+    send(0, PieceKind::First, zero.slice(..1000));
+    send(1, PieceKind::First, one.slice(..1000));
+    send(2, PieceKind::First, two.slice(..1000));
+    send(2, PieceKind::Middle, two.slice(1000..2000));
+    send(1, PieceKind::Last, one.slice(1000..));
+    send(2, PieceKind::Last, two.slice(2000..));
+    send(0, PieceKind::Last, zero.slice(1000..));
+    let mut got = received(&acks, 3);
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3], "every frame stored (0 is a refusal)");
+    let read: Vec<Vec<u8>> = read_all(&store, Position::First)
+        .into_iter()
+        .map(|(_, frame)| frame)
+        .collect();
+    assert_eq!(read, [zero.to_vec(), one.to_vec(), two.to_vec()]);
+}
+
 /// The last segment's file of code 5.
 fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
     let code_dir = dir.join("code-5");

@@ -350,12 +350,20 @@ impl CodeWriter {
         loop {
             let mut progressed = false;
             let mut kept = VecDeque::with_capacity(self.waiting.len());
+            // Publishers with a piece kept in this pass: their later pieces stay behind it (a
+            // publisher's pieces are applied in its order, or a frame would lose a middle piece,
+            // or end before it began).
+            let mut behind: Vec<SessionId> = Vec::new();
             while let Some(waiting) = self.waiting.pop_front() {
                 let owner = self.stream.as_ref().map(|stream| stream.from);
-                if owner.is_none() || owner == Some(waiting.from) {
+                let free = owner.is_none() || owner == Some(waiting.from);
+                if free && !behind.contains(&waiting.from) {
                     self.apply(waiting.from, waiting.piece, waiting.ack, acks, cx);
                     progressed = true;
                 } else {
+                    if !behind.contains(&waiting.from) {
+                        behind.push(waiting.from);
+                    }
                     kept.push_back(waiting);
                 }
             }

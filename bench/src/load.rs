@@ -19,7 +19,7 @@ mod cross_hub;
 mod forwarder;
 mod generator;
 mod group;
-mod nats;
+pub(crate) mod nats;
 mod report;
 mod stamp;
 

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 
 use super::super::hub::{Announces, ServerProcess};
 use super::{Consume, DurableError, Outcome, Part, Publish};
+use crate::load::nats::{keeping_events, Events};
 use crate::Failure;
 
 /// The stream's name and subject.
@@ -41,13 +42,10 @@ const MAX_PAYLOAD: u64 = 8 << 20;
 /// dropped.
 pub(super) struct JetStream {
     server: ServerProcess,
-    /// What the clients' event callbacks reported (slow consumer, disconnection, errors), at
-    /// most [`KEPT_EVENTS`]: told beside a stall, which they may explain.
-    events: Arc<Mutex<Vec<String>>>,
+    /// What the clients' event callbacks reported (slow consumer, disconnection, errors):
+    /// told beside a stall, which they may explain.
+    events: Events,
 }
-
-/// Client events kept.
-const KEPT_EVENTS: usize = 20;
 
 impl JetStream {
     /// Spawns `nats-server -a 127.0.0.1 -p -1 -js -sd <store> -c <store>/nats.conf` (the
@@ -97,23 +95,7 @@ impl JetStream {
     /// A JetStream context on a client of its own.
     async fn context(&self, stall: Duration) -> Result<jetstream::Context, DurableError> {
         let url = format!("nats://{}", self.server.addr());
-        let events = self.events.clone();
-        let options = async_nats::ConnectOptions::new().event_callback(move |event| {
-            let events = events.clone();
-            async move {
-                if matches!(
-                    event,
-                    async_nats::Event::Connected | async_nats::Event::Closed
-                ) {
-                    return;
-                }
-                if let Ok(mut events) = events.lock() {
-                    if events.len() < KEPT_EVENTS {
-                        events.push(event.to_string());
-                    }
-                }
-            }
-        });
+        let options = keeping_events(async_nats::ConnectOptions::new(), &self.events);
         let client = tokio::time::timeout(stall, options.connect(url))
             .await
             .map_err(|_| DurableError::Timeout("connecting to nats-server"))?

@@ -36,7 +36,30 @@ const DEFAULT_MAX_PAYLOAD: u64 = 1024 * 1024;
 const KEPT_EVENTS: usize = 20;
 
 /// Client events worth reporting, shared by every client of a run.
-type Events = Arc<Mutex<Vec<String>>>;
+pub(crate) type Events = Arc<Mutex<Vec<String>>>;
+
+/// `options` with a callback that keeps the client's events in `events` (at most
+/// [`KEPT_EVENTS`]): slow consumers, disconnections, errors — what may explain a lost message or
+/// a stall. Connecting, and closing at the end of a run, are the bench's own doing: not kept.
+pub(crate) fn keeping_events(options: ConnectOptions, events: &Events) -> ConnectOptions {
+    let events = events.clone();
+    options.event_callback(move |event| {
+        let events = events.clone();
+        async move {
+            if matches!(
+                event,
+                async_nats::Event::Connected | async_nats::Event::Closed
+            ) {
+                return;
+            }
+            if let Ok(mut events) = events.lock() {
+                if events.len() < KEPT_EVENTS {
+                    events.push(event.to_string());
+                }
+            }
+        }
+    })
+}
 
 /// The NATS server a run measures.
 pub(super) enum NatsServer {
@@ -170,28 +193,11 @@ impl NatsTarget {
     /// A client of its own, its events kept (a connection lost and made again shows as lost
     /// messages, and as a `disconnected` event).
     async fn client(&self) -> Result<Client, LoadError> {
-        let events = self.events.clone();
         let options = ConnectOptions::new()
             .name("tej-hub bench")
             .connection_timeout(CONNECT_TIMEOUT)
-            .ignore_discovered_servers()
-            .event_callback(move |event| {
-                let events = events.clone();
-                async move {
-                    // Connecting, and closing at the end of the run, are the bench's own doing.
-                    if matches!(
-                        event,
-                        async_nats::Event::Connected | async_nats::Event::Closed
-                    ) {
-                        return;
-                    }
-                    if let Ok(mut events) = events.lock() {
-                        if events.len() < KEPT_EVENTS {
-                            events.push(event.to_string());
-                        }
-                    }
-                }
-            });
+            .ignore_discovered_servers();
+        let options = keeping_events(options, &self.events);
         within(
             CONNECT_TIMEOUT,
             "connecting to nats-server",

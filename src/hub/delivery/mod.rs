@@ -24,8 +24,9 @@
 //!
 //! # Lock order
 //! A thread holding a lock on the left may take the one on its right, never the reverse:
-//! - outbox (a subscriber's stream state) → table (a code's subscriber list): the router writes
-//!   the list while holding the subscriber's outbox lock, which is what orders `OK` before any
+//! - outbox (a subscriber's stream state) → table (a code's `Route`: its subscribers and, beside
+//!   them, its queue groups): the router writes the route while holding the subscriber's outbox
+//!   lock, which is what orders `OK` before any
 //!   publication that finds the subscription. Publishers read the list (one short read lock, an
 //!   `Arc` clone) and release it before they take any outbox lock.
 //! - outbox → backlog (the gates a full subscriber holds closed): under the outbox lock a full
@@ -38,7 +39,13 @@
 //!   under which the link replaces the other hubs' groups, which publishers read alone —, its
 //!   local interest, its outbound queue, whose backlog holds a publisher's gate only after the
 //!   queue lock is released), admission's per-address counts, the live settings
-//!   (`ops::HubState`), a session's recorded codes (`ops::counters`).
+//!   (`ops::HubState`), a session's recorded codes (`ops::counters`), the store's (its I/O queue,
+//!   each durable code's reader view, the cursor table; `store/mod.rs`) and the durable
+//!   subscriptions' (which session holds each cursor, their figures; `durable/mod.rs`).
+//! - The store's I/O thread calls publishers' ack sinks holding none of its locks; a sink takes
+//!   the publisher's outbox lock to queue `OK STORED`. A durable feed takes its subscriber's
+//!   outbox lock (then backlog, as any publisher) and nothing else; its window is a `RefCell` on
+//!   the subscriber's own thread, not a lock.
 //! - No thread holds two outbox locks at once: a publisher offers a piece to one subscriber at a
 //!   time, the router changes one session's subscriptions at a time, and a leaving group member's
 //!   frames are taken out under its own lock, which is released before they are offered to

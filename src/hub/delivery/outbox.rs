@@ -210,8 +210,9 @@ struct StreamState {
     writing: usize,
     /// Frames of other publishers waiting for `current`'s frame to end, in arrival order.
     held: VecDeque<Held>,
-    /// The session's own replies waiting for `current`'s frame to end.
-    replies: Vec<Bytes>,
+    /// The session's own replies waiting for `current`'s frame to end, with how many frames
+    /// each holds.
+    replies: Vec<(Bytes, u32)>,
     reply_bytes: u64,
     /// Publishers deliver nothing more (kicked, or closing).
     refusing: bool,
@@ -611,8 +612,8 @@ impl Outbox {
         state.current = None;
         state.current_group = None;
         state.reply_bytes = 0;
-        for reply in std::mem::take(&mut state.replies) {
-            self.push(state, reply, 1, None);
+        for (reply, frames) in std::mem::take(&mut state.replies) {
+            self.push(state, reply, frames, None);
         }
         while state.current.is_none() {
             let Some(held) = state.held.pop_front() else {
@@ -706,8 +707,17 @@ impl Outbox {
     /// # Errors
     /// [`ReplyRefused::TooManyHeld`] when too many replies wait for a streamed frame to end.
     pub(crate) fn reply(&self, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
+        self.replies(wire_bytes, 1)
+    }
+
+    /// Queues `frames` of the session's own frames, back to back in `wire_bytes`, as
+    /// [`Outbox::reply`] does one.
+    ///
+    /// # Errors
+    /// As [`Outbox::reply`].
+    pub(crate) fn replies(&self, wire_bytes: Bytes, frames: u32) -> Result<(), ReplyRefused> {
         let mut state = self.lock();
-        self.queue_reply(&mut state, wire_bytes)
+        self.queue_reply(&mut state, wire_bytes, frames)
     }
 
     /// Runs `subscribe` (which makes this session visible to publishers) and then queues the
@@ -723,19 +733,24 @@ impl Outbox {
     ) -> Result<(), ReplyRefused> {
         let mut state = self.lock();
         subscribe();
-        self.queue_reply(&mut state, ack)
+        self.queue_reply(&mut state, ack, 1)
     }
 
-    fn queue_reply(&self, state: &mut StreamState, wire_bytes: Bytes) -> Result<(), ReplyRefused> {
+    fn queue_reply(
+        &self,
+        state: &mut StreamState,
+        wire_bytes: Bytes,
+        frames: u32,
+    ) -> Result<(), ReplyRefused> {
         if state.closed {
             return Ok(());
         }
         if state.current.is_none() {
-            self.push(state, wire_bytes, 1, None);
+            self.push(state, wire_bytes, frames, None);
             return Ok(());
         }
         state.reply_bytes += wire_bytes.len() as u64;
-        state.replies.push(wire_bytes);
+        state.replies.push((wire_bytes, frames));
         if state.reply_bytes > MAX_HELD_REPLY_BYTES {
             return Err(ReplyRefused::TooManyHeld);
         }

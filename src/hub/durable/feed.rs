@@ -31,7 +31,7 @@ use crate::hub::session::{KickReason, SessionId};
 use crate::hub::store::{CodeLimits, Position, StoreReader, StoredFrame};
 
 /// Most frames one blocking read returns.
-const BATCH_FRAMES: usize = 64;
+const BATCH_FRAMES: usize = 256;
 /// How often a feed looks at what the subscriber has written and what `ack_wait` expired.
 const MAX_TICK: Duration = Duration::from_millis(250);
 /// How long a feed waits before it looks again at a subscriber with no room for a frame larger
@@ -68,6 +68,12 @@ pub(crate) struct Feed {
 
 /// A frame read for delivery.
 enum Loaded {
+    /// Small frames read whole, each with its notice in front, back to back in `bytes`: one
+    /// piece, one write. Each frame comes with where its bytes end in `bytes`.
+    Run {
+        frames: Vec<(StoredFrame, usize)>,
+        bytes: Bytes,
+    },
     /// A small frame, read whole, with its notice in front.
     Whole { frame: StoredFrame, bytes: Bytes },
     /// A large frame: read a chunk at a time while it is offered.
@@ -156,43 +162,66 @@ pub(crate) async fn feed(mut feed: Feed) {
 }
 
 /// Up to `most` committed frames from `reader`: small ones read whole (CRC checked) with their
-/// notice in front, up to one chunk of bytes in all; a large one ends the batch unread.
+/// notice in front, gathered into runs, up to one chunk of bytes in all; a frame that does not
+/// check out is left for the delivery to settle, unsent; a large one ends the batch unread.
 fn read_batch(
     reader: &mut StoreReader,
     most: usize,
     notice: &NoticePrefix,
 ) -> Result<Vec<Loaded>, crate::hub::store::StoreError> {
     let mut batch = Vec::new();
-    let mut bytes = 0usize;
-    while batch.len() < most && bytes < CHUNK {
+    let mut run = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut large = None;
+    let mut count = 0;
+    while count < most && run.len() < CHUNK {
         let Some(frame) = reader.next_frame()? else {
             break;
         };
+        count += 1;
         if frame.len > CHUNK as u64 {
-            batch.push(Loaded::Large(frame));
+            large = Some(frame);
             break;
         }
-        match read_whole(&frame, notice) {
-            Ok(Some(whole)) => {
-                bytes += whole.len();
-                batch.push(Loaded::Whole {
-                    frame,
-                    bytes: whole,
-                });
-            }
-            // Does not check out: left for the delivery to settle, unsent.
-            Ok(None) => batch.push(Loaded::Whole {
-                frame,
-                bytes: Bytes::new(),
-            }),
-            Err(error) => {
-                return Err(crate::hub::store::StoreError::Io {
-                    path: "durable read".into(),
-                    source: error,
-                })
+        let start = run.len();
+        run.extend_from_slice(&notice.wire(frame.seq));
+        let body = run.len();
+        match reader.buffered(&frame) {
+            Some(bytes) => run.extend_from_slice(bytes),
+            None => {
+                let len = usize::try_from(frame.len).unwrap_or(usize::MAX);
+                run.resize(body + len, 0);
+                read_exactly(&frame, 0, &mut run[body..]).map_err(|source| {
+                    crate::hub::store::StoreError::Io {
+                        path: "durable read".into(),
+                        source,
+                    }
+                })?;
             }
         }
+        if crc32c::crc32c(&run[body..]) == frame.crc {
+            frames.push((frame, run.len()));
+            continue;
+        }
+        run.truncate(start);
+        if !frames.is_empty() {
+            batch.push(Loaded::Run {
+                frames: std::mem::take(&mut frames),
+                bytes: run.split().freeze(),
+            });
+        }
+        batch.push(Loaded::Whole {
+            frame,
+            bytes: Bytes::new(),
+        });
     }
+    if !frames.is_empty() {
+        batch.push(Loaded::Run {
+            frames,
+            bytes: run.freeze(),
+        });
+    }
+    batch.extend(large.map(Loaded::Large));
     Ok(batch)
 }
 
@@ -262,6 +291,24 @@ impl Feed {
     /// window.
     async fn deliver(&mut self, loaded: Loaded, deliveries: u32, gate: &Arc<Gate>) -> Delivered {
         let (frame, delivered) = match loaded {
+            Loaded::Run { frames, bytes } => {
+                let len = bytes.len() as u64;
+                let piece = Piece {
+                    status: self.status,
+                    kind: PieceKind::Whole,
+                    frames: u32::try_from(frames.len() * 2).unwrap_or(u32::MAX),
+                    bytes,
+                };
+                let delivered = self.offer(&piece, gate).await;
+                if delivered == Delivered::Yes {
+                    let end = self.outbox.bytes_out() + self.outbox.pending();
+                    for (frame, frame_end) in frames {
+                        let written_at_bytes = end.saturating_sub(len - frame_end as u64);
+                        self.in_flight(&frame, deliveries, written_at_bytes);
+                    }
+                }
+                return delivered;
+            }
             Loaded::Whole { frame, bytes } if bytes.is_empty() => {
                 self.corrupt(&frame);
                 return self.settle(frame.seq);
@@ -287,16 +334,23 @@ impl Feed {
                 other => other,
             };
         }
+        let written_at_bytes = self.outbox.bytes_out() + self.outbox.pending();
+        self.in_flight(&frame, deliveries, written_at_bytes);
+        Delivered::Yes
+    }
+
+    /// Records `frame` in the window as delivered, its last byte written once the subscriber's
+    /// wire has carried `written_at_bytes`.
+    fn in_flight(&self, frame: &StoredFrame, deliveries: u32, written_at_bytes: u64) {
+        let mut window = self.window.borrow_mut();
         let deliveries = deliveries.max(
-            self.window
-                .borrow()
+            window
                 .carried
                 .get(&frame.seq)
                 .map_or(1, |carried| carried + 1),
         );
         DurableCounters::add(&self.counters.delivered, 1);
-        let written_at_bytes = self.outbox.bytes_out() + self.outbox.pending();
-        self.window.borrow_mut().insert(
+        window.insert(
             frame.seq,
             InFlight {
                 len: frame.len,
@@ -305,7 +359,6 @@ impl Feed {
                 written: None,
             },
         );
-        Delivered::Yes
     }
 
     /// Waits until the subscriber has room for `len` more bytes (`continuing` the frame on its
@@ -571,6 +624,8 @@ impl Feed {
             (self.reread(seq).await, self.dead_letters.take())
         {
             match loaded {
+                // A reread is one frame: never a run.
+                Loaded::Run { .. } => {}
                 Loaded::Whole { bytes, .. } if !bytes.is_empty() => {
                     // The notice is not part of the frame; the status byte names the new code.
                     let skip = self.notice_prefix().wire(seq).len();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{fut, AsyncContext, Context};
+use bytes::BytesMut;
 
 use crate::frame::Status;
 use crate::hub::control::{self, CodeSet, GroupName, Reply, SubOptions};
@@ -21,37 +22,46 @@ const FEED_IDS: u64 = 1 << 62;
 static NEXT_FEED: AtomicU64 = AtomicU64::new(0);
 
 /// Where the store reports a publisher's stored frames: one reply each, in publication order,
-/// into its outbox, counting `pending` down. A session that lets too many replies wait behind a
-/// streamed frame it is receiving is closed, as for any reply.
+/// a batch's replies queued into its outbox together (one write, not one per frame), counting
+/// `pending` down. A session that lets too many replies wait behind a streamed frame it is
+/// receiving is closed, as for any reply.
 fn puback_sink(outbox: Arc<Outbox>, pending: Arc<AtomicU64>) -> AckSink {
-    Arc::new(move |outcome| {
-        // Counted down after the reply is queued: a session waiting for it to reach 0 before
-        // it closes (the publisher closed its side) then flushes it.
-        let _pending = Pending(&pending);
-        let reply = match outcome {
-            Ok(stored) => Reply::Stored {
-                status: stored.status,
-                seq: stored.seq,
-            },
-            Err(refused) => Reply::Err(refused.to_string()),
-        };
-        let Ok(wire) = reply.to_frame().to_wire() else {
-            return;
-        };
-        if outbox.reply(wire).is_err() {
+    Arc::new(move |outcomes| {
+        // Counted down after the replies are queued: a session waiting for it to reach 0
+        // before it closes (the publisher closed its side) then flushes them.
+        let _pending = Pending(&pending, outcomes.len() as u64);
+        let mut wire = BytesMut::new();
+        let mut frames = 0u32;
+        for outcome in outcomes {
+            let reply = match outcome {
+                Ok(stored) => Reply::Stored {
+                    status: stored.status,
+                    seq: stored.seq,
+                },
+                Err(refused) => Reply::Err(refused.to_string()),
+            };
+            if let Ok(frame) = reply.to_frame().to_wire() {
+                wire.extend_from_slice(&frame);
+                frames = frames.saturating_add(1);
+            }
+        }
+        if outbox.replies(wire.freeze(), frames).is_err() {
             outbox.kick(KickReason::SlowConsumer);
         }
     })
 }
 
-/// Counts a `PUBACK` outcome as reported when dropped (whichever way the sink returns).
-struct Pending<'a>(&'a AtomicU64);
+/// Counts `PUBACK` outcomes as reported when dropped (whichever way the sink returns).
+struct Pending<'a>(&'a AtomicU64, u64);
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
+        let reported = self.1;
         let _ = self
             .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(reported))
+            });
     }
 }
 

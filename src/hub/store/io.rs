@@ -255,21 +255,18 @@ impl IoThread {
                 retention::enforce(writer, now, cx);
             }
         }
-        for mut ack in acks {
-            if let Ok(seq) = ack.outcome {
-                let writer = self
-                    .writers
-                    .get(usize::from(ack.status.code()))
-                    .and_then(Option::as_ref);
-                if let Some(writer) = writer {
-                    if let Some(refused) = writer.refused(seq) {
-                        writer.count_refusal(refused, cx);
-                        ack.outcome = Err(refused.clone());
-                    }
-                }
+        for ack in &mut acks {
+            let Ok(seq) = ack.outcome else { continue };
+            let code = usize::from(ack.status.code());
+            let Some(writer) = self.writers.get(code).and_then(Option::as_ref) else {
+                continue;
+            };
+            if let Some(refused) = writer.refused(seq) {
+                writer.count_refusal(refused, cx);
+                ack.outcome = Err(refused.clone());
             }
-            ack.deliver();
         }
+        Ack::deliver_all(acks);
         for writer in self.writers.iter_mut().flatten() {
             writer.end_batch();
         }

@@ -177,6 +177,10 @@ impl StoredFrame {
     }
 }
 
+/// Committed bytes a reader reads at once from the segment it has open: a replay of small
+/// frames costs one read per this many bytes, not two per frame.
+const READ_AHEAD: u64 = 128 * 1024;
+
 /// Where a reader stands in a segment it has open.
 #[derive(Debug)]
 struct Open {
@@ -186,6 +190,44 @@ struct Open {
     /// The record of frame `seq` starts here (or a record before it: scanning skips).
     offset: u64,
     seq: u64,
+    /// Committed bytes of the segment read ahead, from file offset `ahead_at`; emptied when
+    /// the reader catches up (an idle reader holds no buffer).
+    ahead: Vec<u8>,
+    ahead_at: u64,
+}
+
+impl Open {
+    /// The bytes `at..at + len` if they are read ahead.
+    fn buffered(&self, at: u64, len: u64) -> Option<&[u8]> {
+        let start = usize::try_from(at.checked_sub(self.ahead_at)?).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        self.ahead.get(start..end)
+    }
+
+    /// The record header at `offset`, reading ahead up to `committed` bytes when it is not
+    /// in the buffer.
+    fn header_at(&mut self, offset: u64, committed: u64) -> Result<RecordHeader, StoreError> {
+        if self.buffered(offset, HEADER_LEN as u64).is_none() {
+            let want = committed.saturating_sub(offset).min(READ_AHEAD);
+            let want = usize::try_from(want).unwrap_or(HEADER_LEN).max(HEADER_LEN);
+            self.ahead.resize(want, 0);
+            self.ahead_at = offset;
+            if let Err(error) = self.file.read_exact_at(&mut self.ahead, offset) {
+                self.ahead.clear();
+                return Err(StoreError::io(&self.path)(error));
+            }
+        }
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            offset,
+            reason,
+        };
+        let bytes: &[u8; HEADER_LEN] = self
+            .buffered(offset, HEADER_LEN as u64)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| corrupt("a record header past the committed bytes".into()))?;
+        RecordHeader::decode(bytes).map_err(|error| corrupt(error.to_string()))
+    }
 }
 
 /// Replays a code's frames in order from a [`Position`], in bounded memory: it holds one open
@@ -240,6 +282,16 @@ impl StoreReader {
         self.next
     }
 
+    /// `frame`'s bytes, if this reader returned it and read them ahead with its header (a
+    /// small frame usually is): no read needed.
+    pub(crate) fn buffered(&self, frame: &StoredFrame) -> Option<&[u8]> {
+        let open = self.open.as_ref()?;
+        if !Arc::ptr_eq(&open.file, &frame.file) {
+            return None;
+        }
+        open.buffered(frame.offset, frame.len)
+    }
+
     /// The next committed frame, or `None` when the reader has caught up (call again after
     /// [`Store::watch`](super::Store::watch) moves). Frames deleted by retention meanwhile are
     /// skipped (the sequence numbers tell).
@@ -265,28 +317,29 @@ impl StoreReader {
     fn next_committed(&mut self) -> Result<Option<StoredFrame>, StoreError> {
         loop {
             // Where frame `next` is, as far as the committed view says.
-            let (first_seq, path, len, entry) = {
+            let (first_seq, len, entry, path) = {
                 let view = self.shared.view();
-                if self.next >= view.next_seq() {
-                    return Ok(None);
-                }
-                let Some(segment) = view
+                let segment = view
                     .segments
                     .iter()
                     .find(|segment| self.next < segment.next_seq)
-                else {
+                    .filter(|_| self.next < view.next_seq());
+                let Some(segment) = segment else {
+                    if let Some(open) = self.open.as_mut() {
+                        open.ahead = Vec::new();
+                    }
                     return Ok(None);
                 };
                 // Deleted by retention, or a gap a recovery cut left: go on from what is kept.
                 self.next = self.next.max(segment.first_seq);
                 let entry = index::floor_seq(&segment.index, self.next);
-                (segment.first_seq, segment.path.clone(), segment.len, entry)
+                let reuse = self.open.as_ref().is_some_and(|open| {
+                    open.first_seq == segment.first_seq && open.seq <= self.next
+                });
+                let path = (!reuse).then(|| segment.path.clone());
+                (segment.first_seq, segment.len, entry, path)
             };
-            let reuse = self
-                .open
-                .as_ref()
-                .is_some_and(|open| open.first_seq == first_seq && open.seq <= self.next);
-            if !reuse {
+            if let Some(path) = path {
                 let file = match File::open(&path) {
                     Ok(file) => Arc::new(file),
                     // Retention deleted it since: the view has moved on.
@@ -303,6 +356,8 @@ impl StoreReader {
                     path,
                     offset,
                     seq,
+                    ahead: Vec::new(),
+                    ahead_at: 0,
                 });
             }
             let Some(open) = self.open.as_mut() else {
@@ -314,7 +369,7 @@ impl StoreReader {
                 open.offset = entry.offset;
             }
             while open.offset < len {
-                let header = read_header(&open.file, &open.path, open.offset)?;
+                let header = open.header_at(open.offset, len)?;
                 if header.seq != open.seq {
                     return Err(StoreError::Corrupt {
                         path: open.path.clone(),

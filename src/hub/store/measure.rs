@@ -24,7 +24,8 @@ use crate::hub::delivery::flow::Gate;
 use crate::hub::delivery::relay::{Piece, PieceKind, CHUNK};
 use crate::hub::session::SessionId;
 use crate::hub::store::{
-    AckSink, CodeLimits, DurableCodes, Position, Store, StoreCounters, StoreSettings, SyncPolicy,
+    AckSink, CodeLimits, DurableCodes, Outcome, Position, Store, StoreCounters, StoreSettings,
+    SyncPolicy,
 };
 
 /// Frames a measuring publisher may have awaiting acknowledgement.
@@ -108,10 +109,9 @@ fn append_rate(
             std::thread::spawn(move || {
                 let mine = Arc::new(AtomicU64::new(0));
                 let counted = mine.clone();
-                let ack: AckSink = Arc::new(move |outcome| {
-                    if outcome.is_ok() {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                    }
+                let ack: AckSink = Arc::new(move |outcomes: &[Outcome]| {
+                    let stored = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+                    counted.fetch_add(stored as u64, Ordering::Relaxed);
                 });
                 let gate = Gate::new();
                 let pieces = pieces(&frame);
@@ -193,11 +193,10 @@ fn measure_recovery() {
         let acked = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
         let (counted, counted_refused) = (acked.clone(), refused.clone());
-        let ack: AckSink = Arc::new(move |outcome| {
-            if outcome.is_err() {
-                counted_refused.fetch_add(1, Ordering::Relaxed);
-            }
-            counted.fetch_add(1, Ordering::Relaxed);
+        let ack: AckSink = Arc::new(move |outcomes: &[Outcome]| {
+            let failed = outcomes.iter().filter(|outcome| outcome.is_err()).count();
+            counted_refused.fetch_add(failed as u64, Ordering::Relaxed);
+            counted.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
         });
         let gate = Gate::new();
         for _ in 0..frames {

@@ -463,11 +463,15 @@ pub(crate) enum StoreRefused {
     },
 }
 
-/// Where the outcome of each stored frame goes: called on the I/O thread, once per frame, in
-/// publication order within a code (a publisher's frames on two codes may be acknowledged out
-/// of order when one code's log is busy with another publisher's streamed frame). It must not
-/// block (queue a message to the session and return).
-pub(crate) type AckSink = Arc<dyn Fn(Result<Stored, StoreRefused>) + Send + Sync>;
+/// What became of one frame offered with an [`AckSink`].
+pub(crate) type Outcome = Result<Stored, StoreRefused>;
+
+/// Where the outcomes of stored frames go: called on the I/O thread once per batch with that
+/// batch's outcomes for this sink, in publication order within a code (a publisher's frames on
+/// two codes may be acknowledged out of order when one code's log is busy with another
+/// publisher's streamed frame). One call per batch, not per frame: a publisher's replies for a
+/// batch reach its socket in one write. It must not block (queue to the session and return).
+pub(crate) type AckSink = Arc<dyn Fn(&[Outcome]) + Send + Sync>;
 
 /// Where a reader starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::hub::delivery::relay::{Piece, PieceKind};
 use crate::hub::session::SessionId;
 use crate::hub::store::record::HEADER_LEN;
 use crate::hub::store::{
-    inspect, AckSink, CodeLimits, Discard, DurableCodes, Position, Store, StoreCounters,
+    inspect, AckSink, CodeLimits, Discard, DurableCodes, Outcome, Position, Store, StoreCounters,
     StoreRefused, StoreSettings, Stored,
 };
 
@@ -64,8 +64,10 @@ fn numbered(i: usize, size: usize) -> Bytes {
 
 fn sink() -> (AckSink, Receiver<Result<Stored, StoreRefused>>) {
     let (tx, rx) = channel();
-    let sink: AckSink = Arc::new(move |outcome| {
-        let _ = tx.send(outcome);
+    let sink: AckSink = Arc::new(move |outcomes: &[Outcome]| {
+        for outcome in outcomes {
+            let _ = tx.send(outcome.clone());
+        }
     });
     (sink, rx)
 }
@@ -184,6 +186,49 @@ fn frames_read_back_byte_identical_and_numbered_across_reopens() {
     assert_eq!(
         (stats[0].first_seq, stats[0].last_seq, stats[0].frames),
         (1, 50, 50)
+    );
+}
+
+#[test]
+fn frames_read_ahead_with_their_headers_match_the_file_and_the_rest_are_read() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings(dir.path(), CodeLimits::default());
+    let (store, _) = open(&settings);
+    // Sizes from a few bytes to 100 KiB: records straddle the reader's 128 KiB read-ahead.
+    let frames: Vec<Bytes> = (0..120)
+        .map(|i| numbered(i, (i * 7919) % 100_000))
+        .collect();
+    assert_eq!(append_all(&store, &frames).len(), frames.len());
+    let mut reader = store
+        .reader(code(5), Position::First)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut buffered, mut read) = (0, 0);
+    let mut seq = 0;
+    while let Some(frame) = reader.next_frame().unwrap_or_else(|e| panic!("{e}")) {
+        let expected = &frames[seq];
+        seq += 1;
+        assert_eq!(frame.seq, seq as u64);
+        match reader.buffered(&frame) {
+            Some(bytes) => {
+                assert_eq!(bytes, &expected[..], "frame {seq} as read ahead");
+                buffered += 1;
+            }
+            None => {
+                let mut bytes = vec![0u8; frame.len as usize];
+                let n = frame.read_at(0, &mut bytes).unwrap_or(0);
+                assert_eq!(
+                    (n, &bytes[..]),
+                    (expected.len(), &expected[..]),
+                    "frame {seq}"
+                );
+                read += 1;
+            }
+        }
+    }
+    assert_eq!(seq, frames.len());
+    assert!(
+        buffered > 60 && read > 0,
+        "{buffered} read ahead, {read} read alone"
     );
 }
 

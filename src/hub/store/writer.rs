@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::hub::store::log::{CodeShared, SegmentView};
 use crate::hub::store::record::{unix_nanos, RecordHeader, HEADER_LEN};
 use crate::hub::store::segment;
 use crate::hub::store::{
-    AckSink, CodeLimits, Discard, StoreCounters, StoreRefused, Stored, SyncPolicy,
+    AckSink, CodeLimits, Discard, Outcome, StoreCounters, StoreRefused, Stored, SyncPolicy,
 };
 use crate::scan::Scanner;
 
@@ -38,6 +39,9 @@ pub(crate) const WAIT_HIGH: u64 = 4 * 1024 * 1024;
 /// Records are gathered in a buffer and written together up to this size; larger frames are
 /// written straight from their bytes.
 const BUFFER: usize = 1024 * 1024;
+/// Bytes written to a segment after which the kernel is asked to start writing them to disk,
+/// while the batch goes on: the commit's `fdatasync` then finds most of them on their way.
+const WRITEBACK_STEP: u64 = 1024 * 1024;
 
 /// The outcome of one frame, delivered to its sink after the batch's commit.
 pub(crate) struct Ack {
@@ -47,11 +51,23 @@ pub(crate) struct Ack {
 }
 
 impl Ack {
-    /// Calls the sink, if any.
-    pub(crate) fn deliver(self) {
-        if let Some(sink) = self.sink {
-            let status = self.status;
-            sink(self.outcome.map(|seq| Stored { status, seq }));
+    /// Hands each outcome to its sink: one call per sink, its outcomes in order.
+    pub(crate) fn deliver_all(acks: Vec<Ack>) {
+        let mut by_sink: Vec<(AckSink, Vec<Outcome>)> = Vec::new();
+        for ack in acks {
+            let Some(sink) = ack.sink else { continue };
+            let status = ack.status;
+            let outcome = ack.outcome.map(|seq| Stored { status, seq });
+            match by_sink
+                .iter_mut()
+                .find(|(known, _)| Arc::ptr_eq(known, &sink))
+            {
+                Some((_, outcomes)) => outcomes.push(outcome),
+                None => by_sink.push((sink, vec![outcome])),
+            }
+        }
+        for (sink, outcomes) in by_sink {
+            sink(&outcomes);
         }
     }
 }
@@ -138,6 +154,8 @@ pub(crate) struct CodeWriter {
     rolled: Vec<SegmentView>,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// Offset in the active segment up to which writeback has been started.
+    writeback_at: u64,
     /// Frames and frame bytes written since the last commit point (a commit or a roll).
     pending: (u64, u64),
     /// Frames and frame bytes committed in this batch, for the counters.
@@ -211,6 +229,7 @@ impl CodeWriter {
             failure: None,
             rolled: Vec::new(),
             unsynced: false,
+            writeback_at: 0,
             pending: (0, 0),
             batch: (0, 0),
         }
@@ -257,6 +276,7 @@ impl CodeWriter {
             self.apply(from, piece, ack, acks, cx);
             self.drain_waiting(acks, cx);
             self.free_owner();
+            self.start_writeback(cx);
             return;
         }
         self.waiting_bytes += piece.bytes.len() as u64;
@@ -732,6 +752,39 @@ impl CodeWriter {
         });
     }
 
+    /// Under `always` and `interval=`, asks the kernel to start writing what is written to the
+    /// active segment once a step of it has gathered (`sync_file_range`, a hint: the commit's
+    /// `fdatasync` still decides what is stored).
+    fn start_writeback(&mut self, cx: &WriteContext) {
+        let written = if self.buf.is_empty() {
+            self.active.len
+        } else {
+            self.buf_at
+        };
+        if cx.sync == SyncPolicy::Os || written < self.writeback_at + WRITEBACK_STEP {
+            return;
+        }
+        let (Ok(from), Ok(len)) = (
+            i64::try_from(self.writeback_at),
+            i64::try_from(written - self.writeback_at),
+        ) else {
+            return;
+        };
+        // SAFETY: `sync_file_range` only reads its integer arguments; the descriptor is the
+        // active segment's, open for as long as `self.active` lives.
+        let started = unsafe {
+            libc::sync_file_range(
+                self.active.file.as_raw_fd(),
+                from,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if started == 0 {
+            self.writeback_at = written;
+        }
+    }
+
     /// Writes the gathered records.
     fn flush(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
@@ -749,6 +802,7 @@ impl CodeWriter {
             warn!(code = self.status.code(), %error, "cannot cut a dropped frame from the log");
         }
         self.active.len = len;
+        self.writeback_at = self.writeback_at.min(len);
     }
 
     /// A write or sync failed: everything since the last commit is rolled back and refused.
@@ -819,6 +873,7 @@ impl CodeWriter {
             index_len: 0,
         };
         self.buf_at = 0;
+        self.writeback_at = 0;
         self.unsynced = false;
         self.batch.0 += std::mem::take(&mut self.pending.0);
         self.batch.1 += std::mem::take(&mut self.pending.1);

@@ -11,7 +11,9 @@
 //! - Rooms: `record` (the on-disk record header), `segment` (segment files and their names),
 //!   `index` (the sparse index), `log` (one code's log: the I/O thread's side and the readers'
 //!   view), `recover` (open-time scan and torn-tail cut), `retention`, `cursors`, `io` (the I/O
-//!   thread, group commit, disk-full handling), [`inspect`] (the offline `tej-hub store` command).
+//!   thread, group commit, disk-full handling), `stage` (small streamed frames gathered in memory
+//!   until whole, so several publishers' frames do not wait for each other's tail),
+//!   [`inspect`] (the offline `tej-hub store` command).
 //!
 //! # Lock order
 //! Every lock here is a leaf: the I/O queue (`io`), a code's view (`log`), the cursor table
@@ -27,6 +29,7 @@ pub mod record;
 mod recover;
 mod retention;
 mod segment;
+mod stage;
 mod writer;
 
 #[cfg(test)]

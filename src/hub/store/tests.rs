@@ -236,9 +236,10 @@ fn frames_read_ahead_with_their_headers_match_the_file_and_the_rest_are_read() {
 fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (store, counters) = open(&settings(dir.path(), CodeLimits::default()));
+    // Larger than a frame the store gathers in memory: it streams to the tail.
     let big = wire(
         &Frame::builder(code(5))
-            .file("big", vec![7u8; 700_000])
+            .file("big", vec![7u8; 4_500_000])
             .message("end")
             .build(),
     );
@@ -267,8 +268,11 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
     assert_eq!(got, [1, 2]);
     let read = read_all(&store, Position::First);
     assert_eq!(read.len(), 2);
-    assert_eq!(read[0].1[..], big[..], "the streamed frame completed first");
-    assert_eq!(read[1].1[..], other[..]);
+    assert!(
+        read[0].1[..] == big[..],
+        "the streamed frame completed first"
+    );
+    assert!(read[1].1[..] == other[..]);
     assert_eq!(counters.abandoned.load(Ordering::Relaxed), 1);
     drop(store);
     assert!(inspect::check(dir.path())
@@ -285,10 +289,11 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
 fn waiting_pieces_keep_each_publishers_order() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (store, _) = open(&settings(dir.path(), CodeLimits::default()));
+    // Larger than a frame the store gathers in memory: each streams to the tail.
     let big = |fill: u8| {
         wire(
             &Frame::builder(code(5))
-                .file("big", vec![fill; 300_000])
+                .file("big", vec![fill; 4_300_000])
                 .message("end")
                 .build(),
         )
@@ -321,7 +326,63 @@ fn waiting_pieces_keep_each_publishers_order() {
         .into_iter()
         .map(|(_, frame)| frame)
         .collect();
-    assert_eq!(read, [zero.to_vec(), one.to_vec(), two.to_vec()]);
+    assert!(read == [zero.to_vec(), one.to_vec(), two.to_vec()]);
+}
+
+/// Small streamed frames of several publishers are gathered in memory and stored as each
+/// completes, none waiting for another's tail (they used to be written one at a time, each
+/// publisher's frame behind the one that began first); one announced small that grows past
+/// the stage's bound spills to the tail as a streamed frame; an abandoned one leaves nothing.
+#[test]
+fn small_streamed_frames_of_several_publishers_complete_side_by_side() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, counters) = open(&settings(dir.path(), CodeLimits::default()));
+    let frame = |fill: u8, file: usize, message: usize| {
+        wire(
+            &Frame::builder(code(5))
+                .file("f", vec![fill; file])
+                .message(vec![fill; message])
+                .build(),
+        )
+    };
+    let (a, b) = (frame(1, 600_000, 10), frame(2, 300_000, 10));
+    // Its first piece announces 1 KiB of file; the message after it is 5 MB.
+    let grows = frame(3, 1000, 5_000_000);
+    let (ack, acks) = sink();
+    let gate = Gate::new();
+    let send = |from: u64, kind, bytes: Bytes| {
+        let piece = Piece {
+            status: code(5),
+            kind,
+            frames: u32::from(kind == PieceKind::Last),
+            bytes,
+        };
+        store.append(SessionId::new(from), &gate, &piece, Some(ack.clone()));
+    };
+    send(1, PieceKind::First, a.slice(..1000));
+    send(2, PieceKind::First, b.slice(..1000));
+    send(3, PieceKind::First, grows.slice(..900));
+    send(2, PieceKind::Last, b.slice(1000..));
+    // Publisher 2's frame is stored while 1's and 3's are still arriving.
+    assert_eq!(received(&acks, 1), [1], "b stored first");
+    send(3, PieceKind::Middle, grows.slice(900..4_500_000));
+    send(1, PieceKind::Middle, a.slice(1000..2000));
+    send(4, PieceKind::First, a.slice(..1000));
+    store.abandon(SessionId::new(4));
+    send(1, PieceKind::Last, a.slice(2000..));
+    send(3, PieceKind::Last, grows.slice(4_500_000..));
+    let mut got = received(&acks, 2);
+    got.sort_unstable();
+    assert_eq!(got, [2, 3], "a and the grown frame stored (0 is a refusal)");
+    let read = read_all(&store, Position::First);
+    assert_eq!(read.len(), 3);
+    assert!(read[0].1[..] == b[..], "b first, byte-identical");
+    let rest: Vec<&[u8]> = read[1..].iter().map(|(_, bytes)| &bytes[..]).collect();
+    assert!(
+        rest.contains(&&a[..]) && rest.contains(&&grows[..]),
+        "a and the grown frame byte-identical"
+    );
+    assert_eq!(counters.abandoned.load(Ordering::Relaxed), 1);
 }
 
 /// The last segment's file of code 5.

@@ -28,6 +28,7 @@ use crate::hub::store::index::{self, IndexEntry, INTERVAL};
 use crate::hub::store::log::{CodeShared, SegmentView};
 use crate::hub::store::record::{unix_nanos, RecordHeader, HEADER_LEN};
 use crate::hub::store::segment;
+use crate::hub::store::stage::{announced_len, Stages, Staging};
 use crate::hub::store::{
     AckSink, CodeLimits, Discard, Outcome, StoreCounters, StoreRefused, Stored, SyncPolicy,
 };
@@ -145,6 +146,8 @@ pub(crate) struct CodeWriter {
     /// File offset of `buf[0]`.
     buf_at: u64,
     stream: Option<Stream>,
+    /// Small streamed frames gathered until whole.
+    stages: Stages,
     waiting: VecDeque<Waiting>,
     waiting_bytes: u64,
     held: Vec<(SessionId, Arc<Gate>)>,
@@ -223,6 +226,7 @@ impl CodeWriter {
             buf: Vec::new(),
             buf_at: last.len,
             stream: None,
+            stages: Stages::default(),
             waiting: VecDeque::new(),
             waiting_bytes: 0,
             held: Vec::new(),
@@ -260,9 +264,32 @@ impl CodeWriter {
         self.sealed.iter().map(SegmentView::frames).sum::<u64>() + self.active.frames
     }
 
-    /// A piece from publisher `from`: written now, or kept waiting while another publisher's
-    /// streamed frame owns the tail.
+    /// A piece from publisher `from`: gathered while its small frame is incomplete (`stage`),
+    /// written now, or kept waiting while another publisher's streamed frame owns the tail.
     pub(crate) fn offer(
+        &mut self,
+        from: SessionId,
+        gate: &Arc<Gate>,
+        piece: Piece,
+        ack: Option<AckSink>,
+        acks: &mut Vec<Ack>,
+        cx: &WriteContext,
+    ) {
+        let may_start = !self.waiting.iter().any(|waiting| waiting.from == from);
+        match self.stages.take(from, piece, may_start) {
+            Staging::Kept => {}
+            Staging::Pieces(pieces) => {
+                for piece in pieces {
+                    self.place(from, gate, piece, ack.clone(), acks, cx);
+                }
+            }
+        }
+        self.start_writeback(cx);
+    }
+
+    /// Writes `piece` now, or keeps it waiting while another publisher's streamed frame owns
+    /// the tail.
+    fn place(
         &mut self,
         from: SessionId,
         gate: &Arc<Gate>,
@@ -276,7 +303,6 @@ impl CodeWriter {
             self.apply(from, piece, ack, acks, cx);
             self.drain_waiting(acks, cx);
             self.free_owner();
-            self.start_writeback(cx);
             return;
         }
         self.waiting_bytes += piece.bytes.len() as u64;
@@ -290,6 +316,10 @@ impl CodeWriter {
     /// Publisher `from` went away: its streamed frame (if it owns the tail) is cut off, and its
     /// waiting pieces of an unfinished frame dropped.
     pub(crate) fn abandon(&mut self, from: SessionId, acks: &mut Vec<Ack>, cx: &WriteContext) {
+        if self.stages.abandon(from) {
+            StoreCounters::add(&cx.counters.abandoned, 1);
+            debug!(code = self.status.code(), session = %from, "staged frame abandoned");
+        }
         if self
             .stream
             .as_ref()
@@ -607,13 +637,7 @@ impl CodeWriter {
     }
 
     fn start_stream(&mut self, from: SessionId, bytes: &Bytes, cx: &WriteContext) {
-        // The frame's length as far as its first piece announces it.
-        let mut scanner = Scanner::new(Limits::frame_only(u64::MAX));
-        let mut at = 0;
-        while let Ok(Some(step)) = scanner.step(&bytes[at..]) {
-            at += step.wire_len();
-        }
-        let announced = scanner.announced().max(bytes.len() as u64);
+        let announced = announced_len(bytes);
         let mut failed = self
             .failure
             .as_ref()

@@ -183,27 +183,16 @@ fn read_batch(
             large = Some(frame);
             break;
         }
-        let start = run.len();
-        run.extend_from_slice(&notice.wire(frame.seq));
-        let body = run.len();
-        match reader.buffered(&frame) {
-            Some(bytes) => run.extend_from_slice(bytes),
-            None => {
-                let len = usize::try_from(frame.len).unwrap_or(usize::MAX);
-                run.resize(body + len, 0);
-                read_exactly(&frame, 0, &mut run[body..]).map_err(|source| {
-                    crate::hub::store::StoreError::Io {
-                        path: "durable read".into(),
-                        source,
-                    }
-                })?;
-            }
-        }
-        if crc32c::crc32c(&run[body..]) == frame.crc {
+        let checked = append_checked(&mut run, &frame, reader.buffered(&frame), notice).map_err(
+            |source| crate::hub::store::StoreError::Io {
+                path: "durable read".into(),
+                source,
+            },
+        )?;
+        if checked {
             frames.push((frame, run.len()));
             continue;
         }
-        run.truncate(start);
         if !frames.is_empty() {
             batch.push(Loaded::Run {
                 frames: std::mem::take(&mut frames),
@@ -248,16 +237,37 @@ impl NoticePrefix {
 /// The notice of `frame` followed by its bytes, read and checked; `None` when they do not match
 /// their checksum.
 fn read_whole(frame: &StoredFrame, notice: &NoticePrefix) -> std::io::Result<Option<Bytes>> {
-    let head = notice.wire(frame.seq);
-    let len = usize::try_from(frame.len).unwrap_or(usize::MAX);
-    let mut bytes = BytesMut::with_capacity(head.len() + len);
-    bytes.extend_from_slice(&head);
-    bytes.resize(head.len() + len, 0);
-    read_exactly(frame, 0, &mut bytes[head.len()..])?;
-    if crc32c::crc32c(&bytes[head.len()..]) != frame.crc {
-        return Ok(None);
+    let mut bytes = BytesMut::new();
+    Ok(append_checked(&mut bytes, frame, None, notice)?.then(|| bytes.freeze()))
+}
+
+/// Appends `frame`'s notice and bytes to `run` (the bytes from `buffered` when the reader has
+/// them, else read); whether they match their checksum (when not, `run` is left as it was).
+fn append_checked(
+    run: &mut BytesMut,
+    frame: &StoredFrame,
+    buffered: Option<&[u8]>,
+    notice: &NoticePrefix,
+) -> std::io::Result<bool> {
+    let start = run.len();
+    run.extend_from_slice(&notice.wire(frame.seq));
+    let body = run.len();
+    match buffered {
+        Some(bytes) => run.extend_from_slice(bytes),
+        None => {
+            let len = usize::try_from(frame.len).unwrap_or(usize::MAX);
+            run.resize(body + len, 0);
+            if let Err(error) = read_exactly(frame, 0, &mut run[body..]) {
+                run.truncate(start);
+                return Err(error);
+            }
+        }
     }
-    Ok(Some(bytes.freeze()))
+    let checked = crc32c::crc32c(&run[body..]) == frame.crc;
+    if !checked {
+        run.truncate(start);
+    }
+    Ok(checked)
 }
 
 /// Fills `buf` with `frame`'s bytes from `at`.

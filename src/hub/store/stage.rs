@@ -29,15 +29,6 @@ struct Staged {
     bytes: u64,
 }
 
-/// What to do with a piece after staging had its say.
-pub(crate) enum Staging {
-    /// Kept: nothing to write yet.
-    Kept,
-    /// These pieces go on to the log as they are, in order (a whole run, a streamed frame that
-    /// is not staged, or a staged one that grew too large and spills).
-    Pieces(Vec<Piece>),
-}
-
 /// The streamed frames being gathered for one code.
 #[derive(Default)]
 pub(crate) struct Stages {
@@ -46,20 +37,22 @@ pub(crate) struct Stages {
 }
 
 impl Stages {
-    /// Takes `piece` from `from`. A first piece is staged when its frame is small enough, there
-    /// is room, and `may_start` (the publisher has nothing ahead of it waiting for the tail, so
-    /// its order holds); later pieces join their frame's stage.
-    pub(crate) fn take(&mut self, from: SessionId, piece: Piece, may_start: bool) -> Staging {
+    /// Takes `piece` from `from` and returns the pieces that go on to the log now, in order:
+    /// none while a frame is gathered, the whole frame when its last piece came, the pieces as
+    /// they came when it grew too large (it streams), or `piece` itself when it is not staged.
+    /// A first piece is staged when its frame is small enough, there is room, and `may_start`
+    /// (the publisher has nothing ahead of it waiting for the tail, so its order holds).
+    pub(crate) fn take(&mut self, from: SessionId, piece: Piece, may_start: bool) -> Vec<Piece> {
         let len = piece.bytes.len() as u64;
         match piece.kind {
-            PieceKind::Whole => Staging::Pieces(vec![piece]),
+            PieceKind::Whole => vec![piece],
             PieceKind::First => {
                 let announced = announced_len(&piece.bytes);
                 if !may_start
                     || announced > STAGE_FRAME_MAX
                     || self.bytes.saturating_add(announced) > STAGE_HIGH
                 {
-                    return Staging::Pieces(vec![piece]);
+                    return vec![piece];
                 }
                 self.bytes += len;
                 self.staged.push(Staged {
@@ -68,11 +61,11 @@ impl Stages {
                     rest: Vec::new(),
                     bytes: len,
                 });
-                Staging::Kept
+                Vec::new()
             }
             PieceKind::Middle | PieceKind::Last => {
                 let Some(at) = self.staged.iter().position(|staged| staged.from == from) else {
-                    return Staging::Pieces(vec![piece]);
+                    return vec![piece];
                 };
                 let last = piece.kind == PieceKind::Last;
                 let staged = &mut self.staged[at];
@@ -81,14 +74,14 @@ impl Stages {
                 self.bytes += len;
                 let too_large = staged.bytes > STAGE_FRAME_MAX || self.bytes > STAGE_HIGH;
                 if !last && !too_large {
-                    return Staging::Kept;
+                    return Vec::new();
                 }
                 let staged = self.staged.swap_remove(at);
                 self.bytes -= staged.bytes;
                 if last {
-                    Staging::Pieces(vec![staged.whole()])
+                    vec![staged.whole()]
                 } else {
-                    Staging::Pieces(staged.spill())
+                    staged.spill()
                 }
             }
         }

@@ -28,7 +28,7 @@ use crate::hub::store::index::{self, IndexEntry, INTERVAL};
 use crate::hub::store::log::{CodeShared, SegmentView};
 use crate::hub::store::record::{unix_nanos, RecordHeader, HEADER_LEN};
 use crate::hub::store::segment;
-use crate::hub::store::stage::{announced_len, Stages, Staging};
+use crate::hub::store::stage::{announced_len, Stages};
 use crate::hub::store::{
     AckSink, CodeLimits, Discard, Outcome, StoreCounters, StoreRefused, Stored, SyncPolicy,
 };
@@ -276,13 +276,8 @@ impl CodeWriter {
         cx: &WriteContext,
     ) {
         let may_start = !self.waiting.iter().any(|waiting| waiting.from == from);
-        match self.stages.take(from, piece, may_start) {
-            Staging::Kept => {}
-            Staging::Pieces(pieces) => {
-                for piece in pieces {
-                    self.place(from, gate, piece, ack.clone(), acks, cx);
-                }
-            }
+        for piece in self.stages.take(from, piece, may_start) {
+            self.place(from, gate, piece, ack.clone(), acks, cx);
         }
         self.start_writeback(cx);
     }

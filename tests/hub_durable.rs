@@ -602,3 +602,213 @@ async fn hub_client_publishes_with_acks_and_consumes_durably() {
         Err(tej_hub::hub::HubError::Refused(reason)) if reason.contains("no durable codes")
     ));
 }
+
+/// Deletes cursor `name` on code 5 through `conn` and checks the reply.
+async fn delete_cursor(conn: &mut hub_common::Conn, name: &str) {
+    assert_eq!(
+        control(conn, &format!("UNSUB 5 durable={name} delete=yes")).await,
+        format!("OK UNSUB 5 durable={name} delete=yes")
+    );
+}
+
+/// `UNSUB ... delete=yes` by the session holding the cursor: its feed stops, and a later `SUB`
+/// with the name starts a new cursor at its `from=` — `new` skips what was published before,
+/// `all` replays it from the first frame (so the cursor was forgotten, not moved).
+#[tokio::test]
+async fn a_deleted_cursor_is_forgotten_and_a_later_sub_starts_afresh() {
+    let dir = StoreDir::new("delete");
+    let hub = durable_hub(&dir, &[]);
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=d from=all").await,
+        "OK SUB 5 durable=d from=all"
+    );
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let frames: Vec<Frame> = (0..3).map(|i| numbered(5, i, 50)).collect();
+    publish_acknowledged(&mut publisher, &frames).await;
+    for seq in 1..=3 {
+        assert_eq!(next_delivery(&mut subscriber, "d").await.0, seq);
+    }
+    // Only the first acknowledged: a resumed cursor would deliver 2 and 3 again.
+    send(&mut subscriber, control_frame("ACK d 5 1")).await;
+    delete_cursor(&mut subscriber, "d").await;
+    assert_eq!(
+        control(&mut subscriber, "ACK d 5 3").await,
+        "ERR durable d not attached for code 5"
+    );
+    assert_eq!(
+        info(&mut subscriber).await["durable"],
+        serde_json::json!([])
+    );
+
+    // from=new (the default): nothing published before, then the next frame.
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
+    hub_common::expect_silence(&mut subscriber, Duration::from_millis(500)).await;
+    publish_acknowledged(&mut publisher, &[numbered(5, 3, 50)]).await;
+    let (seq, frame) = next_delivery(&mut subscriber, "d").await;
+    assert_eq!((seq, message_number(&frame)), (4, 3));
+
+    // from=all after another delete: every frame kept, from the first.
+    delete_cursor(&mut subscriber, "d").await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=d from=all").await,
+        "OK SUB 5 durable=d from=all"
+    );
+    for seq in 1..=4 {
+        let (got, frame) = next_delivery(&mut subscriber, "d").await;
+        assert_eq!((got, message_number(&frame)), (seq, seq - 1));
+    }
+}
+
+/// A delete is refused, with nothing deleted, when another session holds the cursor, when the
+/// cursor does not exist, or when it lacks one of the listed codes; the option parser refuses
+/// `delete=` on `SUB`, without `durable=`, or with a value other than `yes`.
+#[tokio::test]
+async fn a_delete_is_refused_for_a_cursor_in_use_or_unknown_and_nothing_changes() {
+    let dir = StoreDir::new("delete-refused");
+    let hub = durable_hub(&dir, &[]);
+    let mut holder = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut holder, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
+    let mut other = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut other, "UNSUB 5 durable=d delete=yes").await,
+        "ERR durable d in use"
+    );
+    assert_eq!(
+        control(&mut other, "UNSUB 5 durable=nobody delete=yes").await,
+        "ERR durable nobody not found for code 5"
+    );
+    // Code 6 is not one of the cursor's: code 5 is not deleted either.
+    assert_eq!(
+        control(&mut holder, "UNSUB 5,6 durable=d delete=yes").await,
+        "ERR durable d not found for code 6"
+    );
+    for (command, refusal) in [
+        (
+            "SUB 5 durable=d delete=yes",
+            "ERR delete= is for UNSUB only",
+        ),
+        ("UNSUB 5 delete=yes", "ERR delete= needs durable="),
+        (
+            "UNSUB 5 durable=d delete=no",
+            "ERR delete takes yes, not \"no\"",
+        ),
+    ] {
+        assert_eq!(control(&mut other, command).await, refusal, "{command}");
+    }
+    // The cursor still works for its holder.
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    publish_acknowledged(&mut publisher, &[numbered(5, 0, 10)]).await;
+    assert_eq!(next_delivery(&mut holder, "d").await.0, 1);
+    send(&mut holder, control_frame("ACK d 5 1")).await;
+    assert_eq!(
+        info(&mut holder).await["durable"][0]["codes"][0]["acked"],
+        1
+    );
+
+    // Once the holder has gone, another session may delete it.
+    drop(holder);
+    let mut reply = String::new();
+    for _ in 0..50 {
+        reply = control(&mut other, "UNSUB 5 durable=d delete=yes").await;
+        if reply.starts_with("OK") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reply, "OK UNSUB 5 durable=d delete=yes");
+}
+
+/// A deleted cursor leaves `/varz`, `/subsz` and (once the I/O thread has saved the file)
+/// `tej-hub store cursors`; after a `kill -9` and restart it is still gone while the other
+/// cursor is kept, and the name starts afresh.
+#[tokio::test]
+async fn a_deleted_cursor_leaves_monitoring_and_stays_deleted_across_a_restart() {
+    let dir = StoreDir::new("delete-restart");
+    let mut hub = durable_hub(&dir, &["--http", "127.0.0.1:0"]);
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let mut subscriber = connect(hub.addr).await;
+    for name in ["gone", "kept"] {
+        assert_eq!(
+            control(&mut subscriber, &format!("SUB 5 durable={name}")).await,
+            format!("OK SUB 5 durable={name}")
+        );
+    }
+    publish_acknowledged(&mut publisher, &[numbered(5, 0, 10), numbered(5, 1, 10)]).await;
+    let mut got = BTreeMap::new();
+    for _ in 0..4 {
+        let notice = recv(&mut subscriber).await;
+        let text = String::from_utf8_lossy(&notice.message).into_owned();
+        let name = text
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let frame = recv(&mut subscriber).await;
+        got.entry(name)
+            .or_insert_with(Vec::new)
+            .push(message_number(&frame));
+    }
+    assert_eq!(got["gone"], [0, 1], "{got:?}");
+    assert_eq!(got["kept"], [0, 1], "{got:?}");
+    send(&mut subscriber, control_frame("ACK kept 5 2")).await;
+    wait_for_saved_ack(&dir, "kept", 5, 2).await;
+    assert_eq!(saved_cursors(&dir).len(), 2);
+
+    delete_cursor(&mut subscriber, "gone").await;
+    let mine = info(&mut subscriber).await;
+    assert_eq!(mine["durable"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["durable"][0]["name"], "kept");
+    let web = hub.monitor_addr();
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|sub| sub["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let varz = get_async(web, "/varz").await.json();
+    assert_eq!(names(&varz["store"]["subscriptions"]), ["kept"]);
+    let subsz = get_async(web, "/subsz").await.json();
+    assert_eq!(names(&subsz["durable"]), ["kept"]);
+
+    // The cursor file is saved by the store's I/O thread after the reply (as every cursor
+    // change is): wait until it shows the delete, then kill -9.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = saved_cursors(&dir);
+        if saved == [("kept".to_owned(), 5, 2, 0)] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete was not saved: {saved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(subscriber);
+    drop(publisher);
+    drop(hub);
+    hub = durable_hub(&dir, &["--http", "127.0.0.1:0"]);
+    assert_eq!(saved_cursors(&dir), [("kept".to_owned(), 5, 2, 0)]);
+    let varz = get_async(hub.monitor_addr(), "/varz").await.json();
+    assert_eq!(names(&varz["store"]["subscriptions"]), ["kept"]);
+    // The name starts afresh (from=new): the two frames before are not delivered.
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=gone").await,
+        "OK SUB 5 durable=gone"
+    );
+    hub_common::expect_silence(&mut subscriber, Duration::from_millis(500)).await;
+}

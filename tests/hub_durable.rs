@@ -685,10 +685,23 @@ async fn a_delete_is_refused_for_a_cursor_in_use_or_unknown_and_nothing_changes(
         control(&mut other, "UNSUB 5 durable=nobody delete=yes").await,
         "ERR durable nobody not found for code 5"
     );
-    // Code 6 is not one of the cursor's: code 5 is not deleted either.
     assert_eq!(
         control(&mut holder, "UNSUB 5,6 durable=d delete=yes").await,
         "ERR durable d not found for code 6"
+    );
+    // A free cursor (no session holds it) that lacks code 6: code 5 is not deleted either, so a
+    // later SUB resumes it (a new cursor, from=new, would skip the frame published meanwhile).
+    assert_eq!(
+        control(&mut other, "SUB 5 durable=free from=all").await,
+        "OK SUB 5 durable=free from=all"
+    );
+    assert_eq!(
+        control(&mut other, "UNSUB 5 durable=free").await,
+        "OK UNSUB 5 durable=free"
+    );
+    assert_eq!(
+        control(&mut other, "UNSUB 5,6 durable=free delete=yes").await,
+        "ERR durable free not found for code 6"
     );
     for (command, refusal) in [
         (
@@ -713,6 +726,11 @@ async fn a_delete_is_refused_for_a_cursor_in_use_or_unknown_and_nothing_changes(
         info(&mut holder).await["durable"][0]["codes"][0]["acked"],
         1
     );
+    assert_eq!(
+        control(&mut other, "SUB 5 durable=free").await,
+        "OK SUB 5 durable=free"
+    );
+    assert_eq!(next_delivery(&mut other, "free").await.0, 1);
 
     // Once the holder has gone, another session may delete it.
     drop(holder);

@@ -52,21 +52,43 @@ fn saved_cursors(dir: &StoreDir) -> Vec<(String, u8, u64, usize)> {
 /// Waits (at most 10 s) until `tej-hub store cursors` shows cursor `name` acknowledged up to
 /// `acked` on `code`: the hub has read the `ACK` and its I/O thread saved it.
 async fn wait_for_saved_ack(dir: &StoreDir, name: &str, code: u8, acked: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let saved = saved_cursors(dir);
-        if saved
+    wait_for_saved(dir, |saved| {
+        saved
             .iter()
             .any(|(n, c, a, _)| n == name && *c == code && *a >= acked)
-        {
+    })
+    .await;
+}
+
+/// Waits (at most 10 s) until `tej-hub store cursors` shows what `saved` accepts (the hub's I/O
+/// thread saves the cursors shortly after each change).
+async fn wait_for_saved(dir: &StoreDir, saved: impl Fn(&[(String, u8, u64, usize)]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cursors = saved_cursors(dir);
+        if saved(&cursors) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "cursor {name} not saved at {acked} on {code}: {saved:?}"
+            "cursors not saved as expected: {cursors:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends `command` until it is answered `OK` (at most 50 times, 20 ms apart: the hub notices a
+/// closed session within a moment) and returns the last reply.
+async fn until_ok(conn: &mut hub_common::Conn, command: &str) -> String {
+    let mut reply = String::new();
+    for _ in 0..50 {
+        reply = control(conn, command).await;
+        if reply.starts_with("OK") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reply
 }
 
 #[tokio::test]
@@ -225,16 +247,11 @@ async fn a_cursor_is_held_by_one_session_at_a_time() {
         "ERR durable d not attached for code 5"
     );
     drop(first);
-    // Freed when the first session ends (the hub notices the close within a moment).
-    let mut attached = String::new();
-    for _ in 0..50 {
-        attached = control(&mut second, "SUB 5 durable=d").await;
-        if attached.starts_with("OK") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(attached, "OK SUB 5 durable=d");
+    // Freed when the first session ends.
+    assert_eq!(
+        until_ok(&mut second, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
 }
 
 #[tokio::test]
@@ -734,15 +751,10 @@ async fn a_delete_is_refused_for_a_cursor_in_use_or_unknown_and_nothing_changes(
 
     // Once the holder has gone, another session may delete it.
     drop(holder);
-    let mut reply = String::new();
-    for _ in 0..50 {
-        reply = control(&mut other, "UNSUB 5 durable=d delete=yes").await;
-        if reply.starts_with("OK") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(reply, "OK UNSUB 5 durable=d delete=yes");
+    assert_eq!(
+        until_ok(&mut other, "UNSUB 5 durable=d delete=yes").await,
+        "OK UNSUB 5 durable=d delete=yes"
+    );
 }
 
 /// A deleted cursor leaves `/varz`, `/subsz` and (once the I/O thread has saved the file)
@@ -803,23 +815,13 @@ async fn a_deleted_cursor_leaves_monitoring_and_stays_deleted_across_a_restart()
 
     // The cursor file is saved by the store's I/O thread after the reply (as every cursor
     // change is): wait until it shows the delete, then kill -9.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let saved = saved_cursors(&dir);
-        if saved == [("kept".to_owned(), 5, 2, 0)] {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the delete was not saved: {saved:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let only_kept = [("kept".to_owned(), 5, 2, 0)];
+    wait_for_saved(&dir, |saved| saved == only_kept).await;
     drop(subscriber);
     drop(publisher);
     drop(hub);
     hub = durable_hub(&dir, &["--http", "127.0.0.1:0"]);
-    assert_eq!(saved_cursors(&dir), [("kept".to_owned(), 5, 2, 0)]);
+    assert_eq!(saved_cursors(&dir), only_kept);
     let varz = get_async(hub.monitor_addr(), "/varz").await.json();
     assert_eq!(names(&varz["store"]["subscriptions"]), ["kept"]);
     // The name starts afresh (from=new): the two frames before are not delivered.

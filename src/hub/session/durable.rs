@@ -1,6 +1,6 @@
 //! A session's durable side: `PUBACK`, `SUB`/`UNSUB ... durable=`, `UNSUB ... delete=yes`, `ACK`,
-//! and detaching when the session ends. The mechanics (cursors, windows, feeds) live in `hub::durable`; this is the
-//! session's end of them.
+//! and detaching when the session ends. The mechanics (cursors, windows, feeds) live in
+//! `hub::durable`; this is the session's end of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -31,7 +31,8 @@ FRAMES = {
 SETUPS = [bytes([0, 5, 0, 1]), bytes([1, 0xff, 3, 7]), bytes([3, 4, 4, 9]), bytes([5, 13, 2, 42])]
 COMMANDS = [b'SUB 5', b'sub 5, 6 8-9\n', b'UNSUB *', b'ECHO on', b'echo OFF', b'INFO',
             b'SLOW drop', b'SLOW block', b'SUB 1 - 3', b'SUB 0-126', b'SUB 2', b'UNSUB 127',
-            b'SUB 0005,,006', b'BOGUS x']
+            b'SUB 0005,,006', b'BOGUS x', b'UNSUB 5,6 durable=jobs delete=yes',
+            b'SUB 5 durable=jobs delete=yes', b'OK UNSUB 5 durable=jobs delete=yes']
 CONFIGS = {
     'full.toml': '''listen = "127.0.0.1:9000"
 workers = 2

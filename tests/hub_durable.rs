@@ -52,21 +52,43 @@ fn saved_cursors(dir: &StoreDir) -> Vec<(String, u8, u64, usize)> {
 /// Waits (at most 10 s) until `tej-hub store cursors` shows cursor `name` acknowledged up to
 /// `acked` on `code`: the hub has read the `ACK` and its I/O thread saved it.
 async fn wait_for_saved_ack(dir: &StoreDir, name: &str, code: u8, acked: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let saved = saved_cursors(dir);
-        if saved
+    wait_for_saved(dir, |saved| {
+        saved
             .iter()
             .any(|(n, c, a, _)| n == name && *c == code && *a >= acked)
-        {
+    })
+    .await;
+}
+
+/// Waits (at most 10 s) until `tej-hub store cursors` shows what `saved` accepts (the hub's I/O
+/// thread saves the cursors shortly after each change).
+async fn wait_for_saved(dir: &StoreDir, saved: impl Fn(&[(String, u8, u64, usize)]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cursors = saved_cursors(dir);
+        if saved(&cursors) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "cursor {name} not saved at {acked} on {code}: {saved:?}"
+            "cursors not saved as expected: {cursors:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends `command` until it is answered `OK` (at most 50 times, 20 ms apart: the hub notices a
+/// closed session within a moment) and returns the last reply.
+async fn until_ok(conn: &mut hub_common::Conn, command: &str) -> String {
+    let mut reply = String::new();
+    for _ in 0..50 {
+        reply = control(conn, command).await;
+        if reply.starts_with("OK") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reply
 }
 
 #[tokio::test]
@@ -225,16 +247,11 @@ async fn a_cursor_is_held_by_one_session_at_a_time() {
         "ERR durable d not attached for code 5"
     );
     drop(first);
-    // Freed when the first session ends (the hub notices the close within a moment).
-    let mut attached = String::new();
-    for _ in 0..50 {
-        attached = control(&mut second, "SUB 5 durable=d").await;
-        if attached.starts_with("OK") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(attached, "OK SUB 5 durable=d");
+    // Freed when the first session ends.
+    assert_eq!(
+        until_ok(&mut second, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
 }
 
 #[tokio::test]
@@ -601,4 +618,217 @@ async fn hub_client_publishes_with_acks_and_consumes_durably() {
         refused.set_puback(true).await,
         Err(tej_hub::hub::HubError::Refused(reason)) if reason.contains("no durable codes")
     ));
+}
+
+/// Deletes cursor `name` on code 5 through `conn` and checks the reply.
+async fn delete_cursor(conn: &mut hub_common::Conn, name: &str) {
+    assert_eq!(
+        control(conn, &format!("UNSUB 5 durable={name} delete=yes")).await,
+        format!("OK UNSUB 5 durable={name} delete=yes")
+    );
+}
+
+/// `UNSUB ... delete=yes` by the session holding the cursor: its feed stops, and a later `SUB`
+/// with the name starts a new cursor at its `from=` — `new` skips what was published before,
+/// `all` replays it from the first frame (so the cursor was forgotten, not moved).
+#[tokio::test]
+async fn a_deleted_cursor_is_forgotten_and_a_later_sub_starts_afresh() {
+    let dir = StoreDir::new("delete");
+    let hub = durable_hub(&dir, &[]);
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=d from=all").await,
+        "OK SUB 5 durable=d from=all"
+    );
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let frames: Vec<Frame> = (0..3).map(|i| numbered(5, i, 50)).collect();
+    publish_acknowledged(&mut publisher, &frames).await;
+    for seq in 1..=3 {
+        assert_eq!(next_delivery(&mut subscriber, "d").await.0, seq);
+    }
+    // Only the first acknowledged: a resumed cursor would deliver 2 and 3 again.
+    send(&mut subscriber, control_frame("ACK d 5 1")).await;
+    delete_cursor(&mut subscriber, "d").await;
+    assert_eq!(
+        control(&mut subscriber, "ACK d 5 3").await,
+        "ERR durable d not attached for code 5"
+    );
+    assert_eq!(
+        info(&mut subscriber).await["durable"],
+        serde_json::json!([])
+    );
+
+    // from=new (the default): nothing published before, then the next frame.
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
+    hub_common::expect_silence(&mut subscriber, Duration::from_millis(500)).await;
+    publish_acknowledged(&mut publisher, &[numbered(5, 3, 50)]).await;
+    let (seq, frame) = next_delivery(&mut subscriber, "d").await;
+    assert_eq!((seq, message_number(&frame)), (4, 3));
+
+    // from=all after another delete: every frame kept, from the first.
+    delete_cursor(&mut subscriber, "d").await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=d from=all").await,
+        "OK SUB 5 durable=d from=all"
+    );
+    for seq in 1..=4 {
+        let (got, frame) = next_delivery(&mut subscriber, "d").await;
+        assert_eq!((got, message_number(&frame)), (seq, seq - 1));
+    }
+}
+
+/// A delete is refused, with nothing deleted, when another session holds the cursor, when the
+/// cursor does not exist, or when it lacks one of the listed codes; the option parser refuses
+/// `delete=` on `SUB`, without `durable=`, or with a value other than `yes`.
+#[tokio::test]
+async fn a_delete_is_refused_for_a_cursor_in_use_or_unknown_and_nothing_changes() {
+    let dir = StoreDir::new("delete-refused");
+    let hub = durable_hub(&dir, &[]);
+    let mut holder = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut holder, "SUB 5 durable=d").await,
+        "OK SUB 5 durable=d"
+    );
+    let mut other = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut other, "UNSUB 5 durable=d delete=yes").await,
+        "ERR durable d in use"
+    );
+    assert_eq!(
+        control(&mut other, "UNSUB 5 durable=nobody delete=yes").await,
+        "ERR durable nobody not found for code 5"
+    );
+    assert_eq!(
+        control(&mut holder, "UNSUB 5,6 durable=d delete=yes").await,
+        "ERR durable d not found for code 6"
+    );
+    // A free cursor (no session holds it) that lacks code 6: code 5 is not deleted either, so a
+    // later SUB resumes it (a new cursor, from=new, would skip the frame published meanwhile).
+    assert_eq!(
+        control(&mut other, "SUB 5 durable=free from=all").await,
+        "OK SUB 5 durable=free from=all"
+    );
+    assert_eq!(
+        control(&mut other, "UNSUB 5 durable=free").await,
+        "OK UNSUB 5 durable=free"
+    );
+    assert_eq!(
+        control(&mut other, "UNSUB 5,6 durable=free delete=yes").await,
+        "ERR durable free not found for code 6"
+    );
+    for (command, refusal) in [
+        (
+            "SUB 5 durable=d delete=yes",
+            "ERR delete= is for UNSUB only",
+        ),
+        ("UNSUB 5 delete=yes", "ERR delete= needs durable="),
+        (
+            "UNSUB 5 durable=d delete=no",
+            "ERR delete takes yes, not \"no\"",
+        ),
+    ] {
+        assert_eq!(control(&mut other, command).await, refusal, "{command}");
+    }
+    // The cursor still works for its holder.
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    publish_acknowledged(&mut publisher, &[numbered(5, 0, 10)]).await;
+    assert_eq!(next_delivery(&mut holder, "d").await.0, 1);
+    send(&mut holder, control_frame("ACK d 5 1")).await;
+    assert_eq!(
+        info(&mut holder).await["durable"][0]["codes"][0]["acked"],
+        1
+    );
+    assert_eq!(
+        control(&mut other, "SUB 5 durable=free").await,
+        "OK SUB 5 durable=free"
+    );
+    assert_eq!(next_delivery(&mut other, "free").await.0, 1);
+
+    // Once the holder has gone, another session may delete it.
+    drop(holder);
+    assert_eq!(
+        until_ok(&mut other, "UNSUB 5 durable=d delete=yes").await,
+        "OK UNSUB 5 durable=d delete=yes"
+    );
+}
+
+/// A deleted cursor leaves `/varz`, `/subsz` and (once the I/O thread has saved the file)
+/// `tej-hub store cursors`; after a `kill -9` and restart it is still gone while the other
+/// cursor is kept, and the name starts afresh.
+#[tokio::test]
+async fn a_deleted_cursor_leaves_monitoring_and_stays_deleted_across_a_restart() {
+    let dir = StoreDir::new("delete-restart");
+    let mut hub = durable_hub(&dir, &["--http", "127.0.0.1:0"]);
+    let mut publisher = connect(hub.addr).await;
+    control(&mut publisher, "PUBACK on").await;
+    let mut subscriber = connect(hub.addr).await;
+    for name in ["gone", "kept"] {
+        assert_eq!(
+            control(&mut subscriber, &format!("SUB 5 durable={name}")).await,
+            format!("OK SUB 5 durable={name}")
+        );
+    }
+    publish_acknowledged(&mut publisher, &[numbered(5, 0, 10), numbered(5, 1, 10)]).await;
+    let mut got = BTreeMap::new();
+    for _ in 0..4 {
+        let notice = recv(&mut subscriber).await;
+        let text = String::from_utf8_lossy(&notice.message).into_owned();
+        let name = text
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let frame = recv(&mut subscriber).await;
+        got.entry(name)
+            .or_insert_with(Vec::new)
+            .push(message_number(&frame));
+    }
+    assert_eq!(got["gone"], [0, 1], "{got:?}");
+    assert_eq!(got["kept"], [0, 1], "{got:?}");
+    send(&mut subscriber, control_frame("ACK kept 5 2")).await;
+    wait_for_saved_ack(&dir, "kept", 5, 2).await;
+    assert_eq!(saved_cursors(&dir).len(), 2);
+
+    delete_cursor(&mut subscriber, "gone").await;
+    let mine = info(&mut subscriber).await;
+    assert_eq!(mine["durable"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["durable"][0]["name"], "kept");
+    let web = hub.monitor_addr();
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|sub| sub["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let varz = get_async(web, "/varz").await.json();
+    assert_eq!(names(&varz["store"]["subscriptions"]), ["kept"]);
+    let subsz = get_async(web, "/subsz").await.json();
+    assert_eq!(names(&subsz["durable"]), ["kept"]);
+
+    // The cursor file is saved by the store's I/O thread after the reply (as every cursor
+    // change is): wait until it shows the delete, then kill -9.
+    let only_kept = [("kept".to_owned(), 5, 2, 0)];
+    wait_for_saved(&dir, |saved| saved == only_kept).await;
+    drop(subscriber);
+    drop(publisher);
+    drop(hub);
+    hub = durable_hub(&dir, &["--http", "127.0.0.1:0"]);
+    assert_eq!(saved_cursors(&dir), only_kept);
+    let varz = get_async(hub.monitor_addr(), "/varz").await.json();
+    assert_eq!(names(&varz["store"]["subscriptions"]), ["kept"]);
+    // The name starts afresh (from=new): the two frames before are not delivered.
+    let mut subscriber = connect(hub.addr).await;
+    assert_eq!(
+        control(&mut subscriber, "SUB 5 durable=gone").await,
+        "OK SUB 5 durable=gone"
+    );
+    hub_common::expect_silence(&mut subscriber, Duration::from_millis(500)).await;
 }

@@ -635,7 +635,11 @@ fn codes_and_options(
         return Err(ControlError::MissingArgument { command });
     }
     let codes = codes.parse()?;
-    Ok((codes, SubOptions::parse(options.split_ascii_whitespace())?))
+    let options = SubOptions::parse(options.split_ascii_whitespace())?;
+    if options.delete && command == "SUB" {
+        return Err(ControlError::DeleteOnSub);
+    }
+    Ok((codes, options))
 }
 
 /// `on` or `off` (any case), the one argument of `ECHO` and `PUBACK`.
@@ -1081,6 +1085,18 @@ pub enum ControlError {
     /// `from=` without `durable=`: only a durable subscription has a start.
     #[error("from= needs durable=")]
     StartWithoutDurable,
+    /// `delete=` with a value other than `yes`.
+    #[error("delete takes yes, not {value:?}")]
+    BadDelete {
+        /// The value as sent, cut to 32 characters.
+        value: String,
+    },
+    /// `delete=` without `durable=`: only a durable cursor is deleted.
+    #[error("delete= needs durable=")]
+    DeleteWithoutDurable,
+    /// `delete=` on `SUB`: a cursor is deleted by `UNSUB`.
+    #[error("delete= is for UNSUB only")]
+    DeleteOnSub,
     /// `ACK`'s sequence number is not a number below 2^64 - 1.
     #[error("bad sequence number {seq:?}")]
     BadSequence {
@@ -2030,6 +2046,35 @@ mod tests {
                 set(&[5]),
                 SubOptions::durable(jobs.clone(), Some(StartAt::All))
             ))
+        );
+        let deleting = SubOptions {
+            delete: true,
+            ..SubOptions::durable(jobs.clone(), None)
+        };
+        let delete = Command::Unsub(set(&[5, 6]), deleting.clone());
+        assert_eq!(
+            parse("unsub 5,6 delete=YES durable=jobs"),
+            Ok(delete.clone())
+        );
+        assert_eq!(delete.to_string(), "UNSUB 5-6 durable=jobs delete=yes");
+        assert_eq!(parse(&delete.message()), Ok(delete.clone()));
+        let reply = delete.ack().unwrap_or_else(|| Reply::Err(String::new()));
+        assert_eq!(reply.to_string(), "OK UNSUB 5-6 durable=jobs delete=yes");
+        assert_eq!(
+            Reply::parse(b"OK UNSUB 5-6 durable=jobs delete=yes"),
+            Ok(reply)
+        );
+        assert_eq!(
+            parse("SUB 5 durable=jobs delete=yes"),
+            Err(ControlError::DeleteOnSub)
+        );
+        assert_eq!(
+            parse("UNSUB 5 delete=yes"),
+            Err(ControlError::DeleteWithoutDurable)
+        );
+        assert_eq!(
+            parse("UNSUB 5 durable=jobs delete=no"),
+            Err(ControlError::BadDelete { value: "no".into() })
         );
         for (reply, text) in [
             (Reply::Puback(true), "OK PUBACK on"),

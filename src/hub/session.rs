@@ -509,13 +509,18 @@ impl Session {
         let ack = command.ack().map(|reply| reply.to_frame());
         match command {
             Command::Sub(codes, options) if options.durable.is_some() => {
-                match (self.access.subscription(codes), options.durable.clone()) {
-                    (Ok(codes), Some(name)) => self.subscribe_durable(codes, name, options, ctx),
-                    (Err(denied), _) => {
-                        let reason = format!("permission denied: subscribe {denied}");
-                        self.reply(&control::err_reply(reason), ctx);
-                    }
-                    (Ok(_), None) => {}
+                if let (Some(codes), Some(name)) =
+                    (self.durable_access(codes, ctx), options.durable.clone())
+                {
+                    self.subscribe_durable(codes, name, options, ctx);
+                }
+            }
+            // Deleting a cursor takes the permission that subscribing to it takes.
+            Command::Unsub(codes, options) if options.delete => {
+                if let (Some(codes), Some(name)) =
+                    (self.durable_access(codes, ctx), options.durable.clone())
+                {
+                    self.delete_durable(codes, name, options, ctx);
                 }
             }
             Command::Unsub(codes, options) if options.durable.is_some() => {

@@ -317,6 +317,7 @@ pub(crate) fn subscribe(args: &Sub) -> Result<(), Failure> {
             group: args.group.clone(),
             durable: args.durable.clone(),
             from: args.from,
+            delete: false,
         };
         let subscribing = client.subscribe_with(&codes, options.clone());
         let subscribed = match tokio::time::timeout(CONNECT_TIMEOUT, subscribing).await {

@@ -1,6 +1,6 @@
 //! The options after a `SUB`/`UNSUB` code list: `key=value` words, one match arm per key in
-//! [`SubOptions::parse`]: `group=<name>` ([`GroupName`]), `durable=<name>` (the same names) and
-//! `from=<start>` ([`StartAt`]).
+//! [`SubOptions::parse`]: `group=<name>` ([`GroupName`]), `durable=<name>` (the same names),
+//! `from=<start>` ([`StartAt`]) and `delete=yes`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -98,6 +98,9 @@ pub struct SubOptions {
     pub durable: Option<GroupName>,
     /// `from=<start>`: where a new durable cursor starts (only with `durable=`).
     pub from: Option<StartAt>,
+    /// `delete=yes`: `UNSUB` forgets the durable cursor on the codes for good (only with
+    /// `durable=`; `SUB` refuses it). `yes` is the only value, so that a typo never deletes.
+    pub delete: bool,
 }
 
 /// Where a new durable cursor starts (`from=`): `new`, `all`, `last`, `seq:<n>` or
@@ -196,7 +199,7 @@ impl SubOptions {
 
     /// Whether no option is set.
     pub fn is_empty(&self) -> bool {
-        self.group.is_none() && self.durable.is_none() && self.from.is_none()
+        self.group.is_none() && self.durable.is_none() && self.from.is_none() && !self.delete
     }
 
     /// Parses the option words (already split on whitespace), in any order.
@@ -204,7 +207,8 @@ impl SubOptions {
     /// # Errors
     /// [`ControlError::BadOption`] for a word without `=`, [`ControlError::UnknownOption`] for an
     /// unknown key (keys are case-insensitive), [`ControlError::DuplicateOption`] for a key given
-    /// twice, and the value's own errors (a bad group name).
+    /// twice, the value's own errors (a bad group name), [`ControlError::StartWithoutDurable`]
+    /// and [`ControlError::DeleteWithoutDurable`] for `from=` or `delete=` without `durable=`.
     pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<SubOptions, ControlError> {
         let mut options = SubOptions::default();
         for word in words {
@@ -226,6 +230,14 @@ impl SubOptions {
                     return Err(ControlError::DuplicateOption { key: "from" });
                 }
                 options.from = Some(value.parse()?);
+            } else if key.eq_ignore_ascii_case("delete") {
+                if options.delete {
+                    return Err(ControlError::DuplicateOption { key: "delete" });
+                }
+                if !value.eq_ignore_ascii_case("yes") {
+                    return Err(ControlError::BadDelete { value: clip(value) });
+                }
+                options.delete = true;
             } else {
                 return Err(ControlError::UnknownOption { key: clip(key) });
             }
@@ -233,12 +245,15 @@ impl SubOptions {
         if options.from.is_some() && options.durable.is_none() {
             return Err(ControlError::StartWithoutDurable);
         }
+        if options.delete && options.durable.is_none() {
+            return Err(ControlError::DeleteWithoutDurable);
+        }
         Ok(options)
     }
 }
 
 /// The options as they follow a code list, each with a leading space, in the order
-/// `durable=`, `from=`, `group=`; nothing when none is set.
+/// `durable=`, `from=`, `group=`, `delete=`; nothing when none is set.
 impl fmt::Display for SubOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(durable) = &self.durable {
@@ -249,6 +264,9 @@ impl fmt::Display for SubOptions {
         }
         if let Some(group) = &self.group {
             write!(f, " group={group}")?;
+        }
+        if self.delete {
+            f.write_str(" delete=yes")?;
         }
         Ok(())
     }
@@ -352,6 +370,42 @@ mod tests {
         assert_eq!(
             SubOptions::parse(["durable=a", "durable=b"]),
             Err(ControlError::DuplicateOption { key: "durable" })
+        );
+    }
+
+    #[test]
+    fn delete_options() {
+        let name = |text: &str| text.parse::<GroupName>().unwrap_or_else(|_| unreachable!());
+        let deleting = SubOptions {
+            delete: true,
+            ..SubOptions::durable(name("gone"), None)
+        };
+        assert_eq!(
+            SubOptions::parse(["DELETE=Yes", "durable=gone"]),
+            Ok(deleting.clone())
+        );
+        assert_eq!(deleting.to_string(), " durable=gone delete=yes");
+        assert!(!deleting.is_empty());
+        for bad in ["no", "", "true", "yes!"] {
+            assert!(
+                matches!(
+                    SubOptions::parse(["durable=gone", &format!("delete={bad}")]),
+                    Err(ControlError::BadDelete { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            SubOptions::parse(["delete=yes"]),
+            Err(ControlError::DeleteWithoutDurable)
+        );
+        assert_eq!(
+            SubOptions::parse(["group=g", "delete=yes"]),
+            Err(ControlError::DeleteWithoutDurable)
+        );
+        assert_eq!(
+            SubOptions::parse(["durable=gone", "delete=yes", "delete=yes"]),
+            Err(ControlError::DuplicateOption { key: "delete" })
         );
     }
 }

@@ -82,6 +82,14 @@ pub(crate) enum DurableRefused {
         /// The code.
         code: u8,
     },
+    /// `UNSUB ... delete=yes` names a cursor that does not exist on a code it lists.
+    #[error("durable {name} not found for code {code}")]
+    NotFound {
+        /// The cursor's name.
+        name: GroupName,
+        /// The first listed code the cursor does not have.
+        code: u8,
+    },
     /// The log could not be read to place a new cursor.
     #[error("store failed {code}")]
     Store {
@@ -389,6 +397,53 @@ impl Durables {
         if attached.get(name) == Some(&session) {
             attached.remove(name);
         }
+    }
+
+    /// Deletes cursor `name` on `codes` for good (`UNSUB ... delete=yes`), the whole cursor when
+    /// no code is left: a later `SUB` starts it afresh at its `from=`. Nothing changes unless
+    /// every code can go. `session` then detaches its own windows of those codes: their feeds
+    /// run on its thread and are stopped before they run again, so none records into the
+    /// deleted cursor.
+    ///
+    /// # Errors
+    /// [`DurableRefused::InUse`] when another session is attached, [`DurableRefused::NotFound`]
+    /// when the cursor does not have one of `codes`.
+    pub(crate) fn delete(
+        &self,
+        session: SessionId,
+        name: &GroupName,
+        codes: CodeSet,
+    ) -> Result<(), DurableRefused> {
+        // Held while the cursor changes: no other session attaches to it halfway.
+        let attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
+        if attached.get(name).is_some_and(|&other| other != session) {
+            return Err(DurableRefused::InUse { name: name.clone() });
+        }
+        let cursor = self.store.cursors().get(name.as_str()).unwrap_or_default();
+        if let Some(status) = codes
+            .iter()
+            .find(|status| !cursor.codes.contains_key(&status.code()))
+        {
+            return Err(DurableRefused::NotFound {
+                name: name.clone(),
+                code: status.code(),
+            });
+        }
+        self.store
+            .cursors()
+            .remove(name.as_str(), codes.iter().map(Status::code));
+        drop(attached);
+        // A new cursor of the same name counts its redeliveries from zero.
+        let mut figures = self.figures.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(figures_of) = figures.get_mut(name) {
+            for status in codes.iter() {
+                figures_of.remove(&status.code());
+            }
+            if figures_of.is_empty() {
+                figures.remove(name);
+            }
+        }
+        Ok(())
     }
 
     /// Records that cursor `name` has every frame of `status` up to `acked` acknowledged, and

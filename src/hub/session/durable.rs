@@ -1,12 +1,13 @@
-//! A session's durable side: `PUBACK`, `SUB`/`UNSUB ... durable=`, `ACK`, and detaching when the
-//! session ends. The mechanics (cursors, windows, feeds) live in `hub::durable`; this is the
-//! session's end of them.
+//! A session's durable side: `PUBACK`, `SUB`/`UNSUB ... durable=`, `UNSUB ... delete=yes`, `ACK`,
+//! and detaching when the session ends. The mechanics (cursors, windows, feeds) live in
+//! `hub::durable`; this is the session's end of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{fut, AsyncContext, Context};
 use bytes::BytesMut;
+use tracing::info;
 
 use crate::frame::Status;
 use crate::hub::control::{self, CodeSet, GroupName, Reply, SubOptions};
@@ -77,6 +78,23 @@ impl Session {
         let sink = on.then(|| puback_sink(self.outbox.clone(), pending));
         self.publisher.set_puback(sink);
         self.reply(&Reply::Puback(on).to_frame(), ctx);
+    }
+
+    /// The codes of a durable `SUB` or `UNSUB ... delete=yes` this session may subscribe to;
+    /// `None`, the refusal replied, when it may not.
+    pub(super) fn durable_access(
+        &mut self,
+        codes: CodeSet,
+        ctx: &mut Context<Self>,
+    ) -> Option<CodeSet> {
+        match self.access.subscription(codes) {
+            Ok(codes) => Some(codes),
+            Err(denied) => {
+                let reason = format!("permission denied: subscribe {denied}");
+                self.reply(&control::err_reply(reason), ctx);
+                None
+            }
+        }
     }
 
     /// `SUB <codes> durable=<name> [from=...]`: attaches to the cursor and starts a feed per
@@ -156,6 +174,27 @@ impl Session {
             }
         }
         self.reply(&Reply::Unsub(codes, options).to_frame(), ctx);
+    }
+
+    /// `UNSUB <codes> durable=<name> delete=yes`: forgets the cursor on those codes for good,
+    /// first stopping this session's feeds of them if it holds it (frames in flight are not
+    /// delivered again to anyone). Refused, with nothing changed, when another session holds
+    /// the cursor or it lacks one of the codes.
+    pub(super) fn delete_durable(
+        &mut self,
+        codes: CodeSet,
+        name: GroupName,
+        options: SubOptions,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(durables) = self.durables.clone() else {
+            return self.reply(&control::err_reply(DurableRefused::NoStore), ctx);
+        };
+        if let Err(refused) = durables.delete(self.id, &name, codes) {
+            return self.reply(&control::err_reply(refused), ctx);
+        }
+        info!(session = %self.id, durable = %name, %codes, "durable cursor deleted");
+        self.unsubscribe_durable(codes, name, options, ctx);
     }
 
     /// `ACK <name> <code> <seq>`: no reply unless refused.

@@ -118,6 +118,23 @@ impl CursorStore {
         self.queue.cursors_changed();
         result
     }
+
+    /// Takes `codes` out of the cursor `name`, and the cursor itself when no code is left;
+    /// saved shortly after.
+    pub(crate) fn remove(&self, name: &str, codes: impl IntoIterator<Item = u8>) {
+        {
+            let mut table = lock(&self.table);
+            if let Some(cursor) = table.get_mut(name) {
+                for code in codes {
+                    cursor.codes.remove(&code);
+                }
+                if cursor.codes.is_empty() {
+                    table.remove(name);
+                }
+            }
+        }
+        self.queue.cursors_changed();
+    }
 }
 
 impl CursorFile {

@@ -4,12 +4,11 @@
 //! publishers streaming on one code every other publisher's frames wait for it, even whole
 //! ones: four publishers of 1 MiB frames were written one frame at a time at the pace of the
 //! slowest piece. A frame that announces at most [`STAGE_FRAME_MAX`] bytes is instead gathered
-//! here, per publisher, and written as one record when its last piece arrives; frames of
-//! several publishers then complete side by side. Larger frames still stream to the tail, in
+//! here, per publisher, and its pieces go on to the log together when its last one arrives (the
+//! tail is then owned only while they are written, from memory, without copying them); frames
+//! of several publishers complete side by side. Larger frames still stream to the tail, in
 //! bounded memory. All staged frames together hold at most about [`STAGE_HIGH`] bytes: past it
 //! no frame starts staging and a growing one spills to the tail as a streamed frame.
-
-use bytes::{Bytes, BytesMut};
 
 use crate::codec::Limits;
 use crate::hub::delivery::relay::{Piece, PieceKind};
@@ -24,8 +23,7 @@ pub(crate) const STAGE_HIGH: u64 = 16 * 1024 * 1024;
 /// One publisher's frame being gathered.
 struct Staged {
     from: SessionId,
-    first: Piece,
-    rest: Vec<Bytes>,
+    pieces: Vec<Piece>,
     bytes: u64,
 }
 
@@ -38,8 +36,8 @@ pub(crate) struct Stages {
 
 impl Stages {
     /// Takes `piece` from `from` and returns the pieces that go on to the log now, in order:
-    /// none while a frame is gathered, the whole frame when its last piece came, the pieces as
-    /// they came when it grew too large (it streams), or `piece` itself when it is not staged.
+    /// none while a frame is gathered, all of its pieces when its last one came or when it grew
+    /// too large (it streams on), or `piece` itself when it is not staged.
     /// A first piece is staged when its frame is small enough, there is room, and `may_start`
     /// (the publisher has nothing ahead of it waiting for the tail, so its order holds).
     pub(crate) fn take(&mut self, from: SessionId, piece: Piece, may_start: bool) -> Vec<Piece> {
@@ -57,8 +55,7 @@ impl Stages {
                 self.bytes += len;
                 self.staged.push(Staged {
                     from,
-                    first: piece,
-                    rest: Vec::new(),
+                    pieces: vec![piece],
                     bytes: len,
                 });
                 Vec::new()
@@ -69,7 +66,7 @@ impl Stages {
                 };
                 let last = piece.kind == PieceKind::Last;
                 let staged = &mut self.staged[at];
-                staged.rest.push(piece.bytes);
+                staged.pieces.push(piece);
                 staged.bytes += len;
                 self.bytes += len;
                 let too_large = staged.bytes > STAGE_FRAME_MAX || self.bytes > STAGE_HIGH;
@@ -78,11 +75,7 @@ impl Stages {
                 }
                 let staged = self.staged.swap_remove(at);
                 self.bytes -= staged.bytes;
-                if last {
-                    vec![staged.whole()]
-                } else {
-                    staged.spill()
-                }
+                staged.pieces
             }
         }
     }
@@ -95,36 +88,6 @@ impl Stages {
         let staged = self.staged.swap_remove(at);
         self.bytes -= staged.bytes;
         true
-    }
-}
-
-impl Staged {
-    /// The gathered frame as one whole piece.
-    fn whole(self) -> Piece {
-        let mut bytes = BytesMut::with_capacity(usize::try_from(self.bytes).unwrap_or(0));
-        bytes.extend_from_slice(&self.first.bytes);
-        for part in &self.rest {
-            bytes.extend_from_slice(part);
-        }
-        Piece {
-            status: self.first.status,
-            kind: PieceKind::Whole,
-            frames: 1,
-            bytes: bytes.freeze(),
-        }
-    }
-
-    /// The gathered pieces as they came: the first, then the middle ones.
-    fn spill(self) -> Vec<Piece> {
-        let status = self.first.status;
-        let mut pieces = vec![self.first];
-        pieces.extend(self.rest.into_iter().map(|bytes| Piece {
-            status,
-            kind: PieceKind::Middle,
-            frames: 0,
-            bytes,
-        }));
-        pieces
     }
 }
 

@@ -78,8 +78,10 @@ const LOCAL_STALL_BOUND: Duration = Duration::from_millis(1500);
 /// scenario's other checks (no hub taken for dead, no panic, whole frames) are what catch it.
 const CREDIT_PACED_STALL_BOUND: Duration = Duration::from_secs(8);
 /// From the heal to the first frame sent after it arriving on hub b: a dead connection noticed,
-/// a reconnect (backoff at most 2 s), hello and interest exchanged.
-const RECOVERY_BOUND: Duration = Duration::from_secs(5);
+/// a reconnect (backoff at most 2 s), hello and interest exchanged. Usually 1–3 s; 5.11 s was
+/// seen once with the whole test suite building beside it, so the bound leaves room for a busy
+/// machine while a hub that does not reconnect by itself still fails it.
+const RECOVERY_BOUND: Duration = Duration::from_secs(8);
 /// How long the `SUB` made at the heal may take to be answered, and its frame to arrive.
 const AFTER_HEAL_PATIENCE: Duration = Duration::from_secs(10);
 /// Each hub's peak resident set (VmHWM) bound.

@@ -6,7 +6,10 @@
 //!   [`WINDOW`] frames awaiting their acknowledgement, as a publisher with `PUBACK` would), and
 //!   1 MiB frames streamed in relay-sized pieces, with and without `fallocate`;
 //! - recovery: a store of `TEJ_STORE_RECOVERY_GIB` GiB (default 10) of 1 MiB frames, its last
-//!   record torn, opened (recovered) and timed.
+//!   record torn, opened (recovered) and timed;
+//! - replay: one frame of `TEJ_STORE_REPLAY_GIB` GiB (default 1) sent to a local socket read
+//!   and dropped by another thread, in chunks (read, CRC, write: the TLS path) and with
+//!   `sendfile` after a CRC pass (the plain TCP path), interleaved, the sender's CPU per GB.
 //!
 //! The store goes in `TEJ_STORE_BENCH_DIR` (default `./target/store-bench`), on the disk being
 //! measured; it is deleted afterwards.
@@ -255,5 +258,135 @@ fn measure_recovery() {
             last.map(|f| f.seq)
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu() -> f64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+/// How a frame is replayed to a socket.
+#[derive(Clone, Copy, Debug)]
+enum Replay {
+    /// As a feed does on TLS (and did before zero-copy): read a chunk, check it, write it.
+    Chunked,
+    /// As a feed does on plain TCP: check the whole frame once, then `sendfile` in ranges.
+    Sendfile,
+    /// `sendfile` alone, no check: what the check costs.
+    SendfileUnchecked,
+}
+
+/// Sends `frame` to a local socket whose reader drops what it gets; the sender's wall time and
+/// CPU seconds.
+fn replay_once(frame: &crate::hub::store::StoredFrame, how: Replay) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let drain = std::thread::spawn(move || {
+        let (mut peer, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        got
+    });
+    let mut socket = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+    let (started, cpu) = (Instant::now(), thread_cpu());
+    match how {
+        Replay::Chunked => {
+            let mut chunk = vec![0u8; CHUNK];
+            let (mut at, mut crc) = (0u64, 0u32);
+            while at < frame.len {
+                let n = frame.read_at(at, &mut chunk).unwrap_or(0);
+                assert!(n > 0, "short read at {at}");
+                crc = crc32c::crc32c_append(crc, &chunk[..n]);
+                socket
+                    .write_all(&chunk[..n])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                at += n as u64;
+            }
+            assert_eq!(crc, frame.crc);
+        }
+        Replay::Sendfile | Replay::SendfileUnchecked => {
+            if matches!(how, Replay::Sendfile) {
+                assert!(frame.verify().unwrap_or(false));
+            }
+            let mut at = frame.offset;
+            let end = frame.offset + frame.len;
+            while at < end {
+                let count = usize::try_from((end - at).min(4 * CHUNK as u64)).unwrap_or(CHUNK);
+                let sent = rustix::fs::sendfile(&socket, &*frame.file, Some(&mut at), count)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(sent > 0, "sendfile sent nothing at {at}");
+            }
+        }
+    }
+    let (wall, used) = (started.elapsed().as_secs_f64(), thread_cpu() - cpu);
+    drop(socket);
+    let got = drain.join().unwrap_or(0);
+    assert_eq!(got, frame.len);
+    (wall, used)
+}
+
+/// The replay of one large stored frame to a socket, chunked against zero-copy, three runs
+/// each, interleaved: what `sendfile` saves the hub per GB (the sender's CPU; the page cache is
+/// warm after the first run, as it is for late subscribers of a recent frame).
+#[test]
+#[ignore = "a measurement: scripts/store-bench"]
+fn measure_replay() {
+    let gib: u64 = std::env::var("TEJ_STORE_REPLAY_GIB")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1);
+    let dir = bench_dir("replay");
+    let (store, counters) = open(&settings(dir.clone(), SyncPolicy::Os, false));
+    let len = usize::try_from(gib * 1024 * 1024 * 1024).unwrap_or(usize::MAX);
+    let (ack, stored) = {
+        let done = Arc::new(AtomicU64::new(0));
+        let counted = done.clone();
+        let ack: AckSink = Arc::new(move |outcomes: &[Outcome]| {
+            counted.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+        });
+        (ack, done)
+    };
+    let gate = Gate::new();
+    for piece in pieces(&frame_of(len)) {
+        while gate.is_closed() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        store.append(SessionId::new(1), &gate, &piece, Some(ack.clone()));
+    }
+    while stored.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        counters.frames.load(Ordering::Relaxed),
+        1,
+        "the frame stored"
+    );
+    let frame = store
+        .reader(Status::new(5).unwrap_or(Status::PING), Position::First)
+        .ok()
+        .and_then(|mut reader| reader.next_frame().ok().flatten())
+        .unwrap_or_else(|| panic!("no stored frame"));
+    let gb = frame.len as f64 / 1e9;
+    for run in 1..=3 {
+        for how in [Replay::Chunked, Replay::Sendfile, Replay::SendfileUnchecked] {
+            let (wall, cpu) = replay_once(&frame, how);
+            println!(
+                "store-bench: replay {gib} GiB {how:?} run {run}: {:.0} MB/s, sender CPU {:.3} s = {:.3} s/GB",
+                gb * 1e3 / wall,
+                cpu,
+                cpu / gb
+            );
+        }
+    }
+    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -224,7 +224,8 @@ pub(crate) struct Cluster {
     /// The codes some group on another hub takes: only for these does a publisher read
     /// `remote_groups`.
     group_codes: CodeBits,
-    /// The groups of the other hubs, per code (replaced whole on each announcement).
+    /// The groups of the other hubs, per code (replaced whole on each announcement, under the
+    /// peers lock: peers → remote groups; publishers read it alone).
     remote_groups: RwLock<Arc<RemoteGroups>>,
     /// Where the round-robin among equally loaded hubs starts.
     rotor: AtomicUsize,

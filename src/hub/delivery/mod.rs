@@ -35,13 +35,18 @@
 //!   sealed into records under the subscriber's outbox lock for write-through; the writer seals the
 //!   front of its queue with the tls lock alone, and the session's reader decrypts with it alone.
 //!   Nothing takes another lock while holding the tls lock.
-//! - Leaves, each taken alone and released before any other: the cluster's locks (its peers —
-//!   under which the link replaces the other hubs' groups, which publishers read alone —, its
-//!   local interest, its outbound queue, whose backlog holds a publisher's gate only after the
-//!   queue lock is released), admission's per-address counts, the live settings
-//!   (`ops::HubState`), a session's recorded codes (`ops::counters`), the store's (its I/O queue,
-//!   each durable code's reader view, the cursor table; `store/mod.rs`) and the durable
-//!   subscriptions' (which session holds each cursor, their figures; `durable/mod.rs`).
+//! - cluster peers → remote groups (`cluster/mod.rs`): the link replaces the other hubs' groups
+//!   (`remote_groups`, one `Arc` swapped under a write lock) while it holds its peers; publishers
+//!   read `remote_groups` alone (a short read lock, an `Arc` clone) and never take the peers.
+//! - durable attachments → cursor table, a durable code's reader view (`durable/mod.rs`):
+//!   `attach` and `delete` hold the table of which session holds each cursor while they read the
+//!   cursor, open readers for its new codes and change it, so no other session attaches
+//!   halfway. The cursor table and the reader views take nothing under them.
+//! - Leaves, each taken alone and released before any other: the cluster's other locks (its local
+//!   interest, its outbound queue, whose backlog holds a publisher's gate only after the queue
+//!   lock is released), admission's per-address counts, the live settings (`ops::HubState`), a
+//!   session's recorded codes (`ops::counters`), the store's I/O queue (`store/mod.rs`), and the
+//!   durable cursors' figures (`durable/mod.rs`).
 //! - The store's I/O thread calls publishers' ack sinks holding none of its locks; a sink takes
 //!   the publisher's outbox lock to queue `OK STORED`. A durable feed takes its subscriber's
 //!   outbox lock (then backlog, as any publisher) and nothing else; its window is a `RefCell` on

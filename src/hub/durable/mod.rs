@@ -25,7 +25,9 @@
 //! its own thread, so that no other thread ever touches a window.
 //!
 //! # Lock order
-//! `Durables`' tables (`attached`, `figures`) are leaves, each taken alone. A feed takes the subscriber's outbox lock through
+//! `attached` → the store's cursor table and a durable code's reader view: `attach` and
+//! `delete` hold `attached` while they read and change the cursor (no other session attaches
+//! halfway); `figures` is a leaf, taken alone. A feed takes the subscriber's outbox lock through
 //! [`Outbox`](crate::hub::delivery::outbox::Outbox)'s methods and holds nothing else meanwhile;
 //! windows are `RefCell`s on the subscriber's thread, not locks.
 
@@ -171,7 +173,8 @@ pub(crate) struct Durables {
     /// The store's directory and sync policy, for `/varz`.
     dir: std::path::PathBuf,
     sync: SyncPolicy,
-    /// Cursor name → the session attached to it. A leaf lock.
+    /// Cursor name → the session attached to it. Taken before the store's cursor table and a
+    /// code's reader view (`attach`, `delete`), never under another lock.
     attached: Mutex<HashMap<GroupName, SessionId>>,
     /// Cursor name → per code, its figures (created at the first attach of this run). A leaf
     /// lock.

@@ -16,9 +16,10 @@
 //!   [`inspect`] (the offline `tej-hub store` command).
 //!
 //! # Lock order
-//! Every lock here is a leaf: the I/O queue (`io`), a code's view (`log`), the cursor table
-//! (`cursors`). None is held while taking another or across a disk write; [`Gate`]s are opened
-//! and closed after the queue lock is released.
+//! None of the locks here takes another: the I/O queue (`io`), a code's view (`log`), the cursor
+//! table (`cursors`). The durable attachments (`hub::durable`) are held while the cursor table
+//! and a code's view are taken (`delivery/mod.rs` has the whole order). None is held across a
+//! disk write; [`Gate`]s are opened and closed after the queue lock is released.
 
 mod cursors;
 mod index;
@@ -627,11 +628,12 @@ impl Store {
     }
 
     /// Queues `piece` from publisher `from` for its code's log and returns at once. A `Whole`
-    /// run becomes one record per frame; a streamed frame (`First`/`Middle`/`Last`) is written as
-    /// it arrives and its record completed at `Last`. `ack` (if any) is called on the I/O thread
-    /// once per frame the piece ends, in publication order, when the frame is stored under the
-    /// sync policy or refused. While the I/O queue holds more than its bound, `gate` is closed
-    /// (the publisher stops reading) until it drains: memory stays bounded and nothing blocks.
+    /// run becomes one record per frame; a streamed frame (`First`/`Middle`/`Last`) becomes one
+    /// record at `Last` (gathered in memory first when small). `ack` (if any) gets the outcome of
+    /// each frame the piece ends, in publication order, on the I/O thread once the frame is
+    /// stored under the sync policy or refused: one call per batch with that batch's outcomes.
+    /// While the I/O queue holds more than its bound, `gate` is closed (the publisher stops
+    /// reading) until it drains: memory stays bounded and nothing blocks.
     pub(crate) fn append(
         &self,
         from: SessionId,

@@ -67,6 +67,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use bytes::BytesMut;
+use tokio_util::codec::Encoder;
+
+use crate::codec::{Limits, TejCodec};
 use crate::frame::{Frame, Status};
 
 mod info;
@@ -858,6 +862,13 @@ impl Reply {
     /// The reply as a control frame (status 127, no files).
     pub fn to_frame(&self) -> Frame {
         Frame::message(CONTROL, self.to_string())
+    }
+
+    /// Appends the reply's control frame, as it goes on the wire, to `dst`: for replies sent
+    /// back to back (a batch's `OK STORED`s, a run's `MSG` notices) without a buffer each.
+    pub fn put_wire(&self, dst: &mut BytesMut) {
+        // A control frame without files is within every limit the format has: it encodes.
+        let _ = TejCodec::new(Limits::frame_only(u64::MAX)).encode(&self.to_frame(), dst);
     }
 }
 

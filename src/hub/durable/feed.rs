@@ -224,13 +224,19 @@ struct NoticePrefix {
 impl NoticePrefix {
     /// `MSG <name> <code> <seq>` as a control frame's wire bytes.
     fn wire(&self, seq: u64) -> Bytes {
-        let reply = Reply::Msg {
+        let mut wire = BytesMut::new();
+        self.put(seq, &mut wire);
+        wire.freeze()
+    }
+
+    /// Appends the notice of frame `seq` to `dst`.
+    fn put(&self, seq: u64, dst: &mut BytesMut) {
+        Reply::Msg {
             name: self.name.clone(),
             status: self.status,
             seq,
-        };
-        // A control frame without files always encodes.
-        reply.to_frame().to_wire().unwrap_or_default()
+        }
+        .put_wire(dst);
     }
 }
 
@@ -250,7 +256,7 @@ fn append_checked(
     notice: &NoticePrefix,
 ) -> std::io::Result<bool> {
     let start = run.len();
-    run.extend_from_slice(&notice.wire(frame.seq));
+    notice.put(frame.seq, run);
     let body = run.len();
     match buffered {
         Some(bytes) => run.extend_from_slice(bytes),

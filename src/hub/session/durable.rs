@@ -32,7 +32,6 @@ fn puback_sink(outbox: Arc<Outbox>, pending: Arc<AtomicU64>) -> AckSink {
         // before it closes (the publisher closed its side) then flushes them.
         let _pending = Pending(&pending, outcomes.len() as u64);
         let mut wire = BytesMut::new();
-        let mut frames = 0u32;
         for outcome in outcomes {
             let reply = match outcome {
                 Ok(stored) => Reply::Stored {
@@ -41,11 +40,9 @@ fn puback_sink(outbox: Arc<Outbox>, pending: Arc<AtomicU64>) -> AckSink {
                 },
                 Err(refused) => Reply::Err(refused.to_string()),
             };
-            if let Ok(frame) = reply.to_frame().to_wire() {
-                wire.extend_from_slice(&frame);
-                frames = frames.saturating_add(1);
-            }
+            reply.put_wire(&mut wire);
         }
+        let frames = u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
         if outbox.replies(wire.freeze(), frames).is_err() {
             outbox.kick(KickReason::SlowConsumer);
         }

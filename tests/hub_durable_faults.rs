@@ -862,22 +862,10 @@ async fn a_full_disk_refuses_durable_frames_relays_the_rest_and_recovers_when_sp
 /// not yet noticed that the previous client of the cursor left (`ERR durable py in use`).
 async fn python_durable(port: u16, from: &str, ack_upto: u64, expect: usize) -> PyPeer {
     let command = format!("SUB 5 durable=py{from}");
-    let spec = json!([{"status": 127, "files": [], "message": {"text": command}}]).to_string();
+    let ack = ack_upto.to_string();
     for _ in 0..20 {
-        let expect = expect.to_string();
-        let ack = ack_upto.to_string();
-        let args = [
-            "--spec",
-            &spec,
-            "--expect",
-            &expect,
-            "--ignore-pings",
-            "--wait",
-            "30",
-            "--ack-upto",
-            &ack,
-        ];
-        let mut peer = PyPeer::client(port, &args);
+        let mut peer =
+            PyPeer::commanding_with(port, &[command.as_str()], expect, &["--ack-upto", &ack]);
         let reply = peer.next_event("received").await;
         assert_eq!(reply["status"], json!(127));
         if reply["message_text"] == json!("ERR durable py in use") {

@@ -98,24 +98,28 @@ impl PyPeer {
     /// A client peer that sends the control commands `commands` (each a status-127 frame), then
     /// reads until it has received `expect` frames (pings not counted), for at most 30 s.
     pub fn commanding(port: u16, commands: &[&str], expect: usize) -> PyPeer {
+        PyPeer::commanding_with(port, commands, expect, &[])
+    }
+
+    /// [`PyPeer::commanding`] with more `peer.py client` arguments (e.g. `--ack-upto N`).
+    pub fn commanding_with(port: u16, commands: &[&str], expect: usize, more: &[&str]) -> PyPeer {
         let spec: Vec<Value> = commands
             .iter()
             .map(|text| json!({"status": 127, "files": [], "message": {"text": text}}))
             .collect();
         let spec = Value::Array(spec).to_string();
         let expect = expect.to_string();
-        PyPeer::client(
-            port,
-            &[
-                "--spec",
-                &spec,
-                "--expect",
-                &expect,
-                "--ignore-pings",
-                "--wait",
-                "30",
-            ],
-        )
+        let mut args = vec![
+            "--spec",
+            &spec,
+            "--expect",
+            &expect,
+            "--ignore-pings",
+            "--wait",
+            "30",
+        ];
+        args.extend_from_slice(more);
+        PyPeer::client(port, &args)
     }
 
     /// The next JSON record from the peer.

@@ -2,7 +2,7 @@
 //! numbers across reopens, torn tails cut, corruption found, retention, group commit, a full
 //! disk (a tmpfs the test mounts, as root), frames larger than a segment, 64-bit offsets.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +94,16 @@ fn whole(frames: &[Bytes]) -> Piece {
         kind: PieceKind::Whole,
         frames: frames.len() as u32,
         bytes: bytes.into(),
+    }
+}
+
+/// A piece of a streamed frame of code 5 (a `Last` piece ends one frame).
+fn streamed(kind: PieceKind, bytes: Bytes) -> Piece {
+    Piece {
+        status: code(5),
+        kind,
+        frames: u32::from(kind == PieceKind::Last),
+        bytes,
     }
 }
 
@@ -246,23 +256,25 @@ fn a_streamed_frame_is_one_record_and_an_abandoned_one_none() {
     let other = numbered(1, 100);
     let (ack, acks) = sink();
     let gate = Gate::new();
-    let piece = |kind, bytes: Bytes| Piece {
-        status: code(5),
-        kind,
-        frames: u32::from(kind == PieceKind::Last),
-        bytes,
-    };
     let send = |from: u64, piece: &Piece, ack: Option<AckSink>| {
         store.append(SessionId::new(from), &gate, piece, ack);
     };
     // Publisher 1 streams; publisher 2's whole frame waits for the tail, then follows.
-    send(1, &piece(PieceKind::First, big.slice(..1000)), None);
+    send(1, &streamed(PieceKind::First, big.slice(..1000)), None);
     send(2, &whole(std::slice::from_ref(&other)), Some(ack.clone()));
-    send(1, &piece(PieceKind::Middle, big.slice(1000..300_000)), None);
+    send(
+        1,
+        &streamed(PieceKind::Middle, big.slice(1000..300_000)),
+        None,
+    );
     // Publisher 3 starts a stream and goes away.
-    send(3, &piece(PieceKind::First, big.slice(..5000)), None);
+    send(3, &streamed(PieceKind::First, big.slice(..5000)), None);
     store.abandon(SessionId::new(3));
-    send(1, &piece(PieceKind::Last, big.slice(300_000..)), Some(ack));
+    send(
+        1,
+        &streamed(PieceKind::Last, big.slice(300_000..)),
+        Some(ack),
+    );
     let mut got: Vec<u64> = received(&acks, 2);
     got.sort_unstable();
     assert_eq!(got, [1, 2]);
@@ -302,12 +314,7 @@ fn waiting_pieces_keep_each_publishers_order() {
     let (ack, acks) = sink();
     let gate = Gate::new();
     let send = |from: u64, kind, bytes: Bytes| {
-        let piece = Piece {
-            status: code(5),
-            kind,
-            frames: u32::from(kind == PieceKind::Last),
-            bytes,
-        };
+        let piece = streamed(kind, bytes);
         let ack = (kind == PieceKind::Last).then(|| ack.clone());
         store.append(SessionId::new(from), &gate, &piece, ack);
     };
@@ -351,12 +358,7 @@ fn small_streamed_frames_of_several_publishers_complete_side_by_side() {
     let (ack, acks) = sink();
     let gate = Gate::new();
     let send = |from: u64, kind, bytes: Bytes| {
-        let piece = Piece {
-            status: code(5),
-            kind,
-            frames: u32::from(kind == PieceKind::Last),
-            bytes,
-        };
+        let piece = streamed(kind, bytes);
         store.append(SessionId::new(from), &gate, &piece, Some(ack.clone()));
     };
     send(1, PieceKind::First, a.slice(..1000));
@@ -573,6 +575,32 @@ fn retention_by_age_deletes_even_the_active_segment_unless_keep_last() {
         let (store, _) = open(&settings(dir.path(), limited(CodeLimits::default())));
         assert_eq!(seqs(&append_all(&store, &wires[..1])), [21]);
     }
+}
+
+/// A batch's outcomes reach a sink in one call (the publisher's replies then go out in one
+/// write): a run of frames appended at once is acknowledged in fewer calls than frames.
+#[test]
+fn a_batch_reaches_its_sink_in_one_call() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(&settings(dir.path(), CodeLimits::default()));
+    let (calls, outcomes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (counted_calls, counted) = (calls.clone(), outcomes.clone());
+    let ack: AckSink = Arc::new(move |batch: &[Outcome]| {
+        counted_calls.fetch_add(1, Ordering::Relaxed);
+        counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    });
+    let frames: Vec<Bytes> = (0..100).map(|i| numbered(i, 50)).collect();
+    store.append(SessionId::new(1), &Gate::new(), &whole(&frames), Some(ack));
+    let waited = std::time::Instant::now();
+    while outcomes.load(Ordering::Relaxed) < 100 && waited.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(outcomes.load(Ordering::Relaxed), 100);
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "one run, one batch, one call"
+    );
 }
 
 #[test]

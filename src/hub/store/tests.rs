@@ -553,7 +553,8 @@ fn retention_by_age_deletes_even_the_active_segment_unless_keep_last() {
             }),
         ));
         let wires: Vec<Bytes> = (0..20).map(|i| numbered(i + 1, 1000)).collect();
-        append_all(&store, &wires);
+        // Every frame stored first (a refusal would leave nothing for retention to delete).
+        assert_eq!(seqs(&append_all(&store, &wires)).len(), 20);
         // The idle timer runs retention once a second.
         let deadline = std::time::Instant::now() + WAIT;
         while store.stats()[0].frames > keep_last && std::time::Instant::now() < deadline {
